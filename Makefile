@@ -1,0 +1,45 @@
+# The two commands the README gives: `make run` and `make test`. Everything else supports them.
+
+SHELL := /bin/bash
+VENV := .venv
+BIN := $(VENV)/bin
+# Django 6.1 needs Python 3.12 or newer: take the first one found (pyenv versions included).
+PYTHON ?= $(shell for p in python3.13 python3.12 python3.14 $$HOME/.pyenv/versions/3.13*/bin/python3 $$HOME/.pyenv/versions/3.12*/bin/python3 python3; do \
+	command -v $$p >/dev/null 2>&1 && $$p -c 'import sys; sys.exit(sys.version_info < (3, 12))' 2>/dev/null && { echo $$p; break; }; done)
+HOST ?= 127.0.0.1
+PORT ?= 8000
+
+.PHONY: run test lint bench venv clean
+
+$(VENV)/.installed: pyproject.toml
+	@if [ -z "$(PYTHON)" ]; then echo "Python 3.12 or newer is required (set PYTHON=/path/to/python3.12)." >&2; exit 1; fi
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@touch $@
+
+venv: $(VENV)/.installed
+
+run: export DJANGO_DEBUG ?= true
+run: venv
+	$(BIN)/python manage.py migrate --no-input -v 0
+	$(BIN)/python manage.py seed_demo
+	@echo
+	@echo "Dashboard: http://$(HOST):$(PORT)/  (Ctrl-C stops it)"
+	@echo
+	$(BIN)/python manage.py runserver $(HOST):$(PORT)
+
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy .
+
+test: venv lint
+	@if [ -z "$$DATABASE_URL" ]; then echo "DATABASE_URL is not set: the tests run on SQLite (CI runs them on PostgreSQL)."; fi
+	$(BIN)/pytest
+
+bench: venv
+	$(BIN)/python benchmarks/run.py
+
+clean:
+	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache
