@@ -1,0 +1,127 @@
+"""What a customer pastes into their code: internal URLs, connection strings, env lines.
+
+Database passwords appear only when ``reveal=True``, which only the audited reveal view passes;
+otherwise they are masked. User names and passwords are percent-encoded, so any character a
+password may hold keeps the URL parseable.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from urllib.parse import quote
+
+from networking.crypto import MASK
+from networking.models import Service
+
+_SCHEMES = {
+    Service.Kind.POSTGRESQL: "postgresql",
+    Service.Kind.MYSQL: "mysql",
+    Service.Kind.REDIS: "redis",
+    Service.Kind.MONGODB: "mongodb",
+}
+_DATABASE_ENV_NAMES = {
+    Service.Kind.POSTGRESQL: "DATABASE_URL",
+    Service.Kind.MYSQL: "DATABASE_URL",
+    Service.Kind.REDIS: "REDIS_URL",
+    Service.Kind.MONGODB: "MONGODB_URL",
+}
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """One ready-to-paste value for a service."""
+
+    label: str
+    value: str
+    env_name: str
+    # True when ``value`` would contain a password; it is masked unless revealed.
+    has_secret: bool = False
+
+    @property
+    def env_line(self) -> str:
+        return f"{self.env_name}={self.value}"
+
+
+def _userinfo(service: Service, *, reveal: bool) -> str:
+    if service.database_password is None:
+        password = ""
+    elif reveal:
+        password = quote(service.database_password.reveal(), safe="")
+    else:
+        password = MASK
+    user = quote(service.database_user, safe="")
+    return f"{user}:{password}"
+
+
+def connection_string(service: Service, *, reveal: bool = False) -> str:
+    """The spec's URL for a database, e.g. ``postgresql://user:pass@postgres.internal:5432/db``."""
+    if not service.is_database:
+        raise ValueError(f"{service.kind} services have no connection string")
+    scheme = _SCHEMES[Service.Kind(service.kind)]
+    address = f"{service.internal_hostname}:{service.primary_port}"
+    userinfo = _userinfo(service, reveal=reveal)
+    if service.kind == Service.Kind.REDIS:
+        return f"{scheme}://{userinfo}@{address}"
+    return f"{scheme}://{userinfo}@{address}/{quote(service.database_name, safe='')}"
+
+
+def internal_url(service: Service, port: int) -> str:
+    return f"http://{service.internal_hostname}:{port}"
+
+
+def env_name_for(service: Service) -> str:
+    """``BACKGROUND_WORKER_URL`` for a service named ``background-worker``."""
+    if service.is_database:
+        return _DATABASE_ENV_NAMES[Service.Kind(service.kind)]
+    return re.sub(r"[^A-Z0-9]", "_", service.name.upper()) + "_URL"
+
+
+def endpoints(service: Service, *, reveal: bool = False) -> list[Endpoint]:
+    if service.is_database:
+        return [
+            Endpoint(
+                label="Connection string",
+                value=connection_string(service, reveal=reveal),
+                env_name=env_name_for(service),
+                has_secret=service.database_password is not None,
+            )
+        ]
+    base_env_name = env_name_for(service)
+    result = []
+    for index, port in enumerate(service.ports):
+        suffix = "" if index == 0 else f"_{port}"
+        result.append(
+            Endpoint(
+                label=f"Internal URL (port {port})",
+                value=internal_url(service, port),
+                env_name=base_env_name.removesuffix("_URL") + suffix + "_URL",
+            )
+        )
+    return result
+
+
+def code_snippets(service: Service) -> dict[str, str]:
+    """Short examples of calling a web or private service from another service."""
+    if service.is_database or not service.ports:
+        return {}
+    url = internal_url(service, service.ports[0])
+    return {
+        "Node.js": (
+            f"// Call {service.name} over the private network\n"
+            f"const response = await fetch('{url}/', {{\n"
+            "  headers: { 'x-internal-secret': process.env.INTERNAL_API_SECRET },\n"
+            "})\n"
+            "const result = await response.json()"
+        ),
+        "Python": (
+            "import os\n"
+            "import httpx\n\n"
+            f"# Call {service.name} over the private network\n"
+            "response = httpx.get(\n"
+            f'    "{url}/",\n'
+            '    headers={"x-internal-secret": os.environ["INTERNAL_API_SECRET"]},\n'
+            ")\n"
+            "result = response.json()"
+        ),
+    }

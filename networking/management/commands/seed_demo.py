@@ -1,0 +1,95 @@
+"""Demo organizations, projects, services and one login per role. Safe to run again."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from django.contrib.auth import get_user_model
+from django.core.management.base import BaseCommand
+from django.db import transaction
+
+from networking.models import AuditEvent, Membership, Organization, Project, Service
+
+DEMO_PASSWORD = "demo-password-2026"
+
+# (username, organization slug or None, role, is_staff)
+DEMO_USERS = [
+    ("owner", "acme", Membership.Role.OWNER, False),
+    ("member", "acme", Membership.Role.MEMBER, False),
+    ("viewer", "acme", Membership.Role.VIEWER, False),
+    ("globex-owner", "globex", Membership.Role.OWNER, False),
+    ("support", None, None, True),
+    ("outsider", None, None, False),
+]
+
+# The spec's own examples.
+ACME_SERVICES = [
+    ("api", Service.Kind.WEB, [8080]),
+    ("postgres", Service.Kind.POSTGRESQL, [5432]),
+    ("cache", Service.Kind.REDIS, [6379]),
+    ("background-worker", Service.Kind.PRIVATE, [3000]),
+]
+GLOBEX_SERVICES = [
+    ("api", Service.Kind.WEB, [8080]),
+    ("warehouse", Service.Kind.MYSQL, [3306]),
+]
+
+
+class Command(BaseCommand):
+    help = "Create demo organizations, projects and users (idempotent) and print the logins."
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        with transaction.atomic():
+            acme, _ = Organization.objects.get_or_create(
+                slug="acme", defaults={"name": "Acme Corp", "plan": Organization.Plan.ENTERPRISE}
+            )
+            globex, _ = Organization.objects.get_or_create(
+                slug="globex", defaults={"name": "Globex", "plan": Organization.Plan.PRO}
+            )
+            self._project(acme, "Storefront", ACME_SERVICES)
+            self._project(globex, "Analytics", GLOBEX_SERVICES)
+            organizations = {"acme": acme, "globex": globex}
+            User = get_user_model()
+            for username, org_slug, role, is_staff in DEMO_USERS:
+                user, created = User.objects.get_or_create(
+                    username=username, defaults={"is_staff": is_staff}
+                )
+                if created:
+                    user.set_password(DEMO_PASSWORD)
+                    user.save()
+                if org_slug is not None and role is not None:
+                    Membership.objects.get_or_create(
+                        user=user, organization=organizations[org_slug], defaults={"role": role}
+                    )
+
+        self.stdout.write(f"Demo logins (password for all: {DEMO_PASSWORD}):")
+        self.stdout.write("  owner         owner of Acme Corp (Enterprise): project Storefront")
+        self.stdout.write("  member        member of Acme Corp")
+        self.stdout.write("  viewer        viewer of Acme Corp (read-only)")
+        self.stdout.write("  globex-owner  owner of Globex (Pro): project Analytics")
+        self.stdout.write("  support       support staff (not a member of any customer)")
+        self.stdout.write("  outsider      belongs to no organization")
+
+    def _project(
+        self, organization: Organization, name: str, services: Sequence[tuple[str, str, list[int]]]
+    ) -> Project:
+        project = Project.objects.filter(organization=organization, name=name).first()
+        if project is None:
+            project = Project.objects.create(organization=organization, name=name)
+            project.audit(actor=None, action=AuditEvent.Action.PROJECT_CREATED, target=name)
+        for display_name, kind, ports in services:
+            if project.services.filter(display_name=display_name).exists():
+                continue
+            service = Service(project=project, display_name=display_name, kind=kind, ports=ports)
+            service.full_clean(exclude=["name"])  # clean() derives the name
+            if service.is_database:
+                service.generate_credentials()
+            service.save()
+            project.record_change(
+                actor=None,
+                action=AuditEvent.Action.SERVICE_CREATED,
+                target=service.name,
+                details={"kind": kind, "ports": ports},
+            )
+        return project

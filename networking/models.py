@@ -1,0 +1,306 @@
+"""The private network's desired state.
+
+PostgreSQL is the source of truth: these rows say what each project's network should be, and
+the cluster is made to match them (see ``networking/cluster``).
+"""
+
+from __future__ import annotations
+
+import secrets
+import string
+from typing import Any, ClassVar
+
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.db import models
+from django.db.models import F
+
+from networking import naming
+from networking.crypto import EncryptedTextField, SecretText
+
+_ID_ALPHABET = "abcdefghijkmnpqrstuvwxyz23456789"  # no l, o, 0, 1: IDs get read aloud to support
+
+
+def generate_project_uid() -> str:
+    return "".join(secrets.choice(_ID_ALPHABET) for _ in range(12))
+
+
+class Organization(models.Model):
+    """A customer account: the unit of billing (its plan) and of membership."""
+
+    class Plan(models.TextChoices):
+        HOBBY = "hobby", "Hobby"
+        PRO = "pro", "Pro"
+        ENTERPRISE = "enterprise", "Enterprise"
+
+    name = models.CharField(max_length=100)
+    slug = models.SlugField(max_length=50, unique=True)
+    plan = models.CharField(max_length=20, choices=Plan, default=Plan.HOBBY)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class Membership(models.Model):
+    """A user's role in an organization. Support staff are never members of customers."""
+
+    class Role(models.TextChoices):
+        OWNER = "owner", "Owner"
+        MEMBER = "member", "Member"
+        VIEWER = "viewer", "Viewer"
+
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="memberships"
+    )
+    organization = models.ForeignKey(
+        Organization, on_delete=models.CASCADE, related_name="memberships"
+    )
+    role = models.CharField(max_length=20, choices=Role, default=Role.MEMBER)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["user", "organization"], name="one_membership_per_org")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.user} ({self.get_role_display()}) in {self.organization}"
+
+    def can_change_services(self) -> bool:
+        return self.role in (self.Role.OWNER, self.Role.MEMBER)
+
+    def can_reveal_credentials(self) -> bool:
+        return self.role in (self.Role.OWNER, self.Role.MEMBER)
+
+    def can_manage_project(self) -> bool:
+        return self.role == self.Role.OWNER
+
+
+class Project(models.Model):
+    """A customer project: one private network, one Kubernetes namespace.
+
+    The namespace is named from ``uid``, which never changes, so renaming a project moves
+    nothing in the cluster. ``generation`` counts changes to the desired state.
+    """
+
+    organization = models.ForeignKey(
+        Organization, on_delete=models.CASCADE, related_name="projects"
+    )
+    name = models.CharField(max_length=100)
+    uid = models.CharField(
+        "project ID", max_length=12, unique=True, default=generate_project_uid, editable=False
+    )
+    generation = models.PositiveBigIntegerField(default=1)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def namespace(self) -> str:
+        return f"prj-{self.uid}"
+
+    def record_change(
+        self,
+        *,
+        actor: Any,
+        action: AuditEvent.Action,
+        target: str,
+        details: dict[str, Any] | None = None,
+    ) -> AuditEvent:
+        """Note a change to the desired state: audit it and bump the generation.
+
+        Call inside the transaction that wrote the change, so all three commit together.
+        """
+        Project.objects.filter(pk=self.pk).update(generation=F("generation") + 1)
+        return self.audit(actor=actor, action=action, target=target, details=details)
+
+    def audit(
+        self,
+        *,
+        actor: Any,
+        action: AuditEvent.Action,
+        target: str,
+        details: dict[str, Any] | None = None,
+    ) -> AuditEvent:
+        """Record something a person did that does not change the desired state."""
+        return AuditEvent.objects.create(
+            organization_id=self.organization_id,
+            project=self,
+            actor=actor if actor is not None and actor.is_authenticated else None,
+            actor_label=actor.get_username() if actor is not None else "system",
+            action=action,
+            target=target,
+            details=details or {},
+        )
+
+
+DATABASE_PORTS: dict[str, int] = {
+    "postgresql": 5432,
+    "mysql": 3306,
+    "redis": 6379,
+    "mongodb": 27017,
+}
+DEFAULT_WEB_PORT = 8080
+MAX_PORTS = 10
+
+
+class Service(models.Model):
+    """A service or database in a project, reachable at ``<name>.internal``."""
+
+    class Kind(models.TextChoices):
+        WEB = "web", "Web service"
+        PRIVATE = "private", "Private service / worker"
+        POSTGRESQL = "postgresql", "PostgreSQL"
+        MYSQL = "mysql", "MySQL"
+        REDIS = "redis", "Redis"
+        MONGODB = "mongodb", "MongoDB"
+
+    DATABASE_KINDS: ClassVar[frozenset[str]] = frozenset(DATABASE_PORTS)
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="services")
+    display_name = models.CharField(max_length=100)
+    name = models.CharField("DNS label", max_length=naming.MAX_LABEL_LENGTH)
+    kind = models.CharField(max_length=20, choices=Kind)
+    ports = models.JSONField(default=list)
+    # Read back from the cluster: the stable address the hostname resolves to.
+    cluster_ip = models.GenericIPAddressField("ClusterIP", null=True, blank=True)
+
+    database_user = models.CharField(max_length=63, blank=True)
+    database_password = EncryptedTextField(blank=True, null=True)
+    database_name = models.CharField(max_length=63, blank=True)
+
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["name"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["project", "name"], name="unique_service_name_in_project"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return self.display_name
+
+    @property
+    def is_database(self) -> bool:
+        return self.kind in self.DATABASE_KINDS
+
+    @property
+    def internal_hostname(self) -> str:
+        return naming.internal_hostname(self.name)
+
+    @property
+    def primary_port(self) -> int | None:
+        return self.ports[0] if self.ports else None
+
+    @staticmethod
+    def default_ports(kind: str) -> list[int]:
+        if kind in DATABASE_PORTS:
+            return [DATABASE_PORTS[kind]]
+        if kind == Service.Kind.WEB:
+            return [DEFAULT_WEB_PORT]
+        return []
+
+    @staticmethod
+    def name_for(project_id: int, display_name: str, *, exclude_pk: int | None = None) -> str:
+        """The DNS label ``display_name`` gets in this project, or ``ValidationError``.
+
+        Applies the naming rule and refuses a name another service of the project already has
+        (after normalization, so "API" and "api" collide); the message names that service.
+        """
+        name = naming.normalize_service_name(display_name)
+        others = Service.objects.filter(project_id=project_id, name=name)
+        if exclude_pk is not None:
+            others = others.exclude(pk=exclude_pk)
+        clash = others.values_list("display_name", flat=True).first()
+        if clash is not None:
+            raise ValidationError(
+                f"The service “{clash}” already uses {naming.internal_hostname(name)} in this "
+                "project. Choose another name, or rename that service first.",
+                code="duplicate",
+            )
+        return name
+
+    def clean(self) -> None:
+        errors: dict[str, list[str]] = {}
+        try:
+            self.name = Service.name_for(
+                self.project_id, self.display_name or "", exclude_pk=self.pk
+            )
+        except ValidationError as error:
+            errors["display_name"] = error.messages
+        if self.is_database:
+            standard = DATABASE_PORTS[self.kind]
+            if self.ports != [standard]:
+                errors["ports"] = [
+                    f"{self.get_kind_display()} listens on port {standard}; "
+                    "database ports can’t be changed."
+                ]
+        elif not self.ports:
+            errors["ports"] = ["Enter the port your service listens on, for example 3000."]
+        elif (
+            len(self.ports) > MAX_PORTS
+            or len(set(self.ports)) != len(self.ports)
+            or not all(type(port) is int and 1 <= port <= 65535 for port in self.ports)
+        ):
+            errors["ports"] = [
+                f"Ports must be up to {MAX_PORTS} different numbers from 1 to 65535."
+            ]
+        if errors:
+            raise ValidationError(errors)
+
+    def generate_credentials(self) -> None:
+        """Give a database its user, password and database name."""
+        base = self.name.replace("-", "_")[:40]
+        self.database_user = (
+            f"{base}_{secrets.choice(string.ascii_lowercase)}{secrets.token_hex(2)}"
+        )
+        self.database_password = SecretText.seal(secrets.token_urlsafe(24))
+        self.database_name = base if self.kind != Service.Kind.REDIS else ""
+        if self.kind == Service.Kind.REDIS:
+            self.database_user = ""
+
+
+class AuditEvent(models.Model):
+    """Who did what to which object, and when. Never holds a secret value."""
+
+    class Action(models.TextChoices):
+        PROJECT_CREATED = "project.created", "created the project"
+        PROJECT_RENAMED = "project.renamed", "renamed the project"
+        SERVICE_CREATED = "service.created", "created a service"
+        SERVICE_RENAMED = "service.renamed", "renamed a service"
+        SERVICE_PORTS_CHANGED = "service.ports_changed", "changed a service’s ports"
+        SERVICE_DELETED = "service.deleted", "deleted a service"
+        CREDENTIALS_REVEALED = "service.credentials_revealed", "revealed database credentials"
+
+    organization = models.ForeignKey(
+        Organization, on_delete=models.CASCADE, related_name="audit_events"
+    )
+    project = models.ForeignKey(
+        Project, on_delete=models.SET_NULL, null=True, blank=True, related_name="audit_events"
+    )
+    actor = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True
+    )
+    # Kept apart from ``actor`` so the log still reads right after a user is deleted.
+    actor_label = models.CharField(max_length=150)
+    action = models.CharField(max_length=64, choices=Action)
+    target = models.CharField(max_length=200)
+    details = models.JSONField(default=dict, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        indexes = [models.Index(fields=["project", "-created_at"], name="audit_by_project")]
+
+    def __str__(self) -> str:
+        return f"{self.actor_label} {self.get_action_display()} {self.target}"
