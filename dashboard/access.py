@@ -1,0 +1,76 @@
+"""The one way views fetch tenant data.
+
+Every project, and everything inside one, is looked up through these helpers, which join on the
+requesting user's membership: another tenant's object is indistinguishable from a missing one
+(404), and a role that may look but not touch gets 403 on a change.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from django.core.exceptions import PermissionDenied
+from django.db.models import QuerySet
+from django.http import Http404, HttpRequest
+
+from networking.models import Membership, Organization, Project, Service
+
+Capability = Callable[[Membership], bool]
+
+
+@dataclass(frozen=True)
+class ProjectAccess:
+    project: Project
+    membership: Membership
+
+    def require(self, capability: Capability) -> None:
+        if not capability(self.membership):
+            raise PermissionDenied("Your role in this organization can’t make this change.")
+
+
+def memberships_of(request: HttpRequest) -> QuerySet[Membership]:
+    """The requesting user's memberships, with their organizations."""
+    if not request.user.is_authenticated:
+        return Membership.objects.none()
+    return Membership.objects.filter(user_id=request.user.pk).select_related("organization")
+
+
+def get_project_for_user(request: HttpRequest, project_uid: str) -> ProjectAccess:
+    if not request.user.is_authenticated:
+        raise Http404("No such project.")
+    membership = (
+        Membership.objects.select_related("organization")
+        .filter(user_id=request.user.pk, organization__projects__uid=project_uid)
+        .first()
+    )
+    if membership is None:
+        raise Http404("No such project.")
+    project = Project.objects.get(uid=project_uid)
+    # Reuse the organization already loaded with the membership.
+    project.organization = membership.organization
+    return ProjectAccess(project=project, membership=membership)
+
+
+def get_service_for_user(
+    request: HttpRequest, project_uid: str, service_id: int
+) -> tuple[ProjectAccess, Service]:
+    access = get_project_for_user(request, project_uid)
+    service = Service.objects.filter(project=access.project, pk=service_id).first()
+    if service is None:
+        raise Http404("No such service.")
+    service.project = access.project
+    return access, service
+
+
+def get_organization_for_user(request: HttpRequest, slug: str) -> tuple[Organization, Membership]:
+    if not request.user.is_authenticated:
+        raise Http404("No such organization.")
+    membership = (
+        Membership.objects.select_related("organization")
+        .filter(user_id=request.user.pk, organization__slug=slug)
+        .first()
+    )
+    if membership is None:
+        raise Http404("No such organization.")
+    return membership.organization, membership

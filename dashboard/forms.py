@@ -1,0 +1,115 @@
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+from django import forms
+
+from networking.models import MAX_PORTS, Project, Service
+
+_PORT_SEPARATORS = re.compile(r"[\s,]+")
+
+
+class PortListField(forms.CharField):
+    """Ports typed as ``3000`` or ``3000, 9090``, cleaned to a list of ints."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        kwargs.setdefault("max_length", 100)
+        super().__init__(**kwargs)
+
+    def prepare_value(self, value: Any) -> Any:
+        if isinstance(value, list):
+            return ", ".join(str(port) for port in value)
+        return value
+
+    def to_python(self, value: Any) -> list[int]:  # type: ignore[override]
+        text = super().to_python(value) or ""
+        ports: list[int] = []
+        for item in _PORT_SEPARATORS.split(text.strip()):
+            if not item:
+                continue
+            if not item.isdecimal() or not item.isascii():
+                raise forms.ValidationError(
+                    f"“{item[:20]}” is not a port number. Enter whole numbers from 1 to 65535, "
+                    "separated by commas.",
+                    code="invalid",
+                )
+            port = int(item)
+            if not 1 <= port <= 65535:
+                raise forms.ValidationError(
+                    f"Port {port} is out of range: ports go from 1 to 65535.", code="range"
+                )
+            if port in ports:
+                raise forms.ValidationError(f"Port {port} is listed twice.", code="duplicate")
+            ports.append(port)
+        if len(ports) > MAX_PORTS:
+            raise forms.ValidationError(
+                f"A service can expose at most {MAX_PORTS} ports.", code="too_many"
+            )
+        return ports
+
+
+class ServiceForm(forms.ModelForm[Service]):
+    """Create a service, or (with an existing instance) rename it and change its ports."""
+
+    ports = PortListField(
+        required=False,
+        help_text="Web services default to 8080. Databases always use their standard port.",
+    )
+
+    class Meta:
+        model = Service
+        fields = ["display_name", "kind"]
+        labels = {"display_name": "Name"}
+        help_texts = {
+            "display_name": "Becomes the private hostname: “Background Worker” → "
+            "background-worker.internal."
+        }
+
+    def __init__(self, *args: Any, project: Project, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.instance.project = project
+        self.fields["kind"].widget.attrs.update(
+            {
+                "data-default-ports": json.dumps(
+                    {
+                        kind: ", ".join(map(str, Service.default_ports(kind)))
+                        for kind in Service.Kind
+                    }
+                ),
+                "data-database-kinds": ",".join(sorted(Service.DATABASE_KINDS)),
+            }
+        )
+        self.fields["ports"].widget.attrs.update(
+            {"placeholder": "8080", "autocomplete": "off", "inputmode": "text"}
+        )
+        if self.instance.pk:
+            # A service's kind is fixed: a database does not turn into a web service.
+            self.fields["kind"].disabled = True
+            self.initial["ports"] = self.instance.ports
+            if self.instance.is_database:
+                self.fields["ports"].disabled = True
+        else:
+            self.initial.setdefault("kind", Service.Kind.WEB)
+            self.initial.setdefault("ports", Service.default_ports(Service.Kind.WEB))
+
+    def clean(self) -> dict[str, Any]:
+        cleaned = super().clean() or {}
+        kind = cleaned.get("kind") or self.instance.kind
+        ports = cleaned.get("ports")
+        if kind in Service.DATABASE_KINDS or (
+            kind == Service.Kind.WEB and ports == [] and "ports" not in self.errors
+        ):
+            ports = Service.default_ports(kind)
+        if ports is not None:
+            self.instance.ports = ports
+        return cleaned
+
+
+class ProjectForm(forms.ModelForm[Project]):
+    class Meta:
+        model = Project
+        fields = ["name"]
+        labels = {"name": "Project name"}
+        help_texts = {"name": "Renaming a project changes nothing in the cluster."}

@@ -1,0 +1,47 @@
+from __future__ import annotations
+
+from django.contrib.auth import views as auth_views
+from django.urls import path
+
+from dashboard import views
+
+urlpatterns = [
+    path("", views.home, name="home"),
+    path(
+        "accounts/login/",
+        auth_views.LoginView.as_view(redirect_authenticated_user=True),
+        name="login",
+    ),
+    path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
+    path("projects/", views.project_list, name="project-list"),
+    path("orgs/<slug:org_slug>/projects/new/", views.project_create, name="project-create"),
+    path("projects/<str:project_uid>/", views.project_overview, name="project-overview"),
+    path("projects/<str:project_uid>/settings/", views.project_settings, name="project-settings"),
+    path("projects/<str:project_uid>/audit/", views.audit_log, name="audit-log"),
+    path("projects/<str:project_uid>/services/new/", views.service_create, name="service-create"),
+    path(
+        "projects/<str:project_uid>/services/name-preview/",
+        views.service_name_preview,
+        name="service-name-preview",
+    ),
+    path(
+        "projects/<str:project_uid>/services/<int:service_id>/",
+        views.service_detail,
+        name="service-detail",
+    ),
+    path(
+        "projects/<str:project_uid>/services/<int:service_id>/edit/",
+        views.service_edit,
+        name="service-edit",
+    ),
+    path(
+        "projects/<str:project_uid>/services/<int:service_id>/delete/",
+        views.service_delete,
+        name="service-delete",
+    ),
+    path(
+        "projects/<str:project_uid>/services/<int:service_id>/reveal/",
+        views.service_reveal,
+        name="service-reveal",
+    ),
+]

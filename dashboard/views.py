@@ -1,0 +1,282 @@
+"""The dashboard's pages. Each view fetches through ``dashboard.access`` and stays short."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.core.exceptions import PermissionDenied, ValidationError
+from django.core.paginator import Paginator
+from django.db import IntegrityError, transaction
+from django.db.models import Prefetch
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import redirect, render
+from django.urls import reverse
+from django.views.decorators.cache import never_cache
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
+from django_htmx.middleware import HtmxDetails
+
+from dashboard.access import (
+    get_organization_for_user,
+    get_project_for_user,
+    get_service_for_user,
+    memberships_of,
+)
+from dashboard.forms import ProjectForm, ServiceForm
+from networking import endpoints, naming
+from networking.models import AuditEvent, Membership, Project, Service
+
+
+class HtmxHttpRequest(HttpRequest):
+    htmx: HtmxDetails
+
+
+def _project_context(access: Any, **extra: Any) -> dict[str, Any]:
+    return {"project": access.project, "membership": access.membership, **extra}
+
+
+@require_GET
+def home(request: HttpRequest) -> HttpResponse:
+    return redirect("project-list")
+
+
+@login_required
+@require_GET
+def project_list(request: HttpRequest) -> HttpResponse:
+    memberships = (
+        memberships_of(request)
+        .prefetch_related(
+            Prefetch("organization__projects", queryset=Project.objects.order_by("name"))
+        )
+        .order_by("organization__name")
+    )
+    return render(request, "projects/list.html", {"memberships": memberships})
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def project_create(request: HttpRequest, org_slug: str) -> HttpResponse:
+    organization, membership = get_organization_for_user(request, org_slug)
+    if not membership.can_manage_project():
+        raise PermissionDenied("Only owners of an organization can create projects.")
+    form = ProjectForm(request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        with transaction.atomic():
+            project = form.save(commit=False)
+            project.organization = organization
+            project.save()
+            project.record_change(
+                actor=request.user, action=AuditEvent.Action.PROJECT_CREATED, target=project.name
+            )
+        messages.success(request, f"Created {project.name}. Its private network is being set up.")
+        return redirect("project-overview", project_uid=project.uid)
+    return render(request, "projects/create.html", {"form": form, "organization": organization})
+
+
+@login_required
+@require_GET
+def project_overview(request: HttpRequest, project_uid: str) -> HttpResponse:
+    access = get_project_for_user(request, project_uid)
+    services = list(access.project.services.all())
+    return render(request, "projects/overview.html", _project_context(access, services=services))
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def project_settings(request: HttpRequest, project_uid: str) -> HttpResponse:
+    access = get_project_for_user(request, project_uid)
+    project = access.project
+    form = ProjectForm(request.POST or None, instance=project)
+    if request.method == "POST":
+        access.require(Membership.can_manage_project)
+        old_name = project.name
+        if form.is_valid():
+            with transaction.atomic():
+                form.save()
+                if project.name != old_name:
+                    project.audit(
+                        actor=request.user,
+                        action=AuditEvent.Action.PROJECT_RENAMED,
+                        target=project.name,
+                        details={"from": old_name, "to": project.name},
+                    )
+            messages.success(request, "Project renamed. Hostnames and the namespace are unchanged.")
+            return redirect("project-settings", project_uid=project.uid)
+        project.name = old_name
+    return render(request, "projects/settings.html", _project_context(access, form=form))
+
+
+@login_required
+@require_GET
+def audit_log(request: HttpRequest, project_uid: str) -> HttpResponse:
+    access = get_project_for_user(request, project_uid)
+    events = AuditEvent.objects.filter(project=access.project).select_related(None)
+    page = Paginator(events, 50).get_page(request.GET.get("page"))
+    return render(request, "projects/audit.html", _project_context(access, page=page))
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def service_create(request: HttpRequest, project_uid: str) -> HttpResponse:
+    access = get_project_for_user(request, project_uid)
+    access.require(Membership.can_change_services)
+    form = ServiceForm(request.POST or None, project=access.project)
+    if request.method == "POST" and form.is_valid():
+        service = form.instance
+        if service.is_database:
+            service.generate_credentials()
+        try:
+            with transaction.atomic():
+                service.save()
+                access.project.record_change(
+                    actor=request.user,
+                    action=AuditEvent.Action.SERVICE_CREATED,
+                    target=service.name,
+                    details={"kind": service.kind, "ports": service.ports},
+                )
+        except IntegrityError:
+            # Another request took the name between validation and insert.
+            service.pk = None
+            form.add_error("display_name", f"{service.internal_hostname} was just taken.")
+        else:
+            messages.success(
+                request,
+                f"Created {service.display_name}: reachable at "
+                f"{service.internal_hostname}:{service.primary_port} inside this project.",
+            )
+            return redirect("service-detail", project_uid=project_uid, service_id=service.pk)
+    return render(request, "services/form.html", _project_context(access, form=form))
+
+
+@login_required
+@require_GET
+def service_name_preview(request: HttpRequest, project_uid: str) -> HttpResponse:
+    """The live hostname preview under the name field (htmx, as the user types)."""
+    access = get_project_for_user(request, project_uid)
+    display_name = request.GET.get("display_name", "")[:200]
+    service_id = request.GET.get("service", "")
+    exclude_pk = int(service_id) if service_id.isdecimal() and len(service_id) < 19 else None
+    context: dict[str, Any] = {"display_name": display_name}
+    if display_name.strip():
+        try:
+            name = Service.name_for(access.project.pk, display_name, exclude_pk=exclude_pk)
+        except ValidationError as error:
+            context["preview_error"] = error.messages[0]
+        else:
+            context["preview_hostname"] = naming.internal_hostname(name)
+    return render(request, "services/form.html#name-preview", context)
+
+
+def _service_context(
+    access: Any, service: Service, *, revealed: bool = False, **extra: Any
+) -> dict[str, Any]:
+    return _project_context(
+        access,
+        service=service,
+        endpoints=endpoints.endpoints(service, reveal=revealed),
+        snippets=endpoints.code_snippets(service),
+        revealed=revealed,
+        **extra,
+    )
+
+
+@login_required
+@require_GET
+def service_detail(request: HttpRequest, project_uid: str, service_id: int) -> HttpResponse:
+    access, service = get_service_for_user(request, project_uid, service_id)
+    return render(request, "services/detail.html", _service_context(access, service))
+
+
+@login_required
+@require_POST
+@never_cache
+def service_reveal(request: HtmxHttpRequest, project_uid: str, service_id: int) -> HttpResponse:
+    """Show a database's password: an explicit, audited POST; never cached."""
+    access, service = get_service_for_user(request, project_uid, service_id)
+    access.require(Membership.can_reveal_credentials)
+    if not service.is_database:
+        return render(
+            request,
+            "400.html",
+            {"exception": f"{service.display_name} has no credentials to reveal."},
+            status=400,
+        )
+    access.project.audit(
+        actor=request.user,
+        action=AuditEvent.Action.CREDENTIALS_REVEALED,
+        target=service.name,
+    )
+    context = _service_context(access, service, revealed=True)
+    template = "services/detail.html#endpoints" if request.htmx else "services/detail.html"
+    return render(request, template, context)
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def service_edit(request: HttpRequest, project_uid: str, service_id: int) -> HttpResponse:
+    access, service = get_service_for_user(request, project_uid, service_id)
+    access.require(Membership.can_change_services)
+    before = {"name": service.name, "ports": list(service.ports)}
+    form = ServiceForm(request.POST or None, instance=service, project=access.project)
+    if request.method == "POST" and form.is_valid():
+        try:
+            with transaction.atomic():
+                service.save()
+                if service.name != before["name"]:
+                    access.project.record_change(
+                        actor=request.user,
+                        action=AuditEvent.Action.SERVICE_RENAMED,
+                        target=service.name,
+                        details={"from": before["name"], "to": service.name},
+                    )
+                if service.ports != before["ports"]:
+                    access.project.record_change(
+                        actor=request.user,
+                        action=AuditEvent.Action.SERVICE_PORTS_CHANGED,
+                        target=service.name,
+                        details={"from": before["ports"], "to": service.ports},
+                    )
+        except IntegrityError:
+            form.add_error("display_name", f"{service.internal_hostname} was just taken.")
+        else:
+            messages.success(
+                request, f"Saved. {service.display_name} is at {service.internal_hostname}."
+            )
+            return redirect("service-detail", project_uid=project_uid, service_id=service.pk)
+    return render(
+        request, "services/form.html", _project_context(access, form=form, service=service)
+    )
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def service_delete(request: HttpRequest, project_uid: str, service_id: int) -> HttpResponse:
+    access, service = get_service_for_user(request, project_uid, service_id)
+    access.require(Membership.can_change_services)
+    if request.method == "POST":
+        with transaction.atomic():
+            service.delete()
+            access.project.record_change(
+                actor=request.user,
+                action=AuditEvent.Action.SERVICE_DELETED,
+                target=service.name,
+                details={"kind": service.kind},
+            )
+        messages.success(
+            request, f"Deleted {service.display_name}; {service.internal_hostname} is released."
+        )
+        return redirect(reverse("project-overview", kwargs={"project_uid": project_uid}))
+    return render(request, "services/delete.html", _project_context(access, service=service))
+
+
+def csrf_failure(request: HttpRequest, reason: str = "") -> HttpResponse:
+    return render(
+        request,
+        "403.html",
+        {
+            "exception": "This form has expired or was not sent from this site. "
+            "Reload the page and try again; nothing was changed."
+        },
+        status=403,
+    )

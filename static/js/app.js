@@ -1,0 +1,63 @@
+// Small progressive enhancements; every page works without them.
+(function () {
+  "use strict";
+
+  function copyText(text) {
+    if (navigator.clipboard && window.isSecureContext) {
+      return navigator.clipboard.writeText(text);
+    }
+    // Fallback for plain-http hosts other than localhost.
+    var area = document.createElement("textarea");
+    area.value = text;
+    area.setAttribute("readonly", "");
+    area.className = "visually-hidden";
+    document.body.appendChild(area);
+    area.select();
+    try {
+      document.execCommand("copy");
+    } finally {
+      document.body.removeChild(area);
+    }
+    return Promise.resolve();
+  }
+
+  document.addEventListener("click", function (event) {
+    var button = event.target.closest("button.copy");
+    if (!button) return;
+    var source = document.querySelector(button.dataset.copy);
+    if (!source) return;
+    copyText(source.textContent.trim()).then(function () {
+      var label = button.textContent;
+      button.textContent = "Copied";
+      button.classList.add("copied");
+      setTimeout(function () {
+        button.textContent = label;
+        button.classList.remove("copied");
+      }, 1500);
+    });
+  });
+
+  // In the service form, databases always use their standard port.
+  function syncPorts(select) {
+    var defaults = JSON.parse(select.dataset.defaultPorts || "{}");
+    var ports = document.getElementById("id_ports");
+    if (!ports) return;
+    var standard = defaults[select.value];
+    var isDatabase = select.dataset.databaseKinds.split(",").indexOf(select.value) !== -1;
+    if (isDatabase) {
+      ports.value = standard;
+      ports.readOnly = true;
+    } else {
+      if (ports.readOnly) ports.value = standard || "";
+      ports.readOnly = false;
+    }
+  }
+
+  document.addEventListener("change", function (event) {
+    if (event.target.matches("select[data-default-ports]")) syncPorts(event.target);
+  });
+  document.addEventListener("DOMContentLoaded", function () {
+    var select = document.querySelector("select[data-default-ports]:not([disabled])");
+    if (select) syncPorts(select);
+  });
+})();
