@@ -1,0 +1,136 @@
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+from django.conf import settings
+from django.contrib.auth.models import User
+from django.test import Client
+
+from networking.models import Membership, Organization, Project, Service
+
+ROLES = ("anonymous", "outsider", "support", "viewer", "member", "owner")
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    database = settings.DATABASES["default"]
+    engine = database["ENGINE"].rsplit(".", 1)[-1]
+    lines = [f"database: {engine} ({database.get('HOST') or database['NAME']})"]
+    if not os.environ.get("DATABASE_URL"):
+        lines.append("DATABASE_URL is not set: running on SQLite. CI runs on PostgreSQL.")
+    lines.append(f"redis: {settings.REDIS_URL or 'not set (local memory cache, in-memory broker)'}")
+    return lines
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Fail the run at once if a configured service is unreachable: never skip silently."""
+    if settings.REDIS_URL:
+        import redis
+
+        try:
+            redis.Redis.from_url(settings.REDIS_URL, socket_connect_timeout=3).ping()
+        except redis.RedisError as error:
+            raise pytest.UsageError(
+                f"REDIS_URL={settings.REDIS_URL} is unreachable: {error}"
+            ) from None
+    if os.environ.get("DATABASE_URL"):
+        import psycopg
+
+        database = settings.DATABASES["default"]
+        try:
+            psycopg.connect(
+                host=database["HOST"],
+                port=database["PORT"] or 5432,
+                user=database["USER"],
+                password=database["PASSWORD"],
+                dbname="postgres",
+                connect_timeout=3,
+            ).close()
+        except psycopg.Error as error:
+            raise pytest.UsageError(f"DATABASE_URL is unreachable: {error}") from None
+
+
+@dataclass
+class World:
+    """Two customer organizations, each with a project and services, and one user per role."""
+
+    acme: Organization
+    globex: Organization
+    project: Project
+    other_project: Project
+    api: Service
+    postgres: Service
+    other_service: Service
+    users: dict[str, User | None]
+
+    def client_for(self, role: str) -> Client:
+        client = Client()
+        user = self.users[role]
+        if user is not None:
+            client.force_login(user)
+        return client
+
+
+def make_service(
+    project: Project, display_name: str, kind: str, ports: list[int] | None = None
+) -> Service:
+    service = Service(
+        project=project,
+        display_name=display_name,
+        kind=kind,
+        ports=ports if ports is not None else Service.default_ports(kind),
+    )
+    service.full_clean(exclude=["name"])
+    if service.is_database:
+        service.generate_credentials()
+    service.save()
+    return service
+
+
+@pytest.fixture
+def world(db: Any) -> World:
+    acme = Organization.objects.create(name="Acme", slug="acme", plan=Organization.Plan.ENTERPRISE)
+    globex = Organization.objects.create(name="Globex", slug="globex", plan=Organization.Plan.PRO)
+    project = Project.objects.create(organization=acme, name="Storefront")
+    other_project = Project.objects.create(organization=globex, name="Analytics")
+    users: dict[str, User | None] = {"anonymous": None}
+    for role in ("owner", "member", "viewer"):
+        user = User.objects.create_user(role, password="pw")
+        Membership.objects.create(user=user, organization=acme, role=role)
+        users[role] = user
+    outsider = User.objects.create_user("outsider", password="pw")
+    users["outsider"] = outsider
+    users["support"] = User.objects.create_user("support", password="pw", is_staff=True)
+    globex_owner = User.objects.create_user("globex-owner", password="pw")
+    Membership.objects.create(user=globex_owner, organization=globex, role=Membership.Role.OWNER)
+    # The outsider has an organization of their own: "not a member here", not "no memberships".
+    outsider_org = Organization.objects.create(name="Initech", slug="initech")
+    Membership.objects.create(user=outsider, organization=outsider_org, role="owner")
+    return World(
+        acme=acme,
+        globex=globex,
+        project=project,
+        other_project=other_project,
+        api=make_service(project, "api", Service.Kind.WEB),
+        postgres=make_service(project, "postgres", Service.Kind.POSTGRESQL),
+        other_service=make_service(other_project, "warehouse", Service.Kind.MYSQL),
+        users=users,
+    )
+
+
+@pytest.fixture
+def owner_client(world: World) -> Client:
+    return world.client_for("owner")
+
+
+@pytest.fixture
+def viewer_client(world: World) -> Client:
+    return world.client_for("viewer")
+
+
+@pytest.fixture
+def client_for(world: World) -> Callable[[str], Client]:
+    return world.client_for

@@ -1,0 +1,135 @@
+"""Every URL × every method it accepts × every role, on the user's own tenant and another's.
+
+The expected status of each cell lives in ``MATRIX``. A URL pattern without a row fails
+``test_every_url_has_a_row``, so a new page cannot ship without deciding who may see it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from django.test import Client
+from django.urls import URLPattern, URLResolver, get_resolver, reverse
+
+from tests.conftest import ROLES, World
+
+# url name, method: expected status for anonymous, outsider, support, viewer, member, owner.
+# Mutating rows POST an empty form: a permitted role gets the form back with errors (200) or,
+# where no input is needed, the action's redirect (302).
+MATRIX: dict[tuple[str, str], str] = {
+    ("home", "GET"): "302 302 302 302 302 302",
+    ("login", "GET"): "200 302 302 302 302 302",
+    ("login", "POST"): "200 302 302 302 302 302",
+    ("logout", "POST"): "302 302 302 302 302 302",
+    ("project-list", "GET"): "302 200 200 200 200 200",
+    ("project-create", "GET"): "302 404 404 403 403 200",
+    ("project-create", "POST"): "302 404 404 403 403 200",
+    ("project-overview", "GET"): "302 404 404 200 200 200",
+    ("project-settings", "GET"): "302 404 404 200 200 200",
+    ("project-settings", "POST"): "302 404 404 403 403 200",
+    ("audit-log", "GET"): "302 404 404 200 200 200",
+    ("service-create", "GET"): "302 404 404 403 200 200",
+    ("service-create", "POST"): "302 404 404 403 200 200",
+    ("service-name-preview", "GET"): "302 404 404 200 200 200",
+    ("service-detail", "GET"): "302 404 404 200 200 200",
+    ("service-edit", "GET"): "302 404 404 403 200 200",
+    ("service-edit", "POST"): "302 404 404 403 200 200",
+    ("service-delete", "GET"): "302 404 404 403 200 200",
+    ("service-delete", "POST"): "302 404 404 403 302 302",
+    ("service-reveal", "POST"): "302 404 404 403 200 200",
+}
+# Only meaningful for URLs that name a tenant's object: every signed-in role gets 404.
+FOREIGN = "302 404 404 404 404 404"
+
+
+def _url_names(patterns: list[URLPattern | URLResolver]) -> set[str]:
+    names: set[str] = set()
+    for pattern in patterns:
+        if isinstance(pattern, URLResolver):
+            names |= _url_names(pattern.url_patterns)
+        elif pattern.name:
+            names.add(pattern.name)
+    return names
+
+
+def _kwargs(world: World, name: str, *, foreign: bool) -> dict[str, Any]:
+    pattern = next(
+        p for p in get_resolver().url_patterns if isinstance(p, URLPattern) and p.name == name
+    )
+    wanted = set(pattern.pattern.converters)
+    kwargs: dict[str, Any] = {}
+    if "project_uid" in wanted:
+        kwargs["project_uid"] = (world.other_project if foreign else world.project).uid
+    if "service_id" in wanted:
+        service = world.other_service if foreign else world.postgres
+        kwargs["service_id"] = service.pk
+    if "org_slug" in wanted:
+        kwargs["org_slug"] = (world.globex if foreign else world.acme).slug
+    return kwargs
+
+
+def _call(client: Client, method: str, url: str) -> int:
+    response = client.get(url) if method == "GET" else client.post(url, {})
+    return response.status_code
+
+
+def test_every_url_has_a_row() -> None:
+    named = _url_names(get_resolver().url_patterns)
+    covered = {name for name, _ in MATRIX}
+    assert named - covered == set(), "add these URLs to MATRIX with the expected status per role"
+    assert covered - named == set(), "MATRIX names URLs that no longer exist"
+
+
+def _cells(foreign: bool) -> list[Any]:
+    cells = []
+    for (name, method), statuses in MATRIX.items():
+        expected = statuses.split()
+        if foreign:
+            if name in {"home", "login", "logout", "project-list"}:
+                continue
+            expected = FOREIGN.split()
+        for role, status in zip(ROLES, expected, strict=True):
+            cells.append(
+                pytest.param(name, method, role, int(status), id=f"{name}-{method}-{role}")
+            )
+    return cells
+
+
+@pytest.mark.parametrize(("name", "method", "role", "status"), _cells(foreign=False))
+def test_own_tenant(world: World, name: str, method: str, role: str, status: int) -> None:
+    url = reverse(name, kwargs=_kwargs(world, name, foreign=False))
+    assert _call(world.client_for(role), method, url) == status
+
+
+@pytest.mark.parametrize(("name", "method", "role", "status"), _cells(foreign=True))
+def test_other_tenant(world: World, name: str, method: str, role: str, status: int) -> None:
+    url = reverse(name, kwargs=_kwargs(world, name, foreign=True))
+    assert _call(world.client_for(role), method, url) == status
+    # Nothing of the other tenant changed.
+    world.other_service.refresh_from_db()
+
+
+@pytest.mark.parametrize(
+    "name", [name for name, method in MATRIX if method == "GET" and (name, "POST") not in MATRIX]
+)
+def test_post_to_a_read_only_url_is_refused(world: World, name: str) -> None:
+    url = reverse(name, kwargs=_kwargs(world, name, foreign=False))
+    assert world.client_for("owner").post(url, {}).status_code == 405
+
+
+@pytest.mark.parametrize("name", [name for name, method in MATRIX if method == "POST"])
+def test_mutating_urls_reject_a_missing_csrf_token(world: World, name: str) -> None:
+    client = Client(enforce_csrf_checks=True)
+    user = world.users["owner"]
+    assert user is not None
+    client.force_login(user)
+    url = reverse(name, kwargs=_kwargs(world, name, foreign=False))
+    response = client.post(url, {"display_name": "x", "name": "x"})
+    assert response.status_code == 403
+    assert b"nothing was changed" in response.content
+
+
+def test_an_unknown_service_id_is_404_not_500(owner_client: Client, world: World) -> None:
+    url = f"/projects/{world.project.uid}/services/99999999999999999999999/"
+    assert owner_client.get(url).status_code == 404

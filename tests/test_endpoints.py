@@ -1,0 +1,115 @@
+from __future__ import annotations
+
+from urllib.parse import unquote, urlsplit
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from networking import endpoints
+from networking.crypto import MASK, SecretText
+from networking.models import Service
+
+
+def service(kind: str, name: str, ports: list[int] | None = None, **credentials: str) -> Service:
+    result = Service(
+        display_name=name,
+        name=name,
+        kind=kind,
+        ports=ports if ports is not None else Service.default_ports(kind),
+        database_user=credentials.get("user", ""),
+        database_name=credentials.get("database", ""),
+    )
+    if "password" in credentials:
+        result.database_password = SecretText.seal(credentials["password"])
+    return result
+
+
+@pytest.mark.parametrize(
+    ("svc", "expected"),
+    [
+        (
+            service("postgresql", "postgres", user="user", password="pass", database="dbname"),
+            "postgresql://user:pass@postgres.internal:5432/dbname",
+        ),
+        (
+            service("mysql", "name", user="user", password="pass", database="db"),
+            "mysql://user:pass@name.internal:3306/db",
+        ),
+        (service("redis", "cache", password="password"), "redis://:password@cache.internal:6379"),
+        (
+            service("mongodb", "name", user="user", password="pass", database="db"),
+            "mongodb://user:pass@name.internal:27017/db",
+        ),
+    ],
+)
+def test_connection_strings_match_the_spec(svc: Service, expected: str) -> None:
+    assert endpoints.connection_string(svc, reveal=True) == expected
+
+
+def test_password_is_masked_unless_revealed() -> None:
+    svc = service("postgresql", "postgres", user="user", password="hunter2", database="db")
+    masked = endpoints.connection_string(svc)
+    assert "hunter2" not in masked
+    assert masked == f"postgresql://user:{MASK}@postgres.internal:5432/db"
+    assert all("hunter2" not in e.value for e in endpoints.endpoints(svc))
+
+
+def test_reserved_characters_are_percent_encoded() -> None:
+    password = "p@ss:w/rd?#[]%! &="
+    svc = service("postgresql", "postgres", user="us:er@x", password=password, database="d b")
+    url = endpoints.connection_string(svc, reveal=True)
+    parts = urlsplit(url)
+    assert parts.hostname == "postgres.internal"
+    assert parts.port == 5432
+    assert unquote(parts.username or "") == "us:er@x"
+    assert unquote(parts.password or "") == password
+    assert unquote(parts.path) == "/d b"
+
+
+@given(st.text(min_size=1, max_size=40), st.text(min_size=1, max_size=40))
+def test_any_credentials_survive_a_round_trip(user: str, password: str) -> None:
+    svc = service("mysql", "db", user=user, password=password, database="app")
+    parts = urlsplit(endpoints.connection_string(svc, reveal=True))
+    assert parts.hostname == "db.internal"
+    assert parts.port == 3306
+    assert unquote(parts.username or "") == user
+    assert unquote(parts.password or "") == password
+
+
+def test_web_and_private_services_get_http_urls_and_env_lines() -> None:
+    worker = service("private", "background-worker", [3000])
+    [endpoint] = endpoints.endpoints(worker)
+    assert endpoint.value == "http://background-worker.internal:3000"
+    assert endpoint.env_line == "BACKGROUND_WORKER_URL=http://background-worker.internal:3000"
+    api = service("web", "api")
+    assert endpoints.endpoints(api)[0].value == "http://api.internal:8080"
+
+
+def test_every_port_gets_its_own_url() -> None:
+    svc = service("private", "grpc", [3000, 9090])
+    assert [e.env_line for e in endpoints.endpoints(svc)] == [
+        "GRPC_URL=http://grpc.internal:3000",
+        "GRPC_9090_URL=http://grpc.internal:9090",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("kind", "env_name"),
+    [
+        ("postgresql", "DATABASE_URL"),
+        ("mysql", "DATABASE_URL"),
+        ("redis", "REDIS_URL"),
+        ("mongodb", "MONGODB_URL"),
+    ],
+)
+def test_database_env_names(kind: str, env_name: str) -> None:
+    svc = service(kind, "db", user="u", password="p", database="d")
+    assert endpoints.endpoints(svc)[0].env_line.startswith(f"{env_name}={kind}://")
+
+
+def test_code_snippet_calls_the_internal_url() -> None:
+    snippets = endpoints.code_snippets(service("private", "worker", [3000]))
+    assert "fetch('http://worker.internal:3000/'" in snippets["Node.js"]
+    assert '"http://worker.internal:3000/"' in snippets["Python"]
+    assert endpoints.code_snippets(service("redis", "cache", password="x")) == {}

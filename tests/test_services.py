@@ -1,0 +1,346 @@
+from __future__ import annotations
+
+import pytest
+from django.db import connection
+from django.test import Client
+from django.test.utils import CaptureQueriesContext
+from django.urls import reverse
+
+from networking.models import AuditEvent, Project, Service
+from tests.conftest import World, make_service
+
+
+def create_url(world: World) -> str:
+    return reverse("service-create", args=[world.project.uid])
+
+
+def post_service(client: Client, world: World, **data: str) -> tuple[int, str]:
+    response = client.post(create_url(world), data, follow=True)
+    return response.status_code, response.content.decode()
+
+
+def test_it_creates_a_private_service_with_its_hostname(owner_client: Client, world: World) -> None:
+    generation = world.project.generation
+    status, page = post_service(
+        owner_client, world, display_name="Background Worker", kind="private", ports="3000"
+    )
+    assert status == 200
+    service = Service.objects.get(project=world.project, name="background-worker")
+    assert service.display_name == "Background Worker"
+    assert service.ports == [3000]
+    assert "http://background-worker.internal:3000" in page
+    assert "BACKGROUND_WORKER_URL=http://background-worker.internal:3000" in page
+    overview = owner_client.get(reverse("project-overview", args=[world.project.uid]))
+    assert "background-worker.internal:3000" in overview.content.decode()
+    world.project.refresh_from_db()
+    assert world.project.generation == generation + 1
+    event = AuditEvent.objects.get(project=world.project, action=AuditEvent.Action.SERVICE_CREATED)
+    assert (event.actor_label, event.target) == ("owner", "background-worker")
+
+
+def test_a_web_service_defaults_to_8080(owner_client: Client, world: World) -> None:
+    post_service(owner_client, world, display_name="Frontend", kind="web", ports="")
+    assert Service.objects.get(name="frontend").ports == [8080]
+
+
+def test_a_web_service_may_change_its_port(owner_client: Client, world: World) -> None:
+    post_service(owner_client, world, display_name="Frontend", kind="web", ports="3000")
+    assert Service.objects.get(name="frontend").ports == [3000]
+
+
+@pytest.mark.parametrize(
+    ("kind", "port"), [("postgresql", 5432), ("mysql", 3306), ("redis", 6379), ("mongodb", 27017)]
+)
+def test_a_database_gets_its_standard_port_and_credentials(
+    owner_client: Client, world: World, kind: str, port: int
+) -> None:
+    post_service(owner_client, world, display_name="Main DB", kind=kind, ports="1234")
+    service = Service.objects.get(name="main-db")
+    assert service.ports == [port]
+    assert service.database_password is not None
+    assert len(service.database_password.reveal()) >= 24
+
+
+def test_credentials_are_encrypted_at_rest(world: World) -> None:
+    password = world.postgres.database_password
+    assert password is not None
+    plaintext = password.reveal()
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT database_password FROM networking_service WHERE id = %s", [world.postgres.pk]
+        )
+        (stored,) = cursor.fetchone()
+    assert plaintext not in stored
+    assert stored.startswith("gAAAAA")  # a Fernet token
+    assert plaintext not in str(world.postgres.database_password)
+    assert plaintext not in repr(world.postgres.__dict__)
+
+
+@pytest.mark.parametrize(
+    ("display_name", "message"),
+    [
+        ("", "Enter a name"),
+        ("x" * 64, "the limit is 63"),
+        ("9lives", "must start with a letter"),
+        ("🚀🚀", "can’t be part of a hostname"),
+        ("api/v1", "“/”"),
+        ("<script>", "“&lt;”"),
+    ],
+)
+def test_a_bad_name_is_refused_with_a_reason(
+    owner_client: Client, world: World, display_name: str, message: str
+) -> None:
+    count = Service.objects.count()
+    status, page = post_service(
+        owner_client, world, display_name=display_name, kind="web", ports=""
+    )
+    assert status == 200
+    assert message in page
+    assert Service.objects.count() == count
+
+
+@pytest.mark.parametrize(
+    ("ports", "message"),
+    [
+        ("0", "Port 0 is out of range"),
+        ("70000", "Port 70000 is out of range"),
+        ("abc", "“abc” is not a port number"),
+        ("3000, 3000", "Port 3000 is listed twice"),
+        ("-1", "“-1” is not a port number"),
+        ("٣٠٠٠", "is not a port number"),
+        ("", "Enter the port your service listens on"),
+    ],
+)
+def test_a_bad_port_is_refused_with_a_reason(
+    owner_client: Client, world: World, ports: str, message: str
+) -> None:
+    count = Service.objects.count()
+    status, page = post_service(
+        owner_client, world, display_name="Worker", kind="private", ports=ports
+    )
+    assert status == 200
+    assert message in page
+    assert Service.objects.count() == count
+
+
+def test_a_name_that_collides_names_the_existing_service(
+    owner_client: Client, world: World
+) -> None:
+    _, page = post_service(owner_client, world, display_name="  API ", kind="web", ports="")
+    assert "The service “api” already uses api.internal" in page
+    assert Service.objects.filter(project=world.project, name="api").count() == 1
+
+
+def test_the_same_name_in_another_project_is_fine(owner_client: Client, world: World) -> None:
+    post_service(owner_client, world, display_name="Warehouse", kind="mysql")
+    assert Service.objects.filter(name="warehouse").count() == 2
+
+
+def test_a_tampered_kind_is_refused(owner_client: Client, world: World) -> None:
+    _, page = post_service(owner_client, world, display_name="x", kind="kubernetes", ports="1")
+    assert "Select a valid choice" in page
+    assert not Service.objects.filter(name="x").exists()
+
+
+def test_posting_to_another_tenants_project_changes_nothing(
+    owner_client: Client, world: World
+) -> None:
+    url = reverse("service-create", args=[world.other_project.uid])
+    response = owner_client.post(url, {"display_name": "evil", "kind": "web", "ports": "80"})
+    assert response.status_code == 404
+    assert not Service.objects.filter(name="evil").exists()
+
+
+def test_it_renames_and_the_hostname_follows(owner_client: Client, world: World) -> None:
+    url = reverse("service-edit", args=[world.project.uid, world.api.pk])
+    response = owner_client.post(url, {"display_name": "Public API", "ports": "9000"}, follow=True)
+    world.api.refresh_from_db()
+    assert (world.api.name, world.api.ports) == ("public-api", [9000])
+    assert "public-api.internal" in response.content.decode()
+    renamed = AuditEvent.objects.get(action=AuditEvent.Action.SERVICE_RENAMED)
+    assert renamed.details == {"from": "api", "to": "public-api"}
+    assert AuditEvent.objects.filter(action=AuditEvent.Action.SERVICE_PORTS_CHANGED).exists()
+
+
+def test_a_rename_onto_another_service_is_refused(owner_client: Client, world: World) -> None:
+    url = reverse("service-edit", args=[world.project.uid, world.api.pk])
+    response = owner_client.post(url, {"display_name": "Postgres", "ports": "8080"})
+    assert "The service “postgres” already uses postgres.internal" in response.content.decode()
+    world.api.refresh_from_db()
+    assert world.api.name == "api"
+
+
+def test_renaming_a_service_to_its_own_name_is_fine(owner_client: Client, world: World) -> None:
+    url = reverse("service-edit", args=[world.project.uid, world.api.pk])
+    response = owner_client.post(url, {"display_name": "API", "ports": "8080"})
+    assert response.status_code == 302
+    world.api.refresh_from_db()
+    assert (world.api.display_name, world.api.name) == ("API", "api")
+
+
+def test_a_database_keeps_its_kind_and_port_on_edit(owner_client: Client, world: World) -> None:
+    url = reverse("service-edit", args=[world.project.uid, world.postgres.pk])
+    owner_client.post(url, {"display_name": "postgres", "kind": "web", "ports": "80"})
+    world.postgres.refresh_from_db()
+    assert (world.postgres.kind, world.postgres.ports) == ("postgresql", [5432])
+
+
+def test_it_deletes_a_service(owner_client: Client, world: World) -> None:
+    url = reverse("service-delete", args=[world.project.uid, world.api.pk])
+    response = owner_client.post(url, follow=True)
+    assert "api.internal is released" in response.content.decode()
+    assert not Service.objects.filter(pk=world.api.pk).exists()
+    assert AuditEvent.objects.filter(
+        action=AuditEvent.Action.SERVICE_DELETED, target="api"
+    ).exists()
+
+
+class TestNamePreview:
+    def preview(self, client: Client, world: World, name: str, service: str = "") -> str:
+        url = reverse("service-name-preview", args=[world.project.uid])
+        response = client.get(
+            url, {"display_name": name, "service": service}, HTTP_HX_REQUEST="true"
+        )
+        assert response.status_code == 200
+        return response.content.decode()
+
+    def test_it_shows_the_hostname(self, owner_client: Client, world: World) -> None:
+        html = self.preview(owner_client, world, "Background Worker")
+        assert "background-worker.internal" in html
+        assert "<html" not in html  # only the partial
+
+    def test_it_shows_why_a_name_is_invalid(self, owner_client: Client, world: World) -> None:
+        assert "must start with a letter" in self.preview(owner_client, world, "1st")
+
+    def test_it_flags_a_collision(self, owner_client: Client, world: World) -> None:
+        assert "already uses api.internal" in self.preview(owner_client, world, "API")
+
+    def test_a_service_does_not_collide_with_itself(
+        self, owner_client: Client, world: World
+    ) -> None:
+        html = self.preview(owner_client, world, "API", service=str(world.api.pk))
+        assert "already uses" not in html
+        assert "api.internal" in html
+
+    def test_garbage_service_id_is_ignored(self, owner_client: Client, world: World) -> None:
+        assert "already uses" in self.preview(owner_client, world, "api", service="1 OR 1=1")
+
+
+class TestReveal:
+    def reveal_url(self, world: World) -> str:
+        return reverse("service-reveal", args=[world.project.uid, world.postgres.pk])
+
+    def password(self, world: World) -> str:
+        assert world.postgres.database_password is not None
+        return world.postgres.database_password.reveal()
+
+    def test_the_password_is_masked_on_every_page(self, owner_client: Client, world: World) -> None:
+        for url in (
+            reverse("service-detail", args=[world.project.uid, world.postgres.pk]),
+            reverse("project-overview", args=[world.project.uid]),
+            reverse("audit-log", args=[world.project.uid]),
+        ):
+            assert self.password(world) not in owner_client.get(url).content.decode()
+
+    def test_reveal_shows_it_and_is_audited(self, owner_client: Client, world: World) -> None:
+        response = owner_client.post(self.reveal_url(world), HTTP_HX_REQUEST="true")
+        html = response.content.decode()
+        assert self.password(world) in html
+        assert f"@postgres.internal:5432/{world.postgres.database_name}" in html
+        assert "<html" not in html  # htmx gets the endpoints panel only
+        assert "no-store" in response["Cache-Control"]
+        event = AuditEvent.objects.get(action=AuditEvent.Action.CREDENTIALS_REVEALED)
+        assert (event.actor_label, event.target) == ("owner", "postgres")
+        assert self.password(world) not in str(event.details)
+
+    def test_reveal_without_htmx_renders_the_page(self, owner_client: Client, world: World) -> None:
+        html = owner_client.post(self.reveal_url(world)).content.decode()
+        assert "<html" in html and self.password(world) in html
+
+    def test_a_viewer_cannot_reveal(self, viewer_client: Client, world: World) -> None:
+        response = viewer_client.post(self.reveal_url(world))
+        assert response.status_code == 403
+        assert self.password(world) not in response.content.decode()
+        assert not AuditEvent.objects.filter(action=AuditEvent.Action.CREDENTIALS_REVEALED).exists()
+
+    def test_reveal_is_post_only(self, owner_client: Client, world: World) -> None:
+        assert owner_client.get(self.reveal_url(world)).status_code == 405
+
+    def test_a_web_service_has_nothing_to_reveal(self, owner_client: Client, world: World) -> None:
+        url = reverse("service-reveal", args=[world.project.uid, world.api.pk])
+        assert owner_client.post(url).status_code == 400
+
+
+def test_a_viewer_sees_everything_but_no_controls(viewer_client: Client, world: World) -> None:
+    overview = viewer_client.get(reverse("project-overview", args=[world.project.uid]))
+    detail = viewer_client.get(
+        reverse("service-detail", args=[world.project.uid, world.postgres.pk])
+    )
+    html = overview.content.decode() + detail.content.decode()
+    assert "api.internal:8080" in html and "postgres.internal" in html
+    for control in ("New service", "Reveal password", "Rename or change ports", ">Delete<"):
+        assert control not in html
+    assert "Viewers can’t reveal credentials" in html
+
+
+def test_the_project_list_shows_only_my_organizations(client_for: object, world: World) -> None:
+    html = world.client_for("owner").get(reverse("project-list")).content.decode()
+    assert world.project.name in html
+    assert world.other_project.name not in html
+    html = world.client_for("support").get(reverse("project-list")).content.decode()
+    assert world.project.name not in html
+
+
+def test_the_overview_needs_the_same_queries_for_10_and_100_services(
+    owner_client: Client, world: World
+) -> None:
+    url = reverse("project-overview", args=[world.project.uid])
+
+    def queries_with(total: int) -> int:
+        existing = world.project.services.count()
+        Service.objects.bulk_create(
+            Service(
+                project=world.project,
+                display_name=f"svc {i}",
+                name=f"svc-{i}",
+                kind="web",
+                ports=[8080],
+            )
+            for i in range(existing, total)
+        )
+        with CaptureQueriesContext(connection) as context:
+            response = owner_client.get(url)
+        assert response.content.decode().count("<tr>") == total + 1
+        return len(context.captured_queries)
+
+    small = queries_with(10)
+    assert small > 0
+    assert queries_with(100) == small
+
+
+def test_project_rename_moves_nothing(owner_client: Client, world: World) -> None:
+    namespace = world.project.namespace
+    response = owner_client.post(
+        reverse("project-settings", args=[world.project.uid]), {"name": "Shop"}, follow=True
+    )
+    assert "Project renamed" in response.content.decode()
+    project = Project.objects.get(pk=world.project.pk)
+    assert (project.name, project.namespace) == ("Shop", namespace)
+
+
+def test_an_owner_creates_a_project(owner_client: Client, world: World) -> None:
+    response = owner_client.post(
+        reverse("project-create", args=[world.acme.slug]), {"name": "Billing"}, follow=True
+    )
+    assert response.status_code == 200
+    project = Project.objects.get(name="Billing")
+    assert project.organization == world.acme
+    assert project.namespace == f"prj-{project.uid}"
+
+
+def test_the_audit_log_lists_who_did_what(owner_client: Client, world: World) -> None:
+    make_service(world.project, "cache", "redis")
+    post_service(owner_client, world, display_name="Jobs", kind="private", ports="3000")
+    html = owner_client.get(reverse("audit-log", args=[world.project.uid])).content.decode()
+    assert "Created a service <code>jobs</code>" in html
+    assert "owner" in html
