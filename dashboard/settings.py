@@ -213,7 +213,12 @@ if not DEBUG:
 
 MAILERS = {
     "default": {
-        "BACKEND": env_str("EMAIL_BACKEND") or "django.core.mail.backends.console.EmailBackend",
+        "BACKEND": env_str("EMAIL_BACKEND")
+        or (
+            "django.core.mail.backends.console.EmailBackend"
+            if DEBUG
+            else "django.core.mail.backends.smtp.EmailBackend"
+        ),
         "OPTIONS": {
             key: value
             for key, value in {
