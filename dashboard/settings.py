@@ -152,6 +152,65 @@ if REDIS_URL:
 else:
     CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
 
+# -- The cluster -------------------------------------------------------------------------------
+# "manifests" writes YAML under MANIFESTS_DIR (no cluster needed); "kubernetes" applies to the
+# cluster from KUBECONFIG / ~/.kube/config, or the in-cluster service account.
+CLUSTER_BACKEND = env_choice("CLUSTER_BACKEND", ("manifests", "kubernetes"), "manifests")
+MANIFESTS_DIR = Path(env_str("MANIFESTS_DIR") or STATE_DIR / "manifests")
+KUBECONFIG = env_str("KUBECONFIG")
+KUBE_CONTEXT = env_str("KUBE_CONTEXT")
+KUBE_REQUEST_TIMEOUT = env_int("KUBE_REQUEST_TIMEOUT", 10, minimum=1)
+# The label the platform's deploy system puts on each service's pods, with the service's name.
+WORKLOAD_LABEL = env_str("WORKLOAD_LABEL") or "stackblaze.cloud/service"
+# Public web services accept traffic from this namespace (the ingress controller's); empty: none.
+INGRESS_NAMESPACE = env_str("INGRESS_NAMESPACE", "ingress-nginx")
+# Every project is re-applied this often, repairing drift and lost messages.
+RESYNC_SECONDS = env_int("RESYNC_SECONDS", 300, minimum=10)
+# Transient cluster errors are retried this many times, with exponential backoff and jitter.
+RECONCILE_MAX_RETRIES = env_int("RECONCILE_MAX_RETRIES", 6, minimum=0)
+RECONCILE_RETRY_BASE_SECONDS = float(env_str("RECONCILE_RETRY_BASE_SECONDS") or 2)
+RECONCILE_RETRY_MAX_SECONDS = float(env_str("RECONCILE_RETRY_MAX_SECONDS") or 300)
+# A reconcile holds its project for at most this long; a killed worker's claim then lapses.
+RECONCILE_LEASE_SECONDS = env_int("RECONCILE_LEASE_SECONDS", 120, minimum=1)
+
+# -- Celery ------------------------------------------------------------------------------------
+# Redis when REDIS_URL is set; otherwise a broker on the local filesystem that needs no server.
+CELERY_BROKER_URL = REDIS_URL or "filesystem://"
+if REDIS_URL:
+    _VISIBILITY_TIMEOUT = env_int("CELERY_VISIBILITY_TIMEOUT", 600, minimum=1)
+    CELERY_BROKER_TRANSPORT_OPTIONS: dict[str, Any] = {
+        # An unacknowledged task (its worker died) is handed to another worker after this long.
+        "visibility_timeout": _VISIBILITY_TIMEOUT,
+        # Look for such tasks every tenth of that (at most every 10 s).
+        "unacked_restore_interval": max(1, min(10, _VISIBILITY_TIMEOUT // 10)),
+        "unacked_restore_throttle": 1,
+    }
+else:
+    _BROKER_DIR = STATE_DIR / "broker"
+    for _folder in ("queue", "processed"):
+        (_BROKER_DIR / _folder).mkdir(parents=True, exist_ok=True)
+    CELERY_BROKER_TRANSPORT_OPTIONS = {
+        "data_folder_in": str(_BROKER_DIR / "queue"),
+        "data_folder_out": str(_BROKER_DIR / "queue"),
+        "processed_folder": str(_BROKER_DIR / "processed"),
+        "store_processed": False,
+    }
+CELERY_TASK_ACKS_LATE = True
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_TASK_IGNORE_RESULT = True
+CELERY_TASK_SERIALIZER = "json"
+CELERY_ACCEPT_CONTENT = ["json"]
+CELERY_WORKER_HIJACK_ROOT_LOGGER = False
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+CELERY_BEAT_SCHEDULE = {
+    "resync-every-project": {
+        "task": "networking.tasks.resync_all_projects",
+        "schedule": float(RESYNC_SECONDS),
+    },
+}
+CELERY_BEAT_SCHEDULE_FILENAME = str(STATE_DIR / "celerybeat-schedule")
+
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},

@@ -12,8 +12,9 @@ from typing import Any, ClassVar
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
-from django.db import models
+from django.db import models, transaction
 from django.db.models import F
+from django.utils import timezone
 
 from networking import naming
 from networking.crypto import EncryptedTextField, SecretText
@@ -96,6 +97,23 @@ class Project(models.Model):
     generation = models.PositiveBigIntegerField(default=1)
     created_at = models.DateTimeField(auto_now_add=True)
 
+    # Sync state, written only by the reconcile loop (always with .update(), never save()).
+    applied_generation = models.PositiveBigIntegerField(default=0)
+    applied_at = models.DateTimeField(null=True, blank=True)
+    verified_at = models.DateTimeField(null=True, blank=True)
+    reconcile_lease_until = models.DateTimeField(null=True, blank=True)
+    reconcile_lease_token = models.CharField(max_length=32, blank=True)
+    sync_error = models.TextField(blank=True)
+    sync_error_generation = models.PositiveBigIntegerField(null=True, blank=True)
+    sync_retry_at = models.DateTimeField(null=True, blank=True)
+
+    class SyncState(models.TextChoices):
+        QUEUED = "queued", "Queued"
+        APPLYING = "applying", "Applying"
+        IN_SYNC = "in_sync", "In sync"
+        RETRYING = "retrying", "Retrying"
+        FAILED = "failed", "Failed"
+
     class Meta:
         ordering = ["name"]
 
@@ -105,6 +123,32 @@ class Project(models.Model):
     @property
     def namespace(self) -> str:
         return f"prj-{self.uid}"
+
+    @property
+    def sync_state(self) -> Project.SyncState:
+        """Whether the cluster has caught up with this project's desired state."""
+        if self.reconcile_lease_until is not None and self.reconcile_lease_until > timezone.now():
+            return Project.SyncState.APPLYING
+        if self.sync_error and self.sync_error_generation == self.generation:
+            return Project.SyncState.RETRYING if self.sync_retry_at else Project.SyncState.FAILED
+        if self.applied_generation >= self.generation:
+            return Project.SyncState.IN_SYNC
+        return Project.SyncState.QUEUED
+
+    @property
+    def in_sync(self) -> bool:
+        return self.sync_state == Project.SyncState.IN_SYNC
+
+    def request_reconcile(self) -> None:
+        """Ask a worker to look at this project once the current transaction commits.
+
+        The message carries only the id; enqueuing twice is harmless, since the reconcile
+        reads the current state and a no-op pass writes nothing.
+        """
+        from networking.tasks import reconcile_project
+
+        project_id = self.pk
+        transaction.on_commit(lambda: reconcile_project.delay(project_id))
 
     def record_change(
         self,
@@ -119,6 +163,7 @@ class Project(models.Model):
         Call inside the transaction that wrote the change, so all three commit together.
         """
         Project.objects.filter(pk=self.pk).update(generation=F("generation") + 1)
+        self.request_reconcile()
         return self.audit(actor=actor, action=action, target=target, details=details)
 
     def audit(
@@ -304,3 +349,45 @@ class AuditEvent(models.Model):
 
     def __str__(self) -> str:
         return f"{self.actor_label} {self.get_action_display()} {self.target}"
+
+
+class ApplyAttempt(models.Model):
+    """One reconcile pass that changed something or failed: the sync history of a project.
+
+    Passes that found the cluster already in sync only move ``Project.verified_at``.
+    """
+
+    class Result(models.TextChoices):
+        APPLIED = "applied", "Applied"
+        FAILED = "failed", "Failed"
+
+    KEEP_PER_PROJECT: ClassVar[int] = 50
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="apply_attempts")
+    generation = models.PositiveBigIntegerField()
+    started_at = models.DateTimeField()
+    duration_ms = models.PositiveIntegerField()
+    result = models.CharField(max_length=20, choices=Result)
+    changes = models.JSONField(default=list, blank=True)
+    error = models.TextField(blank=True)
+
+    class Meta:
+        ordering = ["-started_at", "-id"]
+        indexes = [models.Index(fields=["project", "-started_at"], name="attempts_by_project")]
+
+    def __str__(self) -> str:
+        return f"{self.get_result_display()} generation {self.generation}"
+
+    @classmethod
+    def record(cls, **fields: Any) -> ApplyAttempt:
+        attempt = cls.objects.create(**fields)
+        # Keep the newest KEEP_PER_PROJECT: find the first id past them and drop it and older.
+        oldest_dropped = (
+            cls.objects.filter(project_id=attempt.project_id)
+            .order_by("-id")
+            .values_list("id", flat=True)[cls.KEEP_PER_PROJECT : cls.KEEP_PER_PROJECT + 1]
+        )
+        cutoff = list(oldest_dropped)
+        if cutoff:
+            cls.objects.filter(project_id=attempt.project_id, id__lte=cutoff[0]).delete()
+        return attempt

@@ -1,0 +1,88 @@
+"""Where desired state goes: a real cluster, or a directory of manifests.
+
+``get_backend()`` picks one from ``settings.CLUSTER_BACKEND``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from django.conf import settings
+
+from networking.cluster.desired import KubeObject
+from networking.cluster.errors import ClusterError
+
+FIELD_MANAGER = "stackblaze-networking"
+
+
+@dataclass
+class ApplyResult:
+    """What one pass changed, what the cluster assigned, and what failed."""
+
+    changes: list[str] = field(default_factory=list)
+    # Service name -> ClusterIP, for every Service the namespace has.
+    cluster_ips: dict[str, str] = field(default_factory=dict)
+    errors: list[ClusterError] = field(default_factory=list)
+
+
+class Backend(Protocol):
+    name: str
+
+    def apply(self, namespace: str, objects: dict[tuple[str, str], KubeObject]) -> ApplyResult:
+        """Make the namespace hold exactly ``objects`` among the objects this app manages.
+
+        Writes only what differs and prunes managed objects that are no longer desired. Raises
+        ``ClusterError`` when the current state cannot be read; errors writing single objects
+        are collected in the result so one bad object does not hold the others back.
+        """
+        ...
+
+
+def get_backend() -> Backend:
+    if settings.CLUSTER_BACKEND == "kubernetes":
+        from networking.cluster.kube import KubernetesBackend
+
+        return KubernetesBackend.from_settings()
+    from networking.cluster.manifests import ManifestsBackend
+
+    return ManifestsBackend(settings.MANIFESTS_DIR)
+
+
+def matches(desired: KubeObject, live: KubeObject) -> bool:
+    """Whether the live object already has every field we apply.
+
+    Identity (apiVersion, kind, name) is compared by the caller: list responses carry no
+    apiVersion or kind on their items.
+    """
+    metadata = desired.get("metadata", {})
+    ours = {
+        "metadata": {key: metadata[key] for key in ("labels", "annotations") if key in metadata},
+        **{key: value for key, value in desired.items() if key not in IDENTITY_FIELDS},
+    }
+    return is_subset(ours, live)
+
+
+IDENTITY_FIELDS = frozenset({"apiVersion", "kind", "metadata"})
+
+
+def is_subset(desired: Any, live: Any) -> bool:
+    """True when every field we set has the same value in the live object.
+
+    Fields the cluster adds (defaults, status, other managers' fields) are ignored; lists must
+    match element by element, so a removed or added rule counts as a difference.
+    """
+    if desired == {}:
+        # An empty selector means "everything": a live one that selects less differs.
+        return live in ({}, None)
+    if isinstance(desired, dict):
+        return isinstance(live, dict) and all(
+            key in live and is_subset(value, live[key]) for key, value in desired.items()
+        )
+    if isinstance(desired, list):
+        return (
+            isinstance(live, list)
+            and len(desired) == len(live)
+            and all(is_subset(d, x) for d, x in zip(desired, live, strict=True))
+        )
+    return bool(desired == live)

@@ -1,0 +1,177 @@
+"""The desired Kubernetes objects of a project: a pure function of its database rows.
+
+No I/O happens here, so the whole mapping from rows to manifests is testable on its own. The
+backends (``networking.cluster.backends``) make the cluster match what this returns.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+KubeObject = dict[str, Any]
+
+MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
+MANAGED_BY = "stackblaze-networking"
+PROJECT_LABEL = "networking.stackblaze.cloud/project"
+SERVICE_LABEL = "networking.stackblaze.cloud/service"
+# Set by Kubernetes 1.21+ on every namespace. We set it ourselves as well, so peering policies
+# can match on it on older clusters too; tenants have no rights on namespaces.
+NAMESPACE_NAME_LABEL = "kubernetes.io/metadata.name"
+
+ISOLATION_POLICY = "project-isolation"
+INGRESS_POLICY = "allow-ingress-controller"
+
+# Apply order: a namespace before what lives in it.
+KINDS = ("Namespace", "Service", "NetworkPolicy")
+
+
+@dataclass(frozen=True)
+class ServiceSpec:
+    """What the builder needs of a ``networking.models.Service`` row."""
+
+    name: str
+    kind: str
+    ports: Sequence[int]
+    public: bool = False
+
+
+@dataclass(frozen=True)
+class ClusterSettings:
+    """Cluster-wide conventions, from Django settings."""
+
+    workload_label: str = "stackblaze.cloud/service"
+    ingress_namespace: str = "ingress-nginx"
+
+
+@dataclass
+class DesiredState:
+    """Everything one project should have in the cluster, keyed by (kind, name)."""
+
+    namespace: str
+    objects: dict[tuple[str, str], KubeObject] = field(default_factory=dict)
+
+    def add(self, obj: KubeObject) -> None:
+        self.objects[(obj["kind"], obj["metadata"]["name"])] = obj
+
+    def of_kind(self, kind: str) -> dict[str, KubeObject]:
+        return {name: obj for (k, name), obj in self.objects.items() if k == kind}
+
+
+def managed_labels(project_uid: str, **extra: str) -> dict[str, str]:
+    return {MANAGED_BY_LABEL: MANAGED_BY, PROJECT_LABEL: project_uid, **extra}
+
+
+def managed_selector() -> str:
+    """Label selector for listing every object this app manages."""
+    return f"{MANAGED_BY_LABEL}={MANAGED_BY}"
+
+
+def namespace_object(namespace: str, project_uid: str) -> KubeObject:
+    return {
+        "apiVersion": "v1",
+        "kind": "Namespace",
+        "metadata": {
+            "name": namespace,
+            "labels": managed_labels(project_uid, **{NAMESPACE_NAME_LABEL: namespace}),
+        },
+    }
+
+
+def service_object(
+    namespace: str, project_uid: str, service: ServiceSpec, settings: ClusterSettings
+) -> KubeObject:
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {
+            "name": service.name,
+            "namespace": namespace,
+            "labels": managed_labels(project_uid, **{SERVICE_LABEL: service.name}),
+        },
+        "spec": {
+            "type": "ClusterIP",
+            "selector": {settings.workload_label: service.name},
+            "ports": [
+                {"name": f"tcp-{port}", "port": port, "targetPort": port, "protocol": "TCP"}
+                for port in service.ports
+            ],
+        },
+    }
+
+
+def isolation_policy(namespace: str, project_uid: str) -> KubeObject:
+    """Every pod in the namespace accepts traffic from its own namespace only."""
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": {
+            "name": ISOLATION_POLICY,
+            "namespace": namespace,
+            "labels": managed_labels(project_uid),
+        },
+        "spec": {
+            "podSelector": {},
+            "policyTypes": ["Ingress"],
+            "ingress": [{"from": [{"podSelector": {}}]}],
+        },
+    }
+
+
+def ingress_policy(
+    namespace: str, project_uid: str, public_services: list[str], settings: ClusterSettings
+) -> KubeObject:
+    """Public web services also accept traffic from the ingress controller's namespace."""
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": {
+            "name": INGRESS_POLICY,
+            "namespace": namespace,
+            "labels": managed_labels(project_uid),
+        },
+        "spec": {
+            "podSelector": {
+                "matchExpressions": [
+                    {
+                        "key": settings.workload_label,
+                        "operator": "In",
+                        "values": sorted(public_services),
+                    }
+                ]
+            },
+            "policyTypes": ["Ingress"],
+            "ingress": [
+                {
+                    "from": [
+                        {
+                            "namespaceSelector": {
+                                "matchLabels": {NAMESPACE_NAME_LABEL: settings.ingress_namespace}
+                            }
+                        }
+                    ]
+                }
+            ],
+        },
+    }
+
+
+def build_desired_state(
+    *,
+    namespace: str,
+    project_uid: str,
+    services: Iterable[ServiceSpec],
+    settings: ClusterSettings,
+) -> DesiredState:
+    desired = DesiredState(namespace=namespace)
+    desired.add(namespace_object(namespace, project_uid))
+    public = []
+    for service in sorted(services, key=lambda s: s.name):
+        desired.add(service_object(namespace, project_uid, service, settings))
+        if service.public:
+            public.append(service.name)
+    desired.add(isolation_policy(namespace, project_uid))
+    if public and settings.ingress_namespace:
+        desired.add(ingress_policy(namespace, project_uid, public, settings))
+    return desired

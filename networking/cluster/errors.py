@@ -1,0 +1,56 @@
+"""Errors from a backend, saying whether trying again can help.
+
+Backends never sleep and retry inline: they raise one of these, and the Celery task decides
+(bounded exponential backoff for transient errors, fail fast for permanent ones).
+"""
+
+from __future__ import annotations
+
+
+class ClusterError(Exception):
+    """A change could not be applied. ``str()`` is a plain-words reason for the UI."""
+
+    transient = False
+
+    def __init__(self, message: str, *, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class TransientClusterError(ClusterError):
+    """The cluster may recover by itself: 5xx, 429, 409, timeouts, refused connections."""
+
+    transient = True
+
+
+class PermanentClusterError(ClusterError):
+    """Retrying the same request will fail again: 400, 403, 422 and the like."""
+
+
+TRANSIENT_STATUSES = frozenset({409, 429, 500, 502, 503, 504})
+
+
+def error_for_status(status: int, action: str, detail: str) -> ClusterError:
+    """Turn an API status into an error whose message a customer can act on."""
+    detail = detail.strip().rstrip(".:")
+    if status == 403:
+        message = (
+            f"The cluster did not allow {action} (403 Forbidden): {detail}. "
+            "The worker's service account lacks a permission; see deploy/rbac.yaml."
+        )
+    elif status in (400, 422):
+        message = f"The cluster rejected {action} as invalid ({status}): {detail}."
+    elif status == 409:
+        message = f"Someone else changed the object during {action} (409 Conflict)."
+    elif status == 429:
+        message = f"The cluster is rate-limiting requests (429) during {action}."
+    elif status >= 500:
+        message = f"The cluster's API server failed during {action} ({status}): {detail}."
+    else:
+        message = f"The cluster answered {status} to {action}: {detail}."
+    error_class = (
+        TransientClusterError
+        if status in TRANSIENT_STATUSES or status >= 500
+        else (PermanentClusterError)
+    )
+    return error_class(message, status=status)

@@ -1,0 +1,243 @@
+"""The reconcile loop: make the cluster match a project's rows, the way a controller does.
+
+Level-triggered: a pass reads the current rows, builds the full desired state and lets the
+backend apply only what differs, so running it again, twice at once, or after a lost message
+is harmless. A compare-and-swap lease on the project row keeps two passes of one project from
+overlapping without holding a database transaction open during cluster I/O.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+from django.conf import settings
+from django.db import transaction
+from django.db.models import Q
+from django.utils import timezone
+
+from networking.cluster.backends import Backend, get_backend
+from networking.cluster.desired import (
+    ClusterSettings,
+    DesiredState,
+    ServiceSpec,
+    build_desired_state,
+)
+from networking.cluster.errors import ClusterError, PermanentClusterError
+from networking.models import ApplyAttempt, Project, Service
+
+logger = logging.getLogger(__name__)
+
+# Passes in one task when the generation keeps moving; the next change enqueues another task.
+MAX_PASSES = 5
+
+
+@dataclass
+class Outcome:
+    status: str  # "applied", "in_sync", "busy" (another worker holds it), "missing"
+    generation: int = 0
+    changes: list[str] = field(default_factory=list)
+    # For "busy": seconds until the holder's lease lapses, should the holder have died.
+    lease_remaining: float = 0.0
+
+
+class ReconcileFailed(Exception):
+    def __init__(
+        self, error: ClusterError, *, generation: int, changes: list[str], started_at: float
+    ) -> None:
+        super().__init__(str(error))
+        self.error = error
+        self.generation = generation
+        self.changes = changes
+        self.started_at = started_at
+
+
+def cluster_settings() -> ClusterSettings:
+    return ClusterSettings(
+        workload_label=settings.WORKLOAD_LABEL, ingress_namespace=settings.INGRESS_NAMESPACE
+    )
+
+
+def desired_state_for(project: Project) -> DesiredState:
+    services = project.services.only("name", "kind", "ports")
+    return build_desired_state(
+        namespace=project.namespace,
+        project_uid=project.uid,
+        services=[
+            ServiceSpec(
+                name=service.name,
+                kind=service.kind,
+                ports=service.ports,
+                public=service.kind == Service.Kind.WEB,
+            )
+            for service in services
+        ],
+        settings=cluster_settings(),
+    )
+
+
+def claim(project_id: int) -> str | None:
+    """Take the project's lease if nobody holds it (or the holder's lease lapsed)."""
+    token = secrets.token_hex(16)
+    now = timezone.now()
+    claimed = (
+        Project.objects.filter(pk=project_id)
+        .filter(Q(reconcile_lease_until__isnull=True) | Q(reconcile_lease_until__lte=now))
+        .update(
+            reconcile_lease_until=now + timedelta(seconds=settings.RECONCILE_LEASE_SECONDS),
+            reconcile_lease_token=token,
+        )
+    )
+    return token if claimed else None
+
+
+def release(project_id: int, token: str) -> None:
+    Project.objects.filter(pk=project_id, reconcile_lease_token=token).update(
+        reconcile_lease_until=None, reconcile_lease_token=""
+    )
+
+
+def reconcile(project_id: int, backend: Backend | None = None) -> Outcome:
+    """Bring one project's namespace in line with its rows; raise ``ReconcileFailed``."""
+    outcome = Outcome("busy")
+    for _ in range(MAX_PASSES):
+        token = claim(project_id)
+        if token is None:
+            lease_until = (
+                Project.objects.filter(pk=project_id)
+                .values_list("reconcile_lease_until", flat=True)
+                .first()
+            )
+            if lease_until is None and not Project.objects.filter(pk=project_id).exists():
+                return Outcome("missing")
+            # The holder checks the generation after releasing, so it will see our change.
+            remaining = (lease_until - timezone.now()).total_seconds() if lease_until else 0.0
+            return Outcome(
+                "busy", generation=outcome.generation, lease_remaining=max(remaining, 0.0)
+            )
+        try:
+            project = Project.objects.filter(pk=project_id).first()
+            if project is None:
+                return Outcome("missing")
+            try:
+                outcome = _one_pass(project, backend or get_backend())
+            except ReconcileFailed:
+                raise
+            except Exception:
+                logger.exception("Reconcile of project %s crashed", project_id)
+                raise ReconcileFailed(
+                    PermanentClusterError(
+                        "An internal error stopped the apply. It has been logged; "
+                        "press Retry once it is fixed."
+                    ),
+                    generation=project.generation,
+                    changes=[],
+                    started_at=time.time(),
+                ) from None
+        finally:
+            release(project_id, token)
+        # Checked after releasing: a change committed from here on enqueues a task that can
+        # claim the lease, and one committed before is seen here.
+        if not Project.objects.filter(pk=project_id, generation__gt=outcome.generation).exists():
+            return outcome
+    return outcome
+
+
+def _one_pass(project: Project, backend: Backend) -> Outcome:
+    generation = project.generation
+    services = list(project.services.only("name", "cluster_ip"))
+    desired = desired_state_for(project)
+    started_at = time.time()
+    try:
+        result = backend.apply(desired.namespace, desired.objects)
+    except ClusterError as error:
+        raise ReconcileFailed(
+            error, generation=generation, changes=[], started_at=started_at
+        ) from None
+
+    changed_ips = []
+    for service in services:
+        cluster_ip = result.cluster_ips.get(service.name)
+        if service.cluster_ip != cluster_ip:
+            service.cluster_ip = cluster_ip
+            changed_ips.append(service)
+    if changed_ips:
+        Service.objects.bulk_update(changed_ips, ["cluster_ip"])
+
+    if result.errors:
+        permanent = [error for error in result.errors if not error.transient]
+        raise ReconcileFailed(
+            (permanent or result.errors)[0],
+            generation=generation,
+            changes=result.changes,
+            started_at=started_at,
+        )
+
+    now = timezone.now()
+    with transaction.atomic():
+        Project.objects.filter(pk=project.pk, applied_generation__lt=generation).update(
+            applied_generation=generation, applied_at=now
+        )
+        Project.objects.filter(pk=project.pk).update(
+            verified_at=now, sync_error="", sync_error_generation=None, sync_retry_at=None
+        )
+        if result.changes:
+            ApplyAttempt.record(
+                project=project,
+                generation=generation,
+                started_at=datetime.fromtimestamp(started_at, tz=UTC),
+                duration_ms=int((time.time() - started_at) * 1000),
+                result=ApplyAttempt.Result.APPLIED,
+                changes=result.changes,
+            )
+    if result.changes:
+        logger.info(
+            "Applied generation %s of project %s: %s",
+            generation,
+            project.uid,
+            summarize(result.changes),
+        )
+    return Outcome(
+        "applied" if result.changes else "in_sync", generation=generation, changes=result.changes
+    )
+
+
+def summarize(changes: list[str], limit: int = 10) -> str:
+    shown = "; ".join(changes[:limit])
+    return shown if len(changes) <= limit else f"{shown}; and {len(changes) - limit} more"
+
+
+def record_failure(project_id: int, failure: ReconcileFailed, *, retry_in: float | None) -> None:
+    """Show the failure on the project; ``retry_in`` says a retry is already scheduled."""
+    now = timezone.now()
+    with transaction.atomic():
+        updated = Project.objects.filter(pk=project_id).update(
+            sync_error=str(failure.error),
+            sync_error_generation=failure.generation,
+            sync_retry_at=now + timedelta(seconds=retry_in) if retry_in is not None else None,
+        )
+        if updated:
+            ApplyAttempt.record(
+                project_id=project_id,
+                generation=failure.generation,
+                started_at=datetime.fromtimestamp(failure.started_at, tz=UTC),
+                duration_ms=int((time.time() - failure.started_at) * 1000),
+                result=ApplyAttempt.Result.FAILED,
+                changes=failure.changes,
+                error=str(failure.error),
+            )
+    logger.warning(
+        "Reconcile of project %s failed (%s): %s",
+        project_id,
+        f"retrying in {retry_in:.1f}s" if retry_in is not None else "not retrying",
+        failure.error,
+    )
+
+
+def retry_now(project: Project) -> None:
+    """The Retry button: show "retrying" and enqueue a fresh pass with a fresh retry budget."""
+    Project.objects.filter(pk=project.pk).update(sync_retry_at=timezone.now())
+    project.request_reconcile()

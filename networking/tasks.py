@@ -1,0 +1,49 @@
+"""Celery tasks. Arguments are ids only: never a secret, never a model."""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+from celery import Task, shared_task
+from django.conf import settings
+
+from networking.cluster import reconcile as reconciler
+from networking.models import Project
+
+
+def backoff_seconds(retries: int) -> float:
+    """Exponential backoff with jitter: about base·2ⁿ, capped, never two workers in step."""
+    ceiling = min(
+        settings.RECONCILE_RETRY_MAX_SECONDS, settings.RECONCILE_RETRY_BASE_SECONDS * 2**retries
+    )
+    return random.uniform(ceiling / 2, ceiling)  # noqa: S311 (jitter, not cryptography)
+
+
+@shared_task(bind=True, acks_late=True, reject_on_worker_lost=True, max_retries=None)
+def reconcile_project(self: Task[Any, Any], project_id: int) -> str:
+    """Apply one project's desired state; retry transient cluster errors with backoff."""
+    try:
+        outcome = reconciler.reconcile(project_id)
+    except reconciler.ReconcileFailed as failure:
+        retries = self.request.retries
+        will_retry = failure.error.transient and retries < settings.RECONCILE_MAX_RETRIES
+        delay = backoff_seconds(retries) if will_retry else None
+        reconciler.record_failure(project_id, failure, retry_in=delay)
+        if delay is not None:
+            raise self.retry(countdown=delay) from None
+        return "failed"
+    if outcome.status == "busy" and self.request.retries < settings.RECONCILE_MAX_RETRIES:
+        # Another worker is applying and will pick up our change when done; but should it
+        # have died, look again once its lease has lapsed.
+        raise self.retry(countdown=outcome.lease_remaining + backoff_seconds(0))
+    return outcome.status
+
+
+@shared_task(acks_late=True)
+def resync_all_projects() -> int:
+    """Beat: look at every project, repairing drift in the cluster and lost messages."""
+    project_ids = list(Project.objects.values_list("pk", flat=True))
+    for project_id in project_ids:
+        reconcile_project.delay(project_id)
+    return len(project_ids)
