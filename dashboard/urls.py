@@ -18,6 +18,17 @@ urlpatterns = [
     path("projects/<str:project_uid>/", views.project_overview, name="project-overview"),
     path("projects/<str:project_uid>/settings/", views.project_settings, name="project-settings"),
     path("projects/<str:project_uid>/audit/", views.audit_log, name="audit-log"),
+    path("projects/<str:project_uid>/sync/", views.project_sync, name="project-sync"),
+    path(
+        "projects/<str:project_uid>/sync/status/",
+        views.project_sync_status,
+        name="project-sync-status",
+    ),
+    path(
+        "projects/<str:project_uid>/sync/retry/",
+        views.project_sync_retry,
+        name="project-sync-retry",
+    ),
     path("projects/<str:project_uid>/services/new/", views.service_create, name="service-create"),
     path(
         "projects/<str:project_uid>/services/name-preview/",

@@ -15,6 +15,7 @@ from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
+from django_htmx.http import trigger_client_event
 from django_htmx.middleware import HtmxDetails
 
 from dashboard.access import (
@@ -25,7 +26,8 @@ from dashboard.access import (
 )
 from dashboard.forms import ProjectForm, ServiceForm
 from networking import endpoints, naming
-from networking.models import AuditEvent, Membership, Project, Service
+from networking.cluster.reconcile import retry_now
+from networking.models import ApplyAttempt, AuditEvent, Membership, Project, Service
 
 
 class HtmxHttpRequest(HttpRequest):
@@ -76,10 +78,47 @@ def project_create(request: HttpRequest, org_slug: str) -> HttpResponse:
 
 @login_required
 @require_GET
-def project_overview(request: HttpRequest, project_uid: str) -> HttpResponse:
+def project_overview(request: HtmxHttpRequest, project_uid: str) -> HttpResponse:
     access = get_project_for_user(request, project_uid)
     services = list(access.project.services.all())
-    return render(request, "projects/overview.html", _project_context(access, services=services))
+    # htmx refreshes just the table when the cluster catches up.
+    template = "projects/overview.html#services-table" if request.htmx else "projects/overview.html"
+    return render(request, template, _project_context(access, services=services))
+
+
+@login_required
+@require_GET
+def project_sync_status(request: HttpRequest, project_uid: str) -> HttpResponse:
+    """The live sync badge, polled by htmx until the cluster has caught up."""
+    access = get_project_for_user(request, project_uid)
+    response = render(request, "projects/base_project.html#sync-status", _project_context(access))
+    previous = request.GET.get("was", "")
+    if access.project.in_sync and previous and previous != Project.SyncState.IN_SYNC:
+        # Pages listening for this event refresh what the cluster just assigned (ClusterIPs).
+        trigger_client_event(response, "cluster-synced")
+    return response
+
+
+@login_required
+@require_POST
+def project_sync_retry(request: HtmxHttpRequest, project_uid: str) -> HttpResponse:
+    access = get_project_for_user(request, project_uid)
+    access.require(Membership.can_change_services)
+    retry_now(access.project)
+    access.project.refresh_from_db()
+    if request.htmx:
+        return render(request, "projects/base_project.html#sync-status", _project_context(access))
+    messages.success(request, "Retrying now.")
+    return redirect("project-sync", project_uid=project_uid)
+
+
+@login_required
+@require_GET
+def project_sync(request: HttpRequest, project_uid: str) -> HttpResponse:
+    """The sync history: recent apply attempts, what they changed and how they ended."""
+    access = get_project_for_user(request, project_uid)
+    attempts = ApplyAttempt.objects.filter(project=access.project)[: ApplyAttempt.KEEP_PER_PROJECT]
+    return render(request, "projects/sync.html", _project_context(access, attempts=attempts))
 
 
 @login_required
@@ -183,9 +222,11 @@ def _service_context(
 
 @login_required
 @require_GET
-def service_detail(request: HttpRequest, project_uid: str, service_id: int) -> HttpResponse:
+def service_detail(request: HtmxHttpRequest, project_uid: str, service_id: int) -> HttpResponse:
     access, service = get_service_for_user(request, project_uid, service_id)
-    return render(request, "services/detail.html", _service_context(access, service))
+    # htmx refreshes just the endpoints panel when the cluster assigns the ClusterIP.
+    template = "services/detail.html#endpoints" if request.htmx else "services/detail.html"
+    return render(request, template, _service_context(access, service))
 
 
 @login_required
