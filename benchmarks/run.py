@@ -14,15 +14,19 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "tests.settings")
+os.environ.setdefault("LOG_LEVEL", "WARNING")
 
-import django
+import django  # noqa: E402
 
 django.setup()
 
+from django.conf import settings  # noqa: E402
 from django.contrib.auth.models import User  # noqa: E402
-from django.db import connection  # noqa: E402
+from django.db import connection, transaction  # noqa: E402
+from django.db.models import F  # noqa: E402
 from django.test import Client  # noqa: E402
 from django.test.utils import (  # noqa: E402
     setup_databases,
@@ -31,10 +35,14 @@ from django.test.utils import (  # noqa: E402
 )
 from django.urls import reverse  # noqa: E402
 
-from networking.models import Membership, Organization, Project, Service  # noqa: E402
+from networking.models import AuditEvent, Membership, Organization, Project, Service  # noqa: E402
+from tests.kubeapi import ClusterUnavailable, TestAPIServer, require_binaries  # noqa: E402
+from tests.kubehttp import HttpRecorder  # noqa: E402
+from tests.worker import WorkerProcess, database_url  # noqa: E402
 
 SIZES = (10, 100, 1000)
 RENDERS = 15
+RUNS = 20
 
 
 @contextmanager
@@ -88,13 +96,133 @@ def bench_overview() -> bool:
     return constant
 
 
+def bench_reconcile(server: TestAPIServer) -> bool:
+    """Kubernetes API calls per reconcile pass, counted at the client's HTTP layer."""
+    from networking.cluster import kube
+    from networking.cluster.reconcile import reconcile
+
+    settings.CLUSTER_BACKEND = "kubernetes"
+    settings.KUBECONFIG = str(server.kubeconfig_path)
+    kube._api_client.cache_clear()
+    recorder = HttpRecorder(kube.api_client().rest_client.pool_manager)
+    kube.api_client().rest_client.pool_manager = recorder  # type: ignore[assignment]
+    organization = Organization.objects.create(name="Reconcile", slug="reconcile")
+    print("\nKubernetes API calls per reconcile pass")
+    print(f"{'services':>10} {'first pass':>16} {'no change':>16} {'one rename':>16}")
+    ok = True
+    no_change_reads = set()
+    for size in SIZES:
+        project = Project.objects.create(organization=organization, name=f"r{size}")
+        Service.objects.bulk_create(
+            Service(
+                project=project, display_name=f"s{i}", name=f"s{i}", kind="private", ports=[3000]
+            )
+            for i in range(size)
+        )
+        figures = []
+        for step in ("first", "no change", "rename"):
+            if step == "rename":
+                Service.objects.filter(project=project, name="s0").update(
+                    name="renamed", display_name="renamed"
+                )
+                Project.objects.filter(pk=project.pk).update(generation=F("generation") + 1)
+            recorder.reset()
+            reconcile(project.pk)
+            figures.append((len(recorder.reads), len(recorder.writes)))
+        (_, _), (reads, writes), (_, rename_writes) = figures
+        no_change_reads.add(reads)
+        ok = ok and writes == 0 and rename_writes == 2
+        print(f"{size:>10} " + " ".join(f"{r:>4} R {w:>5} W   " for r, w in figures))
+    constant = len(no_change_reads) == 1
+    print(
+        "no-change pass: zero writes:",
+        "yes" if ok else "NO",
+        "| reads constant across sizes:",
+        "yes" if constant else "NO",
+    )
+    kube._api_client.cache_clear()
+    return ok and constant
+
+
+def bench_latency(server: TestAPIServer) -> bool:
+    """Commit-to-in-sync through Redis and a real worker, beside an empty task's round trip."""
+    if not settings.REDIS_URL:
+        print("\nChange-to-in-sync latency: skipped (set REDIS_URL to measure through Redis)")
+        return True
+    import redis
+
+    from benchmarks.tasks import touch
+
+    broker = redis.Redis.from_url(settings.REDIS_URL)
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "tests.settings",
+        "DATABASE_URL": database_url(),
+        "CLUSTER_BACKEND": "kubernetes",
+        "KUBECONFIG": str(server.kubeconfig_path),
+    }
+    worker = WorkerProcess(
+        env, Path(settings.STATE_DIR) / "bench-worker.log", ["-I", "benchmarks.tasks"]
+    )
+    worker.start()
+    try:
+        organization = Organization.objects.create(name="Latency", slug="latency")
+        project = Project.objects.create(organization=organization, name="latency")
+        for i in range(5):
+            Service.objects.create(
+                project=project, display_name=f"svc{i}", name=f"svc{i}", kind="web", ports=[8080]
+            )
+        empty: list[float] = []
+        synced: list[float] = []
+        for round_number in range(RUNS + 1):
+            key = f"bench-touch-{round_number}"
+            start = time.perf_counter()
+            touch.delay(key)
+            while not broker.exists(key):
+                time.sleep(0.001)
+            empty.append(time.perf_counter() - start)
+            broker.delete(key)
+
+            start = time.perf_counter()
+            with transaction.atomic():
+                service = Service.objects.get(project=project, name="svc0")
+                service.ports = [8080 + round_number + 1]
+                service.save(update_fields=["ports"])
+                project.record_change(
+                    actor=None, action=AuditEvent.Action.SERVICE_PORTS_CHANGED, target="svc0"
+                )
+            target = Project.objects.get(pk=project.pk).generation
+            while Project.objects.get(pk=project.pk).applied_generation < target:
+                time.sleep(0.001)
+            synced.append(time.perf_counter() - start)
+        # The first round warms the worker up (imports, connections); leave it out.
+        print("\nChange to in sync, through Redis and a real worker, against the real API server")
+        print(
+            f"  empty Celery task round trip: median {statistics.median(empty[1:]) * 1000:7.1f} ms"
+        )
+        print(
+            f"  commit to in sync:            median {statistics.median(synced[1:]) * 1000:7.1f} ms"
+        )
+    finally:
+        worker.stop()
+    return True
+
+
 def main() -> int:
     setup_test_environment()
-    engine = connection.vendor
-    print(f"database: {engine}\n")
+    print(f"database: {connection.vendor}\n")
     old_config = setup_databases(verbosity=0, interactive=False)
+    ok = True
     try:
-        ok = bench_overview()
+        ok = bench_overview() and ok
+        try:
+            bin_dir = require_binaries()
+        except ClusterUnavailable as error:
+            print(f"\nReconcile figures skipped: no test API server ({error.reason})")
+        else:
+            with TestAPIServer(bin_dir) as server:
+                ok = bench_reconcile(server) and ok
+                ok = bench_latency(server) and ok
     finally:
         teardown_databases(old_config, verbosity=0)
     return 0 if ok else 1

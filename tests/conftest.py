@@ -1,8 +1,10 @@
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -134,3 +136,14 @@ def viewer_client(world: World) -> Client:
 @pytest.fixture
 def client_for(world: World) -> Callable[[str], Client]:
     return world.client_for
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Drop what this run left in the broker and on disk."""
+    if settings.REDIS_URL:
+        import redis
+
+        redis.Redis.from_url(settings.REDIS_URL).delete(settings.CELERY_TASK_DEFAULT_QUEUE)
+    state_dir = Path(settings.STATE_DIR)
+    if state_dir.name.startswith("stackblaze-test-") and not os.environ.get("KEEP_TEST_STATE"):
+        shutil.rmtree(state_dir, ignore_errors=True)

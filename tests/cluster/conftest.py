@@ -1,0 +1,77 @@
+"""Fixtures for tests against the real Kubernetes API server (tests/kubeapi.py)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+from kubernetes import client, config
+
+from networking.cluster import kube
+from tests.kubeapi import TestAPIServer, kube_api_session
+from tests.kubehttp import HttpRecorder
+
+
+@pytest.fixture(scope="session")
+def kube_api() -> Iterator[TestAPIServer]:
+    """etcd + kube-apiserver + controller manager, built from Debian's source package."""
+    yield from kube_api_session(controller_manager=True, users=["worker"])
+
+
+@dataclass
+class Cluster:
+    """The API server as the app sees it (``http``) and as a test inspects it (``core``...)."""
+
+    api: TestAPIServer
+    http: HttpRecorder
+    core: client.CoreV1Api
+    networking: client.NetworkingV1Api
+    apps: client.AppsV1Api
+
+    def services(self, namespace: str) -> dict[str, Any]:
+        items: list[Any] = self.core.list_namespaced_service(namespace).items
+        return {str(item.metadata.name): item for item in items}
+
+    def policies(self, namespace: str) -> dict[str, Any]:
+        items: list[Any] = self.networking.list_namespaced_network_policy(namespace).items
+        return {str(item.metadata.name): item for item in items}
+
+    def namespace(self, name: str) -> Any:
+        try:
+            return self.core.read_namespace(name)
+        except client.ApiException as error:
+            if error.status == 404:
+                return None
+            raise
+
+
+@pytest.fixture
+def cluster(kube_api: TestAPIServer, settings: Any) -> Iterator[Cluster]:
+    """Point the app at the test API server, with counting at the client's HTTP layer."""
+    settings.CLUSTER_BACKEND = "kubernetes"
+    settings.KUBECONFIG = str(kube_api.kubeconfig_path)
+    settings.KUBE_CONTEXT = ""
+    kube._api_client.cache_clear()
+    app_client = kube.api_client()
+    recorder = HttpRecorder(app_client.rest_client.pool_manager)
+    app_client.rest_client.pool_manager = recorder  # type: ignore[assignment]
+    admin = config.new_client_from_config(config_file=str(kube_api.kubeconfig_path))
+    try:
+        yield Cluster(
+            api=kube_api,
+            http=recorder,
+            core=client.CoreV1Api(admin),
+            networking=client.NetworkingV1Api(admin),
+            apps=client.AppsV1Api(admin),
+        )
+    finally:
+        kube._api_client.cache_clear()
+        admin.close()
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if "tests/cluster/" in str(item.path):
+            item.add_marker(pytest.mark.cluster)

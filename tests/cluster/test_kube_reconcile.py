@@ -1,0 +1,222 @@
+"""The reconcile loop against a real kube-apiserver, through the official client over HTTP."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from django.test import Client
+from django.urls import reverse
+
+from dashboard.celery import app as celery_app
+from networking.cluster import reconcile as reconciler
+from networking.cluster.desired import MANAGED_BY, MANAGED_BY_LABEL, PROJECT_LABEL
+from networking.models import ApplyAttempt, Project, Service
+from networking.tasks import reconcile_project, resync_all_projects
+from tests.cluster.conftest import Cluster
+from tests.conftest import World, make_service
+
+
+def run_task(project_id: int) -> str:
+    """Run the task as a worker would. Celery runs its retries in-process, without waiting."""
+    return str(reconcile_project.apply(args=(project_id,)).get())
+
+
+def fresh(project: Project) -> Project:
+    return Project.objects.get(pk=project.pk)
+
+
+def test_it_creates_the_namespace_services_and_policies(cluster: Cluster, world: World) -> None:
+    assert run_task(world.project.pk) == "applied"
+    namespace = world.project.namespace
+    labels = cluster.namespace(namespace).metadata.labels
+    assert labels[MANAGED_BY_LABEL] == MANAGED_BY
+    assert labels[PROJECT_LABEL] == world.project.uid
+    assert labels["kubernetes.io/metadata.name"] == namespace
+
+    services = cluster.services(namespace)
+    assert set(services) == {"api", "postgres"}
+    assert services["postgres"].spec.ports[0].port == 5432
+    assert services["api"].spec.selector == {"stackblaze.cloud/service": "api"}
+    for service in Service.objects.filter(project=world.project):
+        assert service.cluster_ip is not None
+        assert service.cluster_ip == services[service.name].spec.cluster_ip
+        assert service.cluster_ip.startswith("10.96.")
+
+    policies = cluster.policies(namespace)
+    assert set(policies) == {"project-isolation", "allow-ingress-controller"}
+    isolation = policies["project-isolation"].spec
+    assert isolation.pod_selector.match_labels is None
+    assert isolation.ingress[0]._from[0].pod_selector is not None
+    assert isolation.ingress[0]._from[0].namespace_selector is None
+
+    project = fresh(world.project)
+    assert project.sync_state == Project.SyncState.IN_SYNC
+
+
+def test_a_second_reconcile_makes_no_write_call(cluster: Cluster, world: World) -> None:
+    run_task(world.project.pk)
+    cluster.http.reset()
+    assert run_task(world.project.pk) == "in_sync"
+    assert cluster.http.writes == []
+    # A namespace read and one list per kind, whatever the number of services.
+    assert len(cluster.http.reads) == 3
+
+
+def test_duplicate_delivery_makes_no_extra_writes(cluster: Cluster, world: World) -> None:
+    make_service(world.project, "worker", Service.Kind.PRIVATE, [3000])
+    Project.objects.filter(pk=world.project.pk).update(generation=world.project.generation + 1)
+    run_task(world.project.pk)
+    writes = len(cluster.http.writes)
+    assert writes == 6  # namespace, 3 Services, 2 NetworkPolicies
+    run_task(world.project.pk)  # the same message delivered again
+    assert len(cluster.http.writes) == writes
+
+
+def test_a_rename_writes_only_what_changed(
+    cluster: Cluster, world: World, owner_client: Client
+) -> None:
+    run_task(world.project.pk)
+    old_ip = Service.objects.get(pk=world.api.pk).cluster_ip
+    owner_client.post(
+        reverse("service-edit", args=[world.project.uid, world.api.pk]),
+        {"display_name": "Public API", "ports": "8080"},
+    )
+    cluster.http.reset()
+    run_task(world.project.pk)
+    namespace = world.project.namespace
+    written = sorted((call.method, call.path.rsplit("/", 2)[-2]) for call in cluster.http.writes)
+    assert written == [
+        ("DELETE", "services"),  # api
+        ("PATCH", "networkpolicies"),  # the ingress policy now names public-api
+        ("PATCH", "services"),  # public-api
+    ]
+    services = cluster.services(namespace)
+    assert set(services) == {"public-api", "postgres"}
+    renamed = Service.objects.get(pk=world.api.pk)
+    assert renamed.cluster_ip == services["public-api"].spec.cluster_ip != old_ip
+
+
+def test_deleting_a_service_removes_it_from_the_cluster(
+    cluster: Cluster, world: World, owner_client: Client
+) -> None:
+    run_task(world.project.pk)
+    owner_client.post(reverse("service-delete", args=[world.project.uid, world.postgres.pk]))
+    run_task(world.project.pk)
+    assert set(cluster.services(world.project.namespace)) == {"api"}
+
+
+@pytest.fixture
+def eager_tasks() -> Iterator[None]:
+    """``.delay()`` runs the task in-process, as a worker would on receiving it."""
+    celery_app.conf.task_always_eager = True
+    try:
+        yield
+    finally:
+        celery_app.conf.task_always_eager = False
+
+
+def test_the_resync_restores_an_object_deleted_by_hand(
+    cluster: Cluster, world: World, eager_tasks: None
+) -> None:
+    run_task(world.project.pk)
+    namespace = world.project.namespace
+    # (1.20 answers some deletes with a Status the newer client cannot parse: read raw.)
+    cluster.core.delete_namespaced_service("api", namespace, _preload_content=False)
+    cluster.networking.delete_namespaced_network_policy(
+        "project-isolation", namespace, _preload_content=False
+    )
+    assert resync_all_projects.delay().get() >= 1
+    assert "api" in cluster.services(namespace)
+    assert "project-isolation" in cluster.policies(namespace)
+    # The recreated Service has a new ClusterIP, and the dashboard shows it.
+    assert Service.objects.get(pk=world.api.pk).cluster_ip == (
+        cluster.services(namespace)["api"].spec.cluster_ip
+    )
+
+
+def test_the_resync_reverts_an_edit_made_by_hand(
+    cluster: Cluster, world: World, eager_tasks: None
+) -> None:
+    run_task(world.project.pk)
+    namespace = world.project.namespace
+    cluster.networking.patch_namespaced_network_policy(
+        "project-isolation",
+        namespace,
+        {"spec": {"ingress": [{"from": [{"namespaceSelector": {}}]}]}},  # admit everyone
+    )
+    resync_all_projects.delay()
+    policy = cluster.policies(namespace)["project-isolation"].spec
+    assert policy.ingress[0]._from[0].namespace_selector is None
+    assert policy.ingress[0]._from[0].pod_selector is not None
+
+
+def test_transient_errors_retry_with_backoff_then_show_failed(
+    cluster: Cluster, world: World, settings: Any
+) -> None:
+    settings.RECONCILE_MAX_RETRIES = 3
+    cluster.http.inject_faults(1.0)  # every call fails: 500, 429 or a timeout
+    assert run_task(world.project.pk) == "failed"
+    project = fresh(world.project)
+    assert project.sync_state == Project.SyncState.FAILED
+    assert "cluster" in project.sync_error
+    # The first try and three retries, each one HTTP call (the namespace read) that failed.
+    assert ApplyAttempt.objects.filter(project=project, result="failed").count() == 4
+    assert len(cluster.http.calls) == 4
+
+    cluster.http.inject_faults(0.0)  # the cluster recovers; the next change or Retry heals it
+    assert run_task(world.project.pk) == "applied"
+    assert fresh(world.project).sync_state == Project.SyncState.IN_SYNC
+
+
+def test_with_30_percent_of_calls_failing_50_services_converge(
+    cluster: Cluster, world: World
+) -> None:
+    for index in range(48):
+        make_service(world.project, f"service {index}", Service.Kind.PRIVATE, [3000 + index])
+    cluster.http.inject_faults(0.3, seed=7)
+    attempts = 0
+    while fresh(world.project).sync_state != Project.SyncState.IN_SYNC:
+        attempts += 1
+        assert attempts <= 20, "did not converge"
+        run_task(world.project.pk)
+    injected = [call for call in cluster.http.calls if call.outcome != "ok"]
+    assert len(injected) > 10
+    assert {call.outcome for call in injected} >= {"500", "429", "timeout-before", "timeout-after"}
+    services = cluster.services(world.project.namespace)
+    assert len(services) == 50
+    ips = dict(Service.objects.filter(project=world.project).values_list("name", "cluster_ip"))
+    assert ips == {name: svc.spec.cluster_ip for name, svc in services.items()}
+
+
+def test_a_permanent_error_fails_fast_with_the_clusters_reason(
+    cluster: Cluster, world: World, settings: Any
+) -> None:
+    # The "worker" user exists but no RBAC binding grants it anything: 403 on every call.
+    settings.KUBECONFIG = str(cluster.api.kubeconfig_for("worker"))
+    assert run_task(world.project.pk) == "failed"
+    assert ApplyAttempt.objects.filter(project=world.project, result="failed").count() == 1
+    project = fresh(world.project)
+    assert project.sync_state == Project.SyncState.FAILED
+    assert "403 Forbidden" in project.sync_error
+    assert 'User "worker" cannot' in project.sync_error
+    assert "deploy/rbac.yaml" in project.sync_error
+
+
+def test_the_ui_shows_in_sync_with_the_cluster_ip(
+    cluster: Cluster, world: World, owner_client: Client
+) -> None:
+    run_task(world.project.pk)
+    html = owner_client.get(reverse("project-overview", args=[world.project.uid])).content.decode()
+    ip = Service.objects.get(pk=world.api.pk).cluster_ip
+    assert "In sync" in html
+    assert f">{ip}<" in html
+
+
+def test_two_reconciles_of_one_project_never_overlap(cluster: Cluster, world: World) -> None:
+    token = reconciler.claim(world.project.pk)
+    assert token is not None
+    assert reconcile_project.apply(args=(world.project.pk,)).get() == "busy"
+    assert cluster.http.calls == []
+    reconciler.release(world.project.pk, token)

@@ -1,0 +1,236 @@
+"""The reconcile loop and the sync status, on the embedded manifests backend."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from django.db import transaction
+from django.test import Client
+from django.urls import reverse
+from django.utils import timezone
+
+from networking.cluster import reconcile as reconciler
+from networking.cluster.backends import ApplyResult
+from networking.cluster.desired import KubeObject
+from networking.cluster.manifests import ManifestsBackend
+from networking.models import ApplyAttempt, AuditEvent, Project, Service
+from networking.tasks import backoff_seconds, reconcile_project
+from tests.conftest import World, make_service
+
+
+@pytest.fixture
+def manifests(settings: Any, tmp_path: Path) -> Path:
+    settings.CLUSTER_BACKEND = "manifests"
+    settings.MANIFESTS_DIR = tmp_path
+    return tmp_path
+
+
+def fresh(project: Project) -> Project:
+    return Project.objects.get(pk=project.pk)
+
+
+def test_a_reconcile_writes_the_project_and_marks_it_in_sync(world: World, manifests: Path) -> None:
+    assert fresh(world.project).sync_state == Project.SyncState.QUEUED
+    outcome = reconciler.reconcile(world.project.pk)
+    assert outcome.status == "applied"
+    assert (manifests / world.project.namespace / "01-service-api.yaml").exists()
+    project = fresh(world.project)
+    assert project.sync_state == Project.SyncState.IN_SYNC
+    assert project.applied_generation == project.generation
+    attempt = ApplyAttempt.objects.get(project=project)
+    assert attempt.result == ApplyAttempt.Result.APPLIED
+    assert "created Service postgres" in attempt.changes
+
+
+def test_a_second_reconcile_changes_nothing(world: World, manifests: Path) -> None:
+    reconciler.reconcile(world.project.pk)
+    verified = fresh(world.project).verified_at
+    outcome = reconciler.reconcile(world.project.pk)
+    assert (outcome.status, outcome.changes) == ("in_sync", [])
+    assert ApplyAttempt.objects.filter(project=world.project).count() == 1
+    verified_again = fresh(world.project).verified_at
+    assert verified is not None and verified_again is not None and verified_again > verified
+
+
+def test_deleting_a_service_prunes_its_manifest(world: World, manifests: Path) -> None:
+    reconciler.reconcile(world.project.pk)
+    world.api.delete()
+    Project.objects.filter(pk=world.project.pk).update(generation=world.project.generation + 5)
+    outcome = reconciler.reconcile(world.project.pk)
+    assert "deleted Service api" in outcome.changes
+    assert not (manifests / world.project.namespace / "01-service-api.yaml").exists()
+
+
+def test_the_task_takes_only_an_id(world: World, manifests: Path) -> None:
+    assert reconcile_project.apply(args=(world.project.pk,)).get() == "applied"
+    assert reconcile_project.apply(args=(world.project.pk,)).get() == "in_sync"
+
+
+def test_a_missing_project_is_not_an_error(db: Any, manifests: Path) -> None:
+    assert reconcile_project.apply(args=(987654,)).get() == "missing"
+
+
+class TestLease:
+    def test_two_reconciles_of_one_project_never_overlap(self, world: World) -> None:
+        token = reconciler.claim(world.project.pk)
+        assert token is not None
+        assert reconciler.claim(world.project.pk) is None
+        assert reconciler.reconcile(world.project.pk).status == "busy"
+        reconciler.release(world.project.pk, token)
+        assert reconciler.claim(world.project.pk) is not None
+
+    def test_a_dead_workers_lease_lapses(self, world: World) -> None:
+        assert reconciler.claim(world.project.pk) is not None
+        Project.objects.filter(pk=world.project.pk).update(
+            reconcile_lease_until=timezone.now() - timedelta(seconds=1)
+        )
+        assert reconciler.claim(world.project.pk) is not None
+
+    def test_it_shows_applying_while_a_worker_holds_it(self, world: World) -> None:
+        reconciler.claim(world.project.pk)
+        assert fresh(world.project).sync_state == Project.SyncState.APPLYING
+
+
+class ChangesDuringApply(ManifestsBackend):
+    """A manifests backend during whose first pass a user commits another change."""
+
+    def __init__(self, directory: Path, change: Callable[[], None]) -> None:
+        super().__init__(directory)
+        self.change: Callable[[], None] | None = change
+        self.passes = 0
+
+    def apply(self, namespace: str, objects: dict[tuple[str, str], KubeObject]) -> ApplyResult:
+        self.passes += 1
+        result = super().apply(namespace, objects)
+        if self.change is not None:
+            self.change()
+            self.change = None
+        return result
+
+
+def test_a_change_made_during_a_pass_gets_its_own_pass(world: World, manifests: Path) -> None:
+    def add_worker() -> None:
+        with transaction.atomic():
+            make_service(world.project, "worker", Service.Kind.PRIVATE, [3000])
+            world.project.record_change(
+                actor=None, action=AuditEvent.Action.SERVICE_CREATED, target="worker"
+            )
+
+    backend = ChangesDuringApply(manifests, add_worker)
+    reconciler.reconcile(world.project.pk, backend)
+    assert backend.passes == 2
+    assert (manifests / world.project.namespace / "01-service-worker.yaml").exists()
+    assert fresh(world.project).sync_state == Project.SyncState.IN_SYNC
+
+
+def test_a_permanent_error_fails_at_once_with_its_reason(
+    world: World, manifests: Path, settings: Any
+) -> None:
+    blocker = manifests / "not-a-folder"
+    blocker.write_text("")
+    settings.MANIFESTS_DIR = blocker  # the backend cannot create the namespace folder in it
+    assert reconcile_project.apply(args=(world.project.pk,)).get() == "failed"
+    project = fresh(world.project)
+    assert project.sync_state == Project.SyncState.FAILED
+    assert "Could not write manifests" in project.sync_error
+    assert ApplyAttempt.objects.get(project=project).result == ApplyAttempt.Result.FAILED
+
+
+def test_backoff_grows_exponentially_with_jitter_and_a_ceiling(settings: Any) -> None:
+    settings.RECONCILE_RETRY_BASE_SECONDS = 2
+    settings.RECONCILE_RETRY_MAX_SECONDS = 60
+    for retries, ceiling in [(0, 2), (1, 4), (3, 16), (10, 60)]:
+        delays = {backoff_seconds(retries) for _ in range(50)}
+        assert all(ceiling / 2 <= delay <= ceiling for delay in delays)
+        assert len(delays) > 1
+
+
+class TestEnqueue:
+    def test_a_change_enqueues_a_reconcile_on_commit(
+        self, owner_client: Client, world: World, django_capture_on_commit_callbacks: Any
+    ) -> None:
+        with django_capture_on_commit_callbacks() as callbacks:
+            owner_client.post(
+                reverse("service-create", args=[world.project.uid]),
+                {"display_name": "jobs", "kind": "private", "ports": "3000"},
+            )
+        assert len(callbacks) == 1
+
+    def test_a_rolled_back_change_enqueues_nothing(
+        self, world: World, django_capture_on_commit_callbacks: Any
+    ) -> None:
+        def failing_change() -> None:
+            with transaction.atomic():
+                world.project.record_change(
+                    actor=None, action=AuditEvent.Action.SERVICE_CREATED, target="x"
+                )
+                raise RuntimeError("the view failed after writing")
+
+        with django_capture_on_commit_callbacks() as callbacks, pytest.raises(RuntimeError):
+            failing_change()
+        assert callbacks == []
+
+
+class TestSyncStatus:
+    def status(self, client: Client, world: World, was: str = "") -> Any:
+        url = reverse("project-sync-status", args=[world.project.uid])
+        return client.get(url, {"was": was}, HTTP_HX_REQUEST="true")
+
+    def test_it_polls_while_the_cluster_has_not_caught_up(
+        self, owner_client: Client, world: World
+    ) -> None:
+        html = self.status(owner_client, world).content.decode()
+        assert "Queued" in html
+        assert 'hx-trigger="every 2s"' in html
+
+    def test_it_stops_polling_and_announces_when_in_sync(
+        self, owner_client: Client, world: World, manifests: Path
+    ) -> None:
+        reconciler.reconcile(world.project.pk)
+        response = self.status(owner_client, world, was="applying")
+        html = response.content.decode()
+        assert "In sync" in html
+        assert "hx-trigger" not in html
+        assert "cluster-synced" in json.loads(response["HX-Trigger"])
+        assert "HX-Trigger" not in self.status(owner_client, world, was="in_sync")
+
+    def test_a_failure_shows_its_reason_and_a_retry_button(
+        self, owner_client: Client, viewer_client: Client, world: World, manifests: Path
+    ) -> None:
+        Project.objects.filter(pk=world.project.pk).update(
+            sync_error="The cluster did not allow applying Service api (403 Forbidden).",
+            sync_error_generation=world.project.generation,
+        )
+        html = self.status(owner_client, world).content.decode()
+        assert "Failed" in html
+        assert "403 Forbidden" in html
+        assert ">Retry<" in html
+        assert ">Retry<" not in self.status(viewer_client, world).content.decode()
+
+        response = owner_client.post(
+            reverse("project-sync-retry", args=[world.project.uid]), HTTP_HX_REQUEST="true"
+        )
+        assert "Retrying" in response.content.decode()
+        assert fresh(world.project).sync_state == Project.SyncState.RETRYING
+
+    def test_the_history_lists_what_each_attempt_changed(
+        self, owner_client: Client, world: World, manifests: Path
+    ) -> None:
+        reconciler.reconcile(world.project.pk)
+        html = owner_client.get(reverse("project-sync", args=[world.project.uid])).content.decode()
+        assert "created Service api" in html
+        assert "Applied" in html
+
+    def test_the_overview_table_refreshes_itself_on_sync(
+        self, owner_client: Client, world: World, manifests: Path
+    ) -> None:
+        url = reverse("project-overview", args=[world.project.uid])
+        html = owner_client.get(url).content.decode()
+        assert 'hx-trigger="cluster-synced from:body"' in html
+        partial = owner_client.get(url, HTTP_HX_REQUEST="true").content.decode()
+        assert partial.lstrip().startswith('<div class="table-wrap" id="services-table"')
