@@ -25,9 +25,9 @@ run: venv
 	$(BIN)/python manage.py migrate --no-input -v 0
 	$(BIN)/python manage.py seed_demo
 	@echo
-	@echo "Dashboard: http://$(HOST):$(PORT)/  (Ctrl-C stops it)"
+	@echo "Dashboard: http://$(HOST):$(PORT)/  (a worker applies changes to $${MANIFESTS_DIR:-var/manifests}; Ctrl-C stops both)"
 	@echo
-	$(BIN)/python manage.py runserver $(HOST):$(PORT)
+	HOST=$(HOST) PORT=$(PORT) scripts/run-dev.sh
 
 lint: venv
 	$(BIN)/ruff check .
@@ -39,7 +39,7 @@ test: venv lint
 	$(BIN)/pytest
 
 bench: venv
-	$(BIN)/python benchmarks/run.py
+	$(BIN)/python -m benchmarks.run
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache
