@@ -14,7 +14,17 @@ from django.test import Client
 
 from networking.models import Membership, Organization, Project, Service
 
+# The real API server, Celery worker processes and the fixtures that start them.
+pytest_plugins = ["tests.cluster_fixtures"]
+
 ROLES = ("anonymous", "outsider", "support", "viewer", "member", "owner")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        for folder, marker in (("cluster", pytest.mark.cluster), ("e2e", pytest.mark.e2e)):
+            if f"tests/{folder}/" in str(item.path):
+                item.add_marker(marker)
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:

@@ -14,7 +14,7 @@ from kubernetes import client
 
 from networking.models import Project
 from networking.tasks import reconcile_project
-from tests.cluster.conftest import Cluster
+from tests.cluster_fixtures import Cluster
 from tests.conftest import World
 
 RBAC = Path(__file__).resolve().parents[2] / "deploy" / "rbac.yaml"

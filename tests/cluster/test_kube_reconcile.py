@@ -14,7 +14,7 @@ from networking.cluster import reconcile as reconciler
 from networking.cluster.desired import MANAGED_BY, MANAGED_BY_LABEL, PROJECT_LABEL
 from networking.models import ApplyAttempt, Project, Service
 from networking.tasks import reconcile_project, resync_all_projects
-from tests.cluster.conftest import Cluster
+from tests.cluster_fixtures import Cluster
 from tests.conftest import World, make_service
 
 

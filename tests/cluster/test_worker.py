@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import os
 import time
-from collections.abc import Callable, Iterator
-from pathlib import Path
-from typing import Any
+from collections.abc import Callable
 
 import pytest
 from django.conf import settings
@@ -14,40 +11,9 @@ from django.test import Client
 from django.urls import reverse
 
 from networking.models import Project, Service
-from tests.cluster.conftest import Cluster
+from tests.cluster_fixtures import Cluster
 from tests.conftest import World, make_service
-from tests.worker import WorkerProcess, database_url
-
-
-@pytest.fixture
-def worker_env(cluster: Cluster, transactional_db: Any) -> dict[str, str]:
-    return {
-        **os.environ,
-        "DJANGO_SETTINGS_MODULE": "tests.settings",
-        "DATABASE_URL": database_url(),
-        "CLUSTER_BACKEND": "kubernetes",
-        "KUBECONFIG": str(cluster.api.kubeconfig_path),
-        # A killed worker's lease and unacknowledged message come back within seconds.
-        "RECONCILE_LEASE_SECONDS": "3",
-        "CELERY_VISIBILITY_TIMEOUT": "3",
-    }
-
-
-@pytest.fixture
-def start_worker(
-    worker_env: dict[str, str], tmp_path: Path
-) -> Iterator[Callable[[], WorkerProcess]]:
-    workers: list[WorkerProcess] = []
-
-    def start() -> WorkerProcess:
-        worker = WorkerProcess(worker_env, tmp_path / "worker.log")
-        worker.start()
-        workers.append(worker)
-        return worker
-
-    yield start
-    for worker in workers:
-        worker.stop()
+from tests.worker import WorkerProcess
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None:

@@ -1,9 +1,11 @@
-"""Fixtures for tests against the real Kubernetes API server (tests/kubeapi.py)."""
+"""Fixtures for tests against the real Kubernetes API server (tests/kubeapi.py) and workers."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import os
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -12,6 +14,7 @@ from kubernetes import client, config
 from networking.cluster import kube
 from tests.kubeapi import TestAPIServer, kube_api_session
 from tests.kubehttp import HttpRecorder
+from tests.worker import WorkerProcess, database_url
 
 
 @pytest.fixture(scope="session")
@@ -71,7 +74,32 @@ def cluster(kube_api: TestAPIServer, settings: Any) -> Iterator[Cluster]:
         admin.close()
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    for item in items:
-        if "tests/cluster/" in str(item.path):
-            item.add_marker(pytest.mark.cluster)
+@pytest.fixture
+def worker_env(cluster: Cluster, transactional_db: Any) -> dict[str, str]:
+    return {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "tests.settings",
+        "DATABASE_URL": database_url(),
+        "CLUSTER_BACKEND": "kubernetes",
+        "KUBECONFIG": str(cluster.api.kubeconfig_path),
+        # A killed worker's lease and unacknowledged message come back within seconds.
+        "RECONCILE_LEASE_SECONDS": "3",
+        "CELERY_VISIBILITY_TIMEOUT": "3",
+    }
+
+
+@pytest.fixture
+def start_worker(
+    worker_env: dict[str, str], tmp_path: Path
+) -> Iterator[Callable[[], WorkerProcess]]:
+    workers: list[WorkerProcess] = []
+
+    def start() -> WorkerProcess:
+        worker = WorkerProcess(worker_env, tmp_path / "worker.log")
+        worker.start()
+        workers.append(worker)
+        return worker
+
+    yield start
+    for worker in workers:
+        worker.stop()
