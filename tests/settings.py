@@ -26,7 +26,7 @@ os.environ.setdefault("RECONCILE_RETRY_BASE_SECONDS", "0.05")
 os.environ.setdefault("RECONCILE_RETRY_MAX_SECONDS", "0.5")
 
 from dashboard.settings import *  # noqa: F403
-from dashboard.settings import DATABASES, STATE_DIR
+from dashboard.settings import CACHES, DATABASES, STATE_DIR
 
 ALLOWED_HOSTS = ["testserver", "127.0.0.1", "localhost"]
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
@@ -45,5 +45,7 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # A file, not memory, so worker processes started by tests see the same database.
     DATABASES["default"]["TEST"] = {"NAME": str(STATE_DIR / "test.sqlite3")}
 
-# Tasks of this run go to their own queue, so a worker of another run never takes them.
+# Tasks of this run go to their own queue, so a worker of another run never takes them, and
+# its cache keys carry their own prefix, so clearing them touches nothing else in Redis.
 CELERY_TASK_DEFAULT_QUEUE = f"stackblaze-test-{os.environ['STACKBLAZE_TEST_RUN']}"
+CACHES["default"]["KEY_PREFIX"] = CELERY_TASK_DEFAULT_QUEUE

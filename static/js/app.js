@@ -53,6 +53,18 @@
     }
   }
 
+  // Keep "applied 12 s ago" true while the page stays open.
+  function refreshRelativeTimes() {
+    document.querySelectorAll("time[data-relative]").forEach(function (node) {
+      var seconds = Math.round((Date.now() - Date.parse(node.getAttribute("datetime"))) / 1000);
+      if (isNaN(seconds)) return;
+      if (seconds < 1) node.textContent = "just now";
+      else if (seconds < 60) node.textContent = seconds + " s ago";
+      else if (seconds < 3600) node.textContent = Math.floor(seconds / 60) + " min ago";
+    });
+  }
+  setInterval(refreshRelativeTimes, 5000);
+
   document.addEventListener("change", function (event) {
     if (event.target.matches("select[data-default-ports]")) syncPorts(event.target);
   });

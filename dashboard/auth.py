@@ -1,0 +1,100 @@
+"""Sign-in, rate-limited per account and per address, with failed attempts logged.
+
+Counters live in the cache (Redis in production, shared by every web process). Once a limit is
+reached the password is not even checked until the window has passed, so guessing gains
+nothing; the form says how long to wait.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from typing import Any
+
+from django.conf import settings
+from django.contrib.auth import views as auth_views
+from django.contrib.auth.signals import user_login_failed
+from django.core.cache import cache
+from django.dispatch import receiver
+from django.http import HttpRequest, HttpResponse
+
+logger = logging.getLogger("dashboard.auth")
+
+
+def client_address(request: HttpRequest) -> str:
+    """The caller's address: the last hop our own proxy appended, when we sit behind one."""
+    if settings.TRUST_X_FORWARDED_FOR:
+        forwarded = request.META.get("HTTP_X_FORWARDED_FOR", "")
+        hops = [hop.strip() for hop in forwarded.split(",") if hop.strip()]
+        if hops:
+            return str(hops[-1])
+    return str(request.META.get("REMOTE_ADDR", "unknown"))
+
+
+def _key(kind: str, value: str) -> str:
+    digest = hashlib.sha256(value.strip().lower().encode()).hexdigest()[:32]
+    return f"signin-failures:{kind}:{digest}"
+
+
+class SignInThrottle:
+    def __init__(self, request: HttpRequest, username: str) -> None:
+        self.keys = [
+            (_key("account", username), settings.SIGNIN_MAX_FAILURES_PER_ACCOUNT),
+            (_key("address", client_address(request)), settings.SIGNIN_MAX_FAILURES_PER_ADDRESS),
+        ]
+
+    def blocked(self) -> bool:
+        counts = cache.get_many([key for key, _ in self.keys])
+        return any(counts.get(key, 0) >= limit for key, limit in self.keys)
+
+    def record_failure(self) -> None:
+        for key, _ in self.keys:
+            # add() starts the window; incr() never extends it.
+            cache.add(key, 0, timeout=settings.SIGNIN_LOCKOUT_SECONDS)
+            try:
+                cache.incr(key)
+            except ValueError:  # the window closed between add() and incr()
+                cache.add(key, 1, timeout=settings.SIGNIN_LOCKOUT_SECONDS)
+
+    def record_success(self) -> None:
+        cache.delete(self.keys[0][0])
+
+
+class SignInView(auth_views.LoginView):
+    redirect_authenticated_user = True
+
+    def post(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        throttle = SignInThrottle(request, request.POST.get("username", "")[:150])
+        if throttle.blocked():
+            logger.warning(
+                "Sign-in refused: too many failures for this account or from %s",
+                client_address(request),
+            )
+            form = self.get_form()
+            minutes = max(1, settings.SIGNIN_LOCKOUT_SECONDS // 60)
+            form.add_error(
+                None,
+                "Too many failed sign-ins for this account or from this address. "
+                f"Wait {minutes} minutes and try again, or reset your password.",
+            )
+            response = self.form_invalid(form)
+            response.status_code = 429
+            return response
+        response = super().post(request, *args, **kwargs)
+        if request.user.is_authenticated:
+            throttle.record_success()
+        else:
+            throttle.record_failure()
+        return response
+
+
+@receiver(user_login_failed)
+def log_failed_sign_in(
+    sender: Any, credentials: dict[str, Any], request: HttpRequest | None = None, **kwargs: Any
+) -> None:
+    # ``credentials`` arrive with the password already masked; only the username is logged.
+    logger.warning(
+        "Failed sign-in for %r from %s",
+        str(credentials.get("username", ""))[:150],
+        client_address(request) if request is not None else "unknown",
+    )

@@ -1,0 +1,155 @@
+"""The security sweep: a planted secret surfaces only where it must; production settings."""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import pytest
+from celery.signals import before_task_publish
+from cryptography.fernet import Fernet
+from django.urls import reverse
+
+from networking.crypto import SecretText
+from networking.models import Service
+from networking.tasks import reconcile_project
+from tests.conftest import ROLES, World
+from tests.test_access_matrix import MATRIX, _kwargs
+
+REPO = Path(__file__).resolve().parent.parent
+CANARY = "canary-Zq7#pw/with?reserved&chars"
+
+
+@pytest.fixture
+def planted(world: World) -> World:
+    Service.objects.filter(pk=world.postgres.pk).update(database_password=SecretText.seal(CANARY))
+    Service.objects.filter(pk=world.other_service.pk).update(
+        database_password=SecretText.seal(CANARY)
+    )
+    return world
+
+
+def leaks(text: str) -> bool:
+    return CANARY in text or quote(CANARY, safe="") in text
+
+
+def test_the_canary_appears_only_in_the_reveal_response(
+    planted: World, caplog: pytest.LogCaptureFixture
+) -> None:
+    seen_in = []
+    # Destructive requests last, so every page is still there to be crawled before them.
+    last = {("service-delete", "POST"), ("logout", "POST")}
+    cells = sorted(MATRIX, key=lambda cell: (cell in last, cell[1] != "GET"))
+    with caplog.at_level(logging.DEBUG):
+        for role in ROLES:
+            client = planted.client_for(role)
+            for name, method in cells:
+                for foreign in (False, True):
+                    url = reverse(name, kwargs=_kwargs(planted, name, foreign=foreign))
+                    response = (
+                        client.get(url, follow=True)
+                        if method == "GET"
+                        else client.post(url, {}, follow=True)
+                    )
+                    if leaks(response.content.decode(errors="replace")):
+                        seen_in.append((name, method, role, foreign))
+    # Owners and members revealing their own database, and nothing else.
+    assert sorted(seen_in) == [
+        ("service-reveal", "POST", "member", False),
+        ("service-reveal", "POST", "owner", False),
+    ]
+    assert not leaks(caplog.text)
+
+
+def test_task_messages_carry_ids_only(
+    planted: World, django_capture_on_commit_callbacks: Any
+) -> None:
+    published: list[str] = []
+
+    def capture(body: Any = None, headers: Any = None, **kwargs: Any) -> None:
+        published.append(repr(body) + repr(headers))
+
+    before_task_publish.connect(capture)
+    try:
+        with django_capture_on_commit_callbacks(execute=True):
+            planted.client_for("owner").post(
+                reverse("service-create", args=[planted.project.uid]),
+                {"display_name": "Second DB", "kind": "postgresql"},
+            )
+    finally:
+        before_task_publish.disconnect(capture)
+    assert len(published) == 1
+    assert f"({planted.project.pk},)" in published[0]
+    second = Service.objects.get(name="second-db").database_password
+    assert second is not None
+    assert second.reveal() not in published[0]
+    assert not leaks(published[0])
+
+
+def test_the_worker_never_logs_a_secret(
+    planted: World, caplog: pytest.LogCaptureFixture, settings: Any, tmp_path: Path
+) -> None:
+    settings.MANIFESTS_DIR = tmp_path
+    with caplog.at_level(logging.DEBUG):
+        assert reconcile_project.apply(args=(planted.project.pk,)).get() == "applied"
+    assert "Applied generation" in caplog.text
+    assert not leaks(caplog.text)
+    for manifest in tmp_path.rglob("*.yaml"):
+        assert not leaks(manifest.read_text())
+
+
+def production_env(**overrides: str) -> dict[str, str]:
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith(("DJANGO_", "FIELD_ENCRYPTION", "DATABASE_URL", "REDIS_URL"))
+    }
+    env.update(
+        DJANGO_SETTINGS_MODULE="dashboard.settings",
+        DJANGO_SECRET_KEY="k" * 10 + "3rT9vLq8wZ-pX2mN7bY4cF6hJ1sD5gK0aE-uI9oR2tQ8zV",
+        FIELD_ENCRYPTION_KEYS=Fernet.generate_key().decode(),
+        DJANGO_ALLOWED_HOSTS="dashboard.example.com",
+    )
+    env.update(overrides)
+    return {key: value for key, value in env.items() if value}
+
+
+def manage(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "manage.py", *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_check_deploy_is_clean_with_production_settings() -> None:
+    result = manage("check", "--deploy", "--fail-level", "WARNING", env=production_env())
+    assert result.returncode == 0, result.stderr
+    assert "no issues" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"DJANGO_SECRET_KEY": ""}, "DJANGO_SECRET_KEY is not set"),
+        ({"DJANGO_SECRET_KEY": "too-short"}, "at least 50 characters"),
+        ({"FIELD_ENCRYPTION_KEYS": ""}, "FIELD_ENCRYPTION_KEYS is not set"),
+        ({"FIELD_ENCRYPTION_KEYS": "not-a-key"}, "not a valid Fernet key"),
+        ({"DJANGO_DEBUG": "maybe"}, "DJANGO_DEBUG must be one of"),
+    ],
+)
+def test_production_settings_refuse_to_start_without_real_keys(
+    overrides: dict[str, str], message: str
+) -> None:
+    result = manage("check", env=production_env(**overrides))
+    assert result.returncode != 0
+    assert message in result.stderr
