@@ -11,7 +11,7 @@ register = template.Library()
 
 @register.filter
 def ago(value: datetime | None) -> str:
-    """"12 s ago" for the last minute (what a sync badge wants), else Django's timesince."""
+    """ "12 s ago" for the last minute (what a sync badge wants), else Django's timesince."""
     if value is None:
         return ""
     seconds = (timezone.now() - value).total_seconds()
