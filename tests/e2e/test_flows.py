@@ -101,7 +101,7 @@ def test_create_a_database_then_reveal_and_copy_its_connection_string(
 
 
 def test_rename_a_service_and_the_hostname_and_cluster_follow(
-    world: World, cluster: Cluster, sign_in: SignIn
+    world: World, cluster: Cluster, sign_in: SignIn, screenshot: Screenshot
 ) -> None:
     world.project.request_reconcile()  # the fixture's services reach the cluster first
     page = sign_in("owner")
@@ -119,6 +119,7 @@ def test_rename_a_service_and_the_hostname_and_cluster_follow(
     assert "public-api" in services
     assert "api" not in services
     expect(page.locator("#endpoints")).to_contain_text(services["public-api"].spec.cluster_ip)
+    screenshot(page, "service-renamed")
 
 
 def test_a_name_that_collides_is_explained(
@@ -151,11 +152,15 @@ def test_a_viewer_finds_no_mutating_controls(
     screenshot(page, "viewer-service")
 
 
-def test_an_outsider_gets_the_not_found_page(world: World, sign_in: SignIn) -> None:
+def test_an_outsider_gets_the_not_found_page(
+    world: World, sign_in: SignIn, screenshot: Screenshot
+) -> None:
     page = sign_in("outsider")
+    screenshot(page, "outsider-projects")
     expect(page.get_by_text(world.project.name)).to_have_count(0)
     response = page.goto(reverse("project-overview", args=[world.project.uid]))
     assert response is not None and response.status == 404
     expect(page.get_by_role("heading", name="Not found")).to_be_visible()
+    screenshot(page, "outsider-not-found")
     response = page.goto(reverse("service-detail", args=[world.project.uid, world.postgres.pk]))
     assert response is not None and response.status == 404
