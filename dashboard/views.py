@@ -62,7 +62,7 @@ def project_create(request: HttpRequest, org_slug: str) -> HttpResponse:
     organization, membership = get_organization_for_user(request, org_slug)
     if not membership.can_manage_project():
         raise PermissionDenied("Only owners of an organization can create projects.")
-    form = ProjectForm(request.POST or None)
+    form = ProjectForm(request.POST if request.method == "POST" else None)
     if request.method == "POST" and form.is_valid():
         with transaction.atomic():
             project = form.save(commit=False)
@@ -126,7 +126,7 @@ def project_sync(request: HttpRequest, project_uid: str) -> HttpResponse:
 def project_settings(request: HttpRequest, project_uid: str) -> HttpResponse:
     access = get_project_for_user(request, project_uid)
     project = access.project
-    form = ProjectForm(request.POST or None, instance=project)
+    form = ProjectForm(request.POST if request.method == "POST" else None, instance=project)
     if request.method == "POST":
         access.require(Membership.can_manage_project)
         old_name = project.name
@@ -160,7 +160,7 @@ def audit_log(request: HttpRequest, project_uid: str) -> HttpResponse:
 def service_create(request: HttpRequest, project_uid: str) -> HttpResponse:
     access = get_project_for_user(request, project_uid)
     access.require(Membership.can_change_services)
-    form = ServiceForm(request.POST or None, project=access.project)
+    form = ServiceForm(request.POST if request.method == "POST" else None, project=access.project)
     if request.method == "POST" and form.is_valid():
         service = form.instance
         if service.is_database:
@@ -259,7 +259,9 @@ def service_edit(request: HttpRequest, project_uid: str, service_id: int) -> Htt
     access, service = get_service_for_user(request, project_uid, service_id)
     access.require(Membership.can_change_services)
     before = {"name": service.name, "ports": list(service.ports)}
-    form = ServiceForm(request.POST or None, instance=service, project=access.project)
+    form = ServiceForm(
+        request.POST if request.method == "POST" else None, instance=service, project=access.project
+    )
     if request.method == "POST" and form.is_valid():
         try:
             with transaction.atomic():
