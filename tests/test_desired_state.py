@@ -10,6 +10,7 @@ from networking.cluster.desired import (
     MANAGED_BY_LABEL,
     PROJECT_LABEL,
     ClusterSettings,
+    DesiredState,
     ServiceSpec,
     build_desired_state,
 )
@@ -22,6 +23,12 @@ def desired(*services: ServiceSpec, namespace: str = "prj-abc") -> dict[tuple[st
     return build_desired_state(
         namespace=namespace, project_uid="abc", services=services, settings=SETTINGS
     ).objects
+
+
+def state(*services: ServiceSpec) -> DesiredState:
+    return build_desired_state(
+        namespace="prj-abc", project_uid="abc", services=services, settings=SETTINGS
+    )
 
 
 API = ServiceSpec(name="api", kind="web", ports=[8080], public=True)
@@ -93,30 +100,38 @@ def test_subset_comparison_ignores_what_the_cluster_adds_but_not_edits() -> None
 
 class TestManifestsBackend:
     def test_it_writes_one_folder_per_namespace_namespace_first(self, tmp_path: Path) -> None:
-        result = ManifestsBackend(tmp_path).apply("prj-abc", desired(API, WORKER))
+        result = ManifestsBackend(tmp_path).apply(state(API, WORKER))
         files = sorted(path.name for path in (tmp_path / "prj-abc").iterdir())
         assert files[0] == "00-namespace-prj-abc.yaml"
-        assert "01-service-api.yaml" in files
-        assert "02-networkpolicy-project-isolation.yaml" in files
+        assert "02-service-api.yaml" in files
+        assert "03-networkpolicy-project-isolation.yaml" in files
         assert "created Service api" in result.changes
-        loaded = yaml.safe_load((tmp_path / "prj-abc" / "01-service-api.yaml").read_text())
+        loaded = yaml.safe_load((tmp_path / "prj-abc" / "02-service-api.yaml").read_text())
         assert loaded == desired(API)[("Service", "api")]
 
     def test_a_second_pass_writes_nothing(self, tmp_path: Path) -> None:
         backend = ManifestsBackend(tmp_path)
-        backend.apply("prj-abc", desired(API, WORKER))
+        backend.apply(state(API, WORKER))
         before = {p: p.stat().st_mtime_ns for p in (tmp_path / "prj-abc").iterdir()}
-        result = backend.apply("prj-abc", desired(API, WORKER))
+        result = backend.apply(state(API, WORKER))
         assert result.changes == []
         assert {p: p.stat().st_mtime_ns for p in (tmp_path / "prj-abc").iterdir()} == before
 
     def test_it_prunes_what_is_no_longer_desired(self, tmp_path: Path) -> None:
         backend = ManifestsBackend(tmp_path)
-        backend.apply("prj-abc", desired(API, WORKER))
+        backend.apply(state(API, WORKER))
         renamed = ServiceSpec(name="worker", kind="private", ports=[3000])
-        result = backend.apply("prj-abc", desired(API, renamed))
+        result = backend.apply(state(API, renamed))
         assert sorted(result.changes) == [
             "created Service worker",
             "deleted Service background-worker",
         ]
-        assert not (tmp_path / "prj-abc" / "01-service-background-worker.yaml").exists()
+        assert not (tmp_path / "prj-abc" / "02-service-background-worker.yaml").exists()
+
+
+def test_selectors_and_secret_data_must_match_exactly() -> None:
+    assert is_subset({"spec": {"selector": {"a": "1"}}}, {"spec": {"selector": {"a": "1"}}})
+    assert not is_subset(
+        {"spec": {"selector": {"a": "1"}}}, {"spec": {"selector": {"a": "1", "b": "2"}}}
+    )
+    assert not is_subset({"data": {"K": "dg=="}}, {"data": {"K": "dg==", "K_PREVIOUS": "eA=="}})

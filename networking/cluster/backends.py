@@ -10,10 +10,30 @@ from typing import Any, Protocol
 
 from django.conf import settings
 
-from networking.cluster.desired import KubeObject
+from networking.cluster.desired import DesiredState, KubeObject
 from networking.cluster.errors import ClusterError
 
 FIELD_MANAGER = "stackblaze-networking"
+
+
+@dataclass(frozen=True)
+class WorkloadStatus:
+    """A service's workload as the cluster reports it."""
+
+    kind: str
+    name: str
+    # The shared-secrets annotation its pod template carries ("" for none).
+    secrets: str
+    # Every pod runs the current pod template.
+    rolled_out: bool
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "name": self.name,
+            "secrets": self.secrets,
+            "rolled_out": self.rolled_out,
+        }
 
 
 @dataclass
@@ -23,18 +43,21 @@ class ApplyResult:
     changes: list[str] = field(default_factory=list)
     # Service name -> ClusterIP, for every Service the namespace has.
     cluster_ips: dict[str, str] = field(default_factory=dict)
+    # Service name -> its workload, for services that have one.
+    workloads: dict[str, WorkloadStatus] = field(default_factory=dict)
     errors: list[ClusterError] = field(default_factory=list)
 
 
 class Backend(Protocol):
     name: str
 
-    def apply(self, namespace: str, objects: dict[tuple[str, str], KubeObject]) -> ApplyResult:
-        """Make the namespace hold exactly ``objects`` among the objects this app manages.
+    def apply(self, desired: DesiredState) -> ApplyResult:
+        """Make the namespace hold exactly the desired objects among those this app manages.
 
-        Writes only what differs and prunes managed objects that are no longer desired. Raises
-        ``ClusterError`` when the current state cannot be read; errors writing single objects
-        are collected in the result so one bad object does not hold the others back.
+        Writes only what differs, prunes managed objects that are no longer desired, and sets
+        what we own on the services' workloads. Raises ``ClusterError`` when the current state
+        cannot be read; errors writing single objects are collected in the result so one bad
+        object does not hold the others back.
         """
         ...
 
@@ -64,6 +87,9 @@ def matches(desired: KubeObject, live: KubeObject) -> bool:
 
 
 IDENTITY_FIELDS = frozenset({"apiVersion", "kind", "metadata"})
+# Maps whose every key matters: an extra key in a selector selects fewer pods or namespaces,
+# an extra key in a Secret's data is a value still handed out.
+EXACT_FIELDS = frozenset({"data", "selector", "matchLabels"})
 
 
 def is_subset(desired: Any, live: Any) -> bool:
@@ -77,7 +103,9 @@ def is_subset(desired: Any, live: Any) -> bool:
         return live in ({}, None)
     if isinstance(desired, dict):
         return isinstance(live, dict) and all(
-            key in live and is_subset(value, live[key]) for key, value in desired.items()
+            key in live
+            and (live[key] == value if key in EXACT_FIELDS else is_subset(value, live[key]))
+            for key, value in desired.items()
         )
     if isinstance(desired, list):
         return (
