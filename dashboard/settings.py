@@ -173,6 +173,13 @@ RECONCILE_RETRY_MAX_SECONDS = float(env_str("RECONCILE_RETRY_MAX_SECONDS") or 30
 # A reconcile holds its project for at most this long; a killed worker's claim then lapses.
 RECONCILE_LEASE_SECONDS = env_int("RECONCILE_LEASE_SECONDS", 120, minimum=1)
 
+# Shared-secret rotation: how long the old value stays accepted once nobody sends it, and how
+# often a worker looks at rollouts in progress.
+ROTATION_GRACE_SECONDS = env_int("ROTATION_GRACE_SECONDS", 900, minimum=0)
+ROTATION_POLL_SECONDS = env_int("ROTATION_POLL_SECONDS", 5, minimum=1)
+# After a change restarts workloads, watch their rollout this long before leaving it to resync.
+ROLLOUT_WATCH_SECONDS = env_int("ROLLOUT_WATCH_SECONDS", 600, minimum=0)
+
 # -- Celery ------------------------------------------------------------------------------------
 # Redis when REDIS_URL is set; otherwise a broker on the local filesystem that needs no server.
 CELERY_BROKER_URL = REDIS_URL or "filesystem://"
@@ -208,6 +215,10 @@ CELERY_BEAT_SCHEDULE = {
     "resync-every-project": {
         "task": "networking.tasks.resync_all_projects",
         "schedule": float(RESYNC_SECONDS),
+    },
+    "start-scheduled-secret-rotations": {
+        "task": "networking.tasks.rotate_due_secrets",
+        "schedule": 3600.0,
     },
 }
 CELERY_BEAT_SCHEDULE_FILENAME = str(STATE_DIR / "celerybeat-schedule")

@@ -79,6 +79,14 @@ class Membership(models.Model):
     def can_manage_project(self) -> bool:
         return self.role == self.Role.OWNER
 
+    def can_manage_secrets(self) -> bool:
+        """Create, reveal, rotate, re-attach and delete shared secrets."""
+        return self.role == self.Role.OWNER
+
+    def can_see_secret_details(self) -> bool:
+        """Which services receive a secret, and how its rotation goes (never the value)."""
+        return self.role in (self.Role.OWNER, self.Role.MEMBER)
+
 
 class Project(models.Model):
     """A customer project: one private network, one Kubernetes namespace.
@@ -216,6 +224,10 @@ class Service(models.Model):
     ports = models.JSONField(default=list)
     # Read back from the cluster: the stable address the hostname resolves to.
     cluster_ip = models.GenericIPAddressField("ClusterIP", null=True, blank=True)
+    # Read back from the cluster: the service's workload (made by the deploy system), which
+    # shared-secret versions its pod template carries and whether that has rolled out.
+    # {} when the service has no workload yet.
+    workload = models.JSONField(default=dict, blank=True)
 
     database_user = models.CharField(max_length=63, blank=True)
     database_password = EncryptedTextField(blank=True, null=True)
@@ -238,6 +250,14 @@ class Service(models.Model):
     @property
     def is_database(self) -> bool:
         return self.kind in self.DATABASE_KINDS
+
+    def secret_version(self, secret_name: str) -> int | None:
+        """The version of a shared secret this service's workload runs, if it has one."""
+        for entry in str(self.workload.get("secrets", "")).split(","):
+            name, _, version = entry.partition("=")
+            if name == secret_name and version.isdecimal():
+                return int(version)
+        return None
 
     @property
     def internal_hostname(self) -> str:
@@ -326,6 +346,13 @@ class AuditEvent(models.Model):
         SERVICE_PORTS_CHANGED = "service.ports_changed", "changed a service’s ports"
         SERVICE_DELETED = "service.deleted", "deleted a service"
         CREDENTIALS_REVEALED = "service.credentials_revealed", "revealed database credentials"
+        SECRET_CREATED = "secret.created", "created a shared secret"
+        SECRET_UPDATED = "secret.updated", "changed which services receive a shared secret"
+        SECRET_DELETED = "secret.deleted", "deleted a shared secret"
+        SECRET_REVEALED = "secret.revealed", "revealed a shared secret"
+        ROTATION_STARTED = "secret.rotation_started", "started rotating a shared secret"
+        ROTATION_PHASE = "secret.rotation_phase", "moved a rotation to its next phase"
+        ROTATION_COMPLETED = "secret.rotation_completed", "completed a rotation"
 
     organization = models.ForeignKey(
         Organization, on_delete=models.CASCADE, related_name="audit_events"
@@ -391,3 +418,75 @@ class ApplyAttempt(models.Model):
         if cutoff:
             cls.objects.filter(project_id=attempt.project_id, id__lte=cutoff[0]).delete()
         return attempt
+
+
+class SharedSecret(models.Model):
+    """A value given to chosen services of a project as an environment variable.
+
+    ``value`` is what callers send. A rotation (see ``networking/rotation.py``) moves through
+    its phases by way of ``next_value`` (accepted, not yet sent) and ``previous_value``
+    (still accepted, no longer sent); ``version`` goes up at each change the workloads must
+    restart for.
+    """
+
+    class Phase(models.TextChoices):
+        ACCEPT_NEW = "accept_new", "Verifiers accept the new value"
+        SEND_NEW = "send_new", "Callers send the new value"
+        GRACE = "grace", "Grace window: the old value is still accepted"
+        RETIRE_OLD = "retire_old", "The old value is retired"
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="shared_secrets")
+    name = models.CharField("environment variable", max_length=100)
+    value = EncryptedTextField()
+    next_value = EncryptedTextField(null=True, blank=True)
+    previous_value = EncryptedTextField(null=True, blank=True)
+    version = models.PositiveIntegerField(default=1)
+    services = models.ManyToManyField(Service, related_name="shared_secrets", blank=True)
+
+    rotation_phase = models.CharField(max_length=20, choices=Phase, blank=True)
+    phase_started_at = models.DateTimeField(null=True, blank=True)
+    grace_until = models.DateTimeField(null=True, blank=True)
+    rotate_every_days = models.PositiveSmallIntegerField(null=True, blank=True)
+    last_rotated_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["name"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["project", "name"], name="unique_secret_name_in_project"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def rotating(self) -> bool:
+        return bool(self.rotation_phase)
+
+
+class SecretRotation(models.Model):
+    """One rotation of a shared secret: who or what started it, its phases, how it ended."""
+
+    class Result(models.TextChoices):
+        IN_PROGRESS = "in_progress", "In progress"
+        COMPLETED = "completed", "Completed"
+
+    secret = models.ForeignKey(SharedSecret, on_delete=models.CASCADE, related_name="rotations")
+    started_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True
+    )
+    # "a person" or "the schedule": kept as text so it reads right after the user is gone.
+    started_by_label = models.CharField(max_length=150)
+    started_at = models.DateTimeField(auto_now_add=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    result = models.CharField(max_length=20, choices=Result, default=Result.IN_PROGRESS)
+    # [{"phase": ..., "at": iso time}], one entry per phase entered.
+    phases = models.JSONField(default=list, blank=True)
+
+    class Meta:
+        ordering = ["-started_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"Rotation of {self.secret} ({self.get_result_display()})"

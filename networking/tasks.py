@@ -8,6 +8,7 @@ from typing import Any
 from celery import Task, shared_task
 from django.conf import settings
 
+from networking import rotation
 from networking.cluster import reconcile as reconciler
 from networking.models import Project
 
@@ -33,6 +34,9 @@ def reconcile_project(self: Task[Any, Any], project_id: int) -> str:
         if delay is not None:
             raise self.retry(countdown=delay) from None
         return "failed"
+    if outcome.recheck_in is not None:
+        # A rotation waits for rollouts or its grace window: look again then.
+        reconcile_project.apply_async((project_id,), countdown=outcome.recheck_in)
     if outcome.status == "busy" and self.request.retries < settings.RECONCILE_MAX_RETRIES:
         # Another worker is applying and will pick up our change when done; but should it
         # have died, look again once its lease has lapsed.
@@ -47,3 +51,16 @@ def resync_all_projects() -> int:
     for project_id in project_ids:
         reconcile_project.delay(project_id)
     return len(project_ids)
+
+
+@shared_task(acks_late=True)
+def rotate_due_secrets() -> int:
+    """Beat: start the scheduled rotations that are due."""
+    started = 0
+    for secret in rotation.due_for_rotation():
+        try:
+            rotation.start_rotation(secret, actor=None)
+        except rotation.RotationRefused:
+            continue  # started by someone in the meantime
+        started += 1
+    return started

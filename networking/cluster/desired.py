@@ -6,6 +6,7 @@ backends (``networking.cluster.backends``) make the cluster match what this retu
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,9 +23,14 @@ NAMESPACE_NAME_LABEL = "kubernetes.io/metadata.name"
 
 ISOLATION_POLICY = "project-isolation"
 INGRESS_POLICY = "allow-ingress-controller"
+SHARED_SECRETS = "stackblaze-shared-secrets"
+# On a workload's pod template: the versions of the shared secrets it receives. Changing it is
+# what restarts the workload's pods, so they pick up the Secret's new contents.
+SECRETS_ANNOTATION = "networking.stackblaze.cloud/shared-secrets"
 
-# Apply order: a namespace before what lives in it.
-KINDS = ("Namespace", "Service", "NetworkPolicy")
+# Apply order: a namespace before what lives in it, the Secret before workloads refer to it.
+KINDS = ("Namespace", "Secret", "Service", "NetworkPolicy")
+WORKLOAD_KINDS = ("Deployment", "StatefulSet")
 
 
 @dataclass(frozen=True)
@@ -35,6 +41,29 @@ class ServiceSpec:
     kind: str
     ports: Sequence[int]
     public: bool = False
+
+
+@dataclass(frozen=True)
+class SecretSpec:
+    """A shared secret: its environment variables now, its version, who receives it."""
+
+    name: str
+    environment: dict[str, str]
+    version: int
+    receivers: frozenset[str]
+    # (variable, optional) for every variable a receiving workload references.
+    references: tuple[tuple[str, bool], ...]
+
+
+@dataclass(frozen=True)
+class WorkloadSpec:
+    """What we own on a service's workload: the secrets annotation and env references.
+
+    ``annotation`` None means the service receives no shared secret: we own nothing there.
+    """
+
+    annotation: str | None = None
+    env: tuple[KubeObject, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -51,6 +80,8 @@ class DesiredState:
 
     namespace: str
     objects: dict[tuple[str, str], KubeObject] = field(default_factory=dict)
+    # Service name -> what we own on its workload, for every service of the project.
+    workloads: dict[str, WorkloadSpec] = field(default_factory=dict)
 
     def add(self, obj: KubeObject) -> None:
         self.objects[(obj["kind"], obj["metadata"]["name"])] = obj
@@ -157,18 +188,59 @@ def ingress_policy(
     }
 
 
+def secret_object(namespace: str, project_uid: str, secrets: Sequence[SecretSpec]) -> KubeObject:
+    data = {
+        key: base64.b64encode(value.encode()).decode()
+        for secret in secrets
+        for key, value in sorted(secret.environment.items())
+    }
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {
+            "name": SHARED_SECRETS,
+            "namespace": namespace,
+            "labels": managed_labels(project_uid),
+        },
+        "type": "Opaque",
+        "data": data,
+    }
+
+
+def workload_spec(service: str, secrets: Sequence[SecretSpec]) -> WorkloadSpec:
+    received = [secret for secret in secrets if service in secret.receivers]
+    if not received:
+        return WorkloadSpec()
+    env: list[KubeObject] = []
+    for secret in received:
+        for variable, optional in secret.references:
+            reference: KubeObject = {"name": SHARED_SECRETS, "key": variable}
+            if optional:
+                reference["optional"] = True
+            env.append({"name": variable, "valueFrom": {"secretKeyRef": reference}})
+    return WorkloadSpec(
+        annotation=",".join(f"{secret.name}={secret.version}" for secret in received),
+        env=tuple(env),
+    )
+
+
 def build_desired_state(
     *,
     namespace: str,
     project_uid: str,
     services: Iterable[ServiceSpec],
     settings: ClusterSettings,
+    secrets: Sequence[SecretSpec] = (),
 ) -> DesiredState:
     desired = DesiredState(namespace=namespace)
     desired.add(namespace_object(namespace, project_uid))
+    secrets = sorted(secrets, key=lambda s: s.name)
+    if secrets:
+        desired.add(secret_object(namespace, project_uid, secrets))
     public = []
     for service in sorted(services, key=lambda s: s.name):
         desired.add(service_object(namespace, project_uid, service, settings))
+        desired.workloads[service.name] = workload_spec(service.name, secrets)
         if service.public:
             public.append(service.name)
     desired.add(isolation_policy(namespace, project_uid))

@@ -16,6 +16,14 @@ class ClusterError(Exception):
         super().__init__(message)
         self.status = status
 
+    def redacted(self, sensitive: list[str]) -> ClusterError:
+        """The same error with every occurrence of the given values masked."""
+        message = str(self)
+        for value in sorted(sensitive, key=len, reverse=True):
+            if value:
+                message = message.replace(value, "[redacted]")
+        return type(self)(message, status=self.status)
+
 
 class TransientClusterError(ClusterError):
     """The cluster may recover by itself: 5xx, 429, 409, timeouts, refused connections."""

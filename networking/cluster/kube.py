@@ -20,8 +20,23 @@ from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 from kubernetes.config.config_exception import ConfigException
 
-from networking.cluster.backends import FIELD_MANAGER, ApplyResult, matches
-from networking.cluster.desired import KINDS, KubeObject, managed_selector
+from networking.cluster.backends import (
+    FIELD_MANAGER,
+    ApplyResult,
+    WorkloadStatus,
+    is_subset,
+    matches,
+)
+from networking.cluster.desired import (
+    KINDS,
+    SECRETS_ANNOTATION,
+    SHARED_SECRETS,
+    WORKLOAD_KINDS,
+    DesiredState,
+    KubeObject,
+    WorkloadSpec,
+    managed_selector,
+)
 from networking.cluster.errors import (
     ClusterError,
     PermanentClusterError,
@@ -75,10 +90,74 @@ def _api_client(kubeconfig: str, context: str) -> client.ApiClient:
 class _Kind:
     """How to read, apply and delete one kind of object."""
 
-    list: Callable[..., Any] | None
+    read: Callable[..., Any]
     apply: Callable[..., Any]
-    delete: Callable[..., Any]
+    delete: Callable[..., Any] | None = None
     namespaced: bool = True
+    # Listed by label, or (Secret: we may not list Secrets) read by its one known name.
+    by_name: str | None = None
+
+
+def _rolled_out(kind: str, workload: KubeObject) -> bool:
+    """Whether every pod of the workload runs its current pod template."""
+    spec, status = workload.get("spec", {}), workload.get("status") or {}
+    replicas = spec.get("replicas", 1)
+    if status.get("observedGeneration", 0) < workload["metadata"].get("generation", 0):
+        return False
+    if kind == "StatefulSet":
+        return bool(
+            status.get("updateRevision") == status.get("currentRevision")
+            and status.get("readyReplicas", 0) == replicas
+        )
+    return bool(
+        status.get("updatedReplicas", 0) == replicas
+        and status.get("replicas", 0) == replicas
+        and status.get("availableReplicas", 0) == replicas
+    )
+
+
+def _workload_patch(workload: KubeObject, kind: str, spec: WorkloadSpec) -> KubeObject:
+    """The fields we own on a workload. Without an annotation: none, so SSA drops ours."""
+    patch: KubeObject = {
+        "apiVersion": "apps/v1",
+        "kind": kind,
+        "metadata": {
+            "name": workload["metadata"]["name"],
+            "namespace": workload["metadata"]["namespace"],
+        },
+    }
+    if spec.annotation is not None:
+        containers = workload["spec"]["template"]["spec"]["containers"]
+        patch["spec"] = {
+            "template": {
+                "metadata": {"annotations": {SECRETS_ANNOTATION: spec.annotation}},
+                "spec": {
+                    "containers": [
+                        {"name": container["name"], "env": list(spec.env)}
+                        for container in containers
+                    ]
+                },
+            }
+        }
+    return patch
+
+
+def _workload_matches(workload: KubeObject, spec: WorkloadSpec) -> bool:
+    template = workload["spec"]["template"]
+    live_annotation = (template.get("metadata", {}).get("annotations") or {}).get(
+        SECRETS_ANNOTATION
+    )
+    if live_annotation != spec.annotation:
+        return False
+    wanted = {entry["name"]: entry for entry in spec.env}
+    for container in template["spec"]["containers"]:
+        live_env = {entry["name"]: entry for entry in container.get("env") or []}
+        if any(
+            name not in live_env or not is_subset(entry, live_env[name])
+            for name, entry in wanted.items()
+        ):
+            return False
+    return True
 
 
 class KubernetesBackend:
@@ -89,23 +168,34 @@ class KubernetesBackend:
         self.timeout = timeout
         core = client.CoreV1Api(api_client)
         networking = client.NetworkingV1Api(api_client)
-        self.core = core
+        apps = client.AppsV1Api(api_client)
         self.kinds: dict[str, _Kind] = {
             "Namespace": _Kind(
-                list=None,
+                read=core.read_namespace,
                 apply=core.patch_namespace,
-                delete=core.delete_namespace,
                 namespaced=False,
             ),
+            "Secret": _Kind(
+                read=core.read_namespaced_secret,
+                apply=core.patch_namespaced_secret,
+                delete=core.delete_namespaced_secret,
+                by_name=SHARED_SECRETS,
+            ),
             "Service": _Kind(
-                list=core.list_namespaced_service,
+                read=core.list_namespaced_service,
                 apply=core.patch_namespaced_service,
                 delete=core.delete_namespaced_service,
             ),
             "NetworkPolicy": _Kind(
-                list=networking.list_namespaced_network_policy,
+                read=networking.list_namespaced_network_policy,
                 apply=networking.patch_namespaced_network_policy,
                 delete=networking.delete_namespaced_network_policy,
+            ),
+            "Deployment": _Kind(
+                read=apps.list_namespaced_deployment, apply=apps.patch_namespaced_deployment
+            ),
+            "StatefulSet": _Kind(
+                read=apps.list_namespaced_stateful_set, apply=apps.patch_namespaced_stateful_set
             ),
         }
 
@@ -129,25 +219,27 @@ class KubernetesBackend:
         data = response.data
         return json.loads(data) if data else None
 
-    def _read_namespace(self, namespace: str) -> KubeObject | None:
+    def _read(self, kind: str, name: str, namespace: str | None = None) -> KubeObject | None:
+        """One object by name, or None if it does not exist."""
+        args = [name] if namespace is None else [name, namespace]
         try:
-            result: KubeObject = self._call(
-                f"reading namespace {namespace}", self.core.read_namespace, namespace
-            )
+            result: KubeObject = self._call(f"reading {kind} {name}", self.kinds[kind].read, *args)
         except ClusterError as error:
             if error.status == 404:
                 return None
             raise
         return result
 
-    def _list(self, kind: str, namespace: str) -> dict[str, KubeObject]:
-        list_method = self.kinds[kind].list
-        assert list_method is not None
+    def _list(self, kind: str, namespace: str, selector: str) -> dict[str, KubeObject]:
+        by_name = self.kinds[kind].by_name
+        if by_name is not None:
+            found = self._read(kind, by_name, namespace)
+            return {by_name: found} if found is not None else {}
         body = self._call(
             f"listing {kind}s in {namespace}",
-            list_method,
+            self.kinds[kind].read,
             namespace,
-            label_selector=managed_selector(),
+            label_selector=selector,
         )
         return {item["metadata"]["name"]: item for item in body.get("items", [])}
 
@@ -166,28 +258,32 @@ class KubernetesBackend:
         return result
 
     def _delete(self, kind: str, name: str, namespace: str) -> None:
+        delete = self.kinds[kind].delete
+        assert delete is not None
         try:
-            self._call(f"deleting {kind} {name}", self.kinds[kind].delete, name, namespace)
+            self._call(f"deleting {kind} {name}", delete, name, namespace)
         except ClusterError as error:
             if error.status != 404:  # already gone is what we wanted
                 raise
 
     # -- the reconcile pass ------------------------------------------------------------------
 
-    def apply(self, namespace: str, objects: dict[tuple[str, str], KubeObject]) -> ApplyResult:
+    def apply(self, desired: DesiredState) -> ApplyResult:
         result = ApplyResult()
+        namespace, objects = desired.namespace, desired.objects
         desired_namespace = objects[("Namespace", namespace)]
-        live_namespace = self._read_namespace(namespace)
+        live_namespace = self._read("Namespace", namespace)
         if live_namespace is None or not matches(desired_namespace, live_namespace):
             # Nothing else can be written until the namespace exists: let errors propagate.
             self._apply("Namespace", desired_namespace)
             result.changes.append(
                 f"{'created' if live_namespace is None else 'updated'} Namespace {namespace}"
             )
+        exists = live_namespace is not None
         for kind in KINDS[1:]:
-            live = self._list(kind, namespace) if live_namespace is not None else {}
-            desired = {name: obj for (k, name), obj in objects.items() if k == kind}
-            for name, obj in desired.items():
+            live = self._list(kind, namespace, managed_selector()) if exists else {}
+            wanted = {name: obj for (k, name), obj in objects.items() if k == kind}
+            for name, obj in wanted.items():
                 current = live.get(name)
                 if current is not None and matches(obj, current):
                     continue
@@ -197,7 +293,7 @@ class KubernetesBackend:
                     result.errors.append(error)
                     continue
                 result.changes.append(f"{'updated' if current else 'created'} {kind} {name}")
-            for name in sorted(set(live) - set(desired)):
+            for name in sorted(set(live) - set(wanted)):
                 try:
                     self._delete(kind, name, namespace)
                 except ClusterError as error:
@@ -211,4 +307,32 @@ class KubernetesBackend:
                     for name, obj in live.items()
                     if obj.get("spec", {}).get("clusterIP") not in (None, "", "None")
                 }
+        if exists:
+            self._apply_workloads(desired, result)
         return result
+
+    def _apply_workloads(self, desired: DesiredState, result: ApplyResult) -> None:
+        """Set what we own on each service's workloads, and report how their rollouts stand."""
+        label = settings.WORKLOAD_LABEL
+        for kind in WORKLOAD_KINDS:
+            for name, workload in self._list(kind, desired.namespace, label).items():
+                service = workload["metadata"].get("labels", {}).get(label, "")
+                spec = desired.workloads.get(service, WorkloadSpec())
+                if not _workload_matches(workload, spec):
+                    try:
+                        workload = self._apply(kind, _workload_patch(workload, kind, spec))
+                    except ClusterError as error:
+                        result.errors.append(error)
+                        continue
+                    result.changes.append(f"restarted {kind} {name} for shared secrets")
+                annotations = workload["spec"]["template"].get("metadata", {}).get("annotations")
+                status = WorkloadStatus(
+                    kind=kind,
+                    name=name,
+                    secrets=(annotations or {}).get(SECRETS_ANNOTATION, ""),
+                    rolled_out=_rolled_out(kind, workload),
+                )
+                previous = result.workloads.get(service)
+                if previous is not None:  # several workloads: report the laggard
+                    status = status if not status.rolled_out else previous
+                result.workloads[service] = status

@@ -14,7 +14,7 @@ from pathlib import Path
 import yaml
 
 from networking.cluster.backends import ApplyResult
-from networking.cluster.desired import KINDS, KubeObject
+from networking.cluster.desired import KINDS, DesiredState
 from networking.cluster.errors import PermanentClusterError
 
 SUFFIX = ".yaml"
@@ -30,8 +30,10 @@ class ManifestsBackend:
     def __init__(self, directory: Path | str) -> None:
         self.directory = Path(directory)
 
-    def apply(self, namespace: str, objects: dict[tuple[str, str], KubeObject]) -> ApplyResult:
+    def apply(self, desired: DesiredState) -> ApplyResult:
+        """Write the objects; workloads are the deploy system's, so there are none to patch."""
         result = ApplyResult()
+        namespace, objects = desired.namespace, desired.objects
         folder = self.directory / namespace
         try:
             folder.mkdir(parents=True, exist_ok=True)

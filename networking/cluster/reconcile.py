@@ -8,6 +8,7 @@ overlapping without holding a database transaction open during cluster I/O.
 
 from __future__ import annotations
 
+import base64
 import logging
 import secrets
 import time
@@ -16,18 +17,20 @@ from datetime import UTC, datetime, timedelta
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import Q
+from django.db.models import Prefetch, Q
 from django.utils import timezone
 
-from networking.cluster.backends import Backend, get_backend
+from networking import rotation
+from networking.cluster.backends import ApplyResult, Backend, get_backend
 from networking.cluster.desired import (
     ClusterSettings,
     DesiredState,
+    SecretSpec,
     ServiceSpec,
     build_desired_state,
 )
 from networking.cluster.errors import ClusterError, PermanentClusterError
-from networking.models import ApplyAttempt, Project, Service
+from networking.models import ApplyAttempt, Project, Service, SharedSecret
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +45,8 @@ class Outcome:
     changes: list[str] = field(default_factory=list)
     # For "busy": seconds until the holder's lease lapses, should the holder have died.
     lease_remaining: float = 0.0
+    # A rotation waits on rollouts or a grace window: look again in this many seconds.
+    recheck_in: float | None = None
 
 
 class ReconcileFailed(Exception):
@@ -61,8 +66,25 @@ def cluster_settings() -> ClusterSettings:
     )
 
 
-def desired_state_for(project: Project) -> DesiredState:
+def _secret_specs(secrets: list[SharedSecret]) -> list[SecretSpec]:
+    return [
+        SecretSpec(
+            name=secret.name,
+            environment={
+                key: value.reveal() for key, value in rotation.environment(secret).items()
+            },
+            version=secret.version,
+            receivers=frozenset(service.name for service in secret.services.all()),
+            references=tuple(rotation.environment_names(secret.name)),
+        )
+        for secret in secrets
+    ]
+
+
+def desired_state_for(project: Project, secrets: list[SecretSpec] | None = None) -> DesiredState:
     services = project.services.only("name", "kind", "ports")
+    if secrets is None:
+        secrets = _secret_specs(_shared_secrets(project))
     return build_desired_state(
         namespace=project.namespace,
         project_uid=project.uid,
@@ -76,6 +98,13 @@ def desired_state_for(project: Project) -> DesiredState:
             for service in services
         ],
         settings=cluster_settings(),
+        secrets=secrets,
+    )
+
+
+def _shared_secrets(project: Project) -> list[SharedSecret]:
+    return list(
+        project.shared_secrets.prefetch_related(Prefetch("services", Service.objects.only("name")))
     )
 
 
@@ -148,33 +177,58 @@ def reconcile(project_id: int, backend: Backend | None = None) -> Outcome:
 
 def _one_pass(project: Project, backend: Backend) -> Outcome:
     generation = project.generation
-    services = list(project.services.only("name", "cluster_ip"))
-    desired = desired_state_for(project)
+    services = list(project.services.only("name", "cluster_ip", "workload"))
+    secrets = _shared_secrets(project)
+    specs = _secret_specs(secrets)
+    desired = desired_state_for(project, specs)
+    # A cluster's error message could quote what was sent: never let a secret value through.
+    sensitive = [
+        text
+        for spec in specs
+        for value in spec.environment.values()
+        for text in (value, base64.b64encode(value.encode()).decode())
+    ]
     started_at = time.time()
     try:
-        result = backend.apply(desired.namespace, desired.objects)
+        result = backend.apply(desired)
     except ClusterError as error:
         raise ReconcileFailed(
-            error, generation=generation, changes=[], started_at=started_at
+            error.redacted(sensitive), generation=generation, changes=[], started_at=started_at
         ) from None
 
-    changed_ips = []
+    changed = []
     for service in services:
         cluster_ip = result.cluster_ips.get(service.name)
-        if service.cluster_ip != cluster_ip:
+        status = result.workloads.get(service.name)
+        workload = status.as_dict() if status is not None else {}
+        if service.cluster_ip != cluster_ip or service.workload != workload:
             service.cluster_ip = cluster_ip
-            changed_ips.append(service)
-    if changed_ips:
-        Service.objects.bulk_update(changed_ips, ["cluster_ip"])
+            service.workload = workload
+            changed.append(service)
+    if changed:
+        Service.objects.bulk_update(changed, ["cluster_ip", "workload"])
 
     if result.errors:
         permanent = [error for error in result.errors if not error.transient]
         raise ReconcileFailed(
-            (permanent or result.errors)[0],
+            (permanent or result.errors)[0].redacted(sensitive),
             generation=generation,
             changes=result.changes,
             started_at=started_at,
         )
+
+    recheck_in = _advance_rotations(secrets, desired, result)
+    # Restarts we caused are still rolling out: keep the dashboard's view of them fresh for a
+    # while (the periodic resync covers a rollout that takes longer).
+    rolling = any(status.secrets and not status.rolled_out for status in result.workloads.values())
+    last_change = timezone.now() if result.changes else project.applied_at
+    if (
+        rolling
+        and last_change is not None
+        and (timezone.now() - last_change).total_seconds() < settings.ROLLOUT_WATCH_SECONDS
+    ):
+        poll = float(settings.ROTATION_POLL_SECONDS)
+        recheck_in = poll if recheck_in is None else min(recheck_in, poll)
 
     now = timezone.now()
     with transaction.atomic():
@@ -201,8 +255,38 @@ def _one_pass(project: Project, backend: Backend) -> Outcome:
             summarize(result.changes),
         )
     return Outcome(
-        "applied" if result.changes else "in_sync", generation=generation, changes=result.changes
+        "applied" if result.changes else "in_sync",
+        generation=generation,
+        changes=result.changes,
+        recheck_in=recheck_in,
     )
+
+
+def _advance_rotations(
+    secrets: list[SharedSecret], desired: DesiredState, result: ApplyResult
+) -> float | None:
+    """Move every rotation whose receiving workloads have all rolled out to its next phase.
+
+    Returns when to look again (rollouts still running, or a grace window), or None.
+    """
+    recheck_in: float | None = None
+    for secret in secrets:
+        if not secret.rotating:
+            continue
+        waiting = []
+        for service in secret.services.all():
+            status = result.workloads.get(service.name)
+            wanted = desired.workloads[service.name].annotation
+            if status is not None and not (status.secrets == wanted and status.rolled_out):
+                waiting.append(service.name)
+        if waiting:
+            delay = float(settings.ROTATION_POLL_SECONDS)
+        elif rotation.advance(secret.pk) is None and secret.grace_until is not None:
+            delay = max((secret.grace_until - timezone.now()).total_seconds(), 0.0) + 0.5
+        else:
+            continue  # advanced: the new generation gets its own pass right away
+        recheck_in = delay if recheck_in is None else min(recheck_in, delay)
+    return recheck_in
 
 
 def summarize(changes: list[str], limit: int = 10) -> str:

@@ -9,7 +9,16 @@ from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand
 from django.db import transaction
 
-from networking.models import AuditEvent, Membership, Organization, Project, Service
+from networking import rotation
+from networking.crypto import SecretText
+from networking.models import (
+    AuditEvent,
+    Membership,
+    Organization,
+    Project,
+    Service,
+    SharedSecret,
+)
 
 DEMO_PASSWORD = "demo-password-2026"
 
@@ -47,7 +56,8 @@ class Command(BaseCommand):
             globex, _ = Organization.objects.get_or_create(
                 slug="globex", defaults={"name": "Globex", "plan": Organization.Plan.PRO}
             )
-            self._project(acme, "Storefront", ACME_SERVICES)
+            storefront = self._project(acme, "Storefront", ACME_SERVICES)
+            self._secret(storefront, "INTERNAL_API_SECRET", ["api", "background-worker"])
             self._project(globex, "Analytics", GLOBEX_SERVICES)
             organizations = {"acme": acme, "globex": globex}
             User = get_user_model()
@@ -70,6 +80,21 @@ class Command(BaseCommand):
         self.stdout.write("  globex-owner  owner of Globex (Pro): project Analytics")
         self.stdout.write("  support       support staff (not a member of any customer)")
         self.stdout.write("  outsider      belongs to no organization")
+
+    def _secret(self, project: Project, name: str, receivers: list[str]) -> None:
+        """The spec's tip: one shared secret given to the caller and the worker it calls."""
+        if project.shared_secrets.filter(name=name).exists():
+            return
+        secret = SharedSecret.objects.create(
+            project=project, name=name, value=SecretText.seal(rotation.generate_value())
+        )
+        secret.services.set(project.services.filter(name__in=receivers))
+        project.record_change(
+            actor=None,
+            action=AuditEvent.Action.SECRET_CREATED,
+            target=name,
+            details={"services": receivers},
+        )
 
     def _project(
         self, organization: Organization, name: str, services: Sequence[tuple[str, str, list[int]]]
