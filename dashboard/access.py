@@ -14,7 +14,7 @@ from django.core.exceptions import PermissionDenied
 from django.db.models import QuerySet
 from django.http import Http404, HttpRequest
 
-from networking.models import Membership, Organization, Project, Service
+from networking.models import Membership, Organization, Project, Service, SharedSecret
 
 Capability = Callable[[Membership], bool]
 
@@ -61,6 +61,17 @@ def get_service_for_user(
         raise Http404("No such service.")
     service.project = access.project
     return access, service
+
+
+def get_secret_for_user(
+    request: HttpRequest, project_uid: str, secret_id: int
+) -> tuple[ProjectAccess, SharedSecret]:
+    access = get_project_for_user(request, project_uid)
+    secret = SharedSecret.objects.filter(project=access.project, pk=secret_id).first()
+    if secret is None:
+        raise Http404("No such secret.")
+    secret.project = access.project
+    return access, secret
 
 
 def get_organization_for_user(request: HttpRequest, slug: str) -> tuple[Organization, Membership]:

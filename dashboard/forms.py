@@ -6,7 +6,9 @@ from typing import Any
 
 from django import forms
 
-from networking.models import MAX_PORTS, Project, Service
+from networking import rotation
+from networking.crypto import SecretText
+from networking.models import MAX_PORTS, Project, Service, SharedSecret
 
 _PORT_SEPARATORS = re.compile(r"[\s,]+")
 
@@ -113,3 +115,88 @@ class ProjectForm(forms.ModelForm[Project]):
         fields = ["name"]
         labels = {"name": "Project name"}
         help_texts = {"name": "Renaming a project changes nothing in the cluster."}
+
+
+class _ProjectServicesField(forms.ModelMultipleChoiceField):  # type: ignore[type-arg]
+    def label_from_instance(self, obj: Service) -> str:
+        return f"{obj.display_name} ({obj.internal_hostname})"
+
+
+class SharedSecretForm(forms.ModelForm[SharedSecret]):
+    """Create a shared secret, or (with an instance) change who receives it and its schedule."""
+
+    value = forms.CharField(
+        label="Value",
+        required=False,
+        strip=False,
+        widget=forms.PasswordInput(render_value=False, attrs={"autocomplete": "off"}),
+        help_text="Leave empty to generate a random 256-bit value (recommended).",
+    )
+    services = _ProjectServicesField(
+        queryset=Service.objects.none(),
+        required=False,
+        widget=forms.CheckboxSelectMultiple,
+        label="Services that receive it",
+        help_text=(
+            "Each one gets it as an environment variable; its pods restart once to pick it up."
+        ),
+    )
+    rotate_every_days = forms.IntegerField(
+        label="Rotate automatically every",
+        required=False,
+        min_value=1,
+        max_value=365,
+        help_text="Days between scheduled rotations; leave empty to rotate only by hand.",
+    )
+
+    class Meta:
+        model = SharedSecret
+        fields = ["name", "services", "rotate_every_days"]
+        labels = {"name": "Environment variable"}
+        help_texts = {
+            "name": "Upper-case letters, digits and underscores, e.g. INTERNAL_API_SECRET."
+        }
+
+    def __init__(self, *args: Any, project: Project, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.instance.project = project
+        self.fields["services"].queryset = project.services.order_by("name")  # type: ignore[attr-defined]
+        self.fields["name"].widget.attrs.update(
+            {"autocomplete": "off", "spellcheck": "false", "placeholder": "INTERNAL_API_SECRET"}
+        )
+        self.fields["name"].error_messages["required"] = "Enter a name, like INTERNAL_API_SECRET."
+        if self.instance.pk:
+            del self.fields["name"]
+            del self.fields["value"]
+
+    def clean_name(self) -> str:
+        name = rotation.validate_secret_name(self.cleaned_data.get("name", ""))
+        clash = SharedSecret.objects.filter(project=self.instance.project, name=name)
+        if clash.exclude(pk=self.instance.pk).exists():
+            raise forms.ValidationError(f"This project already has a secret named {name}.")
+        return name
+
+    def clean_value(self) -> str:
+        value: str = self.cleaned_data.get("value", "")
+        return rotation.validate_pasted_value(value) if value else ""
+
+    def save(self, commit: bool = True) -> SharedSecret:
+        if not self.instance.pk:
+            self.instance.value = SecretText.seal(
+                self.cleaned_data.get("value") or rotation.generate_value()
+            )
+        return super().save(commit=commit)
+
+
+class RotateForm(forms.Form):
+    value = forms.CharField(
+        label="New value",
+        required=False,
+        strip=False,
+        widget=forms.PasswordInput(render_value=False, attrs={"autocomplete": "off"}),
+        help_text="Leave empty to generate a random 256-bit value (recommended).",
+    )
+
+    def clean_value(self) -> str:
+        value: str = self.cleaned_data.get("value", "")
+        return rotation.validate_pasted_value(value) if value else ""

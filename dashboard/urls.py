@@ -3,7 +3,7 @@ from __future__ import annotations
 from django.contrib.auth import views as auth_views
 from django.urls import path
 
-from dashboard import views
+from dashboard import secret_views, views
 from dashboard.auth import SignInView
 
 urlpatterns = [
@@ -51,5 +51,36 @@ urlpatterns = [
         "projects/<str:project_uid>/services/<int:service_id>/reveal/",
         views.service_reveal,
         name="service-reveal",
+    ),
+    path("projects/<str:project_uid>/secrets/", secret_views.secret_list, name="secret-list"),
+    path(
+        "projects/<str:project_uid>/secrets/new/",
+        secret_views.secret_create,
+        name="secret-create",
+    ),
+    path(
+        "projects/<str:project_uid>/secrets/<int:secret_id>/",
+        secret_views.secret_detail,
+        name="secret-detail",
+    ),
+    path(
+        "projects/<str:project_uid>/secrets/<int:secret_id>/edit/",
+        secret_views.secret_edit,
+        name="secret-edit",
+    ),
+    path(
+        "projects/<str:project_uid>/secrets/<int:secret_id>/reveal/",
+        secret_views.secret_reveal,
+        name="secret-reveal",
+    ),
+    path(
+        "projects/<str:project_uid>/secrets/<int:secret_id>/rotate/",
+        secret_views.secret_rotate,
+        name="secret-rotate",
+    ),
+    path(
+        "projects/<str:project_uid>/secrets/<int:secret_id>/delete/",
+        secret_views.secret_delete,
+        name="secret-delete",
     ),
 ]

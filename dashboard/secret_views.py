@@ -1,0 +1,175 @@
+"""Shared secrets: create, attach, reveal (audited), rotate without downtime, delete.
+
+Owners do everything; members see names, receiving services and rotations; viewers see names.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.db import transaction
+from django.http import HttpResponse
+from django.shortcuts import redirect, render
+from django.views.decorators.cache import never_cache
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
+
+from dashboard.access import ProjectAccess, get_project_for_user, get_secret_for_user
+from dashboard.forms import RotateForm, SharedSecretForm
+from dashboard.views import HtmxHttpRequest
+from networking import rotation
+from networking.models import AuditEvent, Membership, SharedSecret
+
+
+def _context(access: ProjectAccess, **extra: Any) -> dict[str, Any]:
+    return {"project": access.project, "membership": access.membership, **extra}
+
+
+@login_required
+@require_GET
+def secret_list(request: HtmxHttpRequest, project_uid: str) -> HttpResponse:
+    access = get_project_for_user(request, project_uid)
+    secrets = access.project.shared_secrets.all()
+    if access.membership.can_see_secret_details():
+        secrets = secrets.prefetch_related("services")
+    return render(request, "secrets/list.html", _context(access, secrets=secrets))
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def secret_create(request: HtmxHttpRequest, project_uid: str) -> HttpResponse:
+    access = get_project_for_user(request, project_uid)
+    access.require(Membership.can_manage_secrets)
+    form = SharedSecretForm(
+        request.POST if request.method == "POST" else None, project=access.project
+    )
+    if request.method == "POST" and form.is_valid():
+        with transaction.atomic():
+            secret = form.save()
+            access.project.record_change(
+                actor=request.user,
+                action=AuditEvent.Action.SECRET_CREATED,
+                target=secret.name,
+                details={"services": sorted(s.name for s in secret.services.all())},
+            )
+        messages.success(
+            request,
+            f"Created {secret.name}. The services that receive it restart once to pick it up.",
+        )
+        return redirect("secret-detail", project_uid=project_uid, secret_id=secret.pk)
+    return render(request, "secrets/form.html", _context(access, form=form))
+
+
+def _detail_context(access: ProjectAccess, secret: SharedSecret, **extra: Any) -> dict[str, Any]:
+    receivers = list(secret.services.order_by("name"))
+    return _context(
+        access,
+        secret=secret,
+        receivers=[
+            {
+                "service": service,
+                "version": service.secret_version(secret.name),
+                "workload": service.workload,
+            }
+            for service in receivers
+        ],
+        steps=rotation.phase_steps(secret),
+        rotations=secret.rotations.all()[:10],
+        snippets=rotation.verifier_snippets(secret.name),
+        **extra,
+    )
+
+
+@login_required
+@require_GET
+def secret_detail(request: HtmxHttpRequest, project_uid: str, secret_id: int) -> HttpResponse:
+    access, secret = get_secret_for_user(request, project_uid, secret_id)
+    access.require(Membership.can_see_secret_details)
+    # htmx polls the rotation's progress while one runs.
+    template = "secrets/detail.html#rotation" if request.htmx else "secrets/detail.html"
+    return render(request, template, _detail_context(access, secret))
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def secret_edit(request: HtmxHttpRequest, project_uid: str, secret_id: int) -> HttpResponse:
+    access, secret = get_secret_for_user(request, project_uid, secret_id)
+    access.require(Membership.can_manage_secrets)
+    before = sorted(s.name for s in secret.services.all())
+    form = SharedSecretForm(
+        request.POST if request.method == "POST" else None, instance=secret, project=access.project
+    )
+    if request.method == "POST" and form.is_valid():
+        with transaction.atomic():
+            form.save()
+            after = sorted(s.name for s in secret.services.all())
+            access.project.record_change(
+                actor=request.user,
+                action=AuditEvent.Action.SECRET_UPDATED,
+                target=secret.name,
+                details={
+                    "from": before,
+                    "to": after,
+                    "rotate_every_days": secret.rotate_every_days,
+                },
+            )
+        messages.success(request, f"Saved {secret.name}.")
+        return redirect("secret-detail", project_uid=project_uid, secret_id=secret.pk)
+    return render(request, "secrets/form.html", _context(access, form=form, secret=secret))
+
+
+@login_required
+@require_POST
+@never_cache
+def secret_reveal(request: HtmxHttpRequest, project_uid: str, secret_id: int) -> HttpResponse:
+    """Show the value: an explicit, audited POST, owners only, never cached."""
+    access, secret = get_secret_for_user(request, project_uid, secret_id)
+    access.require(Membership.can_manage_secrets)
+    access.project.audit(
+        actor=request.user, action=AuditEvent.Action.SECRET_REVEALED, target=secret.name
+    )
+    context = _detail_context(access, secret, revealed=rotation.environment(secret))
+    template = "secrets/detail.html#value" if request.htmx else "secrets/detail.html"
+    return render(request, template, context)
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def secret_rotate(request: HtmxHttpRequest, project_uid: str, secret_id: int) -> HttpResponse:
+    access, secret = get_secret_for_user(request, project_uid, secret_id)
+    access.require(Membership.can_manage_secrets)
+    form = RotateForm(request.POST if request.method == "POST" else None)
+    if request.method == "POST" and form.is_valid():
+        try:
+            rotation.start_rotation(
+                secret, actor=request.user, new_value=form.cleaned_data["value"] or None
+            )
+        except rotation.RotationRefused as refused:
+            messages.error(request, str(refused))
+        else:
+            messages.success(
+                request,
+                f"Rotating {secret.name}: services first learn to accept the new value, then "
+                "send it; the old value is retired after the grace window.",
+            )
+        return redirect("secret-detail", project_uid=project_uid, secret_id=secret.pk)
+    return render(request, "secrets/rotate.html", _context(access, form=form, secret=secret))
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def secret_delete(request: HtmxHttpRequest, project_uid: str, secret_id: int) -> HttpResponse:
+    access, secret = get_secret_for_user(request, project_uid, secret_id)
+    access.require(Membership.can_manage_secrets)
+    if request.method == "POST":
+        with transaction.atomic():
+            secret.delete()
+            access.project.record_change(
+                actor=request.user, action=AuditEvent.Action.SECRET_DELETED, target=secret.name
+            )
+        messages.success(
+            request, f"Deleted {secret.name}; the services that received it restart without it."
+        )
+        return redirect("secret-list", project_uid=project_uid)
+    return render(request, "secrets/delete.html", _context(access, secret=secret))
