@@ -13,7 +13,9 @@ from django.contrib.auth.models import User
 from django.core.cache import cache
 from django.test import Client
 
-from networking.models import Membership, Organization, Project, Service
+from networking import rotation
+from networking.crypto import SecretText
+from networking.models import Membership, Organization, Project, Service, SharedSecret
 
 # The real API server, Celery worker processes and the fixtures that start them.
 pytest_plugins = ["tests.cluster_fixtures"]
@@ -92,6 +94,8 @@ class World:
     api: Service
     postgres: Service
     other_service: Service
+    secret: SharedSecret
+    other_secret: SharedSecret
     users: dict[str, User | None]
 
     def client_for(self, role: str) -> Client:
@@ -118,6 +122,14 @@ def make_service(
     return service
 
 
+def make_secret(project: Project, name: str, receivers: list[Service]) -> SharedSecret:
+    secret = SharedSecret.objects.create(
+        project=project, name=name, value=SecretText.seal(rotation.generate_value())
+    )
+    secret.services.set(receivers)
+    return secret
+
+
 @pytest.fixture
 def world(db: Any) -> World:
     acme = Organization.objects.create(name="Acme", slug="acme", plan=Organization.Plan.ENTERPRISE)
@@ -137,14 +149,19 @@ def world(db: Any) -> World:
     # The outsider has an organization of their own: "not a member here", not "no memberships".
     outsider_org = Organization.objects.create(name="Initech", slug="initech")
     Membership.objects.create(user=outsider, organization=outsider_org, role="owner")
+    api = make_service(project, "api", Service.Kind.WEB)
+    postgres = make_service(project, "postgres", Service.Kind.POSTGRESQL)
+    other_service = make_service(other_project, "warehouse", Service.Kind.MYSQL)
     return World(
         acme=acme,
         globex=globex,
         project=project,
         other_project=other_project,
-        api=make_service(project, "api", Service.Kind.WEB),
-        postgres=make_service(project, "postgres", Service.Kind.POSTGRESQL),
-        other_service=make_service(other_project, "warehouse", Service.Kind.MYSQL),
+        api=api,
+        postgres=postgres,
+        other_service=other_service,
+        secret=make_secret(project, "INTERNAL_API_SECRET", [api]),
+        other_secret=make_secret(other_project, "INTERNAL_API_SECRET", [other_service]),
         users=users,
     )
 

@@ -41,6 +41,17 @@ MATRIX: dict[tuple[str, str], str] = {
     ("service-delete", "GET"): "302 404 404 403 200 200",
     ("service-delete", "POST"): "302 404 404 403 302 302",
     ("service-reveal", "POST"): "302 404 404 403 200 200",
+    ("secret-list", "GET"): "302 404 404 200 200 200",
+    ("secret-create", "GET"): "302 404 404 403 403 200",
+    ("secret-create", "POST"): "302 404 404 403 403 200",
+    ("secret-detail", "GET"): "302 404 404 403 200 200",
+    ("secret-edit", "GET"): "302 404 404 403 403 200",
+    ("secret-edit", "POST"): "302 404 404 403 403 302",
+    ("secret-reveal", "POST"): "302 404 404 403 403 200",
+    ("secret-rotate", "GET"): "302 404 404 403 403 200",
+    ("secret-rotate", "POST"): "302 404 404 403 403 302",
+    ("secret-delete", "GET"): "302 404 404 403 403 200",
+    ("secret-delete", "POST"): "302 404 404 403 403 302",
 }
 # Only meaningful for URLs that name a tenant's object: every signed-in role gets 404.
 FOREIGN = "302 404 404 404 404 404"
@@ -67,6 +78,8 @@ def _kwargs(world: World, name: str, *, foreign: bool) -> dict[str, Any]:
     if "service_id" in wanted:
         service = world.other_service if foreign else world.postgres
         kwargs["service_id"] = service.pk
+    if "secret_id" in wanted:
+        kwargs["secret_id"] = (world.other_secret if foreign else world.secret).pk
     if "org_slug" in wanted:
         kwargs["org_slug"] = (world.globex if foreign else world.acme).slug
     return kwargs

@@ -16,7 +16,7 @@ from django.utils import timezone
 
 from networking.cluster import reconcile as reconciler
 from networking.cluster.backends import ApplyResult
-from networking.cluster.desired import KubeObject
+from networking.cluster.desired import DesiredState
 from networking.cluster.manifests import ManifestsBackend
 from networking.models import ApplyAttempt, AuditEvent, Project, Service
 from networking.tasks import backoff_seconds, reconcile_project
@@ -38,7 +38,7 @@ def test_a_reconcile_writes_the_project_and_marks_it_in_sync(world: World, manif
     assert fresh(world.project).sync_state == Project.SyncState.QUEUED
     outcome = reconciler.reconcile(world.project.pk)
     assert outcome.status == "applied"
-    assert (manifests / world.project.namespace / "01-service-api.yaml").exists()
+    assert (manifests / world.project.namespace / "02-service-api.yaml").exists()
     project = fresh(world.project)
     assert project.sync_state == Project.SyncState.IN_SYNC
     assert project.applied_generation == project.generation
@@ -63,7 +63,7 @@ def test_deleting_a_service_prunes_its_manifest(world: World, manifests: Path) -
     Project.objects.filter(pk=world.project.pk).update(generation=world.project.generation + 5)
     outcome = reconciler.reconcile(world.project.pk)
     assert "deleted Service api" in outcome.changes
-    assert not (manifests / world.project.namespace / "01-service-api.yaml").exists()
+    assert not (manifests / world.project.namespace / "02-service-api.yaml").exists()
 
 
 def test_the_task_takes_only_an_id(world: World, manifests: Path) -> None:
@@ -104,9 +104,9 @@ class ChangesDuringApply(ManifestsBackend):
         self.change: Callable[[], None] | None = change
         self.passes = 0
 
-    def apply(self, namespace: str, objects: dict[tuple[str, str], KubeObject]) -> ApplyResult:
+    def apply(self, desired: DesiredState) -> ApplyResult:
         self.passes += 1
-        result = super().apply(namespace, objects)
+        result = super().apply(desired)
         if self.change is not None:
             self.change()
             self.change = None
@@ -124,7 +124,7 @@ def test_a_change_made_during_a_pass_gets_its_own_pass(world: World, manifests: 
     backend = ChangesDuringApply(manifests, add_worker)
     reconciler.reconcile(world.project.pk, backend)
     assert backend.passes == 2
-    assert (manifests / world.project.namespace / "01-service-worker.yaml").exists()
+    assert (manifests / world.project.namespace / "02-service-worker.yaml").exists()
     assert fresh(world.project).sync_state == Project.SyncState.IN_SYNC
 
 

@@ -60,8 +60,9 @@ def test_a_second_reconcile_makes_no_write_call(cluster: Cluster, world: World) 
     cluster.http.reset()
     assert run_task(world.project.pk) == "in_sync"
     assert cluster.http.writes == []
-    # A namespace read and one list per kind, whatever the number of services.
-    assert len(cluster.http.reads) == 3
+    # The namespace, the Secret by name, and one list per kind of object and workload,
+    # whatever the number of services.
+    assert len(cluster.http.reads) == 6
 
 
 def test_duplicate_delivery_makes_no_extra_writes(cluster: Cluster, world: World) -> None:
@@ -69,7 +70,7 @@ def test_duplicate_delivery_makes_no_extra_writes(cluster: Cluster, world: World
     Project.objects.filter(pk=world.project.pk).update(generation=world.project.generation + 1)
     run_task(world.project.pk)
     writes = len(cluster.http.writes)
-    assert writes == 6  # namespace, 3 Services, 2 NetworkPolicies
+    assert writes == 7  # namespace, the shared Secret, 3 Services, 2 NetworkPolicies
     run_task(world.project.pk)  # the same message delivered again
     assert len(cluster.http.writes) == writes
 

@@ -10,7 +10,10 @@ from django.conf import settings
 from django.test import Client
 from django.urls import reverse
 
-from networking.models import Project, Service
+from networking import rotation
+from networking.cluster.desired import SECRETS_ANNOTATION
+from networking.models import Project, Service, SharedSecret
+from tests.cluster.test_rotation import deploy, deployment, secret_data
 from tests.cluster_fixtures import Cluster
 from tests.conftest import World, make_service
 from tests.worker import WorkerProcess
@@ -98,3 +101,58 @@ def test_the_dashboard_shows_failed_then_retry_heals(
     start_worker()
     client.post(reverse("project-sync-retry", args=[world.project.uid]))
     wait_until(lambda: in_sync(world.project), 30, "Retry to heal the project")
+
+
+def test_a_worker_killed_in_every_phase_of_a_rotation_finishes_it(
+    cluster: Cluster,
+    world: World,
+    start_worker: Callable[[], WorkerProcess],
+    worker_env: dict[str, str],
+) -> None:
+    if not settings.REDIS_URL:
+        pytest.skip(
+            "re-delivery of unacknowledged tasks needs the Redis broker (CI sets REDIS_URL)"
+        )
+    worker_env.update(ROTATION_GRACE_SECONDS="2", ROTATION_POLL_SECONDS="1")
+    background = make_service(world.project, "background-worker", Service.Kind.PRIVATE, [3000])
+    world.secret.services.set([world.api, background])
+    worker = start_worker()
+    world.project.request_reconcile()
+    wait_until(lambda: in_sync(world.project), 30, "the namespace")
+    for name in ("api", "background-worker"):
+        deploy(cluster, world.project.namespace, name)
+    world.project.request_reconcile()
+    wait_until(
+        lambda: all(
+            s.workload.get("rolled_out")
+            for s in Service.objects.filter(project=world.project)
+            if s.name != "postgres"
+        ),
+        30,
+        "the workloads to receive the secret",
+    )
+    old = secret_data(cluster, world.project.namespace)["INTERNAL_API_SECRET"]
+
+    def reached(phase: str) -> Callable[[], bool]:
+        return lambda: SharedSecret.objects.get(pk=world.secret.pk).rotation_phase == phase
+
+    rotation.start_rotation(world.secret, actor=None)
+    for phase in ("accept_new", "send_new", "grace", "retire_old"):
+        wait_until(reached(phase), 60, f"phase {phase}")
+        worker.kill()
+        worker = start_worker()
+    wait_until(
+        lambda: not SharedSecret.objects.get(pk=world.secret.pk).rotating,
+        90,
+        "the rotation to finish",
+    )
+    wait_until(lambda: in_sync(world.project), 30, "the last phase to be applied")
+    final = secret_data(cluster, world.project.namespace)
+    assert set(final) == {"INTERNAL_API_SECRET"}
+    assert final["INTERNAL_API_SECRET"] != old
+    for name in ("api", "background-worker"):
+        live = deployment(cluster, world.project.namespace, name)
+        annotations = live["spec"]["template"]["metadata"]["annotations"]
+        assert annotations[SECRETS_ANNOTATION] == "INTERNAL_API_SECRET=4"
+        # Received once, then restarted exactly once per phase, kills notwithstanding.
+        assert live["metadata"]["annotations"]["deployment.kubernetes.io/revision"] == "5"

@@ -26,6 +26,9 @@ def pages(world: World) -> dict[str, str]:
         "sync": reverse("project-sync", args=[uid]),
         "audit": reverse("audit-log", args=[uid]),
         "settings": reverse("project-settings", args=[uid]),
+        "secrets": reverse("secret-list", args=[uid]),
+        "secret": reverse("secret-detail", args=[uid, world.secret.pk]),
+        "new-secret": reverse("secret-create", args=[uid]),
     }
 
 

@@ -1,0 +1,217 @@
+"""Rotating a shared secret against the real API server and controller manager.
+
+The tests create the services' Deployments the way the platform's deploy system would. With
+no kubelet here, pods never start: a Deployment of 0 replicas rolls out for real (the
+deployment controller observes it and finishes), one of 1 replica never does.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+from typing import Any
+
+import pytest
+from django.conf import settings as django_settings
+
+from networking import rotation
+from networking.cluster import reconcile as reconciler
+from networking.cluster.desired import SECRETS_ANNOTATION, SHARED_SECRETS
+from networking.models import Project, Service, SharedSecret
+from tests.cluster_fixtures import Cluster
+from tests.conftest import World, make_service
+
+NAME = "INTERNAL_API_SECRET"
+
+
+def deploy(cluster: Cluster, namespace: str, service: str, *, replicas: int = 0) -> None:
+    """What the deploy system does: one Deployment per service, labelled with its name."""
+    labels = {django_settings.WORKLOAD_LABEL: service}
+    body = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": service, "namespace": namespace, "labels": labels},
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": labels},
+            "template": {
+                "metadata": {"labels": labels},
+                "spec": {
+                    "containers": [
+                        {
+                            "name": "app",
+                            "image": "registry.example/app:1",
+                            "env": [{"name": "PORT", "value": "8080"}],
+                        }
+                    ]
+                },
+            },
+        },
+    }
+    cluster.apps.create_namespaced_deployment(
+        namespace,
+        body,  # type: ignore[arg-type]
+        field_manager="deploy-system",
+        _preload_content=False,
+    )
+
+
+def deployment(cluster: Cluster, namespace: str, name: str) -> dict[str, Any]:
+    response: Any = cluster.apps.read_namespaced_deployment(name, namespace, _preload_content=False)
+    result: dict[str, Any] = json.loads(response.data)
+    return result
+
+
+def secret_data(cluster: Cluster, namespace: str) -> dict[str, str]:
+    secret = cluster.core.read_namespaced_secret(SHARED_SECRETS, namespace)
+    return {key: base64.b64decode(value).decode() for key, value in (secret.data or {}).items()}
+
+
+def settle(project: Project, timeout: float = 60) -> None:
+    """Run reconcile passes, as the worker's follow-ups would, until nothing is left to do."""
+    deadline = time.monotonic() + timeout
+    while True:
+        outcome = reconciler.reconcile(project.pk)
+        fresh = Project.objects.get(pk=project.pk)
+        if outcome.recheck_in is None and fresh.in_sync:
+            return
+        assert time.monotonic() < deadline, f"did not settle: {fresh.sync_error}"
+        time.sleep(0.2)
+
+
+@pytest.fixture
+def rotation_world(cluster: Cluster, world: World, settings: Any) -> World:
+    settings.ROTATION_GRACE_SECONDS = 1
+    worker = make_service(world.project, "background-worker", Service.Kind.PRIVATE, [3000])
+    world.secret.services.set([world.api, worker])
+    settle(world.project)  # the namespace exists before the deploy system deploys into it
+    for service in ("api", "background-worker", "postgres"):
+        deploy(cluster, world.project.namespace, service)
+    settle(world.project)
+    return world
+
+
+def snapshot(cluster: Cluster, namespace: str) -> dict[str, Any]:
+    result: dict[str, Any] = {"secret": secret_data(cluster, namespace)}
+    for name in ("api", "background-worker", "postgres"):
+        live = deployment(cluster, namespace, name)
+        template = live["spec"]["template"]
+        result[name] = {
+            "annotation": (template["metadata"].get("annotations") or {}).get(SECRETS_ANNOTATION),
+            "revision": live["metadata"]["annotations"].get("deployment.kubernetes.io/revision"),
+            "env": [entry["name"] for entry in template["spec"]["containers"][0].get("env", [])],
+        }
+    return result
+
+
+def test_receiving_workloads_get_the_secret_and_others_are_untouched(
+    cluster: Cluster, rotation_world: World
+) -> None:
+    state = snapshot(cluster, rotation_world.project.namespace)
+    assert set(state["secret"]) == {NAME}
+    for name in ("api", "background-worker"):
+        assert state[name]["annotation"] == f"{NAME}=1"
+        # The deploy system's own variable stays; ours are added beside it.
+        assert state[name]["env"] == ["PORT", NAME, f"{NAME}_NEXT", f"{NAME}_PREVIOUS"]
+        assert state[name]["revision"] == "2"  # created, then restarted once to receive it
+    assert state["postgres"] == {"annotation": None, "revision": "1", "env": ["PORT"]}
+    workload = Service.objects.get(project=rotation_world.project, name="api").workload
+    assert workload == {
+        "kind": "Deployment",
+        "name": "api",
+        "secrets": f"{NAME}=1",
+        "rolled_out": True,
+    }
+
+
+def test_a_rotation_walks_every_phase_rolling_each_workload_once_per_phase(
+    cluster: Cluster, rotation_world: World
+) -> None:
+    namespace = rotation_world.project.namespace
+    secret = rotation_world.secret
+    old = secret_data(cluster, namespace)[NAME]
+    rotation.start_rotation(secret, actor=None)
+
+    seen: dict[str, dict[str, Any]] = {}
+    deadline = time.monotonic() + 90
+    while True:
+        reconciler.reconcile(rotation_world.project.pk)
+        secret.refresh_from_db()
+        phase = secret.rotation_phase or "completed"
+        # What the cluster holds while a phase is current (its last look before moving on).
+        seen[phase] = snapshot(cluster, namespace)
+        if phase == "completed" and Project.objects.get(pk=rotation_world.project.pk).in_sync:
+            break
+        assert time.monotonic() < deadline, f"stuck in {phase}"
+        time.sleep(0.2)
+
+    new = secret_data(cluster, namespace)[NAME]
+    assert new != old
+    assert list(seen) == ["accept_new", "send_new", "grace", "retire_old", "completed"]
+    assert seen["accept_new"]["secret"] == {NAME: old, f"{NAME}_NEXT": new}
+    assert seen["send_new"]["secret"] == {NAME: new, f"{NAME}_PREVIOUS": old}
+    assert seen["grace"]["secret"] == {NAME: new, f"{NAME}_PREVIOUS": old}
+    assert seen["retire_old"]["secret"] == {NAME: new}
+    # After the grace window the old value is gone from the cluster.
+    assert old not in seen["completed"]["secret"].values()
+
+    for name in ("api", "background-worker"):
+        annotations = [seen[phase][name]["annotation"] for phase in seen]
+        revisions = [seen[phase][name]["revision"] for phase in seen]
+        assert annotations == [f"{NAME}=2", f"{NAME}=3", f"{NAME}=3", f"{NAME}=4", f"{NAME}=4"]
+        # One restart per phase that changes the environment; none for the grace window.
+        assert revisions == ["3", "4", "4", "5", "5"]
+    assert seen["completed"]["postgres"]["revision"] == "1"
+    secret.refresh_from_db()
+    assert secret.last_rotated_at is not None
+    assert secret.rotations.get().result == "completed"
+
+
+def test_a_phase_waits_until_every_workload_has_rolled_out(
+    cluster: Cluster, rotation_world: World
+) -> None:
+    namespace = rotation_world.project.namespace
+    stuck = make_service(rotation_world.project, "stuck", Service.Kind.PRIVATE, [4000])
+    rotation_world.secret.services.add(stuck)
+    deploy(cluster, namespace, "stuck", replicas=1)  # its pod never starts here
+    rotation.start_rotation(rotation_world.secret, actor=None)
+    for _ in range(10):
+        outcome = reconciler.reconcile(rotation_world.project.pk)
+        time.sleep(0.2)
+    rotation_world.secret.refresh_from_db()
+    assert rotation_world.secret.rotation_phase == SharedSecret.Phase.ACCEPT_NEW
+    assert outcome.recheck_in is not None  # the worker keeps looking
+    assert Service.objects.get(pk=stuck.pk).workload["rolled_out"] is False
+
+
+def test_a_service_that_stops_receiving_it_loses_it(
+    cluster: Cluster, rotation_world: World
+) -> None:
+    namespace = rotation_world.project.namespace
+    rotation_world.secret.services.remove(
+        Service.objects.get(project=rotation_world.project, name="background-worker")
+    )
+    Project.objects.filter(pk=rotation_world.project.pk).update(generation=10_000)
+    settle(rotation_world.project)
+    state = snapshot(cluster, namespace)
+    assert state["background-worker"]["annotation"] is None
+    assert state["background-worker"]["env"] == ["PORT"]
+    assert state["api"]["env"] == ["PORT", NAME, f"{NAME}_NEXT", f"{NAME}_PREVIOUS"]
+
+
+def test_deleting_the_last_secret_deletes_the_kubernetes_secret(
+    cluster: Cluster, rotation_world: World
+) -> None:
+    rotation_world.secret.delete()
+    Project.objects.filter(pk=rotation_world.project.pk).update(generation=10_000)
+    settle(rotation_world.project)
+    items: list[Any] = cluster.core.list_namespaced_secret(rotation_world.project.namespace).items
+    names = [item.metadata.name for item in items]
+    assert SHARED_SECRETS not in names
+    assert snapshot_env(cluster, rotation_world.project.namespace, "api") == ["PORT"]
+
+
+def snapshot_env(cluster: Cluster, namespace: str, name: str) -> list[str]:
+    live = deployment(cluster, namespace, name)
+    return [entry["name"] for entry in live["spec"]["template"]["spec"]["containers"][0]["env"]]

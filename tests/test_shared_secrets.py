@@ -1,0 +1,253 @@
+from __future__ import annotations
+
+import io
+import logging
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from celery.signals import before_task_publish
+from django.core.management import call_command
+from django.test import Client
+from django.urls import reverse
+from django.utils import timezone
+
+from networking import rotation
+from networking.crypto import SecretText
+from networking.models import AuditEvent, SecretRotation, Service, SharedSecret
+from networking.tasks import reconcile_project, rotate_due_secrets
+from tests.conftest import ROLES, World
+from tests.test_access_matrix import MATRIX, _kwargs
+
+
+def create(client: Client, world: World, **data: Any) -> tuple[int, str]:
+    response = client.post(reverse("secret-create", args=[world.project.uid]), data, follow=True)
+    return response.status_code, response.content.decode()
+
+
+class TestCreate:
+    def test_a_generated_value_has_256_bits(self, owner_client: Client, world: World) -> None:
+        create(owner_client, world, name="WEBHOOK_SECRET", services=[world.api.pk])
+        secret = SharedSecret.objects.get(project=world.project, name="WEBHOOK_SECRET")
+        assert secret.value is not None
+        assert len(secret.value.reveal()) >= 43  # 32 random bytes, url-safe base64
+        assert list(secret.services.all()) == [world.api]
+        event = AuditEvent.objects.get(action=AuditEvent.Action.SECRET_CREATED)
+        assert event.details == {"services": ["api"]}
+
+    def test_a_pasted_value_is_kept_and_never_shown_back(
+        self, owner_client: Client, world: World
+    ) -> None:
+        pasted = "pasted-value-with-enough-length"
+        _, page = create(owner_client, world, name="STRIPE_KEY", value=pasted)
+        assert pasted not in page
+        secret = SharedSecret.objects.get(name="STRIPE_KEY")
+        assert secret.value is not None and secret.value.reveal() == pasted
+
+    @pytest.mark.parametrize(
+        ("name", "message"),
+        [
+            ("", "Enter a name"),
+            ("internal_api_secret", "Try INTERNAL_API_SECRET"),
+            ("1SECRET", "not starting with a digit"),
+            ("MY-SECRET", "Try MY_SECRET"),
+            ("PATH", "set by the platform"),
+            ("KUBERNETES_TOKEN", "set by the platform"),
+            ("API_SECRET_NEXT", "used during rotations"),
+            ("INTERNAL_API_SECRET", "already has a secret named INTERNAL_API_SECRET"),
+        ],
+    )
+    def test_a_bad_name_is_refused_with_a_reason(
+        self, owner_client: Client, world: World, name: str, message: str
+    ) -> None:
+        count = SharedSecret.objects.count()
+        status, page = create(owner_client, world, name=name)
+        assert status == 200
+        assert message in page
+        assert SharedSecret.objects.count() == count
+
+    def test_a_short_pasted_value_is_refused(self, owner_client: Client, world: World) -> None:
+        _, page = create(owner_client, world, name="SHORT", value="tiny")
+        assert "at least 16 characters" in page
+        assert not SharedSecret.objects.filter(name="SHORT").exists()
+
+    def test_another_tenants_service_cannot_be_attached(
+        self, owner_client: Client, world: World
+    ) -> None:
+        _status, page = create(
+            owner_client, world, name="X_SECRET", services=[world.other_service.pk]
+        )
+        assert "Select a valid choice" in page
+        assert not SharedSecret.objects.filter(name="X_SECRET").exists()
+
+
+def test_unchecking_every_service_detaches_them(owner_client: Client, world: World) -> None:
+    url = reverse("secret-edit", args=[world.project.uid, world.secret.pk])
+    assert owner_client.post(url, {}).status_code == 302
+    assert world.secret.services.count() == 0
+
+
+class TestWhoSeesWhat:
+    def page(self, client: Client, world: World) -> str:
+        return client.get(reverse("secret-list", args=[world.project.uid])).content.decode()
+
+    def test_viewers_see_names_only(self, viewer_client: Client, world: World) -> None:
+        html = self.page(viewer_client, world)
+        assert "INTERNAL_API_SECRET" in html
+        assert "<code>api</code>" not in html
+        assert "New secret" not in html
+
+    def test_members_see_names_and_attachments(self, client_for: Any, world: World) -> None:
+        html = self.page(client_for("member"), world)
+        assert "<code>api</code>" in html
+        assert "New secret" not in html
+        detail = client_for("member").get(
+            reverse("secret-detail", args=[world.project.uid, world.secret.pk])
+        )
+        assert "Reveal value" not in detail.content.decode()
+        assert "Rotate" not in detail.content.decode()
+
+    def test_owners_reveal_and_it_is_audited(self, owner_client: Client, world: World) -> None:
+        assert world.secret.value is not None
+        value = world.secret.value.reveal()
+        detail = reverse("secret-detail", args=[world.project.uid, world.secret.pk])
+        assert value not in owner_client.get(detail).content.decode()
+        response = owner_client.post(
+            reverse("secret-reveal", args=[world.project.uid, world.secret.pk]),
+            HTTP_HX_REQUEST="true",
+        )
+        assert value in response.content.decode()
+        assert "no-store" in response["Cache-Control"]
+        event = AuditEvent.objects.get(action=AuditEvent.Action.SECRET_REVEALED)
+        assert (event.actor_label, event.target) == ("owner", "INTERNAL_API_SECRET")
+
+
+class TestRotate:
+    def url(self, world: World) -> str:
+        return reverse("secret-rotate", args=[world.project.uid, world.secret.pk])
+
+    def test_rotate_starts_phase_one(self, owner_client: Client, world: World) -> None:
+        response = owner_client.post(self.url(world), follow=True)
+        assert "Rotating INTERNAL_API_SECRET" in response.content.decode()
+        world.secret.refresh_from_db()
+        assert world.secret.rotation_phase == SharedSecret.Phase.ACCEPT_NEW
+        assert world.secret.next_value is not None
+        rotation_record = SecretRotation.objects.get(secret=world.secret)
+        assert rotation_record.started_by_label == "owner"
+        assert AuditEvent.objects.filter(action=AuditEvent.Action.ROTATION_STARTED).exists()
+
+    def test_a_second_rotate_while_one_runs_is_refused(
+        self, owner_client: Client, world: World
+    ) -> None:
+        owner_client.post(self.url(world))
+        world.secret.refresh_from_db()
+        pending = world.secret.next_value
+        response = owner_client.post(self.url(world), follow=True)
+        assert "is already being rotated" in response.content.decode()
+        world.secret.refresh_from_db()
+        assert world.secret.next_value is not None and pending is not None
+        assert world.secret.next_value.reveal() == pending.reveal()
+        assert SecretRotation.objects.filter(secret=world.secret).count() == 1
+
+    def test_the_page_shows_progress_phase_by_phase(
+        self, owner_client: Client, world: World
+    ) -> None:
+        owner_client.post(self.url(world))
+        detail = reverse("secret-detail", args=[world.project.uid, world.secret.pk])
+        html = owner_client.get(detail, HTTP_HX_REQUEST="true").content.decode()
+        assert 'aria-current="step"' in html
+        assert "1. Accept the new value" in html
+        assert 'hx-trigger="every 2s"' in html
+
+
+def test_a_scheduled_rotation_starts_when_due(world: World) -> None:
+    SharedSecret.objects.filter(pk=world.secret.pk).update(
+        rotate_every_days=30, created_at=timezone.now() - timedelta(days=31)
+    )
+    assert rotate_due_secrets.apply().get() == 1
+    world.secret.refresh_from_db()
+    assert world.secret.rotating
+    assert SecretRotation.objects.get(secret=world.secret).started_by_label == "the schedule"
+    event = AuditEvent.objects.get(action=AuditEvent.Action.ROTATION_STARTED)
+    assert (event.actor_label, event.details) == ("system", {"trigger": "schedule"})
+    assert rotate_due_secrets.apply().get() == 0  # already rotating
+
+
+def test_key_rotation_reencrypts_shared_secrets(world: World, settings: Any) -> None:
+    from cryptography.fernet import Fernet
+
+    rotation.start_rotation(world.secret, actor=None)
+    world.secret.refresh_from_db()
+    assert world.secret.value is not None and world.secret.next_value is not None
+    values = (world.secret.value.reveal(), world.secret.next_value.reveal())
+    new_key = Fernet.generate_key().decode()
+    settings.FIELD_ENCRYPTION_KEYS = [new_key, *settings.FIELD_ENCRYPTION_KEYS]
+    call_command("reencrypt_secrets", stdout=io.StringIO())
+    settings.FIELD_ENCRYPTION_KEYS = [new_key]
+    secret = SharedSecret.objects.get(pk=world.secret.pk)
+    assert secret.value is not None and secret.next_value is not None
+    assert (secret.value.reveal(), secret.next_value.reveal()) == values
+
+
+CANARY = "shared-canary-8c1f0e2d9b7a6c5d4e3f2a1b"
+
+
+def test_the_canary_secret_appears_only_in_the_reveal(
+    world: World, caplog: pytest.LogCaptureFixture, settings: Any, tmp_path: Path
+) -> None:
+    SharedSecret.objects.filter(pk=world.secret.pk).update(value=SecretText.seal(CANARY))
+    SharedSecret.objects.filter(pk=world.other_secret.pk).update(value=SecretText.seal(CANARY))
+    published: list[str] = []
+
+    def capture(body: Any = None, headers: Any = None, **kwargs: Any) -> None:
+        published.append(repr(body) + repr(headers))
+
+    before_task_publish.connect(capture)
+    seen_in = []
+    destructive = {("service-delete", "POST"), ("logout", "POST"), ("secret-delete", "POST")}
+    cells = sorted(MATRIX, key=lambda cell: (cell in destructive, cell[1] != "GET"))
+    try:
+        with caplog.at_level(logging.DEBUG):
+            for role in ROLES:
+                client = world.client_for(role)
+                for name, method in cells:
+                    for foreign in (False, True):
+                        url = reverse(name, kwargs=_kwargs(world, name, foreign=foreign))
+                        response = (
+                            client.get(url, follow=True)
+                            if method == "GET"
+                            else client.post(url, {}, follow=True)
+                        )
+                        if CANARY in response.content.decode(errors="replace"):
+                            seen_in.append((name, role, foreign))
+            # The worker puts it in the cluster's Secret; it logs nothing of it.
+            settings.MANIFESTS_DIR = tmp_path
+            reconcile_project.apply(args=(world.project.pk,)).get()
+    finally:
+        before_task_publish.disconnect(capture)
+    assert seen_in == [("secret-reveal", "owner", False)]
+    assert CANARY not in caplog.text
+    assert all(CANARY not in message for message in published)
+
+
+def test_the_manifests_backend_keeps_the_secret_file_private(
+    world: World, settings: Any, tmp_path: Path
+) -> None:
+    settings.MANIFESTS_DIR = tmp_path
+    reconcile_project.apply(args=(world.project.pk,)).get()
+    path = tmp_path / world.project.namespace / "01-secret-stackblaze-shared-secrets.yaml"
+    assert path.exists()
+    assert path.stat().st_mode & 0o077 == 0
+
+
+def test_a_service_that_stops_receiving_loses_it_from_its_desired_workload(world: World) -> None:
+    from networking.cluster.reconcile import desired_state_for
+
+    desired = desired_state_for(world.project)
+    assert desired.workloads["api"].annotation == "INTERNAL_API_SECRET=1"
+    world.secret.services.remove(world.api)
+    desired = desired_state_for(world.project)
+    assert desired.workloads["api"].annotation is None
+    assert desired.workloads["api"].env == ()
+    assert Service.objects.get(pk=world.api.pk).secret_version("INTERNAL_API_SECRET") is None
