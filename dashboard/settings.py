@@ -220,6 +220,10 @@ CELERY_BEAT_SCHEDULE = {
         "task": "networking.tasks.rotate_due_secrets",
         "schedule": 3600.0,
     },
+    "expire-peering-requests": {
+        "task": "networking.tasks.expire_peering_requests",
+        "schedule": 3600.0,
+    },
 }
 CELERY_BEAT_SCHEDULE_FILENAME = str(STATE_DIR / "celerybeat-schedule")
 

@@ -14,6 +14,7 @@ from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import models, transaction
 from django.db.models import F
+from django.db.models.functions import Greatest, Least
 from django.utils import timezone
 
 from networking import naming
@@ -353,6 +354,15 @@ class AuditEvent(models.Model):
         ROTATION_STARTED = "secret.rotation_started", "started rotating a shared secret"
         ROTATION_PHASE = "secret.rotation_phase", "moved a rotation to its next phase"
         ROTATION_COMPLETED = "secret.rotation_completed", "completed a rotation"
+        PEERING_REQUESTED = "peering.requested", "requested VPC peering"
+        PEERING_ACCEPTED = "peering.accepted", "accepted a peering request"
+        PEERING_APPROVED = "peering.approved", "approved a peering request"
+        PEERING_REJECTED = "peering.rejected", "rejected a peering request"
+        PEERING_CANCELLED = "peering.cancelled", "cancelled a peering request"
+        PEERING_EXPIRED = "peering.expired", "let a peering request expire"
+        PEERING_ACTIVE = "peering.active", "connected a peering"
+        PEERING_REVOKED = "peering.revoked", "revoked a peering"
+        PEERING_DISCONNECTED = "peering.disconnected", "disconnected a peering"
 
     organization = models.ForeignKey(
         Organization, on_delete=models.CASCADE, related_name="audit_events"
@@ -490,3 +500,95 @@ class SecretRotation(models.Model):
 
     def __str__(self) -> str:
         return f"Rotation of {self.secret} ({self.get_result_display()})"
+
+
+class PeeringRequest(models.Model):
+    """A request to connect two projects' private networks (Enterprise), and its life.
+
+    See ``networking/peering.py`` for the transitions; every one is kept in ``history``.
+    """
+
+    class Status(models.TextChoices):
+        PENDING_ACCEPTANCE = "pending_acceptance", "Waiting for the other organization"
+        PENDING_SUPPORT = "pending_support", "Waiting for support"
+        APPROVED = "approved", "Approved, being connected"
+        ACTIVE = "active", "Active"
+        REJECTED = "rejected", "Rejected by support"
+        CANCELLED = "cancelled", "Cancelled"
+        EXPIRED = "expired", "Expired"
+        REVOKING = "revoking", "Revoked, being disconnected"
+        REVOKED = "revoked", "Revoked"
+
+    PENDING: ClassVar[frozenset[str]] = frozenset(
+        {Status.PENDING_ACCEPTANCE, Status.PENDING_SUPPORT}
+    )
+    # States in which the pair is taken: no second request for it.
+    OPEN: ClassVar[frozenset[str]] = frozenset(
+        {
+            Status.PENDING_ACCEPTANCE,
+            Status.PENDING_SUPPORT,
+            Status.APPROVED,
+            Status.ACTIVE,
+            Status.REVOKING,
+        }
+    )
+    # States in which the NetworkPolicies admitting each other should exist.
+    CONNECTED: ClassVar[frozenset[str]] = frozenset({Status.APPROVED, Status.ACTIVE})
+
+    requester_project = models.ForeignKey(
+        Project, on_delete=models.CASCADE, related_name="peering_requests_sent"
+    )
+    target_project = models.ForeignKey(
+        Project, on_delete=models.CASCADE, related_name="peering_requests_received"
+    )
+    requested_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, related_name="+"
+    )
+    justification = models.TextField()
+    status = models.CharField(max_length=30, choices=Status)
+    decision_reason = models.TextField(blank=True)
+    # Which namespaces hold their policy now (set by each project's reconcile).
+    requester_side_applied = models.BooleanField(default=False)
+    target_side_applied = models.BooleanField(default=False)
+    # [{"status": ..., "by": username or "system", "at": iso time, "reason": ...}]
+    history = models.JSONField(default=list, blank=True)
+    expires_at = models.DateTimeField()
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        constraints = [
+            models.UniqueConstraint(
+                Least("requester_project", "target_project"),
+                Greatest("requester_project", "target_project"),
+                condition=models.Q(
+                    status__in=[
+                        "pending_acceptance",
+                        "pending_support",
+                        "approved",
+                        "active",
+                        "revoking",
+                    ]
+                ),
+                name="one_open_peering_per_pair",
+            ),
+            models.CheckConstraint(
+                condition=~models.Q(requester_project=models.F("target_project")),
+                name="no_peering_with_itself",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"Peering {self.requester_project} ↔ {self.target_project} ({self.status})"
+
+    def peer_of(self, project: Project) -> Project:
+        return (
+            self.target_project
+            if project.pk == self.requester_project_id
+            else (self.requester_project)
+        )
+
+    @property
+    def needs_acceptance(self) -> bool:
+        return self.requester_project.organization_id != self.target_project.organization_id

@@ -7,10 +7,15 @@ from typing import Any
 
 from celery import Task, shared_task
 from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.core.mail import send_mail
+from django.template.loader import render_to_string
 
-from networking import rotation
+from networking import peering, rotation
 from networking.cluster import reconcile as reconciler
-from networking.models import Project
+from networking.models import Membership, PeeringRequest, Project
+
+User = get_user_model()
 
 
 def backoff_seconds(retries: int) -> float:
@@ -64,3 +69,64 @@ def rotate_due_secrets() -> int:
             continue  # started by someone in the meantime
         started += 1
     return started
+
+
+@shared_task(acks_late=True)
+def expire_peering_requests() -> int:
+    """Beat: peering requests not decided within 7 days expire."""
+    return peering.expire_stale()
+
+
+NOTIFICATION_SUBJECTS = {
+    "requested": "New VPC peering request",
+    "accepted": "Peering request accepted, waiting for support",
+    "approved": "Peering approved: connecting the projects",
+    "rejected": "Peering request rejected",
+    "cancelled": "Peering request cancelled",
+    "expired": "Peering request expired",
+    "active": "Peering active",
+    "revoked": "Peering revoked: disconnecting the projects",
+    "revoked-done": "Peering disconnected",
+}
+
+
+@shared_task(acks_late=True)
+def send_peering_notifications(peering_id: int, event: str) -> int:
+    """Email the owners of both organizations, and support, about a peering's new state."""
+    request = (
+        PeeringRequest.objects.select_related(
+            "requester_project__organization", "target_project__organization"
+        )
+        .filter(pk=peering_id)
+        .first()
+    )
+    if request is None or event not in NOTIFICATION_SUBJECTS:
+        return 0
+    organizations = [
+        request.requester_project.organization_id,
+        request.target_project.organization_id,
+    ]
+    owners = set(
+        User.objects.filter(
+            memberships__organization__in=organizations,
+            memberships__role=Membership.Role.OWNER,
+            is_active=True,
+        )
+        .exclude(email="")
+        .values_list("email", flat=True)
+    )
+    staff = set(
+        User.objects.filter(is_staff=True, is_active=True)
+        .exclude(email="")
+        .values_list("email", flat=True)
+    )
+    body = render_to_string(
+        "emails/peering.txt", {"peering": request, "event": event, "last": request.history[-1]}
+    )
+    pair = f"{request.requester_project.name} ↔ {request.target_project.name}"
+    subject = f"[Stackblaze] {NOTIFICATION_SUBJECTS[event]}: {pair}"
+    sent = 0
+    for recipients in (sorted(owners), sorted(staff - owners)):
+        if recipients:
+            sent += send_mail(subject, body, None, recipients)
+    return sent

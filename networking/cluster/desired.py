@@ -188,6 +188,34 @@ def ingress_policy(
     }
 
 
+def peer_policy(namespace: str, project_uid: str, peer_namespace: str) -> KubeObject:
+    """A peered project's namespace may reach every pod here (VPC peering)."""
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": {
+            "name": f"peer-{peer_namespace}",
+            "namespace": namespace,
+            "labels": managed_labels(project_uid),
+        },
+        "spec": {
+            "podSelector": {},
+            "policyTypes": ["Ingress"],
+            "ingress": [
+                {
+                    "from": [
+                        {
+                            "namespaceSelector": {
+                                "matchLabels": {NAMESPACE_NAME_LABEL: peer_namespace}
+                            }
+                        }
+                    ]
+                }
+            ],
+        },
+    }
+
+
 def secret_object(namespace: str, project_uid: str, secrets: Sequence[SecretSpec]) -> KubeObject:
     data = {
         key: base64.b64encode(value.encode()).decode()
@@ -231,6 +259,7 @@ def build_desired_state(
     services: Iterable[ServiceSpec],
     settings: ClusterSettings,
     secrets: Sequence[SecretSpec] = (),
+    peer_namespaces: Iterable[str] = (),
 ) -> DesiredState:
     desired = DesiredState(namespace=namespace)
     desired.add(namespace_object(namespace, project_uid))
@@ -246,4 +275,6 @@ def build_desired_state(
     desired.add(isolation_policy(namespace, project_uid))
     if public and settings.ingress_namespace:
         desired.add(ingress_policy(namespace, project_uid, public, settings))
+    for peer_namespace in sorted(set(peer_namespaces)):
+        desired.add(peer_policy(namespace, project_uid, peer_namespace))
     return desired

@@ -20,7 +20,7 @@ from django.db import transaction
 from django.db.models import Prefetch, Q
 from django.utils import timezone
 
-from networking import rotation
+from networking import peering, rotation
 from networking.cluster.backends import ApplyResult, Backend, get_backend
 from networking.cluster.desired import (
     ClusterSettings,
@@ -30,7 +30,7 @@ from networking.cluster.desired import (
     build_desired_state,
 )
 from networking.cluster.errors import ClusterError, PermanentClusterError
-from networking.models import ApplyAttempt, Project, Service, SharedSecret
+from networking.models import ApplyAttempt, PeeringRequest, Project, Service, SharedSecret
 
 logger = logging.getLogger(__name__)
 
@@ -81,10 +81,16 @@ def _secret_specs(secrets: list[SharedSecret]) -> list[SecretSpec]:
     ]
 
 
-def desired_state_for(project: Project, secrets: list[SecretSpec] | None = None) -> DesiredState:
+def desired_state_for(
+    project: Project,
+    secrets: list[SecretSpec] | None = None,
+    peerings: list[PeeringRequest] | None = None,
+) -> DesiredState:
     services = project.services.only("name", "kind", "ports")
     if secrets is None:
         secrets = _secret_specs(_shared_secrets(project))
+    if peerings is None:
+        peerings = peering.connected_peerings(project)
     return build_desired_state(
         namespace=project.namespace,
         project_uid=project.uid,
@@ -99,6 +105,7 @@ def desired_state_for(project: Project, secrets: list[SecretSpec] | None = None)
         ],
         settings=cluster_settings(),
         secrets=secrets,
+        peer_namespaces=[p.peer_of(project).namespace for p in peerings],
     )
 
 
@@ -180,7 +187,8 @@ def _one_pass(project: Project, backend: Backend) -> Outcome:
     services = list(project.services.only("name", "cluster_ip", "workload"))
     secrets = _shared_secrets(project)
     specs = _secret_specs(secrets)
-    desired = desired_state_for(project, specs)
+    peerings = peering.connected_peerings(project)
+    desired = desired_state_for(project, specs, peerings)
     # A cluster's error message could quote what was sent: never let a secret value through.
     sensitive = [
         text
@@ -218,6 +226,7 @@ def _one_pass(project: Project, backend: Backend) -> Outcome:
         )
 
     recheck_in = _advance_rotations(secrets, desired, result)
+    peering.record_applied(project, {p.pk for p in peerings})
     # Restarts we caused are still rolling out: keep the dashboard's view of them fresh for a
     # while (the periodic resync covers a rollout that takes longer).
     rolling = any(status.secrets and not status.rolled_out for status in result.workloads.values())

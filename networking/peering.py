@@ -1,0 +1,382 @@
+"""VPC peering between two projects: request, acceptance, support's decision, connection.
+
+The life of a request, in the style of AWS VPC peering::
+
+    requested ──(other organization?)──> pending acceptance ──accept──> pending support
+        └──(same organization)───────────────────────────────────────> pending support
+    pending support ──approve──> approved ──(both namespaces have their policy)──> active
+    pending support ──reject (with a reason)──> rejected
+    pending (either) ──cancel (either side)──> cancelled;  ──7 days──> expired
+    approved / active ──revoke (either side)──> revoking ──(both policies gone)──> revoked
+
+Every transition happens under a row lock, records who made it in ``history`` and in both
+projects' audit logs, and sends the notification emails once the transaction commits.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from datetime import datetime, timedelta
+from typing import Any
+
+from django.db import transaction
+from django.db.models import Q
+from django.utils import timezone
+
+from networking.models import AuditEvent, Membership, Organization, PeeringRequest, Project
+
+Status = PeeringRequest.Status
+EXPIRES_AFTER = timedelta(days=7)
+
+
+class PeeringRefused(Exception):
+    """A request or transition that is not allowed; ``str()`` says why, for the user."""
+
+
+def _label(actor: Any) -> str:
+    return actor.get_username() if actor is not None else "system"
+
+
+def _enter(
+    peering: PeeringRequest, status: str, actor: Any, *, reason: str = "", now: datetime
+) -> None:
+    peering.status = status
+    peering.history = [
+        *peering.history,
+        {"status": status, "by": _label(actor), "at": now.isoformat(), "reason": reason},
+    ]
+
+
+def _record(
+    peering: PeeringRequest,
+    actor: Any,
+    action: AuditEvent.Action,
+    *,
+    changes_cluster: bool,
+    event: str,
+) -> None:
+    """Audit on both sides; bump both generations if the desired policies changed; notify."""
+    for project in (peering.requester_project, peering.target_project):
+        details = {"peer": peering.peer_of(project).uid, "request": peering.pk}
+        target = f"peering with {peering.peer_of(project).uid}"
+        if changes_cluster:
+            project.record_change(actor=actor, action=action, target=target, details=details)
+        else:
+            project.audit(actor=actor, action=action, target=target, details=details)
+    from networking.tasks import send_peering_notifications
+
+    peering_id = peering.pk
+    transaction.on_commit(lambda: send_peering_notifications.delay(peering_id, event))
+
+
+def _locked(peering: PeeringRequest) -> PeeringRequest:
+    return (
+        PeeringRequest.objects.select_for_update()
+        .select_related("requester_project__organization", "target_project__organization")
+        .get(pk=peering.pk)
+    )
+
+
+def _refuse_unless(peering: PeeringRequest, allowed: Iterable[str], verb: str) -> None:
+    if peering.status not in allowed:
+        raise PeeringRefused(
+            f"This peering is {peering.get_status_display().lower()}: it can’t be {verb}."
+        )
+
+
+def _expire_if_due(peering: PeeringRequest, now: datetime) -> bool:
+    """Expire a pending request past its deadline; True if it just expired."""
+    if peering.status in PeeringRequest.PENDING and peering.expires_at <= now:
+        _enter(peering, Status.EXPIRED, None, now=now)
+        peering.save(update_fields=["status", "history", "updated_at"])
+        _record(
+            peering, None, AuditEvent.Action.PEERING_EXPIRED, changes_cluster=False, event="expired"
+        )
+        return True
+    return False
+
+
+def _refuse_expired(verb: str) -> PeeringRefused:
+    return PeeringRefused(
+        f"This request expired: nobody decided on it within 7 days, so it can’t be {verb}. "
+        "Request peering again."
+    )
+
+
+def request_peering(
+    requester_project: Project, target_uid: str, justification: str, *, actor: Any
+) -> PeeringRequest:
+    """An owner of ``requester_project``'s organization asks to peer with ``target_uid``."""
+    target_uid = target_uid.strip().lower()
+    if requester_project.organization.plan != Organization.Plan.ENTERPRISE:
+        raise PeeringRefused(
+            "VPC peering is part of the Enterprise plan. Upgrade, or call the other project's "
+            "public URL instead."
+        )
+    if target_uid == requester_project.uid:
+        raise PeeringRefused("A project can’t be peered with itself.")
+    target = Project.objects.select_related("organization").filter(uid=target_uid).first()
+    if target is None:
+        raise PeeringRefused(
+            f"No project has the ID “{target_uid[:20]}”. Ask the other team for the ID shown on "
+            "their project’s Settings page."
+        )
+    if target.organization.plan != Organization.Plan.ENTERPRISE:
+        raise PeeringRefused(
+            "The other project’s organization is not on the Enterprise plan; peering needs "
+            "Enterprise on both sides."
+        )
+    if not justification.strip():
+        raise PeeringRefused("Say why these projects need to talk privately: support reads it.")
+    now = timezone.now()
+    with transaction.atomic():
+        existing = (
+            PeeringRequest.objects.select_for_update()
+            .filter(
+                Q(requester_project=requester_project, target_project=target)
+                | Q(requester_project=target, target_project=requester_project),
+                status__in=PeeringRequest.OPEN,
+            )
+            .first()
+        )
+        if existing is not None:
+            _expire_if_due(existing, now)
+            if existing.status in PeeringRequest.PENDING:
+                raise PeeringRefused(
+                    f"A peering request between {requester_project.name} and this project is "
+                    "already pending."
+                )
+            if existing.status != Status.EXPIRED:
+                raise PeeringRefused(
+                    f"{requester_project.name} and this project are already peered."
+                )
+        peering = PeeringRequest(
+            requester_project=requester_project,
+            target_project=target,
+            requested_by=actor,
+            justification=justification.strip()[:2000],
+            expires_at=now + EXPIRES_AFTER,
+        )
+        first = Status.PENDING_ACCEPTANCE if peering.needs_acceptance else Status.PENDING_SUPPORT
+        _enter(peering, first, actor, now=now)
+        peering.save()
+        _record(
+            peering,
+            actor,
+            AuditEvent.Action.PEERING_REQUESTED,
+            changes_cluster=False,
+            event="requested",
+        )
+    return peering
+
+
+def _move(
+    peering: PeeringRequest,
+    *,
+    actor: Any,
+    allowed: Iterable[str],
+    to: str,
+    verb: str,
+    action: AuditEvent.Action,
+    event: str,
+    changes_cluster: bool = False,
+    check: Callable[[PeeringRequest], None] | None = None,
+    reason: str = "",
+) -> None:
+    """One transition: lock, check who may, expire if due, move, record, notify."""
+    now = timezone.now()
+    with transaction.atomic():
+        locked = _locked(peering)
+        if check is not None:
+            check(locked)
+        expired = _expire_if_due(locked, now)
+        if not expired:
+            _refuse_unless(locked, allowed, verb)
+            _enter(locked, to, actor, reason=reason, now=now)
+            fields = ["status", "history", "updated_at"]
+            if reason:
+                locked.decision_reason = reason
+                fields.append("decision_reason")
+            locked.save(update_fields=fields)
+            _record(locked, actor, action, changes_cluster=changes_cluster, event=event)
+    if expired:  # raised after the commit, so the expiry itself is kept
+        raise _refuse_expired(verb)
+
+
+def accept(peering: PeeringRequest, *, actor: Any, project: Project) -> None:
+    """An owner of the target side accepts: the request goes to support."""
+
+    def target_side_only(locked: PeeringRequest) -> None:
+        if project.pk != locked.target_project_id:
+            raise PeeringRefused("Only the other organization can accept this request.")
+
+    _move(
+        peering,
+        actor=actor,
+        allowed=[Status.PENDING_ACCEPTANCE],
+        to=Status.PENDING_SUPPORT,
+        verb="accepted",
+        action=AuditEvent.Action.PEERING_ACCEPTED,
+        event="accepted",
+        check=target_side_only,
+    )
+
+
+def cancel(peering: PeeringRequest, *, actor: Any, project: Project) -> None:
+    """Either side withdraws (or declines) a request that is still pending."""
+    _move(
+        peering,
+        actor=actor,
+        allowed=PeeringRequest.PENDING,
+        to=Status.CANCELLED,
+        verb="cancelled",
+        action=AuditEvent.Action.PEERING_CANCELLED,
+        event="cancelled",
+    )
+
+
+def _staff_check(staff: Any) -> Callable[[PeeringRequest], None]:
+    def check(locked: PeeringRequest) -> None:
+        if not getattr(staff, "is_staff", False):
+            raise PeeringRefused("Only support staff decide on peering requests.")
+        organizations = [
+            locked.requester_project.organization_id,
+            locked.target_project.organization_id,
+        ]
+        conflict = (
+            Membership.objects.filter(user=staff, organization__in=organizations)
+            .select_related("organization")
+            .first()
+        )
+        if conflict is not None:
+            raise PeeringRefused(
+                f"You belong to {conflict.organization.name}, one of the two organizations: "
+                "another member of support must decide."
+            )
+
+    return check
+
+
+def approve(peering: PeeringRequest, *, staff: Any) -> None:
+    _move(
+        peering,
+        actor=staff,
+        allowed=[Status.PENDING_SUPPORT],
+        to=Status.APPROVED,
+        verb="approved",
+        action=AuditEvent.Action.PEERING_APPROVED,
+        event="approved",
+        changes_cluster=True,
+        check=_staff_check(staff),
+    )
+
+
+def reject(peering: PeeringRequest, *, staff: Any, reason: str) -> None:
+    reason = reason.strip()[:2000]
+    if not reason:
+        raise PeeringRefused("Give the customer a reason for the rejection.")
+    _move(
+        peering,
+        actor=staff,
+        allowed=[Status.PENDING_SUPPORT],
+        to=Status.REJECTED,
+        verb="rejected",
+        action=AuditEvent.Action.PEERING_REJECTED,
+        event="rejected",
+        check=_staff_check(staff),
+        reason=reason,
+    )
+
+
+def revoke(peering: PeeringRequest, *, actor: Any, project: Project) -> None:
+    """Either side disconnects an approved or active peering."""
+    _move(
+        peering,
+        actor=actor,
+        allowed=PeeringRequest.CONNECTED,
+        to=Status.REVOKING,
+        verb="revoked (cancel a pending request instead)",
+        action=AuditEvent.Action.PEERING_REVOKED,
+        event="revoked",
+        changes_cluster=True,
+    )
+
+
+def expire_stale(now: datetime | None = None) -> int:
+    """Beat: pending requests nobody decided on within 7 days expire."""
+    now = now or timezone.now()
+    expired = 0
+    for peering_id in PeeringRequest.objects.filter(
+        status__in=PeeringRequest.PENDING, expires_at__lte=now
+    ).values_list("pk", flat=True):
+        with transaction.atomic():
+            peering = (
+                PeeringRequest.objects.select_for_update()
+                .select_related("requester_project", "target_project")
+                .get(pk=peering_id)
+            )
+            if peering.status in PeeringRequest.PENDING:
+                _expire_if_due(peering, now)
+                expired += 1
+    return expired
+
+
+def connected_peerings(project: Project) -> list[PeeringRequest]:
+    """Peerings whose policy this project's namespace should hold."""
+    return list(
+        PeeringRequest.objects.filter(
+            Q(requester_project=project) | Q(target_project=project),
+            status__in=PeeringRequest.CONNECTED,
+        ).select_related("requester_project", "target_project")
+    )
+
+
+def record_applied(project: Project, connected_ids: set[int]) -> None:
+    """After a successful pass: which peerings' policies this namespace now holds.
+
+    A peering becomes active once both namespaces hold theirs, and revoked once neither does.
+    """
+    now = timezone.now()
+    with transaction.atomic():
+        peerings = (
+            PeeringRequest.objects.select_for_update()
+            .filter(
+                Q(requester_project=project) | Q(target_project=project),
+                status__in=[Status.APPROVED, Status.ACTIVE, Status.REVOKING],
+            )
+            .select_related("requester_project", "target_project")
+        )
+        for peering in peerings:
+            side = (
+                "requester_side_applied"
+                if peering.requester_project_id == project.pk
+                else "target_side_applied"
+            )
+            applied = peering.pk in connected_ids
+            if getattr(peering, side) == applied and peering.status == Status.ACTIVE:
+                continue  # nothing new: no write on an ordinary pass
+            setattr(peering, side, applied)
+            fields = [side, "updated_at"]
+            both = peering.requester_side_applied and peering.target_side_applied
+            neither = not (peering.requester_side_applied or peering.target_side_applied)
+            if peering.status == Status.APPROVED and both:
+                _enter(peering, Status.ACTIVE, None, now=now)
+                fields += ["status", "history"]
+                _record(
+                    peering,
+                    None,
+                    AuditEvent.Action.PEERING_ACTIVE,
+                    changes_cluster=False,
+                    event="active",
+                )
+            elif peering.status == Status.REVOKING and neither:
+                _enter(peering, Status.REVOKED, None, now=now)
+                fields += ["status", "history"]
+                _record(
+                    peering,
+                    None,
+                    AuditEvent.Action.PEERING_DISCONNECTED,
+                    changes_cluster=False,
+                    event="revoked-done",
+                )
+            peering.save(update_fields=fields)
