@@ -3,7 +3,7 @@ from __future__ import annotations
 from django.contrib.auth import views as auth_views
 from django.urls import path
 
-from dashboard import secret_views, views
+from dashboard import peering_views, secret_views, views
 from dashboard.auth import SignInView
 
 urlpatterns = [
@@ -82,5 +82,41 @@ urlpatterns = [
         "projects/<str:project_uid>/secrets/<int:secret_id>/delete/",
         secret_views.secret_delete,
         name="secret-delete",
+    ),
+    path(
+        "projects/<str:project_uid>/peering/",
+        peering_views.project_peering,
+        name="project-peering",
+    ),
+    path(
+        "projects/<str:project_uid>/peering/request/",
+        peering_views.peering_request,
+        name="peering-request",
+    ),
+    path(
+        "projects/<str:project_uid>/peering/<int:peering_id>/accept/",
+        peering_views.peering_accept,
+        name="peering-accept",
+    ),
+    path(
+        "projects/<str:project_uid>/peering/<int:peering_id>/cancel/",
+        peering_views.peering_cancel,
+        name="peering-cancel",
+    ),
+    path(
+        "projects/<str:project_uid>/peering/<int:peering_id>/revoke/",
+        peering_views.peering_revoke,
+        name="peering-revoke",
+    ),
+    path("support/peering/", peering_views.support_queue, name="support-queue"),
+    path(
+        "support/peering/<int:peering_id>/approve/",
+        peering_views.support_approve,
+        name="support-approve",
+    ),
+    path(
+        "support/peering/<int:peering_id>/reject/",
+        peering_views.support_reject,
+        name="support-reject",
     ),
 ]

@@ -4,7 +4,10 @@ from datetime import datetime
 
 from django import template
 from django.utils import timezone
+from django.utils.dateparse import parse_datetime
 from django.utils.timesince import timesince
+
+from networking.models import PeeringRequest
 
 register = template.Library()
 
@@ -20,3 +23,15 @@ def ago(value: datetime | None) -> str:
     if seconds < 60:
         return f"{int(seconds)} s ago"
     return f"{timesince(value)} ago"
+
+
+@register.filter
+def as_datetime(value: str) -> datetime | None:
+    """An ISO timestamp kept in JSON, as a datetime for the ``date`` filter."""
+    return parse_datetime(value) if value else None
+
+
+@register.filter
+def peering_status(value: str) -> str:
+    """A peering status stored in a history entry, as the words the page uses for it."""
+    return str(PeeringRequest.Status(value).label) if value in PeeringRequest.Status else value

@@ -1,0 +1,232 @@
+"""VPC peering: customers request, accept, cancel and revoke; support approves or rejects."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django import forms
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.db.models import Q
+from django.http import Http404, HttpRequest, HttpResponse
+from django.shortcuts import redirect, render
+from django.utils import timezone
+from django.views.decorators.http import require_GET, require_POST
+
+from dashboard.access import ProjectAccess, get_project_for_user, memberships_of
+from networking import peering
+from networking.models import Membership, Organization, PeeringRequest, Project, Service
+
+
+class PeeringRequestForm(forms.Form):
+    target = forms.CharField(
+        label="Project ID to peer with",
+        max_length=40,
+        help_text="Shown on the other project's Settings page, e.g. k7x2m9q4p8ab.",
+        widget=forms.TextInput(attrs={"autocomplete": "off", "spellcheck": "false"}),
+    )
+    justification = forms.CharField(
+        label="Why do these projects need to talk privately?",
+        max_length=2000,
+        widget=forms.Textarea(attrs={"rows": 3}),
+        help_text="Support reads this before approving.",
+    )
+
+
+class RejectForm(forms.Form):
+    reason = forms.CharField(
+        label="Reason (the customer sees it)",
+        max_length=2000,
+        widget=forms.Textarea(attrs={"rows": 2}),
+        error_messages={"required": "Give the customer a reason for the rejection."},
+    )
+
+
+def _peerings_of(project: Project) -> list[PeeringRequest]:
+    return list(
+        PeeringRequest.objects.filter(Q(requester_project=project) | Q(target_project=project))
+        .select_related("requester_project__organization", "target_project__organization")
+        .order_by("-created_at")[:50]
+    )
+
+
+def _active_peers(project: Project, peerings: list[PeeringRequest]) -> list[dict[str, Any]]:
+    """Active peers and their services, with the hostnames that reach them over the peering."""
+    peers = [p.peer_of(project) for p in peerings if p.status == PeeringRequest.Status.ACTIVE]
+    services = Service.objects.filter(project__in=peers).order_by("name")
+    by_project: dict[int, list[Service]] = {}
+    for service in services:
+        by_project.setdefault(service.project_id, []).append(service)
+    return [{"project": peer, "services": by_project.get(peer.pk, [])} for peer in peers]
+
+
+def _page(request: HttpRequest, access: ProjectAccess, form: PeeringRequestForm) -> HttpResponse:
+    peerings = _peerings_of(access.project)
+    return render(
+        request,
+        "peering/project.html",
+        {
+            "project": access.project,
+            "membership": access.membership,
+            "peerings": peerings,
+            "active_peers": _active_peers(access.project, peerings),
+            "form": form,
+            "enterprise": access.project.organization.plan == Organization.Plan.ENTERPRISE,
+        },
+    )
+
+
+@login_required
+@require_GET
+def project_peering(request: HttpRequest, project_uid: str) -> HttpResponse:
+    access = get_project_for_user(request, project_uid)
+    return _page(request, access, PeeringRequestForm())
+
+
+@login_required
+@require_POST
+def peering_request(request: HttpRequest, project_uid: str) -> HttpResponse:
+    access = get_project_for_user(request, project_uid)
+    access.require(Membership.can_manage_project)
+    form = PeeringRequestForm(request.POST)
+    if form.is_valid():
+        try:
+            created = peering.request_peering(
+                access.project,
+                form.cleaned_data["target"],
+                form.cleaned_data["justification"],
+                actor=request.user,
+            )
+        except peering.PeeringRefused as refused:
+            form.add_error(None, str(refused))
+        else:
+            messages.success(request, f"Requested. {created.get_status_display()}.")
+            return redirect("project-peering", project_uid=project_uid)
+    return _page(request, access, form)
+
+
+def _get_peering(access: ProjectAccess, peering_id: int) -> PeeringRequest:
+    found = (
+        PeeringRequest.objects.filter(
+            Q(requester_project=access.project) | Q(target_project=access.project), pk=peering_id
+        )
+        .select_related("requester_project__organization", "target_project__organization")
+        .first()
+    )
+    if found is None:
+        raise Http404("No such peering.")
+    return found
+
+
+def _customer_action(
+    request: HttpRequest, project_uid: str, peering_id: int, action: str
+) -> HttpResponse:
+    access = get_project_for_user(request, project_uid)
+    access.require(Membership.can_manage_project)
+    found = _get_peering(access, peering_id)
+    transition = {"accept": peering.accept, "cancel": peering.cancel, "revoke": peering.revoke}
+    try:
+        transition[action](found, actor=request.user, project=access.project)
+    except peering.PeeringRefused as refused:
+        messages.error(request, str(refused))
+    else:
+        found.refresh_from_db()
+        messages.success(request, f"Done: the peering is now {found.get_status_display().lower()}.")
+    return redirect("project-peering", project_uid=project_uid)
+
+
+@login_required
+@require_POST
+def peering_accept(request: HttpRequest, project_uid: str, peering_id: int) -> HttpResponse:
+    return _customer_action(request, project_uid, peering_id, "accept")
+
+
+@login_required
+@require_POST
+def peering_cancel(request: HttpRequest, project_uid: str, peering_id: int) -> HttpResponse:
+    return _customer_action(request, project_uid, peering_id, "cancel")
+
+
+@login_required
+@require_POST
+def peering_revoke(request: HttpRequest, project_uid: str, peering_id: int) -> HttpResponse:
+    return _customer_action(request, project_uid, peering_id, "revoke")
+
+
+def _require_staff(request: HttpRequest) -> None:
+    if not (request.user.is_authenticated and request.user.is_staff):
+        raise Http404("No such page.")
+
+
+@login_required
+@require_GET
+def support_queue(request: HttpRequest) -> HttpResponse:
+    _require_staff(request)
+    pending = (
+        PeeringRequest.objects.filter(status=PeeringRequest.Status.PENDING_SUPPORT)
+        .select_related(
+            "requester_project__organization", "target_project__organization", "requested_by"
+        )
+        .order_by("created_at")
+    )
+    own = set(memberships_of(request).values_list("organization_id", flat=True))
+    recent = (
+        PeeringRequest.objects.exclude(status__in=PeeringRequest.PENDING)
+        .select_related("requester_project__organization", "target_project__organization")
+        .order_by("-updated_at")[:20]
+    )
+    return render(
+        request,
+        "peering/support.html",
+        {
+            "pending": pending,
+            "recent": recent,
+            "own_organizations": own,
+            "now": timezone.now(),
+            "reject_form": RejectForm(),
+        },
+    )
+
+
+def _staff_peering(request: HttpRequest, peering_id: int) -> PeeringRequest:
+    _require_staff(request)
+    found = (
+        PeeringRequest.objects.select_related(
+            "requester_project__organization", "target_project__organization"
+        )
+        .filter(pk=peering_id)
+        .first()
+    )
+    if found is None:
+        raise Http404("No such peering.")
+    return found
+
+
+@login_required
+@require_POST
+def support_approve(request: HttpRequest, peering_id: int) -> HttpResponse:
+    found = _staff_peering(request, peering_id)
+    try:
+        peering.approve(found, staff=request.user)
+    except peering.PeeringRefused as refused:
+        messages.error(request, str(refused))
+    else:
+        messages.success(request, "Approved. The worker is connecting both namespaces.")
+    return redirect("support-queue")
+
+
+@login_required
+@require_POST
+def support_reject(request: HttpRequest, peering_id: int) -> HttpResponse:
+    found = _staff_peering(request, peering_id)
+    form = RejectForm(request.POST)
+    if not form.is_valid():
+        messages.error(request, "Give the customer a reason for the rejection.")
+        return redirect("support-queue")
+    try:
+        peering.reject(found, staff=request.user, reason=form.cleaned_data["reason"])
+    except peering.PeeringRefused as refused:
+        messages.error(request, str(refused))
+    else:
+        messages.success(request, "Rejected; the customer sees your reason.")
+    return redirect("support-queue")
