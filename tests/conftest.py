@@ -4,6 +4,7 @@ import os
 import shutil
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -12,10 +13,18 @@ from django.conf import settings
 from django.contrib.auth.models import User
 from django.core.cache import cache
 from django.test import Client
+from django.utils import timezone
 
 from networking import rotation
 from networking.crypto import SecretText
-from networking.models import Membership, Organization, Project, Service, SharedSecret
+from networking.models import (
+    Membership,
+    Organization,
+    PeeringRequest,
+    Project,
+    Service,
+    SharedSecret,
+)
 
 # The real API server, Celery worker processes and the fixtures that start them.
 pytest_plugins = ["tests.cluster_fixtures"]
@@ -96,6 +105,9 @@ class World:
     other_service: Service
     secret: SharedSecret
     other_secret: SharedSecret
+    # Globex asks to peer with Acme's project (waiting for Acme); Globex peers two of its own.
+    peering: PeeringRequest
+    other_peering: PeeringRequest
     users: dict[str, User | None]
 
     def client_for(self, role: str) -> Client:
@@ -133,22 +145,45 @@ def make_secret(project: Project, name: str, receivers: list[Service]) -> Shared
 @pytest.fixture
 def world(db: Any) -> World:
     acme = Organization.objects.create(name="Acme", slug="acme", plan=Organization.Plan.ENTERPRISE)
-    globex = Organization.objects.create(name="Globex", slug="globex", plan=Organization.Plan.PRO)
+    globex = Organization.objects.create(
+        name="Globex", slug="globex", plan=Organization.Plan.ENTERPRISE
+    )
     project = Project.objects.create(organization=acme, name="Storefront")
     other_project = Project.objects.create(organization=globex, name="Analytics")
     users: dict[str, User | None] = {"anonymous": None}
     for role in ("owner", "member", "viewer"):
-        user = User.objects.create_user(role, password="pw")
+        user = User.objects.create_user(role, email=f"{role}@acme.example", password="pw")
         Membership.objects.create(user=user, organization=acme, role=role)
         users[role] = user
     outsider = User.objects.create_user("outsider", password="pw")
     users["outsider"] = outsider
-    users["support"] = User.objects.create_user("support", password="pw", is_staff=True)
-    globex_owner = User.objects.create_user("globex-owner", password="pw")
+    users["support"] = User.objects.create_user(
+        "support", email="support@stackblaze.example", password="pw", is_staff=True
+    )
+    globex_owner = User.objects.create_user(
+        "globex-owner", email="owner@globex.example", password="pw"
+    )
     Membership.objects.create(user=globex_owner, organization=globex, role=Membership.Role.OWNER)
     # The outsider has an organization of their own: "not a member here", not "no memberships".
     outsider_org = Organization.objects.create(name="Initech", slug="initech")
     Membership.objects.create(user=outsider, organization=outsider_org, role="owner")
+    now = timezone.now()
+    peering = PeeringRequest.objects.create(
+        requester_project=other_project,
+        target_project=project,
+        requested_by=globex_owner,
+        justification="Our analytics pipeline reads the storefront's events.",
+        status=PeeringRequest.Status.PENDING_ACCEPTANCE,
+        expires_at=now + timedelta(days=7),
+    )
+    other_peering = PeeringRequest.objects.create(
+        requester_project=other_project,
+        target_project=Project.objects.create(organization=globex, name="Billing"),
+        requested_by=globex_owner,
+        justification="Billing reads usage.",
+        status=PeeringRequest.Status.PENDING_SUPPORT,
+        expires_at=now + timedelta(days=7),
+    )
     api = make_service(project, "api", Service.Kind.WEB)
     postgres = make_service(project, "postgres", Service.Kind.POSTGRESQL)
     other_service = make_service(other_project, "warehouse", Service.Kind.MYSQL)
@@ -162,6 +197,8 @@ def world(db: Any) -> World:
         other_service=other_service,
         secret=make_secret(project, "INTERNAL_API_SECRET", [api]),
         other_secret=make_secret(other_project, "INTERNAL_API_SECRET", [other_service]),
+        peering=peering,
+        other_peering=other_peering,
         users=users,
     )
 

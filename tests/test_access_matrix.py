@@ -52,6 +52,15 @@ MATRIX: dict[tuple[str, str], str] = {
     ("secret-rotate", "POST"): "302 404 404 403 403 302",
     ("secret-delete", "GET"): "302 404 404 403 403 200",
     ("secret-delete", "POST"): "302 404 404 403 403 302",
+    ("project-peering", "GET"): "302 404 404 200 200 200",
+    ("peering-request", "POST"): "302 404 404 403 403 200",
+    ("peering-accept", "POST"): "302 404 404 403 403 302",
+    ("peering-cancel", "POST"): "302 404 404 403 403 302",
+    ("peering-revoke", "POST"): "302 404 404 403 403 302",
+    # Support staff only; everyone else is told there is nothing here.
+    ("support-queue", "GET"): "302 404 200 404 404 404",
+    ("support-approve", "POST"): "302 404 302 404 404 404",
+    ("support-reject", "POST"): "302 404 302 404 404 404",
 }
 # Only meaningful for URLs that name a tenant's object: every signed-in role gets 404.
 FOREIGN = "302 404 404 404 404 404"
@@ -67,17 +76,23 @@ def _url_names(patterns: list[URLPattern | URLResolver]) -> set[str]:
     return names
 
 
-def _kwargs(world: World, name: str, *, foreign: bool) -> dict[str, Any]:
+def _converters(name: str) -> set[str]:
     pattern = next(
         p for p in get_resolver().url_patterns if isinstance(p, URLPattern) and p.name == name
     )
-    wanted = set(pattern.pattern.converters)
+    return set(pattern.pattern.converters)
+
+
+def _kwargs(world: World, name: str, *, foreign: bool) -> dict[str, Any]:
+    wanted = _converters(name)
     kwargs: dict[str, Any] = {}
     if "project_uid" in wanted:
         kwargs["project_uid"] = (world.other_project if foreign else world.project).uid
     if "service_id" in wanted:
         service = world.other_service if foreign else world.postgres
         kwargs["service_id"] = service.pk
+    if "peering_id" in wanted:
+        kwargs["peering_id"] = (world.other_peering if foreign else world.peering).pk
     if "secret_id" in wanted:
         kwargs["secret_id"] = (world.other_secret if foreign else world.secret).pk
     if "org_slug" in wanted:
@@ -102,8 +117,8 @@ def _cells(foreign: bool) -> list[Any]:
     for (name, method), statuses in MATRIX.items():
         expected = statuses.split()
         if foreign:
-            if name in {"home", "login", "logout", "project-list"}:
-                continue
+            if not {"project_uid", "org_slug"} & set(_converters(name)):
+                continue  # nothing of a tenant in the URL
             expected = FOREIGN.split()
         for role, status in zip(ROLES, expected, strict=True):
             cells.append(

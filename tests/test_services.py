@@ -333,7 +333,7 @@ def test_an_owner_creates_a_project(owner_client: Client, world: World) -> None:
         reverse("project-create", args=[world.acme.slug]), {"name": "Billing"}, follow=True
     )
     assert response.status_code == 200
-    project = Project.objects.get(name="Billing")
+    project = Project.objects.get(name="Billing", organization=world.acme)
     assert project.organization == world.acme
     assert project.namespace == f"prj-{project.uid}"
 

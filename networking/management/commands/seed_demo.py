@@ -59,11 +59,14 @@ class Command(BaseCommand):
             storefront = self._project(acme, "Storefront", ACME_SERVICES)
             self._secret(storefront, "INTERNAL_API_SECRET", ["api", "background-worker"])
             self._project(globex, "Analytics", GLOBEX_SERVICES)
+            # A second Acme project, to try peering within one organization.
+            self._project(acme, "Data Platform", [("etl", Service.Kind.PRIVATE, [9000])])
             organizations = {"acme": acme, "globex": globex}
             User = get_user_model()
             for username, org_slug, role, is_staff in DEMO_USERS:
                 user, created = User.objects.get_or_create(
-                    username=username, defaults={"is_staff": is_staff}
+                    username=username,
+                    defaults={"is_staff": is_staff, "email": f"{username}@example.com"},
                 )
                 if created:
                     user.set_password(DEMO_PASSWORD)
@@ -74,7 +77,9 @@ class Command(BaseCommand):
                     )
 
         self.stdout.write(f"Demo logins (password for all: {DEMO_PASSWORD}):")
-        self.stdout.write("  owner         owner of Acme Corp (Enterprise): project Storefront")
+        self.stdout.write(
+            "  owner         owner of Acme Corp (Enterprise): projects Storefront, Data Platform"
+        )
         self.stdout.write("  member        member of Acme Corp")
         self.stdout.write("  viewer        viewer of Acme Corp (read-only)")
         self.stdout.write("  globex-owner  owner of Globex (Pro): project Analytics")

@@ -1,0 +1,108 @@
+"""The whole VPC peering path through the browser, with the cluster checked at each step."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from django.urls import reverse
+from playwright.sync_api import Browser, Page, expect
+
+from networking.models import PeeringRequest
+from tests.cluster_fixtures import Cluster
+from tests.conftest import World
+from tests.e2e.conftest import DESKTOP
+
+Screenshot = Callable[[Page, str], Path]
+TIMEOUT = 30_000
+
+
+def signed_in(browser: Browser, live_server: Any, username: str) -> Page:
+    context = browser.new_context(viewport=DESKTOP, base_url=live_server.url)  # type: ignore[arg-type]
+    context.set_default_timeout(15_000)
+    page = context.new_page()
+    page.goto("/accounts/login/")
+    page.get_by_label("Username").fill(username)
+    page.get_by_label("Password").fill("pw")
+    page.get_by_role("button", name="Sign in").click()
+    expect(page.get_by_role("heading", name="Projects")).to_be_visible()
+    return page
+
+
+def peer_policies(cluster: Cluster, namespace: str) -> list[str]:
+    return sorted(name for name in cluster.policies(namespace) if name.startswith("peer-"))
+
+
+def test_request_accept_approve_then_revoke(
+    world: World,
+    cluster: Cluster,
+    browser: Browser,
+    app: Any,
+    screenshot: Screenshot,
+) -> None:
+    PeeringRequest.objects.all().delete()  # start from no peering at all
+    for project in (world.project, world.other_project):
+        project.request_reconcile()
+    acme, globex = world.project, world.other_project
+
+    # Acme's owner asks to peer with Globex's project, by the ID from its Settings page.
+    owner = signed_in(browser, app, "owner")
+    owner.goto(reverse("project-peering", args=[acme.uid]))
+    owner.get_by_label("Project ID to peer with").fill(globex.uid)
+    owner.get_by_label("Why do these projects need to talk privately?").fill(
+        "The storefront reads Globex's warehouse stock levels."
+    )
+    owner.get_by_role("button", name="Request peering").click()
+    expect(owner.locator(".peering").first).to_contain_text("Waiting for the other organization")
+    screenshot(owner, "peering-requested")
+    assert peer_policies(cluster, acme.namespace) == []
+
+    # Globex's owner accepts it.
+    other = signed_in(browser, app, "globex-owner")
+    other.goto(reverse("project-peering", args=[globex.uid]))
+    other.get_by_role("button", name="Accept").click()
+    expect(other.locator(".peering").first).to_contain_text("Waiting for support")
+
+    # Support approves it from the queue.
+    support = signed_in(browser, app, "support")
+    support.get_by_role("link", name="Support queue").click()
+    expect(
+        support.get_by_role("heading", name=re.compile("Storefront ↔ Analytics"))
+    ).to_be_visible()
+    expect(support.locator("article")).to_contain_text("The storefront reads Globex")
+    screenshot(support, "support-queue")
+    support.get_by_role("button", name="Approve").click()
+    expect(
+        support.get_by_text("Approved. The worker is connecting both namespaces.")
+    ).to_be_visible()
+
+    # The worker connects both namespaces; both sides see it active, and each other's services.
+    owner.goto(reverse("project-peering", args=[acme.uid]))
+    expect(owner.locator(".peering").first).to_contain_text("Active", timeout=TIMEOUT)
+    owner.reload()
+    expect(
+        owner.get_by_text(f"warehouse.{globex.namespace}.svc.cluster.local:3306")
+    ).to_be_visible()
+    screenshot(owner, "peering-active")
+    assert peer_policies(cluster, acme.namespace) == [f"peer-{globex.namespace}"]
+    assert peer_policies(cluster, globex.namespace) == [f"peer-{acme.namespace}"]
+
+    # Either owner can revoke; the policies go away and the state says so.
+    other.reload()
+    other.get_by_role("button", name="Revoke peering").click()
+    expect(other.locator(".peering").first).to_contain_text(re.compile("Revok"))
+    other.goto(reverse("project-peering", args=[globex.uid]))
+    expect(other.locator(".peering").first).to_contain_text("Revoked", timeout=TIMEOUT)
+    history = other.locator(".peering .history").first
+    for words in (
+        "Waiting for support · by globex-owner",
+        "Approved, being connected · by support",
+        "Active · by system",
+        "Revoked, being disconnected · by globex-owner",
+    ):
+        expect(history).to_contain_text(words)
+    screenshot(other, "peering-revoked")
+    assert peer_policies(cluster, acme.namespace) == []
+    assert peer_policies(cluster, globex.namespace) == []

@@ -1,0 +1,370 @@
+"""VPC peering: the request rules, the state machine, who may move it, and the emails."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from django.contrib.auth.models import User
+from django.core import mail
+from django.test import Client
+from django.urls import reverse
+from django.utils import timezone
+
+from networking import peering
+from networking.models import (
+    AuditEvent,
+    Membership,
+    Organization,
+    PeeringRequest,
+    Project,
+)
+from networking.tasks import expire_peering_requests, send_peering_notifications
+from tests.conftest import World
+
+Status = PeeringRequest.Status
+
+
+def user(world: World, role: str) -> User:
+    found = world.users[role]
+    assert found is not None
+    return found
+
+
+def globex_owner() -> User:
+    return User.objects.get(username="globex-owner")
+
+
+def fresh(request: PeeringRequest) -> PeeringRequest:
+    return PeeringRequest.objects.get(pk=request.pk)
+
+
+@pytest.fixture
+def hobby_project(world: World) -> Project:
+    organization = Organization.objects.get(slug="initech")
+    return Project.objects.create(organization=organization, name="Side project")
+
+
+class TestRequest:
+    def request(self, world: World, target: str, justification: str = "We need it.") -> Any:
+        return peering.request_peering(
+            world.project, target, justification, actor=user(world, "owner")
+        )
+
+    def test_within_one_organization_it_goes_straight_to_support(self, world: World) -> None:
+        second = Project.objects.create(organization=world.acme, name="Search")
+        created = self.request(world, second.uid)
+        assert created.status == Status.PENDING_SUPPORT
+        assert created.history[0]["by"] == "owner"
+
+    def test_across_organizations_the_other_side_accepts_first(
+        self, world: World, hobby_project: Project
+    ) -> None:
+        globex_project = Project.objects.create(organization=world.globex, name="Search")
+        created = self.request(world, f"  {globex_project.uid.upper()} ")
+        assert created.status == Status.PENDING_ACCEPTANCE
+
+    @pytest.mark.parametrize(
+        ("target", "message"),
+        [
+            ("self", "can’t be peered with itself"),
+            ("nosuchproject", "No project has the ID"),
+            ("hobby", "not on the Enterprise plan"),
+            ("pending", "already pending"),
+        ],
+    )
+    def test_it_refuses_with_a_reason(
+        self, world: World, hobby_project: Project, target: str, message: str
+    ) -> None:
+        uid = {
+            "self": world.project.uid,
+            "nosuchproject": "zzzzzzzzzzzz",
+            "hobby": hobby_project.uid,
+            "pending": world.other_project.uid,  # world.peering is pending for this pair
+        }[target]
+        with pytest.raises(peering.PeeringRefused, match=message):
+            self.request(world, uid)
+
+    def test_an_active_pair_is_refused(self, world: World) -> None:
+        PeeringRequest.objects.filter(pk=world.peering.pk).update(status=Status.ACTIVE)
+        with pytest.raises(peering.PeeringRefused, match="already peered"):
+            self.request(world, world.other_project.uid)
+
+    def test_other_plans_are_told_it_needs_enterprise(self, world: World) -> None:
+        Organization.objects.filter(pk=world.acme.pk).update(plan=Organization.Plan.PRO)
+        world.project.organization.refresh_from_db()
+        with pytest.raises(peering.PeeringRefused, match="part of the Enterprise plan"):
+            self.request(world, world.other_project.uid)
+
+    def test_a_justification_is_required(self, world: World) -> None:
+        second = Project.objects.create(organization=world.acme, name="Search")
+        with pytest.raises(peering.PeeringRefused, match="Say why"):
+            self.request(world, second.uid, justification="  ")
+
+    def test_an_expired_request_does_not_block_a_new_one(self, world: World) -> None:
+        PeeringRequest.objects.filter(pk=world.peering.pk).update(
+            expires_at=timezone.now() - timedelta(seconds=1)
+        )
+        created = self.request(world, world.other_project.uid)
+        assert created.status == Status.PENDING_ACCEPTANCE
+        assert fresh(world.peering).status == Status.EXPIRED
+
+
+def walk_to(world: World, status: str) -> PeeringRequest:
+    """Move world.peering (Globex asks Acme) along the happy path up to ``status``."""
+    request = world.peering
+    owner = user(world, "owner")
+    if status == Status.PENDING_ACCEPTANCE:
+        return request
+    peering.accept(request, actor=owner, project=world.project)
+    if status == Status.PENDING_SUPPORT:
+        return fresh(request)
+    peering.approve(request, staff=user(world, "support"))
+    if status == Status.APPROVED:
+        return fresh(request)
+    request = fresh(request)
+    peering.record_applied(world.project, {request.pk})
+    peering.record_applied(world.other_project, {request.pk})
+    if status == Status.ACTIVE:
+        return fresh(request)
+    peering.revoke(request, actor=owner, project=world.project)
+    if status == Status.REVOKING:
+        return fresh(request)
+    peering.record_applied(world.project, set())
+    peering.record_applied(world.other_project, set())
+    return fresh(request)
+
+
+def test_the_whole_life_of_a_peering(world: World) -> None:
+    final = walk_to(world, Status.REVOKED)
+    assert [step["status"] for step in final.history] == [
+        Status.PENDING_SUPPORT,
+        Status.APPROVED,
+        Status.ACTIVE,
+        Status.REVOKING,
+        Status.REVOKED,
+    ]
+    assert [step["by"] for step in final.history] == [
+        "owner",
+        "support",
+        "system",
+        "owner",
+        "system",
+    ]
+    for project in (world.project, world.other_project):
+        actions = set(AuditEvent.objects.filter(project=project).values_list("action", flat=True))
+        assert {
+            AuditEvent.Action.PEERING_ACCEPTED,
+            AuditEvent.Action.PEERING_APPROVED,
+            AuditEvent.Action.PEERING_ACTIVE,
+            AuditEvent.Action.PEERING_REVOKED,
+            AuditEvent.Action.PEERING_DISCONNECTED,
+        } <= actions
+
+
+def test_it_is_active_only_once_both_namespaces_hold_their_policy(world: World) -> None:
+    request = walk_to(world, Status.APPROVED)
+    peering.record_applied(world.project, {request.pk})
+    assert fresh(request).status == Status.APPROVED
+    peering.record_applied(world.other_project, {request.pk})
+    assert fresh(request).status == Status.ACTIVE
+
+
+ACTIONS = ["accept", "cancel", "approve", "reject", "revoke"]
+ALLOWED: dict[str, set[str]] = {
+    Status.PENDING_ACCEPTANCE: {"accept", "cancel"},
+    Status.PENDING_SUPPORT: {"cancel", "approve", "reject"},
+    Status.APPROVED: {"revoke"},
+    Status.ACTIVE: {"revoke"},
+    Status.REVOKING: set(),
+    Status.REVOKED: set(),
+}
+
+
+def attempt(world: World, request: PeeringRequest, action: str) -> None:
+    owner, staff = user(world, "owner"), user(world, "support")
+    if action == "accept":
+        peering.accept(request, actor=owner, project=world.project)
+    elif action == "cancel":
+        peering.cancel(request, actor=owner, project=world.project)
+    elif action == "approve":
+        peering.approve(request, staff=staff)
+    elif action == "reject":
+        peering.reject(request, staff=staff, reason="Not a valid use.")
+    else:
+        peering.revoke(request, actor=owner, project=world.project)
+
+
+@pytest.mark.parametrize("status", list(ALLOWED))
+@pytest.mark.parametrize("action", ACTIONS)
+def test_every_transition_is_allowed_or_refused(world: World, status: str, action: str) -> None:
+    request = walk_to(world, status)
+    assert request.status == status
+    if action in ALLOWED[status]:
+        attempt(world, request, action)
+        assert fresh(request).status != status
+    else:
+        with pytest.raises(peering.PeeringRefused):
+            attempt(world, request, action)
+        assert fresh(request).status == status
+
+
+@pytest.mark.parametrize("final", [Status.CANCELLED, Status.REJECTED, Status.EXPIRED])
+@pytest.mark.parametrize("action", ACTIONS)
+def test_nothing_moves_a_closed_request(world: World, final: str, action: str) -> None:
+    request = walk_to(world, Status.PENDING_SUPPORT)
+    if final == Status.CANCELLED:
+        peering.cancel(request, actor=user(world, "owner"), project=world.project)
+    elif final == Status.REJECTED:
+        peering.reject(request, staff=user(world, "support"), reason="No.")
+    else:
+        PeeringRequest.objects.filter(pk=request.pk).update(
+            expires_at=timezone.now() - timedelta(minutes=1)
+        )
+        assert expire_peering_requests.apply().get() == 1
+    with pytest.raises(peering.PeeringRefused):
+        attempt(world, fresh(request), action)
+    assert fresh(request).status == final
+
+
+def test_approving_a_request_past_its_expiry_expires_it(world: World) -> None:
+    request = walk_to(world, Status.PENDING_SUPPORT)
+    PeeringRequest.objects.filter(pk=request.pk).update(
+        expires_at=timezone.now() - timedelta(minutes=1)
+    )
+    with pytest.raises(peering.PeeringRefused, match="expired"):
+        peering.approve(fresh(request), staff=user(world, "support"))
+    assert fresh(request).status == Status.EXPIRED
+
+
+def test_the_requesting_side_cannot_accept_its_own_request(world: World) -> None:
+    with pytest.raises(peering.PeeringRefused, match="Only the other organization"):
+        peering.accept(world.peering, actor=globex_owner(), project=world.other_project)
+
+
+def test_staff_who_belong_to_either_organization_cannot_decide(world: World) -> None:
+    request = walk_to(world, Status.PENDING_SUPPORT)
+    support = user(world, "support")
+    Membership.objects.create(user=support, organization=world.globex, role="viewer")
+    with pytest.raises(peering.PeeringRefused, match="You belong to Globex"):
+        peering.approve(request, staff=support)
+    assert fresh(request).status == Status.PENDING_SUPPORT
+
+
+def test_a_non_staff_user_cannot_decide(world: World) -> None:
+    request = walk_to(world, Status.PENDING_SUPPORT)
+    with pytest.raises(peering.PeeringRefused, match="Only support staff"):
+        peering.approve(request, staff=user(world, "owner"))
+
+
+def test_a_rejection_needs_a_reason_the_customer_sees(world: World, owner_client: Client) -> None:
+    request = walk_to(world, Status.PENDING_SUPPORT)
+    with pytest.raises(peering.PeeringRefused, match="reason"):
+        peering.reject(request, staff=user(world, "support"), reason=" ")
+    peering.reject(request, staff=user(world, "support"), reason="Use the public API instead.")
+    page = owner_client.get(reverse("project-peering", args=[world.project.uid]))
+    assert "Use the public API instead." in page.content.decode()
+
+
+class TestEmails:
+    def test_each_decision_mails_both_owners_and_support(self, world: World) -> None:
+        request = walk_to(world, Status.APPROVED)
+        mail.outbox.clear()
+        assert send_peering_notifications.apply(args=(request.pk, "approved")).get() == 2
+        customers, staff = mail.outbox
+        assert sorted(customers.to) == ["owner@acme.example", "owner@globex.example"]
+        assert staff.to == ["support@stackblaze.example"]
+        assert "Peering approved" in customers.subject
+        assert "moved there by support" in customers.body
+
+    def test_transitions_enqueue_a_notification(
+        self, world: World, django_capture_on_commit_callbacks: Any
+    ) -> None:
+        with django_capture_on_commit_callbacks() as callbacks:
+            peering.accept(world.peering, actor=user(world, "owner"), project=world.project)
+        assert len(callbacks) == 1
+
+
+class TestPages:
+    def test_an_owner_requests_through_the_form(self, world: World, owner_client: Client) -> None:
+        second = Project.objects.create(organization=world.acme, name="Search")
+        response = owner_client.post(
+            reverse("peering-request", args=[world.project.uid]),
+            {"target": second.uid, "justification": "Search indexes the storefront."},
+            follow=True,
+        )
+        assert "Waiting for support" in response.content.decode()
+        assert PeeringRequest.objects.filter(target_project=second).exists()
+
+    def test_a_refusal_is_shown_on_the_form(self, world: World, owner_client: Client) -> None:
+        response = owner_client.post(
+            reverse("peering-request", args=[world.project.uid]),
+            {"target": world.project.uid, "justification": "x"},
+        )
+        assert response.status_code == 200
+        assert "can’t be peered with itself" in response.content.decode()
+
+    def test_other_plans_see_what_it_does_and_that_it_needs_enterprise(
+        self, world: World, client_for: Any
+    ) -> None:
+        Organization.objects.filter(pk=world.acme.pk).update(plan=Organization.Plan.HOBBY)
+        html = (
+            client_for("owner")
+            .get(reverse("project-peering", args=[world.project.uid]))
+            .content.decode()
+        )
+        assert "VPC peering needs the Enterprise plan" in html
+        assert "Request peering</button>" not in html
+
+    def test_both_sides_see_every_state_and_who_moved_it(
+        self, world: World, owner_client: Client
+    ) -> None:
+        walk_to(world, Status.ACTIVE)
+        for client, project in (
+            (owner_client, world.project),
+            (world.client_for("anonymous"), world.other_project),
+        ):
+            if project == world.other_project:
+                client.force_login(globex_owner())
+            html = client.get(reverse("project-peering", args=[project.uid])).content.decode()
+            assert "Active" in html
+            assert "Approved, being connected · by support" in html
+            assert "Waiting for support · by owner" in html
+
+    def test_an_active_peering_lists_the_peers_services(
+        self, world: World, owner_client: Client
+    ) -> None:
+        walk_to(world, Status.ACTIVE)
+        html = owner_client.get(
+            reverse("project-peering", args=[world.project.uid])
+        ).content.decode()
+        assert f"warehouse.{world.other_project.namespace}.svc.cluster.local:3306" in html
+
+    def test_support_sees_the_queue_with_both_sides(self, world: World) -> None:
+        walk_to(world, Status.PENDING_SUPPORT)
+        html = world.client_for("support").get(reverse("support-queue")).content.decode()
+        assert "Storefront ↔" in html or "Analytics ↔ Storefront" in html
+        assert "Our analytics pipeline reads the storefront" in html
+        assert "Enterprise" in html
+        assert ">Approve<" in html
+
+    def test_support_approves_and_rejects_from_the_queue(self, world: World) -> None:
+        request = walk_to(world, Status.PENDING_SUPPORT)
+        client = world.client_for("support")
+        response = client.post(reverse("support-reject", args=[request.pk]), {"reason": ""})
+        assert fresh(request).status == Status.PENDING_SUPPORT
+        response = client.post(reverse("support-approve", args=[request.pk]), follow=True)
+        assert "Approved" in response.content.decode()
+        assert fresh(request).status == Status.APPROVED
+        # A second approval is refused with a message, not an error page.
+        response = client.post(reverse("support-approve", args=[request.pk]), follow=True)
+        assert response.status_code == 200
+        assert "it can’t be approved" in response.content.decode()
+
+    def test_a_peering_of_other_projects_is_404_in_this_project(
+        self, world: World, owner_client: Client
+    ) -> None:
+        url = reverse("peering-cancel", args=[world.project.uid, world.other_peering.pk])
+        assert owner_client.post(url).status_code == 404
+        assert fresh(world.other_peering).status == Status.PENDING_SUPPORT
