@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from kubernetes import client, config
 
+from dashboard.celery import app as celery_app
 from networking.cluster import kube
 from tests.kubeapi import TestAPIServer, kube_api_session
 from tests.kubehttp import HttpRecorder
@@ -103,3 +104,13 @@ def start_worker(
     yield start
     for worker in workers:
         worker.stop()
+
+
+@pytest.fixture
+def eager_tasks() -> Iterator[None]:
+    """``.delay()`` runs the task in-process, as a worker would on receiving it."""
+    celery_app.conf.task_always_eager = True
+    try:
+        yield
+    finally:
+        celery_app.conf.task_always_eager = False

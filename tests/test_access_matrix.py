@@ -6,6 +6,7 @@ The expected status of each cell lives in ``MATRIX``. A URL pattern without a ro
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -164,3 +165,29 @@ def test_mutating_urls_reject_a_missing_csrf_token(world: World, name: str) -> N
 def test_an_unknown_service_id_is_404_not_500(owner_client: Client, world: World) -> None:
     url = f"/projects/{world.project.uid}/services/99999999999999999999999/"
     assert owner_client.get(url).status_code == 404
+
+
+# Crawled last, so every page is still there to be visited before them.
+DESTRUCTIVE = {("service-delete", "POST"), ("secret-delete", "POST"), ("logout", "POST")}
+
+
+def crawl(world: World, found: Callable[[str], bool]) -> list[tuple[str, str, str, bool]]:
+    """Request every URL × method × role, own tenant and other: where ``found`` is true.
+
+    Returns (url name, method, role, other tenant?) for each response whose body matched.
+    """
+    cells = sorted(MATRIX, key=lambda cell: (cell in DESTRUCTIVE, cell[1] != "GET"))
+    matches = []
+    for role in ROLES:
+        client = world.client_for(role)
+        for name, method in cells:
+            for foreign in (False, True):
+                url = reverse(name, kwargs=_kwargs(world, name, foreign=foreign))
+                response = (
+                    client.get(url, follow=True)
+                    if method == "GET"
+                    else client.post(url, {}, follow=True)
+                )
+                if found(response.content.decode(errors="replace")):
+                    matches.append((name, method, role, foreign))
+    return matches

@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
-import pytest
 from django.test import Client
 from django.urls import reverse
 
-from dashboard.celery import app as celery_app
 from networking.cluster import reconcile as reconciler
 from networking.cluster.desired import MANAGED_BY, MANAGED_BY_LABEL, PROJECT_LABEL
 from networking.models import ApplyAttempt, Project, Service
@@ -106,16 +103,6 @@ def test_deleting_a_service_removes_it_from_the_cluster(
     owner_client.post(reverse("service-delete", args=[world.project.uid, world.postgres.pk]))
     run_task(world.project.pk)
     assert set(cluster.services(world.project.namespace)) == {"api"}
-
-
-@pytest.fixture
-def eager_tasks() -> Iterator[None]:
-    """``.delay()`` runs the task in-process, as a worker would on receiving it."""
-    celery_app.conf.task_always_eager = True
-    try:
-        yield
-    finally:
-        celery_app.conf.task_always_eager = False
 
 
 def test_the_resync_restores_an_object_deleted_by_hand(

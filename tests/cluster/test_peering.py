@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-from dashboard.celery import app as celery_app
 from networking import peering
 from networking.cluster import reconcile as reconciler
 from networking.models import PeeringRequest, Project
@@ -37,15 +35,6 @@ def approved(cluster: Cluster, world: World) -> PeeringRequest:
     peering.accept(world.peering, actor=owner(world), project=world.project)
     peering.approve(world.peering, staff=world.users["support"])
     return fresh(world.peering)
-
-
-@pytest.fixture
-def eager_tasks() -> Iterator[None]:
-    celery_app.conf.task_always_eager = True
-    try:
-        yield
-    finally:
-        celery_app.conf.task_always_eager = False
 
 
 def test_approval_puts_a_policy_admitting_the_other_in_both_namespaces(
