@@ -29,6 +29,7 @@ def pages(world: World) -> dict[str, str]:
         "secrets": reverse("secret-list", args=[uid]),
         "secret": reverse("secret-detail", args=[uid, world.secret.pk]),
         "new-secret": reverse("secret-create", args=[uid]),
+        "peering": reverse("project-peering", args=[uid]),
     }
 
 
