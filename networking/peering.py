@@ -353,13 +353,16 @@ def record_applied(project: Project, connected_ids: set[int]) -> None:
                 else "target_side_applied"
             )
             applied = peering.pk in connected_ids
-            if getattr(peering, side) == applied and peering.status == Status.ACTIVE:
-                continue  # nothing new: no write on an ordinary pass
+            changed = getattr(peering, side) != applied
             setattr(peering, side, applied)
             fields = [side, "updated_at"]
             both = peering.requester_side_applied and peering.target_side_applied
             neither = not (peering.requester_side_applied or peering.target_side_applied)
-            if peering.status == Status.APPROVED and both:
+            activates = peering.status == Status.APPROVED and both
+            disconnects = peering.status == Status.REVOKING and neither
+            if not (changed or activates or disconnects):
+                continue  # nothing new: an ordinary pass writes nothing here
+            if activates:
                 _enter(peering, Status.ACTIVE, None, now=now)
                 fields += ["status", "history"]
                 _record(
@@ -369,7 +372,7 @@ def record_applied(project: Project, connected_ids: set[int]) -> None:
                     changes_cluster=False,
                     event="active",
                 )
-            elif peering.status == Status.REVOKING and neither:
+            elif disconnects:
                 _enter(peering, Status.REVOKED, None, now=now)
                 fields += ["status", "history"]
                 _record(
