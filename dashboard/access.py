@@ -11,10 +11,17 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from django.core.exceptions import PermissionDenied
-from django.db.models import QuerySet
+from django.db.models import Q, QuerySet
 from django.http import Http404, HttpRequest
 
-from networking.models import Membership, Organization, Project, Service, SharedSecret
+from networking.models import (
+    Membership,
+    Organization,
+    PeeringRequest,
+    Project,
+    Service,
+    SharedSecret,
+)
 
 Capability = Callable[[Membership], bool]
 
@@ -37,13 +44,7 @@ def memberships_of(request: HttpRequest) -> QuerySet[Membership]:
 
 
 def get_project_for_user(request: HttpRequest, project_uid: str) -> ProjectAccess:
-    if not request.user.is_authenticated:
-        raise Http404("No such project.")
-    membership = (
-        Membership.objects.select_related("organization")
-        .filter(user_id=request.user.pk, organization__projects__uid=project_uid)
-        .first()
-    )
+    membership = memberships_of(request).filter(organization__projects__uid=project_uid).first()
     if membership is None:
         raise Http404("No such project.")
     project = Project.objects.get(uid=project_uid)
@@ -52,36 +53,49 @@ def get_project_for_user(request: HttpRequest, project_uid: str) -> ProjectAcces
     return ProjectAccess(project=project, membership=membership)
 
 
+def _in_project[M: (Service, SharedSecret)](
+    access: ProjectAccess, model: type[M], pk: int, what: str
+) -> M:
+    found = model.objects.filter(project=access.project, pk=pk).first()
+    if found is None:
+        raise Http404(f"No such {what}.")
+    found.project = access.project
+    return found
+
+
 def get_service_for_user(
     request: HttpRequest, project_uid: str, service_id: int
 ) -> tuple[ProjectAccess, Service]:
     access = get_project_for_user(request, project_uid)
-    service = Service.objects.filter(project=access.project, pk=service_id).first()
-    if service is None:
-        raise Http404("No such service.")
-    service.project = access.project
-    return access, service
+    return access, _in_project(access, Service, service_id, "service")
 
 
 def get_secret_for_user(
     request: HttpRequest, project_uid: str, secret_id: int
 ) -> tuple[ProjectAccess, SharedSecret]:
     access = get_project_for_user(request, project_uid)
-    secret = SharedSecret.objects.filter(project=access.project, pk=secret_id).first()
-    if secret is None:
-        raise Http404("No such secret.")
-    secret.project = access.project
-    return access, secret
+    return access, _in_project(access, SharedSecret, secret_id, "secret")
+
+
+def get_peering_for_user(
+    request: HttpRequest, project_uid: str, peering_id: int
+) -> tuple[ProjectAccess, PeeringRequest]:
+    """A peering this project is one side of."""
+    access = get_project_for_user(request, project_uid)
+    found = (
+        PeeringRequest.objects.filter(
+            Q(requester_project=access.project) | Q(target_project=access.project), pk=peering_id
+        )
+        .select_related("requester_project__organization", "target_project__organization")
+        .first()
+    )
+    if found is None:
+        raise Http404("No such peering.")
+    return access, found
 
 
 def get_organization_for_user(request: HttpRequest, slug: str) -> tuple[Organization, Membership]:
-    if not request.user.is_authenticated:
-        raise Http404("No such organization.")
-    membership = (
-        Membership.objects.select_related("organization")
-        .filter(user_id=request.user.pk, organization__slug=slug)
-        .first()
-    )
+    membership = memberships_of(request).filter(organization__slug=slug).first()
     if membership is None:
         raise Http404("No such organization.")
     return membership.organization, membership

@@ -13,7 +13,12 @@ from django.shortcuts import redirect, render
 from django.utils import timezone
 from django.views.decorators.http import require_GET, require_POST
 
-from dashboard.access import ProjectAccess, get_project_for_user, memberships_of
+from dashboard.access import (
+    ProjectAccess,
+    get_peering_for_user,
+    get_project_for_user,
+    memberships_of,
+)
 from networking import peering
 from networking.models import Membership, Organization, PeeringRequest, Project, Service
 
@@ -105,25 +110,11 @@ def peering_request(request: HttpRequest, project_uid: str) -> HttpResponse:
     return _page(request, access, form)
 
 
-def _get_peering(access: ProjectAccess, peering_id: int) -> PeeringRequest:
-    found = (
-        PeeringRequest.objects.filter(
-            Q(requester_project=access.project) | Q(target_project=access.project), pk=peering_id
-        )
-        .select_related("requester_project__organization", "target_project__organization")
-        .first()
-    )
-    if found is None:
-        raise Http404("No such peering.")
-    return found
-
-
 def _customer_action(
     request: HttpRequest, project_uid: str, peering_id: int, action: str
 ) -> HttpResponse:
-    access = get_project_for_user(request, project_uid)
+    access, found = get_peering_for_user(request, project_uid, peering_id)
     access.require(Membership.can_manage_project)
-    found = _get_peering(access, peering_id)
     transition = {"accept": peering.accept, "cancel": peering.cancel, "revoke": peering.revoke}
     try:
         transition[action](found, actor=request.user, project=access.project)

@@ -67,21 +67,22 @@ MATRIX: dict[tuple[str, str], str] = {
 FOREIGN = "302 404 404 404 404 404"
 
 
-def _url_names(patterns: list[URLPattern | URLResolver]) -> set[str]:
-    names: set[str] = set()
+def _url_converters(
+    patterns: list[URLPattern | URLResolver], outer: frozenset[str] = frozenset()
+) -> dict[str, set[str]]:
+    """Every named URL and the converters (kwargs) its full path takes."""
+    found: dict[str, set[str]] = {}
     for pattern in patterns:
+        here = outer | set(pattern.pattern.converters)
         if isinstance(pattern, URLResolver):
-            names |= _url_names(pattern.url_patterns)
+            found.update(_url_converters(pattern.url_patterns, frozenset(here)))
         elif pattern.name:
-            names.add(pattern.name)
-    return names
+            found[pattern.name] = set(here)
+    return found
 
 
 def _converters(name: str) -> set[str]:
-    pattern = next(
-        p for p in get_resolver().url_patterns if isinstance(p, URLPattern) and p.name == name
-    )
-    return set(pattern.pattern.converters)
+    return _url_converters(get_resolver().url_patterns)[name]
 
 
 def _kwargs(world: World, name: str, *, foreign: bool) -> dict[str, Any]:
@@ -107,7 +108,7 @@ def _call(client: Client, method: str, url: str) -> int:
 
 
 def test_every_url_has_a_row() -> None:
-    named = _url_names(get_resolver().url_patterns)
+    named = set(_url_converters(get_resolver().url_patterns))
     covered = {name for name, _ in MATRIX}
     assert named - covered == set(), "add these URLs to MATRIX with the expected status per role"
     assert covered - named == set(), "MATRIX names URLs that no longer exist"
