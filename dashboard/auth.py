@@ -75,7 +75,7 @@ class SignInView(auth_views.LoginView):
             form.add_error(
                 None,
                 "Too many failed sign-ins for this account or from this address. "
-                f"Wait {minutes} minutes and try again, or reset your password.",
+                f"Wait {minutes} minutes and try again.",
             )
             response = self.form_invalid(form)
             response.status_code = 429
