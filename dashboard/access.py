@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from django.core.exceptions import PermissionDenied
 from django.db.models import Q, QuerySet
@@ -30,6 +31,10 @@ Capability = Callable[[Membership], bool]
 class ProjectAccess:
     project: Project
     membership: Membership
+
+    def context(self, **extra: Any) -> dict[str, Any]:
+        """Template context of a project page: the project, the user's role, and ``extra``."""
+        return {"project": self.project, "membership": self.membership, **extra}
 
     def require(self, capability: Capability) -> None:
         if not capability(self.membership):

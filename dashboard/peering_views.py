@@ -70,14 +70,12 @@ def _page(request: HttpRequest, access: ProjectAccess, form: PeeringRequestForm)
     return render(
         request,
         "peering/project.html",
-        {
-            "project": access.project,
-            "membership": access.membership,
-            "peerings": peerings,
-            "active_peers": _active_peers(access.project, peerings),
-            "form": form,
-            "enterprise": access.project.organization.plan == Organization.Plan.ENTERPRISE,
-        },
+        access.context(
+            peerings=peerings,
+            active_peers=_active_peers(access.project, peerings),
+            form=form,
+            enterprise=access.project.organization.plan == Organization.Plan.ENTERPRISE,
+        ),
     )
 
 

@@ -22,10 +22,6 @@ from networking import rotation
 from networking.models import AuditEvent, Membership, SharedSecret
 
 
-def _context(access: ProjectAccess, **extra: Any) -> dict[str, Any]:
-    return {"project": access.project, "membership": access.membership, **extra}
-
-
 @login_required
 @require_GET
 def secret_list(request: HtmxHttpRequest, project_uid: str) -> HttpResponse:
@@ -33,7 +29,7 @@ def secret_list(request: HtmxHttpRequest, project_uid: str) -> HttpResponse:
     secrets = access.project.shared_secrets.all()
     if access.membership.can_see_secret_details():
         secrets = secrets.prefetch_related("services")
-    return render(request, "secrets/list.html", _context(access, secrets=secrets))
+    return render(request, "secrets/list.html", access.context(secrets=secrets))
 
 
 @login_required
@@ -58,13 +54,12 @@ def secret_create(request: HtmxHttpRequest, project_uid: str) -> HttpResponse:
             f"Created {secret.name}. The services that receive it restart once to pick it up.",
         )
         return redirect("secret-detail", project_uid=project_uid, secret_id=secret.pk)
-    return render(request, "secrets/form.html", _context(access, form=form))
+    return render(request, "secrets/form.html", access.context(form=form))
 
 
 def _detail_context(access: ProjectAccess, secret: SharedSecret, **extra: Any) -> dict[str, Any]:
     receivers = list(secret.services.order_by("name"))
-    return _context(
-        access,
+    return access.context(
         secret=secret,
         receivers=[
             {
@@ -116,7 +111,7 @@ def secret_edit(request: HtmxHttpRequest, project_uid: str, secret_id: int) -> H
             )
         messages.success(request, f"Saved {secret.name}.")
         return redirect("secret-detail", project_uid=project_uid, secret_id=secret.pk)
-    return render(request, "secrets/form.html", _context(access, form=form, secret=secret))
+    return render(request, "secrets/form.html", access.context(form=form, secret=secret))
 
 
 @login_required
@@ -154,7 +149,7 @@ def secret_rotate(request: HtmxHttpRequest, project_uid: str, secret_id: int) ->
                 "send it; the old value is retired after the grace window.",
             )
         return redirect("secret-detail", project_uid=project_uid, secret_id=secret.pk)
-    return render(request, "secrets/rotate.html", _context(access, form=form, secret=secret))
+    return render(request, "secrets/rotate.html", access.context(form=form, secret=secret))
 
 
 @login_required
@@ -172,4 +167,4 @@ def secret_delete(request: HtmxHttpRequest, project_uid: str, secret_id: int) ->
             request, f"Deleted {secret.name}; the services that received it restart without it."
         )
         return redirect("secret-list", project_uid=project_uid)
-    return render(request, "secrets/delete.html", _context(access, secret=secret))
+    return render(request, "secrets/delete.html", access.context(secret=secret))

@@ -19,6 +19,7 @@ from django_htmx.http import trigger_client_event
 from django_htmx.middleware import HtmxDetails
 
 from dashboard.access import (
+    ProjectAccess,
     get_organization_for_user,
     get_project_for_user,
     get_service_for_user,
@@ -32,10 +33,6 @@ from networking.models import ApplyAttempt, AuditEvent, Membership, Project, Ser
 
 class HtmxHttpRequest(HttpRequest):
     htmx: HtmxDetails
-
-
-def _project_context(access: Any, **extra: Any) -> dict[str, Any]:
-    return {"project": access.project, "membership": access.membership, **extra}
 
 
 @require_GET
@@ -83,7 +80,7 @@ def project_overview(request: HtmxHttpRequest, project_uid: str) -> HttpResponse
     services = list(access.project.services.all())
     # htmx refreshes just the table when the cluster catches up.
     template = "projects/overview.html#services-table" if request.htmx else "projects/overview.html"
-    return render(request, template, _project_context(access, services=services))
+    return render(request, template, access.context(services=services))
 
 
 @login_required
@@ -91,7 +88,7 @@ def project_overview(request: HtmxHttpRequest, project_uid: str) -> HttpResponse
 def project_sync_status(request: HttpRequest, project_uid: str) -> HttpResponse:
     """The live sync badge, polled by htmx until the cluster has caught up."""
     access = get_project_for_user(request, project_uid)
-    response = render(request, "projects/base_project.html#sync-status", _project_context(access))
+    response = render(request, "projects/base_project.html#sync-status", access.context())
     previous = request.GET.get("was", "")
     if access.project.in_sync and previous and previous != Project.SyncState.IN_SYNC:
         # Pages listening for this event refresh what the cluster just assigned (ClusterIPs).
@@ -107,7 +104,7 @@ def project_sync_retry(request: HtmxHttpRequest, project_uid: str) -> HttpRespon
     retry_now(access.project)
     access.project.refresh_from_db()
     if request.htmx:
-        return render(request, "projects/base_project.html#sync-status", _project_context(access))
+        return render(request, "projects/base_project.html#sync-status", access.context())
     messages.success(request, "Retrying now.")
     return redirect("project-sync", project_uid=project_uid)
 
@@ -118,7 +115,7 @@ def project_sync(request: HttpRequest, project_uid: str) -> HttpResponse:
     """The sync history: recent apply attempts, what they changed and how they ended."""
     access = get_project_for_user(request, project_uid)
     attempts = ApplyAttempt.objects.filter(project=access.project)[: ApplyAttempt.KEEP_PER_PROJECT]
-    return render(request, "projects/sync.html", _project_context(access, attempts=attempts))
+    return render(request, "projects/sync.html", access.context(attempts=attempts))
 
 
 @login_required
@@ -143,7 +140,7 @@ def project_settings(request: HttpRequest, project_uid: str) -> HttpResponse:
             messages.success(request, "Project renamed. Hostnames and the namespace are unchanged.")
             return redirect("project-settings", project_uid=project.uid)
         project.name = old_name
-    return render(request, "projects/settings.html", _project_context(access, form=form))
+    return render(request, "projects/settings.html", access.context(form=form))
 
 
 @login_required
@@ -152,7 +149,7 @@ def audit_log(request: HttpRequest, project_uid: str) -> HttpResponse:
     access = get_project_for_user(request, project_uid)
     events = AuditEvent.objects.filter(project=access.project).select_related(None)
     page = Paginator(events, 50).get_page(request.GET.get("page"))
-    return render(request, "projects/audit.html", _project_context(access, page=page))
+    return render(request, "projects/audit.html", access.context(page=page))
 
 
 @login_required
@@ -185,7 +182,7 @@ def service_create(request: HttpRequest, project_uid: str) -> HttpResponse:
                 f"{service.internal_hostname}:{service.primary_port} inside this project.",
             )
             return redirect("service-detail", project_uid=project_uid, service_id=service.pk)
-    return render(request, "services/form.html", _project_context(access, form=form))
+    return render(request, "services/form.html", access.context(form=form))
 
 
 @login_required
@@ -208,10 +205,9 @@ def service_name_preview(request: HttpRequest, project_uid: str) -> HttpResponse
 
 
 def _service_context(
-    access: Any, service: Service, *, revealed: bool = False, **extra: Any
+    access: ProjectAccess, service: Service, *, revealed: bool = False, **extra: Any
 ) -> dict[str, Any]:
-    return _project_context(
-        access,
+    return access.context(
         service=service,
         endpoints=endpoints.endpoints(service, reveal=revealed),
         snippets=endpoints.code_snippets(service),
@@ -287,9 +283,7 @@ def service_edit(request: HttpRequest, project_uid: str, service_id: int) -> Htt
                 request, f"Saved. {service.display_name} is at {service.internal_hostname}."
             )
             return redirect("service-detail", project_uid=project_uid, service_id=service.pk)
-    return render(
-        request, "services/form.html", _project_context(access, form=form, service=service)
-    )
+    return render(request, "services/form.html", access.context(form=form, service=service))
 
 
 @login_required
@@ -310,7 +304,7 @@ def service_delete(request: HttpRequest, project_uid: str, service_id: int) -> H
             request, f"Deleted {service.display_name}; {service.internal_hostname} is released."
         )
         return redirect(reverse("project-overview", kwargs={"project_uid": project_uid}))
-    return render(request, "services/delete.html", _project_context(access, service=service))
+    return render(request, "services/delete.html", access.context(service=service))
 
 
 def csrf_failure(request: HttpRequest, reason: str = "") -> HttpResponse:

@@ -12,6 +12,7 @@ as a mask. Code has to call ``reveal()`` to get the value, which keeps secrets o
 from __future__ import annotations
 
 import hmac
+from collections.abc import Callable
 from functools import cache
 from typing import Any
 
@@ -39,23 +40,22 @@ def encrypt(plaintext: str) -> str:
     return _fernet().encrypt(plaintext.encode()).decode()
 
 
-def decrypt(token: str) -> str:
+def _open(operation: Callable[[bytes], bytes], token: str) -> str:
     try:
-        return _fernet().decrypt(token.encode()).decode()
+        return operation(token.encode()).decode()
     except InvalidToken:
         raise DecryptionError(
             "A stored secret could not be decrypted with any key in FIELD_ENCRYPTION_KEYS."
         ) from None
+
+
+def decrypt(token: str) -> str:
+    return _open(_fernet().decrypt, token)
 
 
 def reencrypt(token: str) -> str:
     """The same value sealed under the newest key."""
-    try:
-        return _fernet().rotate(token.encode()).decode()
-    except InvalidToken:
-        raise DecryptionError(
-            "A stored secret could not be decrypted with any key in FIELD_ENCRYPTION_KEYS."
-        ) from None
+    return _open(_fernet().rotate, token)
 
 
 class SecretText:
