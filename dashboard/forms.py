@@ -136,6 +136,10 @@ class SharedSecretForm(forms.ModelForm[SharedSecret]):
         queryset=Service.objects.none(),
         required=False,
         widget=forms.CheckboxSelectMultiple,
+        error_messages={
+            "invalid_choice": "A chosen service is not in this project any more: it may have "
+            "been deleted meanwhile. Choose again from the services listed."
+        },
         label="Services that receive it",
         help_text=(
             "Each one gets it as an environment variable; its pods restart once to pick it up."

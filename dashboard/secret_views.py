@@ -9,8 +9,8 @@ from typing import Any
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.db import transaction
-from django.http import HttpResponse
+from django.core.exceptions import ValidationError
+from django.http import Http404, HttpResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
@@ -41,19 +41,17 @@ def secret_create(request: HtmxHttpRequest, project_uid: str) -> HttpResponse:
         request.POST if request.method == "POST" else None, project=access.project
     )
     if request.method == "POST" and form.is_valid():
-        with transaction.atomic():
-            secret = form.save()
-            access.project.record_change(
-                actor=request.user,
-                action=AuditEvent.Action.SECRET_CREATED,
-                target=secret.name,
-                details={"services": sorted(s.name for s in secret.services.all())},
+        secret = form.save(commit=False)
+        try:
+            secret.create(form.cleaned_data["services"], actor=request.user)
+        except ValidationError as error:
+            form.add_error(None, error)
+        else:
+            messages.success(
+                request,
+                f"Created {secret.name}. The services that receive it restart once to pick it up.",
             )
-        messages.success(
-            request,
-            f"Created {secret.name}. The services that receive it restart once to pick it up.",
-        )
-        return redirect("secret-detail", project_uid=project_uid, secret_id=secret.pk)
+            return redirect("secret-detail", project_uid=project_uid, secret_id=secret.pk)
     return render(request, "secrets/form.html", access.context(form=form))
 
 
@@ -91,26 +89,23 @@ def secret_detail(request: HtmxHttpRequest, project_uid: str, secret_id: int) ->
 def secret_edit(request: HtmxHttpRequest, project_uid: str, secret_id: int) -> HttpResponse:
     access, secret = get_secret_for_user(request, project_uid, secret_id)
     access.require(Membership.can_manage_secrets)
-    before = sorted(s.name for s in secret.services.all())
     form = SharedSecretForm(
         request.POST if request.method == "POST" else None, instance=secret, project=access.project
     )
     if request.method == "POST" and form.is_valid():
-        with transaction.atomic():
-            form.save()
-            after = sorted(s.name for s in secret.services.all())
-            access.project.record_change(
+        try:
+            changed = secret.change_receivers(
+                form.cleaned_data["services"],
+                form.cleaned_data["rotate_every_days"],
                 actor=request.user,
-                action=AuditEvent.Action.SECRET_UPDATED,
-                target=secret.name,
-                details={
-                    "from": before,
-                    "to": after,
-                    "rotate_every_days": secret.rotate_every_days,
-                },
             )
-        messages.success(request, f"Saved {secret.name}.")
-        return redirect("secret-detail", project_uid=project_uid, secret_id=secret.pk)
+        except SharedSecret.DoesNotExist:
+            raise Http404("No such secret.") from None
+        except ValidationError as error:
+            form.add_error(None, error)
+        else:
+            messages.success(request, f"Saved {secret.name}." if changed else "Nothing changed.")
+            return redirect("secret-detail", project_uid=project_uid, secret_id=secret.pk)
     return render(request, "secrets/form.html", access.context(form=form, secret=secret))
 
 
@@ -158,13 +153,12 @@ def secret_delete(request: HtmxHttpRequest, project_uid: str, secret_id: int) ->
     access, secret = get_secret_for_user(request, project_uid, secret_id)
     access.require(Membership.can_manage_secrets)
     if request.method == "POST":
-        with transaction.atomic():
-            secret.delete()
-            access.project.record_change(
-                actor=request.user, action=AuditEvent.Action.SECRET_DELETED, target=secret.name
+        if secret.remove(actor=request.user):
+            messages.success(
+                request,
+                f"Deleted {secret.name}; the services that received it restart without it.",
             )
-        messages.success(
-            request, f"Deleted {secret.name}; the services that received it restart without it."
-        )
+        else:
+            messages.info(request, f"{secret.name} was already deleted.")
         return redirect("secret-list", project_uid=project_uid)
     return render(request, "secrets/delete.html", access.context(secret=secret))

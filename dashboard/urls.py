@@ -1,10 +1,26 @@
 from __future__ import annotations
 
 from django.contrib.auth import views as auth_views
-from django.urls import URLPattern, URLResolver, include, path
+from django.urls import URLPattern, URLResolver, include, path, register_converter
 
 from dashboard import peering_views, secret_views, views
 from dashboard.auth import SignInView
+from networking.models import PROJECT_ID_PATTERN
+
+
+class ProjectIDConverter:
+    """A project ID as ``generate_project_uid`` makes them; anything else is a 404."""
+
+    regex = PROJECT_ID_PATTERN
+
+    def to_python(self, value: str) -> str:
+        return value
+
+    def to_url(self, value: str) -> str:
+        return value
+
+
+register_converter(ProjectIDConverter, "project_id")
 
 # Everything under /projects/<project_uid>/: each view fetches the project through
 # dashboard.access, so another tenant's ID is a 404.
@@ -55,6 +71,6 @@ urlpatterns = [
     path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("projects/", views.project_list, name="project-list"),
     path("orgs/<slug:org_slug>/projects/new/", views.project_create, name="project-create"),
-    path("projects/<str:project_uid>/", include(project_patterns)),
+    path("projects/<project_id:project_uid>/", include(project_patterns)),
     path("support/peering/", include(support_patterns)),
 ]

@@ -10,7 +10,7 @@ from django.core.exceptions import PermissionDenied, ValidationError
 from django.core.paginator import Paginator
 from django.db import IntegrityError, transaction
 from django.db.models import Prefetch
-from django.http import HttpRequest, HttpResponse
+from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.views.decorators.cache import never_cache
@@ -61,15 +61,15 @@ def project_create(request: HttpRequest, org_slug: str) -> HttpResponse:
         raise PermissionDenied("Only owners of an organization can create projects.")
     form = ProjectForm(request.POST if request.method == "POST" else None)
     if request.method == "POST" and form.is_valid():
-        with transaction.atomic():
-            project = form.save(commit=False)
-            project.organization = organization
-            project.save()
-            project.record_change(
-                actor=request.user, action=AuditEvent.Action.PROJECT_CREATED, target=project.name
+        try:
+            project = organization.create_project(form.cleaned_data["name"], actor=request.user)
+        except ValidationError as error:
+            form.add_error(None, error)
+        else:
+            messages.success(
+                request, f"Created {project.name}. Its private network is being set up."
             )
-        messages.success(request, f"Created {project.name}. Its private network is being set up.")
-        return redirect("project-overview", project_uid=project.uid)
+            return redirect("project-overview", project_uid=project.uid)
     return render(request, "projects/create.html", {"form": form, "organization": organization})
 
 
@@ -128,17 +128,18 @@ def project_settings(request: HttpRequest, project_uid: str) -> HttpResponse:
         access.require(Membership.can_manage_project)
         old_name = project.name
         if form.is_valid():
-            with transaction.atomic():
-                form.save()
-                if project.name != old_name:
-                    project.audit(
-                        actor=request.user,
-                        action=AuditEvent.Action.PROJECT_RENAMED,
-                        target=project.name,
-                        details={"from": old_name, "to": project.name},
-                    )
-            messages.success(request, "Project renamed. Hostnames and the namespace are unchanged.")
-            return redirect("project-settings", project_uid=project.uid)
+            try:
+                renamed = project.rename(form.cleaned_data["name"], actor=request.user)
+            except ValidationError as error:
+                form.add_error(None, error)
+            else:
+                messages.success(
+                    request,
+                    "Project renamed. Hostnames and the namespace are unchanged."
+                    if renamed
+                    else "Nothing to save: the project already has that name.",
+                )
+                return redirect("project-settings", project_uid=project.uid)
         project.name = old_name
     return render(request, "projects/settings.html", access.context(form=form))
 
@@ -254,28 +255,14 @@ def service_reveal(request: HtmxHttpRequest, project_uid: str, service_id: int) 
 def service_edit(request: HttpRequest, project_uid: str, service_id: int) -> HttpResponse:
     access, service = get_service_for_user(request, project_uid, service_id)
     access.require(Membership.can_change_services)
-    before = {"name": service.name, "ports": list(service.ports)}
     form = ServiceForm(
         request.POST if request.method == "POST" else None, instance=service, project=access.project
     )
     if request.method == "POST" and form.is_valid():
         try:
-            with transaction.atomic():
-                service.save()
-                if service.name != before["name"]:
-                    access.project.record_change(
-                        actor=request.user,
-                        action=AuditEvent.Action.SERVICE_RENAMED,
-                        target=service.name,
-                        details={"from": before["name"], "to": service.name},
-                    )
-                if service.ports != before["ports"]:
-                    access.project.record_change(
-                        actor=request.user,
-                        action=AuditEvent.Action.SERVICE_PORTS_CHANGED,
-                        target=service.name,
-                        details={"from": before["ports"], "to": service.ports},
-                    )
+            service.save_changes(actor=request.user)
+        except Service.DoesNotExist:
+            raise Http404("No such service.") from None
         except IntegrityError:
             form.add_error("display_name", f"{service.internal_hostname} was just taken.")
         else:
@@ -292,17 +279,12 @@ def service_delete(request: HttpRequest, project_uid: str, service_id: int) -> H
     access, service = get_service_for_user(request, project_uid, service_id)
     access.require(Membership.can_change_services)
     if request.method == "POST":
-        with transaction.atomic():
-            service.delete()
-            access.project.record_change(
-                actor=request.user,
-                action=AuditEvent.Action.SERVICE_DELETED,
-                target=service.name,
-                details={"kind": service.kind},
+        if service.remove(actor=request.user):
+            messages.success(
+                request, f"Deleted {service.display_name}; {service.internal_hostname} is released."
             )
-        messages.success(
-            request, f"Deleted {service.display_name}; {service.internal_hostname} is released."
-        )
+        else:
+            messages.info(request, f"{service.display_name} was already deleted.")
         return redirect(reverse("project-overview", kwargs={"project_uid": project_uid}))
     return render(request, "services/delete.html", access.context(service=service))
 

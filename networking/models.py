@@ -8,23 +8,27 @@ from __future__ import annotations
 
 import secrets
 import string
+from collections.abc import Iterable
 from typing import Any, ClassVar
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
-from django.db import models, transaction
+from django.db import IntegrityError, models, transaction
 from django.db.models import F
-from django.db.models.functions import Greatest, Least
+from django.db.models.functions import Greatest, Least, Lower
 from django.utils import timezone
 
-from networking import naming
+from networking import enqueue, naming, plain_text
 from networking.crypto import EncryptedTextField, SecretText
 
 _ID_ALPHABET = "abcdefghijkmnpqrstuvwxyz23456789"  # no l, o, 0, 1: IDs get read aloud to support
+_ID_LENGTH = 12
+# A project ID, as URLs match it: anything else is not one (and never reaches a query).
+PROJECT_ID_PATTERN = f"[{_ID_ALPHABET}]{{{_ID_LENGTH}}}"
 
 
 def generate_project_uid() -> str:
-    return "".join(secrets.choice(_ID_ALPHABET) for _ in range(12))
+    return "".join(secrets.choice(_ID_ALPHABET) for _ in range(_ID_LENGTH))
 
 
 class Organization(models.Model):
@@ -35,7 +39,7 @@ class Organization(models.Model):
         PRO = "pro", "Pro"
         ENTERPRISE = "enterprise", "Enterprise"
 
-    name = models.CharField(max_length=100)
+    name = models.CharField(max_length=100, validators=[plain_text.single_line])
     slug = models.SlugField(max_length=50, unique=True)
     plan = models.CharField(max_length=20, choices=Plan, default=Plan.HOBBY)
     created_at = models.DateTimeField(auto_now_add=True)
@@ -45,6 +49,24 @@ class Organization(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+    def create_project(self, name: str, *, actor: Any) -> Project:
+        """A new project with its audit event, or ``ValidationError`` if the name is taken.
+
+        Twenty identical clicks make one project: the unique constraint decides, and the
+        others get the message a late click would get.
+        """
+        project = Project(organization=self, name=name.strip())
+        project.full_clean(exclude=["uid"])
+        try:
+            with transaction.atomic():
+                project.save()
+                project.record_change(
+                    actor=actor, action=AuditEvent.Action.PROJECT_CREATED, target=project.name
+                )
+        except IntegrityError:
+            raise Project.name_taken(project.name) from None
+        return project
 
 
 class Membership(models.Model):
@@ -99,7 +121,7 @@ class Project(models.Model):
     organization = models.ForeignKey(
         Organization, on_delete=models.CASCADE, related_name="projects"
     )
-    name = models.CharField(max_length=100)
+    name = models.CharField(max_length=100, validators=[plain_text.single_line])
     uid = models.CharField(
         "project ID", max_length=12, unique=True, default=generate_project_uid, editable=False
     )
@@ -125,9 +147,59 @@ class Project(models.Model):
 
     class Meta:
         ordering = ["name"]
+        constraints = [
+            models.UniqueConstraint(
+                F("organization"), Lower("name"), name="unique_project_name_in_org"
+            )
+        ]
 
     def __str__(self) -> str:
         return self.name
+
+    @staticmethod
+    def name_taken(name: str) -> ValidationError:
+        return ValidationError(
+            {
+                "name": [
+                    f"This organization already has a project named “{name}”. Choose another name."
+                ]
+            },
+            code="duplicate",
+        )
+
+    def validate_constraints(self, exclude: Any = None) -> None:
+        # The unique name is checked here with a message that says what to do; the
+        # constraint itself still decides between two requests at the same moment.
+        super().validate_constraints(exclude={*(exclude or ()), "organization", "name"})
+        if (
+            self.organization_id is not None
+            and Project.objects.filter(organization_id=self.organization_id, name__iexact=self.name)
+            .exclude(pk=self.pk)
+            .exists()
+        ):
+            raise Project.name_taken(self.name)
+
+    def rename(self, name: str, *, actor: Any) -> bool:
+        """Rename under a row lock; True if the name changed (and was audited once)."""
+        name = name.strip()
+        try:
+            with transaction.atomic():
+                locked = Project.objects.select_for_update().get(pk=self.pk)
+                if locked.name == name:
+                    self.name = name
+                    return False
+                self.name = name
+                self.full_clean(exclude=["uid"])
+                Project.objects.filter(pk=self.pk).update(name=name)
+                self.audit(
+                    actor=actor,
+                    action=AuditEvent.Action.PROJECT_RENAMED,
+                    target=name,
+                    details={"from": locked.name, "to": name},
+                )
+        except IntegrityError:
+            raise Project.name_taken(name) from None
+        return True
 
     @property
     def namespace(self) -> str:
@@ -156,8 +228,7 @@ class Project(models.Model):
         """
         from networking.tasks import reconcile_project
 
-        project_id = self.pk
-        transaction.on_commit(lambda: reconcile_project.delay(project_id))
+        enqueue.after_commit(reconcile_project, self.pk)
 
     def record_change(
         self,
@@ -219,7 +290,7 @@ class Service(models.Model):
     DATABASE_KINDS: ClassVar[frozenset[str]] = frozenset(DATABASE_PORTS)
 
     project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="services")
-    display_name = models.CharField(max_length=100)
+    display_name = models.CharField(max_length=100, validators=[plain_text.single_line])
     name = models.CharField("DNS label", max_length=naming.MAX_LABEL_LENGTH)
     kind = models.CharField(max_length=20, choices=Kind)
     ports = models.JSONField(default=list)
@@ -324,6 +395,64 @@ class Service(models.Model):
         if errors:
             raise ValidationError(errors)
 
+    def save_changes(self, *, actor: Any) -> list[str]:
+        """Save a rename or new ports, audited once per real change; what changed.
+
+        The row is locked and compared with what is stored now, not with what the form saw,
+        so twenty identical saves record one rename. ``Service.DoesNotExist`` if it is gone.
+        """
+        with transaction.atomic():
+            stored = Service.objects.select_for_update().get(pk=self.pk)
+            self.save()
+            changed = []
+            if self.name != stored.name:
+                changed.append("name")
+                self.project.record_change(
+                    actor=actor,
+                    action=AuditEvent.Action.SERVICE_RENAMED,
+                    target=self.name,
+                    details={"from": stored.name, "to": self.name},
+                )
+            if self.ports != stored.ports:
+                changed.append("ports")
+                self.project.record_change(
+                    actor=actor,
+                    action=AuditEvent.Action.SERVICE_PORTS_CHANGED,
+                    target=self.name,
+                    details={"from": stored.ports, "to": self.ports},
+                )
+        return changed
+
+    def remove(self, *, actor: Any) -> bool:
+        """Delete with its audit event; False if another request deleted it first."""
+        return _delete_once(
+            self, actor=actor, action=AuditEvent.Action.SERVICE_DELETED, details={"kind": self.kind}
+        )
+
+    @staticmethod
+    def lock_chosen(project: Project, chosen: Iterable[Service]) -> list[Service]:
+        """Lock the chosen services of ``project`` for the current transaction.
+
+        Refuses with a ``ValidationError`` on ``services`` if one was deleted after the form
+        was shown, so nothing is attached to a service that no longer exists.
+        """
+        wanted = {service.pk: service for service in chosen}
+        locked = list(
+            Service.objects.select_for_update().filter(project=project, pk__in=list(wanted))
+        )
+        gone = sorted(wanted[pk].display_name for pk in set(wanted) - {s.pk for s in locked})
+        if gone:
+            raise ValidationError(
+                {
+                    "services": [
+                        f"{', '.join(gone)} was deleted meanwhile. Choose again from the "
+                        "services that exist now."
+                    ]
+                },
+                code="gone",
+            )
+        return locked
+
     def generate_credentials(self) -> None:
         """Give a database its user, password and database name."""
         base = self.name.replace("-", "_")[:40]
@@ -334,6 +463,23 @@ class Service(models.Model):
         self.database_name = base if self.kind != Service.Kind.REDIS else ""
         if self.kind == Service.Kind.REDIS:
             self.database_user = ""
+
+
+def _delete_once(
+    obj: Service | SharedSecret,
+    *,
+    actor: Any,
+    action: AuditEvent.Action,
+    details: dict[str, Any] | None = None,
+) -> bool:
+    """Delete ``obj`` and record it, once: False if another request deleted it first."""
+    with transaction.atomic():
+        stored = type(obj).objects.select_for_update().filter(pk=obj.pk).first()
+        if stored is None:
+            return False
+        stored.delete()
+        obj.project.record_change(actor=actor, action=action, target=stored.name, details=details)
+    return True
 
 
 class AuditEvent(models.Model):
@@ -475,6 +621,56 @@ class SharedSecret(models.Model):
     def rotating(self) -> bool:
         return bool(self.rotation_phase)
 
+    def create(self, receivers: Iterable[Service], *, actor: Any) -> None:
+        """Save a new secret given to ``receivers``, audited; ``ValidationError`` on a clash."""
+        try:
+            with transaction.atomic():
+                chosen = Service.lock_chosen(self.project, receivers)
+                self.save()
+                self.services.set(chosen)
+                self.project.record_change(
+                    actor=actor,
+                    action=AuditEvent.Action.SECRET_CREATED,
+                    target=self.name,
+                    details={"services": sorted(service.name for service in chosen)},
+                )
+        except IntegrityError:
+            self.pk = None
+            raise ValidationError(
+                {"name": [f"This project already has a secret named {self.name}."]},
+                code="duplicate",
+            ) from None
+
+    def change_receivers(
+        self, receivers: Iterable[Service], rotate_every_days: int | None, *, actor: Any
+    ) -> bool:
+        """Set who receives the secret and its schedule; True if anything changed.
+
+        Compared under a row lock with what is stored, so identical saves record one change.
+        ``SharedSecret.DoesNotExist`` if the secret was deleted meanwhile.
+        """
+        with transaction.atomic():
+            stored = SharedSecret.objects.select_for_update().get(pk=self.pk)
+            chosen = Service.lock_chosen(self.project, receivers)
+            before = sorted(stored.services.values_list("name", flat=True))
+            after = sorted(service.name for service in chosen)
+            self.rotate_every_days = rotate_every_days
+            if before == after and stored.rotate_every_days == rotate_every_days:
+                return False
+            self.services.set(chosen)
+            self.save(update_fields=["rotate_every_days"])
+            self.project.record_change(
+                actor=actor,
+                action=AuditEvent.Action.SECRET_UPDATED,
+                target=self.name,
+                details={"from": before, "to": after, "rotate_every_days": rotate_every_days},
+            )
+        return True
+
+    def remove(self, *, actor: Any) -> bool:
+        """Delete with its audit event; False if another request deleted it first."""
+        return _delete_once(self, actor=actor, action=AuditEvent.Action.SECRET_DELETED)
+
 
 class SecretRotation(models.Model):
     """One rotation of a shared secret: who or what started it, its phases, how it ended."""
@@ -544,9 +740,9 @@ class PeeringRequest(models.Model):
     requested_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, related_name="+"
     )
-    justification = models.TextField()
+    justification = models.TextField(validators=[plain_text.multiline])
     status = models.CharField(max_length=30, choices=Status)
-    decision_reason = models.TextField(blank=True)
+    decision_reason = models.TextField(blank=True, validators=[plain_text.multiline])
     # Which namespaces hold their policy now (set by each project's reconcile).
     requester_side_applied = models.BooleanField(default=False)
     target_side_applied = models.BooleanField(default=False)

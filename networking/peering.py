@@ -19,10 +19,12 @@ from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta
 from typing import Any
 
-from django.db import transaction
+from django.core.exceptions import ValidationError
+from django.db import IntegrityError, transaction
 from django.db.models import Q
 from django.utils import timezone
 
+from networking import enqueue, plain_text
 from networking.models import AuditEvent, Membership, Organization, PeeringRequest, Project
 
 Status = PeeringRequest.Status
@@ -65,8 +67,7 @@ def _record(
             project.audit(actor=actor, action=action, target=target, details=details)
     from networking.tasks import send_peering_notifications
 
-    peering_id = peering.pk
-    transaction.on_commit(lambda: send_peering_notifications.delay(peering_id, event))
+    enqueue.after_commit(send_peering_notifications, peering.pk, event)
 
 
 def _locked(peering: PeeringRequest) -> PeeringRequest:
@@ -103,6 +104,22 @@ def _refuse_expired(verb: str) -> PeeringRefused:
     )
 
 
+def _refuse_control_characters(text: str) -> None:
+    try:
+        plain_text.multiline(text)
+    except ValidationError as error:
+        raise PeeringRefused(error.messages[0]) from None
+
+
+def _already_open(existing: PeeringRequest, requester_project: Project) -> PeeringRefused:
+    if existing.status in PeeringRequest.PENDING:
+        return PeeringRefused(
+            f"A peering request between {requester_project.name} and this project is "
+            "already pending."
+        )
+    return PeeringRefused(f"{requester_project.name} and this project are already peered.")
+
+
 def request_peering(
     requester_project: Project, target_uid: str, justification: str, *, actor: Any
 ) -> PeeringRequest:
@@ -128,45 +145,48 @@ def request_peering(
         )
     if not justification.strip():
         raise PeeringRefused("Say why these projects need to talk privately: support reads it.")
+    _refuse_control_characters(justification)
     now = timezone.now()
-    with transaction.atomic():
-        existing = (
-            PeeringRequest.objects.select_for_update()
-            .filter(
-                Q(requester_project=requester_project, target_project=target)
-                | Q(requester_project=target, target_project=requester_project),
-                status__in=PeeringRequest.OPEN,
+    pair = Q(requester_project=requester_project, target_project=target) | Q(
+        requester_project=target, target_project=requester_project
+    )
+    try:
+        with transaction.atomic():
+            existing = (
+                PeeringRequest.objects.select_for_update()
+                .filter(pair, status__in=PeeringRequest.OPEN)
+                .first()
             )
-            .first()
-        )
-        if existing is not None:
-            _expire_if_due(existing, now)
-            if existing.status in PeeringRequest.PENDING:
-                raise PeeringRefused(
-                    f"A peering request between {requester_project.name} and this project is "
-                    "already pending."
-                )
-            if existing.status != Status.EXPIRED:
-                raise PeeringRefused(
-                    f"{requester_project.name} and this project are already peered."
-                )
-        peering = PeeringRequest(
-            requester_project=requester_project,
-            target_project=target,
-            requested_by=actor,
-            justification=justification.strip()[:2000],
-            expires_at=now + EXPIRES_AFTER,
-        )
-        first = Status.PENDING_ACCEPTANCE if peering.needs_acceptance else Status.PENDING_SUPPORT
-        _enter(peering, first, actor, now=now)
-        peering.save()
-        _record(
-            peering,
-            actor,
-            AuditEvent.Action.PEERING_REQUESTED,
-            changes_cluster=False,
-            event="requested",
-        )
+            if existing is not None:
+                _expire_if_due(existing, now)
+                if existing.status != Status.EXPIRED:
+                    raise _already_open(existing, requester_project)
+            peering = PeeringRequest(
+                requester_project=requester_project,
+                target_project=target,
+                requested_by=actor,
+                justification=justification.strip()[:2000],
+                expires_at=now + EXPIRES_AFTER,
+            )
+            first = (
+                Status.PENDING_ACCEPTANCE if peering.needs_acceptance else Status.PENDING_SUPPORT
+            )
+            _enter(peering, first, actor, now=now)
+            peering.save()
+            _record(
+                peering,
+                actor,
+                AuditEvent.Action.PEERING_REQUESTED,
+                changes_cluster=False,
+                event="requested",
+            )
+    except IntegrityError:
+        # Another request for the pair (from either side) committed first: the row lock above
+        # has nothing to lock while no request exists, so the constraint decides.
+        winner = PeeringRequest.objects.filter(pair, status__in=PeeringRequest.OPEN).first()
+        if winner is None:
+            raise
+        raise _already_open(winner, requester_project) from None
     return peering
 
 
@@ -275,6 +295,7 @@ def reject(peering: PeeringRequest, *, staff: Any, reason: str) -> None:
     reason = reason.strip()[:2000]
     if not reason:
         raise PeeringRefused("Give the customer a reason for the rejection.")
+    _refuse_control_characters(reason)
     _move(
         peering,
         actor=staff,

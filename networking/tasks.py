@@ -11,7 +11,7 @@ from django.contrib.auth import get_user_model
 from django.core.mail import send_mail
 from django.template.loader import render_to_string
 
-from networking import peering, rotation
+from networking import peering, plain_text, rotation
 from networking.cluster import reconcile as reconciler
 from networking.models import Membership, PeeringRequest, Project
 
@@ -124,7 +124,8 @@ def send_peering_notifications(peering_id: int, event: str) -> int:
         "emails/peering.txt", {"peering": request, "event": event, "last": request.history[-1]}
     )
     pair = f"{request.requester_project.name} ↔ {request.target_project.name}"
-    subject = f"[Stackblaze] {NOTIFICATION_SUBJECTS[event]}: {pair}"
+    # Names are validated as one line of printable text; this keeps older rows safe too.
+    subject = plain_text.header_safe(f"[Stackblaze] {NOTIFICATION_SUBJECTS[event]}: {pair}")
     sent = 0
     for recipients in (sorted(owners), sorted(staff - owners)):
         if recipients:

@@ -78,7 +78,7 @@ class TestCreate:
         _status, page = create(
             owner_client, world, name="X_SECRET", services=[world.other_service.pk]
         )
-        assert "Select a valid choice" in page
+        assert "is not in this project" in page
         assert not SharedSecret.objects.filter(name="X_SECRET").exists()
 
 

@@ -1,0 +1,67 @@
+"""Request-wide answers to faults no single view should have to remember."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from django.contrib import messages
+from django.db import IntegrityError, OperationalError
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import render
+
+from networking import enqueue
+
+logger = logging.getLogger(__name__)
+
+QUEUE_DOWN = "Saved. The cluster will be updated when the worker queue is reachable again."
+CONFLICT = (
+    "Someone else changed this at the same moment, so nothing was saved. "
+    "Reload the page to see the current state, and try again if it is still needed."
+)
+# PostgreSQL: a deadlock, or a serializable transaction that lost a race. Retrying helps.
+_RETRYABLE_SQLSTATES = frozenset({"40P01", "40001"})
+
+
+class WorkerQueueMiddleware:
+    """Say so when a saved change could not be handed to the workers (the broker is down).
+
+    The change is committed either way; the periodic resync applies it once the queue is
+    back, so the page shows a warning instead of an error.
+    """
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        enqueue.start_counting()
+        response = self.get_response(request)
+        if enqueue.undelivered():
+            messages.warning(request, QUEUE_DOWN)
+        return response
+
+
+class ConcurrentChangeMiddleware:
+    """A last line for races a view did not foresee: a clear 409 instead of a 500.
+
+    Every known race is handled where it belongs (constraints and row locks in the domain
+    functions, with a specific message); this only catches what a new endpoint forgot.
+    """
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        return self.get_response(request)
+
+    def process_exception(self, request: HttpRequest, exception: Exception) -> HttpResponse | None:
+        if isinstance(exception, IntegrityError) or (
+            isinstance(exception, OperationalError)
+            and getattr(getattr(exception, "__cause__", None), "sqlstate", None)
+            in _RETRYABLE_SQLSTATES
+        ):
+            logger.warning(
+                "Concurrent change on %s %s: %s", request.method, request.path, exception
+            )
+            return render(request, "409.html", {"exception": CONFLICT}, status=409)
+        return None

@@ -1,0 +1,492 @@
+"""Twenty identical clicks at once, on every mutating endpoint, against a live threaded server.
+
+Each case releases its requests together (a barrier) at a real multi-threaded server on the
+test database, then checks what a user would notice: no 5xx, and one effect per real change
+(one row, one audit event, one generation bump), the losers getting the message a single late
+request would get. ``test_every_mutating_url_has_a_race`` fails when a POST URL has no case.
+"""
+
+from __future__ import annotations
+
+import http.client
+import secrets
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+from urllib.parse import urlencode, urlsplit
+
+import pytest
+from django.contrib.auth.models import User
+from django.db import connection
+from django.test import Client
+from django.urls import reverse
+from django.utils import timezone
+
+from networking.models import (
+    AuditEvent,
+    Organization,
+    PeeringRequest,
+    Project,
+    SecretRotation,
+    Service,
+    SharedSecret,
+)
+from tests.conftest import World, make_service
+from tests.test_access_matrix import MATRIX
+
+N = 20
+Action = AuditEvent.Action
+
+pytestmark = pytest.mark.skipif(
+    connection.vendor != "postgresql",
+    reason="row locks and concurrent writers need PostgreSQL (CI sets DATABASE_URL)",
+)
+
+
+@dataclass
+class Click:
+    role: str
+    url: str
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Answer:
+    status: int
+    location: str
+    body: str
+
+
+class Browsers:
+    """One signed-in cookie jar per role, usable from many threads at once."""
+
+    def __init__(self, world: World, base_url: str) -> None:
+        self.base = urlsplit(base_url)
+        self.csrf = secrets.token_hex(16)  # 32 characters: a valid unmasked CSRF secret
+        self.sessions: dict[str, str] = {}
+        users = {**world.users, "globex-owner": User.objects.get(username="globex-owner")}
+        for role, user in users.items():
+            if user is not None:
+                client = Client()
+                client.force_login(user)
+                self.sessions[role] = client.cookies["sessionid"].value
+
+    def post(self, click: Click) -> Answer:
+        cookies = [f"csrftoken={self.csrf}"]
+        if click.role in self.sessions:
+            cookies.append(f"sessionid={self.sessions[click.role]}")
+        connection = http.client.HTTPConnection(
+            self.base.hostname or "localhost", self.base.port, timeout=60
+        )
+        try:
+            connection.request(
+                "POST",
+                click.url,
+                body=urlencode(click.data, doseq=True),
+                headers={
+                    "Content-Type": "application/x-www-form-urlencoded",
+                    "Cookie": "; ".join(cookies),
+                    "X-CSRFToken": self.csrf,
+                },
+            )
+            response = connection.getresponse()
+            return Answer(
+                response.status,
+                response.getheader("Location", ""),
+                response.read().decode(errors="replace"),
+            )
+        finally:
+            connection.close()
+
+    def all_at_once(self, clicks: list[Click]) -> list[Answer]:
+        barrier = threading.Barrier(len(clicks))
+        answers: list[Answer | BaseException | None] = [None] * len(clicks)
+
+        def run(index: int) -> None:
+            try:
+                barrier.wait(timeout=60)
+                answers[index] = self.post(clicks[index])
+            except BaseException as error:  # reported below, with the click that raised
+                answers[index] = error
+
+        threads = [threading.Thread(target=run, args=(i,)) for i in range(len(clicks))]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(120)
+        done: list[Answer] = []
+        for click, answer in zip(clicks, answers, strict=True):
+            assert isinstance(answer, Answer), f"{click.url}: {answer!r}"
+            done.append(answer)
+        return done
+
+
+def audit_count(action: str, **filters: Any) -> int:
+    return AuditEvent.objects.filter(action=action, **filters).count()
+
+
+def generation(project: Project) -> int:
+    return Project.objects.values_list("generation", flat=True).get(pk=project.pk)
+
+
+def once(world: World, action: str) -> Callable[[], None]:
+    """Snapshot now; the returned check asserts one event and one generation bump since."""
+    events, before = audit_count(action), generation(world.project)
+
+    def check() -> None:
+        assert audit_count(action) - events == 1
+        assert generation(world.project) - before == 1
+
+    return check
+
+
+def active_peering(world: World) -> PeeringRequest:
+    partner = Project.objects.create(organization=world.globex, name="Partner")
+    return PeeringRequest.objects.create(
+        requester_project=world.project,
+        target_project=partner,
+        requested_by=world.users["owner"],
+        justification="Reads the catalogue.",
+        status=PeeringRequest.Status.ACTIVE,
+        requester_side_applied=True,
+        target_side_applied=True,
+        expires_at=timezone.now() + timedelta(days=7),
+    )
+
+
+# Each race: (the clicks, a check run after them). Everyone clicks the same thing, N times.
+Race = tuple[list[Click], Callable[[list[Answer]], None]]
+
+
+def race_login(world: World) -> Race:
+    url = reverse("login")
+    clicks = [Click("anonymous", url, {"username": "member", "password": "pw"})] * N
+
+    def check(answers: list[Answer]) -> None:
+        assert {answer.status for answer in answers} == {302}
+
+    return clicks, check
+
+
+def race_logout(world: World) -> Race:
+    def check(answers: list[Answer]) -> None:
+        assert {answer.status for answer in answers} == {302}
+
+    return [Click("member", reverse("logout"))] * N, check
+
+
+def race_project_create(world: World) -> Race:
+    url = reverse("project-create", args=[world.acme.slug])
+    before = audit_count(Action.PROJECT_CREATED)
+
+    def check(answers: list[Answer]) -> None:
+        assert Project.objects.filter(organization=world.acme, name="Payments").count() == 1
+        assert audit_count(Action.PROJECT_CREATED) - before == 1
+        assert sum(answer.status == 302 for answer in answers) == 1
+        losers = [answer for answer in answers if answer.status != 302]
+        assert all("already has a project named" in answer.body for answer in losers)
+
+    return [Click("owner", url, {"name": "Payments"})] * N, check
+
+
+def race_project_settings(world: World) -> Race:
+    url = reverse("project-settings", args=[world.project.uid])
+    before = audit_count(Action.PROJECT_RENAMED)
+
+    def check(answers: list[Answer]) -> None:
+        assert audit_count(Action.PROJECT_RENAMED) - before == 1
+        assert Project.objects.get(pk=world.project.pk).name == "Storefront EU"
+
+    return [Click("owner", url, {"name": "Storefront EU"})] * N, check
+
+
+def race_project_sync_retry(world: World) -> Race:
+    url = reverse("project-sync-retry", args=[world.project.uid])
+    before = generation(world.project)
+
+    def check(answers: list[Answer]) -> None:
+        assert {answer.status for answer in answers} == {302}
+        assert generation(world.project) == before  # a retry changes nothing desired
+
+    return [Click("member", url)] * N, check
+
+
+def race_service_create(world: World) -> Race:
+    url = reverse("service-create", args=[world.project.uid])
+    check_once = once(world, Action.SERVICE_CREATED)
+
+    def check(answers: list[Answer]) -> None:
+        check_once()
+        assert Service.objects.filter(project=world.project, name="background-worker").count() == 1
+        losers = [answer for answer in answers if answer.status != 302]
+        assert len(losers) == N - 1
+        assert all("background-worker.internal" in answer.body for answer in losers)
+
+    data = {"display_name": "Background Worker", "kind": "private", "ports": "3000"}
+    return [Click("member", url, data)] * N, check
+
+
+def race_service_edit(world: World) -> Race:
+    url = reverse("service-edit", args=[world.project.uid, world.api.pk])
+    check_once = once(world, Action.SERVICE_RENAMED)
+
+    def check(answers: list[Answer]) -> None:
+        check_once()
+        assert Service.objects.get(pk=world.api.pk).name == "gateway"
+
+    return [Click("member", url, {"display_name": "Gateway", "ports": "8080"})] * N, check
+
+
+def race_service_delete(world: World) -> Race:
+    url = reverse("service-delete", args=[world.project.uid, world.postgres.pk])
+    check_once = once(world, Action.SERVICE_DELETED)
+
+    def check(answers: list[Answer]) -> None:
+        check_once()
+        assert not Service.objects.filter(pk=world.postgres.pk).exists()
+        assert {answer.status for answer in answers} <= {302, 404}
+
+    return [Click("member", url)] * N, check
+
+
+def race_service_reveal(world: World) -> Race:
+    url = reverse("service-reveal", args=[world.project.uid, world.postgres.pk])
+    before = audit_count(Action.CREDENTIALS_REVEALED)
+
+    def check(answers: list[Answer]) -> None:
+        # Every reveal is one: each is shown and audited.
+        assert {answer.status for answer in answers} == {200}
+        assert audit_count(Action.CREDENTIALS_REVEALED) - before == N
+
+    return [Click("member", url)] * N, check
+
+
+def race_secret_create(world: World) -> Race:
+    url = reverse("secret-create", args=[world.project.uid])
+    check_once = once(world, Action.SECRET_CREATED)
+
+    def check(answers: list[Answer]) -> None:
+        check_once()
+        assert SharedSecret.objects.filter(project=world.project, name="WEBHOOK_KEY").count() == 1
+        losers = [answer for answer in answers if answer.status != 302]
+        assert len(losers) == N - 1
+        assert all("already has a secret named WEBHOOK_KEY" in answer.body for answer in losers)
+
+    data = {"name": "WEBHOOK_KEY", "services": [world.api.pk]}
+    return [Click("owner", url, data)] * N, check
+
+
+def race_secret_edit(world: World) -> Race:
+    url = reverse("secret-edit", args=[world.project.uid, world.secret.pk])
+    check_once = once(world, Action.SECRET_UPDATED)
+
+    def check(answers: list[Answer]) -> None:
+        check_once()
+        names = set(world.secret.services.values_list("name", flat=True))
+        assert names == {"api", "postgres"}
+
+    data = {"services": [world.api.pk, world.postgres.pk]}
+    return [Click("owner", url, data)] * N, check
+
+
+def race_secret_reveal(world: World) -> Race:
+    url = reverse("secret-reveal", args=[world.project.uid, world.secret.pk])
+
+    def check(answers: list[Answer]) -> None:
+        assert {answer.status for answer in answers} == {200}
+        assert audit_count(Action.SECRET_REVEALED) == N
+
+    return [Click("owner", url)] * N, check
+
+
+def race_secret_rotate(world: World) -> Race:
+    url = reverse("secret-rotate", args=[world.project.uid, world.secret.pk])
+    check_once = once(world, Action.ROTATION_STARTED)
+    version = world.secret.version
+
+    def check(answers: list[Answer]) -> None:
+        check_once()
+        assert SecretRotation.objects.filter(secret=world.secret).count() == 1
+        assert SharedSecret.objects.get(pk=world.secret.pk).version == version + 1
+
+    return [Click("owner", url)] * N, check
+
+
+def race_secret_delete(world: World) -> Race:
+    url = reverse("secret-delete", args=[world.project.uid, world.secret.pk])
+    check_once = once(world, Action.SECRET_DELETED)
+
+    def check(answers: list[Answer]) -> None:
+        check_once()
+        assert not SharedSecret.objects.filter(pk=world.secret.pk).exists()
+        assert {answer.status for answer in answers} <= {302, 404}
+
+    return [Click("owner", url)] * N, check
+
+
+def race_peering_request(world: World) -> Race:
+    target = Project.objects.create(organization=world.globex, name="Ledger")
+    url = reverse("peering-request", args=[world.project.uid])
+    data = {"target": target.uid, "justification": "Ledger reads orders."}
+
+    def check(answers: list[Answer]) -> None:
+        pair = PeeringRequest.objects.filter(requester_project=world.project, target_project=target)
+        assert pair.count() == 1
+        assert audit_count(Action.PEERING_REQUESTED, project=world.project) == 1
+        losers = [answer for answer in answers if answer.status != 302]
+        assert len(losers) == N - 1
+        assert all("already pending" in answer.body for answer in losers)
+
+    return [Click("owner", url, data)] * N, check
+
+
+def race_peering_accept(world: World) -> Race:
+    url = reverse("peering-accept", args=[world.project.uid, world.peering.pk])
+
+    def check(answers: list[Answer]) -> None:
+        assert audit_count(Action.PEERING_ACCEPTED, project=world.project) == 1
+        peering = PeeringRequest.objects.get(pk=world.peering.pk)
+        assert peering.status == PeeringRequest.Status.PENDING_SUPPORT
+
+    return [Click("owner", url)] * N, check
+
+
+def race_peering_cancel(world: World) -> Race:
+    url = reverse("peering-cancel", args=[world.project.uid, world.peering.pk])
+
+    def check(answers: list[Answer]) -> None:
+        assert audit_count(Action.PEERING_CANCELLED, project=world.project) == 1
+
+    return [Click("owner", url)] * N, check
+
+
+def race_peering_revoke(world: World) -> Race:
+    peering = active_peering(world)
+    url = reverse("peering-revoke", args=[world.project.uid, peering.pk])
+    before = generation(world.project)
+
+    def check(answers: list[Answer]) -> None:
+        assert audit_count(Action.PEERING_REVOKED, project=world.project) == 1
+        assert generation(world.project) - before == 1
+
+    return [Click("owner", url)] * N, check
+
+
+def race_support_approve(world: World) -> Race:
+    url = reverse("support-approve", args=[world.other_peering.pk])
+
+    def check(answers: list[Answer]) -> None:
+        assert audit_count(Action.PEERING_APPROVED, project=world.other_project) == 1
+
+    return [Click("support", url)] * N, check
+
+
+def race_support_reject(world: World) -> Race:
+    url = reverse("support-reject", args=[world.other_peering.pk])
+
+    def check(answers: list[Answer]) -> None:
+        assert audit_count(Action.PEERING_REJECTED, project=world.other_project) == 1
+
+    return [Click("support", url, {"reason": "Not needed."})] * N, check
+
+
+RACES: dict[str, Callable[[World], Race]] = {
+    "login": race_login,
+    "logout": race_logout,
+    "project-create": race_project_create,
+    "project-settings": race_project_settings,
+    "project-sync-retry": race_project_sync_retry,
+    "service-create": race_service_create,
+    "service-edit": race_service_edit,
+    "service-delete": race_service_delete,
+    "service-reveal": race_service_reveal,
+    "secret-create": race_secret_create,
+    "secret-edit": race_secret_edit,
+    "secret-reveal": race_secret_reveal,
+    "secret-rotate": race_secret_rotate,
+    "secret-delete": race_secret_delete,
+    "peering-request": race_peering_request,
+    "peering-accept": race_peering_accept,
+    "peering-cancel": race_peering_cancel,
+    "peering-revoke": race_peering_revoke,
+    "support-approve": race_support_approve,
+    "support-reject": race_support_reject,
+}
+
+
+def test_every_mutating_url_has_a_race() -> None:
+    mutating = {name for name, method in MATRIX if method == "POST"}
+    assert mutating - set(RACES) == set(), "add a race for these POST URLs"
+    assert set(RACES) - mutating == set(), "RACES names URLs that no longer take POST"
+
+
+@pytest.fixture
+def browsers(world: World, live_server: Any) -> Browsers:
+    Organization.objects.filter(pk=world.acme.pk).update(plan=Organization.Plan.ENTERPRISE)
+    return Browsers(world, live_server.url)
+
+
+def assert_no_server_error(clicks: list[Click], answers: list[Answer]) -> None:
+    failed = [
+        (click.url, answer.status, answer.body[:300])
+        for click, answer in zip(clicks, answers, strict=True)
+        if answer.status >= 500
+    ]
+    assert failed == []
+
+
+@pytest.mark.parametrize("name", sorted(RACES))
+def test_twenty_identical_clicks_have_one_effect(
+    world: World, browsers: Browsers, name: str
+) -> None:
+    clicks, check = RACES[name](world)
+    answers = browsers.all_at_once(clicks)
+    assert_no_server_error(clicks, answers)
+    check(answers)
+
+
+def test_both_sides_requesting_the_same_peering_make_one_request(
+    world: World, browsers: Browsers
+) -> None:
+    target = Project.objects.create(organization=world.globex, name="Ledger")
+    justification = {"justification": "Ledger reads orders."}
+    clicks = [
+        Click("owner", reverse("peering-request", args=[world.project.uid]),
+              {"target": target.uid, **justification}),
+        Click("globex-owner", reverse("peering-request", args=[target.uid]),
+              {"target": world.project.uid, **justification}),
+    ] * (N // 2)  # fmt: skip
+    answers = browsers.all_at_once(clicks)
+    assert_no_server_error(clicks, answers)
+    open_requests = PeeringRequest.objects.filter(
+        requester_project__in=[world.project, target], status__in=PeeringRequest.OPEN
+    )
+    assert open_requests.count() == 1
+    assert sum(answer.status == 302 for answer in answers) == 1
+    assert all("already pending" in answer.body for answer in answers if answer.status != 302)
+
+
+def test_attaching_a_service_while_it_is_deleted_never_fails(
+    world: World, browsers: Browsers
+) -> None:
+    doomed = make_service(world.project, "Doomed", Service.Kind.PRIVATE, [9000])
+    attach = Click(
+        "owner",
+        reverse("secret-edit", args=[world.project.uid, world.secret.pk]),
+        {"services": [world.api.pk, doomed.pk]},
+    )
+    delete = Click("owner", reverse("service-delete", args=[world.project.uid, doomed.pk]))
+    clicks = [attach, delete] * (N // 2)
+    answers = browsers.all_at_once(clicks)
+    assert_no_server_error(clicks, answers)
+    assert not Service.objects.filter(pk=doomed.pk).exists()
+    assert audit_count(Action.SERVICE_DELETED) == 1
+    # Whoever lost the race was told the service is gone, and the secret still reaches api.
+    assert set(world.secret.services.values_list("name", flat=True)) == {"api"}
+    refused = [
+        answer for click, answer in zip(clicks, answers, strict=True)
+        if click is attach and answer.status == 200
+    ]  # fmt: skip
+    assert all("deleted meanwhile" in answer.body for answer in refused)

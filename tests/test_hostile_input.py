@@ -1,0 +1,202 @@
+"""Hostile input and a broken broker: a clear answer, nothing stored that should not be."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from django.core import mail
+from django.test import Client
+from django.urls import reverse
+
+from dashboard.celery import app as celery_app
+from networking import peering
+from networking.models import AuditEvent, PeeringRequest, Project, Service
+from networking.tasks import resync_all_projects, send_peering_notifications
+from tests.conftest import ROLES, World
+from tests.test_access_matrix import MATRIX, _kwargs
+
+# -- URL parameters --------------------------------------------------------------------------
+
+PROJECT_PAGES = ["", "services/", "services/new/", "secrets/", "peering/", "audit/", "sync/"]
+
+
+@pytest.mark.parametrize("role", ROLES)
+@pytest.mark.parametrize("page", PROJECT_PAGES)
+@pytest.mark.parametrize(
+    "project_id",
+    ["%00", "abc%00defghjk", "ABCDEFGHJKMN", "abcdefghjkm", "abcdefghjkmnp", "0000oooo1111"],
+)
+def test_a_malformed_project_id_is_404(world: World, role: str, page: str, project_id: str) -> None:
+    response = world.client_for(role).get(f"/projects/{project_id}/{page}")
+    assert response.status_code == 404
+
+
+def test_a_well_formed_but_unknown_project_id_is_404(owner_client: Client) -> None:
+    assert owner_client.get("/projects/abcdefghjkmn/").status_code == 404
+
+
+QUERY_PARAMETERS = ["display_name", "service", "was", "page", "next"]
+FORM_FIELDS = [
+    "name", "display_name", "kind", "ports", "services", "value", "rotate_every_days",
+    "target", "justification", "reason", "username", "password",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("role", ["viewer", "owner", "support"])
+def test_nul_bytes_anywhere_never_make_a_500(world: World, role: str) -> None:
+    client = world.client_for(role)
+    for name, method in MATRIX:
+        url = reverse(name, kwargs=_kwargs(world, name, foreign=False))
+        if method == "GET":
+            response = client.get(url, dict.fromkeys(QUERY_PARAMETERS, "a\x00b"))
+        else:
+            response = client.post(url, dict.fromkeys(FORM_FIELDS, "a\x00b"))
+        assert response.status_code < 500, (name, method, response.status_code)
+    assert all("\x00" not in service.display_name for service in Service.objects.all())
+
+
+# -- Control characters in names and free text ------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "name", ["Ini\nBeta", "Ini\rBeta", "Tab\there", "Bell\x07", "Esc\x1b[31m", "Rev\u202eesrever"]
+)
+def test_a_project_name_with_control_characters_is_refused(
+    world: World, owner_client: Client, name: str
+) -> None:
+    response = owner_client.post(
+        reverse("project-settings", args=[world.project.uid]), {"name": name}
+    )
+    assert response.status_code == 200
+    assert "Remove" in response.content.decode()
+    world.project.refresh_from_db()
+    assert world.project.name == "Storefront"
+    create = owner_client.post(reverse("project-create", args=[world.acme.slug]), {"name": name})
+    assert create.status_code == 200
+    assert not Project.objects.filter(name=name).exists()
+
+
+def test_a_service_name_with_a_line_break_is_refused(world: World, owner_client: Client) -> None:
+    response = owner_client.post(
+        reverse("service-create", args=[world.project.uid]),
+        {"display_name": "Back\nend", "kind": "private", "ports": "3000"},
+    )
+    assert response.status_code == 200
+    assert "Remove a line break" in response.content.decode()
+    assert not Service.objects.filter(display_name__contains="\n").exists()
+
+
+def test_a_justification_may_have_line_breaks_but_no_escape_sequences(world: World) -> None:
+    target = Project.objects.create(organization=world.globex, name="Ledger")
+    with pytest.raises(peering.PeeringRefused, match="U\\+001B"):
+        peering.request_peering(
+            world.project, target.uid, "Reads\x1b[2J orders.", actor=world.users["owner"]
+        )
+    request = peering.request_peering(
+        world.project, target.uid, "Reads orders.\nAnd refunds.", actor=world.users["owner"]
+    )
+    assert request.justification == "Reads orders.\nAnd refunds."
+
+
+def test_a_rejection_reason_with_a_control_character_is_refused(world: World) -> None:
+    with pytest.raises(peering.PeeringRefused, match="Remove"):
+        peering.reject(world.other_peering, staff=world.users["support"], reason="No\x08pe")
+    world.other_peering.refresh_from_db()
+    assert world.other_peering.status == PeeringRequest.Status.PENDING_SUPPORT
+
+
+def test_notifications_for_a_name_stored_before_the_rule_are_still_sent(world: World) -> None:
+    # A row written before names were validated (or by hand in the database).
+    Project.objects.filter(pk=world.other_project.pk).update(name="Ini\nBeta")
+    history = [{"status": "pending_acceptance", "by": "globex-owner", "at": "2026-01-01T00:00"}]
+    PeeringRequest.objects.filter(pk=world.peering.pk).update(history=history)
+    sent = send_peering_notifications(world.peering.pk, "requested")
+    assert sent >= 1
+    assert mail.outbox[-1].subject.endswith("Ini Beta ↔ Storefront")
+
+
+# -- The broker is down -----------------------------------------------------------------------
+
+
+def closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port
+
+
+@pytest.fixture
+def broker_down() -> Iterator[None]:
+    """Point the Celery app at a Redis port nobody listens on, as in a Redis outage."""
+
+    def reset_pools() -> None:
+        # What Celery itself does after a fork: the next send opens a pool for the new URL.
+        celery_app._pool = None  # type: ignore[attr-defined]
+        celery_app.amqp._producer_pool = None  # type: ignore[attr-defined]
+
+    original = celery_app.conf.broker_url
+    celery_app.conf.update(broker_url=f"redis://127.0.0.1:{closed_port()}/0")
+    reset_pools()
+    try:
+        yield
+    finally:
+        celery_app.conf.update(broker_url=original)
+        reset_pools()
+
+
+def test_a_change_is_saved_and_said_so_when_the_broker_is_down(
+    transactional_db: None,
+    world: World,
+    owner_client: Client,
+    broker_down: None,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    generation = world.project.generation
+    response = owner_client.post(
+        reverse("service-create", args=[world.project.uid]),
+        {"display_name": "Background Worker", "kind": "private", "ports": "3000"},
+        follow=True,
+    )
+    assert response.status_code == 200
+    page = response.content.decode()
+    assert "Saved. The cluster will be updated when the worker queue is reachable again." in page
+    assert Service.objects.filter(name="background-worker").exists()
+    world.project.refresh_from_db()
+    assert world.project.generation == generation + 1
+    assert AuditEvent.objects.filter(action=AuditEvent.Action.SERVICE_CREATED).count() == 1
+    assert "Worker queue unreachable" in caplog.text
+
+
+def test_a_peering_decision_is_kept_when_the_broker_is_down(
+    transactional_db: None, world: World, broker_down: None
+) -> None:
+    support = world.client_for("support")
+    response = support.post(reverse("support-approve", args=[world.other_peering.pk]), follow=True)
+    assert response.status_code == 200
+    assert "worker queue is reachable again" in response.content.decode()
+    world.other_peering.refresh_from_db()
+    assert world.other_peering.status == PeeringRequest.Status.APPROVED
+
+
+def test_the_next_resync_applies_what_the_outage_held_back(
+    transactional_db: None, world: World, owner_client: Client, broker_down: None, settings: Any
+) -> None:
+    owner_client.post(
+        reverse("service-create", args=[world.project.uid]),
+        {"display_name": "Background Worker", "kind": "private", "ports": "3000"},
+    )
+    world.project.refresh_from_db()
+    assert world.project.sync_state == Project.SyncState.QUEUED
+    # The queue is back: beat's resync reaches the worker (run in-process here).
+    celery_app.conf.task_always_eager = True
+    try:
+        resync_all_projects.delay()
+    finally:
+        celery_app.conf.task_always_eager = False
+    world.project.refresh_from_db()
+    assert world.project.in_sync
+    folder = settings.MANIFESTS_DIR / world.project.namespace
+    assert any("background-worker" in path.name for path in folder.iterdir())
