@@ -13,8 +13,10 @@ from typing import Any
 
 from django.conf import settings
 from django.contrib.auth import views as auth_views
+from django.contrib.auth.forms import AuthenticationForm
 from django.contrib.auth.signals import user_login_failed
 from django.core.cache import cache
+from django.core.exceptions import NON_FIELD_ERRORS, ValidationError
 from django.dispatch import receiver
 from django.http import HttpRequest, HttpResponse
 
@@ -32,15 +34,23 @@ def client_address(request: HttpRequest) -> str:
 
 
 def _key(kind: str, value: str) -> str:
-    digest = hashlib.sha256(value.strip().lower().encode()).hexdigest()[:32]
+    digest = hashlib.sha256(value.encode()).hexdigest()[:32]
     return f"signin-failures:{kind}:{digest}"
 
 
 class SignInThrottle:
-    def __init__(self, request: HttpRequest, username: str) -> None:
+    """The failure counters of one sign-in attempt: its account's and its address's.
+
+    ``username`` is the form's cleaned value, so every spelling Django's NFKC normalization
+    maps to one account (fullwidth, mathematical bold, ...) shares one counter. It is also
+    casefolded: the account lookup is case-sensitive, so this merges a few names that are
+    different accounts, which can only make the lockout stricter, never let it be walked around.
+    """
+
+    def __init__(self, username: str, address: str) -> None:
         self.keys = [
-            (_key("account", username), settings.SIGNIN_MAX_FAILURES_PER_ACCOUNT),
-            (_key("address", client_address(request)), settings.SIGNIN_MAX_FAILURES_PER_ADDRESS),
+            (_key("account", username.casefold()), settings.SIGNIN_MAX_FAILURES_PER_ACCOUNT),
+            (_key("address", address.strip().lower()), settings.SIGNIN_MAX_FAILURES_PER_ADDRESS),
         ]
 
     def blocked(self) -> bool:
@@ -60,31 +70,42 @@ class SignInThrottle:
         cache.delete(self.keys[0][0])
 
 
-class SignInView(auth_views.LoginView):
-    redirect_authenticated_user = True
+class SignInForm(AuthenticationForm):
+    """Django's sign-in form, refusing without checking the password once a limit is reached."""
 
-    def post(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
-        throttle = SignInThrottle(request, request.POST.get("username", "")[:150])
+    def clean(self) -> dict[str, Any]:
+        username = self.cleaned_data.get("username")
+        if username is None:
+            return super().clean()  # nothing to authenticate: the username field is invalid
+        address = client_address(self.request) if self.request is not None else "unknown"
+        throttle = SignInThrottle(username, address)
         if throttle.blocked():
             logger.warning(
-                "Sign-in refused: too many failures for this account or from %s",
-                client_address(request),
+                "Sign-in refused: too many failures for this account or from %s", address
             )
-            form = self.get_form()
             minutes = max(1, settings.SIGNIN_LOCKOUT_SECONDS // 60)
-            form.add_error(
-                None,
+            raise ValidationError(
                 "Too many failed sign-ins for this account or from this address. "
                 f"Wait {minutes} minutes and try again.",
+                code="locked_out",
             )
-            response = self.form_invalid(form)
-            response.status_code = 429
-            return response
-        response = super().post(request, *args, **kwargs)
-        if request.user.is_authenticated:
-            throttle.record_success()
-        else:
+        try:
+            cleaned_data = super().clean()
+        except ValidationError:
             throttle.record_failure()
+            raise
+        throttle.record_success()
+        return cleaned_data
+
+
+class SignInView(auth_views.LoginView):
+    form_class = SignInForm
+    redirect_authenticated_user = True
+
+    def form_invalid(self, form: AuthenticationForm) -> HttpResponse:
+        response = super().form_invalid(form)
+        if form.has_error(NON_FIELD_ERRORS, "locked_out"):
+            response.status_code = 429
         return response
 
 

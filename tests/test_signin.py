@@ -72,3 +72,52 @@ def test_the_forwarded_address_counts_only_behind_a_trusted_proxy(
         .status_code
         == 429
     )
+
+
+@pytest.mark.parametrize(
+    "spelling",
+    [
+        "\uff56\uff49\uff45\uff57\uff45\uff52",  # fullwidth
+        "\U0001d42f\U0001d422\U0001d41e\U0001d430\U0001d41e\U0001d42b",  # mathematical bold
+        "view\uff45r",  # one fullwidth letter
+        "  viewer ",  # surrounding spaces, which the form strips
+        " " * 200 + "viewer",  # past the field's length, until the form strips them
+    ],
+    ids=["fullwidth", "mathematical-bold", "one-fullwidth-letter", "spaces", "past-max-length"],
+)
+def test_the_lockout_holds_for_every_spelling_of_the_account(
+    world: World, settings: Any, spelling: str
+) -> None:
+    for _ in range(settings.SIGNIN_MAX_FAILURES_PER_ACCOUNT):
+        assert sign_in("wrong", username="viewer").status_code == 200
+    client = Client(REMOTE_ADDR="10.9.9.9")
+    response = client.post(LOGIN, {"username": spelling, "password": "pw"})
+    assert response.status_code == 429
+    assert "_auth_user_id" not in client.session
+
+
+def test_failures_under_other_spellings_count_for_the_account(world: World, settings: Any) -> None:
+    for _ in range(settings.SIGNIN_MAX_FAILURES_PER_ACCOUNT):
+        assert sign_in("wrong", username="\uff56\uff49\uff45\uff57\uff45\uff52").status_code == 200
+    assert sign_in("pw", username="viewer", address="10.9.9.9").status_code == 429
+
+
+def test_the_lockout_shows_only_the_lockout_message(world: World, settings: Any) -> None:
+    for _ in range(settings.SIGNIN_MAX_FAILURES_PER_ACCOUNT):
+        sign_in("wrong")
+    for password in ("wrong", "pw"):
+        page = sign_in(password).content.decode()
+        assert "Too many failed sign-ins" in page
+        assert "Please enter a correct" not in page
+
+
+def test_a_locked_out_attempt_does_not_check_the_password(
+    world: World, settings: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    for _ in range(settings.SIGNIN_MAX_FAILURES_PER_ACCOUNT):
+        sign_in("wrong")
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="dashboard.auth"):
+        sign_in("wrong-again")
+    assert "Failed sign-in" not in caplog.text
+    assert "Sign-in refused" in caplog.text
