@@ -2,7 +2,8 @@
 
 Counters live in the cache (Redis in production, shared by every web process). Once a limit is
 reached the password is not even checked until the window has passed, so guessing gains
-nothing; the form says how long to wait.
+nothing; the form says how long to wait. If the cache is unreachable, sign-in still works and
+still checks the password; only the counting stops, with a warning, until the cache is back.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from django.core.cache import cache
 from django.core.exceptions import NON_FIELD_ERRORS, ValidationError
 from django.dispatch import receiver
 from django.http import HttpRequest, HttpResponse
+from redis.exceptions import RedisError
 
 logger = logging.getLogger("dashboard.auth")
 
@@ -52,22 +54,48 @@ class SignInThrottle:
             (_key("account", username.casefold()), settings.SIGNIN_MAX_FAILURES_PER_ACCOUNT),
             (_key("address", address.strip().lower()), settings.SIGNIN_MAX_FAILURES_PER_ADDRESS),
         ]
+        self.cache_reachable = True
 
     def blocked(self) -> bool:
-        counts = cache.get_many([key for key, _ in self.keys])
+        try:
+            counts = cache.get_many([key for key, _ in self.keys])
+        except RedisError as error:
+            self._cache_unreachable(error)
+            return False
         return any(counts.get(key, 0) >= limit for key, limit in self.keys)
 
     def record_failure(self) -> None:
-        for key, _ in self.keys:
-            # add() starts the window; incr() never extends it.
-            cache.add(key, 0, timeout=settings.SIGNIN_LOCKOUT_SECONDS)
-            try:
-                cache.incr(key)
-            except ValueError:  # the window closed between add() and incr()
-                cache.add(key, 1, timeout=settings.SIGNIN_LOCKOUT_SECONDS)
+        if not self.cache_reachable:
+            return
+        try:
+            for key, _ in self.keys:
+                # add() starts the window; incr() never extends it.
+                cache.add(key, 0, timeout=settings.SIGNIN_LOCKOUT_SECONDS)
+                try:
+                    cache.incr(key)
+                except ValueError:  # the window closed between add() and incr()
+                    cache.add(key, 1, timeout=settings.SIGNIN_LOCKOUT_SECONDS)
+        except RedisError as error:
+            self._cache_unreachable(error)
 
     def record_success(self) -> None:
-        cache.delete(self.keys[0][0])
+        if not self.cache_reachable:
+            return
+        try:
+            cache.delete(self.keys[0][0])
+        except RedisError as error:
+            self._cache_unreachable(error)
+
+    def _cache_unreachable(self, error: RedisError) -> None:
+        # Fail open: refusing everyone while Redis is down would lock out every user, and the
+        # password is still checked. Only the error's class is logged: its message names the
+        # server, and the attempt's username and password stay out of this line.
+        self.cache_reachable = False
+        logger.warning(
+            "Sign-in failures are not being counted: the cache (REDIS_URL) is unavailable (%s). "
+            "Passwords are still checked; bring Redis back to restore the lockout.",
+            type(error).__name__,
+        )
 
 
 class SignInForm(AuthenticationForm):

@@ -1,10 +1,14 @@
 from __future__ import annotations
 
 import logging
+import socket
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from django.contrib.auth.models import User
 from django.test import Client
+from django.urls import reverse
 
 from tests.conftest import World
 
@@ -121,3 +125,74 @@ def test_a_locked_out_attempt_does_not_check_the_password(
         sign_in("wrong-again")
     assert "Failed sign-in" not in caplog.text
     assert "Sign-in refused" in caplog.text
+
+
+def redis_cache_at(location: str, options: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "default": {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": location,
+            "KEY_PREFIX": "stackblaze-test-unreachable",
+            "OPTIONS": options,
+        }
+    }
+
+
+@pytest.fixture
+def closed_port() -> int:
+    """A local port nothing listens on: bound once by us, then released."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@pytest.fixture
+def silent_port() -> Iterator[int]:
+    """A local port that accepts connections and never answers, like a hung Redis."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(16)
+        yield int(listener.getsockname()[1])
+
+
+def assert_sign_in_works_without_the_cache(world: World, caplog: pytest.LogCaptureFixture) -> None:
+    viewer = User.objects.get(username="viewer")
+    viewer.set_password("correct-horse-battery-5123")
+    viewer.save()
+    caplog.clear()
+    with caplog.at_level(logging.DEBUG):
+        wrong = Client(REMOTE_ADDR="10.0.0.1").post(
+            LOGIN, {"username": "viewer", "password": "incorrect-staple-5123"}
+        )
+        assert wrong.status_code == 200
+        assert "Please enter a correct username and password" in wrong.content.decode()
+        assert [record for record in caplog.records if "not being counted" in record.message]
+
+        client = Client(REMOTE_ADDR="10.0.0.1")
+        right = client.post(LOGIN, {"username": "viewer", "password": "correct-horse-battery-5123"})
+        assert right.status_code == 302
+        assert right["Location"] == reverse("project-list")
+        assert client.get(reverse("project-list")).status_code == 200
+
+    unreachable = [record for record in caplog.records if "not being counted" in record.message]
+    assert len(unreachable) == 2  # one warning per attempt, however many counters it skipped
+    for secret in ("horse", "staple", "cache-password"):
+        assert secret not in caplog.text
+
+
+def test_sign_in_works_while_redis_refuses_connections(
+    world: World, settings: Any, caplog: pytest.LogCaptureFixture, closed_port: int
+) -> None:
+    settings.CACHES = redis_cache_at(
+        f"redis://:cache-password@127.0.0.1:{closed_port}/0", settings.REDIS_CACHE_OPTIONS
+    )
+    assert_sign_in_works_without_the_cache(world, caplog)
+
+
+def test_sign_in_works_while_redis_never_answers(
+    world: World, settings: Any, caplog: pytest.LogCaptureFixture, silent_port: int
+) -> None:
+    settings.CACHES = redis_cache_at(
+        f"redis://:cache-password@127.0.0.1:{silent_port}/0", settings.REDIS_CACHE_OPTIONS
+    )
+    assert_sign_in_works_without_the_cache(world, caplog)
