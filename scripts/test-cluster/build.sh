@@ -10,14 +10,21 @@
 # Idempotent: if the binaries are already cached, prints the bin dir and exits.
 # Needs root the first time (apt-get install); builds offline with Debian's Go
 # from the vendored tree (~5-10 min on 2 cores, ~2 GB of temporary disk).
+#
+# The source package comes from the package sources the machine's apt is
+# already configured with: every `deb` entry there is turned into a `deb-src`
+# entry in a private apt configuration. No host is named here.
+#
+#   build.sh --print-sources   prints that derived deb-src configuration, and
+#                              does nothing else (no root needed)
+#
+# Where the machine's sources are is asked of apt-config, so APT_CONFIG (a file
+# setting Dir::Etc) points the derivation at another apt configuration.
 set -euo pipefail
 
 KUBE_VERSION=1.20.2
 DEB_SOURCE=kubernetes
 DEB_VERSION=1.20.5+really1.20.2-1.1+deb12u1
-DEB_MIRROR=${STACKBLAZE_DEB_MIRROR:-http://deb.debian.org/debian}
-DEB_SECURITY_MIRROR=${STACKBLAZE_DEB_SECURITY_MIRROR:-http://deb.debian.org/debian-security}
-DEB_KEYRING=/usr/share/keyrings/debian-archive-keyring.gpg
 # golang-go: compiler; rsync, make, bash: used by kubernetes' hack/ scripts;
 # dpkg-dev: apt-get source / dpkg-source; xz-utils: the debian.tar.xz;
 # etcd-server: /usr/bin/etcd, needed at test time.
@@ -38,6 +45,84 @@ have_binaries() {
   done
   command -v etcd >/dev/null 2>&1 || [[ -x /usr/bin/etcd ]]
 }
+
+# The machine's one-line sources (sources.list, sources.list.d/*.list), each
+# `deb` entry as a `deb-src` entry with the same options, URI, suite and
+# components.
+machine_deb_src_lines() {
+  local file
+  for file in "$@"; do
+    sed -n -E 's/^[[:space:]]*deb[[:space:]]+/deb-src /p' "$file"
+  done
+}
+
+# The machine's deb822 sources (sources.list.d/*.sources): each stanza whose
+# Types include `deb`, as `Types: deb-src` with its other fields (URIs, Suites,
+# Components, Signed-By, ...) kept and comments dropped.
+machine_deb_src_stanzas() {
+  (($#)) || return 0
+  awk '
+    function flush() {
+      if (is_deb && body != "") {
+        if (printed) print ""
+        printf "Types: deb-src\n%s", body
+        printed = 1
+      }
+      body = ""; is_deb = 0; in_types = 0
+    }
+    function note_types(text,    words, n, i) {
+      n = split(text, words, /[[:space:]]+/)
+      for (i = 1; i <= n; i++) if (words[i] == "deb") is_deb = 1
+    }
+    FNR == 1 { flush() }
+    /^#/ { next }
+    /^[[:space:]]*$/ { flush(); next }
+    /^[[:space:]]/ { if (in_types) note_types($0); else body = body $0 "\n"; next }
+    {
+      in_types = 0
+      if (tolower(substr($0, 1, 6)) == "types:") {
+        in_types = 1
+        note_types(substr($0, 7))
+        next
+      }
+      body = body $0 "\n"
+    }
+    END { flush() }
+  ' "$@"
+}
+
+# Writes the derived deb-src configuration into <dir>/sources.list and
+# <dir>/sources.list.d/machine.sources. Only files apt itself reads count:
+# sources.list.d/*.list and *.sources, not *.disabled or other leftovers.
+write_deb_src_config() {
+  local dir=$1 SOURCE_LIST SOURCE_PARTS
+  command -v apt-config >/dev/null 2>&1 || die "no apt-config: this script needs Debian's apt"
+  eval "$(apt-config shell SOURCE_LIST Dir::Etc::SourceList/f SOURCE_PARTS Dir::Etc::SourceParts/d)"
+  local list_files=() stanza_files=() file
+  [[ -f $SOURCE_LIST ]] && list_files+=("$SOURCE_LIST")
+  for file in "${SOURCE_PARTS%/}"/*.list; do [[ -f $file ]] && list_files+=("$file"); done
+  for file in "${SOURCE_PARTS%/}"/*.sources; do [[ -f $file ]] && stanza_files+=("$file"); done
+  mkdir -p "$dir/sources.list.d"
+  machine_deb_src_lines "${list_files[@]}" >"$dir/sources.list"
+  machine_deb_src_stanzas "${stanza_files[@]}" >"$dir/sources.list.d/machine.sources"
+  [[ -s $dir/sources.list || -s $dir/sources.list.d/machine.sources ]] \
+    || die "no deb entries in apt's sources ($SOURCE_LIST, ${SOURCE_PARTS%/}/*.list, *.sources): configure apt with a Debian bookworm source, then run this again"
+}
+
+case ${1:-} in
+  "") ;;
+  --print-sources)
+    out=$(mktemp -d)
+    trap 'rm -rf "$out"' EXIT
+    write_deb_src_config "$out"
+    echo "# sources.list"
+    cat "$out/sources.list"
+    echo "# sources.list.d/machine.sources"
+    cat "$out/sources.list.d/machine.sources"
+    exit 0
+    ;;
+  *) die "unknown argument $1; usage: build.sh [--print-sources]" ;;
+esac
 
 # Fast path: nothing to do.
 if have_binaries; then
@@ -96,17 +181,12 @@ if ((build_needed)); then
   BUILD_LOG=$VERSION_DIR/build.log
   : >"$BUILD_LOG"
 
-  # Private apt configuration: its own sources list, lists dir and cache, so
-  # the system's apt sources and state are left untouched.
+  # Private apt configuration: its own sources (the machine's, as deb-src),
+  # lists dir and cache, so the system's apt sources and state are left
+  # untouched.
   APT_DIR=$BUILD_DIR/apt
-  mkdir -p "$APT_DIR/sources.list.d" "$APT_DIR/lists/partial" "$APT_DIR/cache/archives/partial"
-  signed_by=""
-  [[ -r $DEB_KEYRING ]] && signed_by="[signed-by=$DEB_KEYRING] "
-  cat >"$APT_DIR/sources.list" <<SOURCES
-deb-src ${signed_by}${DEB_MIRROR} bookworm main
-deb-src ${signed_by}${DEB_MIRROR} bookworm-updates main
-deb-src ${signed_by}${DEB_SECURITY_MIRROR} bookworm-security main
-SOURCES
+  mkdir -p "$APT_DIR/lists/partial" "$APT_DIR/cache/archives/partial"
+  write_deb_src_config "$APT_DIR"
   APT_OPTS=(
     -o "Dir::Etc::SourceList=$APT_DIR/sources.list"
     -o "Dir::Etc::SourceParts=$APT_DIR/sources.list.d"
