@@ -188,6 +188,23 @@ def test_a_rotation_walks_every_phase_rolling_each_workload_once_per_phase(
     assert secret.rotations.get().result == "completed"
 
 
+def observed(cluster: Cluster, namespace: str, name: str, annotation: str) -> bool:
+    """The deployment controller has seen the pod template carrying ``annotation``."""
+    live = deployment(cluster, namespace, name)
+    template = live["spec"]["template"]["metadata"].get("annotations") or {}
+    return bool(
+        template.get(SECRETS_ANNOTATION) == annotation
+        and live.get("status", {}).get("observedGeneration", 0) >= live["metadata"]["generation"]
+    )
+
+
+def wait_until(condition: Any, what: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.1)
+
+
 def test_a_phase_waits_until_every_workload_has_rolled_out(
     cluster: Cluster, rotation_world: World
 ) -> None:
@@ -196,13 +213,38 @@ def test_a_phase_waits_until_every_workload_has_rolled_out(
     rotation_world.secret.services.add(stuck)
     deploy(cluster, namespace, "stuck", replicas=1)  # its pod never starts here
     rotation.start_rotation(rotation_world.secret, actor=None)
-    for _ in range(10):
-        outcome = reconciler.reconcile(rotation_world.project.pk)
-        time.sleep(0.2)
+    reconciler.reconcile(rotation_world.project.pk)  # phase 1 reaches every workload
+    accepting = f"{NAME}=2"
+    for name in ("api", "background-worker", "stuck"):
+        wait_until(lambda name=name: observed(cluster, namespace, name, accepting), name)
+
+    # Every other workload has rolled out phase 1; only "stuck" has not: the phase waits.
+    outcome = reconciler.reconcile(rotation_world.project.pk)
     rotation_world.secret.refresh_from_db()
     assert rotation_world.secret.rotation_phase == SharedSecret.Phase.ACCEPT_NEW
     assert outcome.recheck_in is not None  # the worker keeps looking
     assert Service.objects.get(pk=stuck.pk).workload["rolled_out"] is False
+    assert Service.objects.get(name="api", project=rotation_world.project).workload == {
+        "kind": "Deployment",
+        "name": "api",
+        "secrets": accepting,
+        "rolled_out": True,
+    }
+
+    # The control: once "stuck" rolls out too (scaled to 0, so it can), the phase moves on.
+    cluster.apps.patch_namespaced_deployment_scale(
+        "stuck", namespace, {"spec": {"replicas": 0}}, field_manager="deploy-system"
+    )
+    wait_until(
+        lambda: (
+            observed(cluster, namespace, "stuck", accepting)
+            and deployment(cluster, namespace, "stuck")["status"].get("replicas", 0) == 0
+        ),
+        "stuck to scale down",
+    )
+    reconciler.reconcile(rotation_world.project.pk)
+    rotation_world.secret.refresh_from_db()
+    assert rotation_world.secret.rotation_phase == SharedSecret.Phase.SEND_NEW
 
 
 def test_a_service_that_stops_receiving_it_loses_it(
