@@ -227,6 +227,10 @@ CELERY_BEAT_SCHEDULE = {
         "task": "networking.tasks.rotate_due_secrets",
         "schedule": 3600.0,
     },
+    "send-pending-notifications": {
+        "task": "networking.tasks.send_pending_notifications",
+        "schedule": 60.0,
+    },
     "expire-peering-requests": {
         "task": "networking.tasks.expire_peering_requests",
         "schedule": 3600.0,

@@ -788,3 +788,32 @@ class PeeringRequest(models.Model):
     @property
     def needs_acceptance(self) -> bool:
         return self.requester_project.organization_id != self.target_project.organization_id
+
+
+class PeeringNotification(models.Model):
+    """An email about a peering's new state, kept until it has been sent: an outbox.
+
+    Written in the transaction that made the change, so neither a broker outage nor a lost
+    message loses it (beat sends what is left), and claimed before sending, so a task
+    delivered twice sends it once.
+    """
+
+    peering = models.ForeignKey(
+        PeeringRequest, on_delete=models.CASCADE, related_name="notifications"
+    )
+    event = models.CharField(max_length=30)
+    created_at = models.DateTimeField(auto_now_add=True)
+    sent_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["created_at", "id"]
+        indexes = [
+            models.Index(
+                fields=["created_at"],
+                condition=models.Q(sent_at__isnull=True),
+                name="unsent_notifications",
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.event} for peering {self.peering_id}"

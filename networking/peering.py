@@ -25,7 +25,14 @@ from django.db.models import Q
 from django.utils import timezone
 
 from networking import enqueue, plain_text
-from networking.models import AuditEvent, Membership, Organization, PeeringRequest, Project
+from networking.models import (
+    AuditEvent,
+    Membership,
+    Organization,
+    PeeringNotification,
+    PeeringRequest,
+    Project,
+)
 
 Status = PeeringRequest.Status
 EXPIRES_AFTER = timedelta(days=7)
@@ -65,9 +72,10 @@ def _record(
             project.record_change(actor=actor, action=action, target=target, details=details)
         else:
             project.audit(actor=actor, action=action, target=target, details=details)
-    from networking.tasks import send_peering_notifications
+    from networking.tasks import send_peering_notification
 
-    enqueue.after_commit(send_peering_notifications, peering.pk, event)
+    notification = PeeringNotification.objects.create(peering=peering, event=event)
+    enqueue.after_commit(send_peering_notification, notification.pk)
 
 
 def _locked(peering: PeeringRequest) -> PeeringRequest:

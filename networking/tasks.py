@@ -7,15 +7,10 @@ from typing import Any
 
 from celery import Task, shared_task
 from django.conf import settings
-from django.contrib.auth import get_user_model
-from django.core.mail import send_mail
-from django.template.loader import render_to_string
 
-from networking import peering, plain_text, rotation
+from networking import notifications, peering, rotation
 from networking.cluster import reconcile as reconciler
-from networking.models import Membership, PeeringRequest, Project
-
-User = get_user_model()
+from networking.models import Project
 
 
 def backoff_seconds(retries: int) -> float:
@@ -77,57 +72,13 @@ def expire_peering_requests() -> int:
     return peering.expire_stale()
 
 
-NOTIFICATION_SUBJECTS = {
-    "requested": "New VPC peering request",
-    "accepted": "Peering request accepted, waiting for support",
-    "approved": "Peering approved: connecting the projects",
-    "rejected": "Peering request rejected",
-    "cancelled": "Peering request cancelled",
-    "expired": "Peering request expired",
-    "active": "Peering active",
-    "revoked": "Peering revoked: disconnecting the projects",
-    "revoked-done": "Peering disconnected",
-}
+@shared_task(acks_late=True)
+def send_peering_notification(notification_id: int) -> int:
+    """Email both organizations' owners, and support, about a peering's new state."""
+    return notifications.deliver(notification_id)
 
 
 @shared_task(acks_late=True)
-def send_peering_notifications(peering_id: int, event: str) -> int:
-    """Email the owners of both organizations, and support, about a peering's new state."""
-    request = (
-        PeeringRequest.objects.select_related(
-            "requester_project__organization", "target_project__organization"
-        )
-        .filter(pk=peering_id)
-        .first()
-    )
-    if request is None or event not in NOTIFICATION_SUBJECTS:
-        return 0
-    organizations = [
-        request.requester_project.organization_id,
-        request.target_project.organization_id,
-    ]
-    owners = set(
-        User.objects.filter(
-            memberships__organization__in=organizations,
-            memberships__role=Membership.Role.OWNER,
-            is_active=True,
-        )
-        .exclude(email="")
-        .values_list("email", flat=True)
-    )
-    staff = set(
-        User.objects.filter(is_staff=True, is_active=True)
-        .exclude(email="")
-        .values_list("email", flat=True)
-    )
-    body = render_to_string(
-        "emails/peering.txt", {"peering": request, "event": event, "last": request.history[-1]}
-    )
-    pair = f"{request.requester_project.name} ↔ {request.target_project.name}"
-    # Names are validated as one line of printable text; this keeps older rows safe too.
-    subject = plain_text.header_safe(f"[Stackblaze] {NOTIFICATION_SUBJECTS[event]}: {pair}")
-    sent = 0
-    for recipients in (sorted(owners), sorted(staff - owners)):
-        if recipients:
-            sent += send_mail(subject, body, None, recipients)
-    return sent
+def send_pending_notifications() -> int:
+    """Beat: send what a broker outage or a lost message held back."""
+    return notifications.deliver_pending()

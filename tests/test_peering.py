@@ -17,10 +17,15 @@ from networking.models import (
     AuditEvent,
     Membership,
     Organization,
+    PeeringNotification,
     PeeringRequest,
     Project,
 )
-from networking.tasks import expire_peering_requests, send_peering_notifications
+from networking.tasks import (
+    expire_peering_requests,
+    send_peering_notification,
+    send_pending_notifications,
+)
 from tests.conftest import World
 
 Status = PeeringRequest.Status
@@ -271,7 +276,8 @@ class TestEmails:
     def test_each_decision_mails_both_owners_and_support(self, world: World) -> None:
         request = walk_to(world, Status.APPROVED)
         mail.outbox.clear()
-        assert send_peering_notifications.apply(args=(request.pk, "approved")).get() == 2
+        notification = request.notifications.get(event="approved")
+        assert send_peering_notification.apply(args=(notification.pk,)).get() == 2
         customers, staff = mail.outbox
         assert sorted(customers.to) == ["owner@acme.example", "owner@globex.example"]
         assert staff.to == ["support@stackblaze.example"]
@@ -284,6 +290,37 @@ class TestEmails:
         with django_capture_on_commit_callbacks() as callbacks:
             peering.accept(world.peering, actor=user(world, "owner"), project=world.project)
         assert len(callbacks) == 1
+
+    def test_a_notification_delivered_twice_is_sent_once(self, world: World) -> None:
+        request = walk_to(world, Status.APPROVED)
+        notification = request.notifications.get(event="approved")
+        mail.outbox.clear()
+        assert send_peering_notification.apply(args=(notification.pk,)).get() == 2
+        assert send_peering_notification.apply(args=(notification.pk,)).get() == 0
+        assert len(mail.outbox) == 2
+
+    def test_what_no_task_sent_is_sent_by_beat_once(self, world: World) -> None:
+        # As after a broker outage: the rows are there, their tasks never ran.
+        walk_to(world, Status.APPROVED)
+        events = sorted(world.peering.notifications.values_list("event", flat=True))
+        assert events == ["accepted", "approved"]
+        PeeringNotification.objects.update(created_at=timezone.now() - timedelta(minutes=5))
+        mail.outbox.clear()
+        assert send_pending_notifications.apply().get() == 4  # owners and support, twice
+        assert send_pending_notifications.apply().get() == 0
+        assert not PeeringNotification.objects.filter(sent_at__isnull=True).exists()
+
+    def test_a_failed_send_is_tried_again_later(self, world: World, settings: Any) -> None:
+        request = walk_to(world, Status.APPROVED)
+        notification = request.notifications.get(event="approved")
+        settings.MAILERS = {
+            "default": {"BACKEND": "django.core.mail.backends.smtp.EmailBackend",
+                        "OPTIONS": {"host": "127.0.0.1", "port": 1, "timeout": 2}}
+        }  # fmt: skip
+        with pytest.raises(OSError):
+            send_peering_notification.apply(args=(notification.pk,), throw=True)
+        notification.refresh_from_db()
+        assert notification.sent_at is None
 
 
 class TestPages:
