@@ -19,6 +19,7 @@ from dashboard.access import (
     get_project_for_user,
     memberships_of,
 )
+from dashboard.views import HtmxHttpRequest
 from networking import peering
 from networking.models import Membership, Organization, PeeringRequest, Project, Service
 
@@ -65,14 +66,25 @@ def _active_peers(project: Project, peerings: list[PeeringRequest]) -> list[dict
     return [{"project": peer, "services": by_project.get(peer.pk, [])} for peer in peers]
 
 
-def _page(request: HttpRequest, access: ProjectAccess, form: PeeringRequestForm) -> HttpResponse:
+# States only the worker moves on, once both namespaces hold (or dropped) their policy.
+CATCHING_UP = frozenset({PeeringRequest.Status.APPROVED, PeeringRequest.Status.REVOKING})
+
+
+def _page(
+    request: HttpRequest,
+    access: ProjectAccess,
+    form: PeeringRequestForm,
+    template: str = "peering/project.html",
+) -> HttpResponse:
     peerings = _peerings_of(access.project)
     return render(
         request,
-        "peering/project.html",
+        template,
         access.context(
             peerings=peerings,
             active_peers=_active_peers(access.project, peerings),
+            # Either side's reconcile can be the one still to come: poll until both are done.
+            catching_up=any(p.status in CATCHING_UP for p in peerings),
             form=form,
             enterprise=access.project.organization.plan == Organization.Plan.ENTERPRISE,
         ),
@@ -81,9 +93,11 @@ def _page(request: HttpRequest, access: ProjectAccess, form: PeeringRequestForm)
 
 @login_required
 @require_GET
-def project_peering(request: HttpRequest, project_uid: str) -> HttpResponse:
+def project_peering(request: HtmxHttpRequest, project_uid: str) -> HttpResponse:
     access = get_project_for_user(request, project_uid)
-    return _page(request, access, PeeringRequestForm())
+    # htmx refreshes just the peerings while the cluster catches up.
+    template = "peering/project.html#peerings" if request.htmx else "peering/project.html"
+    return _page(request, access, PeeringRequestForm(), template)
 
 
 @login_required
