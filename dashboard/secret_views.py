@@ -81,9 +81,17 @@ def _detail_context(access: ProjectAccess, secret: SharedSecret, **extra: Any) -
 def secret_detail(request: HtmxHttpRequest, project_uid: str, secret_id: int) -> HttpResponse:
     access, secret = get_secret_for_user(request, project_uid, secret_id)
     access.require(Membership.can_see_secret_details)
-    # htmx polls the rotation's progress while one runs.
+    context = _detail_context(access, secret)
+    # Receivers still restarting onto the current version: the worker keeps watching their
+    # rollout after the project is in sync, so the page polls instead of waiting for that.
+    context["rolling_out"] = any(
+        row["workload"]
+        and not (row["version"] == secret.version and row["workload"].get("rolled_out"))
+        for row in context["receivers"]
+    )
+    # htmx polls the rotation's progress while one runs, and refreshes it as the cluster catches up.
     template = "secrets/detail.html#rotation" if request.htmx else "secrets/detail.html"
-    return render(request, template, _detail_context(access, secret))
+    return render(request, template, context)
 
 
 @login_required
