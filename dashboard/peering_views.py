@@ -12,6 +12,7 @@ from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.utils import timezone
 from django.views.decorators.http import require_GET, require_POST
+from django.views.decorators.vary import vary_on_headers
 
 from dashboard.access import (
     ProjectAccess,
@@ -93,6 +94,7 @@ def _page(
 
 @login_required
 @require_GET
+@vary_on_headers("HX-Request")  # the page and its partial share a URL: never cache one as the other
 def project_peering(request: HtmxHttpRequest, project_uid: str) -> HttpResponse:
     access = get_project_for_user(request, project_uid)
     # htmx refreshes just the peerings while the cluster catches up.

@@ -14,6 +14,7 @@ from django.http import HttpResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
+from django.views.decorators.vary import vary_on_headers
 
 from dashboard.access import ProjectAccess, get_project_for_user, get_secret_for_user
 from dashboard.forms import RotateForm, SharedSecretForm
@@ -78,6 +79,7 @@ def _detail_context(access: ProjectAccess, secret: SharedSecret, **extra: Any) -
 
 @login_required
 @require_GET
+@vary_on_headers("HX-Request")  # the page and its partial share a URL: never cache one as the other
 def secret_detail(request: HtmxHttpRequest, project_uid: str, secret_id: int) -> HttpResponse:
     access, secret = get_secret_for_user(request, project_uid, secret_id)
     access.require(Membership.can_see_secret_details)

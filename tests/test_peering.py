@@ -425,3 +425,9 @@ class TestThePageCatchesUp:
         html = self.partial(world, owner_client)
         assert ">Active<" in html
         assert f"warehouse.{world.other_project.namespace}.svc.cluster.local:3306" in html
+
+    def test_the_page_and_its_partial_are_cached_apart(
+        self, world: World, owner_client: Client
+    ) -> None:
+        response = owner_client.get(reverse("project-peering", args=[world.project.uid]))
+        assert "HX-Request" in response["Vary"]

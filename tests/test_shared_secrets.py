@@ -212,6 +212,12 @@ class TestTheReceiversCatchUp:
         assert f">v{world.secret.version}<" in html
         assert "every" not in html
 
+    def test_the_page_and_its_partial_are_cached_apart(
+        self, owner_client: Client, world: World
+    ) -> None:
+        detail = reverse("secret-detail", args=[world.project.uid, world.secret.pk])
+        assert "HX-Request" in owner_client.get(detail)["Vary"]
+
 
 def test_a_scheduled_rotation_starts_when_due(world: World) -> None:
     SharedSecret.objects.filter(pk=world.secret.pk).update(
