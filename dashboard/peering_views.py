@@ -12,6 +12,7 @@ from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.utils import timezone
 from django.views.decorators.http import require_GET, require_POST
+from django.views.decorators.vary import vary_on_headers
 
 from dashboard.access import (
     ProjectAccess,
@@ -19,6 +20,7 @@ from dashboard.access import (
     get_project_for_user,
     memberships_of,
 )
+from dashboard.views import HtmxHttpRequest
 from networking import peering
 from networking.models import Membership, Organization, PeeringRequest, Project, Service
 
@@ -65,14 +67,25 @@ def _active_peers(project: Project, peerings: list[PeeringRequest]) -> list[dict
     return [{"project": peer, "services": by_project.get(peer.pk, [])} for peer in peers]
 
 
-def _page(request: HttpRequest, access: ProjectAccess, form: PeeringRequestForm) -> HttpResponse:
+# States only the worker moves on, once both namespaces hold (or dropped) their policy.
+CATCHING_UP = frozenset({PeeringRequest.Status.APPROVED, PeeringRequest.Status.REVOKING})
+
+
+def _page(
+    request: HttpRequest,
+    access: ProjectAccess,
+    form: PeeringRequestForm,
+    template: str = "peering/project.html",
+) -> HttpResponse:
     peerings = _peerings_of(access.project)
     return render(
         request,
-        "peering/project.html",
+        template,
         access.context(
             peerings=peerings,
             active_peers=_active_peers(access.project, peerings),
+            # Either side's reconcile can be the one still to come: poll until both are done.
+            catching_up=any(p.status in CATCHING_UP for p in peerings),
             form=form,
             enterprise=access.project.organization.plan == Organization.Plan.ENTERPRISE,
         ),
@@ -81,9 +94,12 @@ def _page(request: HttpRequest, access: ProjectAccess, form: PeeringRequestForm)
 
 @login_required
 @require_GET
-def project_peering(request: HttpRequest, project_uid: str) -> HttpResponse:
+@vary_on_headers("HX-Request")  # the page and its partial share a URL: never cache one as the other
+def project_peering(request: HtmxHttpRequest, project_uid: str) -> HttpResponse:
     access = get_project_for_user(request, project_uid)
-    return _page(request, access, PeeringRequestForm())
+    # htmx refreshes just the peerings while the cluster catches up.
+    template = "peering/project.html#peerings" if request.htmx else "peering/project.html"
+    return _page(request, access, PeeringRequestForm(), template)
 
 
 @login_required

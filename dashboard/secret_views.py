@@ -14,6 +14,7 @@ from django.http import Http404, HttpResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
+from django.views.decorators.vary import vary_on_headers
 
 from dashboard.access import ProjectAccess, get_project_for_user, get_secret_for_user
 from dashboard.forms import RotateForm, SharedSecretForm
@@ -76,12 +77,21 @@ def _detail_context(access: ProjectAccess, secret: SharedSecret, **extra: Any) -
 
 @login_required
 @require_GET
+@vary_on_headers("HX-Request")  # the page and its partial share a URL: never cache one as the other
 def secret_detail(request: HtmxHttpRequest, project_uid: str, secret_id: int) -> HttpResponse:
     access, secret = get_secret_for_user(request, project_uid, secret_id)
     access.require(Membership.can_see_secret_details)
-    # htmx polls the rotation's progress while one runs.
+    context = _detail_context(access, secret)
+    # Receivers still restarting onto the current version: the worker keeps watching their
+    # rollout after the project is in sync, so the page polls instead of waiting for that.
+    context["rolling_out"] = any(
+        row["workload"]
+        and not (row["version"] == secret.version and row["workload"].get("rolled_out"))
+        for row in context["receivers"]
+    )
+    # htmx polls the rotation's progress while one runs, and refreshes it as the cluster catches up.
     template = "secrets/detail.html#rotation" if request.htmx else "secrets/detail.html"
-    return render(request, template, _detail_context(access, secret))
+    return render(request, template, context)
 
 
 @login_required

@@ -405,3 +405,66 @@ class TestPages:
         url = reverse("peering-cancel", args=[world.project.uid, world.other_peering.pk])
         assert owner_client.post(url).status_code == 404
         assert fresh(world.other_peering).status == Status.PENDING_SUPPORT
+
+
+class TestThePageCatchesUp:
+    """The peerings refresh themselves while the worker connects or disconnects both sides."""
+
+    def partial(self, world: World, client: Client) -> str:
+        url = reverse("project-peering", args=[world.project.uid])
+        return client.get(url, HTTP_HX_REQUEST="true").content.decode()
+
+    def test_it_serves_only_the_peerings_to_htmx(self, world: World, owner_client: Client) -> None:
+        walk_to(world, Status.APPROVED)
+        html = self.partial(world, owner_client)
+        assert html.lstrip().startswith('<div id="peerings"')
+        assert "Approved, being connected" in html
+        assert "<html" not in html
+        # The request form is not swapped, so a refresh never wipes what the user is typing.
+        assert "Request peering" not in html
+        # Forms inside the swapped part still carry their CSRF token.
+        assert 'name="csrfmiddlewaretoken"' in html
+
+    @pytest.mark.parametrize("status", [Status.APPROVED, Status.REVOKING])
+    def test_it_polls_while_the_cluster_catches_up(
+        self, world: World, owner_client: Client, status: str
+    ) -> None:
+        walk_to(world, status)
+        assert 'hx-trigger="every 2s"' in self.partial(world, owner_client)
+        page = owner_client.get(reverse("project-peering", args=[world.project.uid]))
+        html = page.content.decode()
+        assert 'hx-trigger="every 2s"' in html
+        assert "Request peering</button>" in html
+
+    def test_it_keeps_polling_until_both_sides_hold_their_policy(
+        self, world: World, owner_client: Client
+    ) -> None:
+        request = walk_to(world, Status.APPROVED)
+        peering.record_applied(world.project, {request.pk})  # this side is done, not the other
+        assert fresh(request).status == Status.APPROVED
+        assert 'hx-trigger="every 2s"' in self.partial(world, owner_client)
+
+    @pytest.mark.parametrize(
+        "status", [Status.PENDING_ACCEPTANCE, Status.PENDING_SUPPORT, Status.ACTIVE, Status.REVOKED]
+    )
+    def test_it_stops_polling_once_nothing_is_in_flight(
+        self, world: World, owner_client: Client, status: str
+    ) -> None:
+        walk_to(world, status)
+        html = self.partial(world, owner_client)
+        assert "every" not in html
+        assert 'hx-trigger="cluster-synced from:body"' in html
+
+    def test_the_refresh_that_stops_polling_shows_the_peers_services(
+        self, world: World, owner_client: Client
+    ) -> None:
+        walk_to(world, Status.ACTIVE)
+        html = self.partial(world, owner_client)
+        assert ">Active<" in html
+        assert f"warehouse.{world.other_project.namespace}.svc.cluster.local:3306" in html
+
+    def test_the_page_and_its_partial_are_cached_apart(
+        self, world: World, owner_client: Client
+    ) -> None:
+        response = owner_client.get(reverse("project-peering", args=[world.project.uid]))
+        assert "HX-Request" in response["Vary"]

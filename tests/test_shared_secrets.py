@@ -161,6 +161,64 @@ class TestRotate:
         assert 'hx-trigger="every 2s"' in html
 
 
+class TestTheReceiversCatchUp:
+    """Outside a rotation, the receivers' table follows the cluster as it catches up."""
+
+    def partial(self, client: Client, world: World) -> str:
+        detail = reverse("secret-detail", args=[world.project.uid, world.secret.pk])
+        return client.get(detail, HTTP_HX_REQUEST="true").content.decode()
+
+    def runs(self, world: World, version: int | None, *, rolled_out: bool) -> None:
+        secrets = "" if version is None else f"INTERNAL_API_SECRET={version}"
+        Service.objects.filter(pk=world.api.pk).update(
+            workload={
+                "kind": "Deployment",
+                "name": "api",
+                "secrets": secrets,
+                "rolled_out": rolled_out,
+            }
+        )
+
+    def test_it_refreshes_when_the_cluster_catches_up(
+        self, owner_client: Client, world: World
+    ) -> None:
+        html = self.partial(owner_client, world)
+        assert html.lstrip().startswith('<section class="card" id="rotation"')
+        assert 'hx-trigger="cluster-synced from:body"' in html
+        assert "every" not in html
+
+    @pytest.mark.parametrize(
+        ("version", "rolled_out", "shown"),
+        [(None, True, "restarting to receive it"), (1, False, "v1, rolling out")],
+    )
+    def test_it_polls_while_a_receiver_restarts_onto_it(
+        self,
+        owner_client: Client,
+        world: World,
+        version: int | None,
+        rolled_out: bool,
+        shown: str,
+    ) -> None:
+        self.runs(world, version, rolled_out=rolled_out)
+        html = self.partial(owner_client, world)
+        assert shown in html
+        assert 'hx-trigger="every 2s"' in html
+
+    def test_it_stops_polling_once_every_receiver_runs_the_current_version(
+        self, owner_client: Client, world: World
+    ) -> None:
+        self.runs(world, world.secret.version, rolled_out=True)
+        html = self.partial(owner_client, world)
+        assert f">v{world.secret.version}<" in html
+        assert "every" not in html
+
+    def test_the_page_and_its_partial_are_cached_apart(
+        self, owner_client: Client, world: World
+    ) -> None:
+        detail = reverse("secret-detail", args=[world.project.uid, world.secret.pk])
+        assert "HX-Request" in owner_client.get(detail)["Vary"]
+
+
 def test_a_scheduled_rotation_starts_when_due(world: World) -> None:
     SharedSecret.objects.filter(pk=world.secret.pk).update(
         rotate_every_days=30, created_at=timezone.now() - timedelta(days=31)

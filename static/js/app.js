@@ -65,6 +65,15 @@
   }
   setInterval(refreshRelativeTimes, 5000);
 
+  // A hidden tab does not poll. htmx's own trigger filters ("every 2s [...]") would need eval,
+  // which the CSP forbids, so the poll is dropped here; the next tick after the tab shows again
+  // asks for the current state. A poll is the one request htmx sends without a triggering event.
+  document.addEventListener("htmx:beforeRequest", function (event) {
+    var polled = !event.detail.requestConfig.triggeringEvent &&
+      /(^|[\s,])every\s/.test(event.detail.elt.getAttribute("hx-trigger") || "");
+    if (polled && document.visibilityState === "hidden") event.preventDefault();
+  });
+
   document.addEventListener("change", function (event) {
     if (event.target.matches("select[data-default-ports]")) syncPorts(event.target);
   });

@@ -10,7 +10,9 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -100,6 +102,28 @@ def e2e_worker(
     worker.start()
     yield worker
     worker.stop()
+
+
+@contextmanager
+def worker_held_back(worker: WorkerProcess) -> Iterator[None]:
+    """Stop the worker for the block, then start it again.
+
+    What a page shows inside the block cannot be the worker's doing, so a page opened there is
+    sure to open on the state before the cluster caught up; whatever it shows later without a
+    reload, it shows by itself. Stopping is a warm shutdown: a task under way finishes first,
+    and queued messages wait in the broker for the next worker.
+    """
+    worker.stop()
+    try:
+        yield
+    finally:
+        logged = worker.log.stat().st_size
+        worker.start()  # returns at once: the log already says "ready." from the last start
+        deadline = time.monotonic() + 60
+        while b"ready." not in worker.log.read_bytes()[logged:]:
+            assert worker.process is not None and worker.process.poll() is None, worker.tail()
+            assert time.monotonic() < deadline, f"the worker did not start again:\n{worker.tail()}"
+            time.sleep(0.1)
 
 
 @pytest.fixture

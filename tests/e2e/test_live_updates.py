@@ -1,0 +1,117 @@
+"""Pages follow the cluster by themselves while it catches up, and only while they are seen."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from pathlib import Path
+
+from django.urls import reverse
+from playwright.sync_api import Page, Response, expect
+
+from networking.models import PeeringRequest
+from tests.cluster.test_rotation import deploy
+from tests.cluster_fixtures import Cluster
+from tests.conftest import World
+from tests.e2e.conftest import worker_held_back
+from tests.worker import WorkerProcess
+
+SignIn = Callable[[str], Page]
+Screenshot = Callable[[Page, str], Path]
+# A reconcile, the deployment controller and the worker's recheck of the rollout, after a worker
+# restart, on a machine that may be busy.
+CATCH_UP = 60_000
+
+
+def test_a_service_that_starts_receiving_a_secret_shows_its_rollout_without_a_reload(
+    world: World,
+    cluster: Cluster,
+    sign_in: SignIn,
+    e2e_worker: WorkerProcess,
+    screenshot: Screenshot,
+) -> None:
+    world.project.request_reconcile()
+    page = sign_in("owner")
+    page.goto(reverse("secret-detail", args=[world.project.uid, world.secret.pk]))
+    expect(page.locator("#sync-status")).to_contain_text("In sync", timeout=CATCH_UP)
+    # The customer's deploy system runs the database (no replicas: it rolls out with no kubelet).
+    deploy(cluster, world.project.namespace, "postgres")
+
+    with worker_held_back(e2e_worker):
+        page.get_by_role("link", name="Change services").click()
+        page.get_by_label("postgres").check()
+        page.get_by_role("button", name="Save").click()
+        row = page.locator("#rotation").get_by_role("row", name=re.compile("postgres"))
+        expect(row).to_contain_text("no workload deployed yet")
+
+    # The worker restarts the Deployment onto the secret and watches it roll out; the open page
+    # follows both without a reload.
+    expect(row.locator(".status")).to_have_text("v1", timeout=CATCH_UP)
+    expect(row).to_contain_text("Deployment postgres")
+    screenshot(page, "secret-receiver-rolled-out")
+
+
+def a_peering_page_that_keeps_polling(world: World) -> str:
+    """Nothing asks the worker to connect this approved peering: its page polls as long as seen."""
+    PeeringRequest.objects.filter(pk=world.peering.pk).update(status=PeeringRequest.Status.APPROVED)
+    return reverse("project-peering", args=[world.project.uid])
+
+
+def polls(url: str) -> Callable[[Response], bool]:
+    def polled(response: Response) -> bool:
+        request = response.request
+        return request.url.endswith(url) and request.headers.get("hx-request") == "true"
+
+    return polled
+
+
+def test_a_hidden_tab_stops_polling_and_resumes_when_shown(world: World, sign_in: SignIn) -> None:
+    url = a_peering_page_that_keeps_polling(world)
+    page = sign_in("owner")
+    problems: list[str] = []
+    page.on("console", lambda message: problems.append(message.text))
+    polled = polls(url)
+    with page.expect_response(polled):
+        page.goto(url)
+    expect(page.locator(".peering .status").first).to_have_text("Approved, being connected")
+
+    # Hide the tab, then count the polls htmx starts: each must be dropped before it is sent.
+    page.evaluate(
+        """() => {
+          window.polls = {dropped: 0, sent: 0};
+          const hidden = {configurable: true, get: () => "hidden"};
+          Object.defineProperty(document, "visibilityState", hidden);
+          document.addEventListener("htmx:beforeRequest", (event) => {
+            event.defaultPrevented ? window.polls.dropped++ : window.polls.sent++;
+          });
+        }"""
+    )
+    sent: list[str] = []
+    page.on("request", lambda request: sent.append(request.url))
+    page.wait_for_function("() => window.polls.dropped >= 2")
+    assert page.evaluate("() => window.polls.sent") == 0
+    assert [u for u in sent if u.endswith(url)] == []
+
+    # Shown again, it polls again.
+    with page.expect_response(polled):
+        page.evaluate(
+            """() => Object.defineProperty(
+                document, "visibilityState", {configurable: true, get: () => "visible"})"""
+        )
+    # The CSP let every script run and htmx never needed eval.
+    assert [p for p in problems if "Content Security Policy" in p or "eval" in p] == []
+
+
+def test_back_to_a_page_that_refreshed_itself_shows_the_whole_page(
+    world: World, sign_in: SignIn
+) -> None:
+    url = a_peering_page_that_keeps_polling(world)
+    page = sign_in("owner")
+    with page.expect_response(polls(url)):
+        page.goto(url)
+    # The browser's cache last saw the partial at this URL: Back must not show it as the page.
+    page.get_by_role("link", name="Audit log").click()
+    expect(page.get_by_role("heading", name="Audit log")).to_be_visible()
+    page.go_back()
+    expect(page.get_by_role("heading", name="VPC peering")).to_be_visible()
+    expect(page.get_by_role("heading", name="Request peering")).to_be_visible()
