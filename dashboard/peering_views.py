@@ -67,10 +67,6 @@ def _active_peers(project: Project, peerings: list[PeeringRequest]) -> list[dict
     return [{"project": peer, "services": by_project.get(peer.pk, [])} for peer in peers]
 
 
-# States only the worker moves on, once both namespaces hold (or dropped) their policy.
-CATCHING_UP = frozenset({PeeringRequest.Status.APPROVED, PeeringRequest.Status.REVOKING})
-
-
 def _page(
     request: HttpRequest,
     access: ProjectAccess,
@@ -85,7 +81,7 @@ def _page(
             peerings=peerings,
             active_peers=_active_peers(access.project, peerings),
             # Either side's reconcile can be the one still to come: poll until both are done.
-            catching_up=any(p.status in CATCHING_UP for p in peerings),
+            catching_up=any(p.status in PeeringRequest.CATCHING_UP for p in peerings),
             form=form,
             enterprise=access.project.organization.plan == Organization.Plan.ENTERPRISE,
         ),

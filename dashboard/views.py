@@ -15,6 +15,7 @@ from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
+from django.views.decorators.vary import vary_on_headers
 from django_htmx.http import trigger_client_event
 from django_htmx.middleware import HtmxDetails
 
@@ -75,6 +76,7 @@ def project_create(request: HttpRequest, org_slug: str) -> HttpResponse:
 
 @login_required
 @require_GET
+@vary_on_headers("HX-Request")  # the page and its partial share a URL: never cache one as the other
 def project_overview(request: HtmxHttpRequest, project_uid: str) -> HttpResponse:
     access = get_project_for_user(request, project_uid)
     services = list(access.project.services.all())
@@ -219,6 +221,7 @@ def _service_context(
 
 @login_required
 @require_GET
+@vary_on_headers("HX-Request")
 def service_detail(request: HtmxHttpRequest, project_uid: str, service_id: int) -> HttpResponse:
     access, service = get_service_for_user(request, project_uid, service_id)
     # htmx refreshes just the endpoints panel when the cluster assigns the ClusterIP.

@@ -730,6 +730,8 @@ class PeeringRequest(models.Model):
     )
     # States in which the NetworkPolicies admitting each other should exist.
     CONNECTED: ClassVar[frozenset[str]] = frozenset({Status.APPROVED, Status.ACTIVE})
+    # States only the worker moves on, once both namespaces hold (or dropped) their policy.
+    CATCHING_UP: ClassVar[frozenset[str]] = frozenset({Status.APPROVED, Status.REVOKING})
 
     requester_project = models.ForeignKey(
         Project, on_delete=models.CASCADE, related_name="peering_requests_sent"

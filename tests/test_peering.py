@@ -317,7 +317,7 @@ class TestEmails:
             "default": {"BACKEND": "django.core.mail.backends.smtp.EmailBackend",
                         "OPTIONS": {"host": "127.0.0.1", "port": 1, "timeout": 2}}
         }  # fmt: skip
-        with pytest.raises(OSError):
+        with pytest.raises(ConnectionRefusedError):
             send_peering_notification.apply(args=(notification.pk,), throw=True)
         notification.refresh_from_db()
         assert notification.sent_at is None

@@ -344,3 +344,14 @@ def test_the_audit_log_lists_who_did_what(owner_client: Client, world: World) ->
     html = owner_client.get(reverse("audit-log", args=[world.project.uid])).content.decode()
     assert "Created a service <code>jobs</code>" in html
     assert "owner" in html
+
+
+@pytest.mark.parametrize("page", ["project-overview", "service-detail"])
+def test_pages_that_htmx_refreshes_vary_on_hx_request(
+    owner_client: Client, world: World, page: str
+) -> None:
+    # The page and its htmx partial share a URL: the browser must not serve one for the other
+    # (Back after a live refresh would show the bare partial).
+    args = [world.project.uid] + ([world.api.pk] if page == "service-detail" else [])
+    response = owner_client.get(reverse(page, args=args))
+    assert "HX-Request" in response["Vary"]
