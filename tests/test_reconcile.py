@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Callable
 from datetime import timedelta
@@ -204,6 +205,31 @@ class TestAbandonedLeases:
         assert reconciler.abandoned_leases() == []
         assert fresh(world.project).sync_state == Project.SyncState.QUEUED
         assert fresh(world.other_project).reconcile_lease_token == token
+
+
+class TestManifestsTemporaryFiles:
+    def test_a_killed_writers_temporary_file_is_removed_and_never_an_object(
+        self, world: World, manifests: Path
+    ) -> None:
+        reconciler.reconcile(world.project.pk)
+        folder = manifests / world.project.namespace
+        objects = sorted(path.name for path in folder.iterdir())
+        # Left by a writer killed between writing and renaming; it may hold a Secret.
+        abandoned = folder / ".02-service-api.yaml.k1ll3d.tmp"
+        abandoned.write_text("apiVersion: v1\nkind: Service\n")
+        an_hour_ago = time.time() - 3600
+        os.utime(abandoned, (an_hour_ago, an_hour_ago))
+        # Being written right now by a pass that outlived its lease: not ours to take.
+        in_progress = folder / ".02-service-api.yaml.wr1t3.tmp"
+        in_progress.write_text("apiVersion: v1\n")
+
+        outcome = reconciler.reconcile(world.project.pk)
+        assert (outcome.status, outcome.changes) == ("in_sync", [])
+        assert not abandoned.exists()
+        assert in_progress.exists()
+        assert sorted(path.name for path in folder.iterdir()) == sorted(
+            [*objects, in_progress.name]
+        )
 
 
 class ChangesDuringApply(ManifestsBackend):
