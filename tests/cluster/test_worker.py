@@ -39,7 +39,7 @@ def in_sync(project: Project) -> bool:
 def test_a_change_in_the_ui_reaches_the_cluster_through_a_worker(
     cluster: Cluster, world: World, start_worker: Callable[[], WorkerProcess]
 ) -> None:
-    worker = start_worker()
+    start_worker()
     client = world.client_for("owner")
     client.post(
         reverse("service-create", args=[world.project.uid]),
@@ -53,7 +53,16 @@ def test_a_change_in_the_ui_reaches_the_cluster_through_a_worker(
     assert service.cluster_ip is not None
     page = client.get(reverse("service-detail", args=[world.project.uid, service.pk]))
     assert service.cluster_ip in page.content.decode()
-    assert "Queued" not in worker.tail()
+    # The badge the page was polling says so, stops polling and has the page refresh its IPs.
+    status = client.get(
+        reverse("project-sync-status", args=[world.project.uid]),
+        {"was": Project.SyncState.QUEUED},
+        HTTP_HX_REQUEST="true",
+    )
+    badge = status.content.decode()
+    assert "In sync" in badge
+    assert "hx-trigger" not in badge
+    assert "cluster-synced" in json.loads(status["HX-Trigger"])
 
 
 def test_a_worker_killed_mid_reconcile_converges_after_restart(
