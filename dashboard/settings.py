@@ -177,8 +177,10 @@ RESYNC_SECONDS = env_int("RESYNC_SECONDS", 300, minimum=10)
 RECONCILE_MAX_RETRIES = env_int("RECONCILE_MAX_RETRIES", 6, minimum=0)
 RECONCILE_RETRY_BASE_SECONDS = float(env_str("RECONCILE_RETRY_BASE_SECONDS") or 2)
 RECONCILE_RETRY_MAX_SECONDS = float(env_str("RECONCILE_RETRY_MAX_SECONDS") or 300)
-# A reconcile holds its project for at most this long; a killed worker's claim then lapses.
-RECONCILE_LEASE_SECONDS = env_int("RECONCILE_LEASE_SECONDS", 120, minimum=1)
+# A reconcile holds its project by a lease it renews every third of this while the pass runs,
+# so a killed worker's claim lapses within this long; beat then hands the project to another
+# worker within half of it more (networking/cluster/reconcile.py explains the whole design).
+RECONCILE_LEASE_SECONDS = env_int("RECONCILE_LEASE_SECONDS", 10, minimum=1)
 
 # Shared-secret rotation: how long the old value stays accepted once nobody sends it, and how
 # often a worker looks at rollouts in progress.
@@ -222,6 +224,10 @@ CELERY_BEAT_SCHEDULE = {
     "resync-every-project": {
         "task": "networking.tasks.resync_all_projects",
         "schedule": float(RESYNC_SECONDS),
+    },
+    "requeue-abandoned-reconciles": {
+        "task": "networking.tasks.requeue_abandoned_reconciles",
+        "schedule": RECONCILE_LEASE_SECONDS / 2,
     },
     "start-scheduled-secret-rotations": {
         "task": "networking.tasks.rotate_due_secrets",

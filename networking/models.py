@@ -14,7 +14,7 @@ from typing import Any, ClassVar
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, models, transaction
-from django.db.models import F
+from django.db.models import F, Q
 from django.db.models.functions import Greatest, Least, Lower
 from django.utils import timezone
 
@@ -152,6 +152,14 @@ class Project(models.Model):
                 F("organization"), Lower("name"), name="unique_project_name_in_org"
             )
         ]
+        indexes = [
+            # Only the leases held right now, where beat looks for dead holders every few seconds.
+            models.Index(
+                fields=["reconcile_lease_until"],
+                condition=~Q(reconcile_lease_token=""),
+                name="project_lease_held",
+            ),
+        ]
 
     def __str__(self) -> str:
         return self.name
@@ -207,7 +215,11 @@ class Project(models.Model):
 
     @property
     def sync_state(self) -> Project.SyncState:
-        """Whether the cluster has caught up with this project's desired state."""
+        """Whether the cluster has caught up with this project's desired state.
+
+        "Applying" only while a live lease says a worker is at it: its holder renews it every
+        few seconds, so a killed worker stops counting within one lease time.
+        """
         if self.reconcile_lease_until is not None and self.reconcile_lease_until > timezone.now():
             return Project.SyncState.APPLYING
         if self.sync_error and self.sync_error_generation == self.generation:

@@ -54,6 +54,17 @@ def resync_all_projects() -> int:
 
 
 @shared_task(acks_late=True)
+def requeue_abandoned_reconciles() -> int:
+    """Beat, every half lease: hand the projects of workers that died mid-pass to live ones."""
+    abandoned = reconciler.abandoned_leases()
+    for project_id, token in abandoned:
+        # Enqueue first: should this worker die in between, the next tick enqueues it again.
+        reconcile_project.delay(project_id)
+        reconciler.clear_abandoned_lease(project_id, token)
+    return len(abandoned)
+
+
+@shared_task(acks_late=True)
 def rotate_due_secrets() -> int:
     """Beat: start the scheduled rotations that are due."""
     started = 0

@@ -15,7 +15,7 @@ from dashboard.celery import app as celery_app
 from networking.cluster import kube
 from tests.kubeapi import TestAPIServer, kube_api_session
 from tests.kubehttp import HttpRecorder
-from tests.worker import WorkerProcess, database_url
+from tests.worker import BeatProcess, WorkerProcess, database_url
 
 
 @pytest.fixture(scope="session")
@@ -92,11 +92,12 @@ def worker_env(cluster: Cluster, transactional_db: Any) -> dict[str, str]:
 @pytest.fixture
 def start_worker(
     worker_env: dict[str, str], tmp_path: Path
-) -> Iterator[Callable[[], WorkerProcess]]:
+) -> Iterator[Callable[..., WorkerProcess]]:
+    """Start a worker with ``worker_env`` as it is at the call, and ``env`` over it."""
     workers: list[WorkerProcess] = []
 
-    def start() -> WorkerProcess:
-        worker = WorkerProcess(worker_env, tmp_path / "worker.log")
+    def start(**env: str) -> WorkerProcess:
+        worker = WorkerProcess({**worker_env, **env}, tmp_path / "worker.log")
         worker.start()
         workers.append(worker)
         return worker
@@ -104,6 +105,23 @@ def start_worker(
     yield start
     for worker in workers:
         worker.stop()
+
+
+@pytest.fixture
+def start_beat(worker_env: dict[str, str], tmp_path: Path) -> Iterator[Callable[[], BeatProcess]]:
+    """Start ``celery beat``, with its schedule file in this test's folder."""
+    beats: list[BeatProcess] = []
+
+    def start() -> BeatProcess:
+        schedule = str(tmp_path / "beat-schedule")
+        beat = BeatProcess(dict(worker_env), tmp_path / "beat.log", ["--schedule", schedule])
+        beat.start()
+        beats.append(beat)
+        return beat
+
+    yield start
+    for beat in beats:
+        beat.stop()
 
 
 @pytest.fixture

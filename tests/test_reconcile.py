@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import time
 from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
@@ -19,7 +21,7 @@ from networking.cluster.backends import ApplyResult
 from networking.cluster.desired import DesiredState
 from networking.cluster.manifests import ManifestsBackend
 from networking.models import ApplyAttempt, AuditEvent, Project, Service
-from networking.tasks import backoff_seconds, reconcile_project
+from networking.tasks import backoff_seconds, reconcile_project, requeue_abandoned_reconciles
 from tests.conftest import World, make_service
 
 
@@ -32,6 +34,13 @@ def manifests(settings: Any, tmp_path: Path) -> Path:
 
 def fresh(project: Project) -> Project:
     return Project.objects.get(pk=project.pk)
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
 
 
 def test_a_reconcile_writes_the_project_and_marks_it_in_sync(world: World, manifests: Path) -> None:
@@ -94,6 +103,133 @@ class TestLease:
     def test_it_shows_applying_while_a_worker_holds_it(self, world: World) -> None:
         reconciler.claim(world.project.pk)
         assert fresh(world.project).sync_state == Project.SyncState.APPLYING
+
+    def test_a_dead_workers_project_stops_showing_applying_once_its_lease_lapses(
+        self, owner_client: Client, world: World
+    ) -> None:
+        url = reverse("project-sync-status", args=[world.project.uid])
+        reconciler.claim(world.project.pk)
+        assert "Applying" in owner_client.get(url).content.decode()
+        Project.objects.filter(pk=world.project.pk).update(
+            reconcile_lease_until=timezone.now() - timedelta(seconds=1)
+        )
+        html = owner_client.get(url).content.decode()
+        assert "Applying" not in html
+        assert "Queued" in html
+
+    @pytest.mark.django_db(transaction=True)  # the heartbeat thread has its own connection
+    def test_a_pass_longer_than_the_lease_keeps_it(
+        self, world: World, manifests: Path, settings: Any
+    ) -> None:
+        settings.RECONCILE_LEASE_SECONDS = 2
+        claims_by_another_worker: list[str | None] = []
+
+        class OutlastsItsLease(ManifestsBackend):
+            def apply(self, desired: DesiredState) -> ApplyResult:
+                first_lease = fresh(world.project).reconcile_lease_until
+                assert first_lease is not None
+                # Work on until the lease taken at the start would have lapsed a second ago.
+                wait_until(lambda: timezone.now() > first_lease + timedelta(seconds=1))
+                claims_by_another_worker.append(reconciler.claim(world.project.pk))
+                assert fresh(world.project).sync_state == Project.SyncState.APPLYING
+                return super().apply(desired)
+
+        outcome = reconciler.reconcile(world.project.pk, OutlastsItsLease(manifests))
+        assert outcome.status == "applied"
+        assert claims_by_another_worker == [None]
+        project = fresh(world.project)
+        assert (project.reconcile_lease_until, project.reconcile_lease_token) == (None, "")
+        assert project.sync_state == Project.SyncState.IN_SYNC
+
+    @pytest.mark.django_db(transaction=True)
+    def test_a_pass_whose_lease_was_taken_over_leaves_the_new_holder_alone(
+        self, world: World, manifests: Path, settings: Any
+    ) -> None:
+        settings.RECONCILE_LEASE_SECONDS = 1
+        theirs = timezone.now() + timedelta(minutes=5)
+
+        class TakenOver(ManifestsBackend):
+            def apply(self, desired: DesiredState) -> ApplyResult:
+                # Our renewals stalled past the lease and another worker claimed the project.
+                Project.objects.filter(pk=world.project.pk).update(
+                    reconcile_lease_until=theirs, reconcile_lease_token="the-other-worker"
+                )
+                taken_at = timezone.now()
+                wait_until(lambda: timezone.now() > taken_at + timedelta(seconds=1.5))
+                return super().apply(desired)
+
+        reconciler.reconcile(world.project.pk, TakenOver(manifests))
+        project = fresh(world.project)
+        assert project.reconcile_lease_token == "the-other-worker"
+        assert project.reconcile_lease_until == theirs
+
+
+class TestAbandonedLeases:
+    """Beat hands the project of a worker that died mid-pass to a live worker."""
+
+    def abandon(self, project: Project) -> None:
+        """A worker claimed the project, then was killed: its lease lapses unreleased."""
+        assert reconciler.claim(project.pk) is not None
+        Project.objects.filter(pk=project.pk).update(
+            reconcile_lease_until=timezone.now() - timedelta(seconds=1)
+        )
+
+    def test_beat_reconciles_a_project_whose_worker_died(
+        self, world: World, manifests: Path, eager_tasks: None
+    ) -> None:
+        self.abandon(world.project)
+        assert requeue_abandoned_reconciles.delay().get() == 1
+        project = fresh(world.project)
+        assert project.sync_state == Project.SyncState.IN_SYNC
+        assert project.reconcile_lease_token == ""
+        assert requeue_abandoned_reconciles.delay().get() == 0
+
+    def test_it_leaves_a_living_workers_project_alone(
+        self, world: World, manifests: Path, eager_tasks: None
+    ) -> None:
+        token = reconciler.claim(world.project.pk)
+        assert requeue_abandoned_reconciles.delay().get() == 0
+        project = fresh(world.project)
+        assert project.reconcile_lease_token == token
+        assert project.sync_state == Project.SyncState.APPLYING
+
+    def test_a_lease_is_cleared_only_if_still_abandoned(self, world: World) -> None:
+        self.abandon(world.project)
+        self.abandon(world.other_project)
+        abandoned = dict(reconciler.abandoned_leases())
+        assert set(abandoned) == {world.project.pk, world.other_project.pk}
+        # Meanwhile a live worker claimed the other project: it keeps its lease.
+        token = reconciler.claim(world.other_project.pk)
+        for project_id, abandoned_token in abandoned.items():
+            reconciler.clear_abandoned_lease(project_id, abandoned_token)
+        assert reconciler.abandoned_leases() == []
+        assert fresh(world.project).sync_state == Project.SyncState.QUEUED
+        assert fresh(world.other_project).reconcile_lease_token == token
+
+
+class TestManifestsTemporaryFiles:
+    def test_a_killed_writers_temporary_file_is_removed_and_never_an_object(
+        self, world: World, manifests: Path
+    ) -> None:
+        reconciler.reconcile(world.project.pk)
+        folder = manifests / world.project.namespace
+        objects = sorted(path.name for path in folder.iterdir())
+        # Left by a writer killed between writing and renaming; it may hold a Secret.
+        abandoned = folder / ".02-service-api.yaml.k1ll3d.tmp"
+        abandoned.write_text("apiVersion: v1\nkind: Service\n")
+        an_hour_ago = time.time() - 3600
+        os.utime(abandoned, (an_hour_ago, an_hour_ago))
+        # Being written right now by a pass that outlived its lease: not ours to take.
+        in_progress = folder / ".02-service-api.yaml.wr1t3.tmp"
+        in_progress.write_text("apiVersion: v1\n")
+
+        outcome = reconciler.reconcile(world.project.pk)
+        assert (outcome.status, outcome.changes) == ("in_sync", [])
+        assert not abandoned.exists()
+        assert in_progress.exists()
+        assert sorted(path.name for path in folder.iterdir()) == sorted(
+            [*objects, in_progress.name]
+        )
 
 
 class ChangesDuringApply(ManifestsBackend):

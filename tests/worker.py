@@ -1,4 +1,4 @@
-"""A ``celery worker`` process for tests and benchmarks, on this run's queue and database."""
+"""Celery worker and beat processes for tests and benchmarks, on this run's queue and database."""
 
 from __future__ import annotations
 
@@ -79,3 +79,21 @@ class WorkerProcess:
 
     def tail(self) -> str:
         return "\n".join(self.log.read_text(errors="replace").splitlines()[-40:])
+
+
+class BeatProcess(WorkerProcess):
+    """``celery beat`` on its own, as production runs it beside the workers."""
+
+    def start(self) -> None:
+        with self.log.open("ab") as log:
+            self.process = subprocess.Popen(
+                [
+                    sys.executable, "-m", "celery", "-A", "dashboard", "beat",
+                    "--loglevel=INFO", *self.extra_args,
+                ],
+                cwd=REPO,
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )  # fmt: skip
+        self.wait_for_log("beat: Starting...", timeout=30)

@@ -3,12 +3,21 @@
 The folder is usable as a GitOps source or with ``kubectl apply -f <dir>/<namespace>``: files
 are prefixed so the Namespace sorts first. Unchanged files are not rewritten, and files of
 objects that are no longer desired are removed.
+
+Each file is written to a hidden ``.<name>.<random>.tmp`` beside it and renamed into place, so
+a reader never sees half a file. A writer killed between the two leaves its temporary file
+behind (it may hold a Secret): every apply removes those older than a few seconds. Never all of
+them: the lease makes one pass per namespace the rule, but a pass that outlived its lease may
+still be finishing a write, and taking its file would fail its rename. Temporary files never
+count as objects: only ``NN-<kind>-<name>.yaml`` does, and ``kubectl apply -f`` reads only
+``.yaml``, ``.yml`` and ``.json``.
 """
 
 from __future__ import annotations
 
 import os
 import tempfile
+import time
 from pathlib import Path
 
 import yaml
@@ -18,6 +27,9 @@ from networking.cluster.desired import KINDS, DesiredState
 from networking.cluster.errors import PermanentClusterError
 
 SUFFIX = ".yaml"
+TEMPORARY_SUFFIX = ".tmp"
+# A write renames its temporary file within milliseconds: one this old was left by a dead writer.
+ABANDONED_AFTER_SECONDS = 5.0
 
 
 def _filename(kind: str, name: str) -> str:
@@ -37,6 +49,7 @@ class ManifestsBackend:
         folder = self.directory / namespace
         try:
             folder.mkdir(parents=True, exist_ok=True)
+            self._remove_abandoned_temporaries(folder)
             existing = {path.name: path for path in folder.glob(f"[0-9][0-9]-*{SUFFIX}")}
             wanted: set[str] = set()
             for (kind, name), obj in objects.items():
@@ -62,7 +75,23 @@ class ManifestsBackend:
     @staticmethod
     def _write(path: Path, text: str) -> None:
         # Write-then-rename, so a reader (kubectl, a GitOps agent) never sees half a file.
-        handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=".", suffix=".tmp")
-        with os.fdopen(handle, "w") as file:
-            file.write(text)
-        os.replace(temporary, path)
+        handle, temporary = tempfile.mkstemp(
+            dir=path.parent, prefix=f".{path.name}.", suffix=TEMPORARY_SUFFIX
+        )
+        try:
+            with os.fdopen(handle, "w") as file:
+                file.write(text)
+            os.replace(temporary, path)
+        except BaseException:
+            Path(temporary).unlink(missing_ok=True)
+            raise
+
+    @staticmethod
+    def _remove_abandoned_temporaries(folder: Path) -> None:
+        cutoff = time.time() - ABANDONED_AFTER_SECONDS
+        for path in folder.glob(f".*{TEMPORARY_SUFFIX}"):
+            try:
+                if path.stat().st_mtime < cutoff:
+                    path.unlink()
+            except FileNotFoundError:
+                continue  # renamed into place, or removed by another pass, meanwhile

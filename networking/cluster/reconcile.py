@@ -4,6 +4,23 @@ Level-triggered: a pass reads the current rows, builds the full desired state an
 backend apply only what differs, so running it again, twice at once, or after a lost message
 is harmless. A compare-and-swap lease on the project row keeps two passes of one project from
 overlapping without holding a database transaction open during cluster I/O.
+
+The lease is short (``RECONCILE_LEASE_SECONDS``, 10 s by default) and a heartbeat thread renews
+it every third of that while the pass runs, however long the pass takes. So a lease that is
+still live means a living worker is applying (the dashboard's "Applying"), and a worker that
+was killed (``kill -9``, an OOM kill, a lost node) lets its lease lapse within one lease time;
+the badge then falls back to what is true ("Queued", or "In sync").
+
+What re-runs the dead worker's project: not the broker. Tasks ack late, but Redis hands an
+unacknowledged message to another worker only after its visibility timeout, and that must stay
+long (``CELERY_VISIBILITY_TIMEOUT``, 600 s): a retry's countdown is held unacknowledged by a
+worker for as long as the countdown runs, and a long pass would be handed out again while it
+still runs. Instead beat runs ``requeue_abandoned_reconciles`` every half lease: one query on a
+partial index of the leases held right now finds those that lapsed with their token still set
+(their holder never released them), enqueues a reconcile for each, then clears the lease by
+compare-and-swap. A killed worker's project is thus picked up again within 1.5 lease times plus
+one pass (about 15 s), and standing still costs one cheap query per tick, not work per project.
+The killed worker's own message still comes back after the visibility timeout: a no-op pass.
 """
 
 from __future__ import annotations
@@ -11,12 +28,15 @@ from __future__ import annotations
 import base64
 import logging
 import secrets
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from django.conf import settings
-from django.db import transaction
+from django.db import connection, transaction
 from django.db.models import Prefetch, Q
 from django.utils import timezone
 
@@ -136,6 +156,81 @@ def release(project_id: int, token: str) -> None:
     )
 
 
+def renew(project_id: int, token: str) -> bool:
+    """Extend the lease we hold by a full lease time; False if it is no longer ours."""
+    return bool(
+        Project.objects.filter(pk=project_id, reconcile_lease_token=token).update(
+            reconcile_lease_until=timezone.now()
+            + timedelta(seconds=settings.RECONCILE_LEASE_SECONDS)
+        )
+    )
+
+
+def _keep_renewing(project_id: int, token: str, stop: threading.Event) -> None:
+    """The heartbeat: renew every third of the lease until stopped or the lease is taken.
+
+    It runs in its own thread, so Django gives it its own database connection, closed here.
+    """
+    try:
+        while not stop.wait(settings.RECONCILE_LEASE_SECONDS / 3):
+            try:
+                if not renew(project_id, token):
+                    # Taken over (our renewals stalled past the lease) or released: the other
+                    # holder's pass is just as correct as ours, so stop claiming the project.
+                    logger.warning("Lost the reconcile lease of project %s", project_id)
+                    return
+            except Exception:
+                # The database may be back by the next renewal: the lease outlasts two misses.
+                logger.exception("Could not renew the reconcile lease of project %s", project_id)
+                connection.close()
+    finally:
+        connection.close()
+
+
+@contextmanager
+def renewed(project_id: int, token: str) -> Iterator[None]:
+    """Hold a claimed lease while the block runs, renewing it, then release it."""
+    stop = threading.Event()
+    heartbeat = threading.Thread(
+        target=_keep_renewing,
+        args=(project_id, token, stop),
+        name=f"reconcile-lease-{project_id}",
+        daemon=True,
+    )
+    heartbeat.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        heartbeat.join()
+        release(project_id, token)
+
+
+def abandoned_leases() -> list[tuple[int, str]]:
+    """The projects whose lease holder died mid-pass, with the token it left behind.
+
+    A living holder renews its lease and releases it when done, so a lease that lapsed with its
+    token still set was left by a worker that is gone. One query on a partial index that holds
+    only the leases taken right now.
+    """
+    return list(
+        Project.objects.filter(reconcile_lease_until__lte=timezone.now())
+        .exclude(reconcile_lease_token="")
+        .values_list("pk", "reconcile_lease_token")
+    )
+
+
+def clear_abandoned_lease(project_id: int, token: str) -> None:
+    """Forget a dead holder's lease, so the next tick does not enqueue its project again.
+
+    Compared on the token and the lapse, so a worker that claimed the project meanwhile (or a
+    holder that was only slow and renewed) keeps its lease.
+    """
+    Project.objects.filter(
+        pk=project_id, reconcile_lease_token=token, reconcile_lease_until__lte=timezone.now()
+    ).update(reconcile_lease_until=None, reconcile_lease_token="")
+
+
 def reconcile(project_id: int, backend: Backend | None = None) -> Outcome:
     """Bring one project's namespace in line with its rows; raise ``ReconcileFailed``."""
     outcome = Outcome("busy")
@@ -154,7 +249,7 @@ def reconcile(project_id: int, backend: Backend | None = None) -> Outcome:
             return Outcome(
                 "busy", generation=outcome.generation, lease_remaining=max(remaining, 0.0)
             )
-        try:
+        with renewed(project_id, token):
             project = Project.objects.filter(pk=project_id).first()
             if project is None:
                 return Outcome("missing")
@@ -173,8 +268,6 @@ def reconcile(project_id: int, backend: Backend | None = None) -> Outcome:
                     changes=[],
                     started_at=time.time(),
                 ) from None
-        finally:
-            release(project_id, token)
         # Checked after releasing: a change committed from here on enqueues a task that can
         # claim the lease, and one committed before is seen here.
         if not Project.objects.filter(pk=project_id, generation__gt=outcome.generation).exists():

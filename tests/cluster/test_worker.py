@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import json
+import re
+import socket
 import time
 from collections.abc import Callable
+from datetime import timedelta
+from pathlib import Path
 
 import pytest
 from django.conf import settings
 from django.test import Client
 from django.urls import reverse
+from django.utils import timezone
 
 from networking import rotation
 from networking.cluster.desired import SECRETS_ANNOTATION
@@ -16,7 +22,7 @@ from networking.models import Project, Service, SharedSecret
 from tests.cluster.test_rotation import deploy, deployment, secret_data
 from tests.cluster_fixtures import Cluster
 from tests.conftest import World, make_service
-from tests.worker import WorkerProcess
+from tests.worker import BeatProcess, WorkerProcess
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
@@ -33,7 +39,7 @@ def in_sync(project: Project) -> bool:
 def test_a_change_in_the_ui_reaches_the_cluster_through_a_worker(
     cluster: Cluster, world: World, start_worker: Callable[[], WorkerProcess]
 ) -> None:
-    worker = start_worker()
+    start_worker()
     client = world.client_for("owner")
     client.post(
         reverse("service-create", args=[world.project.uid]),
@@ -47,7 +53,16 @@ def test_a_change_in_the_ui_reaches_the_cluster_through_a_worker(
     assert service.cluster_ip is not None
     page = client.get(reverse("service-detail", args=[world.project.uid, service.pk]))
     assert service.cluster_ip in page.content.decode()
-    assert "Queued" not in worker.tail()
+    # The badge the page was polling says so, stops polling and has the page refresh its IPs.
+    status = client.get(
+        reverse("project-sync-status", args=[world.project.uid]),
+        {"was": Project.SyncState.QUEUED},
+        HTTP_HX_REQUEST="true",
+    )
+    badge = status.content.decode()
+    assert "In sync" in badge
+    assert "hx-trigger" not in badge
+    assert "cluster-synced" in json.loads(status["HX-Trigger"])
 
 
 def test_a_worker_killed_mid_reconcile_converges_after_restart(
@@ -76,6 +91,69 @@ def test_a_worker_killed_mid_reconcile_converges_after_restart(
     wait_until(lambda: in_sync(world.project), 60, "convergence after the restart")
     assert len(cluster.services(namespace)) == 152
     assert Service.objects.filter(project=world.project, cluster_ip__isnull=True).count() == 0
+
+
+def test_a_worker_killed_mid_pass_is_replaced_within_20_seconds_with_the_shipped_defaults(
+    cluster: Cluster,
+    world: World,
+    start_worker: Callable[..., WorkerProcess],
+    start_beat: Callable[[], BeatProcess],
+    worker_env: dict[str, str],
+    tmp_path: Path,
+) -> None:
+    # Not the short lease and visibility timeout the other tests use: what production runs.
+    worker_env.pop("RECONCILE_LEASE_SECONDS")
+    worker_env.pop("CELERY_VISIBILITY_TIMEOUT")
+    lease = timedelta(seconds=settings.RECONCILE_LEASE_SECONDS)
+    client = world.client_for("member")
+    status_url = reverse("project-sync-status", args=[world.project.uid])
+
+    # The first worker's API server accepts connections and never answers, so its pass hangs
+    # in mid-apply (as behind a partitioned network) for as long as the worker lives.
+    with socket.create_server(("127.0.0.1", 0)) as unanswering:
+        kubeconfig = json.loads(cluster.api.kubeconfig_path.read_text())
+        kubeconfig["clusters"][0]["cluster"]["server"] = (
+            f"https://127.0.0.1:{unanswering.getsockname()[1]}"
+        )
+        hanging_kubeconfig = tmp_path / "kubeconfig-unanswering"
+        hanging_kubeconfig.write_text(json.dumps(kubeconfig))
+        hanging = start_worker(KUBECONFIG=str(hanging_kubeconfig), KUBE_REQUEST_TIMEOUT="3600")
+        world.project.request_reconcile()  # no transaction here: enqueued at once
+        wait_until(lambda: "Applying" in client.get(status_url).content.decode(), 30, "Applying")
+        holder = Project.objects.get(pk=world.project.pk)
+        token, first_lease_until = holder.reconcile_lease_token, holder.reconcile_lease_until
+        assert first_lease_until is not None
+
+        # A second worker, and beat, as in production. A living worker's pass keeps its lease
+        # however long it runs: past the lease it started with, and past beat's ticks.
+        start_worker()
+        start_beat()
+        beat_looked = re.compile(r"requeue_abandoned_reconciles\[[-0-9a-f]+\] succeeded in .*: 0")
+        wait_until(lambda: bool(beat_looked.search(hanging.log.read_text())), 30, "beat's tick")
+        wait_until(lambda: timezone.now() > first_lease_until + timedelta(seconds=1), 30, "lease")
+        holder = Project.objects.get(pk=world.project.pk)
+        assert holder.reconcile_lease_token == token
+        assert holder.sync_state == Project.SyncState.APPLYING
+        assert cluster.namespace(world.project.namespace) is None, (
+            "the first worker reached the API server"
+        )
+
+        hanging.kill()
+        killed_at, killed_at_monotonic = timezone.now(), time.monotonic()
+
+    # The dead worker's lease runs out within one lease time: from then on the badge does not
+    # say "Applying" for it (it says "Queued", or "Applying" once the other worker took over).
+    lapses_at = Project.objects.get(pk=world.project.pk).reconcile_lease_until
+    assert lapses_at is not None
+    assert lapses_at <= killed_at + lease
+    wait_until(lambda: timezone.now() > lapses_at, 30, "the lease to lapse")
+    badge = client.get(status_url).content.decode()
+    taken_over = Project.objects.get(pk=world.project.pk).reconcile_lease_token != token
+    assert "Applying" not in badge or taken_over, badge
+
+    remaining = 20 - (time.monotonic() - killed_at_monotonic)
+    wait_until(lambda: in_sync(world.project), max(remaining, 0), "convergence 20 s after the kill")
+    assert set(cluster.services(world.project.namespace)) == {"api", "postgres"}
 
 
 def test_the_dashboard_shows_failed_then_retry_heals(
