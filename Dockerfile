@@ -4,7 +4,7 @@
 #   docker build -t stackblaze-private-networking .
 #   web:     (default CMD) gunicorn on :8000
 #   worker:  celery -A dashboard worker --loglevel=INFO --concurrency=4
-#   beat:    celery -A dashboard beat --loglevel=INFO --schedule /tmp/celerybeat-schedule
+#   beat:    celery -A dashboard beat --loglevel=INFO
 #   migrate: python manage.py migrate --no-input
 #
 # No secret is baked in: DJANGO_SECRET_KEY, FIELD_ENCRYPTION_KEYS, DATABASE_URL, REDIS_URL and

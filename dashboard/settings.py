@@ -242,7 +242,11 @@ CELERY_BEAT_SCHEDULE = {
         "schedule": 3600.0,
     },
 }
-CELERY_BEAT_SCHEDULE_FILENAME = str(STATE_DIR / "celerybeat-schedule")
+# Beat keeps its schedule in memory: every entry is an interval of idempotent work, so after a
+# restart each simply runs one interval later. No schedule file means nothing to lock or corrupt
+# (Python 3.13's shelve, sqlite3 underneath, failed with "locking protocol" when two processes
+# shared one).
+CELERY_BEAT_SCHEDULER = "celery.beat:Scheduler"
 
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
