@@ -80,7 +80,9 @@ def page(context: BrowserContext) -> Page:
     return context.new_page()
 
 
-@pytest.fixture(scope="session")
+# Package-scoped: stopped once the browser tests are done, so it never takes the queued tasks
+# of the tests that run after them.
+@pytest.fixture(scope="package")
 def e2e_worker(
     django_db_setup: Any,
     django_db_blocker: Any,
