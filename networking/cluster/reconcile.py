@@ -37,7 +37,7 @@ from datetime import UTC, datetime, timedelta
 
 from django.conf import settings
 from django.db import connection, transaction
-from django.db.models import Prefetch, Q
+from django.db.models import F, Prefetch, Q
 from django.utils import timezone
 
 from networking import peering, rotation
@@ -86,12 +86,19 @@ def cluster_settings() -> ClusterSettings:
     )
 
 
-def _secret_specs(secrets: list[SharedSecret]) -> list[SecretSpec]:
+def secret_specs(project: Project, *, with_values: bool = True) -> list[SecretSpec]:
+    """The project's shared secrets for the desired state; without values for comparisons
+    that never look at the Secret itself (the watcher's)."""
+    return _secret_specs(_shared_secrets(project), with_values=with_values)
+
+
+def _secret_specs(secrets: list[SharedSecret], *, with_values: bool = True) -> list[SecretSpec]:
     return [
         SecretSpec(
             name=secret.name,
             environment={
-                key: value.reveal() for key, value in rotation.environment(secret).items()
+                key: value.reveal() if with_values else ""
+                for key, value in rotation.environment(secret).items()
             },
             version=secret.version,
             receivers=frozenset(service.name for service in secret.services.all()),
@@ -229,6 +236,23 @@ def clear_abandoned_lease(project_id: int, token: str) -> None:
     Project.objects.filter(
         pk=project_id, reconcile_lease_token=token, reconcile_lease_until__lte=timezone.now()
     ).update(reconcile_lease_until=None, reconcile_lease_token="")
+
+
+def projects_to_resync() -> list[int]:
+    """Projects the periodic resync must look at: behind, failed, or due a full re-read."""
+    live_lease = Q(reconcile_lease_until__gt=timezone.now())
+    behind = list(
+        Project.objects.filter(Q(applied_generation__lt=F("generation")) | ~Q(sync_error=""))
+        .exclude(live_lease)
+        .values_list("pk", flat=True)
+    )
+    oldest = list(
+        Project.objects.exclude(live_lease)
+        .exclude(pk__in=behind)
+        .order_by(F("verified_at").asc(nulls_first=True))
+        .values_list("pk", flat=True)[: settings.RESYNC_VERIFY_PROJECTS]
+    )
+    return behind + oldest
 
 
 def reconcile(project_id: int, backend: Backend | None = None) -> Outcome:
