@@ -67,14 +67,7 @@ def requeue_abandoned_reconciles() -> int:
 @shared_task(acks_late=True)
 def rotate_due_secrets() -> int:
     """Beat: start the scheduled rotations that are due."""
-    started = 0
-    for secret in rotation.due_for_rotation():
-        try:
-            rotation.start_rotation(secret, actor=None)
-        except rotation.RotationRefused:
-            continue  # started by someone in the meantime
-        started += 1
-    return started
+    return rotation.start_due_rotations()
 
 
 @shared_task(acks_late=True)
