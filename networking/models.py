@@ -242,6 +242,11 @@ class Project(models.Model):
 
         enqueue.after_commit(reconcile_project, self.pk)
 
+    def retry_sync(self) -> None:
+        """The Retry button: show "retrying" and enqueue a fresh pass with a fresh retry budget."""
+        Project.objects.filter(pk=self.pk).update(sync_retry_at=timezone.now())
+        self.request_reconcile()
+
     def record_change(
         self,
         *,

@@ -407,9 +407,3 @@ def record_failure(project_id: int, failure: ReconcileFailed, *, retry_in: float
         f"retrying in {retry_in:.1f}s" if retry_in is not None else "not retrying",
         failure.error,
     )
-
-
-def retry_now(project: Project) -> None:
-    """The Retry button: show "retrying" and enqueue a fresh pass with a fresh retry budget."""
-    Project.objects.filter(pk=project.pk).update(sync_retry_at=timezone.now())
-    project.request_reconcile()
