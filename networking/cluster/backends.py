@@ -1,14 +1,13 @@
 """Where desired state goes: a real cluster, or a directory of manifests.
 
-``get_backend()`` picks one from ``settings.CLUSTER_BACKEND``.
+The types and comparisons every backend shares. ``networking.cluster.backend_choice`` picks
+one backend from ``settings.CLUSTER_BACKEND``.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any, Protocol
-
-from django.conf import settings
 
 from networking.cluster.desired import DesiredState, KubeObject
 from networking.cluster.errors import ClusterError
@@ -60,16 +59,6 @@ class Backend(Protocol):
         object does not hold the others back.
         """
         ...
-
-
-def get_backend() -> Backend:
-    if settings.CLUSTER_BACKEND == "kubernetes":
-        from networking.cluster.kube import KubernetesBackend
-
-        return KubernetesBackend.from_settings()
-    from networking.cluster.manifests import ManifestsBackend
-
-    return ManifestsBackend(settings.MANIFESTS_DIR)
 
 
 def matches(desired: KubeObject, live: KubeObject) -> bool:

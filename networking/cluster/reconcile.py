@@ -41,7 +41,8 @@ from django.db.models import Prefetch, Q
 from django.utils import timezone
 
 from networking import peering, rotation
-from networking.cluster.backends import ApplyResult, Backend, get_backend
+from networking.cluster.backend_choice import get_backend
+from networking.cluster.backends import ApplyResult, Backend
 from networking.cluster.desired import (
     ClusterSettings,
     DesiredState,
