@@ -60,6 +60,18 @@ class Backend(Protocol):
         """
         ...
 
+    def managed_namespaces(self) -> set[str]:
+        """The names of every namespace this app manages (labelled as ours), in one read."""
+        ...
+
+    def delete_namespace(self, namespace: str) -> bool:
+        """Delete one namespace this app manages, with everything in it.
+
+        False if there is nothing of ours to delete: no such namespace, one being deleted
+        already, or one without our label (never touched). Raises ``ClusterError``.
+        """
+        ...
+
 
 def matches(desired: KubeObject, live: KubeObject) -> bool:
     """Whether the live object already has every field we apply.
