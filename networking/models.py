@@ -209,9 +209,19 @@ class Project(models.Model):
             raise Project.name_taken(name) from None
         return True
 
+    NAMESPACE_PREFIX = "prj-"
+
     @property
     def namespace(self) -> str:
-        return f"prj-{self.uid}"
+        return f"{Project.NAMESPACE_PREFIX}{self.uid}"
+
+    @classmethod
+    def orphaned_namespaces(cls, namespaces: Iterable[str]) -> set[str]:
+        """Those of ``namespaces`` (all of them ours) whose project no longer exists."""
+        names = set(namespaces)
+        uids = [name.removeprefix(cls.NAMESPACE_PREFIX) for name in names]
+        live = cls.objects.filter(uid__in=uids).values_list("uid", flat=True)
+        return names - {f"{cls.NAMESPACE_PREFIX}{uid}" for uid in live}
 
     @property
     def sync_state(self) -> Project.SyncState:

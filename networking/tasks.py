@@ -9,7 +9,9 @@ from celery import Task, shared_task
 from django.conf import settings
 
 from networking import notifications, peering, rotation
+from networking.cluster import orphans
 from networking.cluster import reconcile as reconciler
+from networking.cluster.errors import ClusterError
 from networking.models import Project
 
 
@@ -51,6 +53,24 @@ def resync_all_projects() -> int:
     for project_id in project_ids:
         reconcile_project.delay(project_id)
     return len(project_ids)
+
+
+@shared_task(acks_late=True)
+def delete_orphan_namespaces() -> int:
+    """Delete every namespace of ours whose project no longer exists; how many."""
+    return len(orphans.delete_orphans())
+
+
+@shared_task(bind=True, acks_late=True, max_retries=None)
+def delete_namespace_if_orphaned(self: Task[Any, Any], namespace: str) -> bool:
+    """Delete one namespace if its project no longer exists; retry transient cluster errors."""
+    try:
+        return orphans.delete_if_orphaned(namespace)
+    except ClusterError as error:
+        retries = self.request.retries
+        if error.transient and retries < settings.RECONCILE_MAX_RETRIES:
+            raise self.retry(countdown=backoff_seconds(retries)) from None
+        raise
 
 
 @shared_task(acks_late=True)
