@@ -213,9 +213,19 @@ class Project(models.Model):
             raise Project.name_taken(name) from None
         return True
 
+    NAMESPACE_PREFIX = "prj-"
+
     @property
     def namespace(self) -> str:
-        return f"prj-{self.uid}"
+        return f"{Project.NAMESPACE_PREFIX}{self.uid}"
+
+    @classmethod
+    def orphaned_namespaces(cls, namespaces: Iterable[str]) -> set[str]:
+        """Those of ``namespaces`` (all of them ours) whose project no longer exists."""
+        names = set(namespaces)
+        uids = [name.removeprefix(cls.NAMESPACE_PREFIX) for name in names]
+        live = cls.objects.filter(uid__in=uids).values_list("uid", flat=True)
+        return names - {f"{cls.NAMESPACE_PREFIX}{uid}" for uid in live}
 
     @property
     def sync_state(self) -> Project.SyncState:
@@ -271,6 +281,11 @@ class Project(models.Model):
         cls.objects.filter(pk=project_id).exclude(reconcile_queued_at=None).update(
             reconcile_queued_at=None
         )
+
+    def retry_sync(self) -> None:
+        """The Retry button: show "retrying" and enqueue a fresh pass with a fresh retry budget."""
+        Project.objects.filter(pk=self.pk).update(sync_retry_at=timezone.now())
+        self.request_reconcile()
 
     def record_change(
         self,

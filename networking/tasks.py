@@ -9,7 +9,9 @@ from celery import Task, shared_task
 from django.conf import settings
 
 from networking import notifications, peering, rotation
+from networking.cluster import orphans
 from networking.cluster import reconcile as reconciler
+from networking.cluster.errors import ClusterError
 from networking.models import Project
 
 
@@ -65,6 +67,24 @@ def resync_all_projects() -> int:
 
 
 @shared_task(acks_late=True)
+def delete_orphan_namespaces() -> int:
+    """Delete every namespace of ours whose project no longer exists; how many."""
+    return len(orphans.delete_orphans())
+
+
+@shared_task(bind=True, acks_late=True, max_retries=None)
+def delete_namespace_if_orphaned(self: Task[Any, Any], namespace: str) -> bool:
+    """Delete one namespace if its project no longer exists; retry transient cluster errors."""
+    try:
+        return orphans.delete_if_orphaned(namespace)
+    except ClusterError as error:
+        retries = self.request.retries
+        if error.transient and retries < settings.RECONCILE_MAX_RETRIES:
+            raise self.retry(countdown=backoff_seconds(retries)) from None
+        raise
+
+
+@shared_task(acks_late=True)
 def requeue_abandoned_reconciles() -> int:
     """Beat, every half lease: hand the projects of workers that died mid-pass to live ones."""
     abandoned = reconciler.abandoned_leases()
@@ -78,14 +98,7 @@ def requeue_abandoned_reconciles() -> int:
 @shared_task(acks_late=True)
 def rotate_due_secrets() -> int:
     """Beat: start the scheduled rotations that are due."""
-    started = 0
-    for secret in rotation.due_for_rotation():
-        try:
-            rotation.start_rotation(secret, actor=None)
-        except rotation.RotationRefused:
-            continue  # started by someone in the meantime
-        started += 1
-    return started
+    return rotation.start_due_rotations()
 
 
 @shared_task(acks_late=True)

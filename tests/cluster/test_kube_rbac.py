@@ -13,7 +13,7 @@ from django.urls import reverse
 from kubernetes import client
 
 from networking.models import Project
-from networking.tasks import reconcile_project
+from networking.tasks import delete_orphan_namespaces, reconcile_project
 from tests.cluster_fixtures import Cluster
 from tests.conftest import World
 
@@ -26,6 +26,11 @@ def documents() -> list[dict[str, Any]]:
 
 def cluster_role() -> dict[str, Any]:
     return next(doc for doc in documents() if doc["kind"] == "ClusterRole")
+
+
+def deleted(namespace: Any) -> bool:
+    """Gone, or on its way (the namespace controller empties it first)."""
+    return namespace is None or namespace.metadata.deletion_timestamp is not None
 
 
 def test_no_wildcards_and_no_privilege_verbs() -> None:
@@ -88,3 +93,16 @@ def test_the_reconcile_works_with_only_these_permissions(
     owner_client.post(reverse("service-delete", args=[world.project.uid, world.postgres.pk]))
     apply()
     assert set(cluster.services(world.project.namespace)) == {"web"}
+
+
+def test_the_cleanup_of_deleted_projects_works_with_only_these_permissions(
+    cluster: Cluster, world: World, as_worker: None
+) -> None:
+    for project in (world.project, world.other_project):
+        assert reconcile_project.apply(args=(project.pk,)).get() == "applied"
+    gone = world.project.namespace
+    Project.objects.filter(pk=world.project.pk).delete()
+
+    delete_orphan_namespaces.apply().get()
+    assert deleted(cluster.namespace(gone))
+    assert not deleted(cluster.namespace(world.other_project.namespace))
