@@ -14,6 +14,7 @@ from django.db import connection
 
 from networking.cluster import kube
 from networking.cluster import reconcile as reconciler
+from networking.cluster.desired import namespace_object
 from networking.cluster.informer import ClusterCache, Informer, _Gone, watched_kinds
 from networking.cluster.watcher import Watcher
 from networking.models import Organization, Project, Service
@@ -207,3 +208,21 @@ def test_the_watcher_and_workers_survive_a_kill(
         assert third.process is not None and third.process.poll() is None
     finally:
         watcher.stop()
+
+
+def test_a_namespace_of_ours_without_a_project_is_deleted(
+    cluster: Cluster, world: World, watcher: Watcher
+) -> None:
+    # Left behind by a project deleted while nothing was watching (or by another database).
+    orphan = namespace_object("prj-abcdefghjkmn", "abcdefghjkmn")
+    cluster.core.create_namespace(orphan, _preload_content=False)  # type: ignore[arg-type]
+
+    def gone() -> bool:
+        namespace = cluster.namespace("prj-abcdefghjkmn")
+        return namespace is None or namespace.status.phase == "Terminating"
+
+    wait_until(gone, "the orphaned namespace to be deleted")
+    # A project's own namespace is left alone.
+    reconciler.reconcile(world.project.pk)
+    watcher.check(world.project.namespace)
+    assert cluster.namespace(world.project.namespace).status.phase == "Active"
