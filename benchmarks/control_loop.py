@@ -399,15 +399,15 @@ def print_resync_table(fleet: Fleet, results: list[Period]) -> None:
     )
     if len(results) < 2:
         return
-    growing = [
-        name
-        for name, pick in (
-            ("API requests", lambda r: r.requests),
-            ("SQL rows written", lambda r: float(r.rows or 0)),
-        )
-        if pick(results[-1]) > pick(results[0]) + 1
-    ]
-    print("grows with the number of projects: " + (", ".join(growing) if growing else "nothing"))
+    largest = results[-1]
+    for smaller in results[:-1]:
+        ratios = []
+        for name, big, small in (
+            ("API requests", largest.requests, smaller.requests),
+            ("SQL rows written", float(largest.rows or 0), float(smaller.rows or 0)),
+        ):
+            ratios.append(f"{name} x{big / small:.2f}" if small else f"{name} n/a")
+        print(f"{largest.projects:,} projects against {smaller.projects:,}: {', '.join(ratios)}")
     print_extrapolation(results, len(fleet.workers))
 
 
