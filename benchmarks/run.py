@@ -1,6 +1,7 @@
-"""`make bench`: figures that must not grow with a project's size.
+"""`make bench`: figures that must not grow with a project's size, or with the number of projects.
 
 Runs against a throw-away test database (PostgreSQL when DATABASE_URL is set, else SQLite).
+The control loop at scale (resync periods, commit to in sync) is in benchmarks/control_loop.py.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ django.setup()
 
 from django.conf import settings  # noqa: E402
 from django.contrib.auth.models import User  # noqa: E402
-from django.db import connection, transaction  # noqa: E402
+from django.db import connection  # noqa: E402
 from django.db.models import F  # noqa: E402
 from django.test import Client  # noqa: E402
 from django.test.utils import (  # noqa: E402
@@ -35,14 +36,13 @@ from django.test.utils import (  # noqa: E402
 )
 from django.urls import reverse  # noqa: E402
 
-from networking.models import AuditEvent, Membership, Organization, Project, Service  # noqa: E402
+from benchmarks import control_loop  # noqa: E402
+from networking.models import Membership, Organization, Project, Service  # noqa: E402
 from tests.kubeapi import ClusterUnavailable, TestAPIServer, require_binaries  # noqa: E402
 from tests.kubehttp import HttpRecorder  # noqa: E402
-from tests.worker import WorkerProcess, database_url  # noqa: E402
 
 SIZES = (10, 100, 1000)
 RENDERS = 15
-RUNS = 20
 
 
 @contextmanager
@@ -144,70 +144,6 @@ def bench_reconcile(server: TestAPIServer) -> bool:
     return ok and constant
 
 
-def bench_latency(server: TestAPIServer) -> bool:
-    """Commit-to-in-sync through Redis and a real worker, beside an empty task's round trip."""
-    if not settings.REDIS_URL:
-        print("\nChange-to-in-sync latency: skipped (set REDIS_URL to measure through Redis)")
-        return True
-    import redis
-
-    from benchmarks.tasks import touch
-
-    broker = redis.Redis.from_url(settings.REDIS_URL)
-    env = {
-        **os.environ,
-        "DJANGO_SETTINGS_MODULE": "tests.settings",
-        "DATABASE_URL": database_url(),
-        "CLUSTER_BACKEND": "kubernetes",
-        "KUBECONFIG": str(server.kubeconfig_path),
-    }
-    worker = WorkerProcess(
-        env, Path(settings.STATE_DIR) / "bench-worker.log", ["-I", "benchmarks.tasks"]
-    )
-    worker.start()
-    try:
-        organization = Organization.objects.create(name="Latency", slug="latency")
-        project = Project.objects.create(organization=organization, name="latency")
-        for i in range(5):
-            Service.objects.create(
-                project=project, display_name=f"svc{i}", name=f"svc{i}", kind="web", ports=[8080]
-            )
-        empty: list[float] = []
-        synced: list[float] = []
-        for round_number in range(RUNS + 1):
-            key = f"bench-touch-{round_number}"
-            start = time.perf_counter()
-            touch.delay(key)
-            while not broker.exists(key):
-                time.sleep(0.001)
-            empty.append(time.perf_counter() - start)
-            broker.delete(key)
-
-            start = time.perf_counter()
-            with transaction.atomic():
-                service = Service.objects.get(project=project, name="svc0")
-                service.ports = [8080 + round_number + 1]
-                service.save(update_fields=["ports"])
-                project.record_change(
-                    actor=None, action=AuditEvent.Action.SERVICE_PORTS_CHANGED, target="svc0"
-                )
-            target = Project.objects.get(pk=project.pk).generation
-            while Project.objects.get(pk=project.pk).applied_generation < target:
-                time.sleep(0.001)
-            synced.append(time.perf_counter() - start)
-        # The first round warms the worker up (imports, connections); leave it out.
-        print("\nChange to in sync, through Redis and a real worker, against the real API server")
-        print(
-            f"  empty Celery task round trip: median {statistics.median(empty[1:]) * 1000:7.1f} ms"
-        )
-        print(
-            f"  commit to in sync:            median {statistics.median(synced[1:]) * 1000:7.1f} ms"
-        )
-    finally:
-        worker.stop()
-    return True
-
-
 def main() -> int:
     setup_test_environment()
     print(f"database: {connection.vendor}\n")
@@ -220,9 +156,11 @@ def main() -> int:
         except ClusterUnavailable as error:
             print(f"\nReconcile figures skipped: no test API server ({error.reason})")
         else:
-            with TestAPIServer(bin_dir) as server:
+            # With the controller manager, as the cluster tests run it: Deployments get their
+            # ReplicaSets, and its background requests are part of what the figures subtract.
+            with TestAPIServer(bin_dir, controller_manager=True) as server:
+                control_loop.main(server)
                 ok = bench_reconcile(server) and ok
-                ok = bench_latency(server) and ok
     finally:
         teardown_databases(old_config, verbosity=0)
     return 0 if ok else 1

@@ -171,8 +171,12 @@ KUBE_REQUEST_TIMEOUT = env_int("KUBE_REQUEST_TIMEOUT", 10, minimum=1)
 WORKLOAD_LABEL = env_str("WORKLOAD_LABEL") or "stackblaze.cloud/service"
 # Public web services accept traffic from this namespace (the ingress controller's); empty: none.
 INGRESS_NAMESPACE = env_str("INGRESS_NAMESPACE", "ingress-nginx")
-# Every project is re-applied this often, repairing drift and lost messages.
+# Beat looks this often for projects that are behind (a lost message, a failed pass) and
+# re-reads the RESYNC_VERIFY_PROJECTS verified longest ago in full; drift is the watcher's.
 RESYNC_SECONDS = env_int("RESYNC_SECONDS", 300, minimum=10)
+RESYNC_VERIFY_PROJECTS = env_int("RESYNC_VERIFY_PROJECTS", 5, minimum=0)
+# The watcher reopens each watch after this long (the API server may close it sooner).
+WATCH_SECONDS = env_int("WATCH_SECONDS", 240, minimum=10)
 # Transient cluster errors are retried this many times, with exponential backoff and jitter.
 RECONCILE_MAX_RETRIES = env_int("RECONCILE_MAX_RETRIES", 6, minimum=0)
 RECONCILE_RETRY_BASE_SECONDS = float(env_str("RECONCILE_RETRY_BASE_SECONDS") or 2)

@@ -28,7 +28,6 @@ from dashboard.access import (
 )
 from dashboard.forms import ProjectForm, ServiceForm
 from networking import endpoints, naming
-from networking.cluster.reconcile import retry_now
 from networking.models import ApplyAttempt, AuditEvent, Membership, Project, Service
 
 
@@ -103,7 +102,7 @@ def project_sync_status(request: HttpRequest, project_uid: str) -> HttpResponse:
 def project_sync_retry(request: HtmxHttpRequest, project_uid: str) -> HttpResponse:
     access = get_project_for_user(request, project_uid)
     access.require(Membership.can_change_services)
-    retry_now(access.project)
+    access.project.retry_sync()
     access.project.refresh_from_db()
     if request.htmx:
         return render(request, "projects/base_project.html#sync-status", access.context())

@@ -9,6 +9,7 @@ from __future__ import annotations
 import secrets
 import string
 from collections.abc import Iterable
+from datetime import timedelta
 from typing import Any, ClassVar
 
 from django.conf import settings
@@ -134,6 +135,9 @@ class Project(models.Model):
     verified_at = models.DateTimeField(null=True, blank=True)
     reconcile_lease_until = models.DateTimeField(null=True, blank=True)
     reconcile_lease_token = models.CharField(max_length=32, blank=True)
+    # Set while a reconcile message for the project waits in the queue (cleared when a worker
+    # takes it): at most one is queued per project, so a backlog cannot grow.
+    reconcile_queued_at = models.DateTimeField(null=True, blank=True)
     sync_error = models.TextField(blank=True)
     sync_error_generation = models.PositiveBigIntegerField(null=True, blank=True)
     sync_retry_at = models.DateTimeField(null=True, blank=True)
@@ -209,9 +213,19 @@ class Project(models.Model):
             raise Project.name_taken(name) from None
         return True
 
+    NAMESPACE_PREFIX = "prj-"
+
     @property
     def namespace(self) -> str:
-        return f"prj-{self.uid}"
+        return f"{Project.NAMESPACE_PREFIX}{self.uid}"
+
+    @classmethod
+    def orphaned_namespaces(cls, namespaces: Iterable[str]) -> set[str]:
+        """Those of ``namespaces`` (all of them ours) whose project no longer exists."""
+        names = set(namespaces)
+        uids = [name.removeprefix(cls.NAMESPACE_PREFIX) for name in names]
+        live = cls.objects.filter(uid__in=uids).values_list("uid", flat=True)
+        return names - {f"{cls.NAMESPACE_PREFIX}{uid}" for uid in live}
 
     @property
     def sync_state(self) -> Project.SyncState:
@@ -232,15 +246,46 @@ class Project(models.Model):
     def in_sync(self) -> bool:
         return self.sync_state == Project.SyncState.IN_SYNC
 
-    def request_reconcile(self) -> None:
+    def request_reconcile(self, *, stale_after: float | None = None) -> bool:
         """Ask a worker to look at this project once the current transaction commits.
 
-        The message carries only the id; enqueuing twice is harmless, since the reconcile
-        reads the current state and a no-op pass writes nothing.
+        At most one message per project waits in the queue: if one already does, it will read
+        this change when it runs (it reads the rows then, not now), so nothing is sent. The
+        message carries only the id. ``stale_after`` (seconds) also replaces a message marked
+        queued that long ago, which a broker outage or a lost message never delivered.
+        True if a message was sent (or will be on commit).
         """
         from networking.tasks import reconcile_project
 
-        enqueue.after_commit(reconcile_project, self.pk)
+        now = timezone.now()
+        free = Q(reconcile_queued_at__isnull=True)
+        if stale_after is not None:
+            free |= Q(reconcile_queued_at__lt=now - timedelta(seconds=stale_after))
+        if not Project.objects.filter(free, pk=self.pk).update(reconcile_queued_at=now):
+            return False
+        project_id = self.pk
+
+        def send() -> None:
+            if not enqueue.send(reconcile_project, project_id):
+                # Nothing is queued after all: let the next change or resync try again.
+                Project.objects.filter(pk=project_id, reconcile_queued_at=now).update(
+                    reconcile_queued_at=None
+                )
+
+        transaction.on_commit(send)
+        return True
+
+    @classmethod
+    def take_queued_reconcile(cls, project_id: int) -> None:
+        """A worker took the project's message: the next change may queue another."""
+        cls.objects.filter(pk=project_id).exclude(reconcile_queued_at=None).update(
+            reconcile_queued_at=None
+        )
+
+    def retry_sync(self) -> None:
+        """The Retry button: show "retrying" and enqueue a fresh pass with a fresh retry budget."""
+        Project.objects.filter(pk=self.pk).update(sync_retry_at=timezone.now())
+        self.request_reconcile()
 
     def record_change(
         self,

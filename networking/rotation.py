@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import re
 import secrets
+from collections.abc import Collection, Iterable
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -211,6 +212,42 @@ def advance(secret_id: int, *, now: datetime | None = None) -> str | None:
             details={"phase": secret.rotation_phase or "completed"},
         )
         return secret.rotation_phase or "completed"
+
+
+def advance_ready(
+    shared_secrets: Iterable[SharedSecret], still_rolling_out: Collection[str]
+) -> float | None:
+    """Move every rotation whose receiving workloads have all rolled out to its next phase.
+
+    ``shared_secrets`` are a project's shared secrets (their receiving services prefetched);
+    ``still_rolling_out`` names the services whose workloads do not all run the secrets'
+    current version yet, as the cluster reported them. Returns when to look again (rollouts
+    still running, or a grace window), or None.
+    """
+    recheck_in: float | None = None
+    for secret in shared_secrets:
+        if not secret.rotating:
+            continue
+        if any(service.name in still_rolling_out for service in secret.services.all()):
+            delay = float(settings.ROTATION_POLL_SECONDS)
+        elif advance(secret.pk) is None and secret.grace_until is not None:
+            delay = max((secret.grace_until - timezone.now()).total_seconds(), 0.0) + 0.5
+        else:
+            continue  # advanced: the new generation gets its own pass right away
+        recheck_in = delay if recheck_in is None else min(recheck_in, delay)
+    return recheck_in
+
+
+def start_due_rotations() -> int:
+    """Start the scheduled rotations that are due; how many started."""
+    started = 0
+    for secret in due_for_rotation():
+        try:
+            start_rotation(secret, actor=None)
+        except RotationRefused:
+            continue  # started by someone in the meantime
+        started += 1
+    return started
 
 
 def due_for_rotation(now: datetime | None = None) -> list[SharedSecret]:

@@ -9,7 +9,9 @@ from celery import Task, shared_task
 from django.conf import settings
 
 from networking import notifications, peering, rotation
+from networking.cluster import orphans
 from networking.cluster import reconcile as reconciler
+from networking.cluster.errors import ClusterError
 from networking.models import Project
 
 
@@ -24,6 +26,8 @@ def backoff_seconds(retries: int) -> float:
 @shared_task(bind=True, acks_late=True, reject_on_worker_lost=True, max_retries=None)
 def reconcile_project(self: Task[Any, Any], project_id: int) -> str:
     """Apply one project's desired state; retry transient cluster errors with backoff."""
+    if self.request.retries == 0:
+        Project.take_queued_reconcile(project_id)
     try:
         outcome = reconciler.reconcile(project_id)
     except reconciler.ReconcileFailed as failure:
@@ -46,11 +50,38 @@ def reconcile_project(self: Task[Any, Any], project_id: int) -> str:
 
 @shared_task(acks_late=True)
 def resync_all_projects() -> int:
-    """Beat: look at every project, repairing drift in the cluster and lost messages."""
-    project_ids = list(Project.objects.values_list("pk", flat=True))
+    """Beat: reconcile what is behind, and re-read a few projects in full.
+
+    Behind: a change whose message was lost or never sent (a broker outage), or a failed
+    pass. That is one indexed query, and nothing is written or enqueued for a project in
+    sync: drift in the cluster is the watcher's to notice, from its watches. A handful of the
+    projects verified longest ago are also reconciled in full, reading everything (the Secret
+    included, which no process watches), so even a change nobody could see is repaired.
+    """
+    project_ids = reconciler.projects_to_resync()
+    enqueued = 0
     for project_id in project_ids:
-        reconcile_project.delay(project_id)
-    return len(project_ids)
+        if Project(pk=project_id).request_reconcile(stale_after=settings.RESYNC_SECONDS):
+            enqueued += 1
+    return enqueued
+
+
+@shared_task(acks_late=True)
+def delete_orphan_namespaces() -> int:
+    """Delete every namespace of ours whose project no longer exists; how many."""
+    return len(orphans.delete_orphans())
+
+
+@shared_task(bind=True, acks_late=True, max_retries=None)
+def delete_namespace_if_orphaned(self: Task[Any, Any], namespace: str) -> bool:
+    """Delete one namespace if its project no longer exists; retry transient cluster errors."""
+    try:
+        return orphans.delete_if_orphaned(namespace)
+    except ClusterError as error:
+        retries = self.request.retries
+        if error.transient and retries < settings.RECONCILE_MAX_RETRIES:
+            raise self.retry(countdown=backoff_seconds(retries)) from None
+        raise
 
 
 @shared_task(acks_late=True)
@@ -67,14 +98,7 @@ def requeue_abandoned_reconciles() -> int:
 @shared_task(acks_late=True)
 def rotate_due_secrets() -> int:
     """Beat: start the scheduled rotations that are due."""
-    started = 0
-    for secret in rotation.due_for_rotation():
-        try:
-            rotation.start_rotation(secret, actor=None)
-        except rotation.RotationRefused:
-            continue  # started by someone in the meantime
-        started += 1
-    return started
+    return rotation.start_due_rotations()
 
 
 @shared_task(acks_late=True)

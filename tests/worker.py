@@ -97,3 +97,23 @@ class BeatProcess(WorkerProcess):
                 stderr=subprocess.STDOUT,
             )  # fmt: skip
         self.wait_for_log("beat: Starting...", timeout=30)
+
+
+class WatcherProcess(WorkerProcess):
+    """``manage.py watch_cluster``: the watcher, as production runs it beside the workers."""
+
+    def start(self) -> None:
+        logged = self.log.stat().st_size if self.log.exists() else 0
+        with self.log.open("ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "manage.py", "watch_cluster", *self.extra_args],
+                cwd=REPO,
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        deadline = time.monotonic() + 60
+        while b"Watching the cluster" not in self.log.read_bytes()[logged:]:
+            assert self.process.poll() is None, self.tail()
+            assert time.monotonic() < deadline, f"the watcher never synced:\n{self.tail()}"
+            time.sleep(0.1)

@@ -1,14 +1,13 @@
 """Where desired state goes: a real cluster, or a directory of manifests.
 
-``get_backend()`` picks one from ``settings.CLUSTER_BACKEND``.
+The types and comparisons every backend shares. ``networking.cluster.backend_choice`` picks
+one backend from ``settings.CLUSTER_BACKEND``.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any, Protocol
-
-from django.conf import settings
 
 from networking.cluster.desired import DesiredState, KubeObject
 from networking.cluster.errors import ClusterError
@@ -61,15 +60,17 @@ class Backend(Protocol):
         """
         ...
 
+    def managed_namespaces(self) -> set[str]:
+        """The names of every namespace this app manages (labelled as ours), in one read."""
+        ...
 
-def get_backend() -> Backend:
-    if settings.CLUSTER_BACKEND == "kubernetes":
-        from networking.cluster.kube import KubernetesBackend
+    def delete_namespace(self, namespace: str) -> bool:
+        """Delete one namespace this app manages, with everything in it.
 
-        return KubernetesBackend.from_settings()
-    from networking.cluster.manifests import ManifestsBackend
-
-    return ManifestsBackend(settings.MANIFESTS_DIR)
+        False if there is nothing of ours to delete: no such namespace, one being deleted
+        already, or one without our label (never touched). Raises ``ClusterError``.
+        """
+        ...
 
 
 def matches(desired: KubeObject, live: KubeObject) -> bool:

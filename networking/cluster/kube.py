@@ -29,6 +29,8 @@ from networking.cluster.backends import (
 )
 from networking.cluster.desired import (
     KINDS,
+    MANAGED_BY,
+    MANAGED_BY_LABEL,
     SECRETS_ANNOTATION,
     SHARED_SECRETS,
     WORKLOAD_KINDS,
@@ -166,7 +168,7 @@ class KubernetesBackend:
     def __init__(self, api_client: client.ApiClient, *, timeout: float = 10.0) -> None:
         self.api_client = api_client
         self.timeout = timeout
-        core = client.CoreV1Api(api_client)
+        core = self.core = client.CoreV1Api(api_client)
         networking = client.NetworkingV1Api(api_client)
         apps = client.AppsV1Api(api_client)
         self.kinds: dict[str, _Kind] = {
@@ -265,6 +267,36 @@ class KubernetesBackend:
         except ClusterError as error:
             if error.status != 404:  # already gone is what we wanted
                 raise
+
+    # -- namespaces of projects that are gone ------------------------------------------------
+
+    def managed_namespaces(self) -> set[str]:
+        body = self._call(
+            "listing namespaces", self.core.list_namespace, label_selector=managed_selector()
+        )
+        return {item["metadata"]["name"] for item in body.get("items", [])}
+
+    def delete_namespace(self, namespace: str) -> bool:
+        live = self._read("Namespace", namespace)
+        if live is None or live["metadata"].get("deletionTimestamp"):
+            return False
+        labels = live["metadata"].get("labels") or {}
+        if labels.get(MANAGED_BY_LABEL) != MANAGED_BY:
+            return False  # someone else's namespace that happens to have the name
+        try:
+            # Only the namespace just read: one recreated since under the same name is not
+            # the one we judged.
+            self._call(
+                f"deleting Namespace {namespace}",
+                self.core.delete_namespace,
+                namespace,
+                body={"preconditions": {"uid": live["metadata"]["uid"]}},
+            )
+        except ClusterError as error:
+            if error.status == 404:
+                return False
+            raise
+        return True
 
     # -- the reconcile pass ------------------------------------------------------------------
 

@@ -16,6 +16,7 @@ count as objects: only ``NN-<kind>-<name>.yaml`` does, and ``kubectl apply -f`` 
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -71,6 +72,36 @@ class ManifestsBackend:
                 f"Could not write manifests under {folder}: {error.strerror or error}."
             ) from None
         return result
+
+    def managed_namespaces(self) -> set[str]:
+        """Every namespace folder: the directory holds nothing but ours."""
+        try:
+            return {
+                path.name
+                for path in self.directory.iterdir()
+                if path.is_dir() and not path.name.startswith(".")
+            }
+        except FileNotFoundError:
+            return set()
+        except OSError as error:
+            raise PermanentClusterError(
+                f"Could not list manifests under {self.directory}: {error.strerror or error}."
+            ) from None
+
+    def delete_namespace(self, namespace: str) -> bool:
+        """Remove the namespace's folder of manifests."""
+        folder = self.directory / namespace
+        if not namespace or namespace.startswith(".") or "/" in namespace:
+            return False  # not a folder of ours
+        try:
+            shutil.rmtree(folder)
+        except FileNotFoundError:
+            return False
+        except OSError as error:
+            raise PermanentClusterError(
+                f"Could not remove the manifests under {folder}: {error.strerror or error}."
+            ) from None
+        return True
 
     @staticmethod
     def _write(path: Path, text: str) -> None:

@@ -37,16 +37,18 @@ from datetime import UTC, datetime, timedelta
 
 from django.conf import settings
 from django.db import connection, transaction
-from django.db.models import Prefetch, Q
+from django.db.models import F, Prefetch, Q
 from django.utils import timezone
 
 from networking import peering, rotation
-from networking.cluster.backends import ApplyResult, Backend, get_backend
+from networking.cluster.backend_choice import get_backend
+from networking.cluster.backends import ApplyResult, Backend
 from networking.cluster.desired import (
     ClusterSettings,
     DesiredState,
     SecretSpec,
     ServiceSpec,
+    WorkloadSpec,
     build_desired_state,
 )
 from networking.cluster.errors import ClusterError, PermanentClusterError
@@ -86,12 +88,19 @@ def cluster_settings() -> ClusterSettings:
     )
 
 
-def _secret_specs(secrets: list[SharedSecret]) -> list[SecretSpec]:
+def secret_specs(project: Project, *, with_values: bool = True) -> list[SecretSpec]:
+    """The project's shared secrets for the desired state; without values for comparisons
+    that never look at the Secret itself (the watcher's)."""
+    return _secret_specs(_shared_secrets(project), with_values=with_values)
+
+
+def _secret_specs(secrets: list[SharedSecret], *, with_values: bool = True) -> list[SecretSpec]:
     return [
         SecretSpec(
             name=secret.name,
             environment={
-                key: value.reveal() for key, value in rotation.environment(secret).items()
+                key: value.reveal() if with_values else ""
+                for key, value in rotation.environment(secret).items()
             },
             version=secret.version,
             receivers=frozenset(service.name for service in secret.services.all()),
@@ -231,6 +240,23 @@ def clear_abandoned_lease(project_id: int, token: str) -> None:
     ).update(reconcile_lease_until=None, reconcile_lease_token="")
 
 
+def projects_to_resync() -> list[int]:
+    """Projects the periodic resync must look at: behind, failed, or due a full re-read."""
+    live_lease = Q(reconcile_lease_until__gt=timezone.now())
+    behind = list(
+        Project.objects.filter(Q(applied_generation__lt=F("generation")) | ~Q(sync_error=""))
+        .exclude(live_lease)
+        .values_list("pk", flat=True)
+    )
+    oldest = list(
+        Project.objects.exclude(live_lease)
+        .exclude(pk__in=behind)
+        .order_by(F("verified_at").asc(nulls_first=True))
+        .values_list("pk", flat=True)[: settings.RESYNC_VERIFY_PROJECTS]
+    )
+    return behind + oldest
+
+
 def reconcile(project_id: int, backend: Backend | None = None) -> Outcome:
     """Bring one project's namespace in line with its rows; raise ``ReconcileFailed``."""
     outcome = Outcome("busy")
@@ -318,7 +344,7 @@ def _one_pass(project: Project, backend: Backend) -> Outcome:
             started_at=started_at,
         )
 
-    recheck_in = _advance_rotations(secrets, desired, result)
+    recheck_in = rotation.advance_ready(secrets, _still_rolling_out(desired, result))
     peering.record_applied(project, {p.pk for p in peerings})
     # Restarts we caused are still rolling out: keep the dashboard's view of them fresh for a
     # while (the periodic resync covers a rollout that takes longer).
@@ -364,31 +390,16 @@ def _one_pass(project: Project, backend: Backend) -> Outcome:
     )
 
 
-def _advance_rotations(
-    secrets: list[SharedSecret], desired: DesiredState, result: ApplyResult
-) -> float | None:
-    """Move every rotation whose receiving workloads have all rolled out to its next phase.
-
-    Returns when to look again (rollouts still running, or a grace window), or None.
-    """
-    recheck_in: float | None = None
-    for secret in secrets:
-        if not secret.rotating:
-            continue
-        waiting = []
-        for service in secret.services.all():
-            status = result.workloads.get(service.name)
-            wanted = desired.workloads[service.name].annotation
-            if status is not None and not (status.secrets == wanted and status.rolled_out):
-                waiting.append(service.name)
-        if waiting:
-            delay = float(settings.ROTATION_POLL_SECONDS)
-        elif rotation.advance(secret.pk) is None and secret.grace_until is not None:
-            delay = max((secret.grace_until - timezone.now()).total_seconds(), 0.0) + 0.5
-        else:
-            continue  # advanced: the new generation gets its own pass right away
-        recheck_in = delay if recheck_in is None else min(recheck_in, delay)
-    return recheck_in
+def _still_rolling_out(desired: DesiredState, result: ApplyResult) -> set[str]:
+    """The services whose workloads do not all run the pod template we want yet."""
+    return {
+        service
+        for service, status in result.workloads.items()
+        if not (
+            status.secrets == desired.workloads.get(service, WorkloadSpec()).annotation
+            and status.rolled_out
+        )
+    }
 
 
 def summarize(changes: list[str], limit: int = 10) -> str:
@@ -421,9 +432,3 @@ def record_failure(project_id: int, failure: ReconcileFailed, *, retry_in: float
         f"retrying in {retry_in:.1f}s" if retry_in is not None else "not retrying",
         failure.error,
     )
-
-
-def retry_now(project: Project) -> None:
-    """The Retry button: show "retrying" and enqueue a fresh pass with a fresh retry budget."""
-    Project.objects.filter(pk=project.pk).update(sync_retry_at=timezone.now())
-    project.request_reconcile()

@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from django.conf import settings as django_settings
 from django.test import Client
 from django.urls import reverse
 from kubernetes import client
 
+from networking.cluster import kube
+from networking.cluster.informer import ClusterCache
 from networking.models import Project
-from networking.tasks import reconcile_project
+from networking.tasks import delete_orphan_namespaces, reconcile_project
 from tests.cluster_fixtures import Cluster
 from tests.conftest import World
 
@@ -26,6 +30,11 @@ def documents() -> list[dict[str, Any]]:
 
 def cluster_role() -> dict[str, Any]:
     return next(doc for doc in documents() if doc["kind"] == "ClusterRole")
+
+
+def deleted(namespace: Any) -> bool:
+    """Gone, or on its way (the namespace controller empties it first)."""
+    return namespace is None or namespace.metadata.deletion_timestamp is not None
 
 
 def test_no_wildcards_and_no_privilege_verbs() -> None:
@@ -88,3 +97,37 @@ def test_the_reconcile_works_with_only_these_permissions(
     owner_client.post(reverse("service-delete", args=[world.project.uid, world.postgres.pk]))
     apply()
     assert set(cluster.services(world.project.namespace)) == {"web"}
+
+
+def test_the_cleanup_of_deleted_projects_works_with_only_these_permissions(
+    cluster: Cluster, world: World, as_worker: None
+) -> None:
+    for project in (world.project, world.other_project):
+        assert reconcile_project.apply(args=(project.pk,)).get() == "applied"
+    gone = world.project.namespace
+    Project.objects.filter(pk=world.project.pk).delete()
+
+    delete_orphan_namespaces.apply().get()
+    assert deleted(cluster.namespace(gone))
+    assert not deleted(cluster.namespace(world.other_project.namespace))
+
+
+def test_the_watcher_works_with_only_these_permissions(
+    cluster: Cluster, world: World, as_worker: None
+) -> None:
+    kube._api_client.cache_clear()  # connect as the worker, not as the admin
+    assert reconcile_project.apply(args=(world.project.pk,)).get() == "applied"
+    cache = ClusterCache(kube.api_client(), django_settings.WORKLOAD_LABEL, watch_seconds=10)
+    cache.start()
+    try:
+        # Every kind listed and watched cluster-wide: a 403 would keep it from syncing.
+        assert cache.wait_synced(30), [k for k, i in cache.informers.items() if not i.synced]
+        namespace = world.project.namespace
+        cluster.core.delete_namespaced_service("api", namespace, _preload_content=False)
+        deadline = time.monotonic() + 30
+        while cache.informers["Service"].get(namespace, "api") is not None:
+            assert time.monotonic() < deadline, "the watch never saw the deletion"
+            time.sleep(0.1)
+    finally:
+        cache.stop()
+        kube._api_client.cache_clear()

@@ -105,8 +105,11 @@ def test_deleting_a_service_removes_it_from_the_cluster(
     assert set(cluster.services(world.project.namespace)) == {"api"}
 
 
-def test_the_resync_restores_an_object_deleted_by_hand(
-    cluster: Cluster, world: World, eager_tasks: None
+def test_the_full_re_read_restores_an_object_deleted_by_hand(
+    cluster: Cluster,
+    world: World,
+    eager_tasks: None,
+    django_capture_on_commit_callbacks: Any,
 ) -> None:
     run_task(world.project.pk)
     namespace = world.project.namespace
@@ -115,7 +118,8 @@ def test_the_resync_restores_an_object_deleted_by_hand(
     cluster.networking.delete_namespaced_network_policy(
         "project-isolation", namespace, _preload_content=False
     )
-    assert resync_all_projects.delay().get() >= 1
+    with django_capture_on_commit_callbacks(execute=True):
+        assert resync_all_projects.delay().get() >= 1
     assert "api" in cluster.services(namespace)
     assert "project-isolation" in cluster.policies(namespace)
     # The recreated Service has a new ClusterIP, and the dashboard shows it.
@@ -124,8 +128,11 @@ def test_the_resync_restores_an_object_deleted_by_hand(
     )
 
 
-def test_the_resync_reverts_an_edit_made_by_hand(
-    cluster: Cluster, world: World, eager_tasks: None
+def test_the_full_re_read_reverts_an_edit_made_by_hand(
+    cluster: Cluster,
+    world: World,
+    eager_tasks: None,
+    django_capture_on_commit_callbacks: Any,
 ) -> None:
     run_task(world.project.pk)
     namespace = world.project.namespace
@@ -134,7 +141,8 @@ def test_the_resync_reverts_an_edit_made_by_hand(
         namespace,
         {"spec": {"ingress": [{"from": [{"namespaceSelector": {}}]}]}},  # admit everyone
     )
-    resync_all_projects.delay()
+    with django_capture_on_commit_callbacks(execute=True):
+        resync_all_projects.delay()
     policy = cluster.policies(namespace)["project-isolation"].spec
     assert policy.ingress[0]._from[0].namespace_selector is None
     assert policy.ingress[0]._from[0].pod_selector is not None

@@ -1,0 +1,649 @@
+"""The control loop at PaaS scale, measured end to end against the real test API server.
+
+- A no-change resync period at 1, 10, 100 and 1,000 projects of 5 services each: beat's task is
+  sent as beat sends it, real worker processes consume the queue, and the period ends when
+  nothing waits in the queue, nothing is unacknowledged and no project is leased. API requests
+  and response bytes are read from the API server's ``/metrics``, rows written from
+  PostgreSQL's table statistics, task run times from the workers' logs.
+- Commit to "in sync" for a 5-service and a 1,000-service project, beside an empty task's round
+  trip through the same broker and workers, watched by the same polling loop.
+- A no-change pass of a 1,000-service project with 1,000 Deployments.
+- The resync cost extrapolated to 10,000 projects, with what that assumes.
+
+Nothing here is a pass/fail test: the figures are printed. Setup (creating projects, bringing
+them in sync) is not measured.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import statistics
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from django.conf import settings
+from django.db import transaction
+from django.db.models import F
+
+from benchmarks.observe import (
+    ApiServerMetrics,
+    Broker,
+    TaskRuns,
+    WorkerLogs,
+    postgres,
+    rows_written,
+    wait_drained,
+)
+from networking.models import Organization, Project, Service
+from tests.kubeapi import TestAPIServer
+from tests.kubehttp import HttpRecorder
+from tests.worker import REPO, WorkerProcess, database_url
+
+SERVICES_PER_PROJECT = (
+    ("web", Service.Kind.WEB, [8080]),
+    ("api", Service.Kind.PRIVATE, [3000]),
+    ("worker", Service.Kind.PRIVATE, [3000]),
+    ("cache", Service.Kind.REDIS, [6379]),
+    ("db", Service.Kind.POSTGRESQL, [5432]),
+)
+EXTRAPOLATE_TO = 10_000
+LARGE = 1000
+LATENCY_RUNS = {5: 20, LARGE: 10}
+LATENCY_TARGETS = {5: 2.0, LARGE: 3.0}  # issue #10: at most this many empty round trips
+LARGE_PASSES = 5
+BACKGROUND_SECONDS = 20.0
+
+
+def scale_sizes() -> list[int]:
+    raw = os.environ.get("BENCH_SCALE_SIZES", "1,10,100,1000")
+    try:
+        sizes = sorted({int(part) for part in raw.split(",") if part.strip()})
+    except ValueError:
+        raise SystemExit(
+            f"BENCH_SCALE_SIZES={raw!r}: give project counts separated by commas, "
+            "for example 1,10,100,1000."
+        ) from None
+    if not sizes or sizes[0] < 1:
+        raise SystemExit(f"BENCH_SCALE_SIZES={raw!r}: every size must be 1 or more.")
+    return sizes
+
+
+def worker_count() -> int:
+    raw = os.environ.get("BENCH_WORKERS", "2")
+    if not raw.isdecimal() or int(raw) < 1:
+        raise SystemExit(f"BENCH_WORKERS={raw!r}: give a number of worker processes, 1 or more.")
+    return int(raw)
+
+
+def watcher_command() -> list[str] | None:
+    """A process that watches the cluster beside the workers, if this code has one.
+
+    ``BENCH_WATCHER`` names its command ("none" for none); otherwise a management command
+    named ``watch...`` in networking/ is started with ``manage.py``.
+    """
+    configured = os.environ.get("BENCH_WATCHER")
+    if configured is not None:
+        return None if configured.strip().lower() in ("", "none") else shlex.split(configured)
+    commands = REPO / "networking" / "management" / "commands"
+    found = sorted(path.stem for path in commands.glob("watch*.py"))
+    return [sys.executable, "manage.py", found[0]] if found else None
+
+
+@dataclass
+class Fleet:
+    """The workers (and the watcher, if any) every section here runs against."""
+
+    server: TestAPIServer
+    metrics: ApiServerMetrics
+    broker: Broker
+    logs: WorkerLogs
+    workers: list[WorkerProcess]
+
+    def drained(self, timeout: float) -> float:
+        try:
+            return wait_drained(self.broker, timeout)
+        except RuntimeError:
+            for worker in self.workers:
+                print(worker.tail(), file=sys.stderr)
+            raise
+
+
+@contextmanager
+def running_fleet(server: TestAPIServer) -> Iterator[Fleet]:
+    assert settings.REDIS_URL
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "tests.settings",
+        "DATABASE_URL": database_url(),
+        "CLUSTER_BACKEND": "kubernetes",
+        "KUBECONFIG": str(server.kubeconfig_path),
+        # Celery logs each task's run time at INFO: the worker-seconds come from there.
+        "LOG_LEVEL": "INFO",
+    }
+    state = Path(settings.STATE_DIR)
+    watcher: subprocess.Popen[bytes] | None = None
+    command = watcher_command()
+    workers = [
+        WorkerProcess(env, state / f"bench-worker-{i}.log", ["-I", "benchmarks.tasks"])
+        for i in range(worker_count())
+    ]
+    try:
+        print(
+            f"\nControl loop at scale: {len(workers)} worker process(es) (BENCH_WORKERS); "
+            f"watcher process: {shlex.join(command) if command else 'none in this code'}"
+        )
+        if command is not None:
+            with (state / "bench-watcher.log").open("ab") as log:
+                watcher = subprocess.Popen(
+                    command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT
+                )
+        for worker in workers:
+            worker.start()
+        yield Fleet(
+            server=server,
+            metrics=ApiServerMetrics(server),
+            broker=Broker(settings.REDIS_URL, settings.CELERY_TASK_DEFAULT_QUEUE),
+            logs=WorkerLogs([worker.log for worker in workers]),
+            workers=workers,
+        )
+    finally:
+        for worker in workers:
+            worker.stop()
+        if watcher is not None and watcher.poll() is None:
+            watcher.terminate()
+            try:
+                watcher.wait(15)
+            except subprocess.TimeoutExpired:
+                watcher.kill()
+
+
+# -- setup (not measured) -------------------------------------------------------------------------
+
+
+def add_projects(organization: Organization, count: int, services: int = 5) -> list[int]:
+    """Projects with their services, as rows; their first pass is left to the workers."""
+    first = organization.projects.count()
+    projects = Project.objects.bulk_create(
+        Project(organization=organization, name=f"{organization.slug}-{first + i}")
+        for i in range(count)
+    )
+    rows = []
+    for project in projects:
+        for i in range(services):
+            if services == len(SERVICES_PER_PROJECT):
+                name, kind, ports = SERVICES_PER_PROJECT[i]
+            else:
+                name, kind, ports = f"s{i}", Service.Kind.PRIVATE, [3000]
+            service = Service(
+                project=project, display_name=name, name=name, kind=kind, ports=list(ports)
+            )
+            if service.is_database:
+                service.generate_credentials()
+            rows.append(service)
+    Service.objects.bulk_create(rows, batch_size=2000)
+    return [project.pk for project in projects]
+
+
+def bring_in_sync(fleet: Fleet, project_ids: Sequence[int], what: str) -> None:
+    """Enqueue a pass for each project, as its creation would, and wait for all of them."""
+    from networking.tasks import reconcile_project
+
+    start = time.monotonic()
+    for project_id in project_ids:
+        reconcile_project.delay(project_id)
+    fleet.drained(timeout=300 + 5 * len(project_ids))
+    behind = Project.objects.filter(pk__in=project_ids, applied_generation__lt=F("generation"))
+    if behind.exists():
+        sample = behind.first()
+        assert sample is not None
+        raise RuntimeError(
+            f"{behind.count()} of {len(project_ids)} projects are not in sync after setup; "
+            f"one says: {sample.sync_error or 'nothing'}"
+        )
+    print(f"  (setup: {what} in sync in {time.monotonic() - start:.0f} s)", flush=True)
+
+
+def deploy_workloads(server: TestAPIServer, namespace: str, names: Sequence[str]) -> None:
+    """What the platform's deploy system does: one Deployment per service, with its label."""
+    from kubernetes import client, config
+
+    admin = config.new_client_from_config(  # type: ignore[no-untyped-call]
+        config_file=str(server.kubeconfig_path)
+    )
+    apps = client.AppsV1Api(admin)
+
+    def create(name: str) -> None:
+        labels = {settings.WORKLOAD_LABEL: name}
+        body = {
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": {"name": name, "namespace": namespace, "labels": labels},
+            "spec": {
+                "replicas": 0,
+                "selector": {"matchLabels": labels},
+                "template": {
+                    "metadata": {"labels": labels},
+                    "spec": {
+                        "containers": [
+                            {
+                                "name": "app",
+                                "image": "registry.example/app:1",
+                                "env": [{"name": "PORT", "value": "8080"}],
+                            }
+                        ]
+                    },
+                },
+            },
+        }
+        apps.create_namespaced_deployment(
+            namespace,
+            body,  # type: ignore[arg-type]
+            field_manager="deploy-system",
+            _preload_content=False,
+        )
+
+    try:
+        with ThreadPoolExecutor(8) as pool:
+            list(pool.map(create, names))
+    finally:
+        admin.close()
+
+
+# -- a no-change resync period --------------------------------------------------------------------
+
+
+@dataclass
+class Period:
+    projects: int
+    json_reads: float
+    json_writes: float
+    all_requests: float
+    response_bytes: float
+    rows: int | None
+    tasks: int
+    worker_seconds: float
+    wall: float
+    retried: int
+    failed: int
+
+    @property
+    def requests(self) -> float:
+        return self.json_reads + self.json_writes
+
+
+def one_period(fleet: Fleet, projects: int) -> Period:
+    from networking.tasks import resync_all_projects
+
+    rows_before = rows_written() if postgres() else None
+    fleet.logs.mark()
+    before = fleet.metrics.snapshot()
+    start = time.perf_counter()
+    resync_all_projects.delay()  # what beat sends every RESYNC_SECONDS
+    end = fleet.drained(timeout=600 + 5 * projects)
+    after = fleet.metrics.snapshot()
+    rows = rows_written() - rows_before if rows_before is not None else None
+    traffic = fleet.metrics.traffic(before, after)
+    runs: TaskRuns = fleet.logs.runs()
+    return Period(
+        projects=projects,
+        json_reads=traffic.json_reads,
+        json_writes=traffic.json_writes,
+        all_requests=traffic.all_requests,
+        response_bytes=traffic.response_bytes,
+        rows=rows,
+        tasks=runs.count,
+        worker_seconds=runs.seconds,
+        wall=end - start,
+        retried=runs.retried,
+        failed=runs.failed,
+    )
+
+
+def median_period(periods: list[Period]) -> Period:
+    def med(pick: Callable[[Period], float]) -> float:
+        return float(statistics.median(pick(p) for p in periods))
+
+    rows = [p.rows for p in periods if p.rows is not None]
+    return Period(
+        projects=periods[0].projects,
+        json_reads=med(lambda p: p.json_reads),
+        json_writes=med(lambda p: p.json_writes),
+        all_requests=med(lambda p: p.all_requests),
+        response_bytes=med(lambda p: p.response_bytes),
+        rows=int(statistics.median(rows)) if rows else None,
+        tasks=int(med(lambda p: p.tasks)),
+        worker_seconds=med(lambda p: p.worker_seconds),
+        wall=med(lambda p: p.wall),
+        retried=sum(p.retried for p in periods),
+        failed=sum(p.failed for p in periods),
+    )
+
+
+def human_bytes(count: float) -> str:
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if count >= scale:
+            return f"{count / scale:.1f} {unit}"
+    return f"{count:.0f} B"
+
+
+def bench_resync(fleet: Fleet) -> list[Period]:
+    sizes = scale_sizes()
+    print(
+        f"No-change resync period: {len(SERVICES_PER_PROJECT)} services per project, against the "
+        "real API server"
+    )
+    organization = Organization.objects.create(name="Resync", slug="resync")
+    results: list[Period] = []
+    for size in sizes:
+        missing = size - organization.projects.count()
+        if missing > 0:
+            bring_in_sync(fleet, add_projects(organization, missing), f"{size} projects")
+        fleet.metrics.wait_quiet()
+        if not results:
+            fleet.metrics.measure_background(BACKGROUND_SECONDS)
+        repeats = 3 if size <= 100 else 1
+        periods = [one_period(fleet, size) for _ in range(repeats)]
+        result = median_period(periods)
+        results.append(result)
+        still_in_sync = not Project.objects.filter(
+            organization=organization, applied_generation__lt=F("generation")
+        ).exists()
+        if result.failed or result.retried or not still_in_sync:
+            print(
+                f"  warning: {result.failed} task(s) failed, {result.retried} retried, "
+                f"projects {'still' if still_in_sync else 'NOT'} in sync"
+            )
+        print(
+            f"  {size} project(s): median of {repeats} period(s), wall {result.wall:.2f} s",
+            flush=True,
+        )
+    print_resync_table(fleet, results)
+    return results
+
+
+def print_resync_table(fleet: Fleet, results: list[Period]) -> None:
+    print(
+        f"\n{'projects':>9} {'API requests':>14} {'(reads/writes)':>15} {'bytes':>10} "
+        f"{'SQL rows written':>17} {'tasks':>6} {'worker-s':>9} {'wall time':>10}"
+    )
+    for r in results:
+        rows = f"{r.rows}" if r.rows is not None else "needs PostgreSQL"
+        print(
+            f"{r.projects:>9,} {r.requests:>14,.0f} "
+            f"{f'({r.json_reads:.0f}/{r.json_writes:.0f})':>15} "
+            f"{human_bytes(r.response_bytes):>10} {rows:>17} {r.tasks:>6,} "
+            f"{r.worker_seconds:>9.2f} {r.wall:>8.2f} s"
+        )
+    metrics = fleet.metrics
+    print(
+        "API requests: those the API server answered in JSON (the app's clients; the controller\n"
+        "  manager and the API server's own loops speak protobuf); every resource request, with\n"
+        f"  the idle background ({metrics.background_requests_per_second:.2f}/s, "
+        f"{metrics.background_json_per_second:.2f}/s in JSON, measured over "
+        f"{BACKGROUND_SECONDS:.0f} s) subtracted: "
+        + ", ".join(f"{r.all_requests:.0f}" for r in results)
+        + ".\nbytes: response bytes (/metrics apiserver_response_sizes), idle background "
+        f"({human_bytes(metrics.background_bytes_per_second)}/s) subtracted.\n"
+        "SQL rows written: inserted + updated + deleted rows in pg_stat_user_tables.\n"
+        "tasks, worker-s: tasks that ran and their summed run time, from the workers' logs.\n"
+        "wall time: from sending beat's task to an empty queue with no task running and no "
+        "project leased."
+    )
+    if len(results) < 2:
+        return
+    largest = results[-1]
+    for smaller in results[:-1]:
+        ratios = []
+        for name, big, small in (
+            ("API requests", largest.requests, smaller.requests),
+            ("SQL rows written", float(largest.rows or 0), float(smaller.rows or 0)),
+        ):
+            ratios.append(f"{name} x{big / small:.2f}" if small else f"{name} n/a")
+        print(f"{largest.projects:,} projects against {smaller.projects:,}: {', '.join(ratios)}")
+    print_extrapolation(results, len(fleet.workers))
+
+
+def fit(points: list[tuple[float, float]]) -> tuple[float, float]:
+    """Least-squares line through the points: (intercept, slope)."""
+    if len(points) == 1:
+        x, y = points[0]
+        return 0.0, y / x
+    xs, ys = zip(*points, strict=True)
+    slope, intercept = statistics.linear_regression(xs, ys)
+    return intercept, slope
+
+
+def print_extrapolation(results: list[Period], workers: int) -> None:
+    period = float(settings.RESYNC_SECONDS)
+    n = EXTRAPOLATE_TO
+
+    def at(pick: Callable[[Period], float]) -> tuple[float, float]:
+        intercept, slope = fit([(r.projects, pick(r)) for r in results])
+        return slope, max(intercept + slope * n, 0.0)
+
+    req_slope, requests = at(lambda r: r.requests)
+    byte_slope, sent = at(lambda r: r.response_bytes)
+    row_slope, rows = at(lambda r: float(r.rows or 0))
+    ws_slope, worker_seconds = at(lambda r: r.worker_seconds)
+    _, wall = at(lambda r: r.wall)
+    print(f"\nExtrapolated to {n:,} projects, one resync every {period:.0f} s (RESYNC_SECONDS):")
+    print(
+        f"  API requests  {req_slope:8.2f} per project -> {requests:,.0f} per period, "
+        f"{requests / period:,.1f}/s"
+    )
+    print(
+        f"  bytes         {human_bytes(byte_slope):>8} per project -> {human_bytes(sent)} per "
+        f"period, {human_bytes(sent / period)}/s"
+    )
+    if any(r.rows is not None for r in results):
+        print(
+            f"  SQL rows      {row_slope:8.2f} per project -> {rows:,.0f} per period, "
+            f"{rows / period:,.1f}/s"
+        )
+    print(
+        f"  worker time   {ws_slope * 1000:6.1f} ms per project -> {worker_seconds:,.0f} "
+        f"worker-seconds per period: {worker_seconds / period:.2f} workers kept busy"
+    )
+    overlap = " (longer than the period: the next would start first)" if wall > period else ""
+    print(
+        f"  wall time     {wall:,.0f} s per period with the {workers} worker(s) measured here"
+        + overlap
+    )
+    print(
+        "  assumes:\n"
+        "  - cost linear in the number of projects (least-squares line through the sizes above);\n"
+        f"  - every project like these: {len(SERVICES_PER_PROJECT)} services, no workloads, "
+        "no shared secrets, no peerings, nothing changed;\n"
+        f"  - this machine's speed: {os.cpu_count()} cores shared by the API server, etcd, "
+        "PostgreSQL, Redis and the workers, beside other jobs; one API server;\n"
+        "  - watch streams not counted: the API server counts a watch when it ends, and its "
+        "events are not in the response sizes."
+    )
+
+
+# -- commit to "in sync" --------------------------------------------------------------------------
+
+
+@dataclass
+class Latency:
+    services: int
+    empty: float
+    synced: float
+    runs: int
+
+
+def bench_latency(fleet: Fleet, organization: Organization) -> list[Latency]:
+    results = []
+    for services, runs in LATENCY_RUNS.items():
+        project = Project.objects.get(pk=latency_project(fleet, organization, services))
+        service = Service.objects.get(project=project, name="api" if services == 5 else "s0")
+        results.append(measure_latency(fleet, project, service, runs))
+    print(
+        "\nCommit to in sync, through Redis and real workers, against the real API server "
+        "(medians; the same polling loop watches both)"
+    )
+    print(
+        f"{'services':>10} {'empty task round trip':>22} {'commit to in sync':>18} "
+        f"{'ratio':>7}  target"
+    )
+    for r in results:
+        ratio = r.synced / r.empty
+        target = LATENCY_TARGETS.get(r.services)
+        verdict = ""
+        if target is not None:
+            verdict = f"≤ {target:.0f}×: {'met' if ratio <= target else 'not met'}"
+        print(
+            f"{r.services:>10,} {r.empty * 1000:>19.1f} ms {r.synced * 1000:>15.1f} ms "
+            f"{ratio:>6.1f}×  {verdict}"
+        )
+    print(
+        f"runs: {', '.join(f'{r.runs} at {r.services:,} services' for r in results)} (plus one "
+        f"warm-up each); the {LARGE:,}-service project has {LARGE:,} Deployments.\n"
+        "The change: one service's ports, saved with Service.save_changes as the edit page does, "
+        "timed from its commit."
+    )
+    return results
+
+
+def measure_latency(fleet: Fleet, project: Project, service: Service, runs: int) -> Latency:
+    from benchmarks.tasks import touch
+
+    client = fleet.broker.client
+
+    def observe(key: str) -> tuple[bool, bool]:
+        """One look at both signals, whichever is awaited, so both cost the same."""
+        key_set = bool(client.exists(key))
+        generation, applied = (
+            Project.objects.filter(pk=project.pk)
+            .values_list("generation", "applied_generation")
+            .get()
+        )
+        return key_set, applied >= generation
+
+    empty: list[float] = []
+    synced: list[float] = []
+    for round_number in range(runs + 1):
+        fleet.drained(timeout=600)
+        key = f"bench-touch-{uuid.uuid4().hex}"
+        start = time.perf_counter()
+        touch.delay(key)
+        while not observe(key)[0]:
+            time.sleep(0.001)
+        empty.append(time.perf_counter() - start)
+        client.delete(key)
+
+        fleet.drained(timeout=600)
+        service.ports = [service.ports[0] + (1 if round_number % 2 == 0 else -1)]
+        committed: list[float] = []
+        with transaction.atomic():
+            # Registered first, so it runs at the commit, before the change's own enqueue.
+            transaction.on_commit(lambda: committed.append(time.perf_counter()))  # noqa: B023
+            service.save_changes(actor=None)
+        while not observe(key)[1]:
+            time.sleep(0.001)
+        synced.append(time.perf_counter() - committed[0])
+    # The first round warms the workers up (imports, connections); leave it out.
+    return Latency(
+        project.services.count(),
+        statistics.median(empty[1:]),
+        statistics.median(synced[1:]),
+        runs,
+    )
+
+
+_latency_projects: dict[int, int] = {}
+
+
+def latency_project(fleet: Fleet, organization: Organization, services: int) -> int:
+    """A project of ``services`` services, in sync; at LARGE, with a Deployment for each."""
+    if services in _latency_projects:
+        return _latency_projects[services]
+    (project_id,) = add_projects(organization, 1, services)
+    bring_in_sync(fleet, [project_id], f"a {services:,}-service project")
+    if services >= LARGE:
+        project = Project.objects.get(pk=project_id)
+        start = time.monotonic()
+        names = list(project.services.values_list("name", flat=True))
+        deploy_workloads(fleet.server, project.namespace, names)
+        fleet.metrics.wait_quiet(timeout=600)
+        print(
+            f"  (setup: {len(names):,} Deployments created and rolled out in "
+            f"{time.monotonic() - start:.0f} s)",
+            flush=True,
+        )
+        # One more pass records the workloads' state; from then on nothing changes.
+        bring_in_sync(fleet, [project_id], "the workloads' state")
+    _latency_projects[services] = project_id
+    return project_id
+
+
+# -- a no-change pass of a large project ----------------------------------------------------------
+
+
+def bench_large_pass(fleet: Fleet, organization: Organization) -> None:
+    from networking.cluster import kube
+    from networking.cluster.reconcile import reconcile
+
+    project_id = latency_project(fleet, organization, LARGE)
+    settings.CLUSTER_BACKEND = "kubernetes"
+    settings.KUBECONFIG = str(fleet.server.kubeconfig_path)
+    kube._api_client.cache_clear()
+    recorder = HttpRecorder(kube.api_client().rest_client.pool_manager)
+    kube.api_client().rest_client.pool_manager = recorder  # type: ignore[assignment]
+    try:
+        reconcile(project_id)  # connections, imports
+        fleet.metrics.wait_quiet()
+        rows_before = rows_written() if postgres() else None
+        walls: list[float] = []
+        traffic = []
+        statuses = set()
+        for _ in range(LARGE_PASSES):
+            recorder.reset()
+            before = fleet.metrics.snapshot()
+            start = time.perf_counter()
+            outcome = reconcile(project_id)
+            walls.append(time.perf_counter() - start)
+            traffic.append(fleet.metrics.traffic(before, fleet.metrics.snapshot()))
+            statuses.add(outcome.status)
+        rows = (rows_written() - rows_before) / LARGE_PASSES if rows_before is not None else None
+    finally:
+        kube._api_client.cache_clear()
+    print(
+        f"\nNo-change pass of a {LARGE:,}-service project with {LARGE:,} Deployments "
+        f"(in-process reconcile, median of {LARGE_PASSES})"
+    )
+    print(
+        f"  API requests {len(recorder.calls)} ({len(recorder.reads)} reads, "
+        f"{len(recorder.writes)} writes; the API server counted "
+        f"{statistics.median(t.json_requests for t in traffic):.0f}), "
+        f"bytes {human_bytes(statistics.median(t.response_bytes for t in traffic))}, "
+        f"SQL rows written {f'{rows:.0f}' if rows is not None else 'needs PostgreSQL'}, "
+        f"wall time {statistics.median(walls) * 1000:.0f} ms; "
+        f"outcome: {', '.join(sorted(statuses))}"
+    )
+
+
+def main(server: TestAPIServer) -> None:
+    if not settings.REDIS_URL:
+        print(
+            "\nControl loop at scale: skipped (set REDIS_URL: the workers are measured through "
+            "Redis)"
+        )
+        return
+    if not postgres():
+        print("\nSQL rows written need PostgreSQL (set DATABASE_URL): shown as such below.")
+    # Earlier sections' projects were never applied: a resync would apply them first.
+    Organization.objects.all().delete()
+    with running_fleet(server) as workers:
+        bench_resync(workers)
+        organization = Organization.objects.create(name="Latency", slug="latency")
+        bench_latency(workers, organization)
+        bench_large_pass(workers, organization)

@@ -1,0 +1,84 @@
+"""Whether a project's objects in the cluster (as a cache sees them) match its desired state.
+
+Read-only and without I/O: the watcher calls it with the informers' cache whenever a watched
+object of the project changes, and enqueues a reconcile only when something differs. What we
+write ourselves comes back as watch events too; those compare equal and cost nothing more.
+The Secret is not compared here (no process watches Secrets); the pass reads it by name.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from networking.cluster.backends import WorkloadStatus, matches
+from networking.cluster.desired import (
+    SECRETS_ANNOTATION,
+    WORKLOAD_KINDS,
+    DesiredState,
+    KubeObject,
+    WorkloadSpec,
+)
+from networking.cluster.kube import _rolled_out, _workload_matches
+
+COMPARED_KINDS = ("Service", "NetworkPolicy")
+
+
+def differences(
+    desired: DesiredState,
+    live: Mapping[str, Mapping[str, KubeObject]],
+    *,
+    namespace_object: KubeObject | None,
+    recorded: Mapping[str, tuple[str | None, dict[str, Any]]],
+    workload_label: str,
+) -> list[str]:
+    """What a reconcile pass would change, in words; empty when nothing differs.
+
+    ``live`` maps a kind (Service, NetworkPolicy, Deployment, StatefulSet) to the cached
+    objects of the namespace by name; ``recorded`` maps each service's name to the ClusterIP
+    and workload status the database holds for it.
+    """
+    found: list[str] = []
+    name = desired.namespace
+    wanted_namespace = desired.objects[("Namespace", name)]
+    if namespace_object is None:
+        return [f"Namespace {name} is missing"]
+    if not matches(wanted_namespace, namespace_object):
+        found.append(f"Namespace {name} differs")
+    for kind in COMPARED_KINDS:
+        wanted = desired.of_kind(kind)
+        cached = live.get(kind, {})
+        for object_name, obj in wanted.items():
+            current = cached.get(object_name)
+            if current is None:
+                found.append(f"{kind} {object_name} is missing")
+            elif not matches(obj, current):
+                found.append(f"{kind} {object_name} differs")
+        extra = sorted(set(cached) - set(wanted))
+        found.extend(f"{kind} {object_name} is not desired" for object_name in extra)
+    for service, obj in live.get("Service", {}).items():
+        cluster_ip = obj.get("spec", {}).get("clusterIP")
+        cluster_ip = None if cluster_ip in (None, "", "None") else cluster_ip
+        if service in recorded and recorded[service][0] != cluster_ip:
+            found.append(f"ClusterIP of {service} to record")
+    statuses: dict[str, WorkloadStatus] = {}
+    for kind in WORKLOAD_KINDS:
+        for workload_name, workload in live.get(kind, {}).items():
+            service = workload["metadata"].get("labels", {}).get(workload_label, "")
+            if not _workload_matches(workload, desired.workloads.get(service, WorkloadSpec())):
+                found.append(f"{kind} {workload_name} lacks what we own on it")
+            annotations = workload["spec"]["template"].get("metadata", {}).get("annotations")
+            status = WorkloadStatus(
+                kind=kind,
+                name=workload_name,
+                secrets=(annotations or {}).get(SECRETS_ANNOTATION, ""),
+                rolled_out=_rolled_out(kind, workload),
+            )
+            previous = statuses.get(service)
+            if previous is None or not status.rolled_out:  # several workloads: the laggard
+                statuses[service] = status
+    for service, (_, workload) in recorded.items():
+        seen = statuses.get(service)
+        if workload != (seen.as_dict() if seen is not None else {}):
+            found.append(f"workload status of {service} to record")
+    return found

@@ -1,0 +1,276 @@
+"""Informers: what the cluster holds, kept current by one LIST and then a WATCH per kind.
+
+The same pattern as client-go's informers and controller-runtime's cache: each kind this app
+manages is listed once, cluster-wide and by label, and then watched from that list's resource
+version, so the process always has a local copy of every managed object without asking the API
+server again. A watch that the server closes is reopened from the last version seen; a version
+the server no longer has (410 Gone, after a long disconnect or an etcd compaction) means a fresh
+LIST. Secrets are never listed or watched: the worker may only read its one Secret per
+namespace by name (see ``deploy/rbac.yaml``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import urllib3
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+from kubernetes.watch.watch import iter_resp_lines
+
+from networking.cluster.desired import KubeObject, managed_selector
+
+logger = logging.getLogger(__name__)
+
+# (namespace or "" for cluster-scoped objects, name)
+Key = tuple[str, str]
+OnChange = Callable[[str, str, str], None]  # kind, namespace, name
+
+
+class _Gone(Exception):
+    """The watch's resource version is too old: list again."""
+
+
+@dataclass(frozen=True)
+class WatchedKind:
+    kind: str
+    api: str  # "core", "networking" or "apps"
+    method: str  # the cluster-wide list method of that API
+    selector: str
+
+
+def watched_kinds(workload_label: str) -> list[WatchedKind]:
+    """Our objects by the managed-by label; the deploy system's workloads by theirs."""
+    managed = managed_selector()
+    return [
+        WatchedKind("Namespace", "core", "list_namespace", managed),
+        WatchedKind("Service", "core", "list_service_for_all_namespaces", managed),
+        WatchedKind(
+            "NetworkPolicy", "networking", "list_network_policy_for_all_namespaces", managed
+        ),
+        WatchedKind("Deployment", "apps", "list_deployment_for_all_namespaces", workload_label),
+        WatchedKind("StatefulSet", "apps", "list_stateful_set_for_all_namespaces", workload_label),
+    ]
+
+
+def _slim(obj: KubeObject) -> KubeObject:
+    """Drop what nobody here reads (server-side apply's bookkeeping is most of an object)."""
+    metadata = obj.get("metadata", {})
+    metadata.pop("managedFields", None)
+    return obj
+
+
+class Informer:
+    """One kind's LIST+WATCH loop in a daemon thread, and its store."""
+
+    def __init__(
+        self,
+        api_client: client.ApiClient,
+        watched: WatchedKind,
+        on_change: OnChange,
+        *,
+        watch_seconds: int = 240,
+        request_timeout: float = 10.0,
+    ) -> None:
+        apis = {
+            "core": client.CoreV1Api,
+            "networking": client.NetworkingV1Api,
+            "apps": client.AppsV1Api,
+        }
+        self.kind = watched.kind
+        self.selector = watched.selector
+        self.list_call = getattr(apis[watched.api](api_client), watched.method)
+        self.on_change = on_change
+        self.watch_seconds = watch_seconds
+        self.request_timeout = request_timeout
+        self.store: dict[Key, KubeObject] = {}
+        self.lock = threading.Lock()
+        self.synced = threading.Event()
+        self.stopping = threading.Event()
+        self.resource_version: str | None = None
+        self.lists = 0  # how many LISTs this informer made (start-up, and after 410 Gone)
+        self.thread = threading.Thread(target=self._run, name=f"informer-{self.kind}", daemon=True)
+
+    # -- reading ----------------------------------------------------------------------------
+
+    def in_namespace(self, namespace: str) -> dict[str, KubeObject]:
+        with self.lock:
+            return {name: obj for (ns, name), obj in self.store.items() if ns == namespace}
+
+    def get(self, namespace: str, name: str) -> KubeObject | None:
+        with self.lock:
+            return self.store.get((namespace, name))
+
+    def keys(self) -> list[Key]:
+        with self.lock:
+            return list(self.store)
+
+    def remember(self, obj: KubeObject) -> None:
+        """Record an object we just wrote (write-through), unless the store has a newer one."""
+        key = _key(obj)
+        with self.lock:
+            current = self.store.get(key)
+            if current is None or _newer(obj, current):
+                self.store[key] = _slim(obj)
+
+    def forget(self, namespace: str, name: str) -> None:
+        with self.lock:
+            self.store.pop((namespace, name), None)
+
+    # -- the loop ---------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.stopping.set()
+
+    def _run(self) -> None:
+        failures = 0
+        while not self.stopping.is_set():
+            try:
+                if self.resource_version is None:
+                    self._list()
+                self._watch()
+                failures = 0
+            except _Gone:
+                logger.info("Watch of %ss expired (410 Gone): listing again", self.kind)
+                self.resource_version = None
+            except (ApiException, urllib3.exceptions.HTTPError, OSError, ValueError) as error:
+                failures += 1
+                delay = min(30.0, 0.5 * 2 ** min(failures, 6))
+                logger.warning(
+                    "Watch of %ss failed (%s); trying again in %.1f s",
+                    self.kind,
+                    type(error).__name__,
+                    delay,
+                )
+                self.stopping.wait(delay)
+
+    def _list(self) -> None:
+        response = self.list_call(
+            label_selector=self.selector,
+            _preload_content=False,
+            _request_timeout=self.request_timeout,
+        )
+        body = json.loads(response.data)
+        kind = self.kind
+        fresh = {}
+        for item in body.get("items", []):
+            item.setdefault("kind", kind)
+            fresh[_key(item)] = _slim(item)
+        with self.lock:
+            gone = set(self.store) - set(fresh)
+            self.store = fresh
+        self.resource_version = body["metadata"]["resourceVersion"]
+        self.lists += 1
+        self.synced.set()
+        for namespace, name in sorted(gone | set(fresh)):
+            self.on_change(kind, namespace, name)
+
+    def _watch(self) -> None:
+        response = self.list_call(
+            label_selector=self.selector,
+            watch=True,
+            allow_watch_bookmarks=True,
+            resource_version=self.resource_version,
+            timeout_seconds=self.watch_seconds,
+            _preload_content=False,
+            _request_timeout=(self.request_timeout, self.watch_seconds + self.request_timeout),
+        )
+        try:
+            for line in iter_resp_lines(response):
+                if self.stopping.is_set():
+                    return
+                self._event(json.loads(line))
+        finally:
+            response.release_conn()
+
+    def _event(self, event: dict[str, Any]) -> None:
+        kind, obj = event.get("type"), event.get("object") or {}
+        if kind == "ERROR":
+            if obj.get("code") == 410:
+                raise _Gone
+            raise ValueError(f"watch error: {obj.get('message', obj)}")
+        version = obj.get("metadata", {}).get("resourceVersion")
+        if kind == "BOOKMARK":
+            self.resource_version = version or self.resource_version
+            return
+        obj.setdefault("kind", self.kind)
+        key = _key(obj)
+        with self.lock:
+            if kind == "DELETED":
+                self.store.pop(key, None)
+            else:
+                self.store[key] = _slim(obj)
+        self.resource_version = version or self.resource_version
+        self.on_change(self.kind, *key)
+
+
+def _key(obj: KubeObject) -> Key:
+    metadata = obj["metadata"]
+    return metadata.get("namespace", ""), metadata["name"]
+
+
+def _newer(candidate: KubeObject, current: KubeObject) -> bool:
+    """Whether ``candidate`` is a later version of the object than ``current``.
+
+    Resource versions are opaque, but every API server in use (etcd3) issues increasing
+    integers; anything else is treated as newer, since a write we just made is the latest.
+    """
+    try:
+        return int(candidate["metadata"]["resourceVersion"]) >= int(
+            current["metadata"]["resourceVersion"]
+        )
+    except (KeyError, ValueError):
+        return True
+
+
+class ClusterCache:
+    """Every watched kind's informer, for a process that wants a local view of the cluster."""
+
+    def __init__(
+        self,
+        api_client: client.ApiClient,
+        workload_label: str,
+        on_change: OnChange | None = None,
+        *,
+        watch_seconds: int = 240,
+    ) -> None:
+        self.listeners: list[OnChange] = [on_change] if on_change else []
+        self.informers = {
+            watched.kind: Informer(api_client, watched, self._changed, watch_seconds=watch_seconds)
+            for watched in watched_kinds(workload_label)
+        }
+
+    def _changed(self, kind: str, namespace: str, name: str) -> None:
+        for listener in self.listeners:
+            listener(kind, namespace, name)
+
+    def start(self) -> None:
+        for informer in self.informers.values():
+            informer.start()
+
+    def stop(self) -> None:
+        for informer in self.informers.values():
+            informer.stop()
+
+    def wait_synced(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        return all(
+            informer.synced.wait(max(0.0, deadline - time.monotonic()))
+            for informer in self.informers.values()
+        )
+
+    @property
+    def synced(self) -> bool:
+        return all(informer.synced.is_set() for informer in self.informers.values())
+
+    def namespaces(self) -> list[str]:
+        return [name for _, name in self.informers["Namespace"].keys()]  # noqa: SIM118

@@ -1,0 +1,130 @@
+"""The watcher: notices drift in the cluster from its watches and asks for a reconcile.
+
+A long-running process (``manage.py watch_cluster``) holding one LIST+WATCH per managed kind,
+cluster-wide (``networking.cluster.informer``). When an object of a project changes (deleted
+or edited by hand, a ClusterIP assigned, a workload rolled out), the project is compared with
+its desired state in the cache (``networking.cluster.drift``) and, only if something differs,
+a reconcile is queued (at most one per project). A namespace labelled as ours whose project is
+gone is handed to the worker to delete. Standing still costs the watches' keep-alive: no
+request per project, no SQL write.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterable
+
+from django.conf import settings
+from django.db import close_old_connections, connection
+
+from networking.cluster import reconcile
+from networking.cluster.drift import differences
+from networking.cluster.informer import ClusterCache
+from networking.cluster.kube import api_client
+from networking.models import Project
+
+logger = logging.getLogger(__name__)
+
+NAMESPACE_PREFIX = "prj-"
+# Changes often come in bursts (our own pass writes several objects): look once they settle.
+SETTLE_SECONDS = 0.2
+
+
+class Watcher:
+    def __init__(self, cache: ClusterCache | None = None) -> None:
+        self.cache = cache or ClusterCache(
+            api_client(), settings.WORKLOAD_LABEL, watch_seconds=settings.WATCH_SECONDS
+        )
+        self.cache.listeners.append(self._changed)
+        self.dirty: set[str] = set()
+        self.lock = threading.Lock()
+        self.wake = threading.Event()
+        self.stopping = threading.Event()
+        self.checks = 0
+
+    def _changed(self, kind: str, namespace: str, name: str) -> None:
+        self.mark([name if kind == "Namespace" else namespace])
+
+    def mark(self, namespaces: Iterable[str]) -> None:
+        with self.lock:
+            self.dirty.update(ns for ns in namespaces if ns.startswith(NAMESPACE_PREFIX))
+        self.wake.set()
+
+    def run(self) -> None:
+        """Until ``stop()``: keep the cache current and look at every project that changed."""
+        try:
+            self._run()
+        finally:
+            connection.close()  # this thread's own connection
+
+    def _run(self) -> None:
+        self.cache.start()
+        while not self.cache.wait_synced(timeout=10):
+            if self.stopping.is_set():
+                return
+            logger.warning("Waiting for the first list of every kind from the API server")
+        logger.info("Watching the cluster")
+        # The first look covers everything: projects whose namespace is missing too.
+        self.mark(
+            f"{NAMESPACE_PREFIX}{uid}" for uid in Project.objects.values_list("uid", flat=True)
+        )
+        while not self.stopping.is_set():
+            self.wake.wait(timeout=1.0)
+            self.wake.clear()
+            self.stopping.wait(SETTLE_SECONDS)
+            with self.lock:
+                batch, self.dirty = self.dirty, set()
+            for namespace in sorted(batch):
+                try:
+                    self.check(namespace)
+                except Exception:
+                    logger.exception("Could not compare %s with its desired state", namespace)
+            close_old_connections()
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.wake.set()
+        self.cache.stop()
+
+    def check(self, namespace: str) -> list[str]:
+        """Compare one project's namespace with its desired state; queue a pass if it differs."""
+        self.checks += 1
+        uid = namespace.removeprefix(NAMESPACE_PREFIX)
+        project = Project.objects.filter(uid=uid).first()
+        namespace_object = self.cache.informers["Namespace"].get("", namespace)
+        if project is None:
+            if namespace_object is not None:
+                from networking.tasks import delete_namespace_if_orphaned
+
+                logger.info("Namespace %s belongs to no project: deleting it", namespace)
+                delete_namespace_if_orphaned.delay(namespace)
+            return []
+        desired = reconcile.desired_state_for(
+            project, secrets=reconcile.secret_specs(project, with_values=False)
+        )
+        recorded = {
+            service.name: (service.cluster_ip, service.workload)
+            for service in project.services.only("name", "cluster_ip", "workload")
+        }
+        live = {
+            kind: informer.in_namespace(namespace)
+            for kind, informer in self.cache.informers.items()
+            if kind != "Namespace"
+        }
+        found = differences(
+            desired,
+            live,
+            namespace_object=namespace_object,
+            recorded=recorded,
+            workload_label=settings.WORKLOAD_LABEL,
+        )
+        if found:
+            queued = project.request_reconcile()
+            logger.info(
+                "Drift in %s (%s)%s",
+                namespace,
+                reconcile.summarize(found),
+                "" if queued else "; a reconcile is already queued",
+            )
+        return found

@@ -1,0 +1,228 @@
+"""The watcher against the real API server: drift noticed from watches, standing still free."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from django.conf import settings as django_settings
+from django.db import connection
+
+from networking.cluster import kube
+from networking.cluster import reconcile as reconciler
+from networking.cluster.desired import namespace_object
+from networking.cluster.informer import ClusterCache, Informer, _Gone, watched_kinds
+from networking.cluster.watcher import Watcher
+from networking.models import Organization, Project, Service
+from networking.tasks import resync_all_projects
+from tests.cluster_fixtures import Cluster
+from tests.conftest import World, make_service
+from tests.worker import WatcherProcess, WorkerProcess
+
+
+def wait_until(condition: Callable[[], Any], what: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.1)
+
+
+@pytest.fixture
+def watcher(cluster: Cluster, transactional_db: Any, eager_tasks: None) -> Iterator[Watcher]:
+    """The watcher in this process; the reconciles it asks for run at once (eager)."""
+    watcher = Watcher(
+        ClusterCache(kube.api_client(), django_settings.WORKLOAD_LABEL, watch_seconds=30)
+    )
+    thread = threading.Thread(target=watcher.run, daemon=True)
+    thread.start()
+    assert watcher.cache.wait_synced(60)
+    yield watcher
+    watcher.stop()
+    thread.join(10)
+
+
+def in_sync(project: Project) -> bool:
+    return Project.objects.get(pk=project.pk).in_sync
+
+
+def test_a_service_deleted_by_hand_comes_back_from_the_watch(
+    cluster: Cluster, world: World, watcher: Watcher
+) -> None:
+    reconciler.reconcile(world.project.pk)
+    namespace = world.project.namespace
+    cluster.core.delete_namespaced_service("api", namespace, _preload_content=False)
+    # No resync runs here: only the watch can bring it back.
+    wait_until(lambda: "api" in cluster.services(namespace), "the Service to be restored")
+
+
+def test_a_policy_edited_by_hand_is_put_back(
+    cluster: Cluster, world: World, watcher: Watcher
+) -> None:
+    reconciler.reconcile(world.project.pk)
+    namespace = world.project.namespace
+    cluster.networking.patch_namespaced_network_policy(
+        "project-isolation",
+        namespace,
+        {"spec": {"ingress": [{}]}},  # admit everyone
+    )
+
+    def restored() -> bool:
+        policy = cluster.policies(namespace)["project-isolation"]
+        return bool(policy.spec.ingress[0]._from)
+
+    wait_until(restored, "the isolation policy to be restored")
+
+
+def test_a_clusterip_assigned_meanwhile_is_recorded(
+    cluster: Cluster, world: World, watcher: Watcher
+) -> None:
+    reconciler.reconcile(world.project.pk)
+    Service.objects.filter(pk=world.api.pk).update(cluster_ip=None)  # as if never read back
+    cluster.core.patch_namespaced_service(
+        "api",
+        world.project.namespace,
+        {"metadata": {"annotations": {"touched": "1"}}},
+        _preload_content=False,
+    )
+    wait_until(
+        lambda: Service.objects.get(pk=world.api.pk).cluster_ip is not None,
+        "the ClusterIP to be recorded",
+    )
+
+
+def test_our_own_writes_do_not_queue_another_pass(
+    cluster: Cluster, world: World, watcher: Watcher
+) -> None:
+    reconciler.reconcile(world.project.pk)
+    checks = watcher.checks
+    wait_until(lambda: watcher.checks > checks, "the watcher to look at our writes")
+    time.sleep(1)  # let any further events settle
+    assert watcher.check(world.project.namespace) == []
+    assert Project.objects.get(pk=world.project.pk).reconcile_queued_at is None
+
+
+def counted(cluster: Cluster, run: Callable[[], Any]) -> tuple[int, int]:
+    """API requests (from this process) and SQL writes made while ``run`` runs."""
+    writes: list[str] = []
+
+    def record(execute: Any, sql: str, params: Any, many: bool, context: Any) -> Any:
+        if sql.lstrip().upper().startswith(("INSERT", "UPDATE", "DELETE")):
+            writes.append(sql)
+        return execute(sql, params, many, context)
+
+    cluster.http.reset()
+    with connection.execute_wrapper(record):
+        run()
+    return len(cluster.http.calls), len(writes)
+
+
+def add_projects(count: int) -> list[Project]:
+    organization = Organization.objects.create(name=f"Scale {count}", slug=f"scale-{count}")
+    projects = []
+    for index in range(count):
+        project = Project.objects.create(organization=organization, name=f"p{index}")
+        for service in range(5):
+            make_service(project, f"svc {service}", Service.Kind.PRIVATE, [3000])
+        reconciler.reconcile(project.pk)
+        projects.append(project)
+    return projects
+
+
+def test_a_resync_costs_the_same_for_one_project_and_a_hundred(
+    cluster: Cluster, transactional_db: Any, eager_tasks: None, settings: Any
+) -> None:
+    settings.RESYNC_VERIFY_PROJECTS = 2
+    add_projects(1)
+    one = counted(cluster, resync_all_projects)
+    add_projects(99)
+    hundred = counted(cluster, resync_all_projects)
+    # The same budget of full re-reads whatever the number of projects, nothing else.
+    per_pass = one  # one project: its single full re-read
+    assert hundred[0] <= 2 * per_pass[0]
+    assert hundred[1] <= 2 * per_pass[1]
+    settings.RESYNC_VERIFY_PROJECTS = 0
+    assert counted(cluster, resync_all_projects) == (0, 0)
+
+
+def test_a_lost_message_is_found_by_the_resync(
+    cluster: Cluster, world: World, transactional_db: Any, eager_tasks: None, settings: Any
+) -> None:
+    settings.RESYNC_VERIFY_PROJECTS = 0
+    reconciler.reconcile(world.project.pk)
+    Project.objects.filter(pk=world.project.pk).update(generation=world.project.generation + 5)
+    resync_all_projects()
+    assert in_sync(world.project)
+
+
+def test_an_expired_watch_lists_again(cluster: Cluster) -> None:
+    seen: list[tuple[str, str, str]] = []
+    informer = Informer(
+        kube.api_client(),
+        watched_kinds(django_settings.WORKLOAD_LABEL)[0],
+        lambda *a: seen.append(a),
+    )
+    with pytest.raises(_Gone):
+        informer._event({"type": "ERROR", "object": {"code": 410, "message": "too old"}})
+    informer._list()
+    assert informer.synced.is_set()
+    assert informer.lists == 1
+
+
+def test_the_watcher_and_workers_survive_a_kill(
+    cluster: Cluster,
+    world: World,
+    worker_env: dict[str, str],
+    start_worker: Callable[[], WorkerProcess],
+    tmp_path: Path,
+) -> None:
+    """kill -9 the watcher, or either of two workers: every drift is still repaired."""
+    namespace = world.project.namespace
+    first, second = start_worker(), start_worker()
+    watcher = WatcherProcess(worker_env, tmp_path / "watcher.log")
+    watcher.start()
+    try:
+        world.project.request_reconcile()
+        wait_until(lambda: in_sync(world.project), "the project to be applied")
+
+        watcher.kill()
+        watcher.start()  # it lists everything again and compares every project
+        cluster.core.delete_namespaced_service("api", namespace, _preload_content=False)
+        wait_until(lambda: "api" in cluster.services(namespace), "restored after the restart")
+
+        first.kill()
+        cluster.core.delete_namespaced_service("postgres", namespace, _preload_content=False)
+        wait_until(lambda: "postgres" in cluster.services(namespace), "restored by the other")
+
+        second.kill()
+        third = start_worker()
+        cluster.networking.delete_namespaced_network_policy(
+            "project-isolation", namespace, _preload_content=False
+        )
+        wait_until(
+            lambda: "project-isolation" in cluster.policies(namespace), "restored by a new worker"
+        )
+        assert third.process is not None and third.process.poll() is None
+    finally:
+        watcher.stop()
+
+
+def test_a_namespace_of_ours_without_a_project_is_deleted(
+    cluster: Cluster, world: World, watcher: Watcher
+) -> None:
+    # Left behind by a project deleted while nothing was watching (or by another database).
+    orphan = namespace_object("prj-abcdefghjkmn", "abcdefghjkmn")
+    cluster.core.create_namespace(orphan, _preload_content=False)  # type: ignore[arg-type]
+
+    def gone() -> bool:
+        namespace = cluster.namespace("prj-abcdefghjkmn")
+        return namespace is None or namespace.status.phase == "Terminating"
+
+    wait_until(gone, "the orphaned namespace to be deleted")
+    # A project's own namespace is left alone.
+    reconciler.reconcile(world.project.pk)
+    watcher.check(world.project.namespace)
+    assert cluster.namespace(world.project.namespace).status.phase == "Active"
