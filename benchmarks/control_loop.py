@@ -43,6 +43,7 @@ from benchmarks.observe import (
     wait_drained,
 )
 from networking.models import Organization, Project, Service
+from tests import deploy_system
 from tests.kubeapi import TestAPIServer
 from tests.kubehttp import HttpRecorder
 from tests.worker import REPO, WorkerProcess, database_url
@@ -221,32 +222,10 @@ def deploy_workloads(server: TestAPIServer, namespace: str, names: Sequence[str]
     apps = client.AppsV1Api(admin)
 
     def create(name: str) -> None:
-        labels = {settings.WORKLOAD_LABEL: name}
-        body = {
-            "apiVersion": "apps/v1",
-            "kind": "Deployment",
-            "metadata": {"name": name, "namespace": namespace, "labels": labels},
-            "spec": {
-                "replicas": 0,
-                "selector": {"matchLabels": labels},
-                "template": {
-                    "metadata": {"labels": labels},
-                    "spec": {
-                        "containers": [
-                            {
-                                "name": "app",
-                                "image": "registry.example/app:1",
-                                "env": [{"name": "PORT", "value": "8080"}],
-                            }
-                        ]
-                    },
-                },
-            },
-        }
         apps.create_namespaced_deployment(
             namespace,
-            body,  # type: ignore[arg-type]
-            field_manager="deploy-system",
+            deploy_system.deployment(namespace, name),  # type: ignore[arg-type]
+            field_manager=deploy_system.FIELD_MANAGER,
             _preload_content=False,
         )
 

@@ -12,14 +12,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from networking.cluster.backends import WorkloadStatus, matches
-from networking.cluster.desired import (
-    SECRETS_ANNOTATION,
-    WORKLOAD_KINDS,
-    DesiredState,
-    KubeObject,
-    WorkloadSpec,
-)
-from networking.cluster.kube import _rolled_out, _workload_matches
+from networking.cluster.desired import WORKLOAD_KINDS, DesiredState, KubeObject, WorkloadSpec
+from networking.cluster.kube import cluster_ip, keep_laggard, workload_matches, workload_status
 
 COMPARED_KINDS = ("Service", "NetworkPolicy")
 
@@ -57,26 +51,15 @@ def differences(
         extra = sorted(set(cached) - set(wanted))
         found.extend(f"{kind} {object_name} is not desired" for object_name in extra)
     for service, obj in live.get("Service", {}).items():
-        cluster_ip = obj.get("spec", {}).get("clusterIP")
-        cluster_ip = None if cluster_ip in (None, "", "None") else cluster_ip
-        if service in recorded and recorded[service][0] != cluster_ip:
+        if service in recorded and recorded[service][0] != cluster_ip(obj):
             found.append(f"ClusterIP of {service} to record")
     statuses: dict[str, WorkloadStatus] = {}
     for kind in WORKLOAD_KINDS:
         for workload_name, workload in live.get(kind, {}).items():
             service = workload["metadata"].get("labels", {}).get(workload_label, "")
-            if not _workload_matches(workload, desired.workloads.get(service, WorkloadSpec())):
+            if not workload_matches(workload, desired.workloads.get(service, WorkloadSpec())):
                 found.append(f"{kind} {workload_name} lacks what we own on it")
-            annotations = workload["spec"]["template"].get("metadata", {}).get("annotations")
-            status = WorkloadStatus(
-                kind=kind,
-                name=workload_name,
-                secrets=(annotations or {}).get(SECRETS_ANNOTATION, ""),
-                rolled_out=_rolled_out(kind, workload),
-            )
-            previous = statuses.get(service)
-            if previous is None or not status.rolled_out:  # several workloads: the laggard
-                statuses[service] = status
+            keep_laggard(statuses, service, workload_status(kind, workload_name, workload))
     for service, (_, workload) in recorded.items():
         seen = statuses.get(service)
         if workload != (seen.as_dict() if seen is not None else {}):

@@ -100,7 +100,7 @@ class _Kind:
     by_name: str | None = None
 
 
-def _rolled_out(kind: str, workload: KubeObject) -> bool:
+def rolled_out(kind: str, workload: KubeObject) -> bool:
     """Whether every pod of the workload runs its current pod template."""
     spec, status = workload.get("spec", {}), workload.get("status") or {}
     replicas = spec.get("replicas", 1)
@@ -144,7 +144,7 @@ def _workload_patch(workload: KubeObject, kind: str, spec: WorkloadSpec) -> Kube
     return patch
 
 
-def _workload_matches(workload: KubeObject, spec: WorkloadSpec) -> bool:
+def workload_matches(workload: KubeObject, spec: WorkloadSpec) -> bool:
     template = workload["spec"]["template"]
     live_annotation = (template.get("metadata", {}).get("annotations") or {}).get(
         SECRETS_ANNOTATION
@@ -160,6 +160,28 @@ def _workload_matches(workload: KubeObject, spec: WorkloadSpec) -> bool:
         ):
             return False
     return True
+
+
+def cluster_ip(service: KubeObject) -> str | None:
+    """The ClusterIP the cluster assigned to a Service, if it has one yet."""
+    value = service.get("spec", {}).get("clusterIP")
+    return None if value in (None, "", "None") else str(value)
+
+
+def workload_status(kind: str, name: str, workload: KubeObject) -> WorkloadStatus:
+    annotations = workload["spec"]["template"].get("metadata", {}).get("annotations")
+    return WorkloadStatus(
+        kind=kind,
+        name=name,
+        secrets=(annotations or {}).get(SECRETS_ANNOTATION, ""),
+        rolled_out=rolled_out(kind, workload),
+    )
+
+
+def keep_laggard(statuses: dict[str, WorkloadStatus], service: str, status: WorkloadStatus) -> None:
+    """Record a service's workload; with several, the one not rolled out is what counts."""
+    if service not in statuses or not status.rolled_out:
+        statuses[service] = status
 
 
 class KubernetesBackend:
@@ -334,11 +356,8 @@ class KubernetesBackend:
                 del live[name]
                 result.changes.append(f"deleted {kind} {name}")
             if kind == "Service":
-                result.cluster_ips = {
-                    name: obj["spec"]["clusterIP"]
-                    for name, obj in live.items()
-                    if obj.get("spec", {}).get("clusterIP") not in (None, "", "None")
-                }
+                assigned = {name: cluster_ip(obj) for name, obj in live.items()}
+                result.cluster_ips = {name: ip for name, ip in assigned.items() if ip}
         if exists:
             self._apply_workloads(desired, result)
         return result
@@ -350,21 +369,11 @@ class KubernetesBackend:
             for name, workload in self._list(kind, desired.namespace, label).items():
                 service = workload["metadata"].get("labels", {}).get(label, "")
                 spec = desired.workloads.get(service, WorkloadSpec())
-                if not _workload_matches(workload, spec):
+                if not workload_matches(workload, spec):
                     try:
                         workload = self._apply(kind, _workload_patch(workload, kind, spec))
                     except ClusterError as error:
                         result.errors.append(error)
                         continue
                     result.changes.append(f"restarted {kind} {name} for shared secrets")
-                annotations = workload["spec"]["template"].get("metadata", {}).get("annotations")
-                status = WorkloadStatus(
-                    kind=kind,
-                    name=name,
-                    secrets=(annotations or {}).get(SECRETS_ANNOTATION, ""),
-                    rolled_out=_rolled_out(kind, workload),
-                )
-                previous = result.workloads.get(service)
-                if previous is not None:  # several workloads: report the laggard
-                    status = status if not status.rolled_out else previous
-                result.workloads[service] = status
+                keep_laggard(result.workloads, service, workload_status(kind, name, workload))

@@ -19,6 +19,7 @@ from networking import rotation
 from networking.cluster import reconcile as reconciler
 from networking.cluster.desired import SECRETS_ANNOTATION, SHARED_SECRETS
 from networking.models import Project, Service, SharedSecret
+from tests import deploy_system
 from tests.cluster_fixtures import Cluster
 from tests.conftest import World, make_service
 
@@ -27,32 +28,10 @@ NAME = "INTERNAL_API_SECRET"
 
 def deploy(cluster: Cluster, namespace: str, service: str, *, replicas: int = 0) -> None:
     """What the deploy system does: one Deployment per service, labelled with its name."""
-    labels = {django_settings.WORKLOAD_LABEL: service}
-    body = {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": {"name": service, "namespace": namespace, "labels": labels},
-        "spec": {
-            "replicas": replicas,
-            "selector": {"matchLabels": labels},
-            "template": {
-                "metadata": {"labels": labels},
-                "spec": {
-                    "containers": [
-                        {
-                            "name": "app",
-                            "image": "registry.example/app:1",
-                            "env": [{"name": "PORT", "value": "8080"}],
-                        }
-                    ]
-                },
-            },
-        },
-    }
     cluster.apps.create_namespaced_deployment(
         namespace,
-        body,  # type: ignore[arg-type]
-        field_manager="deploy-system",
+        deploy_system.deployment(namespace, service, replicas=replicas),  # type: ignore[arg-type]
+        field_manager=deploy_system.FIELD_MANAGER,
         _preload_content=False,
     )
 
