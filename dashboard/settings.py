@@ -224,6 +224,11 @@ CELERY_TASK_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+# Celery's Django fixup closes every database connection before and after each task unless
+# this is set, and reconnecting to PostgreSQL costs more than a whole reconcile pass. Django's
+# own rules (DATABASE_CONN_MAX_AGE, health checks) decide instead: dashboard/celery.py applies
+# them around each task as Django does around each request.
+CELERY_DB_REUSE_MAX = 2**31
 CELERY_BEAT_SCHEDULE = {
     "resync-every-project": {
         "task": "networking.tasks.resync_all_projects",

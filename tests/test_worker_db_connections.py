@@ -1,0 +1,71 @@
+"""A worker keeps its database connection from task to task, as a web process does from
+request to request, and still drops one that is too old or broken."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import pytest
+from celery import signals
+from celery.fixups.django import DjangoWorkerFixup  # type: ignore[attr-defined]  # not in the stubs
+from django.db import connection
+
+from dashboard.celery import app
+from networking.tasks import reconcile_project
+
+
+@pytest.fixture
+def worker_fixup() -> Iterator[None]:
+    """Celery's Django fixup, installed as ``celery worker`` installs it."""
+    fixup = DjangoWorkerFixup(app)
+    fixup.install()
+    try:
+        yield
+    finally:
+        signals.task_prerun.disconnect(fixup.on_task_prerun)
+        signals.task_postrun.disconnect(fixup.on_task_postrun)
+        signals.worker_process_init.disconnect(fixup.on_worker_process_init)
+        signals.beat_embedded_init.disconnect(fixup.close_database)
+
+
+def around_a_task() -> None:
+    """What the worker's tracer sends before and after running a task."""
+    task = reconcile_project
+    signals.task_prerun.send(sender=task, task_id="t", task=task, args=(), kwargs={})
+    signals.task_postrun.send(sender=task, task_id="t", task=task, args=(), kwargs={})
+
+
+@pytest.fixture
+def kept_connections() -> Iterator[None]:
+    """Connections kept for a minute, as DATABASE_URL configures them (SQLite's default is 0)."""
+    saved = connection.settings_dict["CONN_MAX_AGE"]
+    connection.close()
+    connection.settings_dict["CONN_MAX_AGE"] = 60
+    try:
+        yield
+    finally:
+        connection.close()
+        connection.settings_dict["CONN_MAX_AGE"] = saved
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_task_reuses_the_connection_of_the_last(
+    worker_fixup: None, kept_connections: None
+) -> None:
+    connection.ensure_connection()
+    before = connection.connection
+    for _ in range(3):
+        around_a_task()
+        connection.ensure_connection()
+    assert connection.connection is before
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_connection_past_its_age_is_replaced(worker_fixup: None, kept_connections: None) -> None:
+    connection.ensure_connection()
+    before = connection.connection
+    connection.close_at = time.monotonic() - 1  # as if DATABASE_CONN_MAX_AGE had passed
+    around_a_task()
+    connection.ensure_connection()
+    assert connection.connection is not before
