@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, models, transaction
-from django.db.models import F, Q
+from django.db.models import F, Q, Subquery
 from django.db.models.functions import Greatest, Least, Lower
 from django.utils import timezone
 
@@ -281,6 +281,11 @@ class Project(models.Model):
         cls.objects.filter(pk=project_id).exclude(reconcile_queued_at=None).update(
             reconcile_queued_at=None
         )
+
+    def report_drift(self) -> bool:
+        """The cluster differs from what was applied: queue a pass that reads it in full."""
+        AppliedRecord.distrust([self.pk])
+        return self.request_reconcile()
 
     def retry_sync(self) -> None:
         """The Retry button: show "retrying" and enqueue a fresh pass with a fresh retry budget."""
@@ -591,6 +596,70 @@ class AuditEvent(models.Model):
         return f"{self.actor_label} {self.get_action_display()} {self.target}"
 
 
+class AppliedRecord(models.Model):
+    """What the last reconcile pass of a project applied: a digest of each object it owns.
+
+    A pass compares the next desired state with this record and writes only what differs,
+    without reading the cluster, as long as the record can be trusted. It cannot be (``digests``
+    is None) before the first pass, after a failed one, and whenever the watcher sees the
+    cluster differ or the periodic resync wants a project re-read: each of those bumps
+    ``marks``, so a pass that was already running when it happened fails to store its record
+    (the store compares ``marks``) and the next pass reads everything.
+
+    A row of its own, not fields on ``Project``: at a thousand services it holds tens of
+    kilobytes no page needs.
+    """
+
+    project = models.OneToOneField(
+        Project, on_delete=models.CASCADE, primary_key=True, related_name="applied_record"
+    )
+    digests = models.JSONField(null=True, blank=True, default=None)
+    marks = models.PositiveBigIntegerField(default=0)
+
+    def __str__(self) -> str:
+        return f"applied record of project {self.project_id}"
+
+    @classmethod
+    def distrust(cls, project_ids: Iterable[int]) -> int:
+        """The cluster may differ from these projects' records: their next passes read it."""
+        return cls.objects.filter(project_id__in=list(project_ids)).update(
+            digests=None, marks=F("marks") + 1
+        )
+
+
+class WatcherHeartbeat(models.Model):
+    """When a watcher last said it is watching the cluster: one row, whatever the fleet.
+
+    A pass trusts its applied record only while this is fresh: with no watcher to notice a
+    hand edit or a workload the deploy system just created, every pass reads the cluster.
+    """
+
+    id = models.PositiveSmallIntegerField(primary_key=True, default=1, editable=False)
+    seen_at = models.DateTimeField()
+
+    # A watcher beats every BEAT; three missed beats and the passes stop trusting records.
+    BEAT: ClassVar[timedelta] = timedelta(seconds=2)
+    STALE_AFTER: ClassVar[timedelta] = timedelta(seconds=6)
+
+    def __str__(self) -> str:
+        return f"watcher seen at {self.seen_at:%Y-%m-%d %H:%M:%S}"
+
+    @classmethod
+    def beat(cls) -> None:
+        """One statement (an upsert), whatever the number of projects."""
+        WatcherHeartbeat.objects.bulk_create(
+            [WatcherHeartbeat(pk=1, seen_at=timezone.now())],
+            update_conflicts=True,
+            update_fields=["seen_at"],
+            unique_fields=["id"],
+        )
+
+    @classmethod
+    def watching(cls, seen_at: Any) -> bool:
+        """Whether a heartbeat read as ``seen_at`` (None: never) says a watcher is watching."""
+        return seen_at is not None and timezone.now() - seen_at < cls.STALE_AFTER
+
+
 class ApplyAttempt(models.Model):
     """One reconcile pass that changed something or failed: the sync history of a project.
 
@@ -621,15 +690,14 @@ class ApplyAttempt(models.Model):
     @classmethod
     def record(cls, **fields: Any) -> ApplyAttempt:
         attempt = cls.objects.create(**fields)
-        # Keep the newest KEEP_PER_PROJECT: find the first id past them and drop it and older.
-        oldest_dropped = (
+        # Keep the newest KEEP_PER_PROJECT: drop the first id past them and older, in one
+        # statement (no row past them: the subquery is NULL and nothing matches).
+        first_dropped = (
             cls.objects.filter(project_id=attempt.project_id)
             .order_by("-id")
-            .values_list("id", flat=True)[cls.KEEP_PER_PROJECT : cls.KEEP_PER_PROJECT + 1]
+            .values("id")[cls.KEEP_PER_PROJECT : cls.KEEP_PER_PROJECT + 1]
         )
-        cutoff = list(oldest_dropped)
-        if cutoff:
-            cls.objects.filter(project_id=attempt.project_id, id__lte=cutoff[0]).delete()
+        cls.objects.filter(project_id=attempt.project_id, id__lte=Subquery(first_dropped)).delete()
         return attempt
 
 

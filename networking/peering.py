@@ -16,6 +16,7 @@ projects' audit logs, and sends the notification emails once the transaction com
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -352,12 +353,65 @@ def expire_stale(now: datetime | None = None) -> int:
 
 def connected_peerings(project: Project) -> list[PeeringRequest]:
     """Peerings whose policy this project's namespace should hold."""
+    return [p for p in in_flight_peerings(project) if p.status in PeeringRequest.CONNECTED]
+
+
+IN_FLIGHT = (Status.APPROVED, Status.ACTIVE, Status.REVOKING)
+
+
+def in_flight_peerings(project: Project) -> list[PeeringRequest]:
+    """Peerings a pass of this project looks at: to connect, connected, or being revoked."""
     return list(
         PeeringRequest.objects.filter(
-            Q(requester_project=project) | Q(target_project=project),
-            status__in=PeeringRequest.CONNECTED,
+            Q(requester_project=project) | Q(target_project=project), status__in=IN_FLIGHT
         ).select_related("requester_project", "target_project")
     )
+
+
+@dataclass(frozen=True)
+class _Applied:
+    """What a pass that holds ``connected_ids`` means for one peering."""
+
+    side: str
+    applied: bool
+    changed: bool
+    activates: bool
+    disconnects: bool
+
+    @property
+    def news(self) -> bool:
+        return self.changed or self.activates or self.disconnects
+
+
+def _applied(peering: PeeringRequest, project: Project, connected_ids: set[int]) -> _Applied:
+    side = (
+        "requester_side_applied"
+        if peering.requester_project_id == project.pk
+        else "target_side_applied"
+    )
+    applied = peering.pk in connected_ids
+    sides = {
+        "requester_side_applied": peering.requester_side_applied,
+        "target_side_applied": peering.target_side_applied,
+        side: applied,
+    }
+    both = all(sides.values())
+    neither = not any(sides.values())
+    return _Applied(
+        side=side,
+        applied=applied,
+        changed=getattr(peering, side) != applied,
+        activates=peering.status == Status.APPROVED and both,
+        disconnects=peering.status == Status.REVOKING and neither,
+    )
+
+
+def needs_recording(
+    project: Project, peerings: list[PeeringRequest], connected_ids: set[int]
+) -> bool:
+    """Whether ``record_applied`` would write anything, judged on rows read without a lock
+    (``in_flight_peerings``): a pass of a project whose peerings all stand still writes nothing."""
+    return any(_applied(p, project, connected_ids).news for p in peerings)
 
 
 def record_applied(project: Project, connected_ids: set[int]) -> None:
@@ -369,28 +423,16 @@ def record_applied(project: Project, connected_ids: set[int]) -> None:
     with transaction.atomic():
         peerings = (
             PeeringRequest.objects.select_for_update()
-            .filter(
-                Q(requester_project=project) | Q(target_project=project),
-                status__in=[Status.APPROVED, Status.ACTIVE, Status.REVOKING],
-            )
+            .filter(Q(requester_project=project) | Q(target_project=project), status__in=IN_FLIGHT)
             .select_related("requester_project", "target_project")
         )
         for peering in peerings:
-            side = (
-                "requester_side_applied"
-                if peering.requester_project_id == project.pk
-                else "target_side_applied"
-            )
-            applied = peering.pk in connected_ids
-            changed = getattr(peering, side) != applied
-            setattr(peering, side, applied)
-            fields = [side, "updated_at"]
-            both = peering.requester_side_applied and peering.target_side_applied
-            neither = not (peering.requester_side_applied or peering.target_side_applied)
-            activates = peering.status == Status.APPROVED and both
-            disconnects = peering.status == Status.REVOKING and neither
-            if not (changed or activates or disconnects):
+            outcome = _applied(peering, project, connected_ids)
+            if not outcome.news:
                 continue  # nothing new: an ordinary pass writes nothing here
+            setattr(peering, outcome.side, outcome.applied)
+            fields = [outcome.side, "updated_at"]
+            activates, disconnects = outcome.activates, outcome.disconnects
             if activates:
                 _enter(peering, Status.ACTIVE, None, now=now)
                 fields += ["status", "history"]

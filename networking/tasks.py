@@ -26,10 +26,9 @@ def backoff_seconds(retries: int) -> float:
 @shared_task(bind=True, acks_late=True, reject_on_worker_lost=True, max_retries=None)
 def reconcile_project(self: Task[Any, Any], project_id: int) -> str:
     """Apply one project's desired state; retry transient cluster errors with backoff."""
-    if self.request.retries == 0:
-        Project.take_queued_reconcile(project_id)
     try:
-        outcome = reconciler.reconcile(project_id)
+        # The first run is the project's queued message: the next change may queue another.
+        outcome = reconciler.reconcile(project_id, take_queued=self.request.retries == 0)
     except reconciler.ReconcileFailed as failure:
         retries = self.request.retries
         will_retry = failure.error.transient and retries < settings.RECONCILE_MAX_RETRIES

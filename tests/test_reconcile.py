@@ -56,7 +56,9 @@ def test_a_reconcile_writes_the_project_and_marks_it_in_sync(world: World, manif
     assert "created Service postgres" in attempt.changes
 
 
-def test_a_second_reconcile_changes_nothing(world: World, manifests: Path) -> None:
+def test_a_second_reconcile_changes_nothing_and_restores_a_deleted_manifest(
+    world: World, manifests: Path
+) -> None:
     reconciler.reconcile(world.project.pk)
     verified = fresh(world.project).verified_at
     outcome = reconciler.reconcile(world.project.pk)
@@ -64,6 +66,11 @@ def test_a_second_reconcile_changes_nothing(world: World, manifests: Path) -> No
     assert ApplyAttempt.objects.filter(project=world.project).count() == 1
     verified_again = fresh(world.project).verified_at
     assert verified is not None and verified_again is not None and verified_again > verified
+    # Nothing watches a folder: every pass compares the files (cheap), trusting no record.
+    hand_deleted = manifests / world.project.namespace / "02-service-api.yaml"
+    hand_deleted.unlink()
+    assert reconciler.reconcile(world.project.pk).changes == ["created Service api"]
+    assert hand_deleted.exists()
 
 
 def test_deleting_a_service_prunes_its_manifest(world: World, manifests: Path) -> None:

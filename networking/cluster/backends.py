@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from networking.cluster.desired import DesiredState, KubeObject
+from networking.cluster.desired import Changes, DesiredState, KubeObject
 from networking.cluster.errors import ClusterError
 
 FIELD_MANAGER = "stackblaze-networking"
@@ -45,6 +45,10 @@ class ApplyResult:
     # Service name -> its workload, for services that have one.
     workloads: dict[str, WorkloadStatus] = field(default_factory=dict)
     errors: list[ClusterError] = field(default_factory=list)
+    # False when the pass wrote without reading: ``cluster_ips`` then names only the Services
+    # it wrote, and ``workloads`` is empty unless ``all_workloads``.
+    verified: bool = True
+    all_workloads: bool = True
 
 
 class Backend(Protocol):
@@ -57,6 +61,14 @@ class Backend(Protocol):
         what we own on the services' workloads. Raises ``ClusterError`` when the current state
         cannot be read; errors writing single objects are collected in the result so one bad
         object does not hold the others back.
+        """
+        ...
+
+    def apply_changes(self, desired: DesiredState, changes: Changes) -> ApplyResult:
+        """Write only what ``changes`` names, trusting the record it came from for the rest.
+
+        Reads nothing, except the workloads when what we own on them changed. Errors are as
+        for ``apply``.
         """
         ...
 

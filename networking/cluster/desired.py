@@ -7,11 +7,18 @@ backends (``networking.cluster.backends``) make the cluster match what this retu
 from __future__ import annotations
 
 import base64
+import functools
+import hashlib
+import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 KubeObject = dict[str, Any]
+
+# The record key of what we own on a service's workloads (objects are keyed "Kind/name").
+WORKLOAD_RECORD = "Workload"
+_ENCODE = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
 MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
 MANAGED_BY = "stackblaze-networking"
@@ -41,6 +48,10 @@ class ServiceSpec:
     kind: str
     ports: Sequence[int]
     public: bool = False
+
+    def __post_init__(self) -> None:
+        # A tuple, so specs hash: equal services share their built object (see below).
+        object.__setattr__(self, "ports", tuple(self.ports))
 
 
 @dataclass(frozen=True)
@@ -76,18 +87,89 @@ class ClusterSettings:
 
 @dataclass
 class DesiredState:
-    """Everything one project should have in the cluster, keyed by (kind, name)."""
+    """Everything one project should have in the cluster, keyed by (kind, name).
+
+    Objects may be shared with other desired states (see ``_service_object``): read them,
+    never change one in place.
+    """
 
     namespace: str
     objects: dict[tuple[str, str], KubeObject] = field(default_factory=dict)
     # Service name -> what we own on its workload, for every service of the project.
     workloads: dict[str, WorkloadSpec] = field(default_factory=dict)
+    # Objects already encoded for their digest, by (kind, name).
+    encoded: dict[tuple[str, str], str] = field(default_factory=dict, repr=False, compare=False)
 
-    def add(self, obj: KubeObject) -> None:
-        self.objects[(obj["kind"], obj["metadata"]["name"])] = obj
+    def add(self, obj: KubeObject, encoded: str | None = None) -> None:
+        key = (obj["kind"], obj["metadata"]["name"])
+        self.objects[key] = obj
+        if encoded is not None:
+            self.encoded[key] = encoded
 
     def of_kind(self, kind: str) -> dict[str, KubeObject]:
         return {name: obj for (k, name), obj in self.objects.items() if k == kind}
+
+    def digests(self, key: bytes) -> dict[str, str]:
+        """A digest of every object, and of what we own on each workload, by record key.
+
+        What a pass records having applied, so the next one can tell what changed without
+        reading the cluster. Keyed with a secret ``key``: the Secret's object holds values, and
+        an unkeyed digest of a short one could be matched by guessing. The builder always
+        inserts fields in the same order, so equal objects encode equally.
+        """
+        encoded = self.encoded
+        found = {
+            f"{kind}/{name}": _digest(encoded.get((kind, name)) or _ENCODE(obj), key)
+            for (kind, name), obj in self.objects.items()
+        }
+        for service, spec in self.workloads.items():
+            if spec.annotation is not None:
+                found[f"{WORKLOAD_RECORD}/{service}"] = _digest(
+                    _ENCODE([spec.annotation, spec.env]), key
+                )
+        return found
+
+
+def record_key(key: str) -> tuple[str, str]:
+    """(kind, name) of a record key."""
+    kind, _, name = key.partition("/")
+    return kind, name
+
+
+@dataclass(frozen=True)
+class Changes:
+    """How a desired state differs from the record of the last pass, by (kind, name)."""
+
+    created: frozenset[tuple[str, str]]
+    updated: frozenset[tuple[str, str]]
+    removed: frozenset[tuple[str, str]]
+
+    def __bool__(self) -> bool:
+        return bool(self.created or self.updated or self.removed)
+
+    @property
+    def workloads(self) -> bool:
+        """Whether what we own on some workload changed."""
+        return any(
+            kind == WORKLOAD_RECORD for kind, _ in self.created | self.updated | self.removed
+        )
+
+
+def changes_since(previous: dict[str, str], digests: dict[str, str]) -> Changes:
+    """What differs between the last pass's record and the digests of the desired state."""
+    return Changes(
+        created=frozenset(record_key(key) for key in digests.keys() - previous.keys()),
+        updated=frozenset(
+            record_key(key)
+            for key, digest in digests.items()
+            if key in previous and previous[key] != digest
+        ),
+        removed=frozenset(record_key(key) for key in previous.keys() - digests.keys()),
+    )
+
+
+def _digest(text: str, key: bytes) -> str:
+    return hashlib.blake2b(text.encode(), digest_size=12, key=key).hexdigest()
 
 
 def managed_labels(project_uid: str, **extra: str) -> dict[str, str]:
@@ -268,7 +350,7 @@ def build_desired_state(
         desired.add(secret_object(namespace, project_uid, secrets))
     public = []
     for service in sorted(services, key=lambda s: s.name):
-        desired.add(service_object(namespace, project_uid, service, settings))
+        desired.add(*_service_object(namespace, project_uid, service, settings))
         desired.workloads[service.name] = workload_spec(service.name, secrets)
         if service.public:
             public.append(service.name)
@@ -278,3 +360,17 @@ def build_desired_state(
     for peer_namespace in sorted(set(peer_namespaces)):
         desired.add(peer_policy(namespace, project_uid, peer_namespace))
     return desired
+
+
+# Services recently built, with their encoding: a change to one service of a thousand rebuilds
+# and re-encodes that one, not the thousand. Pure inputs, so nothing can go stale; about 1.5 KB
+# an entry.
+SERVICE_OBJECT_CACHE = 16384
+
+
+@functools.lru_cache(maxsize=SERVICE_OBJECT_CACHE)
+def _service_object(
+    namespace: str, project_uid: str, service: ServiceSpec, settings: ClusterSettings
+) -> tuple[KubeObject, str]:
+    obj = service_object(namespace, project_uid, service, settings)
+    return obj, _ENCODE(obj)

@@ -34,6 +34,7 @@ from networking.cluster.desired import (
     SECRETS_ANNOTATION,
     SHARED_SECRETS,
     WORKLOAD_KINDS,
+    Changes,
     DesiredState,
     KubeObject,
     WorkloadSpec,
@@ -359,6 +360,40 @@ class KubernetesBackend:
                 assigned = {name: cluster_ip(obj) for name, obj in live.items()}
                 result.cluster_ips = {name: ip for name, ip in assigned.items() if ip}
         if exists:
+            self._apply_workloads(desired, result)
+        return result
+
+    def apply_changes(self, desired: DesiredState, changes: Changes) -> ApplyResult:
+        """Write what changed since the last pass's record; delete what it no longer wants.
+
+        The cluster is not read: the record is trusted because the watcher distrusts it as soon
+        as it sees anything else change there. Only when what we own on workloads changed are
+        they listed, since patching one needs its containers' names.
+        """
+        result = ApplyResult(verified=False, all_workloads=changes.workloads)
+        for kind in KINDS:
+            for name in sorted(name for k, name in changes.created | changes.updated if k == kind):
+                try:
+                    live = self._apply(kind, desired.objects[(kind, name)])
+                except ClusterError as error:
+                    if kind == "Namespace":
+                        raise  # nothing else can be written without it
+                    result.errors.append(error)
+                    continue
+                verb = "created" if (kind, name) in changes.created else "updated"
+                result.changes.append(f"{verb} {kind} {name}")
+                if kind == "Service" and (assigned := cluster_ip(live)):
+                    result.cluster_ips[name] = assigned
+            for name in sorted(name for k, name in changes.removed if k == kind):
+                if kind == "Namespace":
+                    continue  # a project's namespace goes with the project (orphans.py)
+                try:
+                    self._delete(kind, name, desired.namespace)
+                except ClusterError as error:
+                    result.errors.append(error)
+                    continue
+                result.changes.append(f"deleted {kind} {name}")
+        if changes.workloads:
             self._apply_workloads(desired, result)
         return result
 

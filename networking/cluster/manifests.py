@@ -24,7 +24,7 @@ from pathlib import Path
 import yaml
 
 from networking.cluster.backends import ApplyResult
-from networking.cluster.desired import KINDS, DesiredState
+from networking.cluster.desired import KINDS, Changes, DesiredState
 from networking.cluster.errors import PermanentClusterError
 
 SUFFIX = ".yaml"
@@ -72,6 +72,10 @@ class ManifestsBackend:
                 f"Could not write manifests under {folder}: {error.strerror or error}."
             ) from None
         return result
+
+    def apply_changes(self, desired: DesiredState, changes: Changes) -> ApplyResult:
+        """Files are cheap to compare: write the whole namespace as ``apply`` does."""
+        return self.apply(desired)
 
     def managed_namespaces(self) -> set[str]:
         """Every namespace folder: the directory holds nothing but ours."""

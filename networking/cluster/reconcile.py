@@ -2,8 +2,20 @@
 
 Level-triggered: a pass reads the current rows, builds the full desired state and lets the
 backend apply only what differs, so running it again, twice at once, or after a lost message
-is harmless. A compare-and-swap lease on the project row keeps two passes of one project from
-overlapping without holding a database transaction open during cluster I/O.
+is harmless.
+
+What differs is judged against the ``AppliedRecord``, a keyed digest of every object the last
+pass applied, so a change's pass writes what changed and reads nothing from the cluster (one
+Service patched for one service's new port, at any project size). The record is trusted only
+while nothing else could have changed the namespace: the watcher distrusts it the moment it
+sees a difference in its watch cache, the resync distrusts the records of the projects verified
+longest ago, and a failed pass distrusts its own; the next pass then reads everything, as
+Argo CD compares with the live state, and records afresh. A pass also reads everything while
+workloads roll out (a rotation waits on them), and whenever no watcher is watching
+(``WatcherHeartbeat``), since then nobody would distrust the record.
+
+A compare-and-swap lease on the project row keeps two passes of one project from overlapping
+without holding a database transaction open during cluster I/O.
 
 The lease is short (``RECONCILE_LEASE_SECONDS``, 10 s by default) and a heartbeat thread renews
 it every third of that while the pass runs, however long the pass takes. So a lease that is
@@ -26,19 +38,23 @@ The killed worker's own message still comes back after the visibility timeout: a
 from __future__ import annotations
 
 import base64
+import functools
 import logging
 import secrets
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import Any, NamedTuple, Protocol
 
 from django.conf import settings
 from django.db import connection, transaction
-from django.db.models import F, Prefetch, Q
+from django.db.models import Case, Exists, F, OuterRef, Prefetch, Q, Subquery, Value, When
+from django.db.models.functions import Greatest
 from django.utils import timezone
+from django.utils.crypto import salted_hmac
 
 from networking import peering, rotation
 from networking.cluster.backend_choice import get_backend
@@ -50,9 +66,18 @@ from networking.cluster.desired import (
     ServiceSpec,
     WorkloadSpec,
     build_desired_state,
+    changes_since,
 )
 from networking.cluster.errors import ClusterError, PermanentClusterError
-from networking.models import ApplyAttempt, PeeringRequest, Project, Service, SharedSecret
+from networking.models import (
+    AppliedRecord,
+    ApplyAttempt,
+    PeeringRequest,
+    Project,
+    Service,
+    SharedSecret,
+    WatcherHeartbeat,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -110,12 +135,25 @@ def _secret_specs(secrets: list[SharedSecret], *, with_values: bool = True) -> l
     ]
 
 
+class _ServiceLike(Protocol):
+    """A service row as the builder reads it: a model instance or a ``_ServiceRow``."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def kind(self) -> str: ...
+    @property
+    def ports(self) -> list[int]: ...
+
+
 def desired_state_for(
     project: Project,
     secrets: list[SecretSpec] | None = None,
     peerings: list[PeeringRequest] | None = None,
+    services: Sequence[_ServiceLike] | None = None,
 ) -> DesiredState:
-    services = project.services.only("name", "kind", "ports")
+    if services is None:
+        services = list(project.services.only("name", "kind", "ports"))
     if secrets is None:
         secrets = _secret_specs(_shared_secrets(project))
     if peerings is None:
@@ -138,24 +176,45 @@ def desired_state_for(
     )
 
 
+def record_key() -> bytes:
+    """The key of the applied record's digests, derived from ``SECRET_KEY``."""
+    return _record_key(settings.SECRET_KEY)
+
+
+@functools.cache
+def _record_key(secret_key: str) -> bytes:
+    return salted_hmac(
+        "networking.applied-record", "", secret=secret_key, algorithm="sha256"
+    ).digest()
+
+
 def _shared_secrets(project: Project) -> list[SharedSecret]:
     return list(
         project.shared_secrets.prefetch_related(Prefetch("services", Service.objects.only("name")))
     )
 
 
-def claim(project_id: int) -> str | None:
-    """Take the project's lease if nobody holds it (or the holder's lease lapsed)."""
+def claim(project_id: int, *, take_queued: bool = False) -> str | None:
+    """Take the project's lease if nobody holds it (or the holder's lease lapsed).
+
+    ``take_queued``: the caller is the project's queued message, so the next change may queue
+    another (``Project.take_queued_reconcile``), said in the same statement.
+    """
     token = secrets.token_hex(16)
     now = timezone.now()
+    fields: dict[str, object] = {
+        "reconcile_lease_until": now + timedelta(seconds=settings.RECONCILE_LEASE_SECONDS),
+        "reconcile_lease_token": token,
+    }
+    if take_queued:
+        fields["reconcile_queued_at"] = None
     claimed = (
         Project.objects.filter(pk=project_id)
         .filter(Q(reconcile_lease_until__isnull=True) | Q(reconcile_lease_until__lte=now))
-        .update(
-            reconcile_lease_until=now + timedelta(seconds=settings.RECONCILE_LEASE_SECONDS),
-            reconcile_lease_token=token,
-        )
+        .update(**fields)
     )
+    if not claimed and take_queued:
+        Project.take_queued_reconcile(project_id)
     return token if claimed else None
 
 
@@ -241,7 +300,11 @@ def clear_abandoned_lease(project_id: int, token: str) -> None:
 
 
 def projects_to_resync() -> list[int]:
-    """Projects the periodic resync must look at: behind, failed, or due a full re-read."""
+    """Projects the periodic resync must look at: behind, failed, or due a full re-read.
+
+    Those due a re-read have their applied record distrusted, so their passes read the
+    cluster (the Secret included, which no process watches) instead of trusting the record.
+    """
     live_lease = Q(reconcile_lease_until__gt=timezone.now())
     behind = list(
         Project.objects.filter(Q(applied_generation__lt=F("generation")) | ~Q(sync_error=""))
@@ -254,14 +317,21 @@ def projects_to_resync() -> list[int]:
         .order_by(F("verified_at").asc(nulls_first=True))
         .values_list("pk", flat=True)[: settings.RESYNC_VERIFY_PROJECTS]
     )
+    AppliedRecord.distrust(oldest)
     return behind + oldest
 
 
-def reconcile(project_id: int, backend: Backend | None = None) -> Outcome:
-    """Bring one project's namespace in line with its rows; raise ``ReconcileFailed``."""
+def reconcile(
+    project_id: int, backend: Backend | None = None, *, take_queued: bool = False
+) -> Outcome:
+    """Bring one project's namespace in line with its rows; raise ``ReconcileFailed``.
+
+    ``take_queued``: called for the project's queued message (see ``claim``).
+    """
     outcome = Outcome("busy")
     for _ in range(MAX_PASSES):
-        token = claim(project_id)
+        token = claim(project_id, take_queued=take_queued)
+        take_queued = False
         if token is None:
             lease_until = (
                 Project.objects.filter(pk=project_id)
@@ -276,7 +346,7 @@ def reconcile(project_id: int, backend: Backend | None = None) -> Outcome:
                 "busy", generation=outcome.generation, lease_remaining=max(remaining, 0.0)
             )
         with renewed(project_id, token):
-            project = Project.objects.filter(pk=project_id).first()
+            project = _project_for_pass(project_id)
             if project is None:
                 return Outcome("missing")
             try:
@@ -301,13 +371,50 @@ def reconcile(project_id: int, backend: Backend | None = None) -> Outcome:
     return outcome
 
 
+def _project_for_pass(project_id: int) -> Project | None:
+    """The project with its applied record, whether it has secrets or peerings to read, and
+    when a watcher last said it was watching: one query."""
+    of_project = Q(requester_project=OuterRef("pk")) | Q(target_project=OuterRef("pk"))
+    return (
+        Project.objects.select_related("applied_record")
+        .annotate(
+            has_secrets=Exists(SharedSecret.objects.filter(project=OuterRef("pk"))),
+            has_peerings=Exists(
+                PeeringRequest.objects.filter(of_project, status__in=peering.IN_FLIGHT)
+            ),
+            watcher_seen_at=Subquery(WatcherHeartbeat.objects.filter(pk=1).values("seen_at")),
+        )
+        .filter(pk=project_id)
+        .first()
+    )
+
+
+class _ServiceRow(NamedTuple):
+    pk: int
+    name: str
+    kind: str
+    ports: list[int]
+    cluster_ip: str | None
+    workload: dict[str, Any]
+
+
 def _one_pass(project: Project, backend: Backend) -> Outcome:
     generation = project.generation
-    services = list(project.services.only("name", "cluster_ip", "workload"))
-    secrets = _shared_secrets(project)
+    services = [
+        _ServiceRow(*row)
+        for row in project.services.values_list(
+            "pk", "name", "kind", "ports", "cluster_ip", "workload"
+        )
+    ]
+    secrets = _shared_secrets(project) if getattr(project, "has_secrets", True) else []
     specs = _secret_specs(secrets)
-    peerings = peering.connected_peerings(project)
-    desired = desired_state_for(project, specs, peerings)
+    in_flight = (
+        peering.in_flight_peerings(project) if getattr(project, "has_peerings", True) else []
+    )
+    peerings = [p for p in in_flight if p.status in PeeringRequest.CONNECTED]
+    desired = desired_state_for(project, specs, peerings, services)
+    digests = desired.digests(record_key())
+    record = _applied_record(project)
     # A cluster's error message could quote what was sent: never let a secret value through.
     sensitive = [
         text
@@ -315,9 +422,23 @@ def _one_pass(project: Project, backend: Backend) -> Outcome:
         for value in spec.environment.values()
         for text in (value, base64.b64encode(value.encode()).decode())
     ]
+    # Read the cluster when the record cannot be trusted (never made, distrusted, or no watcher
+    # to distrust it), and while workloads roll out (a rotation waits on them; the dashboard
+    # shows how far they are).
+    full = (
+        record.digests is None
+        or not WatcherHeartbeat.watching(getattr(project, "watcher_seen_at", None))
+        or any(secret.rotating for secret in secrets)
+        or any(service.workload.get("rolled_out") is False for service in services)
+    )
     started_at = time.time()
     try:
-        result = backend.apply(desired)
+        if full:
+            result = backend.apply(desired)
+        else:
+            assert record.digests is not None
+            changes = changes_since(record.digests, digests)
+            result = backend.apply_changes(desired, changes)
     except ClusterError as error:
         raise ReconcileFailed(
             error.redacted(sensitive), generation=generation, changes=[], started_at=started_at
@@ -325,13 +446,15 @@ def _one_pass(project: Project, backend: Backend) -> Outcome:
 
     changed = []
     for service in services:
-        cluster_ip = result.cluster_ips.get(service.name)
-        status = result.workloads.get(service.name)
-        workload = status.as_dict() if status is not None else {}
+        cluster_ip = result.cluster_ips.get(service.name, None)
+        if not result.verified and cluster_ip is None:
+            cluster_ip = service.cluster_ip  # not read: what was recorded still holds
+        workload = service.workload
+        if result.all_workloads:
+            status = result.workloads.get(service.name)
+            workload = status.as_dict() if status is not None else {}
         if service.cluster_ip != cluster_ip or service.workload != workload:
-            service.cluster_ip = cluster_ip
-            service.workload = workload
-            changed.append(service)
+            changed.append(Service(pk=service.pk, cluster_ip=cluster_ip, workload=workload))
     if changed:
         Service.objects.bulk_update(changed, ["cluster_ip", "workload"])
 
@@ -344,10 +467,14 @@ def _one_pass(project: Project, backend: Backend) -> Outcome:
             started_at=started_at,
         )
 
-    recheck_in = rotation.advance_ready(secrets, _still_rolling_out(desired, result))
-    peering.record_applied(project, {p.pk for p in peerings})
+    recheck_in = None
+    if result.all_workloads:
+        recheck_in = rotation.advance_ready(secrets, _still_rolling_out(desired, result))
+    connected_ids = {p.pk for p in peerings}
+    if peering.needs_recording(project, in_flight, connected_ids):
+        peering.record_applied(project, connected_ids)
     # Restarts we caused are still rolling out: keep the dashboard's view of them fresh for a
-    # while (the periodic resync covers a rollout that takes longer).
+    # while (the watcher notices the rest; the periodic resync covers a rollout that takes longer).
     rolling = any(status.secrets and not status.rolled_out for status in result.workloads.values())
     last_change = timezone.now() if result.changes else project.applied_at
     if (
@@ -358,23 +485,7 @@ def _one_pass(project: Project, backend: Backend) -> Outcome:
         poll = float(settings.ROTATION_POLL_SECONDS)
         recheck_in = poll if recheck_in is None else min(recheck_in, poll)
 
-    now = timezone.now()
-    with transaction.atomic():
-        Project.objects.filter(pk=project.pk, applied_generation__lt=generation).update(
-            applied_generation=generation, applied_at=now
-        )
-        Project.objects.filter(pk=project.pk).update(
-            verified_at=now, sync_error="", sync_error_generation=None, sync_retry_at=None
-        )
-        if result.changes:
-            ApplyAttempt.record(
-                project=project,
-                generation=generation,
-                started_at=datetime.fromtimestamp(started_at, tz=UTC),
-                duration_ms=int((time.time() - started_at) * 1000),
-                result=ApplyAttempt.Result.APPLIED,
-                changes=result.changes,
-            )
+    _record_applied(project, generation, record, digests, result=result, at=started_at)
     if result.changes:
         logger.info(
             "Applied generation %s of project %s: %s",
@@ -388,6 +499,58 @@ def _one_pass(project: Project, backend: Backend) -> Outcome:
         changes=result.changes,
         recheck_in=recheck_in,
     )
+
+
+def _applied_record(project: Project) -> AppliedRecord:
+    """The project's applied record (read with the project), made on its first pass."""
+    try:
+        return project.applied_record
+    except AppliedRecord.DoesNotExist:
+        record, _ = AppliedRecord.objects.get_or_create(project=project)
+        return record
+
+
+def _record_applied(
+    project: Project,
+    generation: int,
+    record: AppliedRecord,
+    digests: dict[str, str],
+    *,
+    result: ApplyResult,
+    at: float,
+) -> None:
+    """Store what the pass achieved: nothing at all when it changed and learned nothing."""
+    fields: dict[str, Any] = {}
+    if project.applied_generation < generation:
+        fields.update(
+            applied_generation=Greatest(F("applied_generation"), Value(generation)),
+            applied_at=Case(
+                When(applied_generation__lt=generation, then=Value(timezone.now())),
+                default=F("applied_at"),
+            ),
+        )
+    if project.sync_error or project.sync_error_generation or project.sync_retry_at:
+        fields.update(sync_error="", sync_error_generation=None, sync_retry_at=None)
+    if result.verified:
+        fields["verified_at"] = timezone.now()
+    if fields:
+        # First and on its own: the dashboard says "In sync" as soon as this commits.
+        Project.objects.filter(pk=project.pk).update(**fields)
+    with transaction.atomic():
+        if digests != record.digests:
+            # Unless the record was distrusted meanwhile: then the next pass reads everything.
+            AppliedRecord.objects.filter(project_id=project.pk, marks=record.marks).update(
+                digests=digests
+            )
+        if result.changes:
+            ApplyAttempt.record(
+                project=project,
+                generation=generation,
+                started_at=datetime.fromtimestamp(at, tz=UTC),
+                duration_ms=int((time.time() - at) * 1000),
+                result=ApplyAttempt.Result.APPLIED,
+                changes=result.changes,
+            )
 
 
 def _still_rolling_out(desired: DesiredState, result: ApplyResult) -> set[str]:
@@ -411,6 +574,8 @@ def record_failure(project_id: int, failure: ReconcileFailed, *, retry_in: float
     """Show the failure on the project; ``retry_in`` says a retry is already scheduled."""
     now = timezone.now()
     with transaction.atomic():
+        # Some objects may have been written, some not: the next pass reads everything.
+        AppliedRecord.distrust([project_id])
         updated = Project.objects.filter(pk=project_id).update(
             sync_error=str(failure.error),
             sync_error_generation=failure.generation,

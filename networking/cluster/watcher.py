@@ -13,22 +13,32 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Iterable
 
 from django.conf import settings
-from django.db import close_old_connections, connection
+from django.db import DatabaseError, close_old_connections, connection
+from django.utils import timezone
 
 from networking.cluster import reconcile
 from networking.cluster.drift import differences
 from networking.cluster.informer import ClusterCache
 from networking.cluster.kube import api_client
-from networking.models import Project
+from networking.models import Project, WatcherHeartbeat
 
 logger = logging.getLogger(__name__)
 
 NAMESPACE_PREFIX = "prj-"
 # Changes often come in bursts (our own pass writes several objects): look once they settle.
 SETTLE_SECONDS = 0.2
+
+
+def pass_coming(project: Project) -> bool:
+    """A pass of a change is queued or running (not failed, nor lost with the broker)."""
+    lease = project.reconcile_lease_until
+    return project.applied_generation < project.generation and (
+        project.reconcile_queued_at is not None or (lease is not None and lease > timezone.now())
+    )
 
 
 class Watcher:
@@ -38,6 +48,7 @@ class Watcher:
         )
         self.cache.listeners.append(self._changed)
         self.dirty: set[str] = set()
+        self.deferred: set[str] = set()
         self.lock = threading.Lock()
         self.wake = threading.Event()
         self.stopping = threading.Event()
@@ -50,6 +61,11 @@ class Watcher:
         with self.lock:
             self.dirty.update(ns for ns in namespaces if ns.startswith(NAMESPACE_PREFIX))
         self.wake.set()
+
+    def later(self, namespace: str) -> None:
+        """Look at the namespace again on a later round (about a second from now)."""
+        with self.lock:
+            self.deferred.add(namespace)
 
     def run(self) -> None:
         """Until ``stop()``: keep the cache current and look at every project that changed."""
@@ -69,17 +85,29 @@ class Watcher:
         self.mark(
             f"{NAMESPACE_PREFIX}{uid}" for uid in Project.objects.values_list("uid", flat=True)
         )
+        last_beat = 0.0
         while not self.stopping.is_set():
             self.wake.wait(timeout=1.0)
             self.wake.clear()
             self.stopping.wait(SETTLE_SECONDS)
             with self.lock:
                 batch, self.dirty = self.dirty, set()
+                # What was deferred last round is looked at this round, not at once again.
+                batch |= self.deferred
+                self.deferred = set()
             for namespace in sorted(batch):
                 try:
                     self.check(namespace)
                 except Exception:
                     logger.exception("Could not compare %s with its desired state", namespace)
+            if time.monotonic() - last_beat >= WatcherHeartbeat.BEAT.total_seconds():
+                # Only after the first look at every project: from then on, passes may trust
+                # their records, since any difference in the cluster reaches this loop.
+                try:
+                    WatcherHeartbeat.beat()
+                    last_beat = time.monotonic()
+                except DatabaseError:
+                    logger.warning("Could not record the watcher's heartbeat", exc_info=True)
             close_old_connections()
 
     def stop(self) -> None:
@@ -93,6 +121,11 @@ class Watcher:
         uid = namespace.removeprefix(NAMESPACE_PREFIX)
         project = Project.objects.filter(uid=uid).first()
         namespace_object = self.cache.informers["Namespace"].get("", namespace)
+        if project is not None and pass_coming(project):
+            # A pass is queued or running and will write what differs; judging now would take
+            # the objects it has not written yet for drift. Look again once it is done.
+            self.later(namespace)
+            return []
         if project is None:
             if namespace_object is not None:
                 from networking.tasks import delete_namespace_if_orphaned
@@ -120,7 +153,7 @@ class Watcher:
             workload_label=settings.WORKLOAD_LABEL,
         )
         if found:
-            queued = project.request_reconcile()
+            queued = project.report_drift()
             logger.info(
                 "Drift in %s (%s)%s",
                 namespace,

@@ -9,7 +9,7 @@ from django.urls import reverse
 
 from networking.cluster import reconcile as reconciler
 from networking.cluster.desired import MANAGED_BY, MANAGED_BY_LABEL, PROJECT_LABEL
-from networking.models import ApplyAttempt, Project, Service
+from networking.models import AppliedRecord, ApplyAttempt, Project, Service, WatcherHeartbeat
 from networking.tasks import reconcile_project, resync_all_projects
 from tests.cluster_fixtures import Cluster
 from tests.conftest import World, make_service
@@ -52,14 +52,25 @@ def test_it_creates_the_namespace_services_and_policies(cluster: Cluster, world:
     assert project.sync_state == Project.SyncState.IN_SYNC
 
 
-def test_a_second_reconcile_makes_no_write_call(cluster: Cluster, world: World) -> None:
+def test_a_second_reconcile_makes_no_call_and_a_re_read_no_write(
+    cluster: Cluster, world: World
+) -> None:
     run_task(world.project.pk)
+    WatcherHeartbeat.beat()  # as a running watcher does (test_watcher.py runs the real one)
     cluster.http.reset()
+    assert run_task(world.project.pk) == "in_sync"
+    # It trusts its record of what it applied (the watcher distrusts the record as soon as
+    # anything else changes in the namespace): not one call.
+    assert cluster.http.calls == []
+
+    AppliedRecord.distrust([world.project.pk])
+    verified = fresh(world.project).verified_at
     assert run_task(world.project.pk) == "in_sync"
     assert cluster.http.writes == []
     # The namespace, the Secret by name, and one list per kind of object and workload,
     # whatever the number of services.
     assert len(cluster.http.reads) == 6
+    assert fresh(world.project).verified_at != verified
 
 
 def test_duplicate_delivery_makes_no_extra_writes(cluster: Cluster, world: World) -> None:
@@ -81,9 +92,16 @@ def test_a_rename_writes_only_what_changed(
         reverse("service-edit", args=[world.project.uid, world.api.pk]),
         {"display_name": "Public API", "ports": "8080"},
     )
+    WatcherHeartbeat.beat()  # as a running watcher does (test_watcher.py runs the real one)
     cluster.http.reset()
     run_task(world.project.pk)
     namespace = world.project.namespace
+    # It wrote what changed since its record, reading only the workloads: api receives a shared
+    # secret, so what we own on workloads moved to the new name.
+    assert sorted(call.path.rsplit("/", 1)[-1] for call in cluster.http.reads) == [
+        "deployments",
+        "statefulsets",
+    ]
     written = sorted((call.method, call.path.rsplit("/", 2)[-2]) for call in cluster.http.writes)
     assert written == [
         ("DELETE", "services"),  # api

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -11,14 +12,16 @@ from typing import Any
 import pytest
 from django.conf import settings as django_settings
 from django.db import connection
+from django.utils import timezone
 
 from networking.cluster import kube
 from networking.cluster import reconcile as reconciler
 from networking.cluster.desired import namespace_object
 from networking.cluster.informer import ClusterCache, Informer, _Gone, watched_kinds
 from networking.cluster.watcher import Watcher
-from networking.models import Organization, Project, Service
+from networking.models import Organization, Project, Service, WatcherHeartbeat
 from networking.tasks import resync_all_projects
+from tests import deploy_system
 from tests.cluster_fixtures import Cluster
 from tests.conftest import World, make_service
 from tests.worker import WatcherProcess, WorkerProcess
@@ -103,6 +106,65 @@ def test_our_own_writes_do_not_queue_another_pass(
     time.sleep(1)  # let any further events settle
     assert watcher.check(world.project.namespace) == []
     assert Project.objects.get(pk=world.project.pk).reconcile_queued_at is None
+
+
+def watching() -> bool:
+    beat = WatcherHeartbeat.objects.first()
+    return beat is not None and WatcherHeartbeat.watching(beat.seen_at)
+
+
+def test_while_the_watcher_watches_a_change_is_written_without_reading(
+    cluster: Cluster, world: World, watcher: Watcher
+) -> None:
+    reconciler.reconcile(world.project.pk)
+    wait_until(watching, "the watcher's heartbeat")
+    cluster.http.reset()
+    world.api.ports = [8081]
+    world.api.save_changes(actor=None)  # its pass runs on commit (eager tasks)
+    assert in_sync(world.project)
+    assert [(call.method, call.path.rsplit("/", 2)[-2]) for call in cluster.http.calls] == [
+        ("PATCH", "services")
+    ]
+    assert cluster.services(world.project.namespace)["api"].spec.ports[0].port == 8081
+
+
+def test_a_workload_deployed_after_the_pass_gets_its_secret_from_the_watch(
+    cluster: Cluster, world: World, watcher: Watcher
+) -> None:
+    """The pass that gave ``api`` the secret trusted its record; the watch sees the new
+    Deployment without the secret's variables, distrusts the record, and a full pass adds them."""
+    reconciler.reconcile(world.project.pk)
+    wait_until(watching, "the watcher's heartbeat")
+    namespace = world.project.namespace
+    cluster.apps.create_namespaced_deployment(
+        namespace,
+        deploy_system.deployment(namespace, "api"),  # type: ignore[arg-type]
+        field_manager=deploy_system.FIELD_MANAGER,
+        _preload_content=False,
+    )
+
+    def received() -> bool:
+        response: Any = cluster.apps.read_namespaced_deployment(
+            "api", namespace, _preload_content=False
+        )
+        template = json.loads(response.data)["spec"]["template"]
+        env = {entry["name"] for entry in template["spec"]["containers"][0].get("env") or []}
+        return "INTERNAL_API_SECRET" in env
+
+    wait_until(received, "the new Deployment to receive the secret")
+
+
+def test_with_no_watcher_watching_every_pass_reads_the_cluster(
+    cluster: Cluster, world: World
+) -> None:
+    reconciler.reconcile(world.project.pk)
+    WatcherHeartbeat.beat()
+    # The watcher stopped beating (killed, say) a while ago.
+    WatcherHeartbeat.objects.update(seen_at=timezone.now() - WatcherHeartbeat.STALE_AFTER)
+    namespace = world.project.namespace
+    cluster.core.delete_namespaced_service("api", namespace, _preload_content=False)
+    # Nobody would have told the record: the next pass reads, and restores what it finds gone.
+    assert reconciler.reconcile(world.project.pk).changes == ["created Service api"]
 
 
 def counted(cluster: Cluster, run: Callable[[], Any]) -> tuple[int, int]:
