@@ -159,12 +159,17 @@ def postgres() -> bool:
     return connection.vendor == "postgresql"
 
 
+# PGSTAT_IDLE_INTERVAL (10 s), and a little more.
+IDLE_STATS_FLUSH_SECONDS = 10.5
+
+
 def rows_written() -> int:
     """Rows inserted, updated and deleted in this database's tables, as PostgreSQL counts them.
 
-    Backends report their counts when a transaction ends, at most once a second when idle
-    (PostgreSQL 15+), or through the statistics collector with a short delay (older): read
-    until the figure holds still for over a second.
+    Backends report their counts when a transaction ends, at most once a second; a backend
+    that went idle within that second reports them only after 10 s idle (PostgreSQL 15+), or
+    through the statistics collector with a short delay (older). So wait out those 10 s, then
+    read until the figure holds still for over a second.
     """
 
     def read() -> int:
@@ -178,6 +183,7 @@ def rows_written() -> int:
         assert row is not None
         return int(row[0])
 
+    time.sleep(IDLE_STATS_FLUSH_SECONDS)
     previous = read()
     deadline = time.monotonic() + 15
     while True:

@@ -19,3 +19,33 @@ def _redis() -> Any:
 @shared_task
 def touch(key: str) -> None:
     _redis().set(key, 1, ex=60)
+
+
+@shared_task
+def apply_probe(key: str, namespace: str, port: int) -> None:
+    """One server-side apply of a Service, as ``kubectl apply --server-side`` makes it.
+
+    The floor under "commit to in sync": a change cannot be in the cluster sooner than a task
+    that does nothing but write it. Its own namespace and field manager, so it touches nothing
+    the reconcile loop owns.
+    """
+    from kubernetes import client
+
+    from networking.cluster.kube import APPLY_CONTENT_TYPE, api_client
+
+    body = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": "probe", "namespace": namespace},
+        "spec": {"ports": [{"name": "p", "port": port}], "selector": {"app": "probe"}},
+    }
+    client.CoreV1Api(api_client()).patch_namespaced_service(
+        "probe",
+        namespace,
+        body,
+        field_manager="bench-kubectl",
+        force=True,
+        _content_type=APPLY_CONTENT_TYPE,
+        _preload_content=False,
+    )
+    _redis().set(key, 1, ex=60)

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from django.conf import settings as django_settings
 from django.db import connection
+from django.db.models import F
 from django.utils import timezone
 
 from networking.cluster import kube
@@ -19,7 +20,13 @@ from networking.cluster import reconcile as reconciler
 from networking.cluster.desired import namespace_object
 from networking.cluster.informer import ClusterCache, Informer, _Gone, watched_kinds
 from networking.cluster.watcher import Watcher
-from networking.models import Organization, Project, Service, WatcherHeartbeat
+from networking.models import (
+    AppliedRecord,
+    Organization,
+    Project,
+    Service,
+    WatcherHeartbeat,
+)
 from networking.tasks import resync_all_projects
 from tests import deploy_system
 from tests.cluster_fixtures import Cluster
@@ -152,6 +159,26 @@ def test_a_workload_deployed_after_the_pass_gets_its_secret_from_the_watch(
         return "INTERNAL_API_SECRET" in env
 
     wait_until(received, "the new Deployment to receive the secret")
+
+
+def test_a_change_on_its_way_is_not_taken_for_drift(
+    cluster: Cluster, world: World, watcher: Watcher
+) -> None:
+    reconciler.reconcile(world.project.pk)
+    namespace = world.project.namespace
+    # A change committed and its message queued; its pass has not run yet.
+    Service.objects.filter(pk=world.api.pk).update(ports=[9000])
+    Project.objects.filter(pk=world.project.pk).update(
+        generation=F("generation") + 1, reconcile_queued_at=timezone.now()
+    )
+    assert watcher.check(namespace) == []
+    assert AppliedRecord.objects.get(project=world.project).digests is not None
+
+    # The message was lost (no pass is coming): now the difference is drift, and it is repaired.
+    Project.objects.filter(pk=world.project.pk).update(reconcile_queued_at=None)
+    assert watcher.check(namespace) == ["Service api differs"]
+    wait_until(lambda: in_sync(world.project), "the change to be applied")
+    assert cluster.services(namespace)["api"].spec.ports[0].port == 9000
 
 
 def test_with_no_watcher_watching_every_pass_reads_the_cluster(
