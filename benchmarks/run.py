@@ -35,6 +35,7 @@ from django.test.utils import (  # noqa: E402
     teardown_databases,
 )
 from django.urls import reverse  # noqa: E402
+from django.utils import timezone  # noqa: E402
 
 from benchmarks import control_loop  # noqa: E402
 from networking.models import (  # noqa: E402
@@ -169,9 +170,12 @@ def reconcile_calls() -> bool:
                 Service.objects.filter(project=project, name="s0").update(
                     name="renamed", display_name="renamed"
                 )
-                Project.objects.filter(pk=project.pk).update(generation=F("generation") + 1)
+                # As a saved change leaves it: the generation bumped and its pass queued.
+                Project.objects.filter(pk=project.pk).update(
+                    generation=F("generation") + 1, reconcile_queued_at=timezone.now()
+                )
             recorder.reset()
-            reconcile(project.pk)
+            reconcile(project.pk, take_queued=step == "rename")
             figures.append((len(recorder.reads), len(recorder.writes)))
         (_, _), (calls, writes), (reads, re_read_writes), (rename_reads, rename_writes) = figures
         no_change_reads.add(reads)

@@ -53,6 +53,8 @@ class Watcher:
         self.wake = threading.Event()
         self.stopping = threading.Event()
         self.checks = 0
+        self.looked_at_all = False
+        self.last_beat = 0.0
 
     def _changed(self, kind: str, namespace: str, name: str) -> None:
         self.mark([name if kind == "Namespace" else namespace])
@@ -85,7 +87,6 @@ class Watcher:
         self.mark(
             f"{NAMESPACE_PREFIX}{uid}" for uid in Project.objects.values_list("uid", flat=True)
         )
-        last_beat = 0.0
         while not self.stopping.is_set():
             self.wake.wait(timeout=1.0)
             self.wake.clear()
@@ -96,19 +97,29 @@ class Watcher:
                 batch |= self.deferred
                 self.deferred = set()
             for namespace in sorted(batch):
+                self.beat()  # a long batch (a thousand projects) is no silence
                 try:
                     self.check(namespace)
                 except Exception:
                     logger.exception("Could not compare %s with its desired state", namespace)
-            if time.monotonic() - last_beat >= WatcherHeartbeat.BEAT.total_seconds():
-                # Only after the first look at every project: from then on, passes may trust
-                # their records, since any difference in the cluster reaches this loop.
-                try:
-                    WatcherHeartbeat.beat()
-                    last_beat = time.monotonic()
-                except DatabaseError:
-                    logger.warning("Could not record the watcher's heartbeat", exc_info=True)
+            # From the end of the first look at every project on, passes may trust their
+            # records: any difference in the cluster reaches this loop.
+            self.looked_at_all = True
+            self.beat()
             close_old_connections()
+
+    def beat(self) -> None:
+        """Say, every ``WatcherHeartbeat.BEAT``, that differences will be noticed."""
+        if not self.looked_at_all:
+            return
+        if time.monotonic() - self.last_beat < WatcherHeartbeat.BEAT.total_seconds():
+            return
+        try:
+            WatcherHeartbeat.beat()
+        except DatabaseError:
+            logger.warning("Could not record the watcher's heartbeat", exc_info=True)
+            return
+        self.last_beat = time.monotonic()
 
     def stop(self) -> None:
         self.stopping.set()
