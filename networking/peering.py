@@ -129,6 +129,14 @@ def _already_open(existing: PeeringRequest, requester_project: Project) -> Peeri
     return PeeringRefused(f"{requester_project.name} and this project are already peered.")
 
 
+def unknown_target(target_uid: str) -> str:
+    return (
+        f"No Enterprise project has the ID “{target_uid[:20]}”. Check the ID with the other "
+        "team (it is on their project’s Settings page); peering needs the Enterprise plan on "
+        "both sides."
+    )
+
+
 def request_peering(
     requester_project: Project, target_uid: str, justification: str, *, actor: Any
 ) -> PeeringRequest:
@@ -141,17 +149,15 @@ def request_peering(
         )
     if target_uid == requester_project.uid:
         raise PeeringRefused("A project can’t be peered with itself.")
-    target = Project.objects.select_related("organization").filter(uid=target_uid).first()
+    target = (
+        Project.objects.select_related("organization")
+        .filter(uid=target_uid, organization__plan=Organization.Plan.ENTERPRISE)
+        .first()
+    )
     if target is None:
-        raise PeeringRefused(
-            f"No project has the ID “{target_uid[:20]}”. Ask the other team for the ID shown on "
-            "their project’s Settings page."
-        )
-    if target.organization.plan != Organization.Plan.ENTERPRISE:
-        raise PeeringRefused(
-            "The other project’s organization is not on the Enterprise plan; peering needs "
-            "Enterprise on both sides."
-        )
+        # One answer for an unknown ID and for another plan's project: which IDs exist, and on
+        # what plan, is not for any Enterprise owner to find out by trying.
+        raise PeeringRefused(unknown_target(target_uid))
     if not justification.strip():
         raise PeeringRefused("Say why these projects need to talk privately: support reads it.")
     _refuse_control_characters(justification)

@@ -74,8 +74,8 @@ class TestRequest:
         ("target", "message"),
         [
             ("self", "can’t be peered with itself"),
-            ("nosuchproject", "No project has the ID"),
-            ("hobby", "not on the Enterprise plan"),
+            ("nosuchproject", "No Enterprise project has the ID"),
+            ("hobby", "No Enterprise project has the ID"),
             ("pending", "already pending"),
         ],
     )
@@ -90,6 +90,17 @@ class TestRequest:
         }[target]
         with pytest.raises(peering.PeeringRefused, match=message):
             self.request(world, uid)
+
+    def test_an_unknown_id_and_another_plans_project_get_the_same_answer(
+        self, world: World, hobby_project: Project
+    ) -> None:
+        """Otherwise any Enterprise owner could find out which IDs exist, and on what plan."""
+        answers = []
+        for uid in ("zzzzzzzzzzzz", hobby_project.uid):
+            with pytest.raises(peering.PeeringRefused) as refused:
+                self.request(world, uid)
+            answers.append(str(refused.value).replace(uid, "<id>"))
+        assert answers[0] == answers[1]
 
     def test_an_active_pair_is_refused(self, world: World) -> None:
         PeeringRequest.objects.filter(pk=world.peering.pk).update(status=Status.ACTIVE)
