@@ -108,8 +108,11 @@ class Membership(models.Model):
         return self.role == self.Role.OWNER
 
     def can_see_secret_details(self) -> bool:
-        """Which services receive a secret, and how its rotation goes (never the value)."""
-        return self.role in (self.Role.OWNER, self.Role.MEMBER)
+        """Which services receive a secret, and how its rotation goes (never the value).
+
+        Every role: viewers see everything and change nothing.
+        """
+        return self.role in (self.Role.OWNER, self.Role.MEMBER, self.Role.VIEWER)
 
 
 class Project(models.Model):

@@ -54,7 +54,7 @@ MATRIX: dict[tuple[str, str], str] = {
     ("secret-list", "GET"): "302 404 404 200 200 200",
     ("secret-create", "GET"): "302 404 404 403 403 200",
     ("secret-create", "POST"): "302 404 404 403 403 200",
-    ("secret-detail", "GET"): "302 404 404 403 200 200",
+    ("secret-detail", "GET"): "302 404 404 200 200 200",
     ("secret-edit", "GET"): "302 404 404 403 403 200",
     ("secret-edit", "POST"): "302 404 404 403 403 302",
     ("secret-reveal", "POST"): "302 404 404 403 403 200",
