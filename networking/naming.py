@@ -50,11 +50,17 @@ def _transform(display_name: str) -> str:
     return _SEPARATOR_RUN_RE.sub("-", text)
 
 
+# Put before a name that starts with a digit, so "2fa" keeps its meaning as "svc-2fa".
+DIGIT_PREFIX = "svc-"
+
+
 def suggest_service_name(display_name: str) -> str | None:
     """A valid name close to what was typed, or None if nothing sensible remains."""
     text = _NOT_LABEL_CHARACTER_RE.sub("-", _transform(display_name))
-    text = re.sub(r"-{2,}", "-", text)
-    text = text.lstrip("-0123456789")[:MAX_LABEL_LENGTH].rstrip("-")
+    text = re.sub(r"-{2,}", "-", text).lstrip("-")
+    if text[:1].isdigit():
+        text = DIGIT_PREFIX + text
+    text = text[:MAX_LABEL_LENGTH].rstrip("-")
     return text if LABEL_RE.match(text) else None
 
 

@@ -59,6 +59,17 @@ def test_it_rejects_with_a_reason(typed: str, code: str, fragment: str) -> None:
     assert fragment in caught.value.messages[0]
 
 
+@pytest.mark.parametrize(
+    ("typed", "suggestion"),
+    [("2fa", "svc-2fa"), ("3D render", "svc-3d-render"), ("-42", "svc-42")],
+)
+def test_a_name_starting_with_a_digit_keeps_its_meaning(typed: str, suggestion: str) -> None:
+    with pytest.raises(ValidationError) as caught:
+        normalize_service_name(typed)
+    assert f"Try “{suggestion}”" in caught.value.messages[0]
+    assert normalize_service_name(suggestion) == suggestion
+
+
 def test_a_long_name_suggests_a_short_one() -> None:
     with pytest.raises(ValidationError) as caught:
         normalize_service_name("x" * 70)

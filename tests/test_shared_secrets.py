@@ -27,6 +27,40 @@ def create(client: Client, world: World, **data: Any) -> tuple[int, str]:
 
 
 class TestCreate:
+    @pytest.mark.parametrize(
+        ("name", "told"),
+        [
+            ("DATABASE_URL", "postgres’s connection string"),
+            ("API_URL", "api’s internal URL"),
+        ],
+    )
+    def test_a_name_that_would_shadow_a_suggested_variable_is_refused(
+        self, owner_client: Client, world: World, name: str, told: str
+    ) -> None:
+        status, html = create(owner_client, world, name=name, services=[world.api.pk])
+        assert status == 200
+        assert told in html and "Choose another name" in html
+        assert not SharedSecret.objects.filter(project=world.project, name=name).exists()
+
+    def test_a_second_database_is_suggested_its_own_variable(
+        self, owner_client: Client, world: World
+    ) -> None:
+        orders = Service.objects.create(
+            project=world.project,
+            display_name="orders db",
+            name="orders-db",
+            kind=Service.Kind.POSTGRESQL,
+            ports=[5432],
+            database_user="orders",
+            database_name="orders",
+        )
+        page = owner_client.get(reverse("service-detail", args=[world.project.uid, orders.pk]))
+        assert "ORDERS_DB_URL=" in page.content.decode()
+        first = owner_client.get(
+            reverse("service-detail", args=[world.project.uid, world.postgres.pk])
+        )
+        assert "DATABASE_URL=" in first.content.decode()
+
     def test_a_generated_value_has_256_bits(self, owner_client: Client, world: World) -> None:
         create(owner_client, world, name="WEBHOOK_SECRET", services=[world.api.pk])
         secret = SharedSecret.objects.get(project=world.project, name="WEBHOOK_SECRET")
@@ -92,11 +126,23 @@ class TestWhoSeesWhat:
     def page(self, client: Client, world: World) -> str:
         return client.get(reverse("secret-list", args=[world.project.uid])).content.decode()
 
-    def test_viewers_see_names_only(self, viewer_client: Client, world: World) -> None:
+    def test_viewers_see_everything_but_the_value_and_change_nothing(
+        self, viewer_client: Client, world: World
+    ) -> None:
         html = self.page(viewer_client, world)
         assert "INTERNAL_API_SECRET" in html
-        assert "<code>api</code>" not in html
+        assert "<code>api</code>" in html  # who receives it
         assert "New secret" not in html
+        detail = viewer_client.get(
+            reverse("secret-detail", args=[world.project.uid, world.secret.pk])
+        )
+        assert detail.status_code == 200
+        page = detail.content.decode()
+        assert "<code>api</code>" in page and "Services that receive it" in page
+        assert world.secret.value is not None
+        assert world.secret.value.reveal() not in page
+        for action in ("Reveal value", "Rotate", "Change services", "Delete"):
+            assert action not in page
 
     def test_members_see_names_and_attachments(self, client_for: Any, world: World) -> None:
         html = self.page(client_for("member"), world)
