@@ -6,7 +6,7 @@ from typing import Any
 
 from django import forms
 
-from networking import rotation
+from networking import endpoints, rotation
 from networking.crypto import SecretText
 from networking.models import MAX_PORTS, Project, Service, SharedSecret
 
@@ -178,6 +178,20 @@ class SharedSecretForm(forms.ModelForm[SharedSecret]):
         clash = SharedSecret.objects.filter(project=self.instance.project, name=name)
         if clash.exclude(pk=self.instance.pk).exists():
             raise forms.ValidationError(f"This project already has a secret named {name}.")
+        services = list(self.instance.project.services.only("pk", "name", "kind"))
+        suggested = endpoints.suggested_env_names(services)
+        by_pk = {service.pk: service for service in services}
+        for variable, _ in rotation.environment_names(name):
+            for pk, env_name in suggested.items():
+                if env_name == variable:
+                    raise forms.ValidationError(
+                        f"{variable} is the variable this project’s dashboard tells you to set "
+                        f"to {by_pk[pk].name}’s "
+                        f"{'connection string' if by_pk[pk].is_database else 'internal URL'}; "
+                        "a shared secret of that name would overwrite it in the services that "
+                        "receive both. Choose another name, such as "
+                        f"{name.removesuffix('_URL')}_SECRET."
+                    )
         return name
 
     def clean_value(self) -> str:

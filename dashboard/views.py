@@ -211,7 +211,9 @@ def _service_context(
 ) -> dict[str, Any]:
     return access.context(
         service=service,
-        endpoints=endpoints.endpoints(service, reveal=revealed),
+        endpoints=endpoints.endpoints(
+            service, reveal=revealed, names=endpoints.project_env_names(service)
+        ),
         snippets=endpoints.code_snippets(service),
         revealed=revealed,
         **extra,

@@ -8,11 +8,13 @@ password may hold keeps the URL parseable.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from urllib.parse import quote
 
 from networking.crypto import MASK
-from networking.models import Service
+from networking.models import Service, SharedSecret
+from networking.rotation import environment_names
 
 _SCHEMES = {
     Service.Kind.POSTGRESQL: "postgresql",
@@ -70,24 +72,75 @@ def internal_url(service: Service, port: int) -> str:
     return f"http://{service.internal_hostname}:{port}"
 
 
-def env_name_for(service: Service) -> str:
+def _own_env_name(service: Service) -> str:
     """``BACKGROUND_WORKER_URL`` for a service named ``background-worker``."""
-    if service.is_database:
-        return _DATABASE_ENV_NAMES[Service.Kind(service.kind)]
     return re.sub(r"[^A-Z0-9]", "_", service.name.upper()) + "_URL"
 
 
-def endpoints(service: Service, *, reveal: bool = False) -> list[Endpoint]:
+def suggested_env_names(services: Iterable[Service], taken: Iterable[str] = ()) -> dict[int, str]:
+    """The variable name the dashboard suggests for each service, unique in its project.
+
+    The first database of a kind (oldest first) gets the name libraries look for
+    (``DATABASE_URL``, ``REDIS_URL``...); a second one gets its own, ``ORDERS_DB_URL`` for
+    ``orders-db``, as does every web or private service. ``taken`` (a shared secret's
+    variables) is never suggested.
+    """
+    used = set(taken)
+    names = {}
+    for service in sorted(services, key=lambda s: s.pk):
+        own = _own_env_name(service)
+        candidates = [own]
+        if service.is_database:
+            candidates.insert(0, _DATABASE_ENV_NAMES[Service.Kind(service.kind)])
+        chosen = next((name for name in candidates if name not in used), None)
+        number = 2
+        while chosen is None:
+            numbered = f"{own.removesuffix('_URL')}_{number}_URL"
+            chosen = numbered if numbered not in used else None
+            number += 1
+        used.add(chosen)
+        names[service.pk] = chosen
+    return names
+
+
+def project_env_names(service: Service) -> dict[int, str]:
+    """``suggested_env_names`` for every service of ``service``'s project."""
+    taken = [
+        variable
+        for name in SharedSecret.objects.filter(project_id=service.project_id).values_list(
+            "name", flat=True
+        )
+        for variable, _ in environment_names(name)
+    ]
+    siblings = Service.objects.filter(project_id=service.project_id).only(
+        "pk", "name", "kind", "project_id"
+    )
+    return suggested_env_names(siblings, taken)
+
+
+def env_name_for(service: Service, names: dict[int, str] | None = None) -> str:
+    """The variable the dashboard suggests for ``service`` (see ``suggested_env_names``)."""
+    if names is not None and service.pk in names:
+        return names[service.pk]
+    if service.is_database:
+        return _DATABASE_ENV_NAMES[Service.Kind(service.kind)]
+    return _own_env_name(service)
+
+
+def endpoints(
+    service: Service, *, reveal: bool = False, names: dict[int, str] | None = None
+) -> list[Endpoint]:
+    """``names``: the project's suggestions (``project_env_names``), unique across it."""
     if service.is_database:
         return [
             Endpoint(
                 label="Connection string",
                 value=connection_string(service, reveal=reveal),
-                env_name=env_name_for(service),
+                env_name=env_name_for(service, names),
                 has_secret=service.database_password is not None,
             )
         ]
-    base_env_name = env_name_for(service)
+    base_env_name = env_name_for(service, names)
     result = []
     for index, port in enumerate(service.ports):
         suffix = "" if index == 0 else f"_{port}"

@@ -113,3 +113,37 @@ def test_code_snippet_calls_the_internal_url() -> None:
     assert "fetch('http://worker.internal:3000/'" in snippets["Node.js"]
     assert '"http://worker.internal:3000/"' in snippets["Python"]
     assert endpoints.code_snippets(service("redis", "cache", password="x")) == {}
+
+
+def numbered(*services: Service) -> list[Service]:
+    for pk, svc in enumerate(services, start=1):
+        svc.pk = pk
+    return list(services)
+
+
+def test_suggested_variable_names_are_unique_in_a_project() -> None:
+    found = endpoints.suggested_env_names(
+        numbered(
+            service("postgresql", "postgres"),
+            service("postgresql", "orders-db"),
+            service("mysql", "legacy"),
+            service("web", "database"),
+            service("redis", "cache"),
+        )
+    )
+    assert found == {
+        1: "DATABASE_URL",  # the first database libraries look for
+        2: "ORDERS_DB_URL",
+        3: "LEGACY_URL",
+        4: "DATABASE_2_URL",  # its own name was the first database's
+        5: "REDIS_URL",
+    }
+    assert len(set(found.values())) == len(found)
+
+
+def test_a_shared_secrets_variables_are_never_suggested() -> None:
+    found = endpoints.suggested_env_names(
+        numbered(service("postgresql", "postgres"), service("web", "api")),
+        taken=["DATABASE_URL", "API_URL"],
+    )
+    assert found == {1: "POSTGRES_URL", 2: "API_2_URL"}
