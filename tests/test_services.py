@@ -355,3 +355,21 @@ def test_pages_that_htmx_refreshes_vary_on_hx_request(
     args = [world.project.uid] + ([world.api.pk] if page == "service-detail" else [])
     response = owner_client.get(reverse(page, args=args))
     assert "HX-Request" in response["Vary"]
+
+
+@pytest.mark.parametrize(
+    ("backend", "said"),
+    [
+        ("manifests", "the manifests backend), which assign no addresses"),
+        ("kubernetes", "Assigned when the cluster applies this service"),
+    ],
+)
+def test_a_missing_clusterip_is_explained_for_the_backend_in_use(
+    owner_client: Client, world: World, settings: Any, backend: str, said: str
+) -> None:
+    settings.CLUSTER_BACKEND = backend
+    Service.objects.filter(pk=world.api.pk).update(cluster_ip=None)
+    page = owner_client.get(reverse("service-detail", args=[world.project.uid, world.api.pk]))
+    assert said in page.content.decode()
+    overview = owner_client.get(reverse("project-overview", args=[world.project.uid]))
+    assert ("not assigned by manifests" in overview.content.decode()) == (backend == "manifests")
