@@ -37,6 +37,9 @@ class HtmxHttpRequest(HttpRequest):
 
 @require_GET
 def home(request: HttpRequest) -> HttpResponse:
+    """Where signing in lands: support staff on their queue, everyone else on their projects."""
+    if request.user.is_authenticated and request.user.is_staff:
+        return redirect("support-queue")
     return redirect("project-list")
 
 

@@ -397,6 +397,31 @@ class TestPages:
         assert "Enterprise" in html
         assert ">Approve<" in html
 
+    def test_support_lands_on_the_queue_when_signing_in(self, world: World) -> None:
+        response = Client().post(
+            reverse("login"), {"username": "support", "password": "pw"}, follow=True
+        )
+        assert response.redirect_chain[-1][0] == reverse("support-queue")
+        assert "Peering requests waiting for support" in response.content.decode()
+        # Everyone else lands on their projects.
+        owner = Client().post(
+            reverse("login"), {"username": "owner", "password": "pw"}, follow=True
+        )
+        assert owner.redirect_chain[-1][0] == reverse("project-list")
+
+    def test_the_queue_shows_each_requests_age_oldest_first(self, world: World) -> None:
+        walk_to(world, Status.PENDING_SUPPORT)
+        third = Project.objects.create(organization=world.acme, name="Search")
+        newer = peering.request_peering(world.project, third.uid, "search needs it", actor=None)
+        PeeringRequest.objects.filter(pk=world.peering.pk).update(
+            created_at=timezone.now() - timedelta(days=3)
+        )
+        html = world.client_for("support").get(reverse("support-queue")).content.decode()
+        assert "Waiting 3\xa0days" in html
+        assert html.index(f'id="peering-{world.peering.pk}"') < html.index(
+            f'id="peering-{newer.pk}"'
+        )
+
     def test_support_approves_and_rejects_from_the_queue(self, world: World) -> None:
         request = walk_to(world, Status.PENDING_SUPPORT)
         client = world.client_for("support")

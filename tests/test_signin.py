@@ -171,7 +171,7 @@ def assert_sign_in_works_without_the_cache(world: World, caplog: pytest.LogCaptu
         client = Client(REMOTE_ADDR="10.0.0.1")
         right = client.post(LOGIN, {"username": "viewer", "password": "correct-horse-battery-5123"})
         assert right.status_code == 302
-        assert right["Location"] == reverse("project-list")
+        assert right["Location"] == reverse("home")  # which sends a viewer to the projects
         assert client.get(reverse("project-list")).status_code == 200
 
     unreachable = [record for record in caplog.records if "not being counted" in record.message]

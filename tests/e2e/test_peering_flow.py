@@ -33,7 +33,9 @@ def signed_in(browser: Browser, live_server: Any, username: str) -> Page:
     page.get_by_label("Username").fill(username)
     page.get_by_label("Password").fill("pw")
     page.get_by_role("button", name="Sign in").click()
-    expect(page.get_by_role("heading", name="Projects")).to_be_visible()
+    # Support staff land on their queue; everyone else on their projects.
+    landing = "Peering requests waiting for support" if username == "support" else "Projects"
+    expect(page.get_by_role("heading", name=landing)).to_be_visible()
     return page
 
 
