@@ -206,6 +206,13 @@ def service_name_preview(request: HttpRequest, project_uid: str) -> HttpResponse
             context["preview_error"] = error.messages[0]
         else:
             context["preview_hostname"] = naming.internal_hostname(name)
+            current = (
+                access.project.services.filter(pk=exclude_pk).values_list("name", flat=True).first()
+                if exclude_pk is not None
+                else None
+            )
+            if current is not None and current != name:
+                context["old_hostname"] = naming.internal_hostname(current)
     return render(request, "services/form.html#name-preview", context)
 
 
@@ -262,6 +269,7 @@ def service_reveal(request: HtmxHttpRequest, project_uid: str, service_id: int) 
 def service_edit(request: HttpRequest, project_uid: str, service_id: int) -> HttpResponse:
     access, service = get_service_for_user(request, project_uid, service_id)
     access.require(Membership.can_change_services)
+    original_hostname = service.internal_hostname  # before the form writes the new name on it
     form = ServiceForm(
         request.POST if request.method == "POST" else None, instance=service, project=access.project
     )
@@ -277,7 +285,11 @@ def service_edit(request: HttpRequest, project_uid: str, service_id: int) -> Htt
                 request, f"Saved. {service.display_name} is at {service.internal_hostname}."
             )
             return redirect("service-detail", project_uid=project_uid, service_id=service.pk)
-    return render(request, "services/form.html", access.context(form=form, service=service))
+    return render(
+        request,
+        "services/form.html",
+        access.context(form=form, service=service, original_hostname=original_hostname),
+    )
 
 
 @login_required

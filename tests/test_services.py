@@ -375,3 +375,23 @@ def test_a_missing_clusterip_is_explained_for_the_backend_in_use(
     assert said in page.content.decode()
     overview = owner_client.get(reverse("project-overview", args=[world.project.uid]))
     assert ("not assigned by manifests" in overview.content.decode()) == (backend == "manifests")
+
+
+def test_the_edit_form_says_a_rename_stops_the_old_hostname(
+    owner_client: Client, world: World
+) -> None:
+    edit = reverse("service-edit", args=[world.project.uid, world.api.pk])
+    assert "<code>api.internal</code> stops resolving when you save" in (
+        owner_client.get(edit).content.decode()
+    )
+    preview = reverse("service-name-preview", args=[world.project.uid])
+    renamed = owner_client.get(preview, {"display_name": "Public API", "service": world.api.pk})
+    html = renamed.content.decode()
+    assert "public-api.internal" in html
+    assert "<code>api.internal</code> stops resolving when you save" in html
+    # Typing the same name (another case) warns of nothing.
+    same = owner_client.get(preview, {"display_name": "API", "service": world.api.pk})
+    assert "stops resolving" not in same.content.decode()
+    # A new service has no old hostname.
+    new = owner_client.get(preview, {"display_name": "Public API"})
+    assert "stops resolving" not in new.content.decode()
