@@ -385,12 +385,14 @@ def test_the_edit_form_says_a_rename_stops_the_old_hostname(
         owner_client.get(edit).content.decode()
     )
     preview = reverse("service-name-preview", args=[world.project.uid])
-    renamed = owner_client.get(preview, {"display_name": "Public API", "service": world.api.pk})
+    renamed = owner_client.get(
+        preview, {"display_name": "Public API", "service": str(world.api.pk)}
+    )
     html = renamed.content.decode()
     assert "public-api.internal" in html
     assert "<code>api.internal</code> stops resolving when you save" in html
     # Typing the same name (another case) warns of nothing.
-    same = owner_client.get(preview, {"display_name": "API", "service": world.api.pk})
+    same = owner_client.get(preview, {"display_name": "API", "service": str(world.api.pk)})
     assert "stops resolving" not in same.content.decode()
     # A new service has no old hostname.
     new = owner_client.get(preview, {"display_name": "Public API"})
