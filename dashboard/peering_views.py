@@ -11,7 +11,7 @@ from django.db.models import Q
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.utils import timezone
-from django.views.decorators.http import require_GET, require_POST
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
 from django.views.decorators.vary import vary_on_headers
 
 from dashboard.access import (
@@ -148,10 +148,34 @@ def peering_cancel(request: HttpRequest, project_uid: str, peering_id: int) -> H
     return _customer_action(request, project_uid, peering_id, "cancel")
 
 
+def _service_names(project: Project) -> list[str]:
+    return list(project.services.order_by("name").values_list("name", flat=True))
+
+
 @login_required
-@require_POST
+@require_http_methods(["GET", "POST"])
 def peering_revoke(request: HttpRequest, project_uid: str, peering_id: int) -> HttpResponse:
-    return _customer_action(request, project_uid, peering_id, "revoke")
+    """Says what stops working, then revokes on the confirmation's own button."""
+    access, found = get_peering_for_user(request, project_uid, peering_id)
+    access.require(Membership.can_manage_project)
+    if request.method == "POST" and request.POST.get("confirm") == "revoke":
+        return _customer_action(request, project_uid, peering_id, "revoke")
+    if found.status not in PeeringRequest.CONNECTED:
+        messages.error(request, f"This peering is {found.get_status_display().lower()}.")
+        return redirect("project-peering", project_uid=project_uid)
+    peer = found.peer_of(access.project)
+    return render(
+        request,
+        "peering/revoke.html",
+        access.context(
+            peering=found,
+            peer=peer,
+            own_services=list(
+                access.project.services.order_by("name").values_list("name", flat=True)
+            ),
+            peer_services=list(peer.services.order_by("name").values_list("name", flat=True)),
+        ),
+    )
 
 
 def _require_staff(request: HttpRequest) -> None:

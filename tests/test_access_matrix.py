@@ -66,6 +66,8 @@ MATRIX: dict[tuple[str, str], str] = {
     ("peering-request", "POST"): "302 404 404 403 403 200",
     ("peering-accept", "POST"): "302 404 404 403 403 302",
     ("peering-cancel", "POST"): "302 404 404 403 403 302",
+    # The matrix's peering is pending: nothing to revoke, said on the peering page.
+    ("peering-revoke", "GET"): "302 404 404 403 403 302",
     ("peering-revoke", "POST"): "302 404 404 403 403 302",
     # Support staff only; everyone else is told there is nothing here.
     ("support-queue", "GET"): "302 404 200 404 404 404",

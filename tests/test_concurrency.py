@@ -372,7 +372,7 @@ def race_peering_revoke(world: World) -> Race:
         assert audit_count(Action.PEERING_REVOKED, project=world.project) == 1
         assert generation(world.project) - before == 1
 
-    return [Click("owner", url)] * N, check
+    return [Click("owner", url, {"confirm": "revoke"})] * N, check
 
 
 def race_support_approve(world: World) -> Race:

@@ -397,6 +397,22 @@ class TestPages:
         assert "Enterprise" in html
         assert ">Approve<" in html
 
+    def test_revoking_says_what_stops_working_before_it_acts(
+        self, world: World, owner_client: Client
+    ) -> None:
+        walk_to(world, Status.ACTIVE)
+        url = reverse("peering-revoke", args=[world.project.uid, world.peering.pk])
+        page = owner_client.get(url).content.decode()
+        assert "Revoke the peering with Analytics?" in page
+        assert "can no longer reach the services of" in page
+        assert "<code>api</code>" in page  # this project's services, by name
+        # A POST without the confirmation's own field only shows the confirmation again.
+        assert owner_client.post(url).status_code == 200
+        assert PeeringRequest.objects.get(pk=world.peering.pk).status == Status.ACTIVE
+        response = owner_client.post(url, {"confirm": "revoke"})
+        assert response.status_code == 302
+        assert PeeringRequest.objects.get(pk=world.peering.pk).status == Status.REVOKING
+
     def test_support_lands_on_the_queue_when_signing_in(self, world: World) -> None:
         response = Client().post(
             reverse("login"), {"username": "support", "password": "pw"}, follow=True
@@ -458,7 +474,14 @@ class TestThePageCatchesUp:
         assert "<html" not in html
         # The request form is not swapped, so a refresh never wipes what the user is typing.
         assert "Request peering" not in html
-        # Forms inside the swapped part still carry their CSRF token.
+        # Revoking asks first, on a page of its own.
+        assert "Revoke peering…" in html
+
+    def test_forms_in_the_swapped_part_carry_their_csrf_token(
+        self, world: World, owner_client: Client
+    ) -> None:
+        html = self.partial(world, owner_client)  # world.peering awaits this side: Accept
+        assert ">Accept<" in html
         assert 'name="csrfmiddlewaretoken"' in html
 
     @pytest.mark.parametrize("status", [Status.APPROVED, Status.REVOKING])
