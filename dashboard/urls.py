@@ -51,6 +51,7 @@ peering_patterns = [
 project_patterns: list[URLPattern | URLResolver] = [
     path("", views.project_overview, name="project-overview"),
     path("settings/", views.project_settings, name="project-settings"),
+    path("delete/", views.project_delete, name="project-delete"),
     path("audit/", views.audit_log, name="audit-log"),
     path("sync/", views.project_sync, name="project-sync"),
     path("sync/status/", views.project_sync_status, name="project-sync-status"),

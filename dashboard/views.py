@@ -27,7 +27,7 @@ from dashboard.access import (
     memberships_of,
 )
 from dashboard.forms import ProjectForm, ServiceForm
-from networking import endpoints, naming
+from networking import endpoints, naming, peering
 from networking.models import ApplyAttempt, AuditEvent, Membership, Project, Service
 
 
@@ -146,6 +146,40 @@ def project_settings(request: HttpRequest, project_uid: str) -> HttpResponse:
                 return redirect("project-settings", project_uid=project.uid)
         project.name = old_name
     return render(request, "projects/settings.html", access.context(form=form))
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def project_delete(request: HttpRequest, project_uid: str) -> HttpResponse:
+    """Owners delete a project by typing its name; the worker then removes its namespace."""
+    access = get_project_for_user(request, project_uid)
+    access.require(Membership.can_manage_project)
+    project = access.project
+    error = ""
+    if request.method == "POST":
+        typed = request.POST.get("confirm_name", "")
+        if typed.strip() != project.name:
+            error = f"Type the project’s name, {project.name}, exactly, to delete it."
+        else:
+            if project.remove(actor=request.user):
+                messages.success(
+                    request,
+                    f"Deleted {project.name}. Its namespace {project.namespace} and everything "
+                    "in it are being removed from the cluster.",
+                )
+            else:
+                messages.info(request, f"{project.name} was already deleted.")
+            return redirect("project-list")
+    return render(
+        request,
+        "projects/delete.html",
+        access.context(
+            error=error,
+            services=project.services.count(),
+            secrets=project.shared_secrets.count(),
+            peered=[p.peer_of(project).name for p in peering.connected_peerings(project)],
+        ),
+    )
 
 
 @login_required

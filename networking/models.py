@@ -216,6 +216,51 @@ class Project(models.Model):
             raise Project.name_taken(name) from None
         return True
 
+    def remove(self, *, actor: Any) -> bool:
+        """Delete the project and everything in it; False if it was deleted meanwhile.
+
+        Its namespace goes once this commits (``networking.signals``, then the worker). Projects
+        it was peered with are re-applied, so their policies stop admitting its namespace, and
+        their audit logs say why. The deletion is in the organization's audit log (the event
+        outlives the project, with its name and ID).
+        """
+        with transaction.atomic():
+            locked = Project.objects.select_for_update().filter(pk=self.pk).first()
+            if locked is None:
+                return False
+            peerings = PeeringRequest.objects.filter(
+                Q(requester_project=locked) | Q(target_project=locked),
+                status__in=[
+                    PeeringRequest.Status.APPROVED,
+                    PeeringRequest.Status.ACTIVE,
+                    PeeringRequest.Status.REVOKING,
+                ],
+            )
+            peer_ids = {
+                other
+                for pair in peerings.values_list("requester_project_id", "target_project_id")
+                for other in pair
+                if other != locked.pk
+            }
+            AuditEvent.objects.create(
+                organization_id=locked.organization_id,
+                project=None,
+                actor=actor if actor is not None and actor.is_authenticated else None,
+                actor_label=actor.get_username() if actor is not None else "system",
+                action=AuditEvent.Action.PROJECT_DELETED,
+                target=locked.name,
+                details={"project_id": locked.uid, "namespace": locked.namespace},
+            )
+            locked.delete()
+            for peer in Project.objects.filter(pk__in=peer_ids).order_by("pk"):
+                peer.record_change(
+                    actor=actor,
+                    action=AuditEvent.Action.PEERING_DISCONNECTED,
+                    target=locked.name,
+                    details={"reason": "the peered project was deleted"},
+                )
+        return True
+
     NAMESPACE_PREFIX = "prj-"
 
     @property
@@ -553,6 +598,7 @@ class AuditEvent(models.Model):
     class Action(models.TextChoices):
         PROJECT_CREATED = "project.created", "created the project"
         PROJECT_RENAMED = "project.renamed", "renamed the project"
+        PROJECT_DELETED = "project.deleted", "deleted the project"
         SERVICE_CREATED = "service.created", "created a service"
         SERVICE_RENAMED = "service.renamed", "renamed a service"
         SERVICE_PORTS_CHANGED = "service.ports_changed", "changed a service’s ports"

@@ -38,6 +38,9 @@ MATRIX: dict[tuple[str, str], str] = {
     ("project-overview", "GET"): "302 404 404 200 200 200",
     ("project-settings", "GET"): "302 404 404 200 200 200",
     ("project-settings", "POST"): "302 404 404 403 403 200",
+    ("project-delete", "GET"): "302 404 404 403 403 200",
+    # Without the typed name: the confirmation again, with what to type.
+    ("project-delete", "POST"): "302 404 404 403 403 200",
     ("audit-log", "GET"): "302 404 404 200 200 200",
     ("project-sync", "GET"): "302 404 404 200 200 200",
     ("project-sync-status", "GET"): "302 404 404 200 200 200",

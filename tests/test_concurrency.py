@@ -251,6 +251,19 @@ def race_service_delete(world: World) -> Race:
     return [Click("member", url)] * N, check
 
 
+def race_project_delete(world: World) -> Race:
+    url = reverse("project-delete", args=[world.project.uid])
+    events = audit_count(Action.PROJECT_DELETED)
+
+    def check(answers: list[Answer]) -> None:
+        assert audit_count(Action.PROJECT_DELETED) - events == 1
+        assert not Project.objects.filter(pk=world.project.pk).exists()
+        # The first deletes; the late ones find no project (a 404 page), never an error.
+        assert {answer.status for answer in answers} <= {302, 404}
+
+    return [Click("owner", url, {"confirm_name": world.project.name})] * N, check
+
+
 def race_service_reveal(world: World) -> Race:
     url = reverse("service-reveal", args=[world.project.uid, world.postgres.pk])
     before = audit_count(Action.CREDENTIALS_REVEALED)
@@ -402,6 +415,7 @@ RACES: dict[str, Callable[[World], Race]] = {
     "service-create": race_service_create,
     "service-edit": race_service_edit,
     "service-delete": race_service_delete,
+    "project-delete": race_project_delete,
     "service-reveal": race_service_reveal,
     "secret-create": race_secret_create,
     "secret-edit": race_secret_edit,
