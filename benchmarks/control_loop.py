@@ -108,6 +108,13 @@ class Fleet:
     logs: WorkerLogs
     workers: list[WorkerProcess]
 
+    def alive_within(self, since: float, *, what: str, timeout: float = 120) -> None:
+        """Give up on ``what`` (with the workers' logs) once it took ``timeout`` seconds."""
+        if time.perf_counter() - since > timeout:
+            for worker in self.workers:
+                print(worker.tail(), file=sys.stderr)
+            raise RuntimeError(f"gave up waiting {timeout:.0f} s for {what}")
+
     def drained(self, timeout: float) -> float:
         try:
             return wait_drained(self.broker, timeout)
@@ -539,6 +546,7 @@ def measure_latency(fleet: Fleet, project: Project, service: Service, runs: int)
         start = time.perf_counter()
         touch.delay(key)
         while not observe(key)[0]:
+            fleet.alive_within(start, what="a task's round trip")
             time.sleep(0.001)
         empty.append(time.perf_counter() - start)
         client.delete(key)
@@ -547,6 +555,7 @@ def measure_latency(fleet: Fleet, project: Project, service: Service, runs: int)
         start = time.perf_counter()
         apply_probe.delay(key, probe_namespace, 8000 + round_number % 2)
         while not observe(key)[0]:
+            fleet.alive_within(start, what="a task's round trip")
             time.sleep(0.001)
         applied.append(time.perf_counter() - start)
         client.delete(key)
@@ -559,6 +568,7 @@ def measure_latency(fleet: Fleet, project: Project, service: Service, runs: int)
             transaction.on_commit(lambda: committed.append(time.perf_counter()))  # noqa: B023
             service.save_changes(actor=None)
         while not observe(key)[1]:
+            fleet.alive_within(committed[0], what="the change to be in sync")
             time.sleep(0.001)
         synced.append(time.perf_counter() - committed[0])
     # The first round warms the workers up (imports, connections); leave it out.

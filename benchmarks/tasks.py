@@ -37,7 +37,10 @@ def apply_probe(key: str, namespace: str, port: int) -> None:
         "apiVersion": "v1",
         "kind": "Service",
         "metadata": {"name": "probe", "namespace": namespace},
-        "spec": {"ports": [{"name": "p", "port": port}], "selector": {"app": "probe"}},
+        "spec": {
+            "ports": [{"name": "p", "port": port, "protocol": "TCP"}],
+            "selector": {"app": "probe"},
+        },
     }
     client.CoreV1Api(api_client()).patch_namespaced_service(
         "probe",
