@@ -3,7 +3,7 @@ from __future__ import annotations
 from django.contrib.auth import views as auth_views
 from django.urls import URLPattern, URLResolver, include, path, register_converter
 
-from dashboard import peering_views, secret_views, views
+from dashboard import peering_views, secret_views, team_views, views
 from dashboard.auth import SignInView
 from networking.models import PROJECT_ID_PATTERN
 
@@ -60,6 +60,12 @@ project_patterns: list[URLPattern | URLResolver] = [
     path("secrets/", include(secret_patterns)),
     path("peering/", include(peering_patterns)),
 ]
+team_patterns = [
+    path("", team_views.org_team, name="org-team"),
+    path("invite/", team_views.org_team_invite, name="org-team-invite"),
+    path("<int:membership_id>/role/", team_views.org_team_role, name="org-team-role"),
+    path("<int:membership_id>/remove/", team_views.org_team_remove, name="org-team-remove"),
+]
 support_patterns = [
     path("", peering_views.support_queue, name="support-queue"),
     path("<int:peering_id>/approve/", peering_views.support_approve, name="support-approve"),
@@ -72,6 +78,7 @@ urlpatterns = [
     path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("projects/", views.project_list, name="project-list"),
     path("orgs/<slug:org_slug>/projects/new/", views.project_create, name="project-create"),
+    path("orgs/<slug:org_slug>/team/", include(team_patterns)),
     path("projects/<project_id:project_uid>/", include(project_patterns)),
     path("support/peering/", include(support_patterns)),
 ]

@@ -72,6 +72,11 @@ MATRIX: dict[tuple[str, str], str] = {
     # The matrix's peering is pending: nothing to revoke, said on the peering page.
     ("peering-revoke", "GET"): "302 404 404 403 403 302",
     ("peering-revoke", "POST"): "302 404 404 403 403 302",
+    # The organization page: every member sees the team; owners change it (then back to it).
+    ("org-team", "GET"): "302 404 404 200 200 200",
+    ("org-team-invite", "POST"): "302 404 404 403 403 302",
+    ("org-team-role", "POST"): "302 404 404 403 403 302",
+    ("org-team-remove", "POST"): "302 404 404 403 403 302",
     # Support staff only; everyone else is told there is nothing here.
     ("support-queue", "GET"): "302 404 200 404 404 404",
     ("support-approve", "POST"): "302 404 302 404 404 404",
@@ -113,6 +118,11 @@ def _kwargs(world: World, name: str, *, foreign: bool) -> dict[str, Any]:
         kwargs["secret_id"] = (world.other_secret if foreign else world.secret).pk
     if "org_slug" in wanted:
         kwargs["org_slug"] = (world.globex if foreign else world.acme).slug
+    if "membership_id" in wanted:
+        kwargs["membership_id"] = Membership.objects.get(
+            organization=world.globex if foreign else world.acme,
+            user__username="viewer" if not foreign else "globex-owner",
+        ).pk
     return kwargs
 
 

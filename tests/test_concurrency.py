@@ -26,6 +26,7 @@ from django.utils import timezone
 
 from networking.models import (
     AuditEvent,
+    Membership,
     Organization,
     PeeringRequest,
     Project,
@@ -264,6 +265,40 @@ def race_project_delete(world: World) -> Race:
     return [Click("owner", url, {"confirm_name": world.project.name})] * N, check
 
 
+def race_team_invite(world: World) -> Race:
+    newcomer = User.objects.create_user("newcomer", email="new@acme.example", password="pw")
+    url = reverse("org-team-invite", args=[world.acme.slug])
+
+    def check(answers: list[Answer]) -> None:
+        assert Membership.objects.filter(user=newcomer, organization=world.acme).count() == 1
+        assert audit_count(Action.MEMBER_ADDED) == 1
+        assert {answer.status for answer in answers} == {302}
+
+    return [Click("owner", url, {"who": "newcomer", "role": "member"})] * N, check
+
+
+def race_team_role(world: World) -> Race:
+    viewer = Membership.objects.get(organization=world.acme, user__username="viewer")
+    url = reverse("org-team-role", args=[world.acme.slug, viewer.pk])
+
+    def check(answers: list[Answer]) -> None:
+        assert Membership.objects.get(pk=viewer.pk).role == "member"
+        assert audit_count(Action.MEMBER_ROLE_CHANGED) == 1
+
+    return [Click("owner", url, {"role": "member"})] * N, check
+
+
+def race_team_remove(world: World) -> Race:
+    viewer = Membership.objects.get(organization=world.acme, user__username="viewer")
+    url = reverse("org-team-remove", args=[world.acme.slug, viewer.pk])
+
+    def check(answers: list[Answer]) -> None:
+        assert not Membership.objects.filter(pk=viewer.pk).exists()
+        assert audit_count(Action.MEMBER_REMOVED) == 1
+
+    return [Click("owner", url)] * N, check
+
+
 def race_service_reveal(world: World) -> Race:
     url = reverse("service-reveal", args=[world.project.uid, world.postgres.pk])
     before = audit_count(Action.CREDENTIALS_REVEALED)
@@ -416,6 +451,9 @@ RACES: dict[str, Callable[[World], Race]] = {
     "service-edit": race_service_edit,
     "service-delete": race_service_delete,
     "project-delete": race_project_delete,
+    "org-team-invite": race_team_invite,
+    "org-team-role": race_team_role,
+    "org-team-remove": race_team_remove,
     "service-reveal": race_service_reveal,
     "secret-create": race_secret_create,
     "secret-edit": race_secret_edit,

@@ -1,0 +1,148 @@
+"""Who belongs to an organization, in which role: owners invite, change roles, remove.
+
+Every change holds a lock on the organization's owner memberships, so two owners demoting
+each other at the same moment cannot leave it with none: the last owner can be neither
+removed nor demoted. Each change is one event in the organization's audit log.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib.auth import get_user_model
+from django.db import IntegrityError, transaction
+from django.db.models import Q
+
+from networking.models import AuditEvent, Membership, Organization
+
+
+class TeamChangeRefused(Exception):
+    """A change that cannot be made, with the reason in words a user can act on."""
+
+
+def _owners_locked(organization: Organization) -> list[int]:
+    """Lock the organization's row and return its owners' membership ids."""
+    Organization.objects.select_for_update().filter(pk=organization.pk).first()
+    return list(
+        Membership.objects.select_for_update()
+        .filter(organization=organization, role=Membership.Role.OWNER)
+        .values_list("pk", flat=True)
+    )
+
+
+def _record(
+    organization: Organization,
+    actor: Any,
+    action: AuditEvent.Action,
+    target: str,
+    details: dict[str, Any],
+) -> None:
+    AuditEvent.objects.create(
+        organization=organization,
+        project=None,
+        actor=actor if actor is not None and actor.is_authenticated else None,
+        actor_label=actor.get_username() if actor is not None else "system",
+        action=action,
+        target=target,
+        details=details,
+    )
+
+
+def invite(organization: Organization, who: str, role: str, *, actor: Any) -> Membership:
+    """Add an existing user, found by username or email, in ``role``."""
+    who = who.strip()
+    if not who:
+        raise TeamChangeRefused("Enter the username or email address of the person to add.")
+    if role not in Membership.Role.values:
+        raise TeamChangeRefused("Choose a role: owner, member or viewer.")
+    users = get_user_model().objects.filter(
+        Q(username__iexact=who) | Q(email__iexact=who), is_active=True
+    )
+    found = list(users[:2])
+    if not found:
+        raise TeamChangeRefused(
+            f"No one has the username or email “{who[:100]}”. They need an account first; "
+            "then add them here."
+        )
+    if len(found) > 1:
+        raise TeamChangeRefused(f"Several accounts match “{who[:100]}”: use the username.")
+    user = found[0]
+    if user.is_staff:
+        raise TeamChangeRefused("Support staff are never members of a customer organization.")
+    try:
+        with transaction.atomic():
+            _owners_locked(organization)
+            membership = Membership.objects.create(user=user, organization=organization, role=role)
+            _record(
+                organization,
+                actor,
+                AuditEvent.Action.MEMBER_ADDED,
+                user.get_username(),
+                {"role": role},
+            )
+    except IntegrityError:
+        raise TeamChangeRefused(
+            f"{user.get_username()} is already a member of {organization.name}."
+        ) from None
+    return membership
+
+
+def change_role(organization: Organization, membership_id: int, role: str, *, actor: Any) -> bool:
+    """Give a member another role; False if it was already theirs."""
+    if role not in Membership.Role.values:
+        raise TeamChangeRefused("Choose a role: owner, member or viewer.")
+    with transaction.atomic():
+        owners = _owners_locked(organization)
+        membership = (
+            Membership.objects.select_for_update()
+            .select_related("user")
+            .filter(pk=membership_id, organization=organization)
+            .first()
+        )
+        if membership is None:
+            raise TeamChangeRefused("That person is no longer a member of this organization.")
+        if membership.role == role:
+            return False
+        if membership.pk in owners and len(owners) == 1:
+            raise TeamChangeRefused(
+                f"{membership.user.get_username()} is the last owner of {organization.name}: "
+                "make someone else an owner first."
+            )
+        before = membership.role
+        Membership.objects.filter(pk=membership.pk).update(role=role)
+        _record(
+            organization,
+            actor,
+            AuditEvent.Action.MEMBER_ROLE_CHANGED,
+            membership.user.get_username(),
+            {"from": before, "to": role},
+        )
+    return True
+
+
+def remove(organization: Organization, membership_id: int, *, actor: Any) -> bool:
+    """Take someone out of the organization; False if they were already gone."""
+    with transaction.atomic():
+        owners = _owners_locked(organization)
+        membership = (
+            Membership.objects.select_for_update()
+            .select_related("user")
+            .filter(pk=membership_id, organization=organization)
+            .first()
+        )
+        if membership is None:
+            return False
+        if membership.pk in owners and len(owners) == 1:
+            raise TeamChangeRefused(
+                f"{membership.user.get_username()} is the last owner of {organization.name}: "
+                "make someone else an owner first."
+            )
+        membership.delete()
+        _record(
+            organization,
+            actor,
+            AuditEvent.Action.MEMBER_REMOVED,
+            membership.user.get_username(),
+            {"role": membership.role},
+        )
+    return True
