@@ -53,6 +53,7 @@ project_patterns: list[URLPattern | URLResolver] = [
     path("settings/", views.project_settings, name="project-settings"),
     path("delete/", views.project_delete, name="project-delete"),
     path("audit/", views.audit_log, name="audit-log"),
+    path("audit/export.csv", views.audit_log_csv, name="audit-log-csv"),
     path("sync/", views.project_sync, name="project-sync"),
     path("sync/status/", views.project_sync_status, name="project-sync-status"),
     path("sync/retry/", views.project_sync_retry, name="project-sync-retry"),

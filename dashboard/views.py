@@ -10,15 +10,17 @@ from django.core.exceptions import PermissionDenied, ValidationError
 from django.core.paginator import Paginator
 from django.db import IntegrityError, transaction
 from django.db.models import Prefetch
-from django.http import Http404, HttpRequest, HttpResponse
+from django.http import Http404, HttpRequest, HttpResponse, StreamingHttpResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
+from django.utils import timezone
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 from django.views.decorators.vary import vary_on_headers
 from django_htmx.http import trigger_client_event
 from django_htmx.middleware import HtmxDetails
 
+from dashboard import audit_view
 from dashboard.access import (
     ProjectAccess,
     get_organization_for_user,
@@ -186,9 +188,45 @@ def project_delete(request: HttpRequest, project_uid: str) -> HttpResponse:
 @require_GET
 def audit_log(request: HttpRequest, project_uid: str) -> HttpResponse:
     access = get_project_for_user(request, project_uid)
-    events = AuditEvent.objects.filter(project=access.project).select_related(None)
+    filters = audit_view.Filters.from_query(request.GET)
+    events = filters.apply(AuditEvent.objects.filter(project=access.project))
     page = Paginator(events, 50).get_page(request.GET.get("page"))
-    return render(request, "projects/audit.html", access.context(page=page))
+    who = (
+        AuditEvent.objects.filter(project=access.project)
+        .order_by("actor_label")
+        .values_list("actor_label", flat=True)
+        .distinct()
+    )
+    return render(
+        request,
+        "projects/audit.html",
+        access.context(
+            page=page,
+            rows=[
+                (event, audit_view.target_text(event), audit_view.details_text(event))
+                for event in page
+            ],
+            filters=filters,
+            filter_query=filters.query(),
+            groups=[(key, label) for key, (label, _) in audit_view.GROUPS.items()],
+            people=list(who[:200]),
+        ),
+    )
+
+
+@login_required
+@require_GET
+def audit_log_csv(request: HttpRequest, project_uid: str) -> StreamingHttpResponse:
+    """The filtered log as CSV, every row (streamed, so a long log costs no memory)."""
+    access = get_project_for_user(request, project_uid)
+    filters = audit_view.Filters.from_query(request.GET)
+    events = filters.apply(AuditEvent.objects.filter(project=access.project)).iterator(
+        chunk_size=500
+    )
+    response = StreamingHttpResponse(audit_view.csv_rows(events), content_type="text/csv")
+    filename = f"audit-{access.project.uid}-{timezone.now():%Y%m%d}.csv"
+    response["Content-Disposition"] = f'attachment; filename="{filename}"'
+    return response
 
 
 @login_required

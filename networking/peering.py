@@ -67,8 +67,9 @@ def _record(
 ) -> None:
     """Audit on both sides; bump both generations if the desired policies changed; notify."""
     for project in (peering.requester_project, peering.target_project):
-        details = {"peer": peering.peer_of(project).uid, "request": peering.pk}
-        target = f"peering with {peering.peer_of(project).uid}"
+        peer = peering.peer_of(project)
+        details = {"peer": peer.uid, "peer_name": peer.name, "request": peering.pk}
+        target = f"peering with {peer.name}"
         if changes_cluster:
             project.record_change(actor=actor, action=action, target=target, details=details)
         else:

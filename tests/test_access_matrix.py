@@ -42,6 +42,7 @@ MATRIX: dict[tuple[str, str], str] = {
     # Without the typed name: the confirmation again, with what to type.
     ("project-delete", "POST"): "302 404 404 403 403 200",
     ("audit-log", "GET"): "302 404 404 200 200 200",
+    ("audit-log-csv", "GET"): "302 404 404 200 200 200",
     ("project-sync", "GET"): "302 404 404 200 200 200",
     ("project-sync-status", "GET"): "302 404 404 200 200 200",
     ("project-sync-retry", "POST"): "302 404 404 403 302 302",
