@@ -31,6 +31,8 @@ logger = logging.getLogger(__name__)
 NAMESPACE_PREFIX = "prj-"
 # Changes often come in bursts (our own pass writes several objects): look once they settle.
 SETTLE_SECONDS = 0.2
+# A namespace looked at too early (a pass on its way, or our writes' events still arriving).
+LOOK_AGAIN_SECONDS = 1.0
 
 
 def pass_coming(project: Project) -> bool:
@@ -48,7 +50,9 @@ class Watcher:
         )
         self.cache.listeners.append(self._changed)
         self.dirty: set[str] = set()
-        self.deferred: set[str] = set()
+        self.deferred: dict[str, float] = {}
+        # Namespaces found differing once, looked at again before the difference counts.
+        self.suspected: set[str] = set()
         self.lock = threading.Lock()
         self.wake = threading.Event()
         self.stopping = threading.Event()
@@ -65,9 +69,9 @@ class Watcher:
         self.wake.set()
 
     def later(self, namespace: str) -> None:
-        """Look at the namespace again on a later round (about a second from now)."""
+        """Look at the namespace again on a round at least ``LOOK_AGAIN_SECONDS`` from now."""
         with self.lock:
-            self.deferred.add(namespace)
+            self.deferred.setdefault(namespace, time.monotonic() + LOOK_AGAIN_SECONDS)
 
     def run(self) -> None:
         """Until ``stop()``: keep the cache current and look at every project that changed."""
@@ -93,9 +97,11 @@ class Watcher:
             self.stopping.wait(SETTLE_SECONDS)
             with self.lock:
                 batch, self.dirty = self.dirty, set()
-                # What was deferred last round is looked at this round, not at once again.
-                batch |= self.deferred
-                self.deferred = set()
+                now = time.monotonic()
+                due = {namespace for namespace, at in self.deferred.items() if at <= now}
+                batch |= due
+                for namespace in due:
+                    del self.deferred[namespace]
             for namespace in sorted(batch):
                 self.beat()  # a long batch (a thousand projects) is no silence
                 try:
@@ -163,6 +169,13 @@ class Watcher:
             recorded=recorded,
             workload_label=settings.WORKLOAD_LABEL,
         )
+        if found and namespace not in self.suspected:
+            # Our own pass's writes may still be on their way to the cache (a thousand events
+            # after a large pass): call it drift only if it still differs a round later.
+            self.suspected.add(namespace)
+            self.later(namespace)
+            return found
+        self.suspected.discard(namespace)
         if found:
             queued = project.report_drift()
             logger.info(
