@@ -344,7 +344,7 @@ def test_the_audit_log_lists_who_did_what(owner_client: Client, world: World) ->
     make_service(world.project, "cache", "redis")
     post_service(owner_client, world, display_name="Jobs", kind="private", ports="3000")
     html = owner_client.get(reverse("audit-log", args=[world.project.uid])).content.decode()
-    assert "Created a service <code>jobs</code>" in html
+    assert "Created a service <strong>jobs</strong>" in html
     assert "owner" in html
 
 

@@ -112,10 +112,11 @@ def test_request_accept_approve_then_revoke(
         expect(peering_status(other)).to_have_text("Active")
         other.get_by_role("link", name="Revoke peering…").click()
         # The confirmation says what stops working, both ways, before anything happens.
-        expect(other.locator("form")).to_contain_text(
+        confirmation = other.locator("main form.card")
+        expect(confirmation).to_contain_text(
             f"services of {globex.name} ({globex.organization.name})"
         )
-        expect(other.locator("form")).to_contain_text("can no longer reach the services of")
+        expect(confirmation).to_contain_text("can no longer reach the services of")
         other.get_by_role("button", name="Revoke peering").click()
         expect(peering_status(other)).to_have_text("Revoked, being disconnected")
     expect(peering_status(other)).to_have_text("Revoked", timeout=CATCH_UP)
