@@ -48,9 +48,9 @@ def details_text(event: AuditEvent) -> str:
     parts = []
     if "from" in details and "to" in details:
         what = {
-            AuditEvent.Action.SERVICE_PORTS_CHANGED: "ports ",
-            AuditEvent.Action.MEMBER_ROLE_CHANGED: "role ",
-        }.get(AuditEvent.Action(event.action), "")
+            AuditEvent.Action.SERVICE_PORTS_CHANGED.value: "ports ",
+            AuditEvent.Action.MEMBER_ROLE_CHANGED.value: "role ",
+        }.get(event.action, "")
         parts.append(f"{what}{_value(details.pop('from'))} → {_value(details.pop('to'))}")
     details.pop("peer_name", None)
     for key, value in details.items():
