@@ -176,13 +176,13 @@ def desired_state_for(
     )
 
 
-def record_key() -> bytes:
+def digest_key() -> bytes:
     """The key of the applied record's digests, derived from ``SECRET_KEY``."""
-    return _record_key(settings.SECRET_KEY)
+    return _digest_key(settings.SECRET_KEY)
 
 
 @functools.cache
-def _record_key(secret_key: str) -> bytes:
+def _digest_key(secret_key: str) -> bytes:
     return salted_hmac(
         "networking.applied-record", "", secret=secret_key, algorithm="sha256"
     ).digest()
@@ -413,7 +413,7 @@ def _one_pass(project: Project, backend: Backend) -> Outcome:
     )
     peerings = [p for p in in_flight if p.status in PeeringRequest.CONNECTED]
     desired = desired_state_for(project, specs, peerings, services)
-    digests = desired.digests(record_key())
+    digests = desired.digests(digest_key())
     record = _applied_record(project)
     # A cluster's error message could quote what was sent: never let a secret value through.
     sensitive = [
