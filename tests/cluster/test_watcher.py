@@ -43,10 +43,15 @@ def wait_until(condition: Callable[[], Any], what: str, timeout: float = 60) -> 
 
 @pytest.fixture
 def watcher(cluster: Cluster, transactional_db: Any, eager_tasks: None) -> Iterator[Watcher]:
-    """The watcher in this process; the reconciles it asks for run at once (eager)."""
-    watcher = Watcher(
-        ClusterCache(kube.api_client(), django_settings.WORKLOAD_LABEL, watch_seconds=30)
+    """The watcher in this process; the reconciles it asks for run at once (eager).
+
+    On a client of its own, as in its own process: its lists and watches are not the
+    reconcile's calls that ``cluster.http`` counts.
+    """
+    own_client = kube._api_client.__wrapped__(
+        django_settings.KUBECONFIG, django_settings.KUBE_CONTEXT
     )
+    watcher = Watcher(ClusterCache(own_client, django_settings.WORKLOAD_LABEL, watch_seconds=30))
     thread = threading.Thread(target=watcher.run, daemon=True)
     thread.start()
     assert watcher.cache.wait_synced(60)
