@@ -540,25 +540,25 @@ def measure_latency(fleet: Fleet, project: Project, service: Service, runs: int)
     empty: list[float] = []
     applied: list[float] = []
     synced: list[float] = []
-    for round_number in range(runs + 1):
+
+    def task_round_trip(send: Callable[[str], object]) -> float:
+        """From sending a task (``send(key)``) to seeing the key it sets."""
         fleet.drained(timeout=600)
         key = f"bench-touch-{uuid.uuid4().hex}"
         start = time.perf_counter()
-        touch.delay(key)
+        send(key)
         while not observe(key)[0]:
             fleet.alive_within(start, what="a task's round trip")
             time.sleep(0.001)
-        empty.append(time.perf_counter() - start)
+        took = time.perf_counter() - start
         client.delete(key)
+        return took
 
-        fleet.drained(timeout=600)
-        start = time.perf_counter()
-        apply_probe.delay(key, probe_namespace, 8000 + round_number % 2)
-        while not observe(key)[0]:
-            fleet.alive_within(start, what="a task's round trip")
-            time.sleep(0.001)
-        applied.append(time.perf_counter() - start)
-        client.delete(key)
+    key = ""  # the change's rounds look at the sync state only
+    for round_number in range(runs + 1):
+        empty.append(task_round_trip(touch.delay))
+        port = 8000 + round_number % 2
+        applied.append(task_round_trip(lambda key: apply_probe.delay(key, probe_namespace, port)))  # noqa: B023
 
         fleet.drained(timeout=600)
         service.ports = [service.ports[0] + (1 if round_number % 2 == 0 else -1)]

@@ -242,11 +242,10 @@ class Project(models.Model):
                 for other in pair
                 if other != locked.pk
             }
-            AuditEvent.objects.create(
+            AuditEvent.record(
                 organization_id=locked.organization_id,
                 project=None,
-                actor=actor if actor is not None and actor.is_authenticated else None,
-                actor_label=actor.get_username() if actor is not None else "system",
+                actor=actor,
                 action=AuditEvent.Action.PROJECT_DELETED,
                 target=locked.name,
                 details={"project_id": locked.uid, "namespace": locked.namespace},
@@ -365,14 +364,13 @@ class Project(models.Model):
         details: dict[str, Any] | None = None,
     ) -> AuditEvent:
         """Record something a person did that does not change the desired state."""
-        return AuditEvent.objects.create(
+        return AuditEvent.record(
             organization_id=self.organization_id,
             project=self,
-            actor=actor if actor is not None and actor.is_authenticated else None,
-            actor_label=actor.get_username() if actor is not None else "system",
+            actor=actor,
             action=action,
             target=target,
-            details=details or {},
+            details=details,
         )
 
 
@@ -646,6 +644,28 @@ class AuditEvent(models.Model):
 
     def __str__(self) -> str:
         return f"{self.actor_label} {self.get_action_display()} {self.target}"
+
+    @classmethod
+    def record(
+        cls,
+        *,
+        organization_id: int,
+        project: Project | None,
+        actor: Any,
+        action: AuditEvent.Action,
+        target: str,
+        details: dict[str, Any] | None = None,
+    ) -> AuditEvent:
+        """One event; ``project`` None for the organization's own log (team, deletions)."""
+        return cls.objects.create(
+            organization_id=organization_id,
+            project=project,
+            actor=actor if actor is not None and actor.is_authenticated else None,
+            actor_label=actor.get_username() if actor is not None else "system",
+            action=action,
+            target=target,
+            details=details or {},
+        )
 
 
 class AppliedRecord(models.Model):

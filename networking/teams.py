@@ -37,14 +37,35 @@ def _record(
     target: str,
     details: dict[str, Any],
 ) -> None:
-    AuditEvent.objects.create(
-        organization=organization,
+    AuditEvent.record(
+        organization_id=organization.pk,
         project=None,
-        actor=actor if actor is not None and actor.is_authenticated else None,
-        actor_label=actor.get_username() if actor is not None else "system",
+        actor=actor,
         action=action,
         target=target,
         details=details,
+    )
+
+
+def _locked_member(
+    organization: Organization, membership_id: int
+) -> tuple[Membership | None, bool]:
+    """The membership, locked after the organization's owners (see ``_owners_locked``), and
+    whether it is the last owner's."""
+    owners = _owners_locked(organization)
+    membership = (
+        Membership.objects.select_for_update()
+        .select_related("user")
+        .filter(pk=membership_id, organization=organization)
+        .first()
+    )
+    return membership, membership is not None and owners == [membership.pk]
+
+
+def _last_owner(organization: Organization, membership: Membership) -> TeamChangeRefused:
+    return TeamChangeRefused(
+        f"{membership.user.get_username()} is the last owner of {organization.name}: "
+        "make someone else an owner first."
     )
 
 
@@ -92,22 +113,13 @@ def change_role(organization: Organization, membership_id: int, role: str, *, ac
     if role not in Membership.Role.values:
         raise TeamChangeRefused("Choose a role: owner, member or viewer.")
     with transaction.atomic():
-        owners = _owners_locked(organization)
-        membership = (
-            Membership.objects.select_for_update()
-            .select_related("user")
-            .filter(pk=membership_id, organization=organization)
-            .first()
-        )
+        membership, last_owner = _locked_member(organization, membership_id)
         if membership is None:
             raise TeamChangeRefused("That person is no longer a member of this organization.")
         if membership.role == role:
             return False
-        if membership.pk in owners and len(owners) == 1:
-            raise TeamChangeRefused(
-                f"{membership.user.get_username()} is the last owner of {organization.name}: "
-                "make someone else an owner first."
-            )
+        if last_owner:
+            raise _last_owner(organization, membership)
         before = membership.role
         Membership.objects.filter(pk=membership.pk).update(role=role)
         _record(
@@ -123,20 +135,11 @@ def change_role(organization: Organization, membership_id: int, role: str, *, ac
 def remove(organization: Organization, membership_id: int, *, actor: Any) -> bool:
     """Take someone out of the organization; False if they were already gone."""
     with transaction.atomic():
-        owners = _owners_locked(organization)
-        membership = (
-            Membership.objects.select_for_update()
-            .select_related("user")
-            .filter(pk=membership_id, organization=organization)
-            .first()
-        )
+        membership, last_owner = _locked_member(organization, membership_id)
         if membership is None:
             return False
-        if membership.pk in owners and len(owners) == 1:
-            raise TeamChangeRefused(
-                f"{membership.user.get_username()} is the last owner of {organization.name}: "
-                "make someone else an owner first."
-            )
+        if last_owner:
+            raise _last_owner(organization, membership)
         membership.delete()
         _record(
             organization,
