@@ -687,6 +687,9 @@ class AppliedRecord(models.Model):
     )
     digests = models.JSONField(null=True, blank=True, default=None)
     marks = models.PositiveBigIntegerField(default=0)
+    # Some service's workload was rolling out when a pass last read the workloads: until one
+    # sees them all rolled out, every pass reads them (a rotation waits on them).
+    rolling_out = models.BooleanField(default=False)
 
     def __str__(self) -> str:
         return f"applied record of project {self.project_id}"

@@ -9,7 +9,7 @@ from celery import Task, shared_task
 from django.conf import settings
 
 from networking import notifications, peering, rotation
-from networking.cluster import orphans
+from networking.cluster import lease, orphans
 from networking.cluster import reconcile as reconciler
 from networking.cluster.errors import ClusterError
 from networking.models import Project
@@ -86,11 +86,11 @@ def delete_namespace_if_orphaned(self: Task[Any, Any], namespace: str) -> bool:
 @shared_task(acks_late=True)
 def requeue_abandoned_reconciles() -> int:
     """Beat, every half lease: hand the projects of workers that died mid-pass to live ones."""
-    abandoned = reconciler.abandoned_leases()
+    abandoned = lease.abandoned_leases()
     for project_id, token in abandoned:
         # Enqueue first: should this worker die in between, the next tick enqueues it again.
         reconcile_project.delay(project_id)
-        reconciler.clear_abandoned_lease(project_id, token)
+        lease.clear_abandoned_lease(project_id, token)
     return len(abandoned)
 
 

@@ -31,9 +31,9 @@ def state(*services: ServiceSpec) -> DesiredState:
     )
 
 
-API = ServiceSpec(name="api", kind="web", ports=[8080], public=True)
-WORKER = ServiceSpec(name="background-worker", kind="private", ports=[3000, 9090])
-DB = ServiceSpec(name="postgres", kind="postgresql", ports=[5432])
+API = ServiceSpec(name="api", kind="web", ports=(8080,), public=True)
+WORKER = ServiceSpec(name="background-worker", kind="private", ports=(3000, 9090))
+DB = ServiceSpec(name="postgres", kind="postgresql", ports=(5432,))
 
 
 def test_every_object_is_labelled_as_ours_with_the_project() -> None:
@@ -120,7 +120,7 @@ class TestManifestsBackend:
     def test_it_prunes_what_is_no_longer_desired(self, tmp_path: Path) -> None:
         backend = ManifestsBackend(tmp_path)
         backend.apply(state(API, WORKER))
-        renamed = ServiceSpec(name="worker", kind="private", ports=[3000])
+        renamed = ServiceSpec(name="worker", kind="private", ports=(3000,))
         result = backend.apply(state(API, renamed))
         assert sorted(result.changes) == [
             "created Service worker",

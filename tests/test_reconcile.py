@@ -16,6 +16,7 @@ from django.test import Client
 from django.urls import reverse
 from django.utils import timezone
 
+from networking.cluster import lease
 from networking.cluster import reconcile as reconciler
 from networking.cluster.backends import ApplyResult
 from networking.cluster.desired import DesiredState
@@ -93,29 +94,29 @@ def test_a_missing_project_is_not_an_error(db: Any, manifests: Path) -> None:
 
 class TestLease:
     def test_two_reconciles_of_one_project_never_overlap(self, world: World) -> None:
-        token = reconciler.claim(world.project.pk)
-        assert token is not None
-        assert reconciler.claim(world.project.pk) is None
+        claimed = lease.claim(world.project.pk)
+        assert claimed is not None
+        assert lease.claim(world.project.pk) is None
         assert reconciler.reconcile(world.project.pk).status == "busy"
-        reconciler.release(world.project.pk, token)
-        assert reconciler.claim(world.project.pk) is not None
+        lease.release(world.project.pk, claimed.token)
+        assert lease.claim(world.project.pk) is not None
 
     def test_a_dead_workers_lease_lapses(self, world: World) -> None:
-        assert reconciler.claim(world.project.pk) is not None
+        assert lease.claim(world.project.pk) is not None
         Project.objects.filter(pk=world.project.pk).update(
             reconcile_lease_until=timezone.now() - timedelta(seconds=1)
         )
-        assert reconciler.claim(world.project.pk) is not None
+        assert lease.claim(world.project.pk) is not None
 
     def test_it_shows_applying_while_a_worker_holds_it(self, world: World) -> None:
-        reconciler.claim(world.project.pk)
+        lease.claim(world.project.pk)
         assert fresh(world.project).sync_state == Project.SyncState.APPLYING
 
     def test_a_dead_workers_project_stops_showing_applying_once_its_lease_lapses(
         self, owner_client: Client, world: World
     ) -> None:
         url = reverse("project-sync-status", args=[world.project.uid])
-        reconciler.claim(world.project.pk)
+        lease.claim(world.project.pk)
         assert "Applying" in owner_client.get(url).content.decode()
         Project.objects.filter(pk=world.project.pk).update(
             reconcile_lease_until=timezone.now() - timedelta(seconds=1)
@@ -129,7 +130,7 @@ class TestLease:
         self, world: World, manifests: Path, settings: Any
     ) -> None:
         settings.RECONCILE_LEASE_SECONDS = 2
-        claims_by_another_worker: list[str | None] = []
+        claims_by_another_worker: list[lease.Claim | None] = []
 
         class OutlastsItsLease(ManifestsBackend):
             def apply(self, desired: DesiredState) -> ApplyResult:
@@ -137,7 +138,7 @@ class TestLease:
                 assert first_lease is not None
                 # Work on until the lease taken at the start would have lapsed a second ago.
                 wait_until(lambda: timezone.now() > first_lease + timedelta(seconds=1))
-                claims_by_another_worker.append(reconciler.claim(world.project.pk))
+                claims_by_another_worker.append(lease.claim(world.project.pk))
                 assert fresh(world.project).sync_state == Project.SyncState.APPLYING
                 return super().apply(desired)
 
@@ -176,7 +177,7 @@ class TestAbandonedLeases:
 
     def abandon(self, project: Project) -> None:
         """A worker claimed the project, then was killed: its lease lapses unreleased."""
-        assert reconciler.claim(project.pk) is not None
+        assert lease.claim(project.pk) is not None
         Project.objects.filter(pk=project.pk).update(
             reconcile_lease_until=timezone.now() - timedelta(seconds=1)
         )
@@ -194,24 +195,26 @@ class TestAbandonedLeases:
     def test_it_leaves_a_living_workers_project_alone(
         self, world: World, manifests: Path, eager_tasks: None
     ) -> None:
-        token = reconciler.claim(world.project.pk)
+        claimed = lease.claim(world.project.pk)
+        assert claimed is not None
         assert requeue_abandoned_reconciles.delay().get() == 0
         project = fresh(world.project)
-        assert project.reconcile_lease_token == token
+        assert project.reconcile_lease_token == claimed.token
         assert project.sync_state == Project.SyncState.APPLYING
 
     def test_a_lease_is_cleared_only_if_still_abandoned(self, world: World) -> None:
         self.abandon(world.project)
         self.abandon(world.other_project)
-        abandoned = dict(reconciler.abandoned_leases())
+        abandoned = dict(lease.abandoned_leases())
         assert set(abandoned) == {world.project.pk, world.other_project.pk}
         # Meanwhile a live worker claimed the other project: it keeps its lease.
-        token = reconciler.claim(world.other_project.pk)
+        claimed = lease.claim(world.other_project.pk)
+        assert claimed is not None
         for project_id, abandoned_token in abandoned.items():
-            reconciler.clear_abandoned_lease(project_id, abandoned_token)
-        assert reconciler.abandoned_leases() == []
+            lease.clear_abandoned_lease(project_id, abandoned_token)
+        assert lease.abandoned_leases() == []
         assert fresh(world.project).sync_state == Project.SyncState.QUEUED
-        assert fresh(world.other_project).reconcile_lease_token == token
+        assert fresh(world.other_project).reconcile_lease_token == claimed.token
 
 
 class TestManifestsTemporaryFiles:

@@ -12,7 +12,7 @@ import hashlib
 import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 KubeObject = dict[str, Any]
 
@@ -40,18 +40,17 @@ KINDS = ("Namespace", "Secret", "Service", "NetworkPolicy")
 WORKLOAD_KINDS = ("Deployment", "StatefulSet")
 
 
-@dataclass(frozen=True)
-class ServiceSpec:
-    """What the builder needs of a ``networking.models.Service`` row."""
+class ServiceSpec(NamedTuple):
+    """What the builder needs of a ``networking.models.Service`` row.
+
+    A named tuple, not a dataclass: a pass builds one per service (a thousand at a time), and
+    equal specs hash equal, so equal services share their built object (see below).
+    """
 
     name: str
     kind: str
-    ports: Sequence[int]
+    ports: tuple[int, ...]
     public: bool = False
-
-    def __post_init__(self) -> None:
-        # A tuple, so specs hash: equal services share their built object (see below).
-        object.__setattr__(self, "ports", tuple(self.ports))
 
 
 @dataclass(frozen=True)
@@ -77,8 +76,7 @@ class WorkloadSpec:
     env: tuple[KubeObject, ...] = ()
 
 
-@dataclass(frozen=True)
-class ClusterSettings:
+class ClusterSettings(NamedTuple):
     """Cluster-wide conventions, from Django settings."""
 
     workload_label: str = "stackblaze.cloud/service"
@@ -168,7 +166,10 @@ def changes_since(previous: dict[str, str], digests: dict[str, str]) -> Changes:
     )
 
 
+@functools.lru_cache(maxsize=2 * 16384)
 def _digest(text: str, key: bytes) -> str:
+    """Cached: the builder hands out the same encoded text for an unchanged service (its
+    hash is kept with the string), so a pass digests only what changed."""
     return hashlib.blake2b(text.encode(), digest_size=12, key=key).hexdigest()
 
 
@@ -317,10 +318,13 @@ def secret_object(namespace: str, project_uid: str, secrets: Sequence[SecretSpec
     }
 
 
+NO_WORKLOAD = WorkloadSpec()
+
+
 def workload_spec(service: str, secrets: Sequence[SecretSpec]) -> WorkloadSpec:
     received = [secret for secret in secrets if service in secret.receivers]
     if not received:
-        return WorkloadSpec()
+        return NO_WORKLOAD
     env: list[KubeObject] = []
     for secret in received:
         for variable, optional in secret.references:
@@ -349,9 +353,12 @@ def build_desired_state(
     if secrets:
         desired.add(secret_object(namespace, project_uid, secrets))
     public = []
-    for service in sorted(services, key=lambda s: s.name):
-        desired.add(*_service_object(namespace, project_uid, service, settings))
-        desired.workloads[service.name] = workload_spec(service.name, secrets)
+    objects, encoded, workloads = desired.objects, desired.encoded, desired.workloads
+    # The loop a thousand-service pass runs a thousand times: kept to lookups.
+    for service in sorted(services, key=_by_name):
+        key = ("Service", service.name)
+        objects[key], encoded[key] = _service_object(namespace, project_uid, service, settings)
+        workloads[service.name] = workload_spec(service.name, secrets) if secrets else NO_WORKLOAD
         if service.public:
             public.append(service.name)
     desired.add(isolation_policy(namespace, project_uid))
@@ -360,6 +367,10 @@ def build_desired_state(
     for peer_namespace in sorted(set(peer_namespaces)):
         desired.add(peer_policy(namespace, project_uid, peer_namespace))
     return desired
+
+
+def _by_name(service: ServiceSpec) -> str:
+    return service.name
 
 
 # Services recently built, with their encoding: a change to one service of a thousand rebuilds

@@ -7,7 +7,7 @@ from typing import Any
 from django.test import Client
 from django.urls import reverse
 
-from networking.cluster import reconcile as reconciler
+from networking.cluster import lease
 from networking.cluster.desired import MANAGED_BY, MANAGED_BY_LABEL, PROJECT_LABEL
 from networking.models import AppliedRecord, ApplyAttempt, Project, Service, WatcherHeartbeat
 from networking.tasks import reconcile_project, resync_all_projects
@@ -229,8 +229,8 @@ def test_the_ui_shows_in_sync_with_the_cluster_ip(
 
 
 def test_two_reconciles_of_one_project_never_overlap(cluster: Cluster, world: World) -> None:
-    token = reconciler.claim(world.project.pk)
-    assert token is not None
+    claimed = lease.claim(world.project.pk)
+    assert claimed is not None
     assert reconcile_project.apply(args=(world.project.pk,)).get() == "busy"
     assert cluster.http.calls == []
-    reconciler.release(world.project.pk, token)
+    lease.release(world.project.pk, claimed.token)
