@@ -8,7 +8,7 @@ The Secret is not compared here (no process watches Secrets); the pass reads it 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Any
 
 from networking.cluster.backends import WorkloadStatus, matches
@@ -25,23 +25,37 @@ def differences(
     namespace_object: KubeObject | None,
     recorded: Mapping[str, tuple[str | None, dict[str, Any]]],
     workload_label: str,
+    services: Collection[str] | None = None,
 ) -> list[str]:
     """What a reconcile pass would change, in words; empty when nothing differs.
 
     ``live`` maps a kind (Service, NetworkPolicy, Deployment, StatefulSet) to the cached
     objects of the namespace by name; ``recorded`` maps each service's name to the ClusterIP
     and workload status the database holds for it.
+
+    ``services``: compare only these services' Services and workloads (``desired`` and
+    ``recorded`` need hold no others), not the namespace and its policies. What an event about
+    one Service or workload calls for: its cost does not grow with the project's size.
     """
     found: list[str] = []
     name = desired.namespace
-    wanted_namespace = desired.objects[("Namespace", name)]
     if namespace_object is None:
         return [f"Namespace {name} is missing"]
-    if not matches(wanted_namespace, namespace_object):
-        found.append(f"Namespace {name} differs")
-    for kind in COMPARED_KINDS:
-        wanted = desired.of_kind(kind)
-        cached = live.get(kind, {})
+    kinds: tuple[str, ...] = COMPARED_KINDS
+    if services is None:
+        if not matches(desired.objects[("Namespace", name)], namespace_object):
+            found.append(f"Namespace {name} differs")
+    else:
+        kinds = ("Service",)
+
+    def in_scope(objects: Mapping[str, KubeObject]) -> Mapping[str, KubeObject]:
+        if services is None:
+            return objects
+        return {key: obj for key, obj in objects.items() if key in services}
+
+    for kind in kinds:
+        wanted = in_scope(desired.of_kind(kind))
+        cached = in_scope(live.get(kind, {}))
         for object_name, obj in wanted.items():
             current = cached.get(object_name)
             if current is None:
@@ -50,17 +64,21 @@ def differences(
                 found.append(f"{kind} {object_name} differs")
         extra = sorted(set(cached) - set(wanted))
         found.extend(f"{kind} {object_name} is not desired" for object_name in extra)
-    for service, obj in live.get("Service", {}).items():
+    for service, obj in in_scope(live.get("Service", {})).items():
         if service in recorded and recorded[service][0] != cluster_ip(obj):
             found.append(f"ClusterIP of {service} to record")
     statuses: dict[str, WorkloadStatus] = {}
     for kind in WORKLOAD_KINDS:
         for workload_name, workload in live.get(kind, {}).items():
             service = workload["metadata"].get("labels", {}).get(workload_label, "")
+            if services is not None and service not in services:
+                continue
             if not workload_matches(workload, desired.workloads.get(service, WorkloadSpec())):
                 found.append(f"{kind} {workload_name} lacks what we own on it")
             keep_laggard(statuses, service, workload_status(kind, workload_name, workload))
     for service, (_, workload) in recorded.items():
+        if services is not None and service not in services:
+            continue
         seen = statuses.get(service)
         if workload != (seen.as_dict() if seen is not None else {}):
             found.append(f"workload status of {service} to record")

@@ -89,7 +89,9 @@ class Informer:
         self.on_change = on_change
         self.watch_seconds = watch_seconds
         self.request_timeout = request_timeout
-        self.store: dict[Key, KubeObject] = {}
+        # By namespace ("" for cluster-scoped objects), then name: a project's objects are one
+        # lookup away, however many projects the cluster holds (client-go's namespace index).
+        self.store: dict[str, dict[str, KubeObject]] = {}
         self.lock = threading.Lock()
         self.synced = threading.Event()
         self.stopping = threading.Event()
@@ -101,27 +103,37 @@ class Informer:
 
     def in_namespace(self, namespace: str) -> dict[str, KubeObject]:
         with self.lock:
-            return {name: obj for (ns, name), obj in self.store.items() if ns == namespace}
+            return dict(self.store.get(namespace, {}))
 
     def get(self, namespace: str, name: str) -> KubeObject | None:
         with self.lock:
-            return self.store.get((namespace, name))
+            return self.store.get(namespace, {}).get(name)
 
     def keys(self) -> list[Key]:
         with self.lock:
-            return list(self.store)
+            return [(namespace, name) for namespace, names in self.store.items() for name in names]
 
     def remember(self, obj: KubeObject) -> None:
         """Record an object we just wrote (write-through), unless the store has a newer one."""
-        key = _key(obj)
+        namespace, name = _key(obj)
         with self.lock:
-            current = self.store.get(key)
+            current = self.store.get(namespace, {}).get(name)
             if current is None or _newer(obj, current):
-                self.store[key] = _slim(obj)
+                self._put(namespace, name, _slim(obj))
 
     def forget(self, namespace: str, name: str) -> None:
         with self.lock:
-            self.store.pop((namespace, name), None)
+            self._pop(namespace, name)
+
+    def _put(self, namespace: str, name: str, obj: KubeObject) -> None:
+        self.store.setdefault(namespace, {})[name] = obj
+
+    def _pop(self, namespace: str, name: str) -> None:
+        names = self.store.get(namespace)
+        if names is not None:
+            names.pop(name, None)
+            if not names:
+                del self.store[namespace]
 
     # -- the loop ---------------------------------------------------------------------------
 
@@ -161,17 +173,24 @@ class Informer:
         )
         body = json.loads(response.data)
         kind = self.kind
-        fresh = {}
+        fresh: dict[str, dict[str, KubeObject]] = {}
         for item in body.get("items", []):
             item.setdefault("kind", kind)
-            fresh[_key(item)] = _slim(item)
+            namespace, name = _key(item)
+            fresh.setdefault(namespace, {})[name] = _slim(item)
         with self.lock:
-            gone = set(self.store) - set(fresh)
+            gone = {
+                (namespace, name)
+                for namespace, names in self.store.items()
+                for name in names
+                if name not in fresh.get(namespace, {})
+            }
             self.store = fresh
         self.resource_version = body["metadata"]["resourceVersion"]
         self.lists += 1
         self.synced.set()
-        for namespace, name in sorted(gone | set(fresh)):
+        listed = {(namespace, name) for namespace, names in fresh.items() for name in names}
+        for namespace, name in sorted(gone | listed):
             self.on_change(kind, namespace, name)
 
     def _watch(self) -> None:
@@ -203,14 +222,14 @@ class Informer:
             self.resource_version = version or self.resource_version
             return
         obj.setdefault("kind", self.kind)
-        key = _key(obj)
+        namespace, name = _key(obj)
         with self.lock:
             if kind == "DELETED":
-                self.store.pop(key, None)
+                self._pop(namespace, name)
             else:
-                self.store[key] = _slim(obj)
+                self._put(namespace, name, _slim(obj))
         self.resource_version = version or self.resource_version
-        self.on_change(self.kind, *key)
+        self.on_change(self.kind, namespace, name)
 
 
 def _key(obj: KubeObject) -> Key:

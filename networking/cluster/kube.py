@@ -21,6 +21,7 @@ from kubernetes.client.exceptions import ApiException
 from kubernetes.config.config_exception import ConfigException
 
 from networking.cluster.backends import (
+    EXACT_FIELDS,
     FIELD_MANAGER,
     ApplyResult,
     WorkloadStatus,
@@ -48,6 +49,7 @@ from networking.cluster.errors import (
 )
 
 APPLY_CONTENT_TYPE = "application/apply-patch+yaml"
+MERGE_PATCH_CONTENT_TYPE = "application/merge-patch+json"
 
 
 def _status_detail(error: ApiException) -> str:
@@ -142,6 +144,27 @@ def _workload_patch(workload: KubeObject, kind: str, spec: WorkloadSpec) -> Kube
                 },
             }
         }
+    return patch
+
+
+def merge_patch(desired: KubeObject, live: Any) -> KubeObject:
+    """A JSON merge patch (RFC 7386) giving ``live`` exactly the values of ``desired``.
+
+    Maps we own whole (``EXACT_FIELDS``, and an empty map, which selects everything) lose the
+    keys we do not set; lists and scalars are replaced; other maps (labels, annotations) keep
+    what others set there.
+    """
+    patch: KubeObject = {}
+    for key, value in desired.items():
+        current = live.get(key) if isinstance(live, dict) else None
+        if isinstance(value, dict) and (key in EXACT_FIELDS or value == {}):
+            patch[key] = dict(value)
+            if isinstance(current, dict):
+                patch[key].update((extra, None) for extra in current.keys() - value.keys())
+        elif isinstance(value, dict):
+            patch[key] = merge_patch(value, current)
+        else:
+            patch[key] = value
     return patch
 
 
@@ -280,6 +303,18 @@ class KubernetesBackend:
             force=True,
             _content_type=APPLY_CONTENT_TYPE,
         )
+        if kind in KINDS and not matches(obj, result):
+            # A server-side apply removes only what we set before: a key someone else added
+            # to a map we own whole (a selector, a policy's pod selector, the Secret's data)
+            # survives it. A merge patch that names that key with null takes it out.
+            result = self._call(
+                f"repairing {kind} {name}",
+                self.kinds[kind].apply,
+                *args,
+                merge_patch(obj, result),
+                field_manager=FIELD_MANAGER,
+                _content_type=MERGE_PATCH_CONTENT_TYPE,
+            )
         return result
 
     def _delete(self, kind: str, name: str, namespace: str) -> None:

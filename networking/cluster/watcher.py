@@ -2,9 +2,11 @@
 
 A long-running process (``manage.py watch_cluster``) holding one LIST+WATCH per managed kind,
 cluster-wide (``networking.cluster.informer``). When an object of a project changes (deleted
-or edited by hand, a ClusterIP assigned, a workload rolled out), the project is compared with
+or edited by hand, a ClusterIP assigned, a workload rolled out), what changed is compared with
 its desired state in the cache (``networking.cluster.drift``) and, only if something differs,
-a reconcile is queued (at most one per project). A namespace labelled as ours whose project is
+a reconcile is queued (at most one per project). An event about a Service or a workload costs
+a look at that service alone, whatever the project's size; the namespace, a policy, or a
+fresh list calls for a look at the whole project. A namespace labelled as ours whose project is
 gone is handed to the worker to delete. Standing still costs the watches' keep-alive: no
 request per project, no SQL write.
 """
@@ -14,6 +16,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Iterable
 
 from django.conf import settings
@@ -21,6 +24,7 @@ from django.db import DatabaseError, close_old_connections, connection
 from django.utils import timezone
 
 from networking.cluster import reconcile
+from networking.cluster.desired import WORKLOAD_KINDS
 from networking.cluster.drift import differences
 from networking.cluster.informer import ClusterCache
 from networking.cluster.kube import api_client
@@ -33,6 +37,13 @@ NAMESPACE_PREFIX = "prj-"
 SETTLE_SECONDS = 0.2
 # A namespace looked at too early (a pass on its way, or our writes' events still arriving).
 LOOK_AGAIN_SECONDS = 1.0
+
+# What changed in a namespace, as (kind, name); None: look at everything.
+Changed = set[tuple[str, str]] | None
+
+
+def _union(first: Changed, second: Changed) -> Changed:
+    return None if first is None or second is None else first | second
 
 
 def pass_coming(project: Project) -> bool:
@@ -49,29 +60,41 @@ class Watcher:
             api_client(), settings.WORKLOAD_LABEL, watch_seconds=settings.WATCH_SECONDS
         )
         self.cache.listeners.append(self._changed)
-        self.dirty: set[str] = set()
-        self.deferred: dict[str, float] = {}
-        # Namespaces found differing once, looked at again before the difference counts.
-        self.suspected: set[str] = set()
+        self.dirty: dict[str, Changed] = {}
+        self.deferred: dict[str, tuple[float, Changed]] = {}
+        # Namespaces found differing once, looked at again before the difference counts, with
+        # what was looked at.
+        self.suspected: dict[str, Changed] = {}
         self.lock = threading.Lock()
         self.wake = threading.Event()
         self.stopping = threading.Event()
         self.checks = 0
+        # The latest looks, as (namespace, the services looked at or None for everything).
+        self.looks: deque[tuple[str, frozenset[str] | None]] = deque(maxlen=100)
         self.looked_at_all = False
         self.last_beat = 0.0
 
     def _changed(self, kind: str, namespace: str, name: str) -> None:
-        self.mark([name if kind == "Namespace" else namespace])
+        if kind == "Namespace":
+            self.mark([name])
+        elif namespace.startswith(NAMESPACE_PREFIX):
+            with self.lock:
+                self.dirty[namespace] = _union(self.dirty.get(namespace, set()), {(kind, name)})
+            self.wake.set()
 
     def mark(self, namespaces: Iterable[str]) -> None:
+        """Look at everything in these namespaces."""
         with self.lock:
-            self.dirty.update(ns for ns in namespaces if ns.startswith(NAMESPACE_PREFIX))
+            self.dirty.update((ns, None) for ns in namespaces if ns.startswith(NAMESPACE_PREFIX))
         self.wake.set()
 
-    def later(self, namespace: str) -> None:
+    def later(self, namespace: str, changed: Changed = None) -> None:
         """Look at the namespace again on a round at least ``LOOK_AGAIN_SECONDS`` from now."""
         with self.lock:
-            self.deferred.setdefault(namespace, time.monotonic() + LOOK_AGAIN_SECONDS)
+            at, before = self.deferred.get(
+                namespace, (time.monotonic() + LOOK_AGAIN_SECONDS, set())
+            )
+            self.deferred[namespace] = (at, _union(before, changed))
 
     def run(self) -> None:
         """Until ``stop()``: keep the cache current and look at every project that changed."""
@@ -96,16 +119,16 @@ class Watcher:
             self.wake.clear()
             self.stopping.wait(SETTLE_SECONDS)
             with self.lock:
-                batch, self.dirty = self.dirty, set()
+                batch, self.dirty = self.dirty, {}
                 now = time.monotonic()
-                due = {namespace for namespace, at in self.deferred.items() if at <= now}
-                batch |= due
+                due = [namespace for namespace, (at, _) in self.deferred.items() if at <= now]
                 for namespace in due:
-                    del self.deferred[namespace]
-            for namespace in sorted(batch):
+                    _, changed = self.deferred.pop(namespace)
+                    batch[namespace] = _union(batch.get(namespace, set()), changed)
+            for namespace, changed in sorted(batch.items()):
                 self.beat()  # a long batch (a thousand projects) is no silence
                 try:
-                    self.check(namespace)
+                    self.check(namespace, changed)
                 except Exception:
                     logger.exception("Could not compare %s with its desired state", namespace)
             # From the end of the first look at every project on, passes may trust their
@@ -132,8 +155,9 @@ class Watcher:
         self.wake.set()
         self.cache.stop()
 
-    def check(self, namespace: str) -> list[str]:
-        """Compare one project's namespace with its desired state; queue a pass if it differs."""
+    def check(self, namespace: str, changed: Changed = None) -> list[str]:
+        """Compare what changed in a project's namespace (None: all of it) with its desired
+        state; queue a pass if it differs."""
         self.checks += 1
         uid = namespace.removeprefix(NAMESPACE_PREFIX)
         project = Project.objects.filter(uid=uid).first()
@@ -141,7 +165,7 @@ class Watcher:
         if project is not None and pass_coming(project):
             # A pass is queued or running and will write what differs; judging now would take
             # the objects it has not written yet for drift. Look again once it is done.
-            self.later(namespace)
+            self.later(namespace, changed)
             return []
         if project is None:
             if namespace_object is not None:
@@ -150,32 +174,41 @@ class Watcher:
                 logger.info("Namespace %s belongs to no project: deleting it", namespace)
                 delete_namespace_if_orphaned.delay(namespace)
             return []
+        scope = self._services_in(namespace, changed)
+        self.looks.append((namespace, frozenset(scope) if scope is not None else None))
+        rows = project.services.only("name", "kind", "ports", "cluster_ip", "workload")
+        if scope is not None:
+            rows = rows.filter(name__in=sorted(scope))
+        services = list(rows)
         desired = reconcile.desired_state_for(
-            project, secrets=reconcile.secret_specs(project, with_values=False)
+            project,
+            secrets=reconcile.secret_specs(project, with_values=False),
+            # Policies are compared only in a look at everything.
+            peerings=None if scope is None else [],
+            services=services,
         )
-        recorded = {
-            service.name: (service.cluster_ip, service.workload)
-            for service in project.services.only("name", "cluster_ip", "workload")
-        }
-        live = {
-            kind: informer.in_namespace(namespace)
-            for kind, informer in self.cache.informers.items()
-            if kind != "Namespace"
-        }
         found = differences(
             desired,
-            live,
+            {
+                kind: informer.in_namespace(namespace)
+                for kind, informer in self.cache.informers.items()
+                if kind != "Namespace"
+            },
             namespace_object=namespace_object,
-            recorded=recorded,
+            recorded={service.name: (service.cluster_ip, service.workload) for service in services},
             workload_label=settings.WORKLOAD_LABEL,
+            services=scope,
         )
         if found and namespace not in self.suspected:
             # Our own pass's writes may still be on their way to the cache (a thousand events
             # after a large pass): call it drift only if it still differs a round later.
-            self.suspected.add(namespace)
-            self.later(namespace)
+            self.suspected[namespace] = changed
+            self.later(namespace, changed)
             return found
-        self.suspected.discard(namespace)
+        suspected = self.suspected.get(namespace, set())
+        if found or changed is None or (suspected is not None and suspected <= changed):
+            # Judged (or cleared) what was suspected; a look at other objects clears nothing.
+            self.suspected.pop(namespace, None)
         if found:
             queued = project.report_drift()
             logger.info(
@@ -185,3 +218,22 @@ class Watcher:
                 "" if queued else "; a reconcile is already queued",
             )
         return found
+
+    def _services_in(self, namespace: str, changed: Changed) -> set[str] | None:
+        """The services whose objects changed; None when the change calls for a look at
+        everything (the namespace, a policy, a workload gone before we saw whose it was)."""
+        if changed is None:
+            return None
+        services = set()
+        for kind, name in changed:
+            if kind == "Service":
+                services.add(name)
+            elif kind in WORKLOAD_KINDS:
+                workload = self.cache.informers[kind].get(namespace, name)
+                if workload is None:
+                    return None
+                labels = workload["metadata"].get("labels") or {}
+                services.add(labels.get(settings.WORKLOAD_LABEL, ""))
+            else:
+                return None
+        return services

@@ -8,6 +8,7 @@ from django.test import Client
 from django.urls import reverse
 
 from networking.cluster import lease
+from networking.cluster import reconcile as reconciler
 from networking.cluster.desired import MANAGED_BY, MANAGED_BY_LABEL, PROJECT_LABEL
 from networking.models import AppliedRecord, ApplyAttempt, Project, Service, WatcherHeartbeat
 from networking.tasks import reconcile_project, resync_all_projects
@@ -164,6 +165,28 @@ def test_the_full_re_read_reverts_an_edit_made_by_hand(
     policy = cluster.policies(namespace)["project-isolation"].spec
     assert policy.ingress[0]._from[0].namespace_selector is None
     assert policy.ingress[0]._from[0].pod_selector is not None
+
+
+def test_keys_added_by_hand_to_maps_we_own_are_taken_out(cluster: Cluster, world: World) -> None:
+    """A server-side apply keeps what another field manager set; a selector that selects
+    fewer pods, or a policy that covers fewer, must not survive a pass."""
+    run_task(world.project.pk)
+    namespace = world.project.namespace
+    cluster.core.patch_namespaced_service(
+        "api", namespace, {"spec": {"selector": {"app": "someone-elses"}}}
+    )
+    cluster.networking.patch_namespaced_network_policy(
+        "project-isolation", namespace, {"spec": {"podSelector": {"matchLabels": {"x": "y"}}}}
+    )
+    AppliedRecord.distrust([world.project.pk])  # as the watcher or the resync would
+    outcome_changes = reconciler.reconcile(world.project.pk).changes
+    assert "updated Service api" in outcome_changes
+    assert "updated NetworkPolicy project-isolation" in outcome_changes
+    assert cluster.services(namespace)["api"].spec.selector == {"stackblaze.cloud/service": "api"}
+    assert cluster.policies(namespace)["project-isolation"].spec.pod_selector.match_labels is None
+    # And the next re-read finds nothing left to change.
+    AppliedRecord.distrust([world.project.pk])
+    assert reconciler.reconcile(world.project.pk).changes == []
 
 
 def test_transient_errors_retry_with_backoff_then_show_failed(

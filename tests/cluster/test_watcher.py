@@ -109,6 +109,37 @@ def test_a_clusterip_assigned_meanwhile_is_recorded(
     )
 
 
+def test_a_hand_edit_of_one_service_is_judged_by_looking_at_that_service_alone(
+    cluster: Cluster, world: World, watcher: Watcher
+) -> None:
+    for index in range(20):
+        make_service(world.project, f"extra {index}", Service.Kind.PRIVATE, [3000])
+    reconciler.reconcile(world.project.pk)
+    namespace = world.project.namespace
+    checks = watcher.checks
+    wait_until(lambda: watcher.checks > checks, "the watcher to look at our writes")
+    wait_until(
+        lambda: not watcher.dirty and not watcher.deferred and not watcher.suspected,
+        "the watcher to have looked at everything it was told of",
+    )
+    watcher.looks.clear()
+    cluster.core.patch_namespaced_service(
+        "api", namespace, {"spec": {"selector": {"app": "someone-elses"}}}
+    )
+
+    def restored() -> bool:
+        return dict(cluster.services(namespace)["api"].spec.selector) == {
+            django_settings.WORKLOAD_LABEL: "api"
+        }
+
+    wait_until(restored, "the Service's selector to be restored")
+    looks = [scope for looked_in, scope in watcher.looks if looked_in == namespace]
+    # The edit, the check a second later, our repair: each a look at api alone, not at the
+    # other 23 services of the project.
+    assert looks
+    assert set(looks) == {frozenset({"api"})}
+
+
 def test_our_own_writes_do_not_queue_another_pass(
     cluster: Cluster, world: World, watcher: Watcher
 ) -> None:
