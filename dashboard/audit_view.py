@@ -58,6 +58,8 @@ def details_text(event: AuditEvent) -> str:
             parts.append(f"request #{value}")
         elif key == "peer":
             parts.append(f"project ID {value}")
+        elif key == "seconds_left":
+            parts.append(f"{max(int(value) // 60, 1)} min before it would have ended")
         elif key == "rotate_every_days":
             if value:
                 parts.append(f"rotated every {value} days")

@@ -80,8 +80,6 @@ def _page(
         access.context(
             peerings=peerings,
             active_peers=_active_peers(access.project, peerings),
-            # Either side's reconcile can be the one still to come: poll until both are done.
-            catching_up=any(p.status in PeeringRequest.CATCHING_UP for p in peerings),
             form=form,
             enterprise=access.project.organization.plan == Organization.Plan.ENTERPRISE,
         ),
@@ -93,7 +91,7 @@ def _page(
 @vary_on_headers("HX-Request")  # the page and its partial share a URL: never cache one as the other
 def project_peering(request: HtmxHttpRequest, project_uid: str) -> HttpResponse:
     access = get_project_for_user(request, project_uid)
-    # htmx refreshes just the peerings while the cluster catches up.
+    # htmx refreshes just the peerings whenever the project changes (the header's poll).
     template = "peering/project.html#peerings" if request.htmx else "peering/project.html"
     return _page(request, access, PeeringRequestForm(), template)
 

@@ -10,7 +10,7 @@ from typing import Any
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import ValidationError
-from django.http import Http404, HttpResponse
+from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
@@ -19,8 +19,8 @@ from django.views.decorators.vary import vary_on_headers
 from dashboard.access import ProjectAccess, get_project_for_user, get_secret_for_user
 from dashboard.forms import RotateForm, SharedSecretForm
 from dashboard.views import HtmxHttpRequest
-from networking import rotation
-from networking.models import AuditEvent, Membership, SharedSecret
+from networking import endpoints, rotation
+from networking.models import AuditEvent, Membership, Service, SharedSecret
 
 
 @login_required
@@ -56,8 +56,19 @@ def secret_create(request: HtmxHttpRequest, project_uid: str) -> HttpResponse:
     return render(request, "secrets/form.html", access.context(form=form))
 
 
+def _calling(secret: SharedSecret, receivers: list[Service]) -> dict[str, Any]:
+    """Code that calls a service that checks the secret, sending it; empty if none can be
+    called (no receiver, or only databases)."""
+    for service in receivers:
+        snippets = endpoints.code_snippets(service, secret.name)
+        if snippets:
+            return {"service": service, "snippets": snippets}
+    return {}
+
+
 def _detail_context(access: ProjectAccess, secret: SharedSecret, **extra: Any) -> dict[str, Any]:
     receivers = list(secret.services.order_by("name"))
+    count = rotation.rotation_count(secret)
     return access.context(
         secret=secret,
         receivers=[
@@ -69,8 +80,11 @@ def _detail_context(access: ProjectAccess, secret: SharedSecret, **extra: Any) -
             for service in receivers
         ],
         steps=rotation.phase_steps(secret),
-        rotations=secret.rotations.all()[:10],
+        rotation_count=count,
+        # Numbered as people count them, newest first: "Rotation 3", not version 10.
+        rotations=[(count - index, item) for index, item in enumerate(secret.rotations.all()[:10])],
         snippets=rotation.verifier_snippets(secret.name),
+        calling=_calling(secret, receivers),
         **extra,
     )
 
@@ -82,14 +96,7 @@ def secret_detail(request: HtmxHttpRequest, project_uid: str, secret_id: int) ->
     access, secret = get_secret_for_user(request, project_uid, secret_id)
     access.require(Membership.can_see_secret_details)
     context = _detail_context(access, secret)
-    # Receivers still restarting onto the current version: the worker keeps watching their
-    # rollout after the project is in sync, so the page polls instead of waiting for that.
-    context["rolling_out"] = any(
-        row["workload"]
-        and not (row["version"] == secret.version and row["workload"].get("rolled_out"))
-        for row in context["receivers"]
-    )
-    # htmx polls the rotation's progress while one runs, and refreshes it as the cluster catches up.
+    # htmx refreshes the rotation's progress whenever the project changes (header's poll).
     template = "secrets/detail.html#rotation" if request.htmx else "secrets/detail.html"
     return render(request, template, context)
 
@@ -155,6 +162,23 @@ def secret_rotate(request: HtmxHttpRequest, project_uid: str, secret_id: int) ->
             )
         return redirect("secret-detail", project_uid=project_uid, secret_id=secret.pk)
     return render(request, "secrets/rotate.html", access.context(form=form, secret=secret))
+
+
+@login_required
+@require_POST
+def secret_end_grace(request: HttpRequest, project_uid: str, secret_id: int) -> HttpResponse:
+    """End a rotation's grace window now: the old value is retired at once."""
+    access, secret = get_secret_for_user(request, project_uid, secret_id)
+    access.require(Membership.can_manage_secrets)
+    if rotation.end_grace(secret, actor=request.user):
+        messages.success(
+            request,
+            f"Ended the grace window: the services restart without the old value of "
+            f"{secret.name}, which is refused from now on.",
+        )
+    else:
+        messages.info(request, f"{secret.name} has no grace window running any more.")
+    return redirect("secret-detail", project_uid=project_uid, secret_id=secret.pk)
 
 
 @login_required

@@ -39,6 +39,7 @@ secret_patterns = [
     path("<int:secret_id>/edit/", secret_views.secret_edit, name="secret-edit"),
     path("<int:secret_id>/reveal/", secret_views.secret_reveal, name="secret-reveal"),
     path("<int:secret_id>/rotate/", secret_views.secret_rotate, name="secret-rotate"),
+    path("<int:secret_id>/end-grace/", secret_views.secret_end_grace, name="secret-end-grace"),
     path("<int:secret_id>/delete/", secret_views.secret_delete, name="secret-delete"),
 ]
 peering_patterns = [
@@ -55,7 +56,7 @@ project_patterns: list[URLPattern | URLResolver] = [
     path("audit/", views.audit_log, name="audit-log"),
     path("audit/export.csv", views.audit_log_csv, name="audit-log-csv"),
     path("sync/", views.project_sync, name="project-sync"),
-    path("sync/status/", views.project_sync_status, name="project-sync-status"),
+    path("live/", views.project_live, name="project-live"),
     path("sync/retry/", views.project_sync_retry, name="project-sync-retry"),
     path("services/", include(service_patterns)),
     path("secrets/", include(secret_patterns)),

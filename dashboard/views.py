@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import urlencode
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
@@ -20,7 +21,7 @@ from django.views.decorators.vary import vary_on_headers
 from django_htmx.http import trigger_client_event
 from django_htmx.middleware import HtmxDetails
 
-from dashboard import audit_view
+from dashboard import audit_view, service_list
 from dashboard.access import (
     ProjectAccess,
     get_organization_for_user,
@@ -82,24 +83,74 @@ def project_create(request: HttpRequest, org_slug: str) -> HttpResponse:
 @require_GET
 @vary_on_headers("HX-Request")  # the page and its partial share a URL: never cache one as the other
 def project_overview(request: HtmxHttpRequest, project_uid: str) -> HttpResponse:
+    """The project's services, a page at a time, searchable and sortable (``service_list``).
+
+    htmx asks for the table alone when a filter changes, and, on ``project-changed``, for what
+    changed since the revision it shows: then only the rows that changed come back (out of
+    band), or the whole table if the page now holds other rows.
+    """
     access = get_project_for_user(request, project_uid)
-    services = list(access.project.services.all())
-    # htmx refreshes just the table when the cluster catches up.
+    project = access.project
+    filters = service_list.Filters.from_query(request.GET)
+    page = Paginator(filters.apply(project.services.all()), service_list.PAGE_SIZE).get_page(
+        request.GET.get("page")
+    )
+    services = list(page.object_list)
+    context = access.context(
+        page=page,
+        services=services,
+        shown=",".join(str(service.pk) for service in services),
+        total=page.paginator.count if not filters.active else project.services.count(),
+        filters=filters,
+        filter_query=filters.query_string(),
+        page_query=urlencode(
+            {**filters.params(), **({"page": str(page.number)} if page.number > 1 else {})}
+        ),
+        sort_links={column: filters.sort_link(column) for column in ("name", "kind", "address")},
+        aria_sort={column: filters.sorted_by(column) for column in ("name", "kind", "address")},
+        kinds=Service.Kind.choices,
+        address_choices=service_list.ADDRESS_CHOICES.items(),
+    )
+    if request.htmx and "since" in request.GET:
+        since = _int_or_none(request.GET.get("since", ""))
+        shown = request.GET.get("shown", "")
+        context["oob"] = True
+        if since is None or shown != context["shown"]:
+            # Rows came or went (or the page is not the one the browser shows): the table.
+            return render(request, "projects/overview.html#services-table", context)
+        context["changed"] = [service for service in services if service.revision > since]
+        return render(request, "projects/overview.html#live-rows", context)
     template = "projects/overview.html#services-table" if request.htmx else "projects/overview.html"
-    return render(request, template, access.context(services=services))
+    return render(request, template, context)
+
+
+def _int_or_none(text: str) -> int | None:
+    return int(text) if text.isdecimal() and len(text) < 19 else None
 
 
 @login_required
 @require_GET
-def project_sync_status(request: HttpRequest, project_uid: str) -> HttpResponse:
-    """The live sync badge, polled by htmx until the cluster has caught up."""
+def project_live(request: HttpRequest, project_uid: str) -> HttpResponse:
+    """Polled every few seconds by each open project page: has anything changed since ``since``?
+
+    "No" is one indexed query (the project with the caller's membership) and an empty 204,
+    which htmx leaves alone. "Yes" brings the sync badge and a new poll (out of band) and the
+    ``project-changed`` event, on which each part of the page fetches what it shows.
+    """
+    since = _int_or_none(request.GET.get("since", ""))
+    revision = (
+        memberships_of(request)
+        .filter(organization__projects__uid=project_uid)
+        .values_list("organization__projects__revision", flat=True)
+        .first()
+    )
+    if revision is None:
+        raise Http404("No such project.")
+    if since == revision:
+        return HttpResponse(status=204)
     access = get_project_for_user(request, project_uid)
-    response = render(request, "projects/base_project.html#sync-status", access.context())
-    previous = request.GET.get("was", "")
-    if access.project.in_sync and previous and previous != Project.SyncState.IN_SYNC:
-        # Pages listening for this event refresh what the cluster just assigned (ClusterIPs).
-        trigger_client_event(response, "cluster-synced")
-    return response
+    response = render(request, "projects/base_project.html#live", access.context(oob=True))
+    return trigger_client_event(response, "project-changed", {"revision": revision})
 
 
 @login_required
@@ -247,6 +298,7 @@ def service_create(request: HttpRequest, project_uid: str) -> HttpResponse:
                     action=AuditEvent.Action.SERVICE_CREATED,
                     target=service.name,
                     details={"kind": service.kind, "ports": service.ports},
+                    service=service,
                 )
         except IntegrityError:
             # Another request took the name between validation and insert.
@@ -296,7 +348,10 @@ def _service_context(
         endpoints=endpoints.endpoints(
             service, reveal=revealed, names=endpoints.project_env_names(service)
         ),
-        snippets=endpoints.code_snippets(service),
+        # Callers send the service's shared secret (if it checks one) where verifiers look.
+        snippets=endpoints.code_snippets(
+            service, service.shared_secrets.order_by("name").values_list("name", flat=True).first()
+        ),
         revealed=revealed,
         **extra,
     )

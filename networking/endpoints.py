@@ -154,27 +154,54 @@ def endpoints(
     return result
 
 
-def code_snippets(service: Service) -> dict[str, str]:
-    """Short examples of calling a web or private service from another service."""
+# The path the verifiers we hand out guard (``rotation.verifier_snippets``): a caller that sends
+# a shared secret sends it there.
+INTERNAL_PATH = "/internal/"
+
+
+def code_snippets(service: Service, secret_name: str | None = None) -> dict[str, str]:
+    """Code that calls a web or private service from another service, runnable as shown.
+
+    With ``secret_name`` (a shared secret the called service receives), the call sends it in
+    the header the verifiers check, to the path they guard; without, a plain call to ``/``.
+    Node.js 18 or newer (built-in fetch) and Python's standard library: nothing to install.
+    """
     if service.is_database or not service.ports:
         return {}
-    url = internal_url(service, service.ports[0])
+    base = internal_url(service, service.ports[0])
+    if secret_name is None:
+        url, node_headers, python_headers = f"{base}/", "", ""
+    else:
+        url = f"{base}{INTERNAL_PATH}"
+        node_headers = f"  headers: {{ 'x-internal-secret': process.env.{secret_name} ?? '' }},\n"
+        python_headers = (
+            f'    headers={{"X-Internal-Secret": os.environ.get("{secret_name}", "")}},\n'
+        )
     return {
         "Node.js": (
-            f"// Call {service.name} over the private network\n"
-            f"const response = await fetch('{url}/', {{\n"
-            "  headers: { 'x-internal-secret': process.env.INTERNAL_API_SECRET },\n"
+            f"// Call {service.name} over the private network (Node.js 18+: fetch is built in)\n"
+            f"fetch('{url}', {{\n"
+            f"{node_headers}"
+            "  signal: AbortSignal.timeout(10000),\n"
             "})\n"
-            "const result = await response.json()"
+            "  .then(async (response) => console.log(response.status, await response.text()))\n"
+            "  .catch((error) => {\n"
+            "    console.error(error)\n"
+            "    process.exitCode = 1\n"
+            "  })\n"
         ),
         "Python": (
-            "import os\n"
-            "import httpx\n\n"
-            f"# Call {service.name} over the private network\n"
-            "response = httpx.get(\n"
-            f'    "{url}/",\n'
-            '    headers={"x-internal-secret": os.environ["INTERNAL_API_SECRET"]},\n'
+            ("import os\n" if secret_name is not None else "") + "import urllib.error\n"
+            "import urllib.request\n\n"
+            f"# Call {service.name} over the private network (standard library only)\n"
+            "request = urllib.request.Request(\n"
+            f'    "{url}",\n'
+            f"{python_headers}"
             ")\n"
-            "result = response.json()"
+            "try:\n"
+            "    with urllib.request.urlopen(request, timeout=10) as response:\n"
+            "        print(response.status, response.read().decode())\n"
+            "except urllib.error.HTTPError as error:\n"
+            "    print(error.code, error.read().decode())\n"
         ),
     }

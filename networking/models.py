@@ -130,6 +130,10 @@ class Project(models.Model):
         "project ID", max_length=12, unique=True, default=generate_project_uid, editable=False
     )
     generation = models.PositiveBigIntegerField(default=1)
+    # Moves on whenever anything a project page shows changes (a change, an audit event, the
+    # sync state, what the cluster assigned): open pages ask "anything new since N?" and get
+    # "no" from this one column (``dashboard/live.py``).
+    revision = models.PositiveBigIntegerField(default=0)
     created_at = models.DateTimeField(auto_now_add=True)
 
     # Sync state, written only by the reconcile loop (always with .update(), never save()).
@@ -336,7 +340,9 @@ class Project(models.Model):
 
     def retry_sync(self) -> None:
         """The Retry button: show "retrying" and enqueue a fresh pass with a fresh retry budget."""
-        Project.objects.filter(pk=self.pk).update(sync_retry_at=timezone.now())
+        Project.objects.filter(pk=self.pk).update(
+            sync_retry_at=timezone.now(), revision=F("revision") + 1
+        )
         self.request_reconcile()
 
     def record_change(
@@ -346,14 +352,50 @@ class Project(models.Model):
         action: AuditEvent.Action,
         target: str,
         details: dict[str, Any] | None = None,
+        service: Service | None = None,
     ) -> AuditEvent:
         """Note a change to the desired state: audit it and bump the generation.
 
-        Call inside the transaction that wrote the change, so all three commit together.
+        ``service``: the service whose row changed (created, renamed, new ports), stamped with
+        the new generation and revision so its row on open pages updates alone. Call inside
+        the transaction that wrote the change, so all of it commits together.
         """
-        Project.objects.filter(pk=self.pk).update(generation=F("generation") + 1)
+        Project.objects.filter(pk=self.pk).update(
+            generation=F("generation") + 1, revision=F("revision") + 1
+        )
+        if service is not None:
+            now = Project.objects.filter(pk=self.pk)
+            Service.objects.filter(pk=service.pk).update(
+                changed_generation=Subquery(now.values("generation")[:1]),
+                revision=Subquery(now.values("revision")[:1]),
+            )
         self.request_reconcile()
-        return self.audit(actor=actor, action=action, target=target, details=details)
+        return AuditEvent.record(
+            organization_id=self.organization_id,
+            project=self,
+            actor=actor,
+            action=action,
+            target=target,
+            details=details,
+        )
+
+    @staticmethod
+    def touch(project_ids: Iterable[int]) -> None:
+        """Something the project pages show changed: move their revision on."""
+        Project.objects.filter(pk__in=list(project_ids)).update(revision=F("revision") + 1)
+
+    @staticmethod
+    def touch_services(project_id: int, services: models.QuerySet[Service]) -> int:
+        """These services' rows changed (a ClusterIP, a workload, now applied): stamp them with
+        the project's next revision and move it on, together. How many there were."""
+        with transaction.atomic():
+            following = Project.objects.filter(pk=project_id).values("revision")[:1]
+            stamped = services.filter(project_id=project_id).update(
+                revision=Subquery(following) + 1
+            )
+            if stamped:
+                Project.touch([project_id])
+        return stamped
 
     def audit(
         self,
@@ -364,6 +406,7 @@ class Project(models.Model):
         details: dict[str, Any] | None = None,
     ) -> AuditEvent:
         """Record something a person did that does not change the desired state."""
+        Project.touch([self.pk])
         return AuditEvent.record(
             organization_id=self.organization_id,
             project=self,
@@ -412,6 +455,12 @@ class Service(models.Model):
     database_user = models.CharField(max_length=63, blank=True)
     database_password = EncryptedTextField(blank=True, null=True)
     database_name = models.CharField(max_length=63, blank=True)
+
+    # The project generation that last changed what the cluster should hold for this service
+    # (created, renamed, new ports): it is applied once the project's applied generation
+    # reaches it. And the project revision at which its row last changed, for live pages.
+    changed_generation = models.PositiveBigIntegerField(default=0)
+    revision = models.PositiveBigIntegerField(default=0)
 
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
@@ -520,6 +569,7 @@ class Service(models.Model):
                     action=AuditEvent.Action.SERVICE_RENAMED,
                     target=self.name,
                     details={"from": stored.name, "to": self.name},
+                    service=self,
                 )
             if self.ports != stored.ports:
                 changed.append("ports")
@@ -528,6 +578,7 @@ class Service(models.Model):
                     action=AuditEvent.Action.SERVICE_PORTS_CHANGED,
                     target=self.name,
                     details={"from": stored.ports, "to": self.ports},
+                    service=self,
                 )
         return changed
 
@@ -611,6 +662,7 @@ class AuditEvent(models.Model):
         SECRET_REVEALED = "secret.revealed", "revealed a shared secret"
         ROTATION_STARTED = "secret.rotation_started", "started rotating a shared secret"
         ROTATION_PHASE = "secret.rotation_phase", "moved a rotation to its next phase"
+        ROTATION_GRACE_ENDED = "secret.rotation_grace_ended", "ended a rotation’s grace window"
         ROTATION_COMPLETED = "secret.rotation_completed", "completed a rotation"
         PEERING_REQUESTED = "peering.requested", "requested VPC peering"
         PEERING_ACCEPTED = "peering.accepted", "accepted a peering request"

@@ -177,7 +177,15 @@ def advance(secret_id: int, *, now: datetime | None = None) -> str | None:
             secret.rotation_phase = SharedSecret.Phase.SEND_NEW
             fields += ["previous_value", "value", "next_value", "version"]
         elif phase == SharedSecret.Phase.SEND_NEW:
-            secret.grace_until = now + timedelta(seconds=settings.ROTATION_GRACE_SECONDS)
+            # The grace window is for senders the cluster does not show us (a job started
+            # before the rotation, a request already on its way). With no receiving service
+            # running a workload, nothing could have the old value to send: no wait.
+            # None: no grace left to wait out.
+            secret.grace_until = (
+                now + timedelta(seconds=settings.ROTATION_GRACE_SECONDS)
+                if _receivers_run_workloads(secret)
+                else None
+            )
             secret.rotation_phase = SharedSecret.Phase.GRACE
             fields += ["grace_until"]
         elif phase == SharedSecret.Phase.GRACE:
@@ -212,6 +220,39 @@ def advance(secret_id: int, *, now: datetime | None = None) -> str | None:
             details={"phase": secret.rotation_phase or "completed"},
         )
         return secret.rotation_phase or "completed"
+
+
+def _receivers_run_workloads(secret: SharedSecret) -> bool:
+    """Whether any service that receives the secret has a workload deployed."""
+    return any(service.workload for service in secret.services.only("workload"))
+
+
+def end_grace(secret: SharedSecret, *, actor: Any) -> bool:
+    """An owner ends the grace window now: the old value is retired at the next pass.
+
+    False if there was no grace window to end (the rotation moved on meanwhile).
+    """
+    with transaction.atomic():
+        locked = SharedSecret.objects.select_for_update().filter(pk=secret.pk).first()
+        now = timezone.now()
+        if (
+            locked is None
+            or locked.rotation_phase != SharedSecret.Phase.GRACE
+            or locked.grace_until is None  # none left, or ended by another click
+            or locked.grace_until <= now
+        ):
+            return False
+        left = int((locked.grace_until - now).total_seconds())
+        locked.grace_until = None
+        locked.save(update_fields=["grace_until"])
+        locked.project.record_change(
+            actor=actor,
+            action=AuditEvent.Action.ROTATION_GRACE_ENDED,
+            target=locked.name,
+            details={"seconds_left": left},
+        )
+    secret.refresh_from_db()
+    return True
 
 
 def advance_ready(
@@ -329,14 +370,6 @@ def verifier_snippets(name: str) -> dict[str, str]:
             "    ):\n"
             "        abort(403)\n"
         ),
-        "Calling it": (
-            "// Node.js: send the value this service is given\n"
-            "await fetch('http://worker.internal:3000/internal/process', {\n"
-            f"  headers: {{ 'x-internal-secret': process.env.{name} }},\n"
-            "})\n\n"
-            "# Python\n"
-            f'httpx.post(url, headers={{"X-Internal-Secret": os.environ["{name}"]}})\n'
-        ),
     }
 
 
@@ -347,9 +380,20 @@ PHASE_STEPS = (
         "Every service restarts accepting both.",
     ),
     (SharedSecret.Phase.SEND_NEW, "Send the new value", "Every service restarts sending it."),
-    (SharedSecret.Phase.GRACE, "Grace window", "The old value is still accepted."),
+    (
+        SharedSecret.Phase.GRACE,
+        "Grace window",
+        "Every service sends the new value now; the old one is still accepted for a while, "
+        "for what the platform cannot see: a request already on its way, a job started before "
+        "the rotation, a script with the old value.",
+    ),
     (SharedSecret.Phase.RETIRE_OLD, "Retire the old value", "Every service restarts without it."),
 )
+
+
+def rotation_count(secret: SharedSecret) -> int:
+    """How many times the secret has been rotated (the one under way included)."""
+    return secret.rotations.count()
 
 
 def phase_steps(secret: SharedSecret) -> list[dict[str, str]]:

@@ -24,6 +24,7 @@ from django.test import Client
 from django.urls import reverse
 from django.utils import timezone
 
+from networking import rotation
 from networking.models import (
     AuditEvent,
     Membership,
@@ -363,6 +364,22 @@ def race_secret_rotate(world: World) -> Race:
     return [Click("owner", url)] * N, check
 
 
+def race_secret_end_grace(world: World) -> Race:
+    Service.objects.filter(pk=world.api.pk).update(
+        workload={"kind": "Deployment", "name": "api", "secrets": "", "rolled_out": True}
+    )
+    rotation.start_rotation(world.secret, actor=None)
+    rotation.advance(world.secret.pk)
+    assert rotation.advance(world.secret.pk) == SharedSecret.Phase.GRACE
+    url = reverse("secret-end-grace", args=[world.project.uid, world.secret.pk])
+
+    def check(answers: list[Answer]) -> None:
+        assert audit_count(Action.ROTATION_GRACE_ENDED) == 1
+        assert {answer.status for answer in answers} == {302}  # the others told it is over
+
+    return [Click("owner", url)] * N, check
+
+
 def race_secret_delete(world: World) -> Race:
     url = reverse("secret-delete", args=[world.project.uid, world.secret.pk])
     check_once = once(world, Action.SECRET_DELETED)
@@ -459,6 +476,7 @@ RACES: dict[str, Callable[[World], Race]] = {
     "secret-edit": race_secret_edit,
     "secret-reveal": race_secret_reveal,
     "secret-rotate": race_secret_rotate,
+    "secret-end-grace": race_secret_end_grace,
     "secret-delete": race_secret_delete,
     "peering-request": race_peering_request,
     "peering-accept": race_peering_accept,

@@ -484,35 +484,27 @@ class TestThePageCatchesUp:
         assert ">Accept<" in html
         assert 'name="csrfmiddlewaretoken"' in html
 
-    @pytest.mark.parametrize("status", [Status.APPROVED, Status.REVOKING])
-    def test_it_polls_while_the_cluster_catches_up(
+    @pytest.mark.parametrize("status", [Status.APPROVED, Status.ACTIVE, Status.REVOKING])
+    def test_it_refreshes_whenever_the_project_changes(
         self, world: World, owner_client: Client, status: str
     ) -> None:
+        """The page's poll (tests/test_live.py) fires project-changed; the list follows it, and
+        the request form stays out of it."""
         walk_to(world, status)
-        assert 'hx-trigger="every 2s"' in self.partial(world, owner_client)
+        assert 'hx-trigger="project-changed from:body"' in self.partial(world, owner_client)
         page = owner_client.get(reverse("project-peering", args=[world.project.uid]))
         html = page.content.decode()
-        assert 'hx-trigger="every 2s"' in html
+        assert 'hx-trigger="project-changed from:body"' in html
         assert "Request peering</button>" in html
 
-    def test_it_keeps_polling_until_both_sides_hold_their_policy(
-        self, world: World, owner_client: Client
-    ) -> None:
+    def test_the_other_sides_pass_moves_this_page_on(self, world: World) -> None:
         request = walk_to(world, Status.APPROVED)
         peering.record_applied(world.project, {request.pk})  # this side is done, not the other
         assert fresh(request).status == Status.APPROVED
-        assert 'hx-trigger="every 2s"' in self.partial(world, owner_client)
-
-    @pytest.mark.parametrize(
-        "status", [Status.PENDING_ACCEPTANCE, Status.PENDING_SUPPORT, Status.ACTIVE, Status.REVOKED]
-    )
-    def test_it_stops_polling_once_nothing_is_in_flight(
-        self, world: World, owner_client: Client, status: str
-    ) -> None:
-        walk_to(world, status)
-        html = self.partial(world, owner_client)
-        assert "every" not in html
-        assert 'hx-trigger="cluster-synced from:body"' in html
+        before = Project.objects.get(pk=world.project.pk).revision
+        peering.record_applied(world.other_project, {request.pk})
+        assert fresh(request).status == Status.ACTIVE
+        assert Project.objects.get(pk=world.project.pk).revision > before
 
     def test_the_refresh_that_stops_polling_shows_the_peers_services(
         self, world: World, owner_client: Client

@@ -115,7 +115,7 @@ class TestLease:
     def test_a_dead_workers_project_stops_showing_applying_once_its_lease_lapses(
         self, owner_client: Client, world: World
     ) -> None:
-        url = reverse("project-sync-status", args=[world.project.uid])
+        url = reverse("project-live", args=[world.project.uid])
         lease.claim(world.project.pk)
         assert "Applying" in owner_client.get(url).content.decode()
         Project.objects.filter(pk=world.project.pk).update(
@@ -323,27 +323,28 @@ class TestEnqueue:
 
 
 class TestSyncStatus:
-    def status(self, client: Client, world: World, was: str = "") -> Any:
-        url = reverse("project-sync-status", args=[world.project.uid])
-        return client.get(url, {"was": was}, HTTP_HX_REQUEST="true")
+    """The badge in every project page's header, brought by the page's poll (test_live.py)."""
 
-    def test_it_polls_while_the_cluster_has_not_caught_up(
+    def status(self, client: Client, world: World) -> Any:
+        # No revision given: whatever the project's is, the answer brings the badge.
+        url = reverse("project-live", args=[world.project.uid])
+        return client.get(url, HTTP_HX_REQUEST="true")
+
+    def test_it_says_queued_until_a_worker_takes_it(
         self, owner_client: Client, world: World
     ) -> None:
         html = self.status(owner_client, world).content.decode()
         assert "Queued" in html
-        assert 'hx-trigger="every 2s"' in html
+        assert "waiting for a worker" in html
 
-    def test_it_stops_polling_and_announces_when_in_sync(
+    def test_it_says_in_sync_once_applied_and_tells_the_page(
         self, owner_client: Client, world: World, manifests: Path
     ) -> None:
         reconciler.reconcile(world.project.pk)
-        response = self.status(owner_client, world, was="applying")
+        response = self.status(owner_client, world)
         html = response.content.decode()
         assert "In sync" in html
-        assert "hx-trigger" not in html
-        assert "cluster-synced" in json.loads(response["HX-Trigger"])
-        assert "HX-Trigger" not in self.status(owner_client, world, was="in_sync")
+        assert "project-changed" in json.loads(response["HX-Trigger"])
 
     def test_a_failure_shows_its_reason_and_a_retry_button(
         self, owner_client: Client, viewer_client: Client, world: World, manifests: Path
@@ -377,6 +378,6 @@ class TestSyncStatus:
     ) -> None:
         url = reverse("project-overview", args=[world.project.uid])
         html = owner_client.get(url).content.decode()
-        assert 'hx-trigger="cluster-synced from:body"' in html
+        assert 'hx-trigger="project-changed from:body"' in html
         partial = owner_client.get(url, HTTP_HX_REQUEST="true").content.decode()
-        assert partial.lstrip().startswith('<div class="table-wrap" id="services-table"')
+        assert partial.lstrip().startswith('<div class="services-list" id="services-table"')

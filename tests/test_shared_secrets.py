@@ -204,7 +204,79 @@ class TestRotate:
         html = owner_client.get(detail, HTTP_HX_REQUEST="true").content.decode()
         assert 'aria-current="step"' in html
         assert "1. Accept the new value" in html
-        assert 'hx-trigger="every 2s"' in html
+        assert "Rotation 1 in progress" in html
+        assert 'hx-trigger="project-changed from:body"' in html
+
+
+class TestGraceWindow:
+    """After every receiver sends the new value, the old one is still accepted for a while."""
+
+    def to_grace(self, world: World, *, deployed: bool) -> SharedSecret:
+        workload = {"kind": "Deployment", "name": "api", "secrets": "", "rolled_out": True}
+        Service.objects.filter(pk=world.api.pk).update(workload=workload if deployed else {})
+        rotation.start_rotation(world.secret, actor=None)
+        assert rotation.advance(world.secret.pk) == SharedSecret.Phase.SEND_NEW
+        assert rotation.advance(world.secret.pk) == SharedSecret.Phase.GRACE
+        return SharedSecret.objects.get(pk=world.secret.pk)
+
+    def detail(self, client: Client, world: World) -> str:
+        url = reverse("secret-detail", args=[world.project.uid, world.secret.pk])
+        return client.get(url).content.decode()
+
+    def test_it_waits_while_a_receiver_runs_a_workload(self, world: World) -> None:
+        secret = self.to_grace(world, deployed=True)
+        assert secret.grace_until is not None and secret.grace_until > timezone.now()
+        assert rotation.advance(world.secret.pk) is None  # still waiting
+
+    def test_with_no_receiver_running_a_workload_nothing_waits(self, world: World) -> None:
+        """Nobody could still be sending the old value: no grace window to wait out."""
+        secret = self.to_grace(world, deployed=False)
+        assert secret.grace_until is None
+        assert rotation.advance(world.secret.pk) == SharedSecret.Phase.RETIRE_OLD
+
+    def test_the_page_explains_the_wait_and_offers_owners_a_way_out(
+        self, owner_client: Client, viewer_client: Client, world: World
+    ) -> None:
+        self.to_grace(world, deployed=True)
+        html = self.detail(owner_client, world)
+        assert "a job started before the rotation" in html
+        assert "from now); then every service restarts without the old value" in html
+        assert "End the grace window now" in html
+        assert "refuses the old value at once" in html
+        assert "End the grace window now" not in self.detail(viewer_client, world)
+
+    def test_an_owner_ends_it_early_and_the_old_value_is_retired(
+        self, owner_client: Client, world: World
+    ) -> None:
+        self.to_grace(world, deployed=True)
+        url = reverse("secret-end-grace", args=[world.project.uid, world.secret.pk])
+        response = owner_client.post(url, follow=True)
+        assert "Ended the grace window" in response.content.decode()
+        event = AuditEvent.objects.get(action=AuditEvent.Action.ROTATION_GRACE_ENDED)
+        assert event.actor_label == "owner"
+        assert rotation.advance(world.secret.pk) == SharedSecret.Phase.RETIRE_OLD
+        # A second click finds nothing left to end.
+        response = owner_client.post(url, follow=True)
+        assert "has no grace window running any more" in response.content.decode()
+        assert AuditEvent.objects.filter(action=AuditEvent.Action.ROTATION_GRACE_ENDED).count() == 1
+
+    def test_viewers_cannot_end_it(self, viewer_client: Client, world: World) -> None:
+        secret = self.to_grace(world, deployed=True)
+        url = reverse("secret-end-grace", args=[world.project.uid, world.secret.pk])
+        assert viewer_client.post(url).status_code == 403
+        assert SharedSecret.objects.get(pk=secret.pk).grace_until == secret.grace_until
+
+    def test_rotations_are_counted_as_people_count_them(
+        self, owner_client: Client, world: World
+    ) -> None:
+        for _ in range(2):
+            rotation.start_rotation(world.secret, actor=None)
+            while rotation.advance(world.secret.pk) not in (None, "completed"):
+                SharedSecret.objects.filter(pk=world.secret.pk).update(grace_until=None)
+        html = self.detail(owner_client, world)
+        assert "rotated 2 times" in html
+        assert "Rotation 2:" in html and "Rotation 1:" in html
+        assert "version" not in html.lower()
 
 
 class TestTheReceiversCatchUp:
@@ -225,19 +297,18 @@ class TestTheReceiversCatchUp:
             }
         )
 
-    def test_it_refreshes_when_the_cluster_catches_up(
+    def test_it_refreshes_whenever_the_project_changes(
         self, owner_client: Client, world: World
     ) -> None:
         html = self.partial(owner_client, world)
         assert html.lstrip().startswith('<section class="card" id="rotation"')
-        assert 'hx-trigger="cluster-synced from:body"' in html
-        assert "every" not in html
+        assert 'hx-trigger="project-changed from:body"' in html
 
     @pytest.mark.parametrize(
         ("version", "rolled_out", "shown"),
-        [(None, True, "restarting to receive it"), (1, False, "v1, rolling out")],
+        [(None, True, "restarting to receive it"), (1, False, "restarting onto the current value")],
     )
-    def test_it_polls_while_a_receiver_restarts_onto_it(
+    def test_it_says_what_each_receiver_is_doing(
         self,
         owner_client: Client,
         world: World,
@@ -246,17 +317,15 @@ class TestTheReceiversCatchUp:
         shown: str,
     ) -> None:
         self.runs(world, version, rolled_out=rolled_out)
-        html = self.partial(owner_client, world)
-        assert shown in html
-        assert 'hx-trigger="every 2s"' in html
+        assert shown in self.partial(owner_client, world)
 
-    def test_it_stops_polling_once_every_receiver_runs_the_current_version(
+    def test_a_receiver_on_the_current_value_is_up_to_date(
         self, owner_client: Client, world: World
     ) -> None:
         self.runs(world, world.secret.version, rolled_out=True)
         html = self.partial(owner_client, world)
-        assert f">v{world.secret.version}<" in html
-        assert "every" not in html
+        assert "up to date" in html
+        assert f"v{world.secret.version}" not in html  # versions are ours, not the user's
 
     def test_the_page_and_its_partial_are_cached_apart(
         self, owner_client: Client, world: World

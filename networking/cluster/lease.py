@@ -20,6 +20,9 @@ compare-and-swap. A killed worker's project is thus picked up again within 1.5 l
 one pass (about 15 s), and standing still costs one cheap query per tick, not work per project.
 The killed worker's own message still comes back after the visibility timeout: a no-op pass.
 
+Taking and releasing the lease move the project's revision on, so open pages show "Applying"
+and what follows.
+
 Taking the lease is also the pass's first read. A change's pass is on the path between a
 user's click and "In sync", so the claim returns, in the same statement, everything the pass
 needs to decide what to read next: the project row, its applied record, whether it has shared
@@ -41,7 +44,7 @@ from datetime import timedelta
 
 from django.conf import settings
 from django.db import connection
-from django.db.models import Q
+from django.db.models import F, Q
 from django.utils import timezone
 
 from networking import peering
@@ -91,7 +94,7 @@ def _claim_sql(vendor: str, take_queued: bool) -> str:
     # Only quoted identifiers from the models' metadata go into the text; values are parameters.
     return (
         f"UPDATE {_table(Project)} SET {q('reconcile_lease_until')} = %s, "  # noqa: S608
-        f"{q('reconcile_lease_token')} = %s{queued} "
+        f"{q('reconcile_lease_token')} = %s, {q('revision')} = {q('revision')} + 1{queued} "
         f"WHERE {q('id')} = %s AND ({q('reconcile_lease_until')} IS NULL "
         f"OR {q('reconcile_lease_until')} <= %s) "
         f"RETURNING {columns}, "
@@ -159,7 +162,7 @@ def claim(project_id: int, *, take_queued: bool = False) -> Claim | None:
 
 def release(project_id: int, token: str) -> None:
     Project.objects.filter(pk=project_id, reconcile_lease_token=token).update(
-        reconcile_lease_until=None, reconcile_lease_token=""
+        reconcile_lease_until=None, reconcile_lease_token="", revision=F("revision") + 1
     )
 
 
@@ -246,7 +249,7 @@ def clear_abandoned_lease(project_id: int, token: str) -> None:
     """
     Project.objects.filter(
         pk=project_id, reconcile_lease_token=token, reconcile_lease_until__lte=timezone.now()
-    ).update(reconcile_lease_until=None, reconcile_lease_token="")
+    ).update(reconcile_lease_until=None, reconcile_lease_token="", revision=F("revision") + 1)
 
 
 def live_lease() -> Q:

@@ -316,7 +316,7 @@ def _one_pass(claimed: lease.Claim, backend: Backend) -> Outcome:
             error.redacted(sensitive), generation=generation, changes=[], started_at=started_at
         ) from None
 
-    _record_services(services, result)
+    _record_services(project.pk, services, result)
     if result.errors:
         permanent = [error for error in result.errors if not error.transient]
         raise ReconcileFailed(
@@ -367,7 +367,7 @@ def _one_pass(claimed: lease.Claim, backend: Backend) -> Outcome:
     )
 
 
-def _record_services(services: list[_ServiceRow], result: ApplyResult) -> None:
+def _record_services(project_id: int, services: list[_ServiceRow], result: ApplyResult) -> None:
     """Store what the cluster assigned (ClusterIPs) and reported (workloads) that changed."""
     changed_ips = []
     for service in services:
@@ -376,19 +376,23 @@ def _record_services(services: list[_ServiceRow], result: ApplyResult) -> None:
             continue  # not read: what was recorded still holds
         if service.cluster_ip != cluster_ip:
             changed_ips.append(Service(pk=service.pk, cluster_ip=cluster_ip))
-    if changed_ips:
-        Service.objects.bulk_update(changed_ips, ["cluster_ip"])
-    if not result.all_workloads:
-        return
     changed_workloads = []
-    stored = Service.objects.filter(pk__in=[service.pk for service in services])
-    for pk, name, workload in stored.values_list("pk", "name", "workload"):
-        status = result.workloads.get(name)
-        now = status.as_dict() if status is not None else {}
-        if workload != now:
-            changed_workloads.append(Service(pk=pk, workload=now))
-    if changed_workloads:
-        Service.objects.bulk_update(changed_workloads, ["workload"])
+    if result.all_workloads:
+        stored = Service.objects.filter(pk__in=[service.pk for service in services])
+        for pk, name, workload in stored.values_list("pk", "name", "workload"):
+            status = result.workloads.get(name)
+            now = status.as_dict() if status is not None else {}
+            if workload != now:
+                changed_workloads.append(Service(pk=pk, workload=now))
+    if not changed_ips and not changed_workloads:
+        return
+    with transaction.atomic():
+        if changed_ips:
+            Service.objects.bulk_update(changed_ips, ["cluster_ip"])
+        if changed_workloads:
+            Service.objects.bulk_update(changed_workloads, ["workload"])
+        changed = {service.pk for service in changed_ips + changed_workloads}
+        Project.touch_services(project_id, Service.objects.filter(pk__in=changed))
 
 
 def _new_record(project: Project) -> AppliedRecord:
@@ -405,14 +409,28 @@ def _record_applied(project: Project, generation: int, result: ApplyResult) -> N
     """
     fields: dict[str, Any] = {}
     if project.sync_error or project.sync_error_generation or project.sync_retry_at:
-        fields.update(sync_error="", sync_error_generation=None, sync_retry_at=None)
+        fields.update(
+            sync_error="",
+            sync_error_generation=None,
+            sync_retry_at=None,
+            revision=F("revision") + 1,
+        )
     if result.verified:
         fields["verified_at"] = timezone.now()
     if project.applied_generation < generation:
+        fields["revision"] = F("revision") + 1
         updated = Project.objects.filter(pk=project.pk, applied_generation__lt=generation).update(
             applied_generation=generation, applied_at=timezone.now(), **fields
         )
         if updated:
+            # The rows of the services this generation changed now read "applied".
+            Project.touch_services(
+                project.pk,
+                Service.objects.filter(
+                    changed_generation__gt=project.applied_generation,
+                    changed_generation__lte=generation,
+                ),
+            )
             return
     if fields:
         Project.objects.filter(pk=project.pk).update(**fields)
@@ -473,6 +491,7 @@ def record_failure(project_id: int, failure: ReconcileFailed, *, retry_in: float
             sync_error=str(failure.error),
             sync_error_generation=failure.generation,
             sync_retry_at=now + timedelta(seconds=retry_in) if retry_in is not None else None,
+            revision=F("revision") + 1,
         )
         if updated:
             ApplyAttempt.record(

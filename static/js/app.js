@@ -73,6 +73,12 @@
       /(^|[\s,])every\s/.test(event.detail.elt.getAttribute("hx-trigger") || "");
     if (polled && document.visibilityState === "hidden") event.preventDefault();
   });
+  // Back in view: ask at once what changed while hidden (the poll listens for page-visible).
+  document.addEventListener("visibilitychange", function () {
+    if (document.visibilityState === "visible") {
+      document.dispatchEvent(new CustomEvent("page-visible"));
+    }
+  });
 
   document.addEventListener("change", function (event) {
     if (event.target.matches("select[data-default-ports]")) syncPorts(event.target);

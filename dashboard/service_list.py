@@ -1,0 +1,106 @@
+"""The project overview's list of services: search, filters, sorting and pages, in the URL.
+
+A project may hold thousands of services, so the overview shows one page of them at a time and
+every choice lives in the query string: a link or the back button brings back the same view.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any
+from urllib.parse import urlencode
+
+from django.db.models import Q, QuerySet
+
+from networking import naming
+from networking.models import Service
+
+PAGE_SIZE = 50
+
+# What a column header sorts by, and how: the name always breaks ties.
+SORTS: dict[str, tuple[str, ...]] = {
+    "name": ("name",),
+    "-name": ("-name",),
+    "kind": ("kind", "name"),
+    "-kind": ("-kind", "name"),
+    "address": ("cluster_ip", "name"),
+    "-address": ("-cluster_ip", "name"),
+    "newest": ("-created_at", "-pk"),
+}
+ADDRESS_CHOICES = {"assigned": "Has a ClusterIP", "none": "No ClusterIP yet"}
+
+
+def _search_term(text: str) -> str:
+    """What a search for a hostname or an address looks for: ``api.internal:8080`` is ``api``."""
+    term = text.strip().lower()
+    host, _, port = term.rpartition(":")
+    if host and port.isdecimal():
+        term = host
+    return term.removesuffix(f".{naming.INTERNAL_ZONE}")
+
+
+@dataclass(frozen=True)
+class Filters:
+    query: str = ""
+    kind: str = ""
+    address: str = ""
+    sort: str = "name"
+
+    @classmethod
+    def from_query(cls, params: Any) -> Filters:
+        kind = str(params.get("kind", ""))
+        address = str(params.get("address", ""))
+        sort = str(params.get("sort", "name"))
+        return cls(
+            query=str(params.get("q", "")).strip()[:100],
+            kind=kind if kind in Service.Kind.values else "",
+            address=address if address in ADDRESS_CHOICES else "",
+            sort=sort if sort in SORTS else "name",
+        )
+
+    @property
+    def active(self) -> bool:
+        """Whether anything narrows the list (sorting does not)."""
+        return bool(self.query or self.kind or self.address)
+
+    def apply(self, services: QuerySet[Service]) -> QuerySet[Service]:
+        if self.query:
+            term = _search_term(self.query)
+            services = services.filter(
+                Q(name__icontains=term) | Q(display_name__icontains=self.query.strip())
+            )
+        if self.kind:
+            services = services.filter(kind=self.kind)
+        if self.address:
+            services = services.filter(cluster_ip__isnull=self.address == "none")
+        return services.order_by(*SORTS[self.sort])
+
+    def params(self, **changes: Any) -> dict[str, str]:
+        """The query string's parameters (defaults left out), with ``changes`` made."""
+        current = replace(self, **changes)
+        return {
+            key: value
+            for key, value in (
+                ("q", current.query),
+                ("kind", current.kind),
+                ("address", current.address),
+                ("sort", "" if current.sort == "name" else current.sort),
+            )
+            if value
+        }
+
+    def query_string(self, **changes: Any) -> str:
+        return urlencode(self.params(**changes))
+
+    def sort_link(self, column: str) -> str:
+        """The query that sorts by ``column``, the other way round if it already does."""
+        sort = f"-{column}" if self.sort == column else column
+        return self.query_string(sort=sort)
+
+    def sorted_by(self, column: str) -> str:
+        """``ascending``, ``descending`` or ``none``: for ``aria-sort``."""
+        if self.sort == column:
+            return "ascending"
+        if self.sort == f"-{column}":
+            return "descending"
+        return "none"

@@ -1,0 +1,201 @@
+"""Every project page stays live: one cheap poll answers "nothing new", and news updates only
+what changed (a row, the badge), for whoever made the change: a teammate, the worker, support."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+from django.db import connection
+from django.test import Client
+from django.test.utils import CaptureQueriesContext
+from django.urls import reverse
+
+from networking import peering
+from networking.cluster import lease
+from networking.cluster import reconcile as reconciler
+from networking.models import AuditEvent, PeeringRequest, Project, Service
+from tests.conftest import World, make_service
+
+
+@pytest.fixture
+def manifests(settings: Any, tmp_path: Path) -> Path:
+    settings.CLUSTER_BACKEND = "manifests"
+    settings.MANIFESTS_DIR = tmp_path
+    return tmp_path
+
+
+def revision(project: Project) -> int:
+    return Project.objects.get(pk=project.pk).revision
+
+
+def poll(client: Client, project: Project, since: int | str) -> Any:
+    return client.get(
+        reverse("project-live", args=[project.uid]), {"since": since}, HTTP_HX_REQUEST="true"
+    )
+
+
+class TestThePoll:
+    def test_nothing_new_is_an_empty_answer_from_one_query_for_the_project(
+        self, owner_client: Client, world: World
+    ) -> None:
+        now = revision(world.project)
+        poll(owner_client, world.project, now)
+        with CaptureQueriesContext(connection) as queries:
+            response = poll(owner_client, world.project, now)
+        assert response.status_code == 204
+        assert response.content == b""
+        project_queries = [q["sql"] for q in queries if "networking_project" in q["sql"]]
+        assert len(project_queries) == 1
+
+    def test_news_brings_the_badge_a_new_poll_and_the_event(
+        self, owner_client: Client, world: World
+    ) -> None:
+        before = revision(world.project)
+        world.api.ports = [9000]
+        world.api.save_changes(actor=None)
+        response = poll(owner_client, world.project, before)
+        assert response.status_code == 200
+        html = response.content.decode()
+        assert 'id="sync-status"' in html and 'hx-swap-oob="outerHTML"' in html
+        assert "Queued" in html
+        assert f"since={revision(world.project)}" in html
+        assert json.loads(response["HX-Trigger"]) == {
+            "project-changed": {"revision": revision(world.project)}
+        }
+
+    def test_every_project_page_polls(self, owner_client: Client, world: World) -> None:
+        uid = world.project.uid
+        pages: list[tuple[str, list[Any]]] = [
+            ("project-overview", [uid]),
+            ("service-detail", [uid, world.api.pk]),
+            ("secret-list", [uid]),
+            ("secret-detail", [uid, world.secret.pk]),
+            ("project-peering", [uid]),
+            ("project-sync", [uid]),
+            ("audit-log", [uid]),
+            ("project-settings", [uid]),
+        ]
+        for name, args in pages:
+            html = owner_client.get(reverse(name, args=args)).content.decode()
+            assert 'id="live"' in html, name
+            assert 'hx-trigger="every 2s, page-visible from:document"' in html, name
+
+    def test_another_tenants_project_is_a_404(self, owner_client: Client, world: World) -> None:
+        assert poll(owner_client, world.other_project, 0).status_code == 404
+        assert poll(owner_client, world.other_project, "x").status_code == 404
+
+
+class TestWhatMovesThePagesOn:
+    def test_a_teammates_change(self, world: World) -> None:
+        before = revision(world.project)
+        make_service(world.project, "worker", Service.Kind.PRIVATE, [3000])
+        world.project.record_change(
+            actor=None, action=AuditEvent.Action.SERVICE_CREATED, target="worker"
+        )
+        assert revision(world.project) > before
+
+    def test_a_rename_of_the_project(self, world: World) -> None:
+        before = revision(world.project)
+        world.project.rename("Shop", actor=None)
+        assert revision(world.project) > before
+
+    def test_the_worker_claiming_applying_and_releasing(
+        self, world: World, manifests: Path
+    ) -> None:
+        before = revision(world.project)
+        claimed = lease.claim(world.project.pk)
+        assert claimed is not None
+        applying = revision(world.project)
+        assert applying > before
+        lease.release(world.project.pk, claimed.token)
+        assert revision(world.project) > applying
+        before = revision(world.project)
+        reconciler.reconcile(world.project.pk)
+        assert revision(world.project) > before
+
+    def test_a_clusterip_recorded_stamps_its_row(self, world: World) -> None:
+        before = revision(world.project)
+        Project.touch_services(world.project.pk, Service.objects.filter(pk=world.api.pk))
+        assert Service.objects.get(pk=world.api.pk).revision == revision(world.project) > before
+        assert Service.objects.get(pk=world.postgres.pk).revision <= before
+
+    def test_a_peering_decision_moves_both_sides(self, world: World) -> None:
+        owner = world.users["owner"]
+        peering.accept(world.peering, actor=owner, project=world.project)
+        ours, theirs = revision(world.project), revision(world.other_project)
+        peering.approve(world.peering, staff=world.users["support"])
+        assert revision(world.project) > ours
+        assert revision(world.other_project) > theirs
+        # And the worker connecting both sides.
+        ours, theirs = revision(world.project), revision(world.other_project)
+        peering.record_applied(world.project, {world.peering.pk})
+        peering.record_applied(world.other_project, {world.peering.pk})
+        assert PeeringRequest.objects.get(pk=world.peering.pk).status == "active"
+        assert revision(world.project) > ours
+        assert revision(world.other_project) > theirs
+
+
+class TestTheOverviewFollowsRowByRow:
+    """On project-changed the table asks what changed since the revision it shows."""
+
+    def table(self, client: Client, world: World, **params: Any) -> Any:
+        return client.get(
+            reverse("project-overview", args=[world.project.uid]),
+            params,
+            HTTP_HX_REQUEST="true",
+        )
+
+    def shown(self, html: str) -> tuple[str, str]:
+        since = re.search(r'name="since" value="(\d+)"', html)
+        shown = re.search(r'name="shown" value="([\d,]*)"', html)
+        assert since and shown
+        return since.group(1), shown.group(1)
+
+    def test_the_table_listens_for_changes(self, owner_client: Client, world: World) -> None:
+        html = owner_client.get(reverse("project-overview", args=[world.project.uid])).content
+        assert b'hx-trigger="project-changed from:body"' in html
+        assert b'hx-include="#services-live"' in html
+
+    def test_a_changed_service_comes_back_alone(self, owner_client: Client, world: World) -> None:
+        since, shown = self.shown(self.table(owner_client, world).content.decode())
+        world.api.ports = [9000]
+        world.api.save_changes(actor=None)
+        html = self.table(owner_client, world, since=since, shown=shown).content.decode()
+        assert f'<tr id="service-{world.api.pk}" hx-swap-oob="outerHTML">' in html
+        assert "api.internal:9000" in html
+        assert "Pending" in html
+        assert f'id="service-{world.postgres.pk}"' not in html
+        assert 'id="services-table"' not in html
+        # Its new revision goes with it, so the next question starts from there.
+        assert f'name="since" value="{revision(world.project)}"' in html
+
+    def test_nothing_changed_sends_no_row(self, owner_client: Client, world: World) -> None:
+        since, shown = self.shown(self.table(owner_client, world).content.decode())
+        world.project.audit(actor=None, action=AuditEvent.Action.PROJECT_RENAMED, target="x")
+        html = self.table(owner_client, world, since=since, shown=shown).content.decode()
+        assert "<tr" not in html
+
+    def test_a_new_service_brings_the_table(self, owner_client: Client, world: World) -> None:
+        since, shown = self.shown(self.table(owner_client, world).content.decode())
+        make_service(world.project, "a worker", Service.Kind.PRIVATE, [3000])
+        html = self.table(owner_client, world, since=since, shown=shown).content.decode()
+        assert 'id="services-table"' in html and 'hx-swap-oob="outerHTML"' in html
+        assert "a-worker.internal:3000" in html
+
+    def test_a_row_turns_applied_when_the_worker_applies_it(
+        self, owner_client: Client, world: World, manifests: Path
+    ) -> None:
+        reconciler.reconcile(world.project.pk)
+        world.api.ports = [9000]
+        world.api.save_changes(actor=None)
+        since, shown = self.shown(self.table(owner_client, world).content.decode())
+        html = self.table(owner_client, world, since=since, shown=shown).content.decode()
+        assert "<tr" not in html
+        reconciler.reconcile(world.project.pk)
+        html = self.table(owner_client, world, since=since, shown=shown).content.decode()
+        assert f'<tr id="service-{world.api.pk}" hx-swap-oob="outerHTML">' in html
+        assert "Applied" in html and "Pending" not in html
