@@ -25,12 +25,15 @@ from networking.models import AuditEvent, Membership, Service, SharedSecret
 
 @login_required
 @require_GET
+@vary_on_headers("HX-Request")
 def secret_list(request: HtmxHttpRequest, project_uid: str) -> HttpResponse:
     access = get_project_for_user(request, project_uid)
     secrets = access.project.shared_secrets.all()
     if access.membership.can_see_secret_details():
         secrets = secrets.prefetch_related("services")
-    return render(request, "secrets/list.html", access.context(secrets=secrets))
+    # htmx refreshes just the table whenever the project changes (the header's poll).
+    template = "secrets/list.html#secrets-table" if request.htmx else "secrets/list.html"
+    return render(request, template, access.context(secrets=secrets))
 
 
 @login_required

@@ -168,11 +168,13 @@ def project_sync_retry(request: HtmxHttpRequest, project_uid: str) -> HttpRespon
 
 @login_required
 @require_GET
-def project_sync(request: HttpRequest, project_uid: str) -> HttpResponse:
+@vary_on_headers("HX-Request")
+def project_sync(request: HtmxHttpRequest, project_uid: str) -> HttpResponse:
     """The sync history: recent apply attempts, what they changed and how they ended."""
     access = get_project_for_user(request, project_uid)
     attempts = ApplyAttempt.objects.filter(project=access.project)[: ApplyAttempt.KEEP_PER_PROJECT]
-    return render(request, "projects/sync.html", access.context(attempts=attempts))
+    template = "projects/sync.html#sync-history" if request.htmx else "projects/sync.html"
+    return render(request, template, access.context(attempts=attempts))
 
 
 @login_required
@@ -237,7 +239,8 @@ def project_delete(request: HttpRequest, project_uid: str) -> HttpResponse:
 
 @login_required
 @require_GET
-def audit_log(request: HttpRequest, project_uid: str) -> HttpResponse:
+@vary_on_headers("HX-Request")
+def audit_log(request: HtmxHttpRequest, project_uid: str) -> HttpResponse:
     access = get_project_for_user(request, project_uid)
     filters = audit_view.Filters.from_query(request.GET)
     events = filters.apply(AuditEvent.objects.filter(project=access.project))
@@ -250,7 +253,7 @@ def audit_log(request: HttpRequest, project_uid: str) -> HttpResponse:
     )
     return render(
         request,
-        "projects/audit.html",
+        "projects/audit.html#audit-rows" if request.htmx else "projects/audit.html",
         access.context(
             page=page,
             rows=[

@@ -84,6 +84,28 @@ class TestThePoll:
             assert 'id="live"' in html, name
             assert 'hx-trigger="every 2s, page-visible from:document"' in html, name
 
+    @pytest.mark.parametrize(
+        ("name", "region"),
+        [
+            ("project-overview", "services-table"),
+            ("secret-list", "secrets-table"),
+            ("project-peering", "peerings"),
+            ("project-sync", "sync-history"),
+            ("audit-log", "audit-rows"),
+        ],
+    )
+    def test_each_page_refreshes_its_own_part_on_news(
+        self, owner_client: Client, world: World, name: str, region: str
+    ) -> None:
+        url = reverse(name, args=[world.project.uid])
+        html = owner_client.get(url).content.decode()
+        listener = re.search(rf'<[^>]*id="{region}"[^>]*>', html, re.S)
+        assert listener is not None, region
+        assert 'hx-trigger="project-changed from:body"' in listener.group(0)
+        part = owner_client.get(url, HTTP_HX_REQUEST="true").content.decode()
+        assert f'id="{region}"' in part
+        assert "<html" not in part and 'id="live"' not in part
+
     def test_another_tenants_project_is_a_404(self, owner_client: Client, world: World) -> None:
         assert poll(owner_client, world.other_project, 0).status_code == 404
         assert poll(owner_client, world.other_project, "x").status_code == 404
