@@ -74,7 +74,7 @@ support_patterns = [
     path("<int:peering_id>/reject/", peering_views.support_reject, name="support-reject"),
 ]
 
-urlpatterns = [
+urlpatterns: list[URLPattern | URLResolver] = [
     path("", views.home, name="home"),
     path("accounts/login/", SignInView.as_view(), name="login"),
     path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
