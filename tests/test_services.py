@@ -400,3 +400,62 @@ def test_the_edit_form_says_a_rename_stops_the_old_hostname(
     # A new service has no old hostname.
     new = owner_client.get(preview, {"display_name": "Public API"})
     assert "stops resolving" not in new.content.decode()
+
+
+class TestTheOverviewList:
+    """Search, filters, sorting and pages of the overview, all in the query string."""
+
+    def page(self, client: Client, world: World, **params: str) -> str:
+        url = reverse("project-overview", args=[world.project.uid])
+        return client.get(url, params).content.decode()
+
+    def test_a_hostname_or_an_address_finds_its_service(
+        self, owner_client: Client, world: World
+    ) -> None:
+        for query in ("api", "API", "api.internal", "api.internal:8080"):
+            html = self.page(owner_client, world, q=query)
+            assert f'id="service-{world.api.pk}"' in html, query
+            assert f'id="service-{world.postgres.pk}"' not in html, query
+
+    def test_kind_and_address_narrow_the_list(self, owner_client: Client, world: World) -> None:
+        Service.objects.filter(pk=world.api.pk).update(cluster_ip="10.96.0.7")
+        html = self.page(owner_client, world, kind="postgresql")
+        assert f'id="service-{world.postgres.pk}"' in html
+        assert f'id="service-{world.api.pk}"' not in html
+        html = self.page(owner_client, world, address="assigned")
+        assert f'id="service-{world.api.pk}"' in html
+        assert f'id="service-{world.postgres.pk}"' not in html
+        assert "1 of 2 services match" in html
+
+    def test_unknown_choices_fall_back_instead_of_failing(
+        self, owner_client: Client, world: World
+    ) -> None:
+        html = self.page(owner_client, world, kind="nope", sort="'; drop", page="x", address="?")
+        assert f'id="service-{world.api.pk}"' in html
+        assert f'id="service-{world.postgres.pk}"' in html
+
+    def test_sorting_links_keep_the_filters_and_say_which_way(
+        self, owner_client: Client, world: World
+    ) -> None:
+        html = self.page(owner_client, world, q="p", sort="kind")
+        assert 'aria-sort="ascending"' in html
+        assert "?q=p&amp;sort=-kind" in html
+        first, second = world.postgres.pk, world.api.pk  # postgresql before web
+        assert html.index(f'id="service-{first}"') < html.index(f'id="service-{second}"')
+
+    def test_a_page_at_a_time(self, owner_client: Client, world: World) -> None:
+        Service.objects.bulk_create(
+            Service(
+                project=world.project,
+                display_name=f"s{i}",
+                name=f"s{i:03}",
+                kind="private",
+                ports=[3000],
+            )
+            for i in range(PAGE_SIZE + 10)
+        )
+        first = self.page(owner_client, world)
+        assert first.count('<tr id="service-') == PAGE_SIZE
+        assert "page 1 of 2" in first
+        second = self.page(owner_client, world, page="2")
+        assert second.count('<tr id="service-') == 12
