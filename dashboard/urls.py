@@ -31,6 +31,16 @@ service_patterns = [
     path("<int:service_id>/edit/", views.service_edit, name="service-edit"),
     path("<int:service_id>/delete/", views.service_delete, name="service-delete"),
     path("<int:service_id>/reveal/", views.service_reveal, name="service-reveal"),
+    path(
+        "<int:service_id>/old-hostnames/<int:alias_id>/extend/",
+        views.service_alias_extend,
+        name="service-alias-extend",
+    ),
+    path(
+        "<int:service_id>/old-hostnames/<int:alias_id>/end/",
+        views.service_alias_end,
+        name="service-alias-end",
+    ),
 ]
 secret_patterns = [
     path("", secret_views.secret_list, name="secret-list"),

@@ -9,12 +9,13 @@ from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.core.paginator import Paginator
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError
 from django.db.models import Prefetch
 from django.http import Http404, HttpRequest, HttpResponse, StreamingHttpResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.utils import timezone
+from django.utils.dateparse import parse_datetime
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 from django.views.decorators.vary import vary_on_headers
@@ -24,6 +25,7 @@ from django_htmx.middleware import HtmxDetails
 from dashboard import audit_view, service_list
 from dashboard.access import (
     ProjectAccess,
+    get_alias_for_user,
     get_organization_for_user,
     get_project_for_user,
     get_service_for_user,
@@ -92,9 +94,9 @@ def project_overview(request: HtmxHttpRequest, project_uid: str) -> HttpResponse
     access = get_project_for_user(request, project_uid)
     project = access.project
     filters = service_list.Filters.from_query(request.GET)
-    page = Paginator(filters.apply(project.services.all()), service_list.PAGE_SIZE).get_page(
-        request.GET.get("page")
-    )
+    page = Paginator(
+        filters.apply(project.services.prefetch_related("aliases")), service_list.PAGE_SIZE
+    ).get_page(request.GET.get("page"))
     services = list(page.object_list)
     context = access.context(
         page=page,
@@ -294,19 +296,11 @@ def service_create(request: HttpRequest, project_uid: str) -> HttpResponse:
         if service.is_database:
             service.generate_credentials()
         try:
-            with transaction.atomic():
-                service.save()
-                access.project.record_change(
-                    actor=request.user,
-                    action=AuditEvent.Action.SERVICE_CREATED,
-                    target=service.name,
-                    details={"kind": service.kind, "ports": service.ports},
-                    service=service,
-                )
-        except IntegrityError:
-            # Another request took the name between validation and insert.
+            service.add(actor=request.user)
+        except ValidationError as error:
+            # Another request took the name (or kept it as an old hostname) meanwhile.
             service.pk = None
-            form.add_error("display_name", f"{service.internal_hostname} was just taken.")
+            form.add_error("display_name" if not hasattr(error, "error_dict") else None, error)
         else:
             messages.success(
                 request,
@@ -355,6 +349,7 @@ def _service_context(
         snippets=endpoints.code_snippets(
             service, service.shared_secrets.order_by("name").values_list("name", flat=True).first()
         ),
+        aliases=list(service.aliases.all()),
         revealed=revealed,
         **extra,
     )
@@ -399,20 +394,31 @@ def service_reveal(request: HtmxHttpRequest, project_uid: str, service_id: int) 
 def service_edit(request: HttpRequest, project_uid: str, service_id: int) -> HttpResponse:
     access, service = get_service_for_user(request, project_uid, service_id)
     access.require(Membership.can_change_services)
-    original_hostname = service.internal_hostname  # before the form writes the new name on it
+    original_name = service.name  # before the form writes the new name on it
+    original_hostname = service.internal_hostname
     form = ServiceForm(
         request.POST if request.method == "POST" else None, instance=service, project=access.project
     )
     if request.method == "POST" and form.is_valid():
         try:
-            service.save_changes(actor=request.user)
+            changed = service.save_changes(actor=request.user, keep_old_name_for=form.keep_old_name)
         except Service.DoesNotExist:
             raise Http404("No such service.") from None
+        except ValidationError as error:
+            form.add_error("display_name", error)
         except IntegrityError:
             form.add_error("display_name", f"{service.internal_hostname} was just taken.")
         else:
+            kept = service.aliases.filter(name=original_name).first() if "name" in changed else None
             messages.success(
-                request, f"Saved. {service.display_name} is at {service.internal_hostname}."
+                request,
+                f"Saved. {service.display_name} is at {service.internal_hostname}"
+                + (
+                    f"; {original_hostname} keeps resolving until "
+                    f"{kept.expires_at:%Y-%m-%d %H:%M} UTC."
+                    if kept is not None
+                    else "."
+                ),
             )
             return redirect("service-detail", project_uid=project_uid, service_id=service.pk)
     return render(
@@ -420,6 +426,51 @@ def service_edit(request: HttpRequest, project_uid: str, service_id: int) -> Htt
         "services/form.html",
         access.context(form=form, service=service, original_hostname=original_hostname),
     )
+
+
+@login_required
+@require_POST
+def service_alias_extend(
+    request: HttpRequest, project_uid: str, service_id: int, alias_id: int
+) -> HttpResponse:
+    """Keep a renamed service's old hostname resolving a day longer."""
+    access, alias = get_alias_for_user(request, project_uid, service_id, alias_id)
+    access.require(Membership.can_change_services)
+    try:
+        seen = parse_datetime(request.POST.get("seen", "")[:40])
+    except ValueError:  # shaped like a date, but not one (month 13)
+        seen = None
+    if alias.extend(actor=request.user, seen=seen):
+        messages.success(
+            request,
+            f"{alias.internal_hostname} now resolves until {alias.expires_at:%Y-%m-%d %H:%M} UTC.",
+        )
+    else:
+        messages.info(
+            request,
+            f"{alias.internal_hostname} resolves until {alias.expires_at:%Y-%m-%d %H:%M} UTC: "
+            "it was extended (or the page was out of date), so nothing changed.",
+        )
+    return redirect("service-detail", project_uid=project_uid, service_id=service_id)
+
+
+@login_required
+@require_POST
+def service_alias_end(
+    request: HttpRequest, project_uid: str, service_id: int, alias_id: int
+) -> HttpResponse:
+    """Stop a renamed service's old hostname resolving now (owners)."""
+    access, alias = get_alias_for_user(request, project_uid, service_id, alias_id)
+    access.require(Membership.can_manage_project)
+    if alias.end(actor=request.user):
+        messages.success(
+            request,
+            f"{alias.internal_hostname} stops resolving as the cluster catches up; the name is "
+            "free for another service.",
+        )
+    else:
+        messages.info(request, f"{alias.internal_hostname} had already stopped resolving.")
+    return redirect("service-detail", project_uid=project_uid, service_id=service_id)
 
 
 @login_required

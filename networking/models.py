@@ -9,7 +9,7 @@ from __future__ import annotations
 import secrets
 import string
 from collections.abc import Iterable
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any, ClassVar
 
 from django.conf import settings
@@ -522,6 +522,19 @@ class Service(models.Model):
                 "project. Choose another name, or rename that service first.",
                 code="duplicate",
             )
+        # An old hostname kept resolving after a rename is reserved until it expires; the
+        # service it points to may take its old name back (which ends that alias).
+        aliases = ServiceAlias.objects.filter(project_id=project_id, name=name)
+        if exclude_pk is not None:
+            aliases = aliases.exclude(service_id=exclude_pk)
+        alias = aliases.select_related("service").first()
+        if alias is not None:
+            raise ValidationError(
+                f"{alias.internal_hostname} still resolves to “{alias.service.display_name}”, "
+                f"which was renamed from it, until {alias.expires_at:%Y-%m-%d %H:%M} UTC. "
+                "Choose another name, or end that old hostname first on its service’s page.",
+                code="reserved",
+            )
         return name
 
     def clean(self) -> None:
@@ -552,23 +565,70 @@ class Service(models.Model):
         if errors:
             raise ValidationError(errors)
 
-    def save_changes(self, *, actor: Any) -> list[str]:
+    def add(self, *, actor: Any) -> None:
+        """Save a new service, audited; ``ValidationError`` if its name was taken meanwhile.
+
+        The project is locked first, so a name reserved by an old hostname that is still
+        resolving (``ServiceAlias``) is checked against what is stored at that moment.
+        """
+        with transaction.atomic():
+            Project.objects.select_for_update().filter(pk=self.project_id).first()
+            self.name = Service.name_for(self.project_id, self.display_name)
+            try:
+                with transaction.atomic():
+                    self.save()
+            except IntegrityError:
+                raise ValidationError(
+                    {"display_name": [f"{self.internal_hostname} was just taken."]},
+                    code="duplicate",
+                ) from None
+            self.project.record_change(
+                actor=actor,
+                action=AuditEvent.Action.SERVICE_CREATED,
+                target=self.name,
+                details={"kind": self.kind, "ports": self.ports},
+                service=self,
+            )
+
+    def save_changes(self, *, actor: Any, keep_old_name_for: timedelta = timedelta(0)) -> list[str]:
         """Save a rename or new ports, audited once per real change; what changed.
 
         The row is locked and compared with what is stored now, not with what the form saw,
         so twenty identical saves record one rename. ``Service.DoesNotExist`` if it is gone.
+        A rename keeps the old hostname resolving for ``keep_old_name_for`` (a
+        ``ServiceAlias``); renaming back to one of its old names ends that alias.
         """
         with transaction.atomic():
+            # The project first, as creating a service does: names are claimed one at a time.
+            Project.objects.select_for_update().filter(pk=self.project_id).first()
             stored = Service.objects.select_for_update().get(pk=self.pk)
+            if self.name != stored.name:
+                # Checked again under the lock: an alias may have claimed the name meanwhile.
+                self.name = Service.name_for(self.project_id, self.display_name, exclude_pk=self.pk)
             self.save()
             changed = []
             if self.name != stored.name:
                 changed.append("name")
+                ended = ServiceAlias.objects.filter(service=self, name=self.name).delete()[0]
+                kept_until = None
+                if keep_old_name_for > timedelta(0):
+                    kept_until = timezone.now() + keep_old_name_for
+                    ServiceAlias.objects.create(
+                        project_id=self.project_id,
+                        service=self,
+                        name=stored.name,
+                        expires_at=kept_until,
+                    )
+                details: dict[str, Any] = {"from": stored.name, "to": self.name}
+                if kept_until is not None:
+                    details["old_name_until"] = kept_until.isoformat(timespec="minutes")
+                if ended:
+                    details["alias_ended"] = self.name
                 self.project.record_change(
                     actor=actor,
                     action=AuditEvent.Action.SERVICE_RENAMED,
                     target=self.name,
-                    details={"from": stored.name, "to": self.name},
+                    details=details,
                     service=self,
                 )
             if self.ports != stored.ports:
@@ -624,6 +684,106 @@ class Service(models.Model):
             self.database_user = ""
 
 
+ALIAS_DEFAULT = timedelta(hours=24)
+# How long a rename keeps the old hostname resolving, as the form offers it.
+ALIAS_CHOICES: tuple[tuple[int, str], ...] = (
+    (0, "Don’t keep it"),
+    (3600, "1 hour"),
+    (24 * 3600, "24 hours"),
+    (7 * 24 * 3600, "7 days"),
+)
+ALIAS_EXTENSION = timedelta(hours=24)
+
+
+class ServiceAlias(models.Model):
+    """A renamed service's old hostname, still resolving until ``expires_at``.
+
+    The worker keeps a second ClusterIP Service under the old name, with the service's
+    selector and ports, so callers that still use ``old-name.internal`` reach the same pods
+    while they move to the new name. The name stays reserved in the project meanwhile.
+    """
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="service_aliases")
+    service = models.ForeignKey(Service, on_delete=models.CASCADE, related_name="aliases")
+    name = models.CharField("old DNS label", max_length=naming.MAX_LABEL_LENGTH)
+    expires_at = models.DateTimeField()
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["expires_at", "name"]
+        constraints = [
+            models.UniqueConstraint(fields=["project", "name"], name="unique_alias_in_project")
+        ]
+        indexes = [models.Index(fields=["expires_at"], name="aliases_by_expiry")]
+
+    def __str__(self) -> str:
+        return f"{self.internal_hostname} → {self.service_id}"
+
+    @property
+    def internal_hostname(self) -> str:
+        return naming.internal_hostname(self.name)
+
+    def _locked(self) -> ServiceAlias | None:
+        return (
+            ServiceAlias.objects.select_for_update()
+            .select_related("service")
+            .filter(pk=self.pk)
+            .first()
+        )
+
+    def extend(self, *, actor: Any, seen: datetime | None, by: timedelta = ALIAS_EXTENSION) -> bool:
+        """Keep the old hostname resolving ``by`` longer than the end the person saw.
+
+        False if it is gone, or if its end is no longer ``seen`` (someone extended it
+        meanwhile): twenty identical clicks extend it once.
+        """
+        with transaction.atomic():
+            locked = self._locked()
+            if locked is None or seen is None or locked.expires_at != seen:
+                if locked is not None:
+                    self.expires_at = locked.expires_at
+                return False
+            locked.expires_at = max(locked.expires_at, timezone.now()) + by
+            locked.save(update_fields=["expires_at"])
+            self.expires_at = locked.expires_at
+            self.service.project.audit(
+                actor=actor,
+                action=AuditEvent.Action.ALIAS_EXTENDED,
+                target=locked.internal_hostname,
+                details={
+                    "service": locked.service.name,
+                    "until": locked.expires_at.isoformat(timespec="minutes"),
+                },
+            )
+        return True
+
+    def end(self, *, actor: Any, action: AuditEvent.Action | None = None) -> bool:
+        """Stop the old hostname resolving now; False if it is gone already."""
+        with transaction.atomic():
+            locked = self._locked()
+            if locked is None:
+                return False
+            locked.delete()
+            self.service.project.record_change(
+                actor=actor,
+                action=action or AuditEvent.Action.ALIAS_ENDED,
+                target=locked.internal_hostname,
+                details={"service": locked.service.name},
+            )
+        return True
+
+    @classmethod
+    def expire_due(cls, now: datetime | None = None) -> int:
+        """Beat: end the aliases whose time is up, each audited; how many."""
+        now = now or timezone.now()
+        expired = 0
+        due = cls.objects.filter(expires_at__lte=now).select_related("service__project")
+        for alias in due:
+            if alias.end(actor=None, action=AuditEvent.Action.ALIAS_EXPIRED):
+                expired += 1
+        return expired
+
+
 def _delete_once(
     obj: Service | SharedSecret,
     *,
@@ -664,6 +824,9 @@ class AuditEvent(models.Model):
         ROTATION_PHASE = "secret.rotation_phase", "moved a rotation to its next phase"
         ROTATION_GRACE_ENDED = "secret.rotation_grace_ended", "ended a rotation’s grace window"
         ROTATION_COMPLETED = "secret.rotation_completed", "completed a rotation"
+        ALIAS_EXTENDED = "service.alias_extended", "kept an old hostname resolving longer"
+        ALIAS_ENDED = "service.alias_ended", "ended an old hostname"
+        ALIAS_EXPIRED = "service.alias_expired", "let an old hostname expire"
         PEERING_REQUESTED = "peering.requested", "requested VPC peering"
         PEERING_ACCEPTED = "peering.accepted", "accepted a peering request"
         PEERING_APPROVED = "peering.approved", "approved a peering request"

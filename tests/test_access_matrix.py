@@ -7,11 +7,13 @@ The expected status of each cell lives in ``MATRIX``. A URL pattern without a ro
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import timedelta
 from typing import Any
 
 import pytest
 from django.test import Client
 from django.urls import URLPattern, URLResolver, get_resolver, reverse
+from django.utils import timezone
 
 from networking.models import (
     AuditEvent,
@@ -20,6 +22,7 @@ from networking.models import (
     PeeringRequest,
     Project,
     Service,
+    ServiceAlias,
     SharedSecret,
 )
 from tests.conftest import ROLES, World
@@ -55,6 +58,8 @@ MATRIX: dict[tuple[str, str], str] = {
     ("service-delete", "GET"): "302 404 404 403 200 200",
     ("service-delete", "POST"): "302 404 404 403 302 302",
     ("service-reveal", "POST"): "302 404 404 403 200 200",
+    ("service-alias-extend", "POST"): "302 404 404 403 302 302",
+    ("service-alias-end", "POST"): "302 404 404 403 403 302",
     ("secret-list", "GET"): "302 404 404 200 200 200",
     ("secret-create", "GET"): "302 404 404 403 403 200",
     ("secret-create", "POST"): "302 404 404 403 403 200",
@@ -114,6 +119,14 @@ def _kwargs(world: World, name: str, *, foreign: bool) -> dict[str, Any]:
     if "service_id" in wanted:
         service = world.other_service if foreign else world.postgres
         kwargs["service_id"] = service.pk
+    if "alias_id" in wanted:
+        service = world.other_service if foreign else world.postgres
+        kwargs["alias_id"] = ServiceAlias.objects.get_or_create(
+            project_id=service.project_id,
+            service=service,
+            name=f"old-{service.name}",
+            defaults={"expires_at": timezone.now() + timedelta(days=1)},
+        )[0].pk
     if "peering_id" in wanted:
         kwargs["peering_id"] = (world.other_peering if foreign else world.peering).pk
     if "secret_id" in wanted:
@@ -180,6 +193,11 @@ def tenant_state(organization: Organization) -> list[Any]:
             PeeringRequest.objects.filter(requester_project__in=projects)
             .order_by("pk")
             .values_list("pk", "status", "history")
+        ),
+        list(
+            ServiceAlias.objects.filter(project__in=projects)
+            .order_by("pk")
+            .values_list("pk", "name", "expires_at")
         ),
         AuditEvent.objects.filter(organization=organization).count(),
         list(Membership.objects.filter(organization=organization).values_list("user", "role")),

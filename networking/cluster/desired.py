@@ -24,6 +24,8 @@ MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
 MANAGED_BY = "stackblaze-networking"
 PROJECT_LABEL = "networking.stackblaze.cloud/project"
 SERVICE_LABEL = "networking.stackblaze.cloud/service"
+# On a Service kept under a renamed service's old name: the service it now reaches.
+ALIAS_OF_LABEL = "networking.stackblaze.cloud/alias-of"
 # Set by Kubernetes 1.21+ on every namespace. We set it ourselves as well, so peering policies
 # can match on it on older clusters too; tenants have no rights on namespaces.
 NAMESPACE_NAME_LABEL = "kubernetes.io/metadata.name"
@@ -51,6 +53,8 @@ class ServiceSpec(NamedTuple):
     kind: str
     ports: tuple[int, ...]
     public: bool = False
+    # Old names still resolving after renames (``ServiceAlias``): a Service each.
+    aliases: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -215,6 +219,20 @@ def service_object(
     }
 
 
+def alias_object(
+    namespace: str, project_uid: str, alias: str, service: ServiceSpec, settings: ClusterSettings
+) -> KubeObject:
+    """A renamed service's old name: its own ClusterIP Service, selecting the same pods on the
+    same ports, so ``<old>.internal`` keeps working. Policies select pods, not Services: an
+    alias changes nothing they admit."""
+    obj = service_object(namespace, project_uid, service, settings)
+    obj["metadata"]["name"] = alias
+    obj["metadata"]["labels"] = managed_labels(
+        project_uid, **{SERVICE_LABEL: alias, ALIAS_OF_LABEL: service.name}
+    )
+    return obj
+
+
 def isolation_policy(namespace: str, project_uid: str) -> KubeObject:
     """Every pod in the namespace accepts traffic from its own namespace only."""
     return {
@@ -358,6 +376,9 @@ def build_desired_state(
     for service in sorted(services, key=_by_name):
         key = ("Service", service.name)
         objects[key], encoded[key] = _service_object(namespace, project_uid, service, settings)
+        for alias in service.aliases:
+            key = ("Service", alias)
+            objects[key] = alias_object(namespace, project_uid, alias, service, settings)
         workloads[service.name] = workload_spec(service.name, secrets) if secrets else NO_WORKLOAD
         if service.public:
             public.append(service.name)

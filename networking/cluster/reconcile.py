@@ -30,7 +30,7 @@ import functools
 import json
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple, Protocol
@@ -61,6 +61,7 @@ from networking.models import (
     PeeringRequest,
     Project,
     Service,
+    ServiceAlias,
     SharedSecret,
 )
 
@@ -136,9 +137,13 @@ def desired_state_for(
     secrets: list[SecretSpec] | None = None,
     peerings: list[PeeringRequest] | None = None,
     services: Sequence[_ServiceLike] | None = None,
+    aliases: dict[str, tuple[str, ...]] | None = None,
 ) -> DesiredState:
+    """``aliases``: each service's old names still resolving, by its name (None: read them)."""
     if services is None:
         services = list(project.services.only("name", "kind", "ports"))
+    if aliases is None:
+        aliases = aliases_of(project.pk)
     if secrets is None:
         secrets = _secret_specs(_shared_secrets(project))
     if peerings is None:
@@ -148,13 +153,33 @@ def desired_state_for(
         namespace=project.namespace,
         project_uid=project.uid,
         services=[
-            ServiceSpec(service.name, service.kind, tuple(service.ports), service.kind == web)
+            ServiceSpec(
+                service.name,
+                service.kind,
+                tuple(service.ports),
+                service.kind == web,
+                aliases.get(service.name, ()),
+            )
             for service in services
         ],
         settings=cluster_settings(),
         secrets=secrets,
         peer_namespaces=[p.peer_of(project).namespace for p in peerings],
     )
+
+
+def aliases_of(
+    project_id: int, services: Collection[str] | None = None
+) -> dict[str, tuple[str, ...]]:
+    """The old names each service of the project still answers to, by the service's name;
+    only those of ``services`` if given."""
+    rows = ServiceAlias.objects.filter(project_id=project_id)
+    if services is not None:
+        rows = rows.filter(service__name__in=list(services))
+    found: dict[str, list[str]] = {}
+    for service, alias in rows.order_by("name").values_list("service__name", "name"):
+        found.setdefault(service, []).append(alias)
+    return {service: tuple(names) for service, names in found.items()}
 
 
 def digest_key() -> bytes:
@@ -280,11 +305,12 @@ def _one_pass(claimed: lease.Claim, backend: Backend) -> Outcome:
     project = claimed.project
     generation = project.generation
     services = _service_rows(project.pk)
+    aliases = aliases_of(project.pk) if claimed.has_aliases else {}
     secrets = _shared_secrets(project) if claimed.has_secrets else []
     specs = _secret_specs(secrets)
     in_flight = peering.in_flight_peerings(project) if claimed.has_peerings else []
     peerings = [p for p in in_flight if p.status in PeeringRequest.CONNECTED]
-    desired = desired_state_for(project, specs, peerings, services)
+    desired = desired_state_for(project, specs, peerings, services, aliases)
     digests = desired.digests(digest_key())
     record = claimed.record or _new_record(project)
     # A cluster's error message could quote what was sent: never let a secret value through.

@@ -28,7 +28,7 @@ from networking.cluster.desired import WORKLOAD_KINDS
 from networking.cluster.drift import differences
 from networking.cluster.informer import ClusterCache
 from networking.cluster.kube import api_client
-from networking.models import Project, WatcherHeartbeat
+from networking.models import Project, ServiceAlias, WatcherHeartbeat
 
 logger = logging.getLogger(__name__)
 
@@ -177,8 +177,19 @@ class Watcher:
         scope = self._services_in(namespace, changed)
         self.looks.append((namespace, frozenset(scope) if scope is not None else None))
         rows = project.services.only("name", "kind", "ports", "cluster_ip", "workload")
+        aliases = None
         if scope is not None:
-            rows = rows.filter(name__in=sorted(scope))
+            # A Service named by an old hostname is its service's: look at that service, with
+            # every old name it still answers to.
+            owners = dict(
+                ServiceAlias.objects.filter(project=project, name__in=sorted(scope)).values_list(
+                    "name", "service__name"
+                )
+            )
+            names = {owners.get(name, name) for name in scope}
+            rows = rows.filter(name__in=sorted(names))
+            aliases = reconcile.aliases_of(project.pk, names)
+            scope = scope | names | {alias for kept in aliases.values() for alias in kept}
         services = list(rows)
         desired = reconcile.desired_state_for(
             project,
@@ -186,6 +197,7 @@ class Watcher:
             # Policies are compared only in a look at everything.
             peerings=None if scope is None else [],
             services=services,
+            aliases=aliases,
         )
         found = differences(
             desired,
