@@ -382,11 +382,11 @@ def test_a_missing_clusterip_is_explained_for_the_backend_in_use(
     assert ("not assigned by manifests" in overview.content.decode()) == (backend == "manifests")
 
 
-def test_the_edit_form_says_a_rename_stops_the_old_hostname(
+def test_the_edit_form_says_when_a_rename_stops_the_old_hostname(
     owner_client: Client, world: World
 ) -> None:
     edit = reverse("service-edit", args=[world.project.uid, world.api.pk])
-    assert "<code>api.internal</code> stops resolving when you save" in (
+    assert "<code>api.internal</code> stops resolving once the time chosen below is up" in (
         owner_client.get(edit).content.decode()
     )
     preview = reverse("service-name-preview", args=[world.project.uid])
@@ -395,13 +395,13 @@ def test_the_edit_form_says_a_rename_stops_the_old_hostname(
     )
     html = renamed.content.decode()
     assert "public-api.internal" in html
-    assert "<code>api.internal</code> stops resolving when you save" in html
+    assert "<code>api.internal</code> keeps resolving only for the time chosen below" in html
     # Typing the same name (another case) warns of nothing.
     same = owner_client.get(preview, {"display_name": "API", "service": str(world.api.pk)})
-    assert "stops resolving" not in same.content.decode()
+    assert "keeps resolving" not in same.content.decode()
     # A new service has no old hostname.
     new = owner_client.get(preview, {"display_name": "Public API"})
-    assert "stops resolving" not in new.content.decode()
+    assert "keeps resolving" not in new.content.decode()
 
 
 class TestTheOverviewList:
