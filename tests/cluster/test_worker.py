@@ -53,16 +53,16 @@ def test_a_change_in_the_ui_reaches_the_cluster_through_a_worker(
     assert service.cluster_ip is not None
     page = client.get(reverse("service-detail", args=[world.project.uid, service.pk]))
     assert service.cluster_ip in page.content.decode()
-    # The badge the page was polling says so, stops polling and has the page refresh its IPs.
+    # The page's poll, asking from before the change, brings the badge and has the page
+    # refresh its parts (the ClusterIP).
     status = client.get(
-        reverse("project-sync-status", args=[world.project.uid]),
-        {"was": Project.SyncState.QUEUED},
+        reverse("project-live", args=[world.project.uid]),
+        {"since": "0"},
         HTTP_HX_REQUEST="true",
     )
     badge = status.content.decode()
     assert "In sync" in badge
-    assert "hx-trigger" not in badge
-    assert "cluster-synced" in json.loads(status["HX-Trigger"])
+    assert "project-changed" in json.loads(status["HX-Trigger"])
 
 
 def test_a_worker_killed_mid_reconcile_converges_after_restart(
@@ -106,7 +106,7 @@ def test_a_worker_killed_mid_pass_is_replaced_within_20_seconds_with_the_shipped
     worker_env.pop("CELERY_VISIBILITY_TIMEOUT")
     lease = timedelta(seconds=settings.RECONCILE_LEASE_SECONDS)
     client = world.client_for("member")
-    status_url = reverse("project-sync-status", args=[world.project.uid])
+    status_url = reverse("project-live", args=[world.project.uid])
 
     # The first worker's API server accepts connections and never answers, so its pass hangs
     # in mid-apply (as behind a partitioned network) for as long as the worker lives.
@@ -171,7 +171,7 @@ def test_the_dashboard_shows_failed_then_retry_heals(
         "the failure to show",
     )
     client: Client = world.client_for("member")
-    status = client.get(reverse("project-sync-status", args=[world.project.uid]))
+    status = client.get(reverse("project-live", args=[world.project.uid]))
     assert "403 Forbidden" in status.content.decode()
     worker.stop()
 
