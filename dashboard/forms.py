@@ -7,7 +7,7 @@ from typing import Any
 
 from django import forms
 
-from networking import endpoints, rotation
+from networking import endpoints, references, rotation
 from networking.crypto import SecretText
 from networking.models import (
     ALIAS_CHOICES,
@@ -245,3 +245,39 @@ class RotateForm(forms.Form):
     def clean_value(self) -> str:
         value: str = self.cleaned_data.get("value", "")
         return rotation.validate_pasted_value(value) if value else ""
+
+
+class ReferenceForm(forms.Form):
+    """Give other services of the project this service's address as an environment variable."""
+
+    consumers = _ProjectServicesField(
+        queryset=Service.objects.none(),
+        widget=forms.CheckboxSelectMultiple,
+        error_messages={
+            "required": "Choose the services that should receive it.",
+            "invalid_choice": "A chosen service is not in this project any more: it may have "
+            "been deleted meanwhile. Choose again from the services listed.",
+        },
+        label="Services that receive it",
+    )
+    variable = forms.CharField(
+        label="Variable name",
+        required=False,
+        max_length=100,
+        help_text="Leave it empty for the usual name (unique on each service).",
+    )
+
+    def __init__(self, *args: Any, source: Service, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        consumers = self.fields["consumers"]
+        assert isinstance(consumers, forms.ModelMultipleChoiceField)
+        consumers.queryset = source.project.services.exclude(pk=source.pk).order_by("name")
+        self.fields["variable"].widget.attrs.update(
+            {
+                "placeholder": references.DEFAULT_VARIABLES.get(
+                    Service.Kind(source.kind), references.own_variable(source)
+                ),
+                "autocomplete": "off",
+                "spellcheck": "false",
+            }
+        )

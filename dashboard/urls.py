@@ -32,6 +32,16 @@ service_patterns = [
     path("<int:service_id>/delete/", views.service_delete, name="service-delete"),
     path("<int:service_id>/reveal/", views.service_reveal, name="service-reveal"),
     path(
+        "<int:service_id>/references/add/",
+        views.service_reference_add,
+        name="service-reference-add",
+    ),
+    path(
+        "<int:service_id>/references/<int:reference_id>/remove/",
+        views.service_reference_remove,
+        name="service-reference-remove",
+    ),
+    path(
         "<int:service_id>/old-hostnames/<int:alias_id>/extend/",
         views.service_alias_extend,
         name="service-alias-extend",

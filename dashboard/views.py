@@ -28,11 +28,12 @@ from dashboard.access import (
     get_alias_for_user,
     get_organization_for_user,
     get_project_for_user,
+    get_reference_for_user,
     get_service_for_user,
     memberships_of,
 )
-from dashboard.forms import ProjectForm, ServiceForm
-from networking import endpoints, naming, peering
+from dashboard.forms import ProjectForm, ReferenceForm, ServiceForm
+from networking import endpoints, naming, peering, references
 from networking.models import ApplyAttempt, AuditEvent, Membership, Project, Service
 
 
@@ -340,6 +341,8 @@ def service_name_preview(request: HttpRequest, project_uid: str) -> HttpResponse
 def _service_context(
     access: ProjectAccess, service: Service, *, revealed: bool = False, **extra: Any
 ) -> dict[str, Any]:
+    if "reference_form" not in extra and references.can_be_used(service):
+        extra["reference_form"] = ReferenceForm(source=service)
     return access.context(
         service=service,
         endpoints=endpoints.endpoints(
@@ -350,6 +353,8 @@ def _service_context(
             service, service.shared_secrets.order_by("name").values_list("name", flat=True).first()
         ),
         aliases=list(service.aliases.all()),
+        used_by=list(service.used_by.select_related("consumer").order_by("consumer__name")),
+        receives=list(service.references.select_related("source").order_by("variable")),
         revealed=revealed,
         **extra,
     )
@@ -426,6 +431,57 @@ def service_edit(request: HttpRequest, project_uid: str, service_id: int) -> Htt
         "services/form.html",
         access.context(form=form, service=service, original_hostname=original_hostname),
     )
+
+
+@login_required
+@require_POST
+def service_reference_add(request: HttpRequest, project_uid: str, service_id: int) -> HttpResponse:
+    """Give chosen services this one's address (connection string or URL) as a variable."""
+    access, service = get_service_for_user(request, project_uid, service_id)
+    access.require(Membership.can_change_services)
+    form = ReferenceForm(request.POST, source=service)
+    if form.is_valid():
+        try:
+            made = references.add(
+                service,
+                form.cleaned_data["consumers"],
+                form.cleaned_data["variable"],
+                actor=request.user,
+            )
+        except ValidationError as error:
+            by_field = error.message_dict if hasattr(error, "error_dict") else {"": error.messages}
+            for field, problems in by_field.items():
+                form.add_error(field if field in form.fields else None, problems)
+        else:
+            given = ", ".join(f"{r.consumer.name} as {r.variable}" for r in made)
+            messages.success(
+                request,
+                f"{service.name}’s address goes to {given}; each restarts once to pick it up.",
+            )
+            return redirect("service-detail", project_uid=project_uid, service_id=service.pk)
+    context = _service_context(access, service, reference_form=form)
+    return render(request, "services/detail.html", context)
+
+
+@login_required
+@require_POST
+def service_reference_remove(
+    request: HttpRequest, project_uid: str, service_id: int, reference_id: int
+) -> HttpResponse:
+    """Take a reference variable back from its consumer (which restarts once without it)."""
+    access, service, reference = get_reference_for_user(
+        request, project_uid, service_id, reference_id
+    )
+    access.require(Membership.can_change_services)
+    if references.remove(reference, actor=request.user):
+        messages.success(
+            request,
+            f"{reference.consumer.name} no longer gets {reference.variable}; it restarts once "
+            "without it.",
+        )
+    else:
+        messages.info(request, f"{reference.consumer.name} no longer had {reference.variable}.")
+    return redirect("service-detail", project_uid=project_uid, service_id=service.pk)
 
 
 @login_required

@@ -784,6 +784,37 @@ class ServiceAlias(models.Model):
         return expired
 
 
+class ReferenceVariable(models.Model):
+    """A service's address given to another service of the project as an environment variable:
+    a database's connection string (``DATABASE_URL``) or a service's internal URL.
+
+    The worker keeps the value in the project's Secret and the variable on the consumer's
+    workload, and rolls that workload once whenever the value changes (a rename, a new
+    password), so nobody copies a connection string by hand or lets one go stale.
+    """
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="references")
+    source = models.ForeignKey(Service, on_delete=models.CASCADE, related_name="used_by")
+    consumer = models.ForeignKey(Service, on_delete=models.CASCADE, related_name="references")
+    variable = models.CharField("environment variable", max_length=100)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["consumer__name", "variable"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["consumer", "variable"], name="one_reference_per_variable"
+            ),
+            models.UniqueConstraint(fields=["source", "consumer"], name="one_reference_per_pair"),
+            models.CheckConstraint(
+                condition=~models.Q(source=models.F("consumer")), name="no_reference_to_itself"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.variable} for service {self.consumer_id}"
+
+
 def _delete_once(
     obj: Service | SharedSecret,
     *,
@@ -824,6 +855,8 @@ class AuditEvent(models.Model):
         ROTATION_PHASE = "secret.rotation_phase", "moved a rotation to its next phase"
         ROTATION_GRACE_ENDED = "secret.rotation_grace_ended", "ended a rotation’s grace window"
         ROTATION_COMPLETED = "secret.rotation_completed", "completed a rotation"
+        REFERENCE_ADDED = "service.reference_added", "gave a service the address of"
+        REFERENCE_REMOVED = "service.reference_removed", "took from a service the address of"
         ALIAS_EXTENDED = "service.alias_extended", "kept an old hostname resolving longer"
         ALIAS_ENDED = "service.alias_ended", "ended an old hostname"
         ALIAS_EXPIRED = "service.alias_expired", "let an old hostname expire"
@@ -1041,6 +1074,7 @@ class SharedSecret(models.Model):
         try:
             with transaction.atomic():
                 chosen = Service.lock_chosen(self.project, receivers)
+                self._refuse_clashes(chosen)
                 self.save()
                 self.services.set(chosen)
                 self.project.record_change(
@@ -1067,6 +1101,7 @@ class SharedSecret(models.Model):
         with transaction.atomic():
             stored = SharedSecret.objects.select_for_update().get(pk=self.pk)
             chosen = Service.lock_chosen(self.project, receivers)
+            self._refuse_clashes(chosen)
             before = sorted(stored.services.values_list("name", flat=True))
             after = sorted(service.name for service in chosen)
             self.rotate_every_days = rotate_every_days
@@ -1085,6 +1120,27 @@ class SharedSecret(models.Model):
     def remove(self, *, actor: Any) -> bool:
         """Delete with its audit event; False if another request deleted it first."""
         return _delete_once(self, actor=actor, action=AuditEvent.Action.SECRET_DELETED)
+
+    def _refuse_clashes(self, receivers: Iterable[Service]) -> None:
+        """A receiver already given one of this secret's variables by a reference variable
+        would get it twice: refused, with the reason."""
+        names = [self.name, f"{self.name}_NEXT", f"{self.name}_PREVIOUS"]
+        clash = (
+            ReferenceVariable.objects.filter(consumer__in=list(receivers), variable__in=names)
+            .select_related("consumer", "source")
+            .first()
+        )
+        if clash is not None:
+            raise ValidationError(
+                {
+                    "services": [
+                        f"{clash.consumer.name} already gets {clash.variable} from the address "
+                        f"of {clash.source.name}. Leave {clash.consumer.name} out, or remove "
+                        "that reference first."
+                    ]
+                },
+                code="clash",
+            )
 
 
 class SecretRotation(models.Model):

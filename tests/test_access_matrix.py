@@ -21,6 +21,7 @@ from networking.models import (
     Organization,
     PeeringRequest,
     Project,
+    ReferenceVariable,
     Service,
     ServiceAlias,
     SharedSecret,
@@ -58,6 +59,8 @@ MATRIX: dict[tuple[str, str], str] = {
     ("service-delete", "GET"): "302 404 404 403 200 200",
     ("service-delete", "POST"): "302 404 404 403 302 302",
     ("service-reveal", "POST"): "302 404 404 403 200 200",
+    ("service-reference-add", "POST"): "302 404 404 403 200 200",
+    ("service-reference-remove", "POST"): "302 404 404 403 302 302",
     ("service-alias-extend", "POST"): "302 404 404 403 302 302",
     ("service-alias-end", "POST"): "302 404 404 403 403 302",
     ("secret-list", "GET"): "302 404 404 200 200 200",
@@ -127,6 +130,16 @@ def _kwargs(world: World, name: str, *, foreign: bool) -> dict[str, Any]:
             name=f"old-{service.name}",
             defaults={"expires_at": timezone.now() + timedelta(days=1)},
         )[0].pk
+    if "reference_id" in wanted:
+        source = world.other_service if foreign else world.postgres
+        consumer = Service.objects.get_or_create(
+            project_id=source.project_id,
+            name="consumer",
+            defaults={"display_name": "consumer", "kind": "private", "ports": [3000]},
+        )[0]
+        kwargs["reference_id"] = ReferenceVariable.objects.get_or_create(
+            project_id=source.project_id, source=source, consumer=consumer, variable="X_URL"
+        )[0].pk
     if "peering_id" in wanted:
         kwargs["peering_id"] = (world.other_peering if foreign else world.peering).pk
     if "secret_id" in wanted:
@@ -193,6 +206,11 @@ def tenant_state(organization: Organization) -> list[Any]:
             PeeringRequest.objects.filter(requester_project__in=projects)
             .order_by("pk")
             .values_list("pk", "status", "history")
+        ),
+        list(
+            ReferenceVariable.objects.filter(project__in=projects)
+            .order_by("pk")
+            .values_list("pk", "source", "consumer", "variable")
         ),
         list(
             ServiceAlias.objects.filter(project__in=projects)

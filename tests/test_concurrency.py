@@ -32,6 +32,7 @@ from networking.models import (
     Organization,
     PeeringRequest,
     Project,
+    ReferenceVariable,
     SecretRotation,
     Service,
     ServiceAlias,
@@ -241,6 +242,42 @@ def race_service_edit(world: World) -> Race:
         assert Service.objects.get(pk=world.api.pk).name == "gateway"
 
     return [Click("member", url, {"display_name": "Gateway", "ports": "8080"})] * N, check
+
+
+def race_service_reference_add(world: World) -> Race:
+    url = reverse("service-reference-add", args=[world.project.uid, world.postgres.pk])
+    check_once = once(world, Action.REFERENCE_ADDED)
+
+    def check(answers: list[Answer]) -> None:
+        check_once()
+        given = ReferenceVariable.objects.get(source=world.postgres, consumer=world.api)
+        assert given.variable == "DATABASE_URL"
+        assert sum(answer.status == 302 for answer in answers) == 1
+        losers = [answer for answer in answers if answer.status != 302]
+        assert all(
+            "already receives the address of postgres" in answer.body
+            or "just done by another request" in answer.body
+            for answer in losers
+        )
+
+    return [Click("member", url, {"consumers": [world.api.pk]})] * N, check
+
+
+def race_service_reference_remove(world: World) -> Race:
+    reference = ReferenceVariable.objects.create(
+        project=world.project, source=world.postgres, consumer=world.api, variable="DATABASE_URL"
+    )
+    url = reverse(
+        "service-reference-remove", args=[world.project.uid, world.postgres.pk, reference.pk]
+    )
+    check_once = once(world, Action.REFERENCE_REMOVED)
+
+    def check(answers: list[Answer]) -> None:
+        check_once()
+        assert not ReferenceVariable.objects.exists()
+        assert {answer.status for answer in answers} <= {302, 404}
+
+    return [Click("member", url)] * N, check
 
 
 def renamed_with_an_old_hostname(world: World) -> ServiceAlias:
@@ -531,6 +568,8 @@ RACES: dict[str, Callable[[World], Race]] = {
     "org-team-role": race_team_role,
     "org-team-remove": race_team_remove,
     "service-reveal": race_service_reveal,
+    "service-reference-add": race_service_reference_add,
+    "service-reference-remove": race_service_reference_remove,
     "service-alias-extend": race_service_alias_extend,
     "service-alias-end": race_service_alias_end,
     "secret-create": race_secret_create,

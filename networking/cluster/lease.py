@@ -53,6 +53,7 @@ from networking.models import (
     AppliedRecord,
     PeeringRequest,
     Project,
+    ReferenceVariable,
     ServiceAlias,
     SharedSecret,
     WatcherHeartbeat,
@@ -71,6 +72,7 @@ class Claim:
     record: AppliedRecord | None
     has_secrets: bool
     has_aliases: bool
+    has_references: bool
     has_peerings: bool
     # A watcher beat recently: someone would distrust the record if the cluster changed.
     watched: bool
@@ -106,6 +108,8 @@ def _claim_sql(vendor: str, take_queued: bool) -> str:
         f"(SELECT {q('rolling_out')} FROM {record} WHERE {of_project}) AS record_rolling_out, "
         f"EXISTS (SELECT 1 FROM {_table(SharedSecret)} WHERE {of_project}) AS has_secrets, "
         f"EXISTS (SELECT 1 FROM {_table(ServiceAlias)} WHERE {of_project}) AS has_aliases, "
+        f"EXISTS (SELECT 1 FROM {_table(ReferenceVariable)} WHERE {of_project}) "
+        "AS has_references, "
         f"EXISTS (SELECT 1 FROM {_table(PeeringRequest)} WHERE "
         f"({q('requester_project_id')} = %(project)s OR {q('target_project_id')} = %(project)s) "
         f"AND {q('status')} IN ({statuses})) AS has_peerings, "
@@ -153,6 +157,7 @@ def claim(project_id: int, *, take_queued: bool = False) -> Claim | None:
         record=record,
         has_secrets=bool(getattr(project, "has_secrets", True)),
         has_aliases=bool(getattr(project, "has_aliases", True)),
+        has_references=bool(getattr(project, "has_references", True)),
         has_peerings=bool(getattr(project, "has_peerings", True)),
         watched=bool(getattr(project, "watched", False)),
     )

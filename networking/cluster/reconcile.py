@@ -41,13 +41,14 @@ from django.db.models import F, Prefetch, Q
 from django.utils import timezone
 from django.utils.crypto import salted_hmac
 
-from networking import peering, rotation
+from networking import peering, references, rotation
 from networking.cluster import lease
 from networking.cluster.backend_choice import get_backend
 from networking.cluster.backends import ApplyResult, Backend
 from networking.cluster.desired import (
     ClusterSettings,
     DesiredState,
+    ReferenceSpec,
     SecretSpec,
     ServiceSpec,
     WorkloadSpec,
@@ -60,6 +61,7 @@ from networking.models import (
     ApplyAttempt,
     PeeringRequest,
     Project,
+    ReferenceVariable,
     Service,
     ServiceAlias,
     SharedSecret,
@@ -138,12 +140,16 @@ def desired_state_for(
     peerings: list[PeeringRequest] | None = None,
     services: Sequence[_ServiceLike] | None = None,
     aliases: dict[str, tuple[str, ...]] | None = None,
+    references: list[ReferenceSpec] | None = None,
 ) -> DesiredState:
-    """``aliases``: each service's old names still resolving, by its name (None: read them)."""
+    """``aliases``: each service's old names still resolving, by its name; ``references``: the
+    reference variables with their values. Each is read when None."""
     if services is None:
         services = list(project.services.only("name", "kind", "ports"))
     if aliases is None:
         aliases = aliases_of(project.pk)
+    if references is None:
+        references = reference_specs(project.pk)
     if secrets is None:
         secrets = _secret_specs(_shared_secrets(project))
     if peerings is None:
@@ -165,6 +171,7 @@ def desired_state_for(
         settings=cluster_settings(),
         secrets=secrets,
         peer_namespaces=[p.peer_of(project).namespace for p in peerings],
+        references=references,
     )
 
 
@@ -180,6 +187,27 @@ def aliases_of(
     for service, alias in rows.order_by("name").values_list("service__name", "name"):
         found.setdefault(service, []).append(alias)
     return {service: tuple(names) for service, names in found.items()}
+
+
+def reference_specs(project_id: int) -> list[ReferenceSpec]:
+    """The project's reference variables with their values (a connection string's password
+    included: they go into the Secret, nowhere else)."""
+    key = digest_key()
+    specs = []
+    rows = ReferenceVariable.objects.filter(project_id=project_id).select_related(
+        "source", "consumer"
+    )
+    for row in rows:
+        value = references.value_of(row.source)
+        specs.append(
+            ReferenceSpec(
+                consumer=row.consumer.name,
+                variable=row.variable,
+                value=value,
+                version=references.version_of(value, key),
+            )
+        )
+    return specs
 
 
 def digest_key() -> bytes:
@@ -306,19 +334,19 @@ def _one_pass(claimed: lease.Claim, backend: Backend) -> Outcome:
     generation = project.generation
     services = _service_rows(project.pk)
     aliases = aliases_of(project.pk) if claimed.has_aliases else {}
+    given = reference_specs(project.pk) if claimed.has_references else []
     secrets = _shared_secrets(project) if claimed.has_secrets else []
     specs = _secret_specs(secrets)
     in_flight = peering.in_flight_peerings(project) if claimed.has_peerings else []
     peerings = [p for p in in_flight if p.status in PeeringRequest.CONNECTED]
-    desired = desired_state_for(project, specs, peerings, services, aliases)
+    desired = desired_state_for(project, specs, peerings, services, aliases, given)
     digests = desired.digests(digest_key())
     record = claimed.record or _new_record(project)
     # A cluster's error message could quote what was sent: never let a secret value through.
+    values = [value for spec in specs for value in spec.environment.values()]
+    values += [reference.value for reference in given]
     sensitive = [
-        text
-        for spec in specs
-        for value in spec.environment.values()
-        for text in (value, base64.b64encode(value.encode()).decode())
+        text for value in values for text in (value, base64.b64encode(value.encode()).decode())
     ]
     # Read the cluster when the record cannot be trusted (never made, distrusted, or no watcher
     # to distrust it), and while workloads roll out (a rotation waits on them; the dashboard
