@@ -25,7 +25,7 @@ from django.utils import timezone
 
 from networking.cluster import reconcile
 from networking.cluster.desired import WORKLOAD_KINDS
-from networking.cluster.drift import differences
+from networking.cluster.drift import Difference, differences
 from networking.cluster.informer import ClusterCache
 from networking.cluster.kube import api_client
 from networking.models import Project, WatcherHeartbeat
@@ -155,7 +155,7 @@ class Watcher:
         self.wake.set()
         self.cache.stop()
 
-    def check(self, namespace: str, changed: Changed = None) -> list[str]:
+    def check(self, namespace: str, changed: Changed = None) -> list[Difference]:
         """Compare what changed in a project's namespace (None: all of it) with its desired
         state; queue a pass if it differs."""
         self.checks += 1
@@ -210,7 +210,7 @@ class Watcher:
             # Judged (or cleared) what was suspected; a look at other objects clears nothing.
             self.suspected.pop(namespace, None)
         if found:
-            queued = project.report_drift()
+            queued = project.report_drift(difference.record() for difference in found)
             logger.info(
                 "Drift in %s (%s)%s",
                 namespace,
