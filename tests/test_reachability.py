@@ -84,6 +84,7 @@ def test_alone_every_service_reaches_every_other_and_nothing_else_reaches_them()
     assert sources(reach, "postgres") == {SAME_PROJECT}
     assert reached(reach, "worker") == {(OWN, "worker"), (OWN, "postgres")}
     assert reach.services == {OWN: ("postgres", "worker")}
+    assert reach.limited_egress == frozenset()
 
 
 def test_the_same_project_is_every_pod_of_its_namespace_whatever_its_services() -> None:
@@ -385,6 +386,7 @@ def test_a_senders_egress_policy_narrows_what_it_reaches() -> None:
         },
     )
     reach = reachability(own, settings=SETTINGS)
+    assert reach.limited_egress == {(OWN, "worker")}
     assert reached(reach, "worker") == {(OWN, "postgres")}
     assert reached(reach, "api") == {(OWN, "api"), (OWN, "worker"), (OWN, "postgres")}
     assert sources(reach, "api") == {

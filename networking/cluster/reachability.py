@@ -94,6 +94,8 @@ class Reachability:
     # Namespace -> its services, the project's own first.
     services: Mapping[str, tuple[str, ...]]
     grants: tuple[Grant, ...]
+    # (namespace, service) of the services whose outgoing traffic some Egress policy limits.
+    limited_egress: frozenset[tuple[str, str]] = frozenset()
     _into: Mapping[tuple[str, str], tuple[Grant, ...]] = field(
         default_factory=dict, repr=False, compare=False
     )
@@ -131,6 +133,13 @@ def reachability(
         namespace=own.namespace,
         services={name: tuple(namespace.pods) for name, namespace in known.items()},
         grants=tuple(grants),
+        limited_egress=frozenset(
+            (namespace.name, service)
+            for namespace in known.values()
+            for policy in namespace.policies
+            if "Egress" in _policy_types(policy)
+            for service in namespace.selected(policy)
+        ),
         _into={key: tuple(value) for key, value in into.items()},
     )
 
