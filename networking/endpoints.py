@@ -238,12 +238,11 @@ LISTEN_ON_EVERY_INTERFACE = Gotcha(
     key="bind",
     title="Listen on every interface",
     text=(
-        "Other services reach this one at its ClusterIP, never over loopback: a server bound "
-        "to `127.0.0.1` or `localhost` refuses them all. Bind to `0.0.0.0`, or to `::` where "
-        "the cluster uses IPv6 (the ClusterIP above says which; on most systems `::` accepts "
-        "IPv4 too). gunicorn binds `127.0.0.1:8000` unless `PORT` is set or you pass `--bind`, "
-        "and uvicorn `127.0.0.1` unless you pass `--host`; Node's `server.listen(port)` without "
-        "a host already listens on `::`."
+        "Other services reach this one at its ClusterIP, never over loopback: bind to "
+        "`0.0.0.0`, or to `::` if the ClusterIP above is IPv6 (on most systems `::` takes IPv4 "
+        "too), not to `127.0.0.1` or `localhost`. gunicorn binds `127.0.0.1:8000` unless `PORT` "
+        "is set or you pass `--bind`, uvicorn `127.0.0.1` unless you pass `--host`; Node's "
+        "`server.listen(port)` with no host already takes every interface."
     ),
     example=(
         "gunicorn --bind 0.0.0.0:{port} app:app\n"
@@ -264,10 +263,10 @@ NODE_EITHER_FAMILY = Gotcha(
     title="Calling it from Node.js",
     text=(
         "Node's resolver (`dns.lookup()`, behind `fetch`, `http` and most clients) returns "
-        "whichever address the name has, IPv4 or IPv6, unless a client pins `family: 4`: don't, "
-        "as the ClusterIP is IPv6 on an IPv6 cluster. `--dns-result-order=ipv4first` and "
+        "whichever address family the name has unless a client pins `family: 4`: don't, as the "
+        "ClusterIP is IPv6 on an IPv6 cluster. `--dns-result-order=ipv4first` and "
         "`dns.setDefaultResultOrder()` only reorder the answers (since Node 17 the default is "
-        "`verbatim`, the resolver's own order); they never drop a family."
+        "`verbatim`, the resolver's order); neither drops a family."
     ),
     references=(
         Reference(
@@ -289,10 +288,9 @@ POSTGRES_SSLMODE = Gotcha(
     text=(
         "Traffic to this hostname never leaves the cluster, so TLS is optional here. libpq and "
         "the clients built on it (psql, psycopg, Ruby's pg) default to `sslmode=prefer`: TLS if "
-        "the server offers it, a plain connection otherwise. `sslmode=require`, which some "
-        "frameworks and hosting templates add, refuses to connect when the server offers no "
-        "TLS, and `verify-full` also wants a certificate issued for this hostname: leave "
-        "`sslmode` at its default for connections inside the project."
+        "the server offers it, plain otherwise. `sslmode=require`, which some frameworks and "
+        "hosting templates add, refuses to connect when the server offers no TLS: inside the "
+        "project, leave `sslmode` at its default."
     ),
     references=(
         Reference(

@@ -48,6 +48,14 @@ class Reason:
 
 
 @dataclass(frozen=True)
+class Destination:
+    """A service a row reaches; ``service_id`` for the project's own (to link to its page)."""
+
+    name: str
+    service_id: int | None = None
+
+
+@dataclass(frozen=True)
 class Row:
     """One row of the Network page's table: ``source`` may reach ``services`` of a project."""
 
@@ -58,6 +66,7 @@ class Row:
     services: list[str]
     # Every service of that project (then ``services`` is all of them).
     every: bool
+    destinations: list[Destination]
     reason: Reason
     drifted: bool
 
@@ -142,6 +151,10 @@ class ProjectNetwork:
         }
 
     @cached_property
+    def _ids(self) -> dict[str, int]:
+        return {service.name: service.pk for service in self.services}
+
+    @cached_property
     def _kinds(self) -> dict[str, str]:
         return {service.name: service.kind for service in self.services}
 
@@ -210,6 +223,10 @@ class ProjectNetwork:
             or ("Service", grant.service) in self.drift
         )
 
+    @property
+    def namespace_drifted(self) -> bool:
+        return ("Namespace", self.namespace) in self.drift
+
     def service_drifted(self, name: str) -> bool:
         return bool({("Namespace", self.namespace), ("Service", name)} & self.drift)
 
@@ -265,6 +282,12 @@ class ProjectNetwork:
                     project_name=self.project_name(namespace),
                     services=services,
                     every=len(everything) > 1 and set(services) == set(everything),
+                    destinations=[
+                        Destination(
+                            name, self._ids.get(name) if namespace == self.namespace else None
+                        )
+                        for name in services
+                    ],
                     reason=self.reason(grants[0]),
                     drifted=any(self.drifted(grant) for grant in grants),
                 )
@@ -329,6 +352,11 @@ class ProjectNetwork:
                 )
             )
         return lines
+
+    @property
+    def egress_limited_anywhere(self) -> bool:
+        """Whether a policy limits the connections some service of the project opens."""
+        return any(namespace == self.namespace for namespace, _ in self.reach.limited_egress)
 
     def egress_limited(self, service: str) -> bool:
         """Whether a policy limits the connections ``service`` opens."""
