@@ -231,12 +231,12 @@ def draw(network: ProjectNetwork) -> Drawing:
                     y=y,
                     width=width,
                     height=EXTERNAL_HEIGHT,
-                    title=_cut(_external_title(source), int(width / 8)),
+                    title=_cut(_external_title(source), int(width / 6)),
                     subtitle=_cut(
                         _external_subtitle(source)
                         if not more
-                        else f"and {more} more: see the table",
-                        int(width / 6.5),
+                        else f"and {more} more, in the table",
+                        int(width / 4.5),
                     ),
                     role=str(source.origin),
                     drifted=drifted,
