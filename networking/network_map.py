@@ -243,12 +243,13 @@ class ProjectNetwork:
         concerned = {("Namespace", self.namespace), ("Service", service)} | {
             ("NetworkPolicy", policy) for policy in policies if policy
         }
+        desired = self.reach.policies.get(self.namespace, frozenset())
         return [
             str(record.get("text", ""))
             for record in self.project.drift
             if (record.get("kind"), record.get("name")) in concerned
             # A policy in the cluster that is not desired may admit anyone to anything.
-            or (record.get("kind") == "NetworkPolicy" and "not desired" in record.get("text", ""))
+            or (record.get("kind") == "NetworkPolicy" and record.get("name") not in desired)
         ]
 
     # -- The table ------------------------------------------------------------------------------

@@ -85,6 +85,7 @@ def test_alone_every_service_reaches_every_other_and_nothing_else_reaches_them()
     assert reached(reach, "worker") == {(OWN, "worker"), (OWN, "postgres")}
     assert reach.services == {OWN: ("postgres", "worker")}
     assert reach.limited_egress == frozenset()
+    assert reach.policies == {OWN: frozenset({ISOLATION_POLICY})}
 
 
 def test_the_same_project_is_every_pod_of_its_namespace_whatever_its_services() -> None:

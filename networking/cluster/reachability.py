@@ -96,6 +96,8 @@ class Reachability:
     grants: tuple[Grant, ...]
     # (namespace, service) of the services whose outgoing traffic some Egress policy limits.
     limited_egress: frozenset[tuple[str, str]] = frozenset()
+    # Namespace -> the names of the NetworkPolicies it should hold.
+    policies: Mapping[str, frozenset[str]] = field(default_factory=dict)
     _into: Mapping[tuple[str, str], tuple[Grant, ...]] = field(
         default_factory=dict, repr=False, compare=False
     )
@@ -140,6 +142,12 @@ def reachability(
             if "Egress" in _policy_types(policy)
             for service in namespace.selected(policy)
         ),
+        policies={
+            namespace.name: frozenset(
+                policy.get("metadata", {}).get("name", "") for policy in namespace.policies
+            )
+            for namespace in known.values()
+        },
         _into={key: tuple(value) for key, value in into.items()},
     )
 
