@@ -71,6 +71,7 @@ peering_patterns = [
 ]
 project_patterns: list[URLPattern | URLResolver] = [
     path("", views.project_overview, name="project-overview"),
+    path("network/", views.project_network, name="project-network"),
     path("settings/", views.project_settings, name="project-settings"),
     path("delete/", views.project_delete, name="project-delete"),
     path("audit/", views.audit_log, name="audit-log"),

@@ -22,7 +22,7 @@ from django.views.decorators.vary import vary_on_headers
 from django_htmx.http import trigger_client_event
 from django_htmx.middleware import HtmxDetails
 
-from dashboard import audit_view, service_list
+from dashboard import audit_view, network_drawing, service_list
 from dashboard.access import (
     ProjectAccess,
     get_alias_for_user,
@@ -35,6 +35,7 @@ from dashboard.access import (
 from dashboard.forms import ProjectForm, ReferenceForm, ServiceForm
 from networking import endpoints, naming, peering, references
 from networking.models import ApplyAttempt, AuditEvent, Membership, Project, Service
+from networking.network_map import ProjectNetwork
 
 
 class HtmxHttpRequest(HttpRequest):
@@ -125,6 +126,22 @@ def project_overview(request: HtmxHttpRequest, project_uid: str) -> HttpResponse
         return render(request, "projects/overview.html#live-rows", context)
     template = "projects/overview.html#services-table" if request.htmx else "projects/overview.html"
     return render(request, template, context)
+
+
+@login_required
+@require_GET
+@vary_on_headers("HX-Request")
+def project_network(request: HtmxHttpRequest, project_uid: str) -> HttpResponse:
+    """Who can reach whom: a map drawn from the project's desired NetworkPolicies, with the
+    same as a table beside it; htmx asks for both again when the project changes."""
+    access = get_project_for_user(request, project_uid)
+    network = ProjectNetwork.load(access.project)
+    template = "projects/network.html#network" if request.htmx else "projects/network.html"
+    return render(
+        request,
+        template,
+        access.context(network=network, rows=network.rows(), drawing=network_drawing.draw(network)),
+    )
 
 
 def _int_or_none(text: str) -> int | None:
@@ -355,9 +372,21 @@ def _service_context(
         aliases=list(service.aliases.all()),
         used_by=list(service.used_by.select_related("consumer").order_by("consumer__name")),
         receives=list(service.references.select_related("source").order_by("variable")),
+        notes=endpoints.notes(service),
         revealed=revealed,
         **extra,
     )
+
+
+def _reach_context(project: Project, service: Service) -> dict[str, Any]:
+    """Who can reach the service and what it can reach, from the project's desired policies."""
+    network = ProjectNetwork.load(project)
+    return {
+        "who_reaches": network.who_reaches(service.name),
+        "reaches": network.reaches(service.name),
+        "egress_limited": network.egress_limited(service.name),
+        "reach_drift": network.drift_about(service.name),
+    }
 
 
 @login_required
@@ -365,9 +394,14 @@ def _service_context(
 @vary_on_headers("HX-Request")
 def service_detail(request: HtmxHttpRequest, project_uid: str, service_id: int) -> HttpResponse:
     access, service = get_service_for_user(request, project_uid, service_id)
+    if request.htmx and request.GET.get("part") == "reach":
+        context = access.context(service=service, **_reach_context(access.project, service))
+        return render(request, "services/detail.html#reach", context)
     # htmx refreshes just the endpoints panel when the cluster assigns the ClusterIP.
-    template = "services/detail.html#endpoints" if request.htmx else "services/detail.html"
-    return render(request, template, _service_context(access, service))
+    if request.htmx:
+        return render(request, "services/detail.html#endpoints", _service_context(access, service))
+    context = _service_context(access, service, **_reach_context(access.project, service))
+    return render(request, "services/detail.html", context)
 
 
 @login_required
@@ -389,9 +423,13 @@ def service_reveal(request: HtmxHttpRequest, project_uid: str, service_id: int) 
         action=AuditEvent.Action.CREDENTIALS_REVEALED,
         target=service.name,
     )
-    context = _service_context(access, service, revealed=True)
-    template = "services/detail.html#endpoints" if request.htmx else "services/detail.html"
-    return render(request, template, context)
+    if request.htmx:
+        context = _service_context(access, service, revealed=True)
+        return render(request, "services/detail.html#endpoints", context)
+    reach = _reach_context(access.project, service)
+    return render(
+        request, "services/detail.html", _service_context(access, service, revealed=True, **reach)
+    )
 
 
 @login_required

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import secrets
 import string
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from datetime import datetime, timedelta
 from typing import Any, ClassVar
 
@@ -148,6 +148,15 @@ class Project(models.Model):
     sync_error = models.TextField(blank=True)
     sync_error_generation = models.PositiveBigIntegerField(null=True, blank=True)
     sync_retry_at = models.DateTimeField(null=True, blank=True)
+    # What the watcher saw differ in the cluster that no pass has repaired yet, by object:
+    # [{"kind": "NetworkPolicy", "name": "project-isolation", "text": "... differs"}], written
+    # by ``report_drift`` and cleared by the next pass that read the whole namespace. Pages
+    # mark it while it lasts. Almost always empty: nothing to load but "[]".
+    drift = models.JSONField(default=list, blank=True)
+    drift_seen_at = models.DateTimeField(null=True, blank=True)
+
+    # Objects kept in ``drift``: the pages name them; beyond this they say how many more.
+    DRIFT_KEPT: ClassVar[int] = 100
 
     class SyncState(models.TextChoices):
         QUEUED = "queued", "Queued"
@@ -333,10 +342,70 @@ class Project(models.Model):
             reconcile_queued_at=None
         )
 
-    def report_drift(self) -> bool:
-        """The cluster differs from what was applied: queue a pass that reads it in full."""
+    def report_drift(self, found: Iterable[Mapping[str, str]] = ()) -> bool:
+        """The cluster differs from what was applied: queue a pass that reads it in full.
+
+        ``found``: what differs, as ``{"kind", "name", "text"}`` (``drift.Difference.record``).
+        The cluster objects among them (those with a kind) are kept in ``drift``, merged by
+        object with what is kept already (a look at one service must not hide a policy seen
+        differing before), until a pass that read the whole namespace clears them
+        (``clear_drift``); open pages move on to show it. A ClusterIP or a workload status
+        the database has yet to record is no difference in the cluster: not kept.
+        """
+        records = [
+            {"kind": r["kind"], "name": r.get("name", ""), "text": r.get("text", "")}
+            for r in found
+            if r.get("kind")
+        ]
+        if records:
+            self._keep_drift(records)
         AppliedRecord.distrust([self.pk])
         return self.request_reconcile()
+
+    def _keep_drift(self, records: list[dict[str, str]]) -> None:
+        """Merge ``records`` into ``drift`` under a row lock (the watcher's looks may overlap
+        a pass clearing it)."""
+        now = timezone.now()
+        with transaction.atomic():
+            kept = (
+                Project.objects.select_for_update()
+                .filter(pk=self.pk)
+                .values_list("drift", flat=True)
+                .first()
+            )
+            if kept is None:
+                return  # deleted meanwhile
+            # Kept by object; what did not fit is only counted, in a last entry of no kind.
+            more = sum(int(r.get("more", 0)) for r in kept if not r.get("kind"))
+            merged = {(r["kind"], r["name"]): r for r in kept if r.get("kind")}
+            for record in records:
+                key = (record["kind"], record["name"])
+                if key in merged or len(merged) < Project.DRIFT_KEPT - 1:
+                    merged[key] = record
+                else:
+                    more += 1
+            drift: list[dict[str, Any]] = list(merged.values())
+            if more:
+                drift.append({"kind": "", "name": "", "text": f"and {more} more", "more": more})
+            Project.objects.filter(pk=self.pk).update(
+                drift=drift, drift_seen_at=now, revision=F("revision") + 1
+            )
+        self.drift, self.drift_seen_at = drift, now
+
+    @staticmethod
+    def clear_drift(project_id: int, *, seen_before: datetime) -> bool:
+        """A pass that read the whole namespace from ``seen_before`` on made the cluster match:
+        forget the drift seen before it (drift seen since is the next pass's to repair)."""
+        return bool(
+            Project.objects.filter(pk=project_id, drift_seen_at__lte=seen_before).update(
+                drift=[], drift_seen_at=None, revision=F("revision") + 1
+            )
+        )
+
+    @property
+    def drift_objects(self) -> set[tuple[str, str]]:
+        """(kind, name) of every cluster object kept in ``drift``."""
+        return {(r["kind"], r["name"]) for r in self.drift if r.get("kind")}
 
     def retry_sync(self) -> None:
         """The Retry button: show "retrying" and enqueue a fresh pass with a fresh retry budget."""

@@ -40,6 +40,7 @@ MATRIX: dict[tuple[str, str], str] = {
     ("project-create", "GET"): "302 404 404 403 403 200",
     ("project-create", "POST"): "302 404 404 403 403 200",
     ("project-overview", "GET"): "302 404 404 200 200 200",
+    ("project-network", "GET"): "302 404 404 200 200 200",
     ("project-settings", "GET"): "302 404 404 200 200 200",
     ("project-settings", "POST"): "302 404 404 403 403 200",
     ("project-delete", "GET"): "302 404 404 403 403 200",

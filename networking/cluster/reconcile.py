@@ -398,7 +398,7 @@ def _one_pass(claimed: lease.Claim, backend: Backend) -> Outcome:
         poll = float(settings.ROTATION_POLL_SECONDS)
         recheck_in = poll if recheck_in is None else min(recheck_in, poll)
 
-    _record_applied(project, generation, result)
+    _record_applied(project, generation, result, started_at=started_at)
     rolling_out = record.rolling_out
     if result.all_workloads:
         names = {service.name for service in services}
@@ -455,12 +455,18 @@ def _new_record(project: Project) -> AppliedRecord:
     return record
 
 
-def _record_applied(project: Project, generation: int, result: ApplyResult) -> None:
+def _record_applied(
+    project: Project, generation: int, result: ApplyResult, *, started_at: float
+) -> None:
     """Say the generation is applied: the dashboard shows "In sync" as this commits.
 
     One statement, written first and on its own; compared on the applied generation, so a
-    slower pass of an older generation never moves it back.
+    slower pass of an older generation never moves it back. A pass that read the whole
+    namespace (``verified``) also clears the drift the watcher saw before it began: it has
+    just made the cluster match (a second statement, only when there was drift).
     """
+    if result.verified and project.drift_seen_at is not None:
+        Project.clear_drift(project.pk, seen_before=datetime.fromtimestamp(started_at, tz=UTC))
     fields: dict[str, Any] = {}
     if project.sync_error or project.sync_error_generation or project.sync_retry_at:
         fields.update(
@@ -530,7 +536,7 @@ def _still_rolling_out(desired: DesiredState, result: ApplyResult) -> set[str]:
     }
 
 
-def summarize(changes: list[str], limit: int = 10) -> str:
+def summarize(changes: Sequence[str], limit: int = 10) -> str:
     shown = "; ".join(changes[:limit])
     return shown if len(changes) <= limit else f"{shown}; and {len(changes) - limit} more"
 

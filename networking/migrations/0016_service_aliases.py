@@ -7,7 +7,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('networking', '0013_live_revisions_and_grace'),
+        ('networking', '0015_project_drift'),
     ]
 
     operations = [
