@@ -20,7 +20,9 @@ from networking.models import (
     Organization,
     PeeringRequest,
     Project,
+    ReferenceVariable,
     Service,
+    ServiceAlias,
     SharedSecret,
 )
 
@@ -73,6 +75,33 @@ def get_service_for_user(
 ) -> tuple[ProjectAccess, Service]:
     access = get_project_for_user(request, project_uid)
     return access, _in_project(access, Service, service_id, "service")
+
+
+def get_alias_for_user(
+    request: HttpRequest, project_uid: str, service_id: int, alias_id: int
+) -> tuple[ProjectAccess, ServiceAlias]:
+    """An old hostname of a service of this project."""
+    access, service = get_service_for_user(request, project_uid, service_id)
+    alias = service.aliases.filter(pk=alias_id).first()
+    if alias is None:
+        raise Http404("No such old hostname: it may have expired or been ended.")
+    alias.service = service
+    return access, alias
+
+
+def get_reference_for_user(
+    request: HttpRequest, project_uid: str, service_id: int, reference_id: int
+) -> tuple[ProjectAccess, Service, ReferenceVariable]:
+    """A reference variable this service gives or receives."""
+    access, service = get_service_for_user(request, project_uid, service_id)
+    found = (
+        ReferenceVariable.objects.filter(Q(source=service) | Q(consumer=service), pk=reference_id)
+        .select_related("source", "consumer")
+        .first()
+    )
+    if found is None:
+        raise Http404("No such reference: it may have been removed.")
+    return access, service, found
 
 
 def get_secret_for_user(

@@ -58,6 +58,12 @@ def details_text(event: AuditEvent) -> str:
             parts.append(f"request #{value}")
         elif key == "peer":
             parts.append(f"project ID {value}")
+        elif key == "old_name_until":
+            parts.append(f"the old hostname resolves until {str(value).replace('T', ' ')}")
+        elif key == "alias_ended":
+            parts.append(f"{value}.internal is its own name again")
+        elif key == "until":
+            parts.append(f"until {str(value).replace('T', ' ')}")
         elif key == "seconds_left":
             parts.append(f"{max(int(value) // 60, 1)} min before it would have ended")
         elif key == "rotate_every_days":

@@ -2,13 +2,21 @@ from __future__ import annotations
 
 import json
 import re
+from datetime import timedelta
 from typing import Any
 
 from django import forms
 
-from networking import endpoints, rotation
+from networking import endpoints, references, rotation
 from networking.crypto import SecretText
-from networking.models import MAX_PORTS, Project, Service, SharedSecret
+from networking.models import (
+    ALIAS_CHOICES,
+    ALIAS_DEFAULT,
+    MAX_PORTS,
+    Project,
+    Service,
+    SharedSecret,
+)
 
 _PORT_SEPARATORS = re.compile(r"[\s,]+")
 
@@ -59,6 +67,15 @@ class ServiceForm(forms.ModelForm[Service]):
         required=False,
         help_text="Web services default to 8080. Databases always use their standard port.",
     )
+    keep_old_name_for = forms.TypedChoiceField(
+        label="If you rename it, keep the old hostname resolving for",
+        choices=ALIAS_CHOICES,
+        coerce=int,
+        initial=int(ALIAS_DEFAULT.total_seconds()),
+        required=False,
+        help_text="Callers still using the old name reach the service meanwhile, and no other "
+        "service can take that name. You can extend it or end it early on the service’s page.",
+    )
 
     class Meta:
         model = Service
@@ -86,6 +103,8 @@ class ServiceForm(forms.ModelForm[Service]):
         self.fields["ports"].widget.attrs.update(
             {"placeholder": "8080", "autocomplete": "off", "inputmode": "text"}
         )
+        if not self.instance.pk:
+            del self.fields["keep_old_name_for"]  # nothing to rename yet
         if self.instance.pk:
             # A service's kind is fixed: a database does not turn into a web service.
             self.fields["kind"].disabled = True
@@ -95,6 +114,14 @@ class ServiceForm(forms.ModelForm[Service]):
         else:
             self.initial.setdefault("kind", Service.Kind.WEB)
             self.initial.setdefault("ports", Service.default_ports(Service.Kind.WEB))
+
+    @property
+    def keep_old_name(self) -> timedelta:
+        """How long a rename keeps the old hostname resolving (after ``is_valid()``)."""
+        seconds = self.cleaned_data.get("keep_old_name_for")
+        if seconds in (None, ""):
+            return ALIAS_DEFAULT
+        return timedelta(seconds=int(seconds))
 
     def clean(self) -> dict[str, Any]:
         cleaned = super().clean() or {}
@@ -218,3 +245,39 @@ class RotateForm(forms.Form):
     def clean_value(self) -> str:
         value: str = self.cleaned_data.get("value", "")
         return rotation.validate_pasted_value(value) if value else ""
+
+
+class ReferenceForm(forms.Form):
+    """Give other services of the project this service's address as an environment variable."""
+
+    consumers = _ProjectServicesField(
+        queryset=Service.objects.none(),
+        widget=forms.CheckboxSelectMultiple,
+        error_messages={
+            "required": "Choose the services that should receive it.",
+            "invalid_choice": "A chosen service is not in this project any more: it may have "
+            "been deleted meanwhile. Choose again from the services listed.",
+        },
+        label="Services that receive it",
+    )
+    variable = forms.CharField(
+        label="Variable name",
+        required=False,
+        max_length=100,
+        help_text="Leave it empty for the usual name (unique on each service).",
+    )
+
+    def __init__(self, *args: Any, source: Service, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        consumers = self.fields["consumers"]
+        assert isinstance(consumers, forms.ModelMultipleChoiceField)
+        consumers.queryset = source.project.services.exclude(pk=source.pk).order_by("name")
+        self.fields["variable"].widget.attrs.update(
+            {
+                "placeholder": references.DEFAULT_VARIABLES.get(
+                    Service.Kind(source.kind), references.own_variable(source)
+                ),
+                "autocomplete": "off",
+                "spellcheck": "false",
+            }
+        )

@@ -251,6 +251,10 @@ CELERY_BEAT_SCHEDULE = {
         "task": "networking.tasks.expire_peering_requests",
         "schedule": 3600.0,
     },
+    "expire-old-hostnames": {
+        "task": "networking.tasks.expire_service_aliases",
+        "schedule": 60.0,
+    },
 }
 # Beat keeps its schedule in memory: every entry is an interval of idempotent work, so after a
 # restart each simply runs one interval later. No schedule file means nothing to lock or corrupt

@@ -31,6 +31,26 @@ service_patterns = [
     path("<int:service_id>/edit/", views.service_edit, name="service-edit"),
     path("<int:service_id>/delete/", views.service_delete, name="service-delete"),
     path("<int:service_id>/reveal/", views.service_reveal, name="service-reveal"),
+    path(
+        "<int:service_id>/references/add/",
+        views.service_reference_add,
+        name="service-reference-add",
+    ),
+    path(
+        "<int:service_id>/references/<int:reference_id>/remove/",
+        views.service_reference_remove,
+        name="service-reference-remove",
+    ),
+    path(
+        "<int:service_id>/old-hostnames/<int:alias_id>/extend/",
+        views.service_alias_extend,
+        name="service-alias-extend",
+    ),
+    path(
+        "<int:service_id>/old-hostnames/<int:alias_id>/end/",
+        views.service_alias_end,
+        name="service-alias-end",
+    ),
 ]
 secret_patterns = [
     path("", secret_views.secret_list, name="secret-list"),
@@ -51,6 +71,7 @@ peering_patterns = [
 ]
 project_patterns: list[URLPattern | URLResolver] = [
     path("", views.project_overview, name="project-overview"),
+    path("network/", views.project_network, name="project-network"),
     path("settings/", views.project_settings, name="project-settings"),
     path("delete/", views.project_delete, name="project-delete"),
     path("audit/", views.audit_log, name="audit-log"),

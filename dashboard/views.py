@@ -9,29 +9,33 @@ from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.core.paginator import Paginator
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError
 from django.db.models import Prefetch
 from django.http import Http404, HttpRequest, HttpResponse, StreamingHttpResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.utils import timezone
+from django.utils.dateparse import parse_datetime
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 from django.views.decorators.vary import vary_on_headers
 from django_htmx.http import trigger_client_event
 from django_htmx.middleware import HtmxDetails
 
-from dashboard import audit_view, service_list
+from dashboard import audit_view, network_drawing, service_list
 from dashboard.access import (
     ProjectAccess,
+    get_alias_for_user,
     get_organization_for_user,
     get_project_for_user,
+    get_reference_for_user,
     get_service_for_user,
     memberships_of,
 )
-from dashboard.forms import ProjectForm, ServiceForm
-from networking import endpoints, naming, peering
+from dashboard.forms import ProjectForm, ReferenceForm, ServiceForm
+from networking import endpoints, naming, peering, references
 from networking.models import ApplyAttempt, AuditEvent, Membership, Project, Service
+from networking.network_map import ProjectNetwork
 
 
 class HtmxHttpRequest(HttpRequest):
@@ -92,9 +96,9 @@ def project_overview(request: HtmxHttpRequest, project_uid: str) -> HttpResponse
     access = get_project_for_user(request, project_uid)
     project = access.project
     filters = service_list.Filters.from_query(request.GET)
-    page = Paginator(filters.apply(project.services.all()), service_list.PAGE_SIZE).get_page(
-        request.GET.get("page")
-    )
+    page = Paginator(
+        filters.apply(project.services.prefetch_related("aliases")), service_list.PAGE_SIZE
+    ).get_page(request.GET.get("page"))
     services = list(page.object_list)
     context = access.context(
         page=page,
@@ -122,6 +126,22 @@ def project_overview(request: HtmxHttpRequest, project_uid: str) -> HttpResponse
         return render(request, "projects/overview.html#live-rows", context)
     template = "projects/overview.html#services-table" if request.htmx else "projects/overview.html"
     return render(request, template, context)
+
+
+@login_required
+@require_GET
+@vary_on_headers("HX-Request")
+def project_network(request: HtmxHttpRequest, project_uid: str) -> HttpResponse:
+    """Who can reach whom: a map drawn from the project's desired NetworkPolicies, with the
+    same as a table beside it; htmx asks for both again when the project changes."""
+    access = get_project_for_user(request, project_uid)
+    network = ProjectNetwork.load(access.project)
+    template = "projects/network.html#network" if request.htmx else "projects/network.html"
+    return render(
+        request,
+        template,
+        access.context(network=network, rows=network.rows(), drawing=network_drawing.draw(network)),
+    )
 
 
 def _int_or_none(text: str) -> int | None:
@@ -294,19 +314,11 @@ def service_create(request: HttpRequest, project_uid: str) -> HttpResponse:
         if service.is_database:
             service.generate_credentials()
         try:
-            with transaction.atomic():
-                service.save()
-                access.project.record_change(
-                    actor=request.user,
-                    action=AuditEvent.Action.SERVICE_CREATED,
-                    target=service.name,
-                    details={"kind": service.kind, "ports": service.ports},
-                    service=service,
-                )
-        except IntegrityError:
-            # Another request took the name between validation and insert.
+            service.add(actor=request.user)
+        except ValidationError as error:
+            # Another request took the name (or kept it as an old hostname) meanwhile.
             service.pk = None
-            form.add_error("display_name", f"{service.internal_hostname} was just taken.")
+            form.add_error("display_name" if not hasattr(error, "error_dict") else None, error)
         else:
             messages.success(
                 request,
@@ -346,6 +358,8 @@ def service_name_preview(request: HttpRequest, project_uid: str) -> HttpResponse
 def _service_context(
     access: ProjectAccess, service: Service, *, revealed: bool = False, **extra: Any
 ) -> dict[str, Any]:
+    if "reference_form" not in extra and references.can_be_used(service):
+        extra["reference_form"] = ReferenceForm(source=service)
     return access.context(
         service=service,
         endpoints=endpoints.endpoints(
@@ -355,9 +369,24 @@ def _service_context(
         snippets=endpoints.code_snippets(
             service, service.shared_secrets.order_by("name").values_list("name", flat=True).first()
         ),
+        aliases=list(service.aliases.all()),
+        used_by=list(service.used_by.select_related("consumer").order_by("consumer__name")),
+        receives=list(service.references.select_related("source").order_by("variable")),
+        notes=endpoints.notes(service),
         revealed=revealed,
         **extra,
     )
+
+
+def _reach_context(project: Project, service: Service) -> dict[str, Any]:
+    """Who can reach the service and what it can reach, from the project's desired policies."""
+    network = ProjectNetwork.load(project)
+    return {
+        "who_reaches": network.who_reaches(service.name),
+        "reaches": network.reaches(service.name),
+        "egress_limited": network.egress_limited(service.name),
+        "reach_drift": network.drift_about(service.name),
+    }
 
 
 @login_required
@@ -365,9 +394,14 @@ def _service_context(
 @vary_on_headers("HX-Request")
 def service_detail(request: HtmxHttpRequest, project_uid: str, service_id: int) -> HttpResponse:
     access, service = get_service_for_user(request, project_uid, service_id)
+    if request.htmx and request.GET.get("part") == "reach":
+        context = access.context(service=service, **_reach_context(access.project, service))
+        return render(request, "services/detail.html#reach", context)
     # htmx refreshes just the endpoints panel when the cluster assigns the ClusterIP.
-    template = "services/detail.html#endpoints" if request.htmx else "services/detail.html"
-    return render(request, template, _service_context(access, service))
+    if request.htmx:
+        return render(request, "services/detail.html#endpoints", _service_context(access, service))
+    context = _service_context(access, service, **_reach_context(access.project, service))
+    return render(request, "services/detail.html", context)
 
 
 @login_required
@@ -389,9 +423,13 @@ def service_reveal(request: HtmxHttpRequest, project_uid: str, service_id: int) 
         action=AuditEvent.Action.CREDENTIALS_REVEALED,
         target=service.name,
     )
-    context = _service_context(access, service, revealed=True)
-    template = "services/detail.html#endpoints" if request.htmx else "services/detail.html"
-    return render(request, template, context)
+    if request.htmx:
+        context = _service_context(access, service, revealed=True)
+        return render(request, "services/detail.html#endpoints", context)
+    reach = _reach_context(access.project, service)
+    return render(
+        request, "services/detail.html", _service_context(access, service, revealed=True, **reach)
+    )
 
 
 @login_required
@@ -399,20 +437,31 @@ def service_reveal(request: HtmxHttpRequest, project_uid: str, service_id: int) 
 def service_edit(request: HttpRequest, project_uid: str, service_id: int) -> HttpResponse:
     access, service = get_service_for_user(request, project_uid, service_id)
     access.require(Membership.can_change_services)
-    original_hostname = service.internal_hostname  # before the form writes the new name on it
+    original_name = service.name  # before the form writes the new name on it
+    original_hostname = service.internal_hostname
     form = ServiceForm(
         request.POST if request.method == "POST" else None, instance=service, project=access.project
     )
     if request.method == "POST" and form.is_valid():
         try:
-            service.save_changes(actor=request.user)
+            changed = service.save_changes(actor=request.user, keep_old_name_for=form.keep_old_name)
         except Service.DoesNotExist:
             raise Http404("No such service.") from None
+        except ValidationError as error:
+            form.add_error("display_name", error)
         except IntegrityError:
             form.add_error("display_name", f"{service.internal_hostname} was just taken.")
         else:
+            kept = service.aliases.filter(name=original_name).first() if "name" in changed else None
             messages.success(
-                request, f"Saved. {service.display_name} is at {service.internal_hostname}."
+                request,
+                f"Saved. {service.display_name} is at {service.internal_hostname}"
+                + (
+                    f"; {original_hostname} keeps resolving until "
+                    f"{kept.expires_at:%Y-%m-%d %H:%M} UTC."
+                    if kept is not None
+                    else "."
+                ),
             )
             return redirect("service-detail", project_uid=project_uid, service_id=service.pk)
     return render(
@@ -420,6 +469,102 @@ def service_edit(request: HttpRequest, project_uid: str, service_id: int) -> Htt
         "services/form.html",
         access.context(form=form, service=service, original_hostname=original_hostname),
     )
+
+
+@login_required
+@require_POST
+def service_reference_add(request: HttpRequest, project_uid: str, service_id: int) -> HttpResponse:
+    """Give chosen services this one's address (connection string or URL) as a variable."""
+    access, service = get_service_for_user(request, project_uid, service_id)
+    access.require(Membership.can_change_services)
+    form = ReferenceForm(request.POST, source=service)
+    if form.is_valid():
+        try:
+            made = references.add(
+                service,
+                form.cleaned_data["consumers"],
+                form.cleaned_data["variable"],
+                actor=request.user,
+            )
+        except ValidationError as error:
+            by_field = error.message_dict if hasattr(error, "error_dict") else {"": error.messages}
+            for field, problems in by_field.items():
+                form.add_error(field if field in form.fields else None, problems)
+        else:
+            given = ", ".join(f"{r.consumer.name} as {r.variable}" for r in made)
+            messages.success(
+                request,
+                f"{service.name}’s address goes to {given}; each restarts once to pick it up.",
+            )
+            return redirect("service-detail", project_uid=project_uid, service_id=service.pk)
+    context = _service_context(access, service, reference_form=form)
+    return render(request, "services/detail.html", context)
+
+
+@login_required
+@require_POST
+def service_reference_remove(
+    request: HttpRequest, project_uid: str, service_id: int, reference_id: int
+) -> HttpResponse:
+    """Take a reference variable back from its consumer (which restarts once without it)."""
+    access, service, reference = get_reference_for_user(
+        request, project_uid, service_id, reference_id
+    )
+    access.require(Membership.can_change_services)
+    if references.remove(reference, actor=request.user):
+        messages.success(
+            request,
+            f"{reference.consumer.name} no longer gets {reference.variable}; it restarts once "
+            "without it.",
+        )
+    else:
+        messages.info(request, f"{reference.consumer.name} no longer had {reference.variable}.")
+    return redirect("service-detail", project_uid=project_uid, service_id=service.pk)
+
+
+@login_required
+@require_POST
+def service_alias_extend(
+    request: HttpRequest, project_uid: str, service_id: int, alias_id: int
+) -> HttpResponse:
+    """Keep a renamed service's old hostname resolving a day longer."""
+    access, alias = get_alias_for_user(request, project_uid, service_id, alias_id)
+    access.require(Membership.can_change_services)
+    try:
+        seen = parse_datetime(request.POST.get("seen", "")[:40])
+    except ValueError:  # shaped like a date, but not one (month 13)
+        seen = None
+    if alias.extend(actor=request.user, seen=seen):
+        messages.success(
+            request,
+            f"{alias.internal_hostname} now resolves until {alias.expires_at:%Y-%m-%d %H:%M} UTC.",
+        )
+    else:
+        messages.info(
+            request,
+            f"{alias.internal_hostname} resolves until {alias.expires_at:%Y-%m-%d %H:%M} UTC: "
+            "it was extended (or the page was out of date), so nothing changed.",
+        )
+    return redirect("service-detail", project_uid=project_uid, service_id=service_id)
+
+
+@login_required
+@require_POST
+def service_alias_end(
+    request: HttpRequest, project_uid: str, service_id: int, alias_id: int
+) -> HttpResponse:
+    """Stop a renamed service's old hostname resolving now (owners)."""
+    access, alias = get_alias_for_user(request, project_uid, service_id, alias_id)
+    access.require(Membership.can_manage_project)
+    if alias.end(actor=request.user):
+        messages.success(
+            request,
+            f"{alias.internal_hostname} stops resolving as the cluster catches up; the name is "
+            "free for another service.",
+        )
+    else:
+        messages.info(request, f"{alias.internal_hostname} had already stopped resolving.")
+    return redirect("service-detail", project_uid=project_uid, service_id=service_id)
 
 
 @login_required

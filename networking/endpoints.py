@@ -205,3 +205,179 @@ def code_snippets(service: Service, secret_name: str | None = None) -> dict[str,
             "    print(error.code, error.read().decode())\n"
         ),
     }
+
+
+# -- What trips people up, next to the address --------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Reference:
+    """Where a note's claim is documented: the server's or the driver's own pages."""
+
+    title: str
+    url: str
+
+
+@dataclass(frozen=True)
+class Gotcha:
+    """Something true of connecting to a kind of service that people trip on.
+
+    ``text`` marks code with backticks (the page renders it as code); ``example`` is code to
+    paste, if any, where ``{hostname}`` and ``{port}`` stand for the service's. Each claim is
+    the documentation's in ``references``.
+    """
+
+    key: str
+    title: str
+    text: str
+    references: tuple[Reference, ...]
+    example: str = ""
+
+
+LISTEN_ON_EVERY_INTERFACE = Gotcha(
+    key="bind",
+    title="Listen on every interface",
+    text=(
+        "Other services reach this one at its ClusterIP, never over loopback: bind to "
+        "`0.0.0.0`, or to `::` if the ClusterIP above is IPv6 (on most systems `::` takes IPv4 "
+        "too), not to `127.0.0.1` or `localhost`. gunicorn binds `127.0.0.1:8000` unless `PORT` "
+        "is set or you pass `--bind`, uvicorn `127.0.0.1` unless you pass `--host`; Node's "
+        "`server.listen(port)` with no host already takes every interface."
+    ),
+    example=(
+        "gunicorn --bind 0.0.0.0:{port} app:app\n"
+        "uvicorn app:app --host 0.0.0.0 --port {port}\n"
+        "server.listen({port})  // Node.js: every interface"
+    ),
+    references=(
+        Reference(
+            "Node.js: server.listen()",
+            "https://nodejs.org/api/net.html#serverlistenport-host-backlog-callback",
+        ),
+        Reference("gunicorn: bind", "https://docs.gunicorn.org/en/stable/settings.html#bind"),
+        Reference("uvicorn: socket binding", "https://www.uvicorn.org/settings/#socket-binding"),
+    ),
+)
+NODE_EITHER_FAMILY = Gotcha(
+    key="node-dns",
+    title="Calling it from Node.js",
+    text=(
+        "Node's resolver (`dns.lookup()`, behind `fetch`, `http` and most clients) returns "
+        "whichever address family the name has unless a client pins `family: 4`: don't, as the "
+        "ClusterIP is IPv6 on an IPv6 cluster. `--dns-result-order=ipv4first` and "
+        "`dns.setDefaultResultOrder()` only reorder the answers (since Node 17 the default is "
+        "`verbatim`, the resolver's order); neither drops a family."
+    ),
+    references=(
+        Reference(
+            "Node.js: dns.lookup()",
+            "https://nodejs.org/api/dns.html#dnslookuphostname-options-callback",
+        ),
+        Reference(
+            "Node.js: dns.setDefaultResultOrder()",
+            "https://nodejs.org/api/dns.html#dnssetdefaultresultorderorder",
+        ),
+        Reference(
+            "Node.js: --dns-result-order", "https://nodejs.org/api/cli.html#--dns-result-orderorder"
+        ),
+    ),
+)
+POSTGRES_SSLMODE = Gotcha(
+    key="sslmode",
+    title="sslmode inside the private network",
+    text=(
+        "Traffic to this hostname never leaves the cluster, so TLS is optional here. libpq and "
+        "the clients built on it (psql, psycopg, Ruby's pg) default to `sslmode=prefer`: TLS if "
+        "the server offers it, plain otherwise. `sslmode=require`, which some frameworks and "
+        "hosting templates add, refuses to connect when the server offers no TLS: inside the "
+        "project, leave `sslmode` at its default."
+    ),
+    references=(
+        Reference(
+            "PostgreSQL: libpq sslmode",
+            "https://www.postgresql.org/docs/current/libpq-connect.html#LIBPQ-CONNECT-SSLMODE",
+        ),
+        Reference(
+            "PostgreSQL: what each sslmode protects against",
+            "https://www.postgresql.org/docs/current/libpq-ssl.html#LIBPQ-SSL-SSLMODE-STATEMENTS",
+        ),
+    ),
+)
+IOREDIS_FAMILY = Gotcha(
+    key="ioredis-family",
+    title="ioredis and IPv6",
+    text=(
+        "ioredis before 5.8.2 looks hosts up as IPv4 only (its `family` option defaulted to "
+        "`4`), so on an IPv6 cluster it cannot resolve this hostname. Pass `family: 0` to accept "
+        "either address family (the default from 5.8.2 on), in the options object."
+    ),
+    example="const redis = new Redis(process.env.REDIS_URL, { family: 0 })",
+    references=(
+        Reference(
+            "ioredis 5.8.2: the family defaults to 0",
+            "https://github.com/redis/ioredis/releases/tag/v5.8.2",
+        ),
+        Reference(
+            "Node.js: net.connect() family",
+            "https://nodejs.org/api/net.html#socketconnectoptions-connectlistener",
+        ),
+    ),
+)
+MONGODB_DIRECT_CONNECTION = Gotcha(
+    key="direct-connection",
+    title="One node: directConnection",
+    text=(
+        "If this single node runs as a replica set, add `directConnection=true` to the "
+        "connection string's options. Drivers otherwise (their default is `false`) read the "
+        "set's configuration and connect to its members by the host names written there, which "
+        "other pods may not resolve; with it they talk to this hostname alone. A standalone "
+        "server accepts it too."
+    ),
+    example="mongodb://…@{hostname}:{port}/…?directConnection=true",
+    references=(
+        Reference(
+            "MongoDB: connection string options, directConnection",
+            "https://www.mongodb.com/docs/manual/reference/connection-string-options/"
+            "#mongodb-urioption-urioption.directConnection",
+        ),
+    ),
+)
+
+_GOTCHAS: dict[str, tuple[Gotcha, ...]] = {
+    Service.Kind.WEB: (LISTEN_ON_EVERY_INTERFACE, NODE_EITHER_FAMILY),
+    Service.Kind.PRIVATE: (LISTEN_ON_EVERY_INTERFACE, NODE_EITHER_FAMILY),
+    Service.Kind.POSTGRESQL: (POSTGRES_SSLMODE,),
+    Service.Kind.MYSQL: (),
+    Service.Kind.REDIS: (IOREDIS_FAMILY,),
+    Service.Kind.MONGODB: (MONGODB_DIRECT_CONNECTION,),
+}
+
+
+def gotchas(kind: str) -> tuple[Gotcha, ...]:
+    """The notes that are true, and matter, for connecting to a service of ``kind``.
+
+    Web and private services run the customer's code: how it listens decides whether anyone
+    reaches it, and how Node callers resolve its name. Databases run ours: only what their
+    drivers get wrong. MySQL's drivers need nothing said.
+    """
+    return _GOTCHAS.get(kind, ())
+
+
+@dataclass(frozen=True)
+class Note:
+    """A gotcha as shown on one service's page, its example filled in for that service."""
+
+    gotcha: Gotcha
+    example: str
+
+
+def notes(service: Service) -> list[Note]:
+    """``gotchas`` for ``service``, with its hostname and port in the examples."""
+    port = str(service.primary_port or "")
+    return [
+        Note(
+            gotcha,
+            gotcha.example.replace("{hostname}", service.internal_hostname).replace("{port}", port),
+        )
+        for gotcha in gotchas(service.kind)
+    ]

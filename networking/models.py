@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import secrets
 import string
-from collections.abc import Iterable
-from datetime import timedelta
+from collections.abc import Iterable, Mapping
+from datetime import datetime, timedelta
 from typing import Any, ClassVar
 
 from django.conf import settings
@@ -148,6 +148,15 @@ class Project(models.Model):
     sync_error = models.TextField(blank=True)
     sync_error_generation = models.PositiveBigIntegerField(null=True, blank=True)
     sync_retry_at = models.DateTimeField(null=True, blank=True)
+    # What the watcher saw differ in the cluster that no pass has repaired yet, by object:
+    # [{"kind": "NetworkPolicy", "name": "project-isolation", "text": "... differs"}], written
+    # by ``report_drift`` and cleared by the next pass that read the whole namespace. Pages
+    # mark it while it lasts. Almost always empty: nothing to load but "[]".
+    drift = models.JSONField(default=list, blank=True)
+    drift_seen_at = models.DateTimeField(null=True, blank=True)
+
+    # Objects kept in ``drift``: the pages name them; beyond this they say how many more.
+    DRIFT_KEPT: ClassVar[int] = 100
 
     class SyncState(models.TextChoices):
         QUEUED = "queued", "Queued"
@@ -333,10 +342,70 @@ class Project(models.Model):
             reconcile_queued_at=None
         )
 
-    def report_drift(self) -> bool:
-        """The cluster differs from what was applied: queue a pass that reads it in full."""
+    def report_drift(self, found: Iterable[Mapping[str, str]] = ()) -> bool:
+        """The cluster differs from what was applied: queue a pass that reads it in full.
+
+        ``found``: what differs, as ``{"kind", "name", "text"}`` (``drift.Difference.record``).
+        The cluster objects among them (those with a kind) are kept in ``drift``, merged by
+        object with what is kept already (a look at one service must not hide a policy seen
+        differing before), until a pass that read the whole namespace clears them
+        (``clear_drift``); open pages move on to show it. A ClusterIP or a workload status
+        the database has yet to record is no difference in the cluster: not kept.
+        """
+        records = [
+            {"kind": r["kind"], "name": r.get("name", ""), "text": r.get("text", "")}
+            for r in found
+            if r.get("kind")
+        ]
+        if records:
+            self._keep_drift(records)
         AppliedRecord.distrust([self.pk])
         return self.request_reconcile()
+
+    def _keep_drift(self, records: list[dict[str, str]]) -> None:
+        """Merge ``records`` into ``drift`` under a row lock (the watcher's looks may overlap
+        a pass clearing it)."""
+        now = timezone.now()
+        with transaction.atomic():
+            kept = (
+                Project.objects.select_for_update()
+                .filter(pk=self.pk)
+                .values_list("drift", flat=True)
+                .first()
+            )
+            if kept is None:
+                return  # deleted meanwhile
+            # Kept by object; what did not fit is only counted, in a last entry of no kind.
+            more = sum(int(r.get("more", 0)) for r in kept if not r.get("kind"))
+            merged = {(r["kind"], r["name"]): r for r in kept if r.get("kind")}
+            for record in records:
+                key = (record["kind"], record["name"])
+                if key in merged or len(merged) < Project.DRIFT_KEPT - 1:
+                    merged[key] = record
+                else:
+                    more += 1
+            drift: list[dict[str, Any]] = list(merged.values())
+            if more:
+                drift.append({"kind": "", "name": "", "text": f"and {more} more", "more": more})
+            Project.objects.filter(pk=self.pk).update(
+                drift=drift, drift_seen_at=now, revision=F("revision") + 1
+            )
+        self.drift, self.drift_seen_at = drift, now
+
+    @staticmethod
+    def clear_drift(project_id: int, *, seen_before: datetime) -> bool:
+        """A pass that read the whole namespace from ``seen_before`` on made the cluster match:
+        forget the drift seen before it (drift seen since is the next pass's to repair)."""
+        return bool(
+            Project.objects.filter(pk=project_id, drift_seen_at__lte=seen_before).update(
+                drift=[], drift_seen_at=None, revision=F("revision") + 1
+            )
+        )
+
+    @property
+    def drift_objects(self) -> set[tuple[str, str]]:
+        """(kind, name) of every cluster object kept in ``drift``."""
+        return {(r["kind"], r["name"]) for r in self.drift if r.get("kind")}
 
     def retry_sync(self) -> None:
         """The Retry button: show "retrying" and enqueue a fresh pass with a fresh retry budget."""
@@ -522,6 +591,19 @@ class Service(models.Model):
                 "project. Choose another name, or rename that service first.",
                 code="duplicate",
             )
+        # An old hostname kept resolving after a rename is reserved until it expires; the
+        # service it points to may take its old name back (which ends that alias).
+        aliases = ServiceAlias.objects.filter(project_id=project_id, name=name)
+        if exclude_pk is not None:
+            aliases = aliases.exclude(service_id=exclude_pk)
+        alias = aliases.select_related("service").first()
+        if alias is not None:
+            raise ValidationError(
+                f"{alias.internal_hostname} still resolves to “{alias.service.display_name}”, "
+                f"which was renamed from it, until {alias.expires_at:%Y-%m-%d %H:%M} UTC. "
+                "Choose another name, or end that old hostname first on its service’s page.",
+                code="reserved",
+            )
         return name
 
     def clean(self) -> None:
@@ -552,23 +634,70 @@ class Service(models.Model):
         if errors:
             raise ValidationError(errors)
 
-    def save_changes(self, *, actor: Any) -> list[str]:
+    def add(self, *, actor: Any) -> None:
+        """Save a new service, audited; ``ValidationError`` if its name was taken meanwhile.
+
+        The project is locked first, so a name reserved by an old hostname that is still
+        resolving (``ServiceAlias``) is checked against what is stored at that moment.
+        """
+        with transaction.atomic():
+            Project.objects.select_for_update().filter(pk=self.project_id).first()
+            self.name = Service.name_for(self.project_id, self.display_name)
+            try:
+                with transaction.atomic():
+                    self.save()
+            except IntegrityError:
+                raise ValidationError(
+                    {"display_name": [f"{self.internal_hostname} was just taken."]},
+                    code="duplicate",
+                ) from None
+            self.project.record_change(
+                actor=actor,
+                action=AuditEvent.Action.SERVICE_CREATED,
+                target=self.name,
+                details={"kind": self.kind, "ports": self.ports},
+                service=self,
+            )
+
+    def save_changes(self, *, actor: Any, keep_old_name_for: timedelta = timedelta(0)) -> list[str]:
         """Save a rename or new ports, audited once per real change; what changed.
 
         The row is locked and compared with what is stored now, not with what the form saw,
         so twenty identical saves record one rename. ``Service.DoesNotExist`` if it is gone.
+        A rename keeps the old hostname resolving for ``keep_old_name_for`` (a
+        ``ServiceAlias``); renaming back to one of its old names ends that alias.
         """
         with transaction.atomic():
+            # The project first, as creating a service does: names are claimed one at a time.
+            Project.objects.select_for_update().filter(pk=self.project_id).first()
             stored = Service.objects.select_for_update().get(pk=self.pk)
+            if self.name != stored.name:
+                # Checked again under the lock: an alias may have claimed the name meanwhile.
+                self.name = Service.name_for(self.project_id, self.display_name, exclude_pk=self.pk)
             self.save()
             changed = []
             if self.name != stored.name:
                 changed.append("name")
+                ended = ServiceAlias.objects.filter(service=self, name=self.name).delete()[0]
+                kept_until = None
+                if keep_old_name_for > timedelta(0):
+                    kept_until = timezone.now() + keep_old_name_for
+                    ServiceAlias.objects.create(
+                        project_id=self.project_id,
+                        service=self,
+                        name=stored.name,
+                        expires_at=kept_until,
+                    )
+                details: dict[str, Any] = {"from": stored.name, "to": self.name}
+                if kept_until is not None:
+                    details["old_name_until"] = kept_until.isoformat(timespec="minutes")
+                if ended:
+                    details["alias_ended"] = self.name
                 self.project.record_change(
                     actor=actor,
                     action=AuditEvent.Action.SERVICE_RENAMED,
                     target=self.name,
-                    details={"from": stored.name, "to": self.name},
+                    details=details,
                     service=self,
                 )
             if self.ports != stored.ports:
@@ -624,6 +753,137 @@ class Service(models.Model):
             self.database_user = ""
 
 
+ALIAS_DEFAULT = timedelta(hours=24)
+# How long a rename keeps the old hostname resolving, as the form offers it.
+ALIAS_CHOICES: tuple[tuple[int, str], ...] = (
+    (0, "Don’t keep it"),
+    (3600, "1 hour"),
+    (24 * 3600, "24 hours"),
+    (7 * 24 * 3600, "7 days"),
+)
+ALIAS_EXTENSION = timedelta(hours=24)
+
+
+class ServiceAlias(models.Model):
+    """A renamed service's old hostname, still resolving until ``expires_at``.
+
+    The worker keeps a second ClusterIP Service under the old name, with the service's
+    selector and ports, so callers that still use ``old-name.internal`` reach the same pods
+    while they move to the new name. The name stays reserved in the project meanwhile.
+    """
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="service_aliases")
+    service = models.ForeignKey(Service, on_delete=models.CASCADE, related_name="aliases")
+    name = models.CharField("old DNS label", max_length=naming.MAX_LABEL_LENGTH)
+    expires_at = models.DateTimeField()
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["expires_at", "name"]
+        constraints = [
+            models.UniqueConstraint(fields=["project", "name"], name="unique_alias_in_project")
+        ]
+        indexes = [models.Index(fields=["expires_at"], name="aliases_by_expiry")]
+
+    def __str__(self) -> str:
+        return f"{self.internal_hostname} → {self.service_id}"
+
+    @property
+    def internal_hostname(self) -> str:
+        return naming.internal_hostname(self.name)
+
+    def _locked(self) -> ServiceAlias | None:
+        return (
+            ServiceAlias.objects.select_for_update()
+            .select_related("service")
+            .filter(pk=self.pk)
+            .first()
+        )
+
+    def extend(self, *, actor: Any, seen: datetime | None, by: timedelta = ALIAS_EXTENSION) -> bool:
+        """Keep the old hostname resolving ``by`` longer than the end the person saw.
+
+        False if it is gone, or if its end is no longer ``seen`` (someone extended it
+        meanwhile): twenty identical clicks extend it once.
+        """
+        with transaction.atomic():
+            locked = self._locked()
+            if locked is None or seen is None or locked.expires_at != seen:
+                if locked is not None:
+                    self.expires_at = locked.expires_at
+                return False
+            locked.expires_at = max(locked.expires_at, timezone.now()) + by
+            locked.save(update_fields=["expires_at"])
+            self.expires_at = locked.expires_at
+            self.service.project.audit(
+                actor=actor,
+                action=AuditEvent.Action.ALIAS_EXTENDED,
+                target=locked.internal_hostname,
+                details={
+                    "service": locked.service.name,
+                    "until": locked.expires_at.isoformat(timespec="minutes"),
+                },
+            )
+        return True
+
+    def end(self, *, actor: Any, action: AuditEvent.Action | None = None) -> bool:
+        """Stop the old hostname resolving now; False if it is gone already."""
+        with transaction.atomic():
+            locked = self._locked()
+            if locked is None:
+                return False
+            locked.delete()
+            self.service.project.record_change(
+                actor=actor,
+                action=action or AuditEvent.Action.ALIAS_ENDED,
+                target=locked.internal_hostname,
+                details={"service": locked.service.name},
+            )
+        return True
+
+    @classmethod
+    def expire_due(cls, now: datetime | None = None) -> int:
+        """Beat: end the aliases whose time is up, each audited; how many."""
+        now = now or timezone.now()
+        expired = 0
+        due = cls.objects.filter(expires_at__lte=now).select_related("service__project")
+        for alias in due:
+            if alias.end(actor=None, action=AuditEvent.Action.ALIAS_EXPIRED):
+                expired += 1
+        return expired
+
+
+class ReferenceVariable(models.Model):
+    """A service's address given to another service of the project as an environment variable:
+    a database's connection string (``DATABASE_URL``) or a service's internal URL.
+
+    The worker keeps the value in the project's Secret and the variable on the consumer's
+    workload, and rolls that workload once whenever the value changes (a rename, a new
+    password), so nobody copies a connection string by hand or lets one go stale.
+    """
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="references")
+    source = models.ForeignKey(Service, on_delete=models.CASCADE, related_name="used_by")
+    consumer = models.ForeignKey(Service, on_delete=models.CASCADE, related_name="references")
+    variable = models.CharField("environment variable", max_length=100)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["consumer__name", "variable"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["consumer", "variable"], name="one_reference_per_variable"
+            ),
+            models.UniqueConstraint(fields=["source", "consumer"], name="one_reference_per_pair"),
+            models.CheckConstraint(
+                condition=~models.Q(source=models.F("consumer")), name="no_reference_to_itself"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.variable} for service {self.consumer_id}"
+
+
 def _delete_once(
     obj: Service | SharedSecret,
     *,
@@ -664,6 +924,11 @@ class AuditEvent(models.Model):
         ROTATION_PHASE = "secret.rotation_phase", "moved a rotation to its next phase"
         ROTATION_GRACE_ENDED = "secret.rotation_grace_ended", "ended a rotation’s grace window"
         ROTATION_COMPLETED = "secret.rotation_completed", "completed a rotation"
+        REFERENCE_ADDED = "service.reference_added", "gave a service the address of"
+        REFERENCE_REMOVED = "service.reference_removed", "took from a service the address of"
+        ALIAS_EXTENDED = "service.alias_extended", "kept an old hostname resolving longer"
+        ALIAS_ENDED = "service.alias_ended", "ended an old hostname"
+        ALIAS_EXPIRED = "service.alias_expired", "let an old hostname expire"
         PEERING_REQUESTED = "peering.requested", "requested VPC peering"
         PEERING_ACCEPTED = "peering.accepted", "accepted a peering request"
         PEERING_APPROVED = "peering.approved", "approved a peering request"
@@ -878,6 +1143,7 @@ class SharedSecret(models.Model):
         try:
             with transaction.atomic():
                 chosen = Service.lock_chosen(self.project, receivers)
+                self._refuse_clashes(chosen)
                 self.save()
                 self.services.set(chosen)
                 self.project.record_change(
@@ -904,6 +1170,7 @@ class SharedSecret(models.Model):
         with transaction.atomic():
             stored = SharedSecret.objects.select_for_update().get(pk=self.pk)
             chosen = Service.lock_chosen(self.project, receivers)
+            self._refuse_clashes(chosen)
             before = sorted(stored.services.values_list("name", flat=True))
             after = sorted(service.name for service in chosen)
             self.rotate_every_days = rotate_every_days
@@ -922,6 +1189,27 @@ class SharedSecret(models.Model):
     def remove(self, *, actor: Any) -> bool:
         """Delete with its audit event; False if another request deleted it first."""
         return _delete_once(self, actor=actor, action=AuditEvent.Action.SECRET_DELETED)
+
+    def _refuse_clashes(self, receivers: Iterable[Service]) -> None:
+        """A receiver already given one of this secret's variables by a reference variable
+        would get it twice: refused, with the reason."""
+        names = [self.name, f"{self.name}_NEXT", f"{self.name}_PREVIOUS"]
+        clash = (
+            ReferenceVariable.objects.filter(consumer__in=list(receivers), variable__in=names)
+            .select_related("consumer", "source")
+            .first()
+        )
+        if clash is not None:
+            raise ValidationError(
+                {
+                    "services": [
+                        f"{clash.consumer.name} already gets {clash.variable} from the address "
+                        f"of {clash.source.name}. Leave {clash.consumer.name} out, or remove "
+                        "that reference first."
+                    ]
+                },
+                code="clash",
+            )
 
 
 class SecretRotation(models.Model):

@@ -48,11 +48,11 @@ RESERVED_NAMES = frozenset(
 RESERVED_PREFIXES = ("KUBERNETES_", "STACKBLAZE_")
 
 
-def validate_secret_name(name: str) -> str:
-    """An environment-variable name a project may use for a shared secret."""
+def validate_variable_name(name: str, *, example: str = "INTERNAL_API_SECRET") -> str:
+    """An environment-variable name the platform may set in a project's containers."""
     name = name.strip()
     if not name:
-        raise ValidationError("Enter a name, like INTERNAL_API_SECRET.", code="empty")
+        raise ValidationError(f"Enter a name, like {example}.", code="empty")
     if len(name) > 100:
         raise ValidationError("Keep the name under 100 characters.", code="too_long")
     if not _NAME_RE.match(name):
@@ -68,6 +68,12 @@ def validate_secret_name(name: str) -> str:
             f"{name} is set by the platform in every container; choose another name.",
             code="reserved",
         )
+    return name
+
+
+def validate_secret_name(name: str) -> str:
+    """An environment-variable name a project may use for a shared secret."""
+    name = validate_variable_name(name)
     if name.endswith((NEXT_SUFFIX, PREVIOUS_SUFFIX)):
         raise ValidationError(
             f"Names ending in {NEXT_SUFFIX} or {PREVIOUS_SUFFIX} are used during rotations; "

@@ -12,7 +12,7 @@ from networking import notifications, peering, rotation
 from networking.cluster import lease, orphans
 from networking.cluster import reconcile as reconciler
 from networking.cluster.errors import ClusterError
-from networking.models import Project
+from networking.models import Project, ServiceAlias
 
 
 def backoff_seconds(retries: int) -> float:
@@ -92,6 +92,12 @@ def requeue_abandoned_reconciles() -> int:
         reconcile_project.delay(project_id)
         lease.clear_abandoned_lease(project_id, token)
     return len(abandoned)
+
+
+@shared_task(acks_late=True)
+def expire_service_aliases() -> int:
+    """Beat, every minute: renamed services' old hostnames whose time is up stop resolving."""
+    return ServiceAlias.expire_due()
 
 
 @shared_task(acks_late=True)

@@ -7,11 +7,13 @@ The expected status of each cell lives in ``MATRIX``. A URL pattern without a ro
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import timedelta
 from typing import Any
 
 import pytest
 from django.test import Client
 from django.urls import URLPattern, URLResolver, get_resolver, reverse
+from django.utils import timezone
 
 from networking.models import (
     AuditEvent,
@@ -19,7 +21,9 @@ from networking.models import (
     Organization,
     PeeringRequest,
     Project,
+    ReferenceVariable,
     Service,
+    ServiceAlias,
     SharedSecret,
 )
 from tests.conftest import ROLES, World
@@ -36,6 +40,7 @@ MATRIX: dict[tuple[str, str], str] = {
     ("project-create", "GET"): "302 404 404 403 403 200",
     ("project-create", "POST"): "302 404 404 403 403 200",
     ("project-overview", "GET"): "302 404 404 200 200 200",
+    ("project-network", "GET"): "302 404 404 200 200 200",
     ("project-settings", "GET"): "302 404 404 200 200 200",
     ("project-settings", "POST"): "302 404 404 403 403 200",
     ("project-delete", "GET"): "302 404 404 403 403 200",
@@ -55,6 +60,10 @@ MATRIX: dict[tuple[str, str], str] = {
     ("service-delete", "GET"): "302 404 404 403 200 200",
     ("service-delete", "POST"): "302 404 404 403 302 302",
     ("service-reveal", "POST"): "302 404 404 403 200 200",
+    ("service-reference-add", "POST"): "302 404 404 403 200 200",
+    ("service-reference-remove", "POST"): "302 404 404 403 302 302",
+    ("service-alias-extend", "POST"): "302 404 404 403 302 302",
+    ("service-alias-end", "POST"): "302 404 404 403 403 302",
     ("secret-list", "GET"): "302 404 404 200 200 200",
     ("secret-create", "GET"): "302 404 404 403 403 200",
     ("secret-create", "POST"): "302 404 404 403 403 200",
@@ -114,6 +123,24 @@ def _kwargs(world: World, name: str, *, foreign: bool) -> dict[str, Any]:
     if "service_id" in wanted:
         service = world.other_service if foreign else world.postgres
         kwargs["service_id"] = service.pk
+    if "alias_id" in wanted:
+        service = world.other_service if foreign else world.postgres
+        kwargs["alias_id"] = ServiceAlias.objects.get_or_create(
+            project_id=service.project_id,
+            service=service,
+            name=f"old-{service.name}",
+            defaults={"expires_at": timezone.now() + timedelta(days=1)},
+        )[0].pk
+    if "reference_id" in wanted:
+        source = world.other_service if foreign else world.postgres
+        consumer = Service.objects.get_or_create(
+            project_id=source.project_id,
+            name="consumer",
+            defaults={"display_name": "consumer", "kind": "private", "ports": [3000]},
+        )[0]
+        kwargs["reference_id"] = ReferenceVariable.objects.get_or_create(
+            project_id=source.project_id, source=source, consumer=consumer, variable="X_URL"
+        )[0].pk
     if "peering_id" in wanted:
         kwargs["peering_id"] = (world.other_peering if foreign else world.peering).pk
     if "secret_id" in wanted:
@@ -180,6 +207,16 @@ def tenant_state(organization: Organization) -> list[Any]:
             PeeringRequest.objects.filter(requester_project__in=projects)
             .order_by("pk")
             .values_list("pk", "status", "history")
+        ),
+        list(
+            ReferenceVariable.objects.filter(project__in=projects)
+            .order_by("pk")
+            .values_list("pk", "source", "consumer", "variable")
+        ),
+        list(
+            ServiceAlias.objects.filter(project__in=projects)
+            .order_by("pk")
+            .values_list("pk", "name", "expires_at")
         ),
         AuditEvent.objects.filter(organization=organization).count(),
         list(Membership.objects.filter(organization=organization).values_list("user", "role")),

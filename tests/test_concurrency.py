@@ -26,13 +26,16 @@ from django.utils import timezone
 
 from networking import rotation
 from networking.models import (
+    ALIAS_EXTENSION,
     AuditEvent,
     Membership,
     Organization,
     PeeringRequest,
     Project,
+    ReferenceVariable,
     SecretRotation,
     Service,
+    ServiceAlias,
     SharedSecret,
 )
 from tests.conftest import World, make_service
@@ -239,6 +242,99 @@ def race_service_edit(world: World) -> Race:
         assert Service.objects.get(pk=world.api.pk).name == "gateway"
 
     return [Click("member", url, {"display_name": "Gateway", "ports": "8080"})] * N, check
+
+
+def race_service_reference_add(world: World) -> Race:
+    url = reverse("service-reference-add", args=[world.project.uid, world.postgres.pk])
+    check_once = once(world, Action.REFERENCE_ADDED)
+
+    def check(answers: list[Answer]) -> None:
+        check_once()
+        given = ReferenceVariable.objects.get(source=world.postgres, consumer=world.api)
+        assert given.variable == "DATABASE_URL"
+        assert sum(answer.status == 302 for answer in answers) == 1
+        losers = [answer for answer in answers if answer.status != 302]
+        assert all(
+            "already receives the address of postgres" in answer.body
+            or "just done by another request" in answer.body
+            for answer in losers
+        )
+
+    return [Click("member", url, {"consumers": [world.api.pk]})] * N, check
+
+
+def race_service_reference_remove(world: World) -> Race:
+    reference = ReferenceVariable.objects.create(
+        project=world.project, source=world.postgres, consumer=world.api, variable="DATABASE_URL"
+    )
+    url = reverse(
+        "service-reference-remove", args=[world.project.uid, world.postgres.pk, reference.pk]
+    )
+    check_once = once(world, Action.REFERENCE_REMOVED)
+
+    def check(answers: list[Answer]) -> None:
+        check_once()
+        assert not ReferenceVariable.objects.exists()
+        assert {answer.status for answer in answers} <= {302, 404}
+
+    return [Click("member", url)] * N, check
+
+
+def renamed_with_an_old_hostname(world: World) -> ServiceAlias:
+    """api renamed to gateway, api.internal kept resolving for a day."""
+    world.api.display_name = "Gateway"
+    world.api.full_clean()
+    world.api.save_changes(actor=None, keep_old_name_for=timedelta(days=1))
+    return ServiceAlias.objects.get(service=world.api, name="api")
+
+
+def race_service_alias_extend(world: World) -> Race:
+    alias = renamed_with_an_old_hostname(world)
+    url = reverse("service-alias-extend", args=[world.project.uid, world.api.pk, alias.pk])
+
+    def check(answers: list[Answer]) -> None:
+        assert audit_count(Action.ALIAS_EXTENDED) == 1
+        extended = ServiceAlias.objects.get(pk=alias.pk).expires_at
+        assert extended - alias.expires_at == ALIAS_EXTENSION
+        assert {answer.status for answer in answers} == {302}
+
+    return [Click("member", url, {"seen": alias.expires_at.isoformat()})] * N, check
+
+
+def race_service_alias_end(world: World) -> Race:
+    alias = renamed_with_an_old_hostname(world)
+    url = reverse("service-alias-end", args=[world.project.uid, world.api.pk, alias.pk])
+    check_once = once(world, Action.ALIAS_ENDED)
+
+    def check(answers: list[Answer]) -> None:
+        check_once()
+        assert not ServiceAlias.objects.filter(pk=alias.pk).exists()
+        assert {answer.status for answer in answers} <= {302, 404}
+
+    return [Click("owner", url)] * N, check
+
+
+def test_an_old_hostname_stays_reserved_while_others_race_for_it(
+    world: World, browsers: Browsers
+) -> None:
+    """A rename that keeps api.internal, at the same moment as nineteen creates of "api":
+    whichever comes first, no second service ends up answering to api.internal."""
+    edit = reverse("service-edit", args=[world.project.uid, world.api.pk])
+    create = reverse("service-create", args=[world.project.uid])
+    clicks = [Click("member", edit, {"display_name": "Gateway", "ports": "8080"})] + [
+        Click("member", create, {"display_name": "api", "kind": "private", "ports": "3000"})
+    ] * (N - 1)
+    answers = browsers.all_at_once(clicks)
+    assert_no_server_error(clicks, answers)
+    holders = list(Service.objects.filter(project=world.project, name="api"))
+    alias = ServiceAlias.objects.filter(project=world.project, name="api").first()
+    if alias is not None:  # the rename went first: the old name is reserved for a day
+        assert holders == []
+        assert alias.service_id == world.api.pk
+        refused = [answer for answer in answers[1:] if answer.status != 302]
+        assert len(refused) == N - 1
+    else:  # a create went first: the rename was refused, api is still api
+        assert [service.pk for service in holders] == [world.api.pk]
 
 
 def race_service_delete(world: World) -> Race:
@@ -472,6 +568,10 @@ RACES: dict[str, Callable[[World], Race]] = {
     "org-team-role": race_team_role,
     "org-team-remove": race_team_remove,
     "service-reveal": race_service_reveal,
+    "service-reference-add": race_service_reference_add,
+    "service-reference-remove": race_service_reference_remove,
+    "service-alias-extend": race_service_alias_extend,
+    "service-alias-end": race_service_alias_end,
     "secret-create": race_secret_create,
     "secret-edit": race_secret_edit,
     "secret-reveal": race_secret_reveal,

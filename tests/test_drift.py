@@ -11,7 +11,7 @@ from networking.cluster.desired import (
     ServiceSpec,
     build_desired_state,
 )
-from networking.cluster.drift import differences
+from networking.cluster.drift import Difference, differences
 from networking.cluster.kube import merge_patch
 
 SETTINGS = ClusterSettings(workload_label="stackblaze.cloud/service", ingress_namespace="ingress")
@@ -36,7 +36,9 @@ def cache_of(desired: DesiredState) -> dict[str, dict[str, Any]]:
     return live
 
 
-def judge(desired: DesiredState, live: dict[str, Any], services: set[str] | None) -> list[str]:
+def judge(
+    desired: DesiredState, live: dict[str, Any], services: set[str] | None
+) -> list[Difference]:
     recorded: dict[str, tuple[str | None, dict[str, Any]]] = {
         name: (obj["spec"]["clusterIP"], {}) for name, obj in live["Service"].items()
     }

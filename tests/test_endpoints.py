@@ -147,3 +147,62 @@ def test_a_shared_secrets_variables_are_never_suggested() -> None:
         taken=["DATABASE_URL", "API_URL"],
     )
     assert found == {1: "POSTGRES_URL", 2: "API_2_URL"}
+
+
+# -- The notes next to each address -------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("kind", "keys"),
+    [
+        ("web", ["bind", "node-dns"]),
+        ("private", ["bind", "node-dns"]),
+        ("postgresql", ["sslmode"]),
+        ("mysql", []),
+        ("redis", ["ioredis-family"]),
+        ("mongodb", ["direct-connection"]),
+    ],
+)
+def test_each_kind_gets_exactly_its_notes(kind: str, keys: list[str]) -> None:
+    assert [gotcha.key for gotcha in endpoints.gotchas(kind)] == keys
+
+
+def test_every_kind_is_decided() -> None:
+    assert {kind for kind, _ in Service.Kind.choices} == set(endpoints._GOTCHAS)
+
+
+def test_an_unknown_kind_gets_no_note() -> None:
+    assert endpoints.gotchas("carrier-pigeon") == ()
+
+
+@pytest.mark.parametrize("kind", [kind for kind, _ in Service.Kind.choices])
+def test_every_note_cites_the_documentation_over_https(kind: str) -> None:
+    for gotcha in endpoints.gotchas(kind):
+        assert gotcha.references, gotcha.key
+        for reference in gotcha.references:
+            assert urlsplit(reference.url).scheme == "https", reference.url
+            assert reference.title
+
+
+def test_each_note_says_what_to_do() -> None:
+    texts = {gotcha.key: gotcha.text for kind, _ in Service.Kind.choices
+             for gotcha in endpoints.gotchas(kind)}  # fmt: skip
+    assert "`0.0.0.0`" in texts["bind"] and "`::`" in texts["bind"]
+    assert "`127.0.0.1`" in texts["bind"]
+    assert "`sslmode=prefer`" in texts["sslmode"] and "`sslmode=require`" in texts["sslmode"]
+    assert "`family: 0`" in texts["ioredis-family"] and "5.8.2" in texts["ioredis-family"]
+    assert "`directConnection=true`" in texts["direct-connection"]
+    assert "`--dns-result-order=ipv4first`" in texts["node-dns"]
+    assert "`dns.setDefaultResultOrder()`" in texts["node-dns"]
+
+
+def test_the_examples_use_the_services_own_port_and_hostname() -> None:
+    web = service("web", "api", [3000])
+    [bind, node] = endpoints.notes(web)
+    assert "0.0.0.0:3000" in bind.example and "--port 3000" in bind.example
+    assert node.example == ""
+    [direct] = endpoints.notes(service("mongodb", "events"))
+    assert direct.example == "mongodb://…@events.internal:27017/…?directConnection=true"
+    [family] = endpoints.notes(service("redis", "cache"))
+    assert family.example == "const redis = new Redis(process.env.REDIS_URL, { family: 0 })"
+    assert endpoints.notes(service("mysql", "orders")) == []

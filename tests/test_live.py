@@ -71,6 +71,7 @@ class TestThePoll:
         uid = world.project.uid
         pages: list[tuple[str, list[Any]]] = [
             ("project-overview", [uid]),
+            ("project-network", [uid]),
             ("service-detail", [uid, world.api.pk]),
             ("secret-list", [uid]),
             ("secret-detail", [uid, world.secret.pk]),
@@ -88,6 +89,7 @@ class TestThePoll:
         ("name", "region"),
         [
             ("project-overview", "services-table"),
+            ("project-network", "network"),
             ("secret-list", "secrets-table"),
             ("project-peering", "peerings"),
             ("project-sync", "sync-history"),

@@ -7,7 +7,14 @@ from django.contrib.auth.models import User
 from django.core.management import call_command
 from django.test import Client
 
-from networking.models import Membership, Organization, Project, Service
+from networking.models import (
+    Membership,
+    Organization,
+    PeeringRequest,
+    Project,
+    ReferenceVariable,
+    Service,
+)
 
 
 def seed() -> str:
@@ -38,9 +45,36 @@ def test_it_creates_the_specs_examples_and_prints_logins() -> None:
 @pytest.mark.django_db
 def test_it_is_idempotent() -> None:
     seed()
-    counts = (User.objects.count(), Project.objects.count(), Service.objects.count())
+
+    def counts() -> tuple[int, ...]:
+        return (
+            User.objects.count(),
+            Project.objects.count(),
+            Service.objects.count(),
+            PeeringRequest.objects.count(),
+            ReferenceVariable.objects.count(),
+        )
+
+    before = counts()
     seed()
-    assert (User.objects.count(), Project.objects.count(), Service.objects.count()) == counts
+    assert counts() == before
+
+
+@pytest.mark.django_db
+def test_the_demo_has_a_peering_to_draw_and_a_database_wired_in() -> None:
+    seed()
+    peering = PeeringRequest.objects.get()
+    assert {peering.requester_project.name, peering.target_project.name} == {
+        "Storefront",
+        "Data Platform",
+    }
+    assert peering.status == PeeringRequest.Status.APPROVED  # the worker connects it
+    wired = ReferenceVariable.objects.get()
+    assert (wired.source.name, wired.consumer.name, wired.variable) == (
+        "postgres",
+        "api",
+        "DATABASE_URL",
+    )
 
 
 @pytest.mark.django_db

@@ -161,7 +161,9 @@ def test_it_renames_and_the_hostname_follows(owner_client: Client, world: World)
     assert (world.api.name, world.api.ports) == ("public-api", [9000])
     assert "public-api.internal" in response.content.decode()
     renamed = AuditEvent.objects.get(action=AuditEvent.Action.SERVICE_RENAMED)
-    assert renamed.details == {"from": "api", "to": "public-api"}
+    assert (renamed.details["from"], renamed.details["to"]) == ("api", "public-api")
+    # By default the old hostname keeps resolving for a day (tests/test_aliases.py).
+    assert "old_name_until" in renamed.details
     assert AuditEvent.objects.filter(action=AuditEvent.Action.SERVICE_PORTS_CHANGED).exists()
 
 
@@ -380,11 +382,11 @@ def test_a_missing_clusterip_is_explained_for_the_backend_in_use(
     assert ("not assigned by manifests" in overview.content.decode()) == (backend == "manifests")
 
 
-def test_the_edit_form_says_a_rename_stops_the_old_hostname(
+def test_the_edit_form_says_when_a_rename_stops_the_old_hostname(
     owner_client: Client, world: World
 ) -> None:
     edit = reverse("service-edit", args=[world.project.uid, world.api.pk])
-    assert "<code>api.internal</code> stops resolving when you save" in (
+    assert "<code>api.internal</code> stops resolving once the time chosen below is up" in (
         owner_client.get(edit).content.decode()
     )
     preview = reverse("service-name-preview", args=[world.project.uid])
@@ -393,13 +395,13 @@ def test_the_edit_form_says_a_rename_stops_the_old_hostname(
     )
     html = renamed.content.decode()
     assert "public-api.internal" in html
-    assert "<code>api.internal</code> stops resolving when you save" in html
+    assert "<code>api.internal</code> keeps resolving only for the time chosen below" in html
     # Typing the same name (another case) warns of nothing.
     same = owner_client.get(preview, {"display_name": "API", "service": str(world.api.pk)})
-    assert "stops resolving" not in same.content.decode()
+    assert "keeps resolving" not in same.content.decode()
     # A new service has no old hostname.
     new = owner_client.get(preview, {"display_name": "Public API"})
-    assert "stops resolving" not in new.content.decode()
+    assert "keeps resolving" not in new.content.decode()
 
 
 class TestTheOverviewList:

@@ -24,6 +24,8 @@ MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
 MANAGED_BY = "stackblaze-networking"
 PROJECT_LABEL = "networking.stackblaze.cloud/project"
 SERVICE_LABEL = "networking.stackblaze.cloud/service"
+# On a Service kept under a renamed service's old name: the service it now reaches.
+ALIAS_OF_LABEL = "networking.stackblaze.cloud/alias-of"
 # Set by Kubernetes 1.21+ on every namespace. We set it ourselves as well, so peering policies
 # can match on it on older clusters too; tenants have no rights on namespaces.
 NAMESPACE_NAME_LABEL = "kubernetes.io/metadata.name"
@@ -34,6 +36,8 @@ SHARED_SECRETS = "stackblaze-shared-secrets"
 # On a workload's pod template: the versions of the shared secrets it receives. Changing it is
 # what restarts the workload's pods, so they pick up the Secret's new contents.
 SECRETS_ANNOTATION = "networking.stackblaze.cloud/shared-secrets"
+# The same for the reference variables it receives (another service's address).
+REFERENCES_ANNOTATION = "networking.stackblaze.cloud/references"
 
 # Apply order: a namespace before what lives in it, the Secret before workloads refer to it.
 KINDS = ("Namespace", "Secret", "Service", "NetworkPolicy")
@@ -51,6 +55,8 @@ class ServiceSpec(NamedTuple):
     kind: str
     ports: tuple[int, ...]
     public: bool = False
+    # Old names still resolving after renames (``ServiceAlias``): a Service each.
+    aliases: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -66,14 +72,40 @@ class SecretSpec:
 
 
 @dataclass(frozen=True)
-class WorkloadSpec:
-    """What we own on a service's workload: the secrets annotation and env references.
+class ReferenceSpec:
+    """A reference variable: ``consumer`` gets ``variable`` set to ``value``.
 
-    ``annotation`` None means the service receives no shared secret: we own nothing there.
+    ``version`` changes when the value does (a keyed digest of it, made by the caller: the
+    value is a connection string with its password), and restarts the consumer's workload.
+    """
+
+    consumer: str
+    variable: str
+    value: str
+    version: str
+
+    @property
+    def key(self) -> str:
+        """Its key in the project's Secret: never a valid variable name, so never a clash."""
+        return f"ref.{self.consumer}.{self.variable}"
+
+
+@dataclass(frozen=True)
+class WorkloadSpec:
+    """What we own on a service's workload: two pod-template annotations and env references.
+
+    ``annotation``: the shared secrets' versions (None: the service receives none);
+    ``references``: the versions of the reference variables it receives (None: none). With
+    both None we own nothing there.
     """
 
     annotation: str | None = None
     env: tuple[KubeObject, ...] = ()
+    references: str | None = None
+
+    @property
+    def owned(self) -> bool:
+        return self.annotation is not None or self.references is not None
 
 
 class ClusterSettings(NamedTuple):
@@ -121,10 +153,11 @@ class DesiredState:
             for (kind, name), obj in self.objects.items()
         }
         for service, spec in self.workloads.items():
-            if spec.annotation is not None:
-                found[f"{WORKLOAD_RECORD}/{service}"] = _digest(
-                    _ENCODE([spec.annotation, spec.env]), key
-                )
+            if spec.owned:
+                owned: list[Any] = [spec.annotation, spec.env]
+                if spec.references is not None:  # records made before references stay valid
+                    owned.append(spec.references)
+                found[f"{WORKLOAD_RECORD}/{service}"] = _digest(_ENCODE(owned), key)
         return found
 
 
@@ -215,6 +248,20 @@ def service_object(
     }
 
 
+def alias_object(
+    namespace: str, project_uid: str, alias: str, service: ServiceSpec, settings: ClusterSettings
+) -> KubeObject:
+    """A renamed service's old name: its own ClusterIP Service, selecting the same pods on the
+    same ports, so ``<old>.internal`` keeps working. Policies select pods, not Services: an
+    alias changes nothing they admit."""
+    obj = service_object(namespace, project_uid, service, settings)
+    obj["metadata"]["name"] = alias
+    obj["metadata"]["labels"] = managed_labels(
+        project_uid, **{SERVICE_LABEL: alias, ALIAS_OF_LABEL: service.name}
+    )
+    return obj
+
+
 def isolation_policy(namespace: str, project_uid: str) -> KubeObject:
     """Every pod in the namespace accepts traffic from its own namespace only."""
     return {
@@ -299,12 +346,19 @@ def peer_policy(namespace: str, project_uid: str, peer_namespace: str) -> KubeOb
     }
 
 
-def secret_object(namespace: str, project_uid: str, secrets: Sequence[SecretSpec]) -> KubeObject:
+def secret_object(
+    namespace: str,
+    project_uid: str,
+    secrets: Sequence[SecretSpec],
+    references: Sequence[ReferenceSpec] = (),
+) -> KubeObject:
     data = {
         key: base64.b64encode(value.encode()).decode()
         for secret in secrets
         for key, value in sorted(secret.environment.items())
     }
+    for reference in sorted(references, key=lambda r: r.key):
+        data[reference.key] = base64.b64encode(reference.value.encode()).decode()
     return {
         "apiVersion": "v1",
         "kind": "Secret",
@@ -321,9 +375,12 @@ def secret_object(namespace: str, project_uid: str, secrets: Sequence[SecretSpec
 NO_WORKLOAD = WorkloadSpec()
 
 
-def workload_spec(service: str, secrets: Sequence[SecretSpec]) -> WorkloadSpec:
+def workload_spec(
+    service: str, secrets: Sequence[SecretSpec], references: Sequence[ReferenceSpec] = ()
+) -> WorkloadSpec:
     received = [secret for secret in secrets if service in secret.receivers]
-    if not received:
+    given = sorted((r for r in references if r.consumer == service), key=lambda r: r.variable)
+    if not received and not given:
         return NO_WORKLOAD
     env: list[KubeObject] = []
     for secret in received:
@@ -332,9 +389,19 @@ def workload_spec(service: str, secrets: Sequence[SecretSpec]) -> WorkloadSpec:
             if optional:
                 reference["optional"] = True
             env.append({"name": variable, "valueFrom": {"secretKeyRef": reference}})
+    for item in given:
+        env.append(
+            {
+                "name": item.variable,
+                "valueFrom": {"secretKeyRef": {"name": SHARED_SECRETS, "key": item.key}},
+            }
+        )
     return WorkloadSpec(
-        annotation=",".join(f"{secret.name}={secret.version}" for secret in received),
+        annotation=(
+            ",".join(f"{secret.name}={secret.version}" for secret in received) if received else None
+        ),
         env=tuple(env),
+        references=",".join(f"{r.variable}={r.version}" for r in given) if given else None,
     )
 
 
@@ -346,19 +413,27 @@ def build_desired_state(
     settings: ClusterSettings,
     secrets: Sequence[SecretSpec] = (),
     peer_namespaces: Iterable[str] = (),
+    references: Sequence[ReferenceSpec] = (),
 ) -> DesiredState:
     desired = DesiredState(namespace=namespace)
     desired.add(namespace_object(namespace, project_uid))
     secrets = sorted(secrets, key=lambda s: s.name)
-    if secrets:
-        desired.add(secret_object(namespace, project_uid, secrets))
+    if secrets or references:
+        desired.add(secret_object(namespace, project_uid, secrets, references))
     public = []
     objects, encoded, workloads = desired.objects, desired.encoded, desired.workloads
     # The loop a thousand-service pass runs a thousand times: kept to lookups.
     for service in sorted(services, key=_by_name):
         key = ("Service", service.name)
         objects[key], encoded[key] = _service_object(namespace, project_uid, service, settings)
-        workloads[service.name] = workload_spec(service.name, secrets) if secrets else NO_WORKLOAD
+        for alias in service.aliases:
+            key = ("Service", alias)
+            objects[key] = alias_object(namespace, project_uid, alias, service, settings)
+        workloads[service.name] = (
+            workload_spec(service.name, secrets, references)
+            if secrets or references
+            else NO_WORKLOAD
+        )
         if service.public:
             public.append(service.name)
     desired.add(isolation_policy(namespace, project_uid))

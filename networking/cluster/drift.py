@@ -18,6 +18,38 @@ from networking.cluster.kube import cluster_ip, keep_laggard, workload_matches, 
 COMPARED_KINDS = ("Service", "NetworkPolicy")
 
 
+class Difference(str):
+    """One thing a pass would change, in words, and the object it is about.
+
+    Still a ``str`` (what the watcher logs and what tests compare), so callers that only read
+    the words need not change. ``kind`` and ``name`` say which cluster object differs; ``kind``
+    is empty for what only the database lacks (a ClusterIP or a workload status to record),
+    which is no difference in the cluster.
+    """
+
+    kind: str
+    name: str
+
+    def __new__(cls, text: str, *, kind: str = "", name: str = "") -> Difference:
+        difference = super().__new__(cls, text)
+        difference.kind = kind
+        difference.name = name
+        return difference
+
+    @property
+    def in_cluster(self) -> bool:
+        """Whether a cluster object differs from what is desired (not only a record)."""
+        return bool(self.kind)
+
+    def record(self) -> dict[str, str]:
+        """What ``Project.report_drift`` keeps of it."""
+        return {"kind": self.kind, "name": self.name, "text": str(self)}
+
+
+def _differs(kind: str, name: str, how: str) -> Difference:
+    return Difference(f"{kind} {name} {how}", kind=kind, name=name)
+
+
 def differences(
     desired: DesiredState,
     live: Mapping[str, Mapping[str, KubeObject]],
@@ -26,7 +58,7 @@ def differences(
     recorded: Mapping[str, tuple[str | None, dict[str, Any]]],
     workload_label: str,
     services: Collection[str] | None = None,
-) -> list[str]:
+) -> list[Difference]:
     """What a reconcile pass would change, in words; empty when nothing differs.
 
     ``live`` maps a kind (Service, NetworkPolicy, Deployment, StatefulSet) to the cached
@@ -37,14 +69,14 @@ def differences(
     ``recorded`` need hold no others), not the namespace and its policies. What an event about
     one Service or workload calls for: its cost does not grow with the project's size.
     """
-    found: list[str] = []
+    found: list[Difference] = []
     name = desired.namespace
     if namespace_object is None:
-        return [f"Namespace {name} is missing"]
+        return [_differs("Namespace", name, "is missing")]
     kinds: tuple[str, ...] = COMPARED_KINDS
     if services is None:
         if not matches(desired.objects[("Namespace", name)], namespace_object):
-            found.append(f"Namespace {name} differs")
+            found.append(_differs("Namespace", name, "differs"))
     else:
         kinds = ("Service",)
 
@@ -59,14 +91,14 @@ def differences(
         for object_name, obj in wanted.items():
             current = cached.get(object_name)
             if current is None:
-                found.append(f"{kind} {object_name} is missing")
+                found.append(_differs(kind, object_name, "is missing"))
             elif not matches(obj, current):
-                found.append(f"{kind} {object_name} differs")
+                found.append(_differs(kind, object_name, "differs"))
         extra = sorted(set(cached) - set(wanted))
-        found.extend(f"{kind} {object_name} is not desired" for object_name in extra)
+        found.extend(_differs(kind, object_name, "is not desired") for object_name in extra)
     for service, obj in in_scope(live.get("Service", {})).items():
         if service in recorded and recorded[service][0] != cluster_ip(obj):
-            found.append(f"ClusterIP of {service} to record")
+            found.append(Difference(f"ClusterIP of {service} to record"))
     statuses: dict[str, WorkloadStatus] = {}
     for kind in WORKLOAD_KINDS:
         for workload_name, workload in live.get(kind, {}).items():
@@ -74,12 +106,12 @@ def differences(
             if services is not None and service not in services:
                 continue
             if not workload_matches(workload, desired.workloads.get(service, WorkloadSpec())):
-                found.append(f"{kind} {workload_name} lacks what we own on it")
+                found.append(_differs(kind, workload_name, "lacks what we own on it"))
             keep_laggard(statuses, service, workload_status(kind, workload_name, workload))
     for service, (_, workload) in recorded.items():
         if services is not None and service not in services:
             continue
         seen = statuses.get(service)
         if workload != (seen.as_dict() if seen is not None else {}):
-            found.append(f"workload status of {service} to record")
+            found.append(Difference(f"workload status of {service} to record"))
     return found

@@ -32,6 +32,7 @@ from networking.cluster.desired import (
     KINDS,
     MANAGED_BY,
     MANAGED_BY_LABEL,
+    REFERENCES_ANNOTATION,
     SECRETS_ANNOTATION,
     SHARED_SECRETS,
     WORKLOAD_KINDS,
@@ -122,7 +123,7 @@ def rolled_out(kind: str, workload: KubeObject) -> bool:
 
 
 def _workload_patch(workload: KubeObject, kind: str, spec: WorkloadSpec) -> KubeObject:
-    """The fields we own on a workload. Without an annotation: none, so SSA drops ours."""
+    """The fields we own on a workload. Owning nothing: an empty apply, so SSA drops ours."""
     patch: KubeObject = {
         "apiVersion": "apps/v1",
         "kind": kind,
@@ -131,11 +132,16 @@ def _workload_patch(workload: KubeObject, kind: str, spec: WorkloadSpec) -> Kube
             "namespace": workload["metadata"]["namespace"],
         },
     }
-    if spec.annotation is not None:
+    if spec.owned:
         containers = workload["spec"]["template"]["spec"]["containers"]
+        annotations = {}
+        if spec.annotation is not None:
+            annotations[SECRETS_ANNOTATION] = spec.annotation
+        if spec.references is not None:
+            annotations[REFERENCES_ANNOTATION] = spec.references
         patch["spec"] = {
             "template": {
-                "metadata": {"annotations": {SECRETS_ANNOTATION: spec.annotation}},
+                "metadata": {"annotations": annotations},
                 "spec": {
                     "containers": [
                         {"name": container["name"], "env": list(spec.env)}
@@ -170,10 +176,10 @@ def merge_patch(desired: KubeObject, live: Any) -> KubeObject:
 
 def workload_matches(workload: KubeObject, spec: WorkloadSpec) -> bool:
     template = workload["spec"]["template"]
-    live_annotation = (template.get("metadata", {}).get("annotations") or {}).get(
-        SECRETS_ANNOTATION
-    )
-    if live_annotation != spec.annotation:
+    live = template.get("metadata", {}).get("annotations") or {}
+    if live.get(SECRETS_ANNOTATION) != spec.annotation:
+        return False
+    if live.get(REFERENCES_ANNOTATION) != spec.references:
         return False
     wanted = {entry["name"]: entry for entry in spec.env}
     for container in template["spec"]["containers"]:

@@ -41,6 +41,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 
 from django.conf import settings
 from django.db import connection
@@ -52,6 +53,8 @@ from networking.models import (
     AppliedRecord,
     PeeringRequest,
     Project,
+    ReferenceVariable,
+    ServiceAlias,
     SharedSecret,
     WatcherHeartbeat,
 )
@@ -68,6 +71,8 @@ class Claim:
     # None before the project's first pass: the pass makes it.
     record: AppliedRecord | None
     has_secrets: bool
+    has_aliases: bool
+    has_references: bool
     has_peerings: bool
     # A watcher beat recently: someone would distrust the record if the cluster changed.
     watched: bool
@@ -81,33 +86,35 @@ def _table(model: type[object]) -> str:
 def _claim_sql(vendor: str, take_queued: bool) -> str:
     """The claim statement: an UPDATE that returns the project and the pass's first reads.
 
-    Plain SQL that PostgreSQL and SQLite (3.35+) both run; built once per process. Its
-    parameters, in order: the lease's end and token, the project id and now (the WHERE), then
-    for the returned subqueries the project id six times, the in-flight peering statuses and
-    the oldest heartbeat that still counts as watching.
+    Plain SQL that PostgreSQL and SQLite (3.35+) both run, with named parameters; built once
+    per process.
     """
     q = connection.ops.quote_name
     columns = ", ".join(q(str(field.column)) for field in Project._meta.concrete_fields)
     queued = f", {q('reconcile_queued_at')} = NULL" if take_queued else ""
-    statuses = ", ".join(["%s"] * len(peering.IN_FLIGHT))
+    statuses = ", ".join(f"%(status_{index})s" for index in range(len(peering.IN_FLIGHT)))
     record = _table(AppliedRecord)
+    of_project = f"{q('project_id')} = %(project)s"
     # Only quoted identifiers from the models' metadata go into the text; values are parameters.
     return (
-        f"UPDATE {_table(Project)} SET {q('reconcile_lease_until')} = %s, "  # noqa: S608
-        f"{q('reconcile_lease_token')} = %s, {q('revision')} = {q('revision')} + 1{queued} "
-        f"WHERE {q('id')} = %s AND ({q('reconcile_lease_until')} IS NULL "
-        f"OR {q('reconcile_lease_until')} <= %s) "
+        f"UPDATE {_table(Project)} SET {q('reconcile_lease_until')} = %(until)s, "  # noqa: S608
+        f"{q('reconcile_lease_token')} = %(token)s, "
+        f"{q('revision')} = {q('revision')} + 1{queued} "
+        f"WHERE {q('id')} = %(project)s AND ({q('reconcile_lease_until')} IS NULL "
+        f"OR {q('reconcile_lease_until')} <= %(now)s) "
         f"RETURNING {columns}, "
-        f"(SELECT {q('digests')} FROM {record} WHERE {q('project_id')} = %s) AS record_digests, "
-        f"(SELECT {q('marks')} FROM {record} WHERE {q('project_id')} = %s) AS record_marks, "
-        f"(SELECT {q('rolling_out')} FROM {record} WHERE {q('project_id')} = %s) "
-        "AS record_rolling_out, "
-        f"EXISTS (SELECT 1 FROM {_table(SharedSecret)} WHERE {q('project_id')} = %s) "
-        "AS has_secrets, "
-        f"EXISTS (SELECT 1 FROM {_table(PeeringRequest)} WHERE ({q('requester_project_id')} = %s "
-        f"OR {q('target_project_id')} = %s) AND {q('status')} IN ({statuses})) AS has_peerings, "
-        f"(SELECT {q('seen_at')} FROM {_table(WatcherHeartbeat)} WHERE {q('id')} = 1) > %s "
-        "AS watched"
+        f"(SELECT {q('digests')} FROM {record} WHERE {of_project}) AS record_digests, "
+        f"(SELECT {q('marks')} FROM {record} WHERE {of_project}) AS record_marks, "
+        f"(SELECT {q('rolling_out')} FROM {record} WHERE {of_project}) AS record_rolling_out, "
+        f"EXISTS (SELECT 1 FROM {_table(SharedSecret)} WHERE {of_project}) AS has_secrets, "
+        f"EXISTS (SELECT 1 FROM {_table(ServiceAlias)} WHERE {of_project}) AS has_aliases, "
+        f"EXISTS (SELECT 1 FROM {_table(ReferenceVariable)} WHERE {of_project}) "
+        "AS has_references, "
+        f"EXISTS (SELECT 1 FROM {_table(PeeringRequest)} WHERE "
+        f"({q('requester_project_id')} = %(project)s OR {q('target_project_id')} = %(project)s) "
+        f"AND {q('status')} IN ({statuses})) AS has_peerings, "
+        f"(SELECT {q('seen_at')} FROM {_table(WatcherHeartbeat)} WHERE {q('id')} = 1) "
+        "> %(watched_since)s AS watched"
     )
 
 
@@ -120,20 +127,14 @@ def claim(project_id: int, *, take_queued: bool = False) -> Claim | None:
     token = secrets.token_hex(16)
     now = timezone.now()
     adapt = connection.ops.adapt_datetimefield_value
-    params = [
-        adapt(now + timedelta(seconds=settings.RECONCILE_LEASE_SECONDS)),
-        token,
-        project_id,
-        adapt(now),
-        project_id,
-        project_id,
-        project_id,
-        project_id,
-        project_id,
-        project_id,
-        *peering.IN_FLIGHT,
-        adapt(now - WatcherHeartbeat.STALE_AFTER),
-    ]
+    params: dict[str, Any] = {
+        "until": adapt(now + timedelta(seconds=settings.RECONCILE_LEASE_SECONDS)),
+        "token": token,
+        "project": project_id,
+        "now": adapt(now),
+        "watched_since": adapt(now - WatcherHeartbeat.STALE_AFTER),
+        **{f"status_{index}": status for index, status in enumerate(peering.IN_FLIGHT)},
+    }
     rows = list(Project.objects.raw(_claim_sql(connection.vendor, take_queued), params))
     if not rows:
         if take_queued:
@@ -155,6 +156,8 @@ def claim(project_id: int, *, take_queued: bool = False) -> Claim | None:
         project=project,
         record=record,
         has_secrets=bool(getattr(project, "has_secrets", True)),
+        has_aliases=bool(getattr(project, "has_aliases", True)),
+        has_references=bool(getattr(project, "has_references", True)),
         has_peerings=bool(getattr(project, "has_peerings", True)),
         watched=bool(getattr(project, "watched", False)),
     )

@@ -30,7 +30,7 @@ import functools
 import json
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple, Protocol
@@ -41,13 +41,14 @@ from django.db.models import F, Prefetch, Q
 from django.utils import timezone
 from django.utils.crypto import salted_hmac
 
-from networking import peering, rotation
+from networking import peering, references, rotation
 from networking.cluster import lease
 from networking.cluster.backend_choice import get_backend
 from networking.cluster.backends import ApplyResult, Backend
 from networking.cluster.desired import (
     ClusterSettings,
     DesiredState,
+    ReferenceSpec,
     SecretSpec,
     ServiceSpec,
     WorkloadSpec,
@@ -60,7 +61,9 @@ from networking.models import (
     ApplyAttempt,
     PeeringRequest,
     Project,
+    ReferenceVariable,
     Service,
+    ServiceAlias,
     SharedSecret,
 )
 
@@ -136,9 +139,17 @@ def desired_state_for(
     secrets: list[SecretSpec] | None = None,
     peerings: list[PeeringRequest] | None = None,
     services: Sequence[_ServiceLike] | None = None,
+    aliases: dict[str, tuple[str, ...]] | None = None,
+    references: list[ReferenceSpec] | None = None,
 ) -> DesiredState:
+    """``aliases``: each service's old names still resolving, by its name; ``references``: the
+    reference variables with their values. Each is read when None."""
     if services is None:
         services = list(project.services.only("name", "kind", "ports"))
+    if aliases is None:
+        aliases = aliases_of(project.pk)
+    if references is None:
+        references = reference_specs(project.pk)
     if secrets is None:
         secrets = _secret_specs(_shared_secrets(project))
     if peerings is None:
@@ -148,13 +159,55 @@ def desired_state_for(
         namespace=project.namespace,
         project_uid=project.uid,
         services=[
-            ServiceSpec(service.name, service.kind, tuple(service.ports), service.kind == web)
+            ServiceSpec(
+                service.name,
+                service.kind,
+                tuple(service.ports),
+                service.kind == web,
+                aliases.get(service.name, ()),
+            )
             for service in services
         ],
         settings=cluster_settings(),
         secrets=secrets,
         peer_namespaces=[p.peer_of(project).namespace for p in peerings],
+        references=references,
     )
+
+
+def aliases_of(
+    project_id: int, services: Collection[str] | None = None
+) -> dict[str, tuple[str, ...]]:
+    """The old names each service of the project still answers to, by the service's name;
+    only those of ``services`` if given."""
+    rows = ServiceAlias.objects.filter(project_id=project_id)
+    if services is not None:
+        rows = rows.filter(service__name__in=list(services))
+    found: dict[str, list[str]] = {}
+    for service, alias in rows.order_by("name").values_list("service__name", "name"):
+        found.setdefault(service, []).append(alias)
+    return {service: tuple(names) for service, names in found.items()}
+
+
+def reference_specs(project_id: int) -> list[ReferenceSpec]:
+    """The project's reference variables with their values (a connection string's password
+    included: they go into the Secret, nowhere else)."""
+    key = digest_key()
+    specs = []
+    rows = ReferenceVariable.objects.filter(project_id=project_id).select_related(
+        "source", "consumer"
+    )
+    for row in rows:
+        value = references.value_of(row.source)
+        specs.append(
+            ReferenceSpec(
+                consumer=row.consumer.name,
+                variable=row.variable,
+                value=value,
+                version=references.version_of(value, key),
+            )
+        )
+    return specs
 
 
 def digest_key() -> bytes:
@@ -280,19 +333,20 @@ def _one_pass(claimed: lease.Claim, backend: Backend) -> Outcome:
     project = claimed.project
     generation = project.generation
     services = _service_rows(project.pk)
+    aliases = aliases_of(project.pk) if claimed.has_aliases else {}
+    given = reference_specs(project.pk) if claimed.has_references else []
     secrets = _shared_secrets(project) if claimed.has_secrets else []
     specs = _secret_specs(secrets)
     in_flight = peering.in_flight_peerings(project) if claimed.has_peerings else []
     peerings = [p for p in in_flight if p.status in PeeringRequest.CONNECTED]
-    desired = desired_state_for(project, specs, peerings, services)
+    desired = desired_state_for(project, specs, peerings, services, aliases, given)
     digests = desired.digests(digest_key())
     record = claimed.record or _new_record(project)
     # A cluster's error message could quote what was sent: never let a secret value through.
+    values = [value for spec in specs for value in spec.environment.values()]
+    values += [reference.value for reference in given]
     sensitive = [
-        text
-        for spec in specs
-        for value in spec.environment.values()
-        for text in (value, base64.b64encode(value.encode()).decode())
+        text for value in values for text in (value, base64.b64encode(value.encode()).decode())
     ]
     # Read the cluster when the record cannot be trusted (never made, distrusted, or no watcher
     # to distrust it), and while workloads roll out (a rotation waits on them; the dashboard
@@ -344,7 +398,7 @@ def _one_pass(claimed: lease.Claim, backend: Backend) -> Outcome:
         poll = float(settings.ROTATION_POLL_SECONDS)
         recheck_in = poll if recheck_in is None else min(recheck_in, poll)
 
-    _record_applied(project, generation, result)
+    _record_applied(project, generation, result, started_at=started_at)
     rolling_out = record.rolling_out
     if result.all_workloads:
         names = {service.name for service in services}
@@ -401,12 +455,18 @@ def _new_record(project: Project) -> AppliedRecord:
     return record
 
 
-def _record_applied(project: Project, generation: int, result: ApplyResult) -> None:
+def _record_applied(
+    project: Project, generation: int, result: ApplyResult, *, started_at: float
+) -> None:
     """Say the generation is applied: the dashboard shows "In sync" as this commits.
 
     One statement, written first and on its own; compared on the applied generation, so a
-    slower pass of an older generation never moves it back.
+    slower pass of an older generation never moves it back. A pass that read the whole
+    namespace (``verified``) also clears the drift the watcher saw before it began: it has
+    just made the cluster match (a second statement, only when there was drift).
     """
+    if result.verified and project.drift_seen_at is not None:
+        Project.clear_drift(project.pk, seen_before=datetime.fromtimestamp(started_at, tz=UTC))
     fields: dict[str, Any] = {}
     if project.sync_error or project.sync_error_generation or project.sync_retry_at:
         fields.update(
@@ -476,7 +536,7 @@ def _still_rolling_out(desired: DesiredState, result: ApplyResult) -> set[str]:
     }
 
 
-def summarize(changes: list[str], limit: int = 10) -> str:
+def summarize(changes: Sequence[str], limit: int = 10) -> str:
     shown = "; ".join(changes[:limit])
     return shown if len(changes) <= limit else f"{shown}; and {len(changes) - limit} more"
 

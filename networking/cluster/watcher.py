@@ -4,11 +4,12 @@ A long-running process (``manage.py watch_cluster``) holding one LIST+WATCH per 
 cluster-wide (``networking.cluster.informer``). When an object of a project changes (deleted
 or edited by hand, a ClusterIP assigned, a workload rolled out), what changed is compared with
 its desired state in the cache (``networking.cluster.drift``) and, only if something differs,
-a reconcile is queued (at most one per project). An event about a Service or a workload costs
-a look at that service alone, whatever the project's size; the namespace, a policy, or a
-fresh list calls for a look at the whole project. A namespace labelled as ours whose project is
-gone is handed to the worker to delete. Standing still costs the watches' keep-alive: no
-request per project, no SQL write.
+a reconcile is queued (at most one per project) and the objects that differ are kept on the
+project (``Project.report_drift``), for its pages to mark until a full pass repairs them. An
+event about a Service or a workload costs a look at that service alone, whatever the project's
+size; the namespace, a policy, or a fresh list calls for a look at the whole project. A
+namespace labelled as ours whose project is gone is handed to the worker to delete. Standing
+still costs the watches' keep-alive: no request per project, no SQL write.
 """
 
 from __future__ import annotations
@@ -25,10 +26,10 @@ from django.utils import timezone
 
 from networking.cluster import reconcile
 from networking.cluster.desired import WORKLOAD_KINDS
-from networking.cluster.drift import differences
+from networking.cluster.drift import Difference, differences
 from networking.cluster.informer import ClusterCache
 from networking.cluster.kube import api_client
-from networking.models import Project, WatcherHeartbeat
+from networking.models import Project, ServiceAlias, WatcherHeartbeat
 
 logger = logging.getLogger(__name__)
 
@@ -155,7 +156,7 @@ class Watcher:
         self.wake.set()
         self.cache.stop()
 
-    def check(self, namespace: str, changed: Changed = None) -> list[str]:
+    def check(self, namespace: str, changed: Changed = None) -> list[Difference]:
         """Compare what changed in a project's namespace (None: all of it) with its desired
         state; queue a pass if it differs."""
         self.checks += 1
@@ -177,8 +178,19 @@ class Watcher:
         scope = self._services_in(namespace, changed)
         self.looks.append((namespace, frozenset(scope) if scope is not None else None))
         rows = project.services.only("name", "kind", "ports", "cluster_ip", "workload")
+        aliases = None
         if scope is not None:
-            rows = rows.filter(name__in=sorted(scope))
+            # A Service named by an old hostname is its service's: look at that service, with
+            # every old name it still answers to.
+            owners = dict(
+                ServiceAlias.objects.filter(project=project, name__in=sorted(scope)).values_list(
+                    "name", "service__name"
+                )
+            )
+            names = {owners.get(name, name) for name in scope}
+            rows = rows.filter(name__in=sorted(names))
+            aliases = reconcile.aliases_of(project.pk, names)
+            scope = scope | names | {alias for kept in aliases.values() for alias in kept}
         services = list(rows)
         desired = reconcile.desired_state_for(
             project,
@@ -186,6 +198,7 @@ class Watcher:
             # Policies are compared only in a look at everything.
             peerings=None if scope is None else [],
             services=services,
+            aliases=aliases,
         )
         found = differences(
             desired,
@@ -210,7 +223,7 @@ class Watcher:
             # Judged (or cleared) what was suspected; a look at other objects clears nothing.
             self.suspected.pop(namespace, None)
         if found:
-            queued = project.report_drift()
+            queued = project.report_drift(difference.record() for difference in found)
             logger.info(
                 "Drift in %s (%s)%s",
                 namespace,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -12,11 +13,12 @@ import yaml
 from django.conf import settings as django_settings
 from django.test import Client
 from django.urls import reverse
+from django.utils import timezone
 from kubernetes import client
 
 from networking.cluster import kube
 from networking.cluster.informer import ClusterCache
-from networking.models import Project
+from networking.models import Project, ServiceAlias
 from networking.tasks import delete_orphan_namespaces, reconcile_project
 from tests.cluster_fixtures import Cluster
 from tests.conftest import World
@@ -93,9 +95,12 @@ def test_the_reconcile_works_with_only_these_permissions(
         reverse("service-edit", args=[world.project.uid, world.api.pk]),
         {"display_name": "web", "ports": "8080"},
     )
-    apply()  # rename: create one Service, delete another, patch a policy
+    apply()  # rename: create one Service, keep the old name as an alias, patch a policy
+    assert set(cluster.services(world.project.namespace)) == {"web", "api", "postgres"}
     owner_client.post(reverse("service-delete", args=[world.project.uid, world.postgres.pk]))
     apply()
+    ServiceAlias.expire_due(timezone.now() + timedelta(days=2))
+    apply()  # the old name expires: its Service is deleted
     assert set(cluster.services(world.project.namespace)) == {"web"}
 
 

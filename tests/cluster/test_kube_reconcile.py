@@ -91,7 +91,8 @@ def test_a_rename_writes_only_what_changed(
     old_ip = Service.objects.get(pk=world.api.pk).cluster_ip
     owner_client.post(
         reverse("service-edit", args=[world.project.uid, world.api.pk]),
-        {"display_name": "Public API", "ports": "8080"},
+        # Keeping nothing of the old name (tests/cluster/test_aliases.py keeps it).
+        {"display_name": "Public API", "ports": "8080", "keep_old_name_for": "0"},
     )
     WatcherHeartbeat.beat()  # as a running watcher does (test_watcher.py runs the real one)
     cluster.http.reset()

@@ -15,7 +15,7 @@ from django.db import connection
 from django.db.models import F
 from django.utils import timezone
 
-from networking.cluster import kube
+from networking.cluster import kube, lease
 from networking.cluster import reconcile as reconciler
 from networking.cluster.desired import namespace_object
 from networking.cluster.informer import ClusterCache, Informer, _Gone, watched_kinds
@@ -101,6 +101,35 @@ def test_a_policy_edited_by_hand_is_put_back(
         return bool(policy.spec.ingress[0]._from)
 
     wait_until(restored, "the isolation policy to be restored")
+
+
+def test_drift_is_kept_on_the_project_until_a_full_pass_repairs_it(
+    cluster: Cluster, world: World, watcher: Watcher
+) -> None:
+    reconciler.reconcile(world.project.pk)
+    namespace = world.project.namespace
+    # A pass of another worker is under way: the repair the watcher asks for waits on it, so
+    # what the watcher saw stays visible meanwhile.
+    held = lease.claim(world.project.pk)
+    assert held is not None
+    cluster.networking.patch_namespaced_network_policy(
+        "project-isolation", namespace, {"spec": {"ingress": [{}]}}
+    )
+    wait_until(lambda: Project.objects.get(pk=world.project.pk).drift, "the drift to be kept")
+    project = Project.objects.get(pk=world.project.pk)
+    assert project.drift_objects == {("NetworkPolicy", "project-isolation")}
+    assert project.drift == [
+        {
+            "kind": "NetworkPolicy",
+            "name": "project-isolation",
+            "text": "NetworkPolicy project-isolation differs",
+        }
+    ]
+    lease.release(world.project.pk, held.token)
+
+    reconciler.reconcile(world.project.pk)
+    assert Project.objects.get(pk=world.project.pk).drift == []
+    assert cluster.policies(namespace)["project-isolation"].spec.ingress[0]._from
 
 
 def test_a_clusterip_assigned_meanwhile_is_recorded(

@@ -21,6 +21,7 @@ def pages(world: World) -> dict[str, str]:
     return {
         "projects": reverse("project-list"),
         "overview": reverse("project-overview", args=[uid]),
+        "network": reverse("project-network", args=[uid]),
         "service": reverse("service-detail", args=[uid, world.postgres.pk]),
         "new-service": reverse("service-create", args=[uid]),
         "sync": reverse("project-sync", args=[uid]),

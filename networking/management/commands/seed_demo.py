@@ -3,19 +3,23 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import timedelta
 from typing import Any
 
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand
 from django.db import transaction
+from django.utils import timezone
 
-from networking import rotation
+from networking import references, rotation
 from networking.crypto import SecretText
 from networking.models import (
     AuditEvent,
     Membership,
     Organization,
+    PeeringRequest,
     Project,
+    ReferenceVariable,
     Service,
     SharedSecret,
 )
@@ -59,8 +63,11 @@ class Command(BaseCommand):
             storefront = self._project(acme, "Storefront", ACME_SERVICES)
             self._secret(storefront, "INTERNAL_API_SECRET", ["api", "background-worker"])
             self._project(globex, "Analytics", GLOBEX_SERVICES)
-            # A second Acme project, to try peering within one organization.
-            self._project(acme, "Data Platform", [("etl", Service.Kind.PRIVATE, [9000])])
+            # A second Acme project, peered with Storefront (the Network page draws both).
+            data = self._project(acme, "Data Platform", [("etl", Service.Kind.PRIVATE, [9000])])
+            self._peering(storefront, data)
+            # The database's connection string wired into api as DATABASE_URL.
+            self._reference(storefront, "postgres", "api")
             organizations = {"acme": acme, "globex": globex}
             User = get_user_model()
             for username, org_slug, role, is_staff in DEMO_USERS:
@@ -85,6 +92,48 @@ class Command(BaseCommand):
         self.stdout.write("  globex-owner  owner of Globex (Pro): project Analytics")
         self.stdout.write("  support       support staff (not a member of any customer)")
         self.stdout.write("  outsider      belongs to no organization")
+
+    def _peering(self, requester: Project, target: Project) -> None:
+        """An approved peering (support's decision, made here): the worker connects it."""
+        open_pair = PeeringRequest.objects.filter(
+            requester_project__in=[requester, target],
+            target_project__in=[requester, target],
+            status__in=PeeringRequest.OPEN,
+        )
+        if open_pair.exists():
+            return
+        now = timezone.now()
+        peering = PeeringRequest.objects.create(
+            requester_project=requester,
+            target_project=target,
+            justification="The data platform reads the storefront's orders (demo data).",
+            status=PeeringRequest.Status.APPROVED,
+            expires_at=now + timedelta(days=7),
+            history=[
+                {"status": status, "by": "demo data", "at": now.isoformat(), "reason": ""}
+                for status in (
+                    PeeringRequest.Status.PENDING_SUPPORT,
+                    PeeringRequest.Status.APPROVED,
+                )
+            ],
+        )
+        for project in (requester, target):
+            project.record_change(
+                actor=None,
+                action=AuditEvent.Action.PEERING_APPROVED,
+                target=f"peering with {peering.peer_of(project).name}",
+                details={"request": peering.pk},
+            )
+
+    def _reference(self, project: Project, source: str, consumer: str) -> None:
+        if ReferenceVariable.objects.filter(project=project).exists():
+            return
+        references.add(
+            project.services.get(name=source),
+            [project.services.get(name=consumer)],
+            "",
+            actor=None,
+        )
 
     def _secret(self, project: Project, name: str, receivers: list[str]) -> None:
         """The spec's tip: one shared secret given to the caller and the worker it calls."""
