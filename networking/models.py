@@ -439,6 +439,11 @@ class Project(models.Model):
                 revision=Subquery(now.values("revision")[:1]),
             )
         self.request_reconcile()
+        return self._event(actor, action, target, details)
+
+    def _event(
+        self, actor: Any, action: AuditEvent.Action, target: str, details: dict[str, Any] | None
+    ) -> AuditEvent:
         return AuditEvent.record(
             organization_id=self.organization_id,
             project=self,
@@ -476,14 +481,7 @@ class Project(models.Model):
     ) -> AuditEvent:
         """Record something a person did that does not change the desired state."""
         Project.touch([self.pk])
-        return AuditEvent.record(
-            organization_id=self.organization_id,
-            project=self,
-            actor=actor,
-            action=action,
-            target=target,
-            details=details,
-        )
+        return self._event(actor, action, target, details)
 
 
 DATABASE_PORTS: dict[str, int] = {
