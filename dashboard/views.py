@@ -8,7 +8,7 @@ from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.core.paginator import Paginator
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError
 from django.db.models import Prefetch
 from django.http import Http404, HttpRequest, HttpResponse, StreamingHttpResponse
 from django.shortcuts import redirect, render
@@ -237,21 +237,10 @@ def service_create(request: HttpRequest, project_uid: str) -> HttpResponse:
     form = ServiceForm(request.POST if request.method == "POST" else None, project=access.project)
     if request.method == "POST" and form.is_valid():
         service = form.instance
-        if service.is_database:
-            service.generate_credentials()
         try:
-            with transaction.atomic():
-                service.save()
-                access.project.record_change(
-                    actor=request.user,
-                    action=AuditEvent.Action.SERVICE_CREATED,
-                    target=service.name,
-                    details={"kind": service.kind, "ports": service.ports},
-                )
-        except IntegrityError:
-            # Another request took the name between validation and insert.
-            service.pk = None
-            form.add_error("display_name", f"{service.internal_hostname} was just taken.")
+            service.create(actor=request.user)
+        except ValidationError as error:  # another request took the name meanwhile
+            form.add_error(None, error)
         else:
             messages.success(
                 request,

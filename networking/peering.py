@@ -33,6 +33,7 @@ from networking.models import (
     PeeringNotification,
     PeeringRequest,
     Project,
+    actor_label,
 )
 
 Status = PeeringRequest.Status
@@ -43,17 +44,13 @@ class PeeringRefused(Exception):
     """A request or transition that is not allowed; ``str()`` says why, for the user."""
 
 
-def _label(actor: Any) -> str:
-    return actor.get_username() if actor is not None else "system"
-
-
 def _enter(
     peering: PeeringRequest, status: str, actor: Any, *, reason: str = "", now: datetime
 ) -> None:
     peering.status = status
     peering.history = [
         *peering.history,
-        {"status": status, "by": _label(actor), "at": now.isoformat(), "reason": reason},
+        {"status": status, "by": actor_label(actor), "at": now.isoformat(), "reason": reason},
     ]
 
 
