@@ -218,3 +218,27 @@ class RotateForm(forms.Form):
     def clean_value(self) -> str:
         value: str = self.cleaned_data.get("value", "")
         return rotation.validate_pasted_value(value) if value else ""
+
+
+class PeeringRequestForm(forms.Form):
+    target = forms.CharField(
+        label="Project ID to peer with",
+        max_length=40,
+        help_text="Shown on the other project's Settings page, e.g. k7x2m9q4p8ab.",
+        widget=forms.TextInput(attrs={"autocomplete": "off", "spellcheck": "false"}),
+    )
+    justification = forms.CharField(
+        label="Why do these projects need to talk privately?",
+        max_length=2000,
+        widget=forms.Textarea(attrs={"rows": 3}),
+        help_text="Support reads this before approving.",
+    )
+
+
+class RejectForm(forms.Form):
+    reason = forms.CharField(
+        label="Reason (the customer sees it)",
+        max_length=2000,
+        widget=forms.Textarea(attrs={"rows": 2}),
+        error_messages={"required": "Give the customer a reason for the rejection."},
+    )

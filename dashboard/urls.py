@@ -1,8 +1,10 @@
 from __future__ import annotations
 
 from django.contrib.auth import views as auth_views
-from django.urls import URLPattern, URLResolver, include, path, register_converter
+from django.urls import URLPattern, URLResolver, include, path, re_path, register_converter
 
+from api.api import not_found as api_not_found
+from api.api import urls as api_urls
 from dashboard import peering_views, secret_views, team_views, views
 from dashboard.auth import SignInView
 from networking.models import PROJECT_ID_PATTERN
@@ -82,4 +84,7 @@ urlpatterns = [
     path("orgs/<slug:org_slug>/team/", include(team_patterns)),
     path("projects/<project_id:project_uid>/", include(project_patterns)),
     path("support/peering/", include(support_patterns)),
+    # The HTTP API for scripts and the CLI (api/): tokens, problem+json, its own access matrix.
+    path("api/v1/", api_urls()),
+    re_path(r"^api/(?P<rest>.*)$", api_not_found),
 ]

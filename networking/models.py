@@ -1245,6 +1245,8 @@ class ApiToken(models.Model):
 
     def membership(self) -> Membership | None:
         """The holder's membership as this token may use it: its role capped by the token's."""
+        if self.organization_id is None:
+            return None
         found = (
             Membership.objects.select_related("organization")
             .filter(user_id=self.user_id, organization_id=self.organization_id)
