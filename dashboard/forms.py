@@ -6,9 +6,9 @@ from typing import Any
 
 from django import forms
 
-from networking import endpoints, rotation
+from networking import endpoints, plain_text, rotation
 from networking.crypto import SecretText
-from networking.models import MAX_PORTS, Project, Service, SharedSecret
+from networking.models import MAX_PORTS, ApiToken, Project, Service, SharedSecret
 
 _PORT_SEPARATORS = re.compile(r"[\s,]+")
 
@@ -242,3 +242,46 @@ class RejectForm(forms.Form):
         widget=forms.Textarea(attrs={"rows": 2}),
         error_messages={"required": "Give the customer a reason for the rejection."},
     )
+
+
+class ApiTokenForm(forms.Form):
+    """A new personal API token: a name to recognise it by, a role up to one's own, an expiry."""
+
+    EXPIRY_CHOICES = [
+        ("", "Never"),
+        ("7", "In 7 days"),
+        ("30", "In 30 days"),
+        ("90", "In 90 days"),
+        ("365", "In a year"),
+    ]
+
+    name = forms.CharField(
+        label="Name",
+        max_length=50,
+        validators=[plain_text.single_line],
+        help_text="Where it is used, e.g. ci-deploy or runbook. Actions taken with it read "
+        "“you via token ci-deploy” in the audit log.",
+        error_messages={"required": "Give the token a name, like ci-deploy."},
+    )
+    role = forms.ChoiceField(
+        label="Role",
+        help_text="What the token may do: at most what you may. A viewer token changes nothing.",
+    )
+    expires_in_days = forms.TypedChoiceField(
+        label="Expires",
+        choices=EXPIRY_CHOICES,
+        coerce=int,
+        empty_value=None,
+        required=False,
+    )
+
+    def __init__(self, *args: Any, member_role: str, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        allowed = ApiToken.roles_for(member_role)
+        role_field = self.fields["role"]
+        assert isinstance(role_field, forms.ChoiceField)
+        role_field.choices = [
+            (role, label) for role, label in ApiToken.Role.choices if role in allowed
+        ]
+        self.fields["name"].widget.attrs.update({"autocomplete": "off", "spellcheck": "false"})
+        self.initial.setdefault("role", ApiToken.Role.VIEWER)

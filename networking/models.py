@@ -1201,7 +1201,15 @@ class ApiToken(models.Model):
             digest=cls.digest_of(raw),
             expires_at=expires_at,
         )
-        token.full_clean(exclude=["prefix", "digest"])
+        # The unique name is checked here with a message that says what to do; the
+        # constraint itself still decides between two requests at the same moment.
+        token.full_clean(exclude=["prefix", "digest"], validate_constraints=False)
+        if (
+            cls.objects.filter(user=user, organization=organization, revoked_at__isnull=True)
+            .filter(name__iexact=name)
+            .exists()
+        ):
+            raise cls.name_taken(name)
         try:
             with transaction.atomic():
                 token.save()

@@ -14,6 +14,7 @@ from django.test import Client
 from django.urls import URLPattern, URLResolver, get_resolver, reverse
 
 from networking.models import (
+    ApiToken,
     AuditEvent,
     Membership,
     Organization,
@@ -78,6 +79,11 @@ MATRIX: dict[tuple[str, str], str] = {
     ("org-team-invite", "POST"): "302 404 404 403 403 302",
     ("org-team-role", "POST"): "302 404 404 403 403 302",
     ("org-team-remove", "POST"): "302 404 404 403 403 302",
+    # API tokens: everyone makes their own (an empty form comes back with its errors); the
+    # matrix's token is the member's, which owners may revoke too and viewers cannot even see.
+    ("org-tokens", "GET"): "302 404 404 200 200 200",
+    ("org-token-create", "POST"): "302 404 404 200 200 200",
+    ("org-token-revoke", "POST"): "302 404 404 404 302 302",
     # Support staff only; everyone else is told there is nothing here.
     ("support-queue", "GET"): "302 404 200 404 404 404",
     ("support-approve", "POST"): "302 404 302 404 404 404",
@@ -126,7 +132,21 @@ def _kwargs(world: World, name: str, *, foreign: bool) -> dict[str, Any]:
             organization=world.globex if foreign else world.acme,
             user__username="viewer" if not foreign else "globex-owner",
         ).pk
+    if "token_id" in wanted:
+        kwargs["token_id"] = matrix_token(world, foreign=foreign).pk
     return kwargs
+
+
+def matrix_token(world: World, *, foreign: bool) -> ApiToken:
+    """The member's token in Acme (the other tenant: Globex's owner's), made on first use."""
+    holder, organization = ("globex-owner", world.globex) if foreign else ("member", world.acme)
+    found = ApiToken.objects.filter(user__username=holder, organization=organization).first()
+    if found is None:
+        user = Membership.objects.get(user__username=holder, organization=organization).user
+        found, _ = ApiToken.issue(
+            user=user, organization=organization, name="matrix", role="viewer"
+        )
+    return found
 
 
 def _call(client: Client, method: str, url: str) -> int:
@@ -226,6 +246,7 @@ DESTRUCTIVE = {
     ("secret-delete", "POST"),
     ("logout", "POST"),
     ("org-team-remove", "POST"),
+    ("org-token-revoke", "POST"),
 }
 
 
