@@ -26,6 +26,9 @@ class PortListField(forms.CharField):
         return value
 
     def to_python(self, value: Any) -> list[int]:  # type: ignore[override]
+        if isinstance(value, list):
+            # A disabled field (a database's ports) cleans its initial value: already a list.
+            value = ", ".join(str(port) for port in value)
         text = super().to_python(value) or ""
         ports: list[int] = []
         for item in _PORT_SEPARATORS.split(text.strip()):

@@ -397,3 +397,13 @@ def test_the_edit_form_says_a_rename_stops_the_old_hostname(
     # A new service has no old hostname.
     new = owner_client.get(preview, {"display_name": "Public API"})
     assert "stops resolving" not in new.content.decode()
+
+
+def test_a_database_can_be_renamed_in_the_dashboard(owner_client: Client, world: World) -> None:
+    """Its ports field is disabled: the form cleans the stored list, not a typed text."""
+    url = reverse("service-edit", args=[world.project.uid, world.postgres.pk])
+    response = owner_client.post(url, {"display_name": "Main DB"})
+    assert response.status_code == 302
+    world.postgres.refresh_from_db()
+    assert world.postgres.name == "main-db"
+    assert world.postgres.ports == [5432]
