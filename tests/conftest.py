@@ -230,8 +230,8 @@ def api_tokens(world: World) -> dict[str, str | None]:
 
 
 def bearer(token: str | None) -> dict[str, str]:
-    """Test-client keyword arguments that send ``token`` (none for anonymous)."""
-    return {"HTTP_AUTHORIZATION": f"Bearer {token}"} if token else {}
+    """Test-client ``headers`` that send ``token`` (none for anonymous)."""
+    return {"Authorization": f"Bearer {token}"} if token else {}
 
 
 @pytest.fixture

@@ -99,10 +99,12 @@ def url_for(world: World, path: str, operation_id: str, *, foreign: bool) -> str
     return path.format(**values)
 
 
-def call(client: Client, method: str, url: str, body: dict[str, Any] | None, token: str | None):  # type: ignore[no-untyped-def]
-    data = json.dumps(body) if body is not None else None
+def call(
+    client: Client, method: str, url: str, body: dict[str, Any] | None, token: str | None
+) -> Any:
+    data = json.dumps(body) if body is not None else ""
     return client.generic(
-        method, url, data=data or "", content_type="application/json", **bearer(token)
+        method, url, data=data, content_type="application/json", headers=bearer(token)
     )
 
 
@@ -161,7 +163,7 @@ def test_a_token_reaches_only_its_own_organization(world: World) -> None:
     token = issue_token(member, world.acme, "member", "acme-only")
     client = Client()
     other = f"/api/v1/projects/{world.other_project.uid}"
-    assert client.get(other, **bearer(token)).status_code == 404
-    listed = client.get("/api/v1/projects", **bearer(token)).json()
+    assert client.get(other, headers=bearer(token)).status_code == 404
+    listed = client.get("/api/v1/projects", headers=bearer(token)).json()
     assert [project["organization"] for project in listed] == ["acme"]
     assert Organization.objects.filter(slug="globex").exists()
