@@ -1225,7 +1225,12 @@ class ApiToken(models.Model):
         The row is found by its prefix and the digests compared in constant time.
         """
         raw = raw.strip()
-        if not raw.startswith(cls.SCHEME) or len(raw) != len(cls.SCHEME) + cls._SECRET_LENGTH:
+        secret = raw.removeprefix(cls.SCHEME)
+        if (
+            not raw.startswith(cls.SCHEME)
+            or len(secret) != cls._SECRET_LENGTH
+            or not (secret.isascii() and secret.isalnum())  # nothing else reaches a query
+        ):
             raise TokenRefused("This is not a Stackblaze API token (they start with sbk_).")
         token = (
             cls.objects.select_related("user", "organization")
