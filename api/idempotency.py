@@ -16,7 +16,7 @@ from functools import wraps
 from typing import Any
 
 from django.core.exceptions import RequestDataTooBig
-from django.db import IntegrityError
+from django.db import IntegrityError, transaction
 from django.http import HttpRequest, HttpResponse
 from django.http.response import HttpResponseBase
 from django.utils import timezone
@@ -124,7 +124,8 @@ def _claim(scope: str, key: str, digest: str) -> IdempotencyRecord | None:
         scope=scope, created_at__lt=timezone.now() - IdempotencyRecord.KEEP_FOR
     ).delete()
     try:
-        IdempotencyRecord.objects.create(scope=scope, key=key, request_digest=digest)
+        with transaction.atomic():  # committed at once: the others see the claim
+            IdempotencyRecord.objects.create(scope=scope, key=key, request_digest=digest)
     except IntegrityError:
         found = IdempotencyRecord.objects.filter(scope=scope, key=key).first()
         if found is None:  # released meanwhile (its request failed): try to claim it again

@@ -24,8 +24,16 @@ from networking.models import (
     SharedSecret,
 )
 
-Port = Annotated[StrictInt, Field(ge=1, le=65535)]
-ServiceName = Annotated[str, Field(min_length=1, max_length=100)]
+
+def documented(**constraints: Any) -> Any:
+    """Limits shown in the OpenAPI document but checked by the dashboard's forms, so a value
+    past them gets the form's own message ("Port 70000 is out of range…"), not pydantic's."""
+    return Field(json_schema_extra=constraints)
+
+
+# Whole numbers only (pydantic's strict mode: no "3000", no true); the range is the form's.
+Port = Annotated[StrictInt, documented(minimum=1, maximum=65535)]
+ServiceName = Annotated[str, documented(minLength=1, maxLength=100)]
 
 
 class ProblemOut(Schema):
@@ -121,7 +129,7 @@ class ServiceCreateIn(Schema):
 
 class ServiceChangeIn(Schema):
     name: ServiceName | None = None
-    ports: list[Port] | None = Field(None, max_length=50)
+    ports: list[Port] | None = Field(None, json_schema_extra={"maxItems": 10})
 
 
 class CredentialsOut(Schema):
@@ -154,9 +162,14 @@ class SecretOut(Schema):
 
 
 class SecretCreateIn(Schema):
-    name: str = Field(max_length=200, description="An environment variable name")
+    name: str = Field(
+        description="An environment variable name, like INTERNAL_API_SECRET",
+        json_schema_extra={"maxLength": 100},
+    )
     value: str | None = Field(
-        None, max_length=10_000, description="Leave out to generate a random 256-bit value"
+        None,
+        description="Leave out to generate a random 256-bit value",
+        json_schema_extra={"minLength": 16, "maxLength": 4096},
     )
     services: list[ServiceName] = Field(
         default_factory=list, max_length=200, description="DNS labels of the receiving services"
@@ -178,7 +191,9 @@ class SecretValueOut(Schema):
 
 class RotateIn(Schema):
     value: str | None = Field(
-        None, max_length=10_000, description="Leave out to generate a random 256-bit value"
+        None,
+        description="Leave out to generate a random 256-bit value",
+        json_schema_extra={"minLength": 16, "maxLength": 4096},
     )
 
 
@@ -235,12 +250,12 @@ class PeeringOut(Schema):
 
 
 class PeeringRequestIn(Schema):
-    target: str = Field(max_length=40, description="The other project's ID")
-    justification: str = Field(max_length=2000)
+    target: str = Field(description="The other project's ID", json_schema_extra={"maxLength": 40})
+    justification: str = Field(json_schema_extra={"minLength": 1, "maxLength": 2000})
 
 
 class RejectIn(Schema):
-    reason: str = Field(max_length=2000)
+    reason: str = Field(json_schema_extra={"minLength": 1, "maxLength": 2000})
 
 
 class AuditEventOut(Schema):

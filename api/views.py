@@ -75,30 +75,38 @@ def _project(request: HttpRequest, project_id: str) -> ProjectAccess:
     return get_project_for_user(request, project_id)
 
 
+# A clash with what exists (a taken name) is a conflict; anything else is invalid input.
+_CLASH_FIELDS = frozenset({"name", "display_name", "__all__"})
+
+
 def _raise_invalid(error: ValidationError, fields: dict[str, str] | None = None) -> None:
-    """422 for invalid input; 409 when it clashes with what exists (a taken name)."""
     problem = invalid(error, fields=fields)
-    if "duplicate" in _codes(error):
+    if hasattr(error, "error_dict"):
+        codes = {
+            item.code
+            for field, items in error.error_dict.items()
+            if field in _CLASH_FIELDS
+            for item in items
+        }
+    else:
+        codes = {item.code for item in error.error_list}
+    if "duplicate" in codes:
         problem.status = 409
     raise problem
 
 
-def _codes(error: ValidationError) -> set[str]:
-    if hasattr(error, "error_dict"):
-        return {item.code or "" for items in error.error_dict.values() for item in items}
-    return {item.code or "" for item in error.error_list}
-
-
 def _form_problem(form: Any, fields: dict[str, str] | None = None) -> Problem:
+    """The form's errors, each field's messages as the page shows them (409 for a clash)."""
     problem = form_invalid(form.errors, fields=fields)
-    codes = {error.code for errors in form.errors.as_data().values() for error in errors}
-    if "duplicate" in codes or any("already has a secret named" in m for m in _messages(form)):
+    codes = {
+        error.code
+        for field, errors in form.errors.as_data().items()
+        if field in _CLASH_FIELDS
+        for error in errors
+    }
+    if "duplicate" in codes:
         problem.status = 409
     return problem
-
-
-def _messages(form: Any) -> list[str]:
-    return [str(message) for messages in form.errors.values() for message in messages]
 
 
 # -- Who am I ----------------------------------------------------------------------------------

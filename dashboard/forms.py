@@ -180,7 +180,9 @@ class SharedSecretForm(forms.ModelForm[SharedSecret]):
         name = rotation.validate_secret_name(self.cleaned_data.get("name", ""))
         clash = SharedSecret.objects.filter(project=self.instance.project, name=name)
         if clash.exclude(pk=self.instance.pk).exists():
-            raise forms.ValidationError(f"This project already has a secret named {name}.")
+            raise forms.ValidationError(
+                f"This project already has a secret named {name}.", code="duplicate"
+            )
         services = list(self.instance.project.services.only("pk", "name", "kind"))
         suggested = endpoints.suggested_env_names(services)
         by_pk = {service.pk: service for service in services}

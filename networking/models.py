@@ -481,13 +481,13 @@ class Service(models.Model):
         return name
 
     def clean(self) -> None:
-        errors: dict[str, list[str]] = {}
+        errors: dict[str, Any] = {}
         try:
             self.name = Service.name_for(
                 self.project_id, self.display_name or "", exclude_pk=self.pk
             )
         except ValidationError as error:
-            errors["display_name"] = error.messages
+            errors["display_name"] = error  # with its code: "duplicate" is a clash, not a typo
         if self.is_database:
             standard = DATABASE_PORTS[self.kind]
             if self.ports != [standard]:
