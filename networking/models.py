@@ -529,7 +529,11 @@ class Service(models.Model):
         except IntegrityError:
             self.pk = None
             raise ValidationError(
-                {"display_name": [f"{self.internal_hostname} was just taken."]}, code="duplicate"
+                {
+                    "display_name": ValidationError(
+                        f"{self.internal_hostname} was just taken.", code="duplicate"
+                    )
+                }
             ) from None
 
     def save_changes(self, *, actor: Any) -> list[str]:
@@ -896,8 +900,12 @@ class SharedSecret(models.Model):
         except IntegrityError:
             self.pk = None
             raise ValidationError(
-                {"name": [f"This project already has a secret named {self.name}."]},
-                code="duplicate",
+                {
+                    "name": ValidationError(
+                        f"This project already has a secret named {self.name}.",
+                        code="duplicate",
+                    )
+                }
             ) from None
 
     def change_receivers(
@@ -1156,8 +1164,12 @@ class ApiToken(models.Model):
     @staticmethod
     def name_taken(name: str) -> ValidationError:
         return ValidationError(
-            {"name": [f"You already have a token named “{name}”. Choose another name."]},
-            code="duplicate",
+            {
+                "name": ValidationError(
+                    f"You already have a token named “{name}”. Choose another name.",
+                    code="duplicate",
+                )
+            }
         )
 
     @classmethod
