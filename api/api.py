@@ -14,7 +14,7 @@ from ninja.openapi.docs import Swagger
 
 from api import problems
 from api.auth import SessionAuth, TokenAuth
-from api.idempotency import HEADER
+from api.idempotency import HEADER, KEY_PATTERN
 from api.throttling import PerCallerThrottle
 from api.views import router
 
@@ -86,7 +86,7 @@ def _describe(method: str, operation: dict[str, Any]) -> None:
                 "in": "header",
                 "required": False,
                 "description": "Retrying with the same key returns the first answer and acts once",
-                "schema": {"type": "string", "minLength": 1, "maxLength": 255},
+                "schema": {"type": "string", "pattern": KEY_PATTERN.pattern.join("^$")},
             }
         )
     links = _LINKS.get(operation_id)

@@ -10,6 +10,7 @@ worked on after a while (409, try again). Keys are per caller and forgotten afte
 from __future__ import annotations
 
 import hashlib
+import re
 import time
 from collections.abc import Callable
 from functools import wraps
@@ -27,6 +28,8 @@ from api.problems import problem_response
 
 HEADER = "Idempotency-Key"
 MAX_KEY_LENGTH = 255
+# Visible ASCII, no spaces: what a UUID or a CI job's run ID looks like, and safe in a header.
+KEY_PATTERN = re.compile(rf"[!-~]{{1,{MAX_KEY_LENGTH}}}")
 # How long a retry waits for the first request's answer before saying to try again.
 WAIT_SECONDS = 15.0
 _POLL_SECONDS = 0.05
@@ -80,9 +83,11 @@ def idempotent(run: Run) -> Run:
         key = request.headers.get(HEADER)
         if key is None:
             return run(request, *args, **kwargs)
-        if not key.strip() or len(key) > MAX_KEY_LENGTH or not key.isprintable():
+        if not KEY_PATTERN.fullmatch(key):
             return problem_response(
-                400, f"An {HEADER} must be 1 to {MAX_KEY_LENGTH} printable characters."
+                400,
+                f"An {HEADER} must be 1 to {MAX_KEY_LENGTH} visible ASCII characters, "
+                "such as a UUID.",
             )
         scope = _scope(request)
         if scope is None:

@@ -11,6 +11,7 @@ from datetime import datetime
 from typing import Annotated, Any
 
 from django.core.exceptions import ValidationError
+from django.db import IntegrityError
 from django.db.models import Q
 from django.http import Http404, HttpRequest
 from django.views.decorators.cache import never_cache
@@ -332,8 +333,12 @@ def update_service(
         service.save_changes(actor=request.user)
     except Service.DoesNotExist:
         raise Http404("No such service.") from None
-    except ValidationError as error:
-        _raise_invalid(error, SERVICE_FIELDS)
+    except IntegrityError:  # another request took the name between validation and save
+        raise Problem(
+            409,
+            f"{service.internal_hostname} was just taken.",
+            errors={"name": [f"{service.internal_hostname} was just taken."]},
+        ) from None
     return schemas.from_service(service, endpoints.project_env_names(service))
 
 

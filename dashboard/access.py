@@ -87,7 +87,9 @@ def get_project_for_user(request: HttpRequest, project_uid: str) -> ProjectAcces
     membership = _membership(request, organization__projects__uid=project_uid)
     if membership is None:
         raise Http404("No such project.")
-    project = Project.objects.get(uid=project_uid)
+    project = Project.objects.filter(uid=project_uid).first()
+    if project is None:  # deleted between the two queries
+        raise Http404("No such project.")
     # Reuse the organization already loaded with the membership.
     project.organization = membership.organization
     return ProjectAccess(project=project, membership=membership)

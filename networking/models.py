@@ -1283,12 +1283,16 @@ class ApiToken(models.Model):
 
     def note_use(self, now: Any) -> None:
         """Record the use: the first one is audited, later ones update ``last_used_at``."""
-        if ApiToken.objects.filter(pk=self.pk, last_used_at__isnull=True).update(last_used_at=now):
-            self._audit(self.user, AuditEvent.Action.TOKEN_FIRST_USED)
+        if self.last_used_at is None:
+            # Compare-and-swap: of simultaneous first requests, one records the first use.
+            if ApiToken.objects.filter(pk=self.pk, last_used_at__isnull=True).update(
+                last_used_at=now
+            ):
+                self._audit(self.user, AuditEvent.Action.TOKEN_FIRST_USED)
+        elif self.last_used_at < now - self.LAST_USED_RESOLUTION:
+            ApiToken.objects.filter(pk=self.pk).update(last_used_at=now)
         else:
-            ApiToken.objects.filter(
-                pk=self.pk, last_used_at__lt=now - self.LAST_USED_RESOLUTION
-            ).update(last_used_at=now)
+            return  # used within the last minute: nothing to write
         self.last_used_at = now
 
     def revoke(self, *, actor: Any) -> bool:
