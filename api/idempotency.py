@@ -20,7 +20,6 @@ from django.core.exceptions import RequestDataTooBig
 from django.db import IntegrityError, transaction
 from django.http import HttpRequest, HttpResponse
 from django.http.response import HttpResponseBase
-from django.utils import timezone
 
 from api.auth import presented_token
 from api.models import IdempotencyRecord
@@ -125,9 +124,7 @@ def idempotent(run: Run) -> Run:
 
 def _claim(scope: str, key: str, digest: str) -> IdempotencyRecord | None:
     """None if this request now holds the key; else the row of the one that does (or did)."""
-    IdempotencyRecord.objects.filter(
-        scope=scope, created_at__lt=timezone.now() - IdempotencyRecord.KEEP_FOR
-    ).delete()
+    IdempotencyRecord.forget_expired(scope)  # an old answer never stands in for a new request
     try:
         with transaction.atomic():  # committed at once: the others see the claim
             IdempotencyRecord.objects.create(scope=scope, key=key, request_digest=digest)

@@ -6,6 +6,7 @@ from datetime import timedelta
 from typing import ClassVar
 
 from django.db import models
+from django.utils import timezone
 
 
 class IdempotencyRecord(models.Model):
@@ -35,7 +36,19 @@ class IdempotencyRecord(models.Model):
         constraints = [
             models.UniqueConstraint(fields=["scope", "key"], name="one_idempotency_key_per_caller")
         ]
-        indexes = [models.Index(fields=["scope", "created_at"], name="idempotency_by_age")]
+        indexes = [
+            models.Index(fields=["scope", "created_at"], name="idempotency_by_age"),
+            models.Index(fields=["created_at"], name="idempotency_expiry"),
+        ]
 
     def __str__(self) -> str:
         return f"Idempotency-Key {self.key[:20]} ({self.status or 'running'})"
+
+    @classmethod
+    def forget_expired(cls, scope: str | None = None) -> int:
+        """Drop answers older than ``KEEP_FOR`` (one caller's, or everyone's); how many."""
+        expired = cls.objects.filter(created_at__lt=timezone.now() - cls.KEEP_FOR)
+        if scope is not None:
+            expired = expired.filter(scope=scope)
+        deleted, _ = expired.delete()
+        return deleted

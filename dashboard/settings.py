@@ -258,6 +258,10 @@ CELERY_BEAT_SCHEDULE = {
         "task": "networking.tasks.expire_peering_requests",
         "schedule": 3600.0,
     },
+    "forget-idempotency-keys": {
+        "task": "api.tasks.forget_idempotency_keys",
+        "schedule": 3600.0,
+    },
 }
 # Beat keeps its schedule in memory: every entry is an interval of idempotent work, so after a
 # restart each simply runs one interval later. No schedule file means nothing to lock or corrupt

@@ -497,6 +497,20 @@ class TestIdempotency:
         Service.objects.filter(name="api").update(name="old-api")
         assert self.create(api, world, "k2", name="bad!").status_code == 422
 
+    def test_answers_are_forgotten_after_a_day(self, world: World, as_role: Any) -> None:
+        from datetime import timedelta
+
+        from django.utils import timezone
+
+        from api.models import IdempotencyRecord
+        from api.tasks import forget_idempotency_keys
+
+        api = as_role("member")
+        self.create(api, world, "old-key")
+        IdempotencyRecord.objects.update(created_at=timezone.now() - timedelta(hours=25))
+        assert forget_idempotency_keys.apply().get() == 1
+        assert not IdempotencyRecord.objects.exists()
+
     def test_keys_are_per_caller(self, world: World, as_role: Any) -> None:
         self.create(as_role("member"), world, "shared")
         other = self.create(as_role("owner"), world, "shared")
