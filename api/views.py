@@ -70,9 +70,14 @@ mutating = decorate_view(idempotent)
 revealing = decorate_view(never_cache)
 
 
-def _project(request: HttpRequest, project_id: str) -> ProjectAccess:
+def _check_project_id(project_id: str) -> None:
+    """A project ID as the dashboard makes them; anything else (a NUL byte too) is a 404."""
     if not _PROJECT_ID.fullmatch(project_id):
         raise Http404("No such project.")
+
+
+def _project(request: HttpRequest, project_id: str) -> ProjectAccess:
+    _check_project_id(project_id)
     return get_project_for_user(request, project_id)
 
 
@@ -296,11 +301,6 @@ def get_service(
     return schemas.from_service(service, endpoints.project_env_names(service))
 
 
-def _check_project_id(project_id: str) -> None:
-    if not _PROJECT_ID.fullmatch(project_id):
-        raise Http404("No such project.")
-
-
 @router.patch(
     "/projects/{project_id}/services/{service_id}",
     response={200: schemas.ServiceOut, **ERRORS},
@@ -461,10 +461,11 @@ def create_secret(
     return Status(201, schemas.from_secret(secret))
 
 
-def _secret(request: HttpRequest, project_id: str, secret_id: int) -> tuple[ProjectAccess, Any]:
+def _secret(
+    request: HttpRequest, project_id: str, secret_id: int
+) -> tuple[ProjectAccess, SharedSecret]:
     _check_project_id(project_id)
-    access, secret = get_secret_for_user(request, project_id, secret_id)
-    return access, secret
+    return get_secret_for_user(request, project_id, secret_id)
 
 
 @router.get(
