@@ -1,8 +1,12 @@
-"""The one way views fetch tenant data.
+"""The one way views fetch tenant data, for the pages and the HTTP API alike.
 
 Every project, and everything inside one, is looked up through these helpers, which join on the
 requesting user's membership: another tenant's object is indistinguishable from a missing one
 (404), and a role that may look but not touch gets 403 on a change.
+
+A request made with an API token (``request.api_token``, set by the API's authentication)
+reaches only the token's organization, with the lower of the token's role and the holder's
+role today; a support token reaches the support queue and no tenant.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from django.db.models import Q, QuerySet
 from django.http import Http404, HttpRequest
 
 from networking.models import (
+    ApiToken,
     Membership,
     Organization,
     PeeringRequest,
@@ -43,18 +48,50 @@ class ProjectAccess:
             raise PermissionDenied("Your role in this organization can’t make this change.")
 
 
+def token_of(request: HttpRequest) -> ApiToken | None:
+    """The API token the request was authenticated with; None in a browser session."""
+    token = getattr(request, "api_token", None)
+    return token if isinstance(token, ApiToken) else None
+
+
 def memberships_of(request: HttpRequest) -> QuerySet[Membership]:
-    """The requesting user's memberships, with their organizations."""
+    """The requesting user's memberships, with their organizations (a token's one, if any)."""
     if not request.user.is_authenticated:
         return Membership.objects.none()
-    return Membership.objects.filter(user_id=request.user.pk).select_related("organization")
+    memberships = Membership.objects.filter(user_id=request.user.pk).select_related("organization")
+    token = token_of(request)
+    if token is not None:
+        if token.organization_id is None:
+            return memberships.none()
+        memberships = memberships.filter(organization_id=token.organization_id)
+    return memberships
+
+
+def _capped(request: HttpRequest, membership: Membership) -> Membership:
+    """The membership with the role this request may use: a token's role caps it."""
+    token = token_of(request)
+    if token is not None:
+        membership.role = ApiToken.capped_role(token.role, membership.role)
+    return membership
+
+
+def capped_memberships(request: HttpRequest) -> list[Membership]:
+    """``memberships_of``, each with the role this request may use (for lists)."""
+    return [_capped(request, membership) for membership in memberships_of(request)]
+
+
+def _membership(request: HttpRequest, **lookup: Any) -> Membership | None:
+    membership = memberships_of(request).filter(**lookup).first()
+    return _capped(request, membership) if membership is not None else None
 
 
 def get_project_for_user(request: HttpRequest, project_uid: str) -> ProjectAccess:
-    membership = memberships_of(request).filter(organization__projects__uid=project_uid).first()
+    membership = _membership(request, organization__projects__uid=project_uid)
     if membership is None:
         raise Http404("No such project.")
-    project = Project.objects.get(uid=project_uid)
+    project = Project.objects.filter(uid=project_uid).first()
+    if project is None:  # deleted between the two queries
+        raise Http404("No such project.")
     # Reuse the organization already loaded with the membership.
     project.organization = membership.organization
     return ProjectAccess(project=project, membership=membership)
@@ -129,7 +166,33 @@ def get_peering_for_user(
 
 
 def get_organization_for_user(request: HttpRequest, slug: str) -> tuple[Organization, Membership]:
-    membership = memberships_of(request).filter(organization__slug=slug).first()
+    membership = _membership(request, organization__slug=slug)
     if membership is None:
         raise Http404("No such organization.")
     return membership.organization, membership
+
+
+def require_support_staff(request: HttpRequest) -> None:
+    """Support staff only (with a support token, over the API); for anyone else, nothing here."""
+    token = token_of(request)
+    if not (
+        request.user.is_authenticated
+        and request.user.is_staff
+        and (token is None or token.role == ApiToken.Role.SUPPORT)
+    ):
+        raise Http404("No such page.")
+
+
+def get_peering_for_staff(request: HttpRequest, peering_id: int) -> PeeringRequest:
+    """Any peering request, for support staff to decide on."""
+    require_support_staff(request)
+    found = (
+        PeeringRequest.objects.select_related(
+            "requester_project__organization", "target_project__organization"
+        )
+        .filter(pk=peering_id)
+        .first()
+    )
+    if found is None:
+        raise Http404("No such peering.")
+    return found

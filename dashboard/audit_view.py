@@ -138,7 +138,7 @@ def csv_rows(events: Iterable[AuditEvent]) -> Iterator[str]:
         yield writer.writerow(
             [
                 event.created_at.astimezone(UTC).isoformat(timespec="seconds"),
-                _cell(event.actor_label),
+                _cell(event.actor_display),
                 _cell(event.get_action_display()),
                 _cell(target_text(event)),
                 _cell(details_text(event)),

@@ -7,12 +7,13 @@ from typing import Any
 
 from django import forms
 
-from networking import endpoints, references, rotation
+from networking import endpoints, plain_text, references, rotation
 from networking.crypto import SecretText
 from networking.models import (
     ALIAS_CHOICES,
     ALIAS_DEFAULT,
     MAX_PORTS,
+    ApiToken,
     Project,
     Service,
     SharedSecret,
@@ -34,6 +35,9 @@ class PortListField(forms.CharField):
         return value
 
     def to_python(self, value: Any) -> list[int]:  # type: ignore[override]
+        if isinstance(value, list):
+            # A disabled field (a database's ports) cleans its initial value: already a list.
+            value = ", ".join(str(port) for port in value)
         text = super().to_python(value) or ""
         ports: list[int] = []
         for item in _PORT_SEPARATORS.split(text.strip()):
@@ -204,7 +208,9 @@ class SharedSecretForm(forms.ModelForm[SharedSecret]):
         name = rotation.validate_secret_name(self.cleaned_data.get("name", ""))
         clash = SharedSecret.objects.filter(project=self.instance.project, name=name)
         if clash.exclude(pk=self.instance.pk).exists():
-            raise forms.ValidationError(f"This project already has a secret named {name}.")
+            raise forms.ValidationError(
+                f"This project already has a secret named {name}.", code="duplicate"
+            )
         services = list(self.instance.project.services.only("pk", "name", "kind"))
         suggested = endpoints.suggested_env_names(services)
         by_pk = {service.pk: service for service in services}
@@ -281,3 +287,70 @@ class ReferenceForm(forms.Form):
                 "spellcheck": "false",
             }
         )
+
+
+class PeeringRequestForm(forms.Form):
+    target = forms.CharField(
+        label="Project ID to peer with",
+        max_length=40,
+        help_text="Shown on the other project's Settings page, e.g. k7x2m9q4p8ab.",
+        widget=forms.TextInput(attrs={"autocomplete": "off", "spellcheck": "false"}),
+    )
+    justification = forms.CharField(
+        label="Why do these projects need to talk privately?",
+        max_length=2000,
+        widget=forms.Textarea(attrs={"rows": 3}),
+        help_text="Support reads this before approving.",
+    )
+
+
+class RejectForm(forms.Form):
+    reason = forms.CharField(
+        label="Reason (the customer sees it)",
+        max_length=2000,
+        widget=forms.Textarea(attrs={"rows": 2}),
+        error_messages={"required": "Give the customer a reason for the rejection."},
+    )
+
+
+class ApiTokenForm(forms.Form):
+    """A new personal API token: a name to recognise it by, a role up to one's own, an expiry."""
+
+    EXPIRY_CHOICES = [
+        ("", "Never"),
+        ("7", "In 7 days"),
+        ("30", "In 30 days"),
+        ("90", "In 90 days"),
+        ("365", "In a year"),
+    ]
+
+    name = forms.CharField(
+        label="Name",
+        max_length=50,
+        validators=[plain_text.single_line],
+        help_text="Where it is used, e.g. ci-deploy or runbook. Actions taken with it read "
+        "“you via token ci-deploy” in the audit log.",
+        error_messages={"required": "Give the token a name, like ci-deploy."},
+    )
+    role = forms.ChoiceField(
+        label="Role",
+        help_text="What the token may do: at most what you may. A viewer token changes nothing.",
+    )
+    expires_in_days = forms.TypedChoiceField(
+        label="Expires",
+        choices=EXPIRY_CHOICES,
+        coerce=int,
+        empty_value=None,
+        required=False,
+    )
+
+    def __init__(self, *args: Any, member_role: str, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        allowed = ApiToken.roles_for(member_role)
+        role_field = self.fields["role"]
+        assert isinstance(role_field, forms.ChoiceField)
+        role_field.choices = [
+            (role, label) for role, label in ApiToken.Role.choices if role in allowed
+        ]
+        self.fields["name"].widget.attrs.update({"autocomplete": "off", "spellcheck": "false"})
+        self.initial.setdefault("role", ApiToken.Role.VIEWER)

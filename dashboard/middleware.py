@@ -20,7 +20,7 @@ CONFLICT = (
     "Reload the page to see the current state, and try again if it is still needed."
 )
 # PostgreSQL: a deadlock, or a serializable transaction that lost a race. Retrying helps.
-_RETRYABLE_SQLSTATES = frozenset({"40P01", "40001"})
+RETRYABLE_SQLSTATES = frozenset({"40P01", "40001"})
 
 
 class WorkerQueueMiddleware:
@@ -58,7 +58,7 @@ class ConcurrentChangeMiddleware:
         if isinstance(exception, IntegrityError) or (
             isinstance(exception, OperationalError)
             and getattr(getattr(exception, "__cause__", None), "sqlstate", None)
-            in _RETRYABLE_SQLSTATES
+            in RETRYABLE_SQLSTATES
         ):
             logger.warning(
                 "Concurrent change on %s %s: %s", request.method, request.path, exception

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from django import forms
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.db.models import Q
-from django.http import Http404, HttpRequest, HttpResponse
+from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.utils import timezone
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
@@ -16,37 +15,16 @@ from django.views.decorators.vary import vary_on_headers
 
 from dashboard.access import (
     ProjectAccess,
+    get_peering_for_staff,
     get_peering_for_user,
     get_project_for_user,
     memberships_of,
+    require_support_staff,
 )
+from dashboard.forms import PeeringRequestForm, RejectForm
 from dashboard.views import HtmxHttpRequest
 from networking import peering
 from networking.models import Membership, Organization, PeeringRequest, Project, Service
-
-
-class PeeringRequestForm(forms.Form):
-    target = forms.CharField(
-        label="Project ID to peer with",
-        max_length=40,
-        help_text="Shown on the other project's Settings page, e.g. k7x2m9q4p8ab.",
-        widget=forms.TextInput(attrs={"autocomplete": "off", "spellcheck": "false"}),
-    )
-    justification = forms.CharField(
-        label="Why do these projects need to talk privately?",
-        max_length=2000,
-        widget=forms.Textarea(attrs={"rows": 3}),
-        help_text="Support reads this before approving.",
-    )
-
-
-class RejectForm(forms.Form):
-    reason = forms.CharField(
-        label="Reason (the customer sees it)",
-        max_length=2000,
-        widget=forms.Textarea(attrs={"rows": 2}),
-        error_messages={"required": "Give the customer a reason for the rejection."},
-    )
 
 
 def _peerings_of(project: Project) -> list[PeeringRequest]:
@@ -176,15 +154,10 @@ def peering_revoke(request: HttpRequest, project_uid: str, peering_id: int) -> H
     )
 
 
-def _require_staff(request: HttpRequest) -> None:
-    if not (request.user.is_authenticated and request.user.is_staff):
-        raise Http404("No such page.")
-
-
 @login_required
 @require_GET
 def support_queue(request: HttpRequest) -> HttpResponse:
-    _require_staff(request)
+    require_support_staff(request)
     pending = (
         PeeringRequest.objects.filter(status=PeeringRequest.Status.PENDING_SUPPORT)
         .select_related(
@@ -211,24 +184,10 @@ def support_queue(request: HttpRequest) -> HttpResponse:
     )
 
 
-def _staff_peering(request: HttpRequest, peering_id: int) -> PeeringRequest:
-    _require_staff(request)
-    found = (
-        PeeringRequest.objects.select_related(
-            "requester_project__organization", "target_project__organization"
-        )
-        .filter(pk=peering_id)
-        .first()
-    )
-    if found is None:
-        raise Http404("No such peering.")
-    return found
-
-
 @login_required
 @require_POST
 def support_approve(request: HttpRequest, peering_id: int) -> HttpResponse:
-    found = _staff_peering(request, peering_id)
+    found = get_peering_for_staff(request, peering_id)
     try:
         peering.approve(found, staff=request.user)
     except peering.PeeringRefused as refused:
@@ -241,7 +200,7 @@ def support_approve(request: HttpRequest, peering_id: int) -> HttpResponse:
 @login_required
 @require_POST
 def support_reject(request: HttpRequest, peering_id: int) -> HttpResponse:
-    found = _staff_peering(request, peering_id)
+    found = get_peering_for_staff(request, peering_id)
     form = RejectForm(request.POST)
     if not form.is_valid():
         messages.error(request, "Give the customer a reason for the rejection.")

@@ -82,8 +82,11 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "django_htmx",
+    # Only for its Swagger UI template and assets, served from our own static files.
+    "ninja",
     "networking",
     "dashboard",
+    "api",
 ]
 
 MIDDLEWARE = [
@@ -194,6 +197,10 @@ ROTATION_POLL_SECONDS = env_int("ROTATION_POLL_SECONDS", 5, minimum=1)
 # After a change restarts workloads, watch their rollout this long before leaving it to resync.
 ROLLOUT_WATCH_SECONDS = env_int("ROLLOUT_WATCH_SECONDS", 600, minimum=0)
 
+# -- The HTTP API -----------------------------------------------------------------------------
+# Requests per minute for each API token (or signed-in user) before answering 429.
+API_THROTTLE_PER_MINUTE = env_int("API_THROTTLE_PER_MINUTE", 600, minimum=1)
+
 # -- Celery ------------------------------------------------------------------------------------
 # Redis when REDIS_URL is set; otherwise a broker on the local filesystem that needs no server.
 CELERY_BROKER_URL = REDIS_URL or "filesystem://"
@@ -254,6 +261,10 @@ CELERY_BEAT_SCHEDULE = {
     "expire-old-hostnames": {
         "task": "networking.tasks.expire_service_aliases",
         "schedule": 60.0,
+    },
+    "forget-idempotency-keys": {
+        "task": "api.tasks.forget_idempotency_keys",
+        "schedule": 3600.0,
     },
 }
 # Beat keeps its schedule in memory: every entry is an interval of idempotent work, so after a

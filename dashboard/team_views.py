@@ -18,6 +18,9 @@ TEAM_ACTIONS = (
     AuditEvent.Action.MEMBER_ROLE_CHANGED,
     AuditEvent.Action.MEMBER_REMOVED,
     AuditEvent.Action.PROJECT_DELETED,
+    AuditEvent.Action.TOKEN_CREATED,
+    AuditEvent.Action.TOKEN_FIRST_USED,
+    AuditEvent.Action.TOKEN_REVOKED,
 )
 
 

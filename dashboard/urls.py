@@ -1,9 +1,11 @@
 from __future__ import annotations
 
 from django.contrib.auth import views as auth_views
-from django.urls import URLPattern, URLResolver, include, path, register_converter
+from django.urls import URLPattern, URLResolver, include, path, re_path, register_converter
 
-from dashboard import peering_views, secret_views, team_views, views
+from api.api import not_found as api_not_found
+from api.api import urls as api_urls
+from dashboard import peering_views, secret_views, team_views, token_views, views
 from dashboard.auth import SignInView
 from networking.models import PROJECT_ID_PATTERN
 
@@ -89,6 +91,11 @@ team_patterns = [
     path("<int:membership_id>/role/", team_views.org_team_role, name="org-team-role"),
     path("<int:membership_id>/remove/", team_views.org_team_remove, name="org-team-remove"),
 ]
+token_patterns = [
+    path("", token_views.org_tokens, name="org-tokens"),
+    path("new/", token_views.org_token_create, name="org-token-create"),
+    path("<int:token_id>/revoke/", token_views.org_token_revoke, name="org-token-revoke"),
+]
 support_patterns = [
     path("", peering_views.support_queue, name="support-queue"),
     path("<int:peering_id>/approve/", peering_views.support_approve, name="support-approve"),
@@ -102,6 +109,10 @@ urlpatterns: list[URLPattern | URLResolver] = [
     path("projects/", views.project_list, name="project-list"),
     path("orgs/<slug:org_slug>/projects/new/", views.project_create, name="project-create"),
     path("orgs/<slug:org_slug>/team/", include(team_patterns)),
+    path("orgs/<slug:org_slug>/tokens/", include(token_patterns)),
     path("projects/<project_id:project_uid>/", include(project_patterns)),
     path("support/peering/", include(support_patterns)),
+    # The HTTP API for scripts and the CLI (api/): tokens, problem+json, its own access matrix.
+    path("api/v1/", api_urls()),
+    re_path(r"^api/(?P<rest>.*)$", api_not_found),
 ]

@@ -311,14 +311,11 @@ def service_create(request: HttpRequest, project_uid: str) -> HttpResponse:
     form = ServiceForm(request.POST if request.method == "POST" else None, project=access.project)
     if request.method == "POST" and form.is_valid():
         service = form.instance
-        if service.is_database:
-            service.generate_credentials()
         try:
-            service.add(actor=request.user)
+            service.create(actor=request.user)
         except ValidationError as error:
             # Another request took the name (or kept it as an old hostname) meanwhile.
-            service.pk = None
-            form.add_error("display_name" if not hasattr(error, "error_dict") else None, error)
+            form.add_error(None, error)
         else:
             messages.success(
                 request,

@@ -6,6 +6,9 @@ the cluster is made to match them (see ``networking/cluster``).
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import logging
 import secrets
 import string
 from collections.abc import Iterable, Mapping
@@ -21,6 +24,8 @@ from django.utils import timezone
 
 from networking import enqueue, naming, plain_text
 from networking.crypto import EncryptedTextField, SecretText
+
+logger = logging.getLogger(__name__)
 
 _ID_ALPHABET = "abcdefghijkmnpqrstuvwxyz23456789"  # no l, o, 0, 1: IDs get read aloud to support
 _ID_LENGTH = 12
@@ -605,13 +610,13 @@ class Service(models.Model):
         return name
 
     def clean(self) -> None:
-        errors: dict[str, list[str]] = {}
+        errors: dict[str, Any] = {}
         try:
             self.name = Service.name_for(
                 self.project_id, self.display_name or "", exclude_pk=self.pk
             )
         except ValidationError as error:
-            errors["display_name"] = error.messages
+            errors["display_name"] = error  # with its code: "duplicate" is a clash, not a typo
         if self.is_database:
             standard = DATABASE_PORTS[self.kind]
             if self.ports != [standard]:
@@ -632,22 +637,34 @@ class Service(models.Model):
         if errors:
             raise ValidationError(errors)
 
-    def add(self, *, actor: Any) -> None:
-        """Save a new service, audited; ``ValidationError`` if its name was taken meanwhile.
+    def create(self, *, actor: Any) -> None:
+        """Save this new service (a database with fresh credentials), audited once.
 
-        The project is locked first, so a name reserved by an old hostname that is still
-        resolving (``ServiceAlias``) is checked against what is stored at that moment.
+        Validate first (``full_clean``). The project is locked first, so a name reserved by an
+        old hostname that is still resolving (``ServiceAlias``) is checked against what is
+        stored at that moment; two requests for one name at the same moment: the unique
+        constraint decides, and the loser gets a ``ValidationError`` on ``display_name``
+        saying the hostname was just taken.
         """
+        if self.is_database:
+            self.generate_credentials()
         with transaction.atomic():
             Project.objects.select_for_update().filter(pk=self.project_id).first()
-            self.name = Service.name_for(self.project_id, self.display_name)
+            try:
+                self.name = Service.name_for(self.project_id, self.display_name)
+            except ValidationError as error:
+                raise ValidationError({"display_name": error}) from None
             try:
                 with transaction.atomic():
                     self.save()
             except IntegrityError:
+                self.pk = None
                 raise ValidationError(
-                    {"display_name": [f"{self.internal_hostname} was just taken."]},
-                    code="duplicate",
+                    {
+                        "display_name": ValidationError(
+                            f"{self.internal_hostname} was just taken.", code="duplicate"
+                        )
+                    }
                 ) from None
             self.project.record_change(
                 actor=actor,
@@ -899,6 +916,23 @@ def _delete_once(
     return True
 
 
+def via_token_of(actor: Any) -> str:
+    """The name of the API token ``actor`` is acting with, or "" in a browser session.
+
+    The API's authentication marks the request's user with the token it presented
+    (``via_token``), so every domain function that records who did something says so too.
+    """
+    return str(getattr(actor, "via_token", "") or "")
+
+
+def actor_label(actor: Any, *, nobody: str = "system") -> str:
+    """Who did something, as a log reads it: "alice", "alice via token ci-deploy", "system"."""
+    if actor is None:
+        return nobody
+    via = via_token_of(actor)
+    return f"{actor.get_username()} via token {via}" if via else str(actor.get_username())
+
+
 class AuditEvent(models.Model):
     """Who did what to which object, and when. Never holds a secret value."""
 
@@ -936,6 +970,9 @@ class AuditEvent(models.Model):
         PEERING_ACTIVE = "peering.active", "connected a peering"
         PEERING_REVOKED = "peering.revoked", "revoked a peering"
         PEERING_DISCONNECTED = "peering.disconnected", "disconnected a peering"
+        TOKEN_CREATED = "token.created", "created an API token"
+        TOKEN_FIRST_USED = "token.first_used", "used an API token for the first time"
+        TOKEN_REVOKED = "token.revoked", "revoked an API token"
 
     organization = models.ForeignKey(
         Organization, on_delete=models.CASCADE, related_name="audit_events"
@@ -948,6 +985,8 @@ class AuditEvent(models.Model):
     )
     # Kept apart from ``actor`` so the log still reads right after a user is deleted.
     actor_label = models.CharField(max_length=150)
+    # The API token the change was made with ("" in a browser session): "alice via token ci".
+    via_token = models.CharField(max_length=50, blank=True)
     action = models.CharField(max_length=64, choices=Action)
     target = models.CharField(max_length=200)
     details = models.JSONField(default=dict, blank=True)
@@ -958,7 +997,14 @@ class AuditEvent(models.Model):
         indexes = [models.Index(fields=["project", "-created_at"], name="audit_by_project")]
 
     def __str__(self) -> str:
-        return f"{self.actor_label} {self.get_action_display()} {self.target}"
+        return f"{self.actor_display} {self.get_action_display()} {self.target}"
+
+    @property
+    def actor_display(self) -> str:
+        """Who, as people read it: "alice", or "alice via token ci-deploy"."""
+        if self.via_token:
+            return f"{self.actor_label} via token {self.via_token}"
+        return self.actor_label
 
     @classmethod
     def record(
@@ -977,6 +1023,7 @@ class AuditEvent(models.Model):
             project=project,
             actor=actor if actor is not None and actor.is_authenticated else None,
             actor_label=actor.get_username() if actor is not None else "system",
+            via_token=via_token_of(actor),
             action=action,
             target=target,
             details=details or {},
@@ -1153,8 +1200,12 @@ class SharedSecret(models.Model):
         except IntegrityError:
             self.pk = None
             raise ValidationError(
-                {"name": [f"This project already has a secret named {self.name}."]},
-                code="duplicate",
+                {
+                    "name": ValidationError(
+                        f"This project already has a secret named {self.name}.",
+                        code="duplicate",
+                    )
+                }
             ) from None
 
     def change_receivers(
@@ -1357,3 +1408,240 @@ class PeeringNotification(models.Model):
 
     def __str__(self) -> str:
         return f"{self.event} for peering {self.peering_id}"
+
+
+class ApiToken(models.Model):
+    """A personal token for the HTTP API: one user, one organization, a role no higher than theirs.
+
+    The token itself (``sbk_`` and 40 letters and digits, so secret scanners can recognise a
+    leaked one) is shown once, when it is issued. Only its SHA-256 digest is stored, with its
+    first characters (``prefix``) to find the row and to tell tokens apart in a list.
+
+    Support staff, who belong to no customer organization, hold tokens without one
+    (role ``support``): those reach the peering queue and nothing of any tenant.
+    """
+
+    class Role(models.TextChoices):
+        OWNER = "owner", "Owner"
+        MEMBER = "member", "Member"
+        VIEWER = "viewer", "Viewer"
+        SUPPORT = "support", "Support staff"
+
+    SCHEME: ClassVar[str] = "sbk_"
+    _ALPHABET: ClassVar[str] = string.ascii_letters + string.digits
+    _SECRET_LENGTH: ClassVar[int] = 40  # about 238 bits
+    PREFIX_LENGTH: ClassVar[int] = len(SCHEME) + 8
+    # Customer roles from least to most: a token's role never exceeds its holder's.
+    _RANK: ClassVar[dict[str, int]] = {Role.VIEWER: 0, Role.MEMBER: 1, Role.OWNER: 2}
+    # Writing last use on every request would make each API call a write: once a minute is
+    # enough to tell a token in use from a forgotten one.
+    LAST_USED_RESOLUTION: ClassVar[timedelta] = timedelta(minutes=1)
+
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="api_tokens"
+    )
+    organization = models.ForeignKey(
+        Organization, on_delete=models.CASCADE, null=True, blank=True, related_name="api_tokens"
+    )
+    name = models.CharField(max_length=50, validators=[plain_text.single_line])
+    role = models.CharField(max_length=20, choices=Role)
+    prefix = models.CharField(max_length=16, unique=True)
+    digest = models.CharField(max_length=64)
+    created_at = models.DateTimeField(auto_now_add=True)
+    expires_at = models.DateTimeField(null=True, blank=True)
+    last_used_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        constraints = [
+            # Twenty identical "Create" clicks make one token; a revoked token's name is free.
+            models.UniqueConstraint(
+                F("user"),
+                models.functions.Coalesce(F("organization"), models.Value(0)),
+                Lower("name"),
+                condition=Q(revoked_at__isnull=True),
+                name="one_live_token_name_per_user_and_org",
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.prefix}…)"
+
+    @staticmethod
+    def digest_of(raw: str) -> str:
+        return hashlib.sha256(raw.encode()).hexdigest()
+
+    @classmethod
+    def capped_role(cls, token_role: str, member_role: str) -> str:
+        """The lower of a token's role and its holder's role now (a demotion caps old tokens)."""
+        return min(token_role, member_role, key=lambda role: cls._RANK.get(role, -1))
+
+    @classmethod
+    def roles_for(cls, member_role: str) -> list[str]:
+        """The roles a member may give a new token: their own or lower."""
+        rank = cls._RANK[member_role]
+        return [role for role, level in cls._RANK.items() if level <= rank]
+
+    @staticmethod
+    def name_taken(name: str) -> ValidationError:
+        return ValidationError(
+            {
+                "name": ValidationError(
+                    f"You already have a token named “{name}”. Choose another name.",
+                    code="duplicate",
+                )
+            }
+        )
+
+    @classmethod
+    def issue(
+        cls,
+        *,
+        user: Any,
+        organization: Organization | None,
+        name: str,
+        role: str,
+        expires_at: Any = None,
+    ) -> tuple[ApiToken, str]:
+        """A new token and its secret, which is never stored and cannot be shown again.
+
+        Refused (``ValidationError``) when the role is above the user's role in the
+        organization, or a support token is asked for by someone not on the support staff.
+        """
+        name = name.strip()
+        if organization is None:
+            if role != cls.Role.SUPPORT or not user.is_staff:
+                raise ValidationError(
+                    {"role": ["Only support staff hold tokens without an organization."]}
+                )
+        else:
+            member_role = (
+                Membership.objects.filter(user=user, organization=organization)
+                .values_list("role", flat=True)
+                .first()
+            )
+            if member_role is None or role not in cls.roles_for(member_role):
+                raise ValidationError(
+                    {"role": ["A token’s role can’t be higher than your own role here."]}
+                )
+        raw = cls.SCHEME + "".join(secrets.choice(cls._ALPHABET) for _ in range(cls._SECRET_LENGTH))
+        token = cls(
+            user=user,
+            organization=organization,
+            name=name,
+            role=role,
+            prefix=raw[: cls.PREFIX_LENGTH],
+            digest=cls.digest_of(raw),
+            expires_at=expires_at,
+        )
+        # The unique name is checked here with a message that says what to do; the
+        # constraint itself still decides between two requests at the same moment.
+        token.full_clean(exclude=["prefix", "digest"], validate_constraints=False)
+        if (
+            cls.objects.filter(user=user, organization=organization, revoked_at__isnull=True)
+            .filter(name__iexact=name)
+            .exists()
+        ):
+            raise cls.name_taken(name)
+        try:
+            with transaction.atomic():
+                token.save()
+                token._audit(user, AuditEvent.Action.TOKEN_CREATED)
+        except IntegrityError:
+            raise cls.name_taken(name) from None
+        return token, raw
+
+    @classmethod
+    def authenticate(cls, raw: str) -> ApiToken:
+        """The live token ``raw`` is, with its user; ``TokenRefused`` saying why not.
+
+        The row is found by its prefix and the digests compared in constant time.
+        """
+        raw = raw.strip()
+        secret = raw.removeprefix(cls.SCHEME)
+        if (
+            not raw.startswith(cls.SCHEME)
+            or len(secret) != cls._SECRET_LENGTH
+            or not (secret.isascii() and secret.isalnum())  # nothing else reaches a query
+        ):
+            raise TokenRefused("This is not a Stackblaze API token (they start with sbk_).")
+        token = (
+            cls.objects.select_related("user", "organization")
+            .filter(prefix=raw[: cls.PREFIX_LENGTH])
+            .first()
+        )
+        if token is None or not hmac.compare_digest(token.digest, cls.digest_of(raw)):
+            raise TokenRefused("This token is not valid. Create a new one in the dashboard.")
+        now = timezone.now()
+        if token.revoked_at is not None:
+            raise TokenRefused(f"The token “{token.name}” was revoked. Create a new one.")
+        if token.expires_at is not None and token.expires_at <= now:
+            raise TokenRefused(f"The token “{token.name}” has expired. Create a new one.")
+        if not token.user.is_active:
+            raise TokenRefused("This token’s account is deactivated.")
+        if token.organization_id is not None:
+            if token.membership() is None:
+                raise TokenRefused(
+                    f"This token’s holder is no longer a member of {token.organization}."
+                )
+        elif not token.user.is_staff:
+            raise TokenRefused("This token’s holder is no longer on the support staff.")
+        token.note_use(now)
+        return token
+
+    def membership(self) -> Membership | None:
+        """The holder's membership as this token may use it: its role capped by the token's."""
+        if self.organization_id is None:
+            return None
+        found = (
+            Membership.objects.select_related("organization")
+            .filter(user_id=self.user_id, organization_id=self.organization_id)
+            .first()
+        )
+        if found is not None:
+            found.role = ApiToken.capped_role(self.role, found.role)
+        return found
+
+    def note_use(self, now: Any) -> None:
+        """Record the use: the first one is audited, later ones update ``last_used_at``."""
+        if self.last_used_at is None:
+            # Compare-and-swap: of simultaneous first requests, one records the first use.
+            if ApiToken.objects.filter(pk=self.pk, last_used_at__isnull=True).update(
+                last_used_at=now
+            ):
+                self._audit(self.user, AuditEvent.Action.TOKEN_FIRST_USED)
+        elif self.last_used_at < now - self.LAST_USED_RESOLUTION:
+            ApiToken.objects.filter(pk=self.pk).update(last_used_at=now)
+        else:
+            return  # used within the last minute: nothing to write
+        self.last_used_at = now
+
+    def revoke(self, *, actor: Any) -> bool:
+        """Revoke once, audited; False if it was already revoked."""
+        with transaction.atomic():
+            if not ApiToken.objects.filter(pk=self.pk, revoked_at__isnull=True).update(
+                revoked_at=timezone.now()
+            ):
+                return False
+            self._audit(actor, AuditEvent.Action.TOKEN_REVOKED)
+        return True
+
+    def _audit(self, actor: Any, action: AuditEvent.Action) -> None:
+        details = {"token": self.prefix, "role": self.role, "holder": self.user.get_username()}
+        if self.organization_id is None:
+            # Support tokens belong to no organization's log: the application log keeps them.
+            logger.info("%s: %s %s (%s)", action.label, actor_label(actor), self.name, details)
+            return
+        AuditEvent.record(
+            organization_id=self.organization_id,
+            project=None,
+            actor=actor,
+            action=action,
+            target=self.name,
+            details=details,
+        )
+
+
+class TokenRefused(Exception):
+    """An API token that may not be used; ``str()`` says why, for the caller."""

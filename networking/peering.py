@@ -33,6 +33,7 @@ from networking.models import (
     PeeringNotification,
     PeeringRequest,
     Project,
+    actor_label,
 )
 
 Status = PeeringRequest.Status
@@ -40,11 +41,16 @@ EXPIRES_AFTER = timedelta(days=7)
 
 
 class PeeringRefused(Exception):
-    """A request or transition that is not allowed; ``str()`` says why, for the user."""
+    """A request or transition that is not allowed; ``str()`` says why, for the user.
 
+    ``code`` says what kind of refusal it is, for the API's status: "conflict" (the peering's
+    state or another open request stands in the way), "forbidden" (not this person or plan)
+    or "invalid" (the input).
+    """
 
-def _label(actor: Any) -> str:
-    return actor.get_username() if actor is not None else "system"
+    def __init__(self, message: str, *, code: str = "invalid") -> None:
+        super().__init__(message)
+        self.code = code
 
 
 def _enter(
@@ -53,7 +59,7 @@ def _enter(
     peering.status = status
     peering.history = [
         *peering.history,
-        {"status": status, "by": _label(actor), "at": now.isoformat(), "reason": reason},
+        {"status": status, "by": actor_label(actor), "at": now.isoformat(), "reason": reason},
     ]
 
 
@@ -91,7 +97,8 @@ def _locked(peering: PeeringRequest) -> PeeringRequest:
 def _refuse_unless(peering: PeeringRequest, allowed: Iterable[str], verb: str) -> None:
     if peering.status not in allowed:
         raise PeeringRefused(
-            f"This peering is {peering.get_status_display().lower()}: it can’t be {verb}."
+            f"This peering is {peering.get_status_display().lower()}: it can’t be {verb}.",
+            code="conflict",
         )
 
 
@@ -110,7 +117,8 @@ def _expire_if_due(peering: PeeringRequest, now: datetime) -> bool:
 def _refuse_expired(verb: str) -> PeeringRefused:
     return PeeringRefused(
         f"This request expired: nobody decided on it within 7 days, so it can’t be {verb}. "
-        "Request peering again."
+        "Request peering again.",
+        code="conflict",
     )
 
 
@@ -125,9 +133,12 @@ def _already_open(existing: PeeringRequest, requester_project: Project) -> Peeri
     if existing.status in PeeringRequest.PENDING:
         return PeeringRefused(
             f"A peering request between {requester_project.name} and this project is "
-            "already pending."
+            "already pending.",
+            code="conflict",
         )
-    return PeeringRefused(f"{requester_project.name} and this project are already peered.")
+    return PeeringRefused(
+        f"{requester_project.name} and this project are already peered.", code="conflict"
+    )
 
 
 def unknown_target(target_uid: str) -> str:
@@ -146,7 +157,8 @@ def request_peering(
     if requester_project.organization.plan != Organization.Plan.ENTERPRISE:
         raise PeeringRefused(
             "VPC peering is part of the Enterprise plan. Upgrade, or call the other project's "
-            "public URL instead."
+            "public URL instead.",
+            code="forbidden",
         )
     if target_uid == requester_project.uid:
         raise PeeringRefused("A project can’t be peered with itself.")
@@ -244,7 +256,9 @@ def accept(peering: PeeringRequest, *, actor: Any, project: Project) -> None:
 
     def target_side_only(locked: PeeringRequest) -> None:
         if project.pk != locked.target_project_id:
-            raise PeeringRefused("Only the other organization can accept this request.")
+            raise PeeringRefused(
+                "Only the other organization can accept this request.", code="forbidden"
+            )
 
     _move(
         peering,
@@ -274,7 +288,7 @@ def cancel(peering: PeeringRequest, *, actor: Any, project: Project) -> None:
 def _staff_check(staff: Any) -> Callable[[PeeringRequest], None]:
     def check(locked: PeeringRequest) -> None:
         if not getattr(staff, "is_staff", False):
-            raise PeeringRefused("Only support staff decide on peering requests.")
+            raise PeeringRefused("Only support staff decide on peering requests.", code="forbidden")
         organizations = [
             locked.requester_project.organization_id,
             locked.target_project.organization_id,
@@ -287,7 +301,8 @@ def _staff_check(staff: Any) -> Callable[[PeeringRequest], None]:
         if conflict is not None:
             raise PeeringRefused(
                 f"You belong to {conflict.organization.name}, one of the two organizations: "
-                "another member of support must decide."
+                "another member of support must decide.",
+                code="forbidden",
             )
 
     return check

@@ -33,7 +33,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from networking.crypto import SecretText
-from networking.models import AuditEvent, SecretRotation, SharedSecret
+from networking.models import AuditEvent, SecretRotation, SharedSecret, actor_label
 
 NEXT_SUFFIX = "_NEXT"
 PREVIOUS_SUFFIX = "_PREVIOUS"
@@ -148,7 +148,7 @@ def start_rotation(
         rotation = SecretRotation(
             secret=locked,
             started_by=actor if actor is not None and actor.is_authenticated else None,
-            started_by_label=actor.get_username() if actor is not None else "the schedule",
+            started_by_label=actor_label(actor, nobody="the schedule"),
         )
         _phase_log(rotation, SharedSecret.Phase.ACCEPT_NEW, now)
         rotation.save()

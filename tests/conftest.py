@@ -18,6 +18,7 @@ from django.utils import timezone
 from networking import rotation
 from networking.crypto import SecretText
 from networking.models import (
+    ApiToken,
     Membership,
     Organization,
     PeeringRequest,
@@ -201,6 +202,36 @@ def world(db: Any) -> World:
         other_peering=other_peering,
         users=users,
     )
+
+
+def issue_token(user: User, organization: Organization | None, role: str, name: str) -> str:
+    """A token already used once, so using it records nothing new (its first use is audited)."""
+    token, raw = ApiToken.issue(user=user, organization=organization, name=name, role=role)
+    ApiToken.objects.filter(pk=token.pk).update(last_used_at=timezone.now())
+    return raw
+
+
+@pytest.fixture
+def api_tokens(world: World) -> dict[str, str | None]:
+    """A token per role: Acme's roles at their own level, the outsider's in their own
+    organization, support's without one (role ``support``); anonymous has none."""
+    tokens: dict[str, str | None] = {"anonymous": None}
+    for role in ("owner", "member", "viewer"):
+        user = world.users[role]
+        assert user is not None
+        tokens[role] = issue_token(user, world.acme, role, f"{role}-token")
+    outsider, support = world.users["outsider"], world.users["support"]
+    assert outsider is not None and support is not None
+    tokens["outsider"] = issue_token(
+        outsider, Organization.objects.get(slug="initech"), "owner", "outsider-token"
+    )
+    tokens["support"] = issue_token(support, None, "support", "support-token")
+    return tokens
+
+
+def bearer(token: str | None) -> dict[str, str]:
+    """Test-client ``headers`` that send ``token`` (none for anonymous)."""
+    return {"Authorization": f"Bearer {token}"} if token else {}
 
 
 @pytest.fixture

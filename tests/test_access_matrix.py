@@ -16,6 +16,7 @@ from django.urls import URLPattern, URLResolver, get_resolver, reverse
 from django.utils import timezone
 
 from networking.models import (
+    ApiToken,
     AuditEvent,
     Membership,
     Organization,
@@ -88,6 +89,11 @@ MATRIX: dict[tuple[str, str], str] = {
     ("org-team-invite", "POST"): "302 404 404 403 403 302",
     ("org-team-role", "POST"): "302 404 404 403 403 302",
     ("org-team-remove", "POST"): "302 404 404 403 403 302",
+    # API tokens: everyone makes their own (an empty form comes back with its errors); the
+    # matrix's token is the member's, which owners may revoke too and viewers cannot even see.
+    ("org-tokens", "GET"): "302 404 404 200 200 200",
+    ("org-token-create", "POST"): "302 404 404 200 200 200",
+    ("org-token-revoke", "POST"): "302 404 404 404 302 302",
     # Support staff only; everyone else is told there is nothing here.
     ("support-queue", "GET"): "302 404 200 404 404 404",
     ("support-approve", "POST"): "302 404 302 404 404 404",
@@ -104,6 +110,8 @@ def _url_converters(
     found: dict[str, set[str]] = {}
     for pattern in patterns:
         here = outer | set(pattern.pattern.converters)
+        if isinstance(pattern, URLResolver) and pattern.namespace == "api-v1":
+            continue  # the HTTP API has a matrix of its own (tests/test_api_access_matrix.py)
         if isinstance(pattern, URLResolver):
             found.update(_url_converters(pattern.url_patterns, frozenset(here)))
         elif pattern.name:
@@ -152,7 +160,21 @@ def _kwargs(world: World, name: str, *, foreign: bool) -> dict[str, Any]:
             organization=world.globex if foreign else world.acme,
             user__username="viewer" if not foreign else "globex-owner",
         ).pk
+    if "token_id" in wanted:
+        kwargs["token_id"] = matrix_token(world, foreign=foreign).pk
     return kwargs
+
+
+def matrix_token(world: World, *, foreign: bool) -> ApiToken:
+    """The member's token in Acme (the other tenant: Globex's owner's), made on first use."""
+    holder, organization = ("globex-owner", world.globex) if foreign else ("member", world.acme)
+    found = ApiToken.objects.filter(user__username=holder, organization=organization).first()
+    if found is None:
+        user = Membership.objects.get(user__username=holder, organization=organization).user
+        found, _ = ApiToken.issue(
+            user=user, organization=organization, name="matrix", role="viewer"
+        )
+    return found
 
 
 def _call(client: Client, method: str, url: str) -> int:
@@ -262,6 +284,7 @@ DESTRUCTIVE = {
     ("secret-delete", "POST"),
     ("logout", "POST"),
     ("org-team-remove", "POST"),
+    ("org-token-revoke", "POST"),
 }
 
 

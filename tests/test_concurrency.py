@@ -27,6 +27,7 @@ from django.utils import timezone
 from networking import rotation
 from networking.models import (
     ALIAS_EXTENSION,
+    ApiToken,
     AuditEvent,
     Membership,
     Organization,
@@ -396,6 +397,35 @@ def race_team_remove(world: World) -> Race:
     return [Click("owner", url)] * N, check
 
 
+def race_token_create(world: World) -> Race:
+    url = reverse("org-token-create", args=[world.acme.slug])
+
+    def check(answers: list[Answer]) -> None:
+        assert ApiToken.objects.filter(organization=world.acme, name="ci-deploy").count() == 1
+        assert audit_count(Action.TOKEN_CREATED) == 1
+        shown = [answer for answer in answers if "Copy it now" in answer.body]
+        assert len(shown) == 1
+        losers = [answer for answer in answers if answer not in shown]
+        assert all("already have a token named" in answer.body for answer in losers)
+
+    data = {"name": "ci-deploy", "role": "member"}
+    return [Click("member", url, data)] * N, check
+
+
+def race_token_revoke(world: World) -> Race:
+    token, _ = ApiToken.issue(
+        user=world.users["member"], organization=world.acme, name="ci", role="member"
+    )
+    url = reverse("org-token-revoke", args=[world.acme.slug, token.pk])
+
+    def check(answers: list[Answer]) -> None:
+        assert audit_count(Action.TOKEN_REVOKED) == 1
+        assert ApiToken.objects.get(pk=token.pk).revoked_at is not None
+        assert {answer.status for answer in answers} == {302}
+
+    return [Click("owner", url)] * N, check
+
+
 def race_service_reveal(world: World) -> Race:
     url = reverse("service-reveal", args=[world.project.uid, world.postgres.pk])
     before = audit_count(Action.CREDENTIALS_REVEALED)
@@ -567,6 +597,8 @@ RACES: dict[str, Callable[[World], Race]] = {
     "org-team-invite": race_team_invite,
     "org-team-role": race_team_role,
     "org-team-remove": race_team_remove,
+    "org-token-create": race_token_create,
+    "org-token-revoke": race_token_revoke,
     "service-reveal": race_service_reveal,
     "service-reference-add": race_service_reference_add,
     "service-reference-remove": race_service_reference_remove,

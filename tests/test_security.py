@@ -138,3 +138,49 @@ def test_production_settings_refuse_to_start_without_real_keys(
     result = manage("check", env=production_env(**overrides))
     assert result.returncode != 0
     assert message in result.stderr
+
+
+SECRET_CANARY = "secret-canary-Vx9/with?reserved&chars-0123456789"
+
+
+def secret_leaks(text: str) -> bool:
+    return leaks(text) or SECRET_CANARY in text or quote(SECRET_CANARY, safe="") in text
+
+
+def test_the_canaries_appear_in_api_responses_only_from_the_reveals(
+    planted: World, api_tokens: dict[str, str | None], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Every API operation, as every role, on its own tenant and another's: the database
+    password and the shared secret's value appear only in the two audited reveal answers."""
+    from django.test import Client
+
+    from networking.models import SharedSecret
+    from tests.test_api_access_matrix import body_for, call, operations, url_for
+
+    for secret in (planted.secret, planted.other_secret):
+        SharedSecret.objects.filter(pk=secret.pk).update(value=SecretText.seal(SECRET_CANARY))
+    # Every role reads, then every role changes, then every role deletes: each object is
+    # still there for every role to read and reveal.
+    phases = [("GET",), ("POST", "PATCH"), ("DELETE",)]
+    seen_in = []
+    with caplog.at_level(logging.DEBUG):
+        for methods in phases:
+            for role, token, (operation_id, (method, path)) in (
+                (role, token, operation)
+                for role, token in api_tokens.items()
+                for operation in operations().items()
+                if operation[1][0] in methods
+            ):
+                for foreign in (False, True):
+                    url = url_for(planted, path, operation_id, foreign=foreign)
+                    body = body_for(planted, operation_id)
+                    response = call(Client(), method, url, body, token)
+                    assert response.status_code < 500, (operation_id, role, response.content)
+                    if secret_leaks(response.content.decode(errors="replace")):
+                        seen_in.append((operation_id, role, foreign))
+    assert sorted(seen_in) == [
+        ("reveal_secret", "owner", False),
+        ("reveal_service_credentials", "member", False),
+        ("reveal_service_credentials", "owner", False),
+    ]
+    assert not secret_leaks(caplog.text)

@@ -404,6 +404,16 @@ def test_the_edit_form_says_when_a_rename_stops_the_old_hostname(
     assert "keeps resolving" not in new.content.decode()
 
 
+def test_a_database_can_be_renamed_in_the_dashboard(owner_client: Client, world: World) -> None:
+    """Its ports field is disabled: the form cleans the stored list, not a typed text."""
+    url = reverse("service-edit", args=[world.project.uid, world.postgres.pk])
+    response = owner_client.post(url, {"display_name": "Main DB"})
+    assert response.status_code == 302
+    world.postgres.refresh_from_db()
+    assert world.postgres.name == "main-db"
+    assert world.postgres.ports == [5432]
+
+
 class TestTheOverviewList:
     """Search, filters, sorting and pages of the overview, all in the query string."""
 

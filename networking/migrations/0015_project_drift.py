@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('networking', '0013_live_revisions_and_grace'),
+        ('networking', '0014_api_tokens'),
     ]
 
     operations = [

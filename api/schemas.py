@@ -1,0 +1,430 @@
+"""The API's documents: what each endpoint reads and answers, as the OpenAPI schema shows it.
+
+Built from the domain objects by the ``from_*`` functions, never by exposing a model whole, so
+a field added to a model never leaks into the API by accident. No schema here holds a secret
+value except the two reveal answers.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any
+
+from ninja import Schema
+from pydantic import Field, StrictInt
+
+from networking import endpoints, rotation
+from networking.models import (
+    AuditEvent,
+    Membership,
+    PeeringRequest,
+    Project,
+    SecretRotation,
+    Service,
+    SharedSecret,
+)
+
+
+def documented(**constraints: Any) -> Any:
+    """Limits shown in the OpenAPI document but checked by the dashboard's forms, so a value
+    past them gets the form's own message ("Port 70000 is out of range…"), not pydantic's."""
+    return Field(json_schema_extra=constraints)
+
+
+# Whole numbers only (pydantic's strict mode: no "3000", no true); the range is the form's.
+Port = Annotated[StrictInt, documented(minimum=1, maximum=65535)]
+ServiceName = Annotated[str, documented(minLength=1, maxLength=100)]
+
+
+class ProblemOut(Schema):
+    """An error (RFC 9457): what went wrong, and for invalid input each field's messages."""
+
+    type: str
+    title: str
+    status: int
+    detail: str
+    errors: dict[str, list[str]] | None = None
+
+
+class MeOut(Schema):
+    username: str
+    organization: str | None = Field(None, description="The token's organization (its slug)")
+    role: str | None = Field(None, description="What the token may do there, today")
+    token: str | None = Field(None, description="The token's name; null in a browser session")
+    support: bool
+
+
+class SyncOut(Schema):
+    state: Project.SyncState
+    label: str
+    generation: int
+    applied_generation: int
+    applied_at: datetime | None
+    error: str
+
+
+class ProjectOut(Schema):
+    id: str = Field(description="The project ID, as on its Settings page")
+    name: str
+    organization: str
+    namespace: str
+    role: Membership.Role = Field(description="What you may do in it")
+    sync: SyncOut
+
+
+class ApplyAttemptOut(Schema):
+    generation: int
+    started_at: datetime
+    duration_ms: int
+    result: str
+    changes: list[Any]
+    error: str
+
+
+class SyncDetailOut(SyncOut):
+    attempts: list[ApplyAttemptOut]
+
+
+class EndpointOut(Schema):
+    label: str
+    env_name: str
+    value: str
+    env_line: str
+    masked: bool = Field(description="True when a password in ``value`` is masked")
+
+
+class ServiceOut(Schema):
+    id: int
+    name: str = Field(description="The name as typed")
+    dns_label: str
+    kind: Service.Kind
+    ports: list[int]
+    hostname: str
+    address: str | None = Field(description="hostname:port of the first port")
+    cluster_ip: str | None
+    endpoints: list[EndpointOut]
+    created_at: datetime
+    updated_at: datetime
+
+
+class ServicePage(Schema):
+    items: list[ServiceOut]
+    count: int
+    limit: int
+    offset: int
+    next_offset: int | None
+
+
+class ServiceCreateIn(Schema):
+    name: ServiceName = Field(
+        description="Becomes the hostname: “Background Worker” → background-worker.internal"
+    )
+    kind: Service.Kind = Service.Kind.WEB
+    ports: list[Port] | None = Field(
+        None,
+        max_length=50,
+        description="Web services default to 8080; databases always use their standard port.",
+    )
+
+
+class ServiceChangeIn(Schema):
+    name: ServiceName | None = None
+    ports: list[Port] | None = Field(None, json_schema_extra={"maxItems": 10})
+    keep_old_name_for_seconds: int | None = Field(
+        None,
+        ge=0,
+        le=30 * 24 * 3600,
+        description="On a rename, how long the old hostname keeps resolving (a day if not "
+        "given; 0: not at all).",
+    )
+
+
+class CredentialsOut(Schema):
+    """A database's credentials, revealed: only in the answer to the audited reveal POST."""
+
+    service: str
+    user: str
+    password: str
+    database: str
+    endpoints: list[EndpointOut]
+
+
+class ReceiverOut(Schema):
+    service: str
+    version: int | None = Field(description="The secret's version the workload runs, if known")
+    has_workload: bool
+    rolled_out: bool
+
+
+class SecretOut(Schema):
+    id: int
+    name: str
+    version: int
+    services: list[str]
+    rotating: bool
+    rotation_phase: str
+    rotate_every_days: int | None
+    last_rotated_at: datetime | None
+    created_at: datetime
+
+
+class SecretCreateIn(Schema):
+    name: str = Field(
+        description="An environment variable name, like INTERNAL_API_SECRET",
+        json_schema_extra={"maxLength": 100},
+    )
+    value: str | None = Field(
+        None,
+        description="Leave out to generate a random 256-bit value",
+        json_schema_extra={"minLength": 16, "maxLength": 4096},
+    )
+    services: list[ServiceName] = Field(
+        default_factory=list, max_length=200, description="DNS labels of the receiving services"
+    )
+    rotate_every_days: int | None = Field(None, ge=1, le=365)
+
+
+class SecretChangeIn(Schema):
+    services: list[ServiceName] = Field(max_length=200)
+    rotate_every_days: int | None = Field(None, ge=1, le=365)
+
+
+class SecretValueOut(Schema):
+    """Only in the answer to the audited reveal POST: each variable the services get."""
+
+    name: str
+    values: dict[str, str]
+
+
+class RotateIn(Schema):
+    value: str | None = Field(
+        None,
+        description="Leave out to generate a random 256-bit value",
+        json_schema_extra={"minLength": 16, "maxLength": 4096},
+    )
+
+
+class PhaseStepOut(Schema):
+    phase: str
+    title: str
+    detail: str
+    state: str = Field(description="done, current or pending")
+
+
+class RotationLogOut(Schema):
+    started_at: datetime
+    started_by: str
+    result: str
+    finished_at: datetime | None
+    phases: list[dict[str, str]]
+
+
+class RotationOut(Schema):
+    secret: str
+    version: int
+    rotating: bool
+    phase: str
+    grace_until: datetime | None
+    steps: list[PhaseStepOut]
+    receivers: list[ReceiverOut]
+    latest: RotationLogOut | None
+
+
+class PeerProjectOut(Schema):
+    id: str
+    name: str
+    organization: str
+
+
+class PeeringHistoryOut(Schema):
+    status: str
+    by: str
+    at: str
+    reason: str = ""
+
+
+class PeeringOut(Schema):
+    id: int
+    status: PeeringRequest.Status
+    status_label: str
+    requester: PeerProjectOut
+    target: PeerProjectOut
+    justification: str
+    decision_reason: str
+    history: list[PeeringHistoryOut]
+    created_at: datetime
+    expires_at: datetime
+
+
+class PeeringRequestIn(Schema):
+    target: str = Field(description="The other project's ID", json_schema_extra={"maxLength": 40})
+    justification: str = Field(json_schema_extra={"minLength": 1, "maxLength": 2000})
+
+
+class RejectIn(Schema):
+    reason: str = Field(json_schema_extra={"minLength": 1, "maxLength": 2000})
+
+
+class AuditEventOut(Schema):
+    id: int
+    at: datetime
+    actor: str = Field(description="Who, as the log reads it: “alice via token ci”")
+    username: str
+    via_token: str
+    action: str
+    action_label: str
+    target: str
+    details: dict[str, Any]
+
+
+class AuditPage(Schema):
+    items: list[AuditEventOut]
+    next_cursor: str | None
+
+
+# -- From the domain objects ---------------------------------------------------------------
+
+
+def from_project(project: Project, membership: Membership) -> ProjectOut:
+    return ProjectOut(
+        id=project.uid,
+        name=project.name,
+        organization=project.organization.slug,
+        namespace=project.namespace,
+        role=Membership.Role(membership.role),
+        sync=from_sync(project),
+    )
+
+
+def from_sync(project: Project) -> SyncOut:
+    state = project.sync_state
+    return SyncOut(
+        state=state,
+        label=state.label,
+        generation=project.generation,
+        applied_generation=project.applied_generation,
+        applied_at=project.applied_at,
+        error=project.sync_error if state in (state.FAILED, state.RETRYING) else "",
+    )
+
+
+def from_endpoint(endpoint: endpoints.Endpoint, *, revealed: bool) -> EndpointOut:
+    return EndpointOut(
+        label=endpoint.label,
+        env_name=endpoint.env_name,
+        value=endpoint.value,
+        env_line=endpoint.env_line,
+        masked=endpoint.has_secret and not revealed,
+    )
+
+
+def from_service(
+    service: Service, names: dict[int, str] | None = None, *, revealed: bool = False
+) -> ServiceOut:
+    return ServiceOut(
+        id=service.pk,
+        name=service.display_name,
+        dns_label=service.name,
+        kind=Service.Kind(service.kind),
+        ports=list(service.ports),
+        hostname=service.internal_hostname,
+        address=(f"{service.internal_hostname}:{service.primary_port}" if service.ports else None),
+        cluster_ip=service.cluster_ip,
+        endpoints=[
+            from_endpoint(endpoint, revealed=revealed)
+            for endpoint in endpoints.endpoints(service, reveal=revealed, names=names)
+        ],
+        created_at=service.created_at,
+        updated_at=service.updated_at,
+    )
+
+
+def from_secret(secret: SharedSecret) -> SecretOut:
+    return SecretOut(
+        id=secret.pk,
+        name=secret.name,
+        version=secret.version,
+        services=sorted(service.name for service in secret.services.all()),
+        rotating=secret.rotating,
+        rotation_phase=secret.rotation_phase,
+        rotate_every_days=secret.rotate_every_days,
+        last_rotated_at=secret.last_rotated_at,
+        created_at=secret.created_at,
+    )
+
+
+def from_rotation(secret: SharedSecret) -> RotationOut:
+    latest: SecretRotation | None = secret.rotations.first()
+    receivers = [
+        ReceiverOut(
+            service=service.name,
+            version=service.secret_version(secret.name),
+            has_workload=bool(service.workload),
+            rolled_out=bool(service.workload.get("rolled_out")),
+        )
+        for service in secret.services.order_by("name")
+    ]
+    return RotationOut(
+        secret=secret.name,
+        version=secret.version,
+        rotating=secret.rotating,
+        phase=secret.rotation_phase,
+        grace_until=secret.grace_until,
+        steps=[PhaseStepOut(**step) for step in rotation.phase_steps(secret)],
+        receivers=receivers,
+        latest=(
+            RotationLogOut(
+                started_at=latest.started_at,
+                started_by=latest.started_by_label,
+                result=latest.result,
+                finished_at=latest.finished_at,
+                phases=[
+                    {"phase": str(entry.get("phase", "")), "at": str(entry.get("at", ""))}
+                    for entry in latest.phases
+                ],
+            )
+            if latest is not None
+            else None
+        ),
+    )
+
+
+def _peer(project: Project) -> PeerProjectOut:
+    return PeerProjectOut(id=project.uid, name=project.name, organization=project.organization.name)
+
+
+def from_peering(peering: PeeringRequest) -> PeeringOut:
+    return PeeringOut(
+        id=peering.pk,
+        status=PeeringRequest.Status(peering.status),
+        status_label=peering.get_status_display(),
+        requester=_peer(peering.requester_project),
+        target=_peer(peering.target_project),
+        justification=peering.justification,
+        decision_reason=peering.decision_reason,
+        history=[
+            PeeringHistoryOut(
+                status=str(entry.get("status", "")),
+                by=str(entry.get("by", "")),
+                at=str(entry.get("at", "")),
+                reason=str(entry.get("reason", "") or ""),
+            )
+            for entry in peering.history
+        ],
+        created_at=peering.created_at,
+        expires_at=peering.expires_at,
+    )
+
+
+def from_event(event: AuditEvent) -> AuditEventOut:
+    return AuditEventOut(
+        id=event.pk,
+        at=event.created_at,
+        actor=event.actor_display,
+        username=event.actor_label,
+        via_token=event.via_token,
+        action=event.action,
+        action_label=event.get_action_display(),
+        target=event.target,
+        details=dict(event.details or {}),
+    )

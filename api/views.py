@@ -1,0 +1,829 @@
+"""The API's operations. Each one fetches through ``dashboard.access``, validates with the
+dashboard's own forms and calls the same domain function as the page does.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+from datetime import datetime, timedelta
+from typing import Annotated, Any
+
+from django.core.exceptions import ValidationError
+from django.db import IntegrityError
+from django.db.models import Q
+from django.http import Http404, HttpRequest
+from django.views.decorators.cache import never_cache
+from ninja import Router, Schema, Status
+from ninja.decorators import decorate_view
+from ninja.params.functions import Path, Query
+from pydantic import Field
+
+from api import schemas
+from api.idempotency import idempotent
+from api.problems import Problem, form_invalid, invalid
+from dashboard import audit_view
+from dashboard.access import (
+    ProjectAccess,
+    capped_memberships,
+    get_peering_for_staff,
+    get_peering_for_user,
+    get_project_for_user,
+    get_secret_for_user,
+    get_service_for_user,
+    require_support_staff,
+    token_of,
+)
+from dashboard.forms import (
+    PeeringRequestForm,
+    RejectForm,
+    RotateForm,
+    ServiceForm,
+    SharedSecretForm,
+)
+from networking import endpoints, peering, rotation
+from networking.models import (
+    ALIAS_DEFAULT,
+    PROJECT_ID_PATTERN,
+    ApplyAttempt,
+    AuditEvent,
+    Membership,
+    PeeringRequest,
+    Project,
+    Service,
+    SharedSecret,
+)
+
+router = Router()
+
+ERRORS: dict[int, Any] = dict.fromkeys((400, 401, 403, 404, 409, 413, 422, 429), schemas.ProblemOut)
+# The API calls a service's name what the form calls its display name.
+SERVICE_FIELDS = {"display_name": "name"}
+_PROJECT_ID = re.compile(PROJECT_ID_PATTERN)
+# Query text: no control characters (a NUL byte never reaches a query).
+_PLAIN = r"^[^\x00-\x1f\x7f]*$"
+_MAX_ID = 2**63 - 1
+
+ProjectId = Annotated[str, Path(description="The project ID, as on its Settings page")]
+ObjectId = Annotated[int, Path(ge=1, le=_MAX_ID)]
+mutating = decorate_view(idempotent)
+revealing = decorate_view(never_cache)
+
+
+def _check_project_id(project_id: str) -> None:
+    """A project ID as the dashboard makes them; anything else (a NUL byte too) is a 404."""
+    if not _PROJECT_ID.fullmatch(project_id):
+        raise Http404("No such project.")
+
+
+def _project(request: HttpRequest, project_id: str) -> ProjectAccess:
+    _check_project_id(project_id)
+    return get_project_for_user(request, project_id)
+
+
+# A clash with what exists (a taken name) is a conflict; anything else is invalid input.
+_CLASH_FIELDS = frozenset({"name", "display_name", "__all__"})
+# Taken by a service, or kept by a renamed service's old hostname that still resolves.
+CLASH_CODES = frozenset({"duplicate", "reserved"})
+
+
+def _raise_invalid(error: ValidationError, fields: dict[str, str] | None = None) -> None:
+    problem = invalid(error, fields=fields)
+    if hasattr(error, "error_dict"):
+        codes = {
+            item.code
+            for field, items in error.error_dict.items()
+            if field in _CLASH_FIELDS
+            for item in items
+        }
+    else:
+        codes = {item.code for item in error.error_list}
+    if codes & CLASH_CODES:
+        problem.status = 409
+    raise problem
+
+
+def _form_problem(form: Any, fields: dict[str, str] | None = None) -> Problem:
+    """The form's errors, each field's messages as the page shows them (409 for a clash)."""
+    problem = form_invalid(form.errors, fields=fields)
+    codes = {
+        error.code
+        for field, errors in form.errors.as_data().items()
+        if field in _CLASH_FIELDS
+        for error in errors
+    }
+    if codes & CLASH_CODES:
+        problem.status = 409
+    return problem
+
+
+# -- Who am I ----------------------------------------------------------------------------------
+
+
+@router.get("/me", response={200: schemas.MeOut, **ERRORS}, tags=["account"], operation_id="me")
+def me(request: HttpRequest) -> schemas.MeOut:
+    """The caller: the token's holder, organization and role (what `stackblaze login` checks)."""
+    token = token_of(request)
+    membership = token.membership() if token is not None else None
+    return schemas.MeOut(
+        username=request.user.get_username(),
+        organization=token.organization.slug if token and token.organization else None,
+        role=membership.role if membership else (token.role if token else None),
+        token=token.name if token else None,
+        support=bool(request.user.is_staff and (token is None or token.role == "support")),
+    )
+
+
+# -- Projects ----------------------------------------------------------------------------------
+
+
+@router.get(
+    "/projects",
+    response={200: list[schemas.ProjectOut], **ERRORS},
+    tags=["projects"],
+    operation_id="list_projects",
+)
+def list_projects(request: HttpRequest) -> list[schemas.ProjectOut]:
+    """Every project the caller can see (a token: those of its organization)."""
+    memberships = {m.organization_id: m for m in capped_memberships(request)}
+    projects = (
+        Project.objects.filter(organization_id__in=list(memberships))
+        .select_related("organization")
+        .order_by("organization__name", "name")
+    )
+    return [
+        schemas.from_project(project, memberships[project.organization_id]) for project in projects
+    ]
+
+
+@router.get(
+    "/projects/{project_id}",
+    response={200: schemas.ProjectOut, **ERRORS},
+    tags=["projects"],
+    operation_id="get_project",
+)
+def get_project(request: HttpRequest, project_id: ProjectId) -> schemas.ProjectOut:
+    access = _project(request, project_id)
+    return schemas.from_project(access.project, access.membership)
+
+
+@router.get(
+    "/projects/{project_id}/sync",
+    response={200: schemas.SyncDetailOut, **ERRORS},
+    tags=["projects"],
+    operation_id="get_sync_status",
+)
+def get_sync_status(request: HttpRequest, project_id: ProjectId) -> schemas.SyncDetailOut:
+    """Whether the cluster has caught up with the project, and the recent apply attempts."""
+    access = _project(request, project_id)
+    attempts = ApplyAttempt.objects.filter(project=access.project)[:20]
+    return schemas.SyncDetailOut(
+        **schemas.from_sync(access.project).model_dump(),
+        attempts=[
+            schemas.ApplyAttemptOut(
+                generation=attempt.generation,
+                started_at=attempt.started_at,
+                duration_ms=attempt.duration_ms,
+                result=attempt.result,
+                changes=list(attempt.changes or []),
+                error=attempt.error,
+            )
+            for attempt in attempts
+        ],
+    )
+
+
+@router.post(
+    "/projects/{project_id}/sync/retry",
+    response={202: schemas.SyncOut, **ERRORS},
+    tags=["projects"],
+    operation_id="retry_sync",
+)
+@mutating
+def retry_sync(request: HttpRequest, project_id: ProjectId) -> Status[schemas.SyncOut]:
+    """The Retry button: a fresh pass with a fresh retry budget."""
+    access = _project(request, project_id)
+    access.require(Membership.can_change_services)
+    access.project.retry_sync()
+    access.project.refresh_from_db()
+    return Status(202, schemas.from_sync(access.project))
+
+
+# -- Services ----------------------------------------------------------------------------------
+
+
+class ServiceFilters(Schema):
+    kind: Service.Kind | None = None
+    name: str | None = Field(
+        None, max_length=100, pattern=_PLAIN, description="The name as typed or its DNS label"
+    )
+    limit: int = Field(50, ge=1, le=200)
+    offset: int = Field(0, ge=0, le=1_000_000)
+
+
+@router.get(
+    "/projects/{project_id}/services",
+    response={200: schemas.ServicePage, **ERRORS},
+    tags=["services"],
+    operation_id="list_services",
+)
+def list_services(
+    request: HttpRequest,
+    project_id: ProjectId,
+    filters: Annotated[ServiceFilters, Query()],
+) -> schemas.ServicePage:
+    access = _project(request, project_id)
+    services = Service.objects.filter(project=access.project).order_by("name")
+    if filters.kind:
+        services = services.filter(kind=filters.kind)
+    if filters.name:
+        services = services.filter(
+            Q(name__iexact=filters.name.strip()) | Q(display_name__iexact=filters.name.strip())
+        )
+    count = services.count()
+    page = list(services[filters.offset : filters.offset + filters.limit])
+    names = endpoints.project_env_names(page[0]) if page else {}
+    for service in page:
+        service.project = access.project
+    following = filters.offset + filters.limit
+    return schemas.ServicePage(
+        items=[schemas.from_service(service, names) for service in page],
+        count=count,
+        limit=filters.limit,
+        offset=filters.offset,
+        next_offset=following if following < count else None,
+    )
+
+
+def _service_form_data(name: str, kind: str, ports: list[int] | None) -> dict[str, Any]:
+    return {
+        "display_name": name,
+        "kind": kind,
+        "ports": ", ".join(str(port) for port in ports) if ports is not None else "",
+    }
+
+
+@router.post(
+    "/projects/{project_id}/services",
+    response={201: schemas.ServiceOut, **ERRORS},
+    tags=["services"],
+    operation_id="create_service",
+)
+@mutating
+def create_service(
+    request: HttpRequest, payload: schemas.ServiceCreateIn, project_id: ProjectId
+) -> Status[schemas.ServiceOut]:
+    access = _project(request, project_id)
+    access.require(Membership.can_change_services)
+    form = ServiceForm(
+        _service_form_data(payload.name, payload.kind, payload.ports), project=access.project
+    )
+    if not form.is_valid():
+        raise _form_problem(form, SERVICE_FIELDS)
+    service = form.instance
+    try:
+        service.create(actor=request.user)
+    except ValidationError as error:
+        _raise_invalid(error, SERVICE_FIELDS)
+    return Status(201, schemas.from_service(service, endpoints.project_env_names(service)))
+
+
+@router.get(
+    "/projects/{project_id}/services/{service_id}",
+    response={200: schemas.ServiceOut, **ERRORS},
+    tags=["services"],
+    operation_id="get_service",
+)
+def get_service(
+    request: HttpRequest, project_id: ProjectId, service_id: ObjectId
+) -> schemas.ServiceOut:
+    """The service with its hostname, ports, ClusterIP and connection strings (masked)."""
+    _check_project_id(project_id)
+    _, service = get_service_for_user(request, project_id, service_id)
+    return schemas.from_service(service, endpoints.project_env_names(service))
+
+
+@router.patch(
+    "/projects/{project_id}/services/{service_id}",
+    response={200: schemas.ServiceOut, **ERRORS},
+    tags=["services"],
+    operation_id="update_service",
+)
+@mutating
+def update_service(
+    request: HttpRequest,
+    payload: schemas.ServiceChangeIn,
+    project_id: ProjectId,
+    service_id: ObjectId,
+) -> schemas.ServiceOut:
+    """Rename or change the ports. A rename keeps the old hostname resolving for
+    ``keep_old_name_for_seconds`` (a day unless given; 0 keeps nothing), reserved meanwhile."""
+    _check_project_id(project_id)
+    access, service = get_service_for_user(request, project_id, service_id)
+    access.require(Membership.can_change_services)
+    form = ServiceForm(
+        _service_form_data(
+            payload.name if payload.name is not None else service.display_name,
+            service.kind,
+            payload.ports if payload.ports is not None else list(service.ports),
+        ),
+        instance=service,
+        project=access.project,
+    )
+    if not form.is_valid():
+        raise _form_problem(form, SERVICE_FIELDS)
+    keep = payload.keep_old_name_for_seconds
+    try:
+        service.save_changes(
+            actor=request.user,
+            keep_old_name_for=ALIAS_DEFAULT if keep is None else timedelta(seconds=keep),
+        )
+    except Service.DoesNotExist:
+        raise Http404("No such service.") from None
+    except ValidationError as error:  # the name was claimed meanwhile (an old hostname, say)
+        _raise_invalid(ValidationError({"display_name": error}), SERVICE_FIELDS)
+    except IntegrityError:  # another request took the name between validation and save
+        raise Problem(
+            409,
+            f"{service.internal_hostname} was just taken.",
+            errors={"name": [f"{service.internal_hostname} was just taken."]},
+        ) from None
+    return schemas.from_service(service, endpoints.project_env_names(service))
+
+
+@router.delete(
+    "/projects/{project_id}/services/{service_id}",
+    response={204: None, **ERRORS},
+    tags=["services"],
+    operation_id="delete_service",
+)
+@mutating
+def delete_service(
+    request: HttpRequest, project_id: ProjectId, service_id: ObjectId
+) -> Status[None]:
+    """Delete the service; its hostname is released."""
+    _check_project_id(project_id)
+    access, service = get_service_for_user(request, project_id, service_id)
+    access.require(Membership.can_change_services)
+    service.remove(actor=request.user)
+    return Status(204, None)
+
+
+@router.post(
+    "/projects/{project_id}/services/{service_id}/reveal",
+    response={200: schemas.CredentialsOut, **ERRORS},
+    tags=["services"],
+    operation_id="reveal_service_credentials",
+)
+@revealing
+def reveal_service_credentials(
+    request: HttpRequest, project_id: ProjectId, service_id: ObjectId
+) -> schemas.CredentialsOut:
+    """A database's user, password and full connection string: audited, never cached."""
+    _check_project_id(project_id)
+    access, service = get_service_for_user(request, project_id, service_id)
+    access.require(Membership.can_reveal_credentials)
+    if not service.is_database or service.database_password is None:
+        raise Problem(400, f"{service.display_name} has no credentials to reveal.")
+    access.project.audit(
+        actor=request.user, action=AuditEvent.Action.CREDENTIALS_REVEALED, target=service.name
+    )
+    names = endpoints.project_env_names(service)
+    return schemas.CredentialsOut(
+        service=service.name,
+        user=service.database_user,
+        password=service.database_password.reveal(),
+        database=service.database_name,
+        endpoints=[
+            schemas.from_endpoint(endpoint, revealed=True)
+            for endpoint in endpoints.endpoints(service, reveal=True, names=names)
+        ],
+    )
+
+
+# -- Shared secrets ----------------------------------------------------------------------------
+
+
+def _service_pks(access: ProjectAccess, names: list[str]) -> list[int]:
+    """The receiving services, named by their DNS labels; unknown names refused per name."""
+    wanted = [name.strip() for name in names]
+    found = dict(access.project.services.filter(name__in=wanted).values_list("name", "pk"))
+    unknown = [name for name in wanted if name not in found]
+    if unknown:
+        raise Problem(
+            422,
+            f"This project has no service named “{unknown[0][:63]}”.",
+            errors={
+                "services": [
+                    f"This project has no service named “{name[:63]}”. Use the services’ DNS "
+                    "labels, as `GET …/services` lists them."
+                    for name in unknown
+                ]
+            },
+        )
+    return [found[name] for name in wanted]
+
+
+@router.get(
+    "/projects/{project_id}/secrets",
+    response={200: list[schemas.SecretOut], **ERRORS},
+    tags=["secrets"],
+    operation_id="list_secrets",
+)
+def list_secrets(request: HttpRequest, project_id: ProjectId) -> list[schemas.SecretOut]:
+    """The project's shared secrets: names, receivers and rotations, never a value."""
+    access = _project(request, project_id)
+    access.require(Membership.can_see_secret_details)
+    secrets = access.project.shared_secrets.prefetch_related("services")
+    return [schemas.from_secret(secret) for secret in secrets]
+
+
+@router.post(
+    "/projects/{project_id}/secrets",
+    response={201: schemas.SecretOut, **ERRORS},
+    tags=["secrets"],
+    operation_id="create_secret",
+)
+@mutating
+def create_secret(
+    request: HttpRequest, payload: schemas.SecretCreateIn, project_id: ProjectId
+) -> Status[schemas.SecretOut]:
+    """A new secret, with a generated 256-bit value unless one is given."""
+    access = _project(request, project_id)
+    access.require(Membership.can_manage_secrets)
+    form = SharedSecretForm(
+        {
+            "name": payload.name,
+            "value": payload.value or "",
+            "services": _service_pks(access, payload.services),
+            "rotate_every_days": payload.rotate_every_days or "",
+        },
+        project=access.project,
+    )
+    if not form.is_valid():
+        raise _form_problem(form)
+    secret = form.save(commit=False)
+    try:
+        secret.create(form.cleaned_data["services"], actor=request.user)
+    except ValidationError as error:
+        _raise_invalid(error)
+    return Status(201, schemas.from_secret(secret))
+
+
+def _secret(
+    request: HttpRequest, project_id: str, secret_id: int
+) -> tuple[ProjectAccess, SharedSecret]:
+    _check_project_id(project_id)
+    return get_secret_for_user(request, project_id, secret_id)
+
+
+@router.get(
+    "/projects/{project_id}/secrets/{secret_id}",
+    response={200: schemas.SecretOut, **ERRORS},
+    tags=["secrets"],
+    operation_id="get_secret",
+)
+def get_secret(
+    request: HttpRequest, project_id: ProjectId, secret_id: ObjectId
+) -> schemas.SecretOut:
+    access, secret = _secret(request, project_id, secret_id)
+    access.require(Membership.can_see_secret_details)
+    return schemas.from_secret(secret)
+
+
+@router.patch(
+    "/projects/{project_id}/secrets/{secret_id}",
+    response={200: schemas.SecretOut, **ERRORS},
+    tags=["secrets"],
+    operation_id="update_secret",
+)
+@mutating
+def update_secret(
+    request: HttpRequest,
+    payload: schemas.SecretChangeIn,
+    project_id: ProjectId,
+    secret_id: ObjectId,
+) -> schemas.SecretOut:
+    """Change which services receive the secret, and its rotation schedule."""
+    access, secret = _secret(request, project_id, secret_id)
+    access.require(Membership.can_manage_secrets)
+    form = SharedSecretForm(
+        {
+            "services": _service_pks(access, payload.services),
+            "rotate_every_days": payload.rotate_every_days or "",
+        },
+        instance=secret,
+        project=access.project,
+    )
+    if not form.is_valid():
+        raise _form_problem(form)
+    try:
+        secret.change_receivers(
+            form.cleaned_data["services"],
+            form.cleaned_data["rotate_every_days"],
+            actor=request.user,
+        )
+    except SharedSecret.DoesNotExist:
+        raise Http404("No such secret.") from None
+    except ValidationError as error:
+        _raise_invalid(error)
+    return schemas.from_secret(secret)
+
+
+@router.delete(
+    "/projects/{project_id}/secrets/{secret_id}",
+    response={204: None, **ERRORS},
+    tags=["secrets"],
+    operation_id="delete_secret",
+)
+@mutating
+def delete_secret(request: HttpRequest, project_id: ProjectId, secret_id: ObjectId) -> Status[None]:
+    access, secret = _secret(request, project_id, secret_id)
+    access.require(Membership.can_manage_secrets)
+    secret.remove(actor=request.user)
+    return Status(204, None)
+
+
+@router.post(
+    "/projects/{project_id}/secrets/{secret_id}/reveal",
+    response={200: schemas.SecretValueOut, **ERRORS},
+    tags=["secrets"],
+    operation_id="reveal_secret",
+)
+@revealing
+def reveal_secret(
+    request: HttpRequest, project_id: ProjectId, secret_id: ObjectId
+) -> schemas.SecretValueOut:
+    """The value (and during a rotation the other accepted one): owners only, audited."""
+    access, secret = _secret(request, project_id, secret_id)
+    access.require(Membership.can_manage_secrets)
+    access.project.audit(
+        actor=request.user, action=AuditEvent.Action.SECRET_REVEALED, target=secret.name
+    )
+    return schemas.SecretValueOut(
+        name=secret.name,
+        values={name: value.reveal() for name, value in rotation.environment(secret).items()},
+    )
+
+
+@router.post(
+    "/projects/{project_id}/secrets/{secret_id}/rotate",
+    response={202: schemas.RotationOut, **ERRORS},
+    tags=["secrets"],
+    operation_id="rotate_secret",
+)
+@mutating
+def rotate_secret(
+    request: HttpRequest,
+    project_id: ProjectId,
+    secret_id: ObjectId,
+    payload: schemas.RotateIn | None = None,
+) -> Status[schemas.RotationOut]:
+    """Start a rotation without downtime; follow it at …/rotation."""
+    access, secret = _secret(request, project_id, secret_id)
+    access.require(Membership.can_manage_secrets)
+    form = RotateForm({"value": payload.value or "" if payload else ""})
+    if not form.is_valid():
+        raise _form_problem(form)
+    try:
+        rotation.start_rotation(
+            secret, actor=request.user, new_value=form.cleaned_data["value"] or None
+        )
+    except rotation.RotationRefused as refused:
+        raise Problem(409, str(refused)) from None
+    return Status(202, schemas.from_rotation(secret))
+
+
+@router.get(
+    "/projects/{project_id}/secrets/{secret_id}/rotation",
+    response={200: schemas.RotationOut, **ERRORS},
+    tags=["secrets"],
+    operation_id="get_rotation",
+)
+def get_rotation(
+    request: HttpRequest, project_id: ProjectId, secret_id: ObjectId
+) -> schemas.RotationOut:
+    """The rotation's phases (done, current, pending) and each receiving workload's version."""
+    access, secret = _secret(request, project_id, secret_id)
+    access.require(Membership.can_see_secret_details)
+    return schemas.from_rotation(secret)
+
+
+# -- Peering -----------------------------------------------------------------------------------
+
+_PEERING_STATUS = {"conflict": 409, "forbidden": 403}
+
+
+def _refused(refused: peering.PeeringRefused) -> Problem:
+    return Problem(_PEERING_STATUS.get(refused.code, 422), str(refused))
+
+
+def _peering_rows() -> Any:
+    return PeeringRequest.objects.select_related(
+        "requester_project__organization", "target_project__organization"
+    )
+
+
+@router.get(
+    "/projects/{project_id}/peerings",
+    response={200: list[schemas.PeeringOut], **ERRORS},
+    tags=["peering"],
+    operation_id="list_peerings",
+)
+def list_peerings(request: HttpRequest, project_id: ProjectId) -> list[schemas.PeeringOut]:
+    """The project's peerings, newest first, each with its history."""
+    access = _project(request, project_id)
+    project = access.project
+    rows = _peering_rows().filter(Q(requester_project=project) | Q(target_project=project))
+    return [schemas.from_peering(row) for row in rows.order_by("-created_at")[:100]]
+
+
+@router.post(
+    "/projects/{project_id}/peerings",
+    response={201: schemas.PeeringOut, **ERRORS},
+    tags=["peering"],
+    operation_id="request_peering",
+)
+@mutating
+def request_peering(
+    request: HttpRequest, payload: schemas.PeeringRequestIn, project_id: ProjectId
+) -> Status[schemas.PeeringOut]:
+    """Ask to peer with another Enterprise project, by its ID, saying why."""
+    access = _project(request, project_id)
+    access.require(Membership.can_manage_project)
+    form = PeeringRequestForm({"target": payload.target, "justification": payload.justification})
+    if not form.is_valid():
+        raise _form_problem(form)
+    try:
+        created = peering.request_peering(
+            access.project,
+            form.cleaned_data["target"],
+            form.cleaned_data["justification"],
+            actor=request.user,
+        )
+    except peering.PeeringRefused as refused:
+        raise _refused(refused) from None
+    return Status(201, schemas.from_peering(_peering_rows().get(pk=created.pk)))
+
+
+def _transition(request: HttpRequest, project_id: str, peering_id: int, action: str) -> Any:
+    _check_project_id(project_id)
+    access, found = get_peering_for_user(request, project_id, peering_id)
+    access.require(Membership.can_manage_project)
+    transition = {"accept": peering.accept, "cancel": peering.cancel, "revoke": peering.revoke}
+    try:
+        transition[action](found, actor=request.user, project=access.project)
+    except peering.PeeringRefused as refused:
+        raise _refused(refused) from None
+    return schemas.from_peering(_peering_rows().get(pk=found.pk))
+
+
+@router.post(
+    "/projects/{project_id}/peerings/{peering_id}/accept",
+    response={200: schemas.PeeringOut, **ERRORS},
+    tags=["peering"],
+    operation_id="accept_peering",
+)
+@mutating
+def accept_peering(request: HttpRequest, project_id: ProjectId, peering_id: ObjectId) -> Any:
+    """The other organization's owner accepts: the request goes to support."""
+    return _transition(request, project_id, peering_id, "accept")
+
+
+@router.post(
+    "/projects/{project_id}/peerings/{peering_id}/cancel",
+    response={200: schemas.PeeringOut, **ERRORS},
+    tags=["peering"],
+    operation_id="cancel_peering",
+)
+@mutating
+def cancel_peering(request: HttpRequest, project_id: ProjectId, peering_id: ObjectId) -> Any:
+    """Either side withdraws (or declines) a pending request."""
+    return _transition(request, project_id, peering_id, "cancel")
+
+
+@router.post(
+    "/projects/{project_id}/peerings/{peering_id}/revoke",
+    response={200: schemas.PeeringOut, **ERRORS},
+    tags=["peering"],
+    operation_id="revoke_peering",
+)
+@mutating
+def revoke_peering(request: HttpRequest, project_id: ProjectId, peering_id: ObjectId) -> Any:
+    """Either side disconnects an approved or active peering."""
+    return _transition(request, project_id, peering_id, "revoke")
+
+
+@router.get(
+    "/support/peerings",
+    response={200: list[schemas.PeeringOut], **ERRORS},
+    tags=["support"],
+    operation_id="support_queue",
+)
+def support_queue(request: HttpRequest) -> list[schemas.PeeringOut]:
+    """Support staff: requests waiting for a decision, oldest first."""
+    require_support_staff(request)
+    pending = _peering_rows().filter(status=PeeringRequest.Status.PENDING_SUPPORT)
+    return [schemas.from_peering(row) for row in pending.order_by("created_at")[:200]]
+
+
+@router.post(
+    "/support/peerings/{peering_id}/approve",
+    response={200: schemas.PeeringOut, **ERRORS},
+    tags=["support"],
+    operation_id="approve_peering",
+)
+@mutating
+def approve_peering(request: HttpRequest, peering_id: ObjectId) -> schemas.PeeringOut:
+    found = get_peering_for_staff(request, peering_id)
+    try:
+        peering.approve(found, staff=request.user)
+    except peering.PeeringRefused as refused:
+        raise _refused(refused) from None
+    return schemas.from_peering(_peering_rows().get(pk=found.pk))
+
+
+@router.post(
+    "/support/peerings/{peering_id}/reject",
+    response={200: schemas.PeeringOut, **ERRORS},
+    tags=["support"],
+    operation_id="reject_peering",
+)
+@mutating
+def reject_peering(
+    request: HttpRequest, payload: schemas.RejectIn, peering_id: ObjectId
+) -> schemas.PeeringOut:
+    """Reject with a reason, which the customer sees."""
+    found = get_peering_for_staff(request, peering_id)
+    form = RejectForm({"reason": payload.reason})
+    if not form.is_valid():
+        raise _form_problem(form)
+    try:
+        peering.reject(found, staff=request.user, reason=form.cleaned_data["reason"])
+    except peering.PeeringRefused as refused:
+        raise _refused(refused) from None
+    return schemas.from_peering(_peering_rows().get(pk=found.pk))
+
+
+# -- The audit log -----------------------------------------------------------------------------
+
+
+class AuditFilters(Schema):
+    limit: int = Field(50, ge=1, le=200)
+    cursor: str | None = Field(None, max_length=200, pattern=r"^[A-Za-z0-9_=-]*$")
+    who: str | None = Field(None, max_length=150, pattern=_PLAIN)
+    what: str | None = Field(None, description=", ".join(audit_view.GROUPS), pattern=_PLAIN)
+    since: str | None = Field(None, max_length=10, pattern=_PLAIN, description="YYYY-MM-DD")
+    until: str | None = Field(None, max_length=10, pattern=_PLAIN, description="YYYY-MM-DD")
+
+
+def _encode_cursor(event: AuditEvent) -> str:
+    text = f"{event.created_at.isoformat()}|{event.pk}"
+    return base64.urlsafe_b64encode(text.encode()).decode()
+
+
+def _decode_cursor(cursor: str) -> tuple[datetime, int]:
+    try:
+        at, _, pk = base64.urlsafe_b64decode(cursor.encode()).decode().partition("|")
+        when = datetime.fromisoformat(at)
+        if when.tzinfo is None or not pk.isdecimal() or int(pk) > _MAX_ID:
+            raise ValueError(cursor)
+        return when, int(pk)
+    except (ValueError, binascii.Error, UnicodeDecodeError):
+        raise Problem(
+            400,
+            "This cursor is not one the API gave out. Start again without it.",
+            errors={"cursor": ["Use the next_cursor of the previous page, as it is."]},
+        ) from None
+
+
+@router.get(
+    "/projects/{project_id}/audit",
+    response={200: schemas.AuditPage, **ERRORS},
+    tags=["audit"],
+    operation_id="list_audit_events",
+)
+def list_audit_events(
+    request: HttpRequest,
+    project_id: ProjectId,
+    filters: Annotated[AuditFilters, Query()],
+) -> schemas.AuditPage:
+    """The project's audit log, newest first, a page at a time (``next_cursor``)."""
+    access = _project(request, project_id)
+    chosen = audit_view.Filters.from_query(
+        {key: value for key, value in filters.model_dump().items() if isinstance(value, str)}
+    )
+    events = chosen.apply(AuditEvent.objects.filter(project=access.project)).order_by(
+        "-created_at", "-id"
+    )
+    if filters.cursor:
+        at, pk = _decode_cursor(filters.cursor)
+        events = events.filter(Q(created_at__lt=at) | Q(created_at=at, id__lt=pk))
+    page = list(events[: filters.limit + 1])
+    more = len(page) > filters.limit
+    page = page[: filters.limit]
+    return schemas.AuditPage(
+        items=[schemas.from_event(event) for event in page],
+        next_cursor=_encode_cursor(page[-1]) if more and page else None,
+    )

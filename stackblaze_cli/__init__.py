@@ -1,0 +1,1 @@
+"""``stackblaze``: the command-line client of the HTTP API (it talks to nothing else)."""

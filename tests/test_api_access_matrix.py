@@ -1,0 +1,169 @@
+"""Every API operation × every role's token, on the caller's own tenant and another's.
+
+The expected status of each cell lives in ``MATRIX``, keyed by the operation's ID in the
+OpenAPI document. An operation without a row fails ``test_every_operation_has_a_row``, so a new
+endpoint cannot ship without deciding who may call it. Each call sends a valid body, so what
+decides the answer is who asks, never the input.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from django.test import Client
+
+from api.api import api
+from networking.models import Organization, Project
+from tests.conftest import ROLES, World, bearer
+from tests.test_access_matrix import tenant_state
+
+# operation ID: expected status for anonymous, outsider, support, viewer, member, owner.
+MATRIX: dict[str, str] = {
+    "me": "401 200 200 200 200 200",
+    "list_projects": "401 200 200 200 200 200",
+    "get_project": "401 404 404 200 200 200",
+    "get_sync_status": "401 404 404 200 200 200",
+    "retry_sync": "401 404 404 403 202 202",
+    "list_services": "401 404 404 200 200 200",
+    "create_service": "401 404 404 403 201 201",
+    "get_service": "401 404 404 200 200 200",
+    "update_service": "401 404 404 403 200 200",
+    "delete_service": "401 404 404 403 204 204",
+    "reveal_service_credentials": "401 404 404 403 200 200",
+    "list_secrets": "401 404 404 200 200 200",
+    "create_secret": "401 404 404 403 403 201",
+    "get_secret": "401 404 404 200 200 200",
+    "update_secret": "401 404 404 403 403 200",
+    "delete_secret": "401 404 404 403 403 204",
+    "reveal_secret": "401 404 404 403 403 200",
+    "rotate_secret": "401 404 404 403 403 202",
+    "get_rotation": "401 404 404 200 200 200",
+    "list_peerings": "401 404 404 200 200 200",
+    "request_peering": "401 404 404 403 403 201",
+    "accept_peering": "401 404 404 403 403 200",
+    "cancel_peering": "401 404 404 403 403 200",
+    # The matrix's peering is pending: nothing to revoke yet, which is a conflict.
+    "revoke_peering": "401 404 404 403 403 409",
+    # Support staff only (with a support token); everyone else is told there is nothing here.
+    "support_queue": "401 404 200 404 404 404",
+    "approve_peering": "401 404 200 404 404 404",
+    "reject_peering": "401 404 200 404 404 404",
+    "list_audit_events": "401 404 404 200 200 200",
+}
+# Only for operations on a project: another tenant's is not found, whatever the role.
+FOREIGN = "401 404 404 404 404 404"
+
+
+@functools.cache
+def operations() -> dict[str, tuple[str, str]]:
+    """Every operation of the API: its ID, with its method and path template."""
+    schema = api.get_openapi_schema()
+    return {
+        operation["operationId"]: (method.upper(), path)
+        for path, methods in schema["paths"].items()
+        for method, operation in methods.items()
+    }
+
+
+def body_for(world: World, operation_id: str) -> dict[str, Any] | None:
+    """A valid body for each operation that takes one."""
+    billing = Project.objects.get(organization=world.globex, name="Billing")
+    bodies: dict[str, Callable[[], dict[str, Any]]] = {
+        "create_service": lambda: {"name": "Matrix Worker", "kind": "private", "ports": [3000]},
+        "update_service": lambda: {"name": "main-db"},
+        "create_secret": lambda: {"name": "WEBHOOK_KEY", "services": ["api"]},
+        "update_secret": lambda: {"services": ["api", "postgres"]},
+        "rotate_secret": lambda: {},
+        "request_peering": lambda: {"target": billing.uid, "justification": "Reads invoices."},
+        "reject_peering": lambda: {"reason": "Not needed."},
+    }
+    return bodies[operation_id]() if operation_id in bodies else None
+
+
+def url_for(world: World, path: str, operation_id: str, *, foreign: bool) -> str:
+    values = {
+        "project_id": (world.other_project if foreign else world.project).uid,
+        "service_id": (world.other_service if foreign else world.postgres).pk,
+        "secret_id": (world.other_secret if foreign else world.secret).pk,
+        # Support decides on the request waiting for it; customers act on their own project's.
+        "peering_id": (
+            world.other_peering
+            if foreign or operation_id in ("approve_peering", "reject_peering")
+            else world.peering
+        ).pk,
+    }
+    return path.format(**values)
+
+
+def call(
+    client: Client, method: str, url: str, body: dict[str, Any] | None, token: str | None
+) -> Any:
+    data = json.dumps(body) if body is not None else ""
+    return client.generic(
+        method, url, data=data, content_type="application/json", headers=bearer(token)
+    )
+
+
+def test_every_operation_has_a_row() -> None:
+    known = set(operations())
+    assert known - set(MATRIX) == set(), "add these operations to MATRIX with their statuses"
+    assert set(MATRIX) - known == set(), "MATRIX names operations that no longer exist"
+
+
+def _cells(*, foreign: bool) -> list[Any]:
+    cells = []
+    for operation_id, statuses in MATRIX.items():
+        expected = statuses.split()
+        if foreign:
+            if "{project_id}" not in operations()[operation_id][1]:
+                continue  # nothing of a tenant in the path
+            expected = FOREIGN.split()
+        for role, status in zip(ROLES, expected, strict=True):
+            cells.append(pytest.param(operation_id, role, int(status), id=f"{operation_id}-{role}"))
+    return cells
+
+
+@pytest.mark.parametrize(("operation_id", "role", "status"), _cells(foreign=False))
+def test_own_tenant(
+    world: World, api_tokens: dict[str, str | None], operation_id: str, role: str, status: int
+) -> None:
+    method, path = operations()[operation_id]
+    url = url_for(world, path, operation_id, foreign=False)
+    before = tenant_state(world.acme)
+    response = call(Client(), method, url, body_for(world, operation_id), api_tokens[role])
+    assert response.status_code == status, response.content
+    if status >= 400:
+        assert response["Content-Type"] == "application/problem+json"
+        assert tenant_state(world.acme) == before, "a refused request changed something"
+
+
+@pytest.mark.parametrize(("operation_id", "role", "status"), _cells(foreign=True))
+def test_other_tenant(
+    world: World, api_tokens: dict[str, str | None], operation_id: str, role: str, status: int
+) -> None:
+    method, path = operations()[operation_id]
+    url = url_for(world, path, operation_id, foreign=True)
+    before = tenant_state(world.globex)
+    response = call(Client(), method, url, body_for(world, operation_id), api_tokens[role])
+    assert response.status_code == status, response.content
+    assert tenant_state(world.globex) == before, "another tenant's request changed something"
+
+
+def test_a_token_reaches_only_its_own_organization(world: World) -> None:
+    """A member of two organizations holds a token for one: the other's projects are 404."""
+    from tests.conftest import issue_token
+
+    member = world.users["member"]
+    assert member is not None
+    member.memberships.create(organization=world.globex, role="owner")
+    token = issue_token(member, world.acme, "member", "acme-only")
+    client = Client()
+    other = f"/api/v1/projects/{world.other_project.uid}"
+    assert client.get(other, headers=bearer(token)).status_code == 404
+    listed = client.get("/api/v1/projects", headers=bearer(token)).json()
+    assert [project["organization"] for project in listed] == ["acme"]
+    assert Organization.objects.filter(slug="globex").exists()
