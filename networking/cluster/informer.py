@@ -155,6 +155,8 @@ class Informer:
                 logger.info("Watch of %ss expired (410 Gone): listing again", self.kind)
                 self.resource_version = None
             except (ApiException, urllib3.exceptions.HTTPError, OSError, ValueError) as error:
+                if self.stopping.is_set():
+                    return  # a watch cut short by our own stop (or the server going away with it)
                 failures += 1
                 delay = min(30.0, 0.5 * 2 ** min(failures, 6))
                 logger.warning(
