@@ -27,7 +27,9 @@ SORTS: dict[str, tuple[str, ...]] = {
     "-address": ("-cluster_ip", "name"),
     "newest": ("-created_at", "-pk"),
 }
-ADDRESS_CHOICES = {"assigned": "Has a ClusterIP", "none": "No ClusterIP yet"}
+# The Status column: in the cluster with an address, in the cluster (an address to come, or
+# none from the manifests backend), or a change still on its way there.
+STATUS_CHOICES = {"live": "Live", "applied": "Applied", "pending": "Pending"}
 
 
 def _search_term(text: str) -> str:
@@ -43,27 +45,28 @@ def _search_term(text: str) -> str:
 class Filters:
     query: str = ""
     kind: str = ""
-    address: str = ""
+    status: str = ""
     sort: str = "name"
 
     @classmethod
     def from_query(cls, params: Any) -> Filters:
         kind = str(params.get("kind", ""))
-        address = str(params.get("address", ""))
+        status = str(params.get("status", ""))
         sort = str(params.get("sort", "name"))
         return cls(
             query=str(params.get("q", "")).strip()[:100],
             kind=kind if kind in Service.Kind.values else "",
-            address=address if address in ADDRESS_CHOICES else "",
+            status=status if status in STATUS_CHOICES else "",
             sort=sort if sort in SORTS else "name",
         )
 
     @property
     def active(self) -> bool:
         """Whether anything narrows the list (sorting does not)."""
-        return bool(self.query or self.kind or self.address)
+        return bool(self.query or self.kind or self.status)
 
-    def apply(self, services: QuerySet[Service]) -> QuerySet[Service]:
+    def apply(self, services: QuerySet[Service], applied_generation: int) -> QuerySet[Service]:
+        """``applied_generation``: the project's, which says which rows are still pending."""
         if self.query:
             term = _search_term(self.query)
             services = services.filter(
@@ -71,8 +74,13 @@ class Filters:
             )
         if self.kind:
             services = services.filter(kind=self.kind)
-        if self.address:
-            services = services.filter(cluster_ip__isnull=self.address == "none")
+        if self.status == "pending":
+            services = services.filter(changed_generation__gt=applied_generation)
+        elif self.status:
+            services = services.filter(
+                changed_generation__lte=applied_generation,
+                cluster_ip__isnull=self.status == "applied",
+            )
         return services.order_by(*SORTS[self.sort])
 
     def params(self, **changes: Any) -> dict[str, str]:
@@ -83,7 +91,7 @@ class Filters:
             for key, value in (
                 ("q", current.query),
                 ("kind", current.kind),
-                ("address", current.address),
+                ("status", current.status),
                 ("sort", "" if current.sort == "name" else current.sort),
             )
             if value

@@ -97,7 +97,8 @@ def project_overview(request: HtmxHttpRequest, project_uid: str) -> HttpResponse
     project = access.project
     filters = service_list.Filters.from_query(request.GET)
     page = Paginator(
-        filters.apply(project.services.prefetch_related("aliases")), service_list.PAGE_SIZE
+        filters.apply(project.services.prefetch_related("aliases"), project.applied_generation),
+        service_list.PAGE_SIZE,
     ).get_page(request.GET.get("page"))
     services = list(page.object_list)
     context = access.context(
@@ -113,7 +114,7 @@ def project_overview(request: HtmxHttpRequest, project_uid: str) -> HttpResponse
         sort_links={column: filters.sort_link(column) for column in ("name", "kind", "address")},
         aria_sort={column: filters.sorted_by(column) for column in ("name", "kind", "address")},
         kinds=Service.Kind.choices,
-        address_choices=service_list.ADDRESS_CHOICES.items(),
+        status_choices=service_list.STATUS_CHOICES.items(),
     )
     if request.htmx and "since" in request.GET:
         since = _int_or_none(request.GET.get("since", ""))

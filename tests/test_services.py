@@ -429,20 +429,30 @@ class TestTheOverviewList:
             assert f'id="service-{world.api.pk}"' in html, query
             assert f'id="service-{world.postgres.pk}"' not in html, query
 
-    def test_kind_and_address_narrow_the_list(self, owner_client: Client, world: World) -> None:
+    def test_kind_and_status_narrow_the_list(self, owner_client: Client, world: World) -> None:
         Service.objects.filter(pk=world.api.pk).update(cluster_ip="10.96.0.7")
         html = self.page(owner_client, world, kind="postgresql")
         assert f'id="service-{world.postgres.pk}"' in html
         assert f'id="service-{world.api.pk}"' not in html
-        html = self.page(owner_client, world, address="assigned")
+        html = self.page(owner_client, world, status="live")
         assert f'id="service-{world.api.pk}"' in html
         assert f'id="service-{world.postgres.pk}"' not in html
         assert "1 of 2 services match" in html
+        html = self.page(owner_client, world, status="applied")
+        assert f'id="service-{world.postgres.pk}"' in html
+        assert f'id="service-{world.api.pk}"' not in html
+        # A change on its way to the cluster: pending until the worker applies it.
+        world.postgres.display_name = "Main DB"
+        world.postgres.full_clean()
+        world.postgres.save_changes(actor=None)
+        html = self.page(owner_client, world, status="pending")
+        assert f'id="service-{world.postgres.pk}"' in html
+        assert f'id="service-{world.api.pk}"' not in html
 
     def test_unknown_choices_fall_back_instead_of_failing(
         self, owner_client: Client, world: World
     ) -> None:
-        html = self.page(owner_client, world, kind="nope", sort="'; drop", page="x", address="?")
+        html = self.page(owner_client, world, kind="nope", sort="'; drop", page="x", status="?")
         assert f'id="service-{world.api.pk}"' in html
         assert f'id="service-{world.postgres.pk}"' in html
 
