@@ -5,6 +5,10 @@ with the same key. The first request with a key claims it with a row (``Idempote
 whose unique constraint decides between simultaneous ones; the others wait for its answer and
 return it. The same key with a different request is refused (422), as is a key still being
 worked on after a while (409, try again). Keys are per caller and forgotten after 24 hours.
+
+The caller is authenticated and throttled before a key is looked at: a revoked or expired token,
+or one over its rate, gets its refusal and never a stored answer. A key whose request died
+mid-way (its process killed) is taken over once it is older than any request can run.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import hashlib
 import re
 import time
 from collections.abc import Callable
+from datetime import timedelta
 from functools import wraps
 from typing import Any
 
@@ -20,8 +25,8 @@ from django.core.exceptions import RequestDataTooBig
 from django.db import IntegrityError, transaction
 from django.http import HttpRequest, HttpResponse
 from django.http.response import HttpResponseBase
+from django.utils import timezone
 
-from api.auth import presented_token
 from api.models import IdempotencyRecord
 from api.problems import problem_response
 
@@ -32,20 +37,21 @@ KEY_PATTERN = re.compile(rf"[!-~]{{1,{MAX_KEY_LENGTH}}}")
 # How long a retry waits for the first request's answer before saying to try again.
 WAIT_SECONDS = 15.0
 _POLL_SECONDS = 0.05
+# A key still marked as running after this long belongs to a request that died (a killed
+# process): no request runs that long (the server's worker timeout is far shorter).
+ABANDONED_AFTER = timedelta(minutes=5)
 # Headers that belong to the answer (not to the transport) and are replayed with it.
 _KEPT_HEADERS = ("Location", "Cache-Control")
 
 Run = Callable[..., HttpResponseBase]
 
 
-def _scope(request: HttpRequest) -> str | None:
-    """Whose key: the token's digest (checked by the operation itself) or the session's user."""
-    raw = presented_token(request)
-    if raw is not None:
-        return "token:" + hashlib.sha256(raw.encode()).hexdigest()
-    if request.user.is_authenticated:
-        return f"user:{request.user.pk}"
-    return None
+def _scope(request: HttpRequest) -> str:
+    """Whose key, once authenticated: the token's, or the signed-in user's."""
+    token = getattr(request, "api_token", None)
+    if token is not None:
+        return f"token:{token.pk}"
+    return f"user:{request.user.pk}"
 
 
 def _digest(request: HttpRequest) -> str:
@@ -75,7 +81,24 @@ def _mismatch() -> HttpResponse:
 
 
 def idempotent(run: Run) -> Run:
-    """Wrap an operation's ``run`` (ninja's ``decorate_view``) to honour ``Idempotency-Key``."""
+    """Wrap an operation's ``run`` (ninja's ``decorate_view``) to honour ``Idempotency-Key``.
+
+    Ninja runs the operation's checks (authentication, then throttling) inside ``run``, that is
+    after this wrapper; a key is only looked at once they have passed, so they are run here
+    first and, for this request, not again.
+    """
+    operation = getattr(run, "__self__", None)
+    if operation is None or not hasattr(operation, "_run_checks"):
+        raise TypeError("idempotent wraps a ninja Operation's own run, before any other decorator")
+    run_checks = operation._run_checks
+
+    def checks_once(request: HttpRequest) -> HttpResponse | None:
+        if getattr(request, "_api_checked", False):
+            return None
+        result: HttpResponse | None = run_checks(request)
+        return result
+
+    operation._run_checks = checks_once
 
     @wraps(run)
     def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponseBase:
@@ -88,9 +111,11 @@ def idempotent(run: Run) -> Run:
                 f"An {HEADER} must be 1 to {MAX_KEY_LENGTH} visible ASCII characters, "
                 "such as a UUID.",
             )
+        refused = run_checks(request)
+        if refused is not None:
+            return refused  # not authenticated, or throttled: no key is looked at
+        request._api_checked = True  # type: ignore[attr-defined]
         scope = _scope(request)
-        if scope is None:
-            return run(request, *args, **kwargs)  # no caller: the operation answers 401
         try:
             digest = _digest(request)
         except RequestDataTooBig:
@@ -131,6 +156,10 @@ def _claim(scope: str, key: str, digest: str) -> IdempotencyRecord | None:
     except IntegrityError:
         found = IdempotencyRecord.objects.filter(scope=scope, key=key).first()
         if found is None:  # released meanwhile (its request failed): try to claim it again
+            return IdempotencyRecord(request_digest=digest, status=None)
+        if found.status is None and found.created_at < timezone.now() - ABANDONED_AFTER:
+            # Its request died without an answer: release it; the next look claims it.
+            IdempotencyRecord.objects.filter(pk=found.pk, status=None).delete()
             return IdempotencyRecord(request_digest=digest, status=None)
         return found
     return None

@@ -7,7 +7,7 @@ from __future__ import annotations
 import base64
 import binascii
 import re
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
 from django.core.exceptions import ValidationError
@@ -64,6 +64,7 @@ _PROJECT_ID = re.compile(PROJECT_ID_PATTERN)
 # Query text: no control characters (a NUL byte never reaches a query).
 _PLAIN = r"^[^\x00-\x1f\x7f]*$"
 _MAX_ID = 2**63 - 1
+_DNS_LABEL = re.compile(r"[a-z0-9-]{1,63}")
 
 ProjectId = Annotated[str, Path(description="The project ID, as on its Settings page")]
 ObjectId = Annotated[int, Path(ge=1, le=_MAX_ID)]
@@ -408,7 +409,9 @@ def reveal_service_credentials(
 def _service_pks(access: ProjectAccess, names: list[str]) -> list[int]:
     """The receiving services, named by their DNS labels; unknown names refused per name."""
     wanted = [name.strip() for name in names]
-    found = dict(access.project.services.filter(name__in=wanted).values_list("name", "pk"))
+    # Only what could be a DNS label is looked up (a NUL byte never reaches the query).
+    labels = [name for name in wanted if _DNS_LABEL.fullmatch(name)]
+    found = dict(access.project.services.filter(name__in=labels).values_list("name", "pk"))
     unknown = [name for name in wanted if name not in found]
     if unknown:
         raise Problem(
@@ -789,8 +792,8 @@ def _decode_cursor(cursor: str) -> tuple[datetime, int]:
         when = datetime.fromisoformat(at)
         if when.tzinfo is None or not pk.isdecimal() or int(pk) > _MAX_ID:
             raise ValueError(cursor)
-        return when, int(pk)
-    except (ValueError, binascii.Error, UnicodeDecodeError):
+        return when.astimezone(UTC), int(pk)  # a time at the calendar's ends overflows here
+    except (ValueError, OverflowError, binascii.Error, UnicodeDecodeError):
         raise Problem(
             400,
             "This cursor is not one the API gave out. Start again without it.",

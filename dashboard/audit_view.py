@@ -12,6 +12,7 @@ from urllib.parse import urlencode
 from django.db.models import QuerySet
 from django.utils import timezone
 
+from networking import plain_text
 from networking.models import AuditEvent
 
 # What the "What" filter offers: a word people use, and the actions it covers.
@@ -85,13 +86,16 @@ class Filters:
     def from_query(cls, query: Any) -> Filters:
         def day(text: str) -> date | None:
             try:
-                return date.fromisoformat(text[:10]) if text else None
+                found = date.fromisoformat(text[:10]) if text else None
             except ValueError:
                 return None
+            # The last day there is has no "day after" to end on: no bound at all, then.
+            return found if found is None or found < date.max else None
 
         group = query.get("what", "")
         return cls(
-            actor=query.get("who", "").strip()[:150],
+            # Who: as typed, minus what no name holds (a NUL byte never reaches a query).
+            actor=plain_text.header_safe(query.get("who", ""))[:150],
             group=group if group in GROUPS else "",
             since=day(query.get("since", "")),
             until=day(query.get("until", "")),

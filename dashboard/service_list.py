@@ -12,7 +12,7 @@ from urllib.parse import urlencode
 
 from django.db.models import Q, QuerySet
 
-from networking import naming
+from networking import naming, plain_text
 from networking.models import Service
 
 PAGE_SIZE = 50
@@ -54,7 +54,8 @@ class Filters:
         status = str(params.get("status", ""))
         sort = str(params.get("sort", "name"))
         return cls(
-            query=str(params.get("q", "")).strip()[:100],
+            # As typed, minus what no name holds (a NUL byte never reaches a query).
+            query=plain_text.header_safe(str(params.get("q", "")))[:100],
             kind=kind if kind in Service.Kind.values else "",
             status=status if status in STATUS_CHOICES else "",
             sort=sort if sort in SORTS else "name",

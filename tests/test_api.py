@@ -46,6 +46,23 @@ def as_role(api_tokens: dict[str, str | None]) -> Any:
     return lambda role: Api(api_tokens[role])
 
 
+def api_token_pk(world: World, role: str) -> int:
+    from networking.models import ApiToken
+
+    pk: int = ApiToken.objects.values_list("pk", flat=True).get(name=f"{role}-token")
+    return pk
+
+
+def _request_digest(method: str, path: str, body: bytes) -> str:
+    import hashlib
+
+    hasher = hashlib.sha256()
+    for part in (method, path, ""):
+        hasher.update(part.encode() + b"\0")
+    hasher.update(body)
+    return hasher.hexdigest()
+
+
 def is_problem(response: Any, status: int) -> dict[str, Any]:
     assert response.status_code == status, response.content
     assert response["Content-Type"] == "application/problem+json"
@@ -204,6 +221,18 @@ class TestBadInput:
         is_problem(response, status)
         assert Service.objects.count() == before
 
+    def test_a_nul_byte_in_a_secrets_receivers_is_refused(self, world: World, as_role: Any) -> None:
+        api = as_role("owner")
+        base = f"/projects/{world.project.uid}/secrets"
+        body = {"name": "FOO_SECRET", "services": ["a\u0000b"]}
+        problem = is_problem(api.send("POST", base, body), 422)
+        assert "no service named" in problem["errors"]["services"][0]
+        assert not SharedSecret.objects.filter(name="FOO_SECRET").exists()
+        created = api.send("POST", base, {"name": "FOO_SECRET", "services": []})
+        assert created.status_code == 201, created.content
+        path = f"{base}/{created.json()['id']}"
+        is_problem(api.send("PATCH", path, {"services": ["a\u0000b"]}), 422)
+
     def test_a_huge_body_is_refused(self, world: World, as_role: Any) -> None:
         body = json.dumps({"name": "x" * 3_000_000})
         response = as_role("member").send("POST", f"/projects/{world.project.uid}/services", body)
@@ -228,7 +257,11 @@ class TestBadInput:
             "/projects/{uid}/audit?who=a%00b",
             "/projects/{uid}/audit?cursor=bm90LWEtY3Vyc29y",
             "/projects/{uid}/audit?cursor=%00",
+            # The calendar's first and last moments, in zones that push them past its ends.
+            "/projects/{uid}/audit?cursor=MDAwMS0wMS0wMVQwMDowMDowMCsxNDowMHwx",
+            "/projects/{uid}/audit?cursor=OTk5OS0xMi0zMVQyMzo1OTo1OS0xNDowMHwx",
             "/projects/{uid}/audit?since=yesterday",
+            "/projects/{uid}/audit?until=9999-12-31",
             "/projects/{uid}/services?limit=100000",
             "/projects/{uid}/services?name=%00",
             "/no-such-endpoint",
@@ -237,7 +270,8 @@ class TestBadInput:
     def test_a_bad_path_or_query_is_a_4xx(self, world: World, as_role: Any, path: str) -> None:
         response = as_role("member").get(path.format(uid=world.project.uid))
         assert 400 <= response.status_code < 500 or response.status_code == 200
-        assert response.status_code != 200 or "since" in path  # an unreadable date is ignored
+        # An unreadable date, or one with no day after it, is ignored.
+        assert response.status_code != 200 or "since" in path or "until" in path
         if response.status_code != 200:
             is_problem(response, response.status_code)
 
@@ -510,6 +544,50 @@ class TestIdempotency:
         IdempotencyRecord.objects.update(created_at=timezone.now() - timedelta(hours=25))
         assert forget_idempotency_keys.apply().get() == 1
         assert not IdempotencyRecord.objects.exists()
+
+    def test_a_revoked_token_gets_no_stored_answer(self, world: World, as_role: Any) -> None:
+        from django.utils import timezone
+
+        from networking.models import ApiToken
+
+        api = as_role("member")
+        assert self.create(api, world, "before-revoke").status_code == 201
+        ApiToken.objects.filter(role="member").update(revoked_at=timezone.now())
+        again = self.create(api, world, "before-revoke")
+        assert "was revoked" in is_problem(again, 401)["detail"]
+        assert not again.has_header("Idempotent-Replayed")
+
+    def test_a_throttled_caller_gets_no_stored_answer(
+        self, world: World, as_role: Any, settings: Any
+    ) -> None:
+        settings.API_THROTTLE_PER_MINUTE = 1
+        api = as_role("member")
+        assert self.create(api, world, "throttled").status_code == 201
+        again = self.create(api, world, "throttled")
+        is_problem(again, 429)
+        assert not again.has_header("Idempotent-Replayed")
+
+    def test_a_key_whose_request_died_is_taken_over(self, world: World, as_role: Any) -> None:
+        from datetime import timedelta
+
+        from django.utils import timezone
+
+        from api.idempotency import ABANDONED_AFTER
+        from api.models import IdempotencyRecord
+
+        api = as_role("member")
+        body = json.dumps({"name": "Worker", "ports": [3000]}).encode()
+        scope = f"token:{api_token_pk(world, 'member')}"
+        digest = _request_digest("POST", f"/api/v1/projects/{world.project.uid}/services", body)
+        # What a process killed mid-request leaves: the key claimed, no answer.
+        IdempotencyRecord.objects.create(scope=scope, key="died", request_digest=digest)
+        IdempotencyRecord.objects.update(
+            created_at=timezone.now() - ABANDONED_AFTER - timedelta(seconds=1)
+        )
+        response = self.create(api, world, "died")
+        assert response.status_code == 201, response.content
+        assert not response.has_header("Idempotent-Replayed")
+        assert Service.objects.filter(name="worker").count() == 1
 
     def test_keys_are_per_caller(self, world: World, as_role: Any) -> None:
         self.create(as_role("member"), world, "shared")
