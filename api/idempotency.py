@@ -111,7 +111,7 @@ def idempotent(run: Run) -> Run:
                 f"An {HEADER} must be 1 to {MAX_KEY_LENGTH} visible ASCII characters, "
                 "such as a UUID.",
             )
-        refused = run_checks(request)
+        refused: HttpResponse | None = run_checks(request)
         if refused is not None:
             return refused  # not authenticated, or throttled: no key is looked at
         request._api_checked = True  # type: ignore[attr-defined]
