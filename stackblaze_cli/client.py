@@ -49,11 +49,35 @@ def save_config(config: dict[str, str]) -> Path:
     """Written with mode 0600 from the start (never world-readable, even for a moment)."""
     path = config_path()
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    # Not through a symbolic link someone else planted, and 0600 before a byte is written (an
+    # older file keeps its mode through O_CREAT, so it is set on the open file first).
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0)
+    descriptor = os.open(path, flags, 0o600)
+    os.fchmod(descriptor, 0o600)
     with os.fdopen(descriptor, "w") as handle:
         json.dump(config, handle, indent=2)
-    os.chmod(path, 0o600)  # an older file keeps its mode through O_CREAT
     return path
+
+
+LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
+ALLOW_HTTP_VARIABLE = "STACKBLAZE_ALLOW_HTTP"
+
+
+def check_url(url: str) -> str | None:
+    """Why the token must not be sent to ``url``, or None if it may."""
+    parsed = httpx.URL(url) if "://" in url else None
+    if parsed is None or parsed.scheme not in ("http", "https") or not parsed.host:
+        return f"“{url}” is not the dashboard's address; give it whole, as https://dash.example."
+    if (
+        parsed.scheme == "http"
+        and parsed.host not in LOOPBACK_HOSTS
+        and os.environ.get(ALLOW_HTTP_VARIABLE) != "1"
+    ):
+        return (
+            f"{url} is plain http: the token would cross the network unencrypted. Use https://, "
+            f"or set {ALLOW_HTTP_VARIABLE}=1 for a network you trust."
+        )
+    return None
 
 
 @dataclass
@@ -111,10 +135,21 @@ class Api:
 def _answer(response: httpx.Response) -> Any:
     if response.status_code == 204:
         return None
+    if 300 <= response.status_code < 400:
+        where = response.headers.get("Location", "elsewhere")
+        raise Failed(
+            f"The server answered with a redirect to {where} (HTTP {response.status_code}): "
+            "log in again with the address it redirects to."
+        )
     try:
         body = response.json()
     except ValueError:
         body = None
+    if response.status_code < 300 and body is None:
+        raise Failed(
+            f"{response.request.url} did not answer as the Stackblaze API does (no JSON): "
+            "is the address the dashboard's?"
+        )
     if response.status_code >= 500:
         detail = body.get("detail") if isinstance(body, dict) else None
         raise Failed(detail or f"The API answered {response.status_code}.")

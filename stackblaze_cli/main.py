@@ -19,7 +19,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from stackblaze_cli.client import Api, Failed, Refused, load_config, save_config
+from stackblaze_cli.client import Api, Failed, Refused, check_url, load_config, save_config
 
 EXIT_REFUSED = 1
 EXIT_USAGE = 2
@@ -77,6 +77,9 @@ def _api() -> Api:
     token = os.environ.get("STACKBLAZE_TOKEN") or config.get("token", "")
     if not url or not token:
         _usage("Not logged in. Run `stackblaze login --url https://… --token sbk_…` first.")
+    refused = check_url(url)
+    if refused:
+        _usage(refused)
     return Api(url=url, token=token)
 
 
@@ -163,8 +166,14 @@ def login(
     project: Annotated[str, typer.Option(help="A default project (ID or name)")] = "",
 ) -> None:
     """Check a token and keep it, with the URL, in your config directory (mode 0600)."""
+    refused = check_url(url)
+    if refused:
+        _usage(refused)
     api = Api(url=url, token=token.strip())
     me = _call(lambda: api.get("/me"))
+    if not isinstance(me, dict) or "username" not in me:
+        err.print(f"Error: {url} did not answer as the Stackblaze API does; nothing was saved.")
+        raise typer.Exit(EXIT_FAILED)
     config = {"url": url, "token": token.strip()}
     if project:
         config["project"] = project
@@ -555,3 +564,12 @@ def audit(
             for e in events
         ],
     )
+
+
+def run() -> None:
+    """The console script: anything unforeseen is a failure (exit 3), said in one line."""
+    try:
+        app()
+    except Exception as error:  # typer's own exits are SystemExit and pass through
+        err.print(f"Error: {error.__class__.__name__}: {error}")
+        sys.exit(EXIT_FAILED)

@@ -83,6 +83,90 @@ def test_login_with_a_bad_token_is_refused_and_saves_nothing(
     assert not (tmp_path / "config" / "stackblaze" / "config.json").exists()
 
 
+@pytest.fixture
+def not_the_api() -> Iterator[Callable[[int, dict[str, str], bytes], str]]:
+    """A web server on loopback that answers every request the same way, and is no API."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    servers: list[ThreadingHTTPServer] = []
+
+    def serve(status: int, headers: dict[str, str], body: bytes) -> str:
+        class Answer(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                self.send_response(status)
+                for name, value in headers.items():
+                    self.send_header(name, value)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        server = ThreadingHTTPServer(("127.0.0.1", 0), Answer)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        servers.append(server)
+        return f"http://127.0.0.1:{server.server_address[1]}"
+
+    yield serve
+    for server in servers:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.mark.parametrize(
+    ("status", "headers", "body", "says"),
+    [
+        (301, {"Location": "https://dash.example/api/v1/me"}, b"", "redirect to https://dash"),
+        (200, {"Content-Type": "text/html"}, b"<html>Welcome</html>", "did not answer as"),
+    ],
+)
+def test_login_to_something_that_is_not_the_api_fails_and_saves_nothing(
+    stackblaze: Run,
+    api_tokens: dict[str, str | None],
+    not_the_api: Callable[[int, dict[str, str], bytes], str],
+    tmp_path: Path,
+    status: int,
+    headers: dict[str, str],
+    body: bytes,
+    says: str,
+) -> None:
+    url = not_the_api(status, headers, body)
+    token = api_tokens["member"]
+    assert token is not None
+    done = stackblaze("login", "--url", url, "--token", token, STACKBLAZE_URL="")
+    assert done.returncode == 3, (done.stdout, done.stderr)
+    assert says in done.stderr and "Traceback" not in done.stderr
+    assert not (tmp_path / "config" / "stackblaze" / "config.json").exists()
+
+
+def test_a_token_is_never_sent_over_plain_http_to_another_host(
+    stackblaze: Run, api_tokens: dict[str, str | None], tmp_path: Path
+) -> None:
+    token = api_tokens["member"]
+    assert token is not None
+    done = stackblaze("login", "--url", "http://dash.example", "--token", token, STACKBLAZE_URL="")
+    assert done.returncode == 2
+    assert "plain http" in done.stderr and "STACKBLAZE_ALLOW_HTTP=1" in done.stderr
+    listed = stackblaze("projects", STACKBLAZE_URL="http://dash.example")
+    assert listed.returncode == 2 and "plain http" in listed.stderr
+
+
+def test_an_old_config_file_becomes_private(
+    stackblaze: Run, api_tokens: dict[str, str | None], live_server: Any, tmp_path: Path
+) -> None:
+    config = tmp_path / "config" / "stackblaze" / "config.json"
+    config.parent.mkdir(parents=True)
+    config.write_text("{}")
+    config.chmod(0o644)
+    token = api_tokens["member"]
+    assert token is not None
+    done = stackblaze("login", "--url", live_server.url, "--token", token, STACKBLAZE_URL="")
+    assert done.returncode == 0, done.stderr
+    assert stat.S_IMODE(config.stat().st_mode) == 0o600
+
+
 def test_a_member_creates_a_service_and_reads_its_address(stackblaze: Run, world: World) -> None:
     created = stackblaze(
         "services", "create", "Background Worker", "--kind", "private", "--port", "3000"
