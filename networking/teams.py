@@ -12,8 +12,9 @@ from typing import Any
 from django.contrib.auth import get_user_model
 from django.db import IntegrityError, transaction
 from django.db.models import Q
+from django.utils import timezone
 
-from networking.models import AuditEvent, Membership, Organization
+from networking.models import ApiToken, AuditEvent, Membership, Organization
 
 
 class TeamChangeRefused(Exception):
@@ -133,7 +134,8 @@ def change_role(organization: Organization, membership_id: int, role: str, *, ac
 
 
 def remove(organization: Organization, membership_id: int, *, actor: Any) -> bool:
-    """Take someone out of the organization; False if they were already gone."""
+    """Take someone out of the organization, and revoke their API tokens for it; False if they
+    were already gone."""
     with transaction.atomic():
         membership, last_owner = _locked_member(organization, membership_id)
         if membership is None:
@@ -141,11 +143,19 @@ def remove(organization: Organization, membership_id: int, *, actor: Any) -> boo
         if last_owner:
             raise _last_owner(organization, membership)
         membership.delete()
+        # Their API tokens for this organization go with them: added back one day, they start
+        # with none (an old token in a forgotten CI job would otherwise work again).
+        revoked = ApiToken.objects.filter(
+            user_id=membership.user_id, organization=organization, revoked_at__isnull=True
+        ).update(revoked_at=timezone.now())
+        details: dict[str, Any] = {"role": membership.role}
+        if revoked:
+            details["tokens_revoked"] = revoked
         _record(
             organization,
             actor,
             AuditEvent.Action.MEMBER_REMOVED,
             membership.user.get_username(),
-            {"role": membership.role},
+            details,
         )
     return True

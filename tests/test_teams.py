@@ -118,3 +118,16 @@ def test_a_removed_member_loses_access(owner_client: Client, world: World) -> No
     assert world.client_for("viewer").get(overview).status_code == 404
     event = AuditEvent.objects.get(action=AuditEvent.Action.MEMBER_REMOVED)
     assert (event.target, event.details) == ("viewer", {"role": "viewer"})
+
+
+def test_a_removed_member_added_back_has_no_working_token(
+    owner_client: Client, world: World, api_tokens: dict[str, str | None]
+) -> None:
+    """Their tokens go with them: re-added later, an old token in a CI job stays dead."""
+    viewer = member(world, "viewer")
+    owner_client.post(reverse("org-team-remove", args=[world.acme.slug, viewer.pk]))
+    event = AuditEvent.objects.get(action=AuditEvent.Action.MEMBER_REMOVED)
+    assert event.details == {"role": "viewer", "tokens_revoked": 1}
+    Membership.objects.create(organization=world.acme, user=viewer.user, role="viewer")
+    me = Client().get("/api/v1/me", headers={"Authorization": f"Bearer {api_tokens['viewer']}"})
+    assert me.status_code == 401 and "was revoked" in me.json()["detail"]
