@@ -6,6 +6,7 @@ import logging
 from collections.abc import Callable
 
 from django.contrib import messages
+from django.core.exceptions import ObjectDoesNotExist
 from django.db import IntegrityError, OperationalError
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
@@ -19,6 +20,7 @@ CONFLICT = (
     "Someone else changed this at the same moment, so nothing was saved. "
     "Reload the page to see the current state, and try again if it is still needed."
 )
+GONE = "Someone deleted this while your request was on its way, so there is nothing left to change."
 # PostgreSQL: a deadlock, or a serializable transaction that lost a race. Retrying helps.
 RETRYABLE_SQLSTATES = frozenset({"40P01", "40001"})
 
@@ -42,7 +44,8 @@ class WorkerQueueMiddleware:
 
 
 class ConcurrentChangeMiddleware:
-    """A last line for races a view did not foresee: a clear 409 instead of a 500.
+    """A last line for races a view did not foresee: a clear 409 (or 404, for something deleted
+    meanwhile) instead of a 500.
 
     Every known race is handled where it belongs (constraints and row locks in the domain
     functions, with a specific message); this only catches what a new endpoint forgot.
@@ -64,4 +67,8 @@ class ConcurrentChangeMiddleware:
                 "Concurrent change on %s %s: %s", request.method, request.path, exception
             )
             return render(request, "409.html", {"exception": CONFLICT}, status=409)
+        if isinstance(exception, ObjectDoesNotExist):
+            # Deleted by someone else while this request worked on it: gone, not broken.
+            logger.info("Deleted meanwhile on %s %s: %s", request.method, request.path, exception)
+            return render(request, "404.html", {"reason": GONE}, status=404)
         return None

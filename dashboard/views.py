@@ -34,7 +34,14 @@ from dashboard.access import (
 )
 from dashboard.forms import ProjectForm, ReferenceForm, ServiceForm
 from networking import endpoints, naming, peering, references
-from networking.models import ApplyAttempt, AuditEvent, Membership, Project, Service
+from networking.models import (
+    ApplyAttempt,
+    AuditEvent,
+    Membership,
+    Project,
+    Service,
+    ServiceAlias,
+)
 from networking.network_map import ProjectNetwork
 
 
@@ -210,6 +217,9 @@ def project_settings(request: HttpRequest, project_uid: str) -> HttpResponse:
         if form.is_valid():
             try:
                 renamed = project.rename(form.cleaned_data["name"], actor=request.user)
+            except Project.DoesNotExist:
+                messages.error(request, f"{old_name} was deleted meanwhile: nothing was renamed.")
+                return redirect("home")
             except ValidationError as error:
                 form.add_error(None, error)
             else:
@@ -398,7 +408,14 @@ def service_detail(request: HtmxHttpRequest, project_uid: str, service_id: int) 
     # htmx refreshes just the endpoints panel when the cluster assigns the ClusterIP.
     if request.htmx:
         return render(request, "services/detail.html#endpoints", _service_context(access, service))
-    context = _service_context(access, service, **_reach_context(access.project, service))
+    return _service_page(request, access, service)
+
+
+def _service_page(
+    request: HttpRequest, access: ProjectAccess, service: Service, **extra: Any
+) -> HttpResponse:
+    """The whole service page, "who can reach me" included, whichever view answers with it."""
+    context = _service_context(access, service, **extra, **_reach_context(access.project, service))
     return render(request, "services/detail.html", context)
 
 
@@ -424,10 +441,7 @@ def service_reveal(request: HtmxHttpRequest, project_uid: str, service_id: int) 
     if request.htmx:
         context = _service_context(access, service, revealed=True)
         return render(request, "services/detail.html#endpoints", context)
-    reach = _reach_context(access.project, service)
-    return render(
-        request, "services/detail.html", _service_context(access, service, revealed=True, **reach)
-    )
+    return _service_page(request, access, service, revealed=True)
 
 
 @login_required
@@ -495,8 +509,7 @@ def service_reference_add(request: HttpRequest, project_uid: str, service_id: in
                 f"{service.name}’s address goes to {given}; each restarts once to pick it up.",
             )
             return redirect("service-detail", project_uid=project_uid, service_id=service.pk)
-    context = _service_context(access, service, reference_form=form)
-    return render(request, "services/detail.html", context)
+    return _service_page(request, access, service, reference_form=form)
 
 
 @login_required
@@ -536,6 +549,12 @@ def service_alias_extend(
         messages.success(
             request,
             f"{alias.internal_hostname} now resolves until {alias.expires_at:%Y-%m-%d %H:%M} UTC.",
+        )
+    elif not ServiceAlias.objects.filter(pk=alias.pk).exists():
+        messages.info(
+            request,
+            f"{alias.internal_hostname} no longer resolves: it was ended or expired meanwhile. "
+            "Rename the service back to use that name again.",
         )
     else:
         messages.info(

@@ -14,7 +14,7 @@ from urllib.parse import quote
 
 from networking.crypto import MASK
 from networking.models import Service, SharedSecret
-from networking.rotation import environment_names
+from networking.rotation import RESERVED_PREFIXES, environment_names
 
 _SCHEMES = {
     Service.Kind.POSTGRESQL: "postgresql",
@@ -72,9 +72,17 @@ def internal_url(service: Service, port: int) -> str:
     return f"http://{service.internal_hostname}:{port}"
 
 
-def _own_env_name(service: Service) -> str:
-    """``BACKGROUND_WORKER_URL`` for a service named ``background-worker``."""
-    return re.sub(r"[^A-Z0-9]", "_", service.name.upper()) + "_URL"
+def own_env_name(service: Service) -> str:
+    """``BACKGROUND_WORKER_URL`` for a service named ``background-worker``.
+
+    Always a name a container may be given: ``SVC_2FA_URL`` for ``2fa`` (not starting with a
+    digit), ``SVC_KUBERNETES_PROXY_URL`` for ``kubernetes-proxy`` (Kubernetes sets every
+    ``KUBERNETES_…`` variable itself).
+    """
+    name = re.sub(r"[^A-Z0-9]", "_", service.name.upper()) + "_URL"
+    if name[:1].isdigit() or name.startswith(RESERVED_PREFIXES):
+        name = "SVC_" + name
+    return name
 
 
 def suggested_env_names(services: Iterable[Service], taken: Iterable[str] = ()) -> dict[int, str]:
@@ -88,7 +96,7 @@ def suggested_env_names(services: Iterable[Service], taken: Iterable[str] = ()) 
     used = set(taken)
     names = {}
     for service in sorted(services, key=lambda s: s.pk):
-        own = _own_env_name(service)
+        own = own_env_name(service)
         candidates = [own]
         if service.is_database:
             candidates.insert(0, _DATABASE_ENV_NAMES[Service.Kind(service.kind)])
@@ -124,7 +132,7 @@ def env_name_for(service: Service, names: dict[int, str] | None = None) -> str:
         return names[service.pk]
     if service.is_database:
         return _DATABASE_ENV_NAMES[Service.Kind(service.kind)]
-    return _own_env_name(service)
+    return own_env_name(service)
 
 
 def endpoints(

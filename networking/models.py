@@ -213,11 +213,16 @@ class Project(models.Model):
             raise Project.name_taken(self.name)
 
     def rename(self, name: str, *, actor: Any) -> bool:
-        """Rename under a row lock; True if the name changed (and was audited once)."""
+        """Rename under a row lock; True if the name changed (and was audited once).
+
+        ``Project.DoesNotExist`` if it was deleted meanwhile.
+        """
         name = name.strip()
         try:
             with transaction.atomic():
-                locked = Project.objects.select_for_update().get(pk=self.pk)
+                locked = Project.objects.select_for_update().filter(pk=self.pk).first()
+                if locked is None:
+                    raise Project.DoesNotExist("This project was deleted meanwhile.")
                 if locked.name == name:
                     self.name = name
                     return False
@@ -689,7 +694,9 @@ class Service(models.Model):
             if self.name != stored.name:
                 # Checked again under the lock: an alias may have claimed the name meanwhile.
                 self.name = Service.name_for(self.project_id, self.display_name, exclude_pk=self.pk)
-            self.save()
+            # Only what a person edits: the worker may have recorded the ClusterIP or the
+            # workload since this instance was read, and those stay as it wrote them.
+            self.save(update_fields=["display_name", "name", "ports"])
             changed = []
             if self.name != stored.name:
                 changed.append("name")
@@ -841,11 +848,21 @@ class ServiceAlias(models.Model):
             )
         return True
 
-    def end(self, *, actor: Any, action: AuditEvent.Action | None = None) -> bool:
-        """Stop the old hostname resolving now; False if it is gone already."""
+    def end(
+        self,
+        *,
+        actor: Any,
+        action: AuditEvent.Action | None = None,
+        due_by: datetime | None = None,
+    ) -> bool:
+        """Stop the old hostname resolving now; False if it is gone already.
+
+        ``due_by``: only if its end is still at or before then (the expiry's check, made under
+        the lock: an extension committed since the alias was found due keeps it).
+        """
         with transaction.atomic():
             locked = self._locked()
-            if locked is None:
+            if locked is None or (due_by is not None and locked.expires_at > due_by):
                 return False
             locked.delete()
             self.service.project.record_change(
@@ -863,7 +880,7 @@ class ServiceAlias(models.Model):
         expired = 0
         due = cls.objects.filter(expires_at__lte=now).select_related("service__project")
         for alias in due:
-            if alias.end(actor=None, action=AuditEvent.Action.ALIAS_EXPIRED):
+            if alias.end(actor=None, action=AuditEvent.Action.ALIAS_EXPIRED, due_by=now):
                 expired += 1
         return expired
 

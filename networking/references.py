@@ -9,7 +9,6 @@ or a page) and restarts the consumer once whenever the value changes.
 from __future__ import annotations
 
 import hashlib
-import re
 from collections.abc import Iterable
 from typing import Any
 
@@ -35,8 +34,8 @@ DEFAULT_VARIABLES = {
 
 
 def own_variable(source: Service) -> str:
-    """``ORDERS_DB_URL`` for a service named ``orders-db``."""
-    return re.sub(r"[^A-Z0-9]", "_", source.name.upper()) + "_URL"
+    """``ORDERS_DB_URL`` for a service named ``orders-db``: as the service page suggests."""
+    return endpoints.own_env_name(source)
 
 
 def can_be_used(source: Service) -> bool:

@@ -115,6 +115,23 @@ class TestExpiry:
         # And the name is free again.
         make_service(world.project, "api", Service.Kind.PRIVATE, [3000])
 
+    def test_an_extension_made_while_the_expiry_runs_keeps_it(
+        self, world: World, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        rename(world.api, "Gateway")
+        later = timezone.now() + timedelta(hours=24, minutes=1)
+        locked = ServiceAlias._locked
+
+        def extended_meanwhile(alias: ServiceAlias) -> ServiceAlias | None:
+            # Between the expiry finding it due and locking it, someone kept it a day longer.
+            ServiceAlias.objects.filter(pk=alias.pk).update(expires_at=later + ALIAS_EXTENSION)
+            return locked(alias)
+
+        monkeypatch.setattr(ServiceAlias, "_locked", extended_meanwhile)
+        assert ServiceAlias.expire_due(later) == 0
+        assert ServiceAlias.objects.get().expires_at == later + ALIAS_EXTENSION
+        assert not AuditEvent.objects.filter(action=AuditEvent.Action.ALIAS_EXPIRED).exists()
+
 
 class TestThePages:
     def detail(self, client: Client, world: World) -> str:
@@ -164,6 +181,26 @@ class TestThePages:
         assert extended == alias.expires_at + ALIAS_EXTENSION
         assert AuditEvent.objects.filter(action=AuditEvent.Action.ALIAS_EXTENDED).count() == 1
         assert client_for("viewer").post(url, seen).status_code == 403
+
+    def test_extending_one_that_ended_meanwhile_says_it_is_gone(
+        self, client_for: Any, world: World
+    ) -> None:
+        rename(world.api, "Gateway")
+        alias = ServiceAlias.objects.get()
+        url = reverse("service-alias-extend", args=[world.project.uid, world.api.pk, alias.pk])
+        ended_at = alias.expires_at
+        locked = ServiceAlias._locked
+
+        def ended_meanwhile(found: ServiceAlias) -> ServiceAlias | None:
+            ServiceAlias.objects.filter(pk=found.pk).delete()  # an owner, a moment earlier
+            return locked(found)
+
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(ServiceAlias, "_locked", ended_meanwhile)
+            response = client_for("member").post(url, {"seen": ended_at.isoformat()}, follow=True)
+        assert "api.internal no longer resolves: it was ended or expired meanwhile" in (
+            response.content.decode()
+        )
 
     def test_an_owner_ends_it_now(self, client_for: Any, world: World) -> None:
         rename(world.api, "Gateway")

@@ -49,6 +49,23 @@ class TestNames:
         (given,) = give(source, world.api)
         assert given.variable == variable
 
+    @pytest.mark.parametrize(
+        ("name", "variable"),
+        [
+            ("kubernetes proxy", "SVC_KUBERNETES_PROXY_URL"),
+            ("stackblaze-hooks", "SVC_STACKBLAZE_HOOKS_URL"),
+        ],
+    )
+    def test_a_suggested_name_is_one_a_container_may_be_given(
+        self, world: World, name: str, variable: str
+    ) -> None:
+        from networking import rotation
+
+        source = make_service(world.project, name, Service.Kind.PRIVATE, [80])
+        (given,) = give(source, world.api)
+        assert given.variable == variable
+        assert rotation.validate_variable_name(given.variable) == variable
+
     def test_a_second_database_gets_a_name_of_its_own(self, world: World) -> None:
         give(world.postgres, world.api)
         orders = make_service(world.project, "orders db", Service.Kind.POSTGRESQL)
@@ -194,6 +211,9 @@ class TestThePages:
             response.content.decode()
         )
         assert not ReferenceVariable.objects.exists()
+        # The rest of the page is still the service's own: who can reach it is unchanged.
+        assert "No one: no policy admits any connection to it." not in response.content.decode()
+        assert "Who can reach postgres" in response.content.decode()
 
     def test_viewers_see_it_and_change_nothing(self, client_for: Any, world: World) -> None:
         give(world.postgres, world.api)

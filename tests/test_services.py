@@ -335,6 +335,27 @@ def test_project_rename_moves_nothing(owner_client: Client, world: World) -> Non
     assert (project.name, project.namespace) == ("Shop", namespace)
 
 
+def test_a_rename_of_a_project_deleted_meanwhile_says_so(
+    owner_client: Client, world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from dashboard import views
+
+    found = views.get_project_for_user  # type: ignore[attr-defined]
+
+    def deleted_meanwhile(request: Any, project_uid: str) -> Any:
+        access = found(request, project_uid)
+        Project.objects.filter(pk=access.project.pk).delete()  # another owner, a moment ago
+        return access
+
+    monkeypatch.setattr(views, "get_project_for_user", deleted_meanwhile)
+    response = owner_client.post(
+        reverse("project-settings", args=[world.project.uid]), {"name": "Shop"}, follow=True
+    )
+    assert response.status_code == 200
+    assert "Storefront was deleted meanwhile: nothing was renamed." in response.content.decode()
+    assert not Project.objects.filter(name="Shop").exists()
+
+
 def test_an_owner_creates_a_project(owner_client: Client, world: World) -> None:
     response = owner_client.post(
         reverse("project-create", args=[world.acme.slug]), {"name": "Billing"}, follow=True
@@ -481,3 +502,39 @@ class TestTheOverviewList:
         assert "page 1 of 2" in first
         second = self.page(owner_client, world, page="2")
         assert second.count('<tr id="service-') == 12
+
+
+def test_a_race_no_view_foresaw_is_a_clear_answer_not_a_500(world: World) -> None:
+    """The last line: something deleted meanwhile is a 404 that says so; a lost write race is
+    a 409 that says to reload."""
+    from django.contrib.auth.models import AnonymousUser
+    from django.contrib.messages.storage.fallback import FallbackStorage
+    from django.db import IntegrityError
+    from django.test import RequestFactory
+
+    from dashboard.middleware import CONFLICT, GONE, ConcurrentChangeMiddleware
+
+    request = RequestFactory().post("/projects/x/")
+    request.user = AnonymousUser()
+    request.session = {}  # type: ignore[assignment]
+    request._messages = FallbackStorage(request)  # type: ignore[attr-defined]
+    middleware = ConcurrentChangeMiddleware(lambda request: None)  # type: ignore[arg-type,return-value]
+    gone = middleware.process_exception(request, Service.DoesNotExist("gone"))
+    assert gone is not None and gone.status_code == 404
+    assert GONE in gone.content.decode()
+    clash = middleware.process_exception(request, IntegrityError("duplicate key"))
+    assert clash is not None and clash.status_code == 409
+    assert CONFLICT.split(",")[0] in clash.content.decode()
+    assert middleware.process_exception(request, ValueError("a bug")) is None  # still a 500
+
+
+def test_an_edit_keeps_what_the_worker_recorded_meanwhile(world: World) -> None:
+    """The edit page read the row before the worker recorded the ClusterIP and the workload:
+    saving the new port must not put the old blanks back."""
+    seen = Service.objects.get(pk=world.api.pk)
+    workload = {"kind": "Deployment", "name": "api", "ready": True}
+    Service.objects.filter(pk=world.api.pk).update(cluster_ip="10.96.0.50", workload=workload)
+    seen.ports = [9090]
+    assert seen.save_changes(actor=None) == ["ports"]
+    stored = Service.objects.get(pk=world.api.pk)
+    assert (stored.ports, stored.cluster_ip, stored.workload) == ([9090], "10.96.0.50", workload)
