@@ -295,8 +295,11 @@ def services_rm(
     api = _api()
     project = _project_id(api)
     service = _service(api, project, name)
-    if not yes and not typer.confirm(f"Delete {service['name']} ({service['hostname']})?"):
-        raise typer.Exit(EXIT_USAGE)
+    if not yes:
+        if not sys.stdin.isatty():
+            _usage(f"Add --yes to delete {service['name']} without a prompt (no terminal to ask).")
+        if not typer.confirm(f"Delete {service['name']} ({service['hostname']})?"):
+            raise typer.Exit(EXIT_USAGE)
     _call(lambda: api.send("DELETE", f"/projects/{project}/services/{service['id']}"))
     if options.as_json:
         _print_json({"deleted": service["dns_label"]})

@@ -47,6 +47,7 @@ def stackblaze(
         return subprocess.run(
             [str(STACKBLAZE), *args],
             env=environment,
+            stdin=subprocess.DEVNULL,  # as in CI: no terminal to answer a prompt
             capture_output=True,
             text=True,
             timeout=timeout,
@@ -201,6 +202,9 @@ def test_the_connection_string_is_masked_unless_revealed(stackblaze: Run, world:
 def test_rename_and_remove(stackblaze: Run) -> None:
     renamed = stackblaze("services", "rename", "api", "Gateway")
     assert renamed.stdout.strip() == "Renamed: api.internal is now gateway.internal."
+    unasked = stackblaze("services", "rm", "gateway")  # a script: no terminal to ask
+    assert unasked.returncode == 2 and "Add --yes" in unasked.stderr
+    assert Service.objects.filter(name="gateway").exists()
     removed = stackblaze("services", "rm", "gateway", "--yes")
     assert removed.returncode == 0
     assert not Service.objects.filter(name="gateway").exists()
