@@ -14,6 +14,7 @@ mid-way (its process killed) is taken over once it is older than any request can
 from __future__ import annotations
 
 import hashlib
+import inspect
 import re
 import time
 from collections.abc import Callable
@@ -38,7 +39,9 @@ KEY_PATTERN = re.compile(rf"[!-~]{{1,{MAX_KEY_LENGTH}}}")
 WAIT_SECONDS = 15.0
 _POLL_SECONDS = 0.05
 # A key still marked as running after this long belongs to a request that died (a killed
-# process): no request runs that long (the server's worker timeout is far shorter).
+# process): no request runs that long (gunicorn's worker timeout, 30 s, is far shorter). A
+# process killed after its change committed but before its answer was kept has acted once;
+# the retry that takes the key over acts again, as a retry without a key would.
 ABANDONED_AFTER = timedelta(minutes=5)
 # Headers that belong to the answer (not to the transport) and are replayed with it.
 _KEPT_HEADERS = ("Location", "Cache-Control")
@@ -47,10 +50,10 @@ Run = Callable[..., HttpResponseBase]
 
 
 def _scope(request: HttpRequest) -> str:
-    """Whose key, once authenticated: the token's, or the signed-in user's."""
+    """Whose key, once authenticated: the token's (by its stored digest), or the user's."""
     token = getattr(request, "api_token", None)
     if token is not None:
-        return f"token:{token.pk}"
+        return f"token:{token.digest}"
     return f"user:{request.user.pk}"
 
 
@@ -90,6 +93,8 @@ def idempotent(run: Run) -> Run:
     operation = getattr(run, "__self__", None)
     if operation is None or not hasattr(operation, "_run_checks"):
         raise TypeError("idempotent wraps a ninja Operation's own run, before any other decorator")
+    if inspect.iscoroutinefunction(run):
+        raise TypeError("idempotent wraps synchronous operations only")
     run_checks = operation._run_checks
 
     def checks_once(request: HttpRequest) -> HttpResponse | None:
@@ -111,15 +116,17 @@ def idempotent(run: Run) -> Run:
                 f"An {HEADER} must be 1 to {MAX_KEY_LENGTH} visible ASCII characters, "
                 "such as a UUID.",
             )
+        try:
+            # Read before the checks: the session's CSRF check parses a form body, after
+            # which the raw body could no longer be read.
+            digest = _digest(request)
+        except RequestDataTooBig:
+            return problem_response(413, "The request body is too large.")
         refused: HttpResponse | None = run_checks(request)
         if refused is not None:
             return refused  # not authenticated, or throttled: no key is looked at
         request._api_checked = True  # type: ignore[attr-defined]
         scope = _scope(request)
-        try:
-            digest = _digest(request)
-        except RequestDataTooBig:
-            return problem_response(413, "The request body is too large.")
         deadline = time.monotonic() + WAIT_SECONDS
         while True:
             record = _claim(scope, key, digest)

@@ -86,11 +86,9 @@ class Filters:
     def from_query(cls, query: Any) -> Filters:
         def day(text: str) -> date | None:
             try:
-                found = date.fromisoformat(text[:10]) if text else None
+                return date.fromisoformat(text[:10]) if text else None
             except ValueError:
                 return None
-            # The last day there is has no "day after" to end on: no bound at all, then.
-            return found if found is None or found < date.max else None
 
         group = query.get("what", "")
         return cls(
@@ -109,7 +107,7 @@ class Filters:
         zone = timezone.get_current_timezone()
         if self.since:
             events = events.filter(created_at__gte=datetime.combine(self.since, time(), zone))
-        if self.until:
+        if self.until and self.until < date.max:  # up to the calendar's last day: no bound
             end = datetime.combine(self.until + timedelta(days=1), time(), zone)
             events = events.filter(created_at__lt=end)
         return events

@@ -20,7 +20,10 @@ CONFLICT = (
     "Someone else changed this at the same moment, so nothing was saved. "
     "Reload the page to see the current state, and try again if it is still needed."
 )
-GONE = "Someone deleted this while your request was on its way, so there is nothing left to change."
+GONE = (
+    "Someone deleted this while your request was on its way. Reload the page you came from to "
+    "see what is there now."
+)
 # PostgreSQL: a deadlock, or a serializable transaction that lost a race. Retrying helps.
 RETRYABLE_SQLSTATES = frozenset({"40P01", "40001"})
 
@@ -69,6 +72,8 @@ class ConcurrentChangeMiddleware:
             return render(request, "409.html", {"exception": CONFLICT}, status=409)
         if isinstance(exception, ObjectDoesNotExist):
             # Deleted by someone else while this request worked on it: gone, not broken.
-            logger.info("Deleted meanwhile on %s %s: %s", request.method, request.path, exception)
+            logger.warning(
+                "Deleted meanwhile on %s %s", request.method, request.path, exc_info=exception
+            )
             return render(request, "404.html", {"reason": GONE}, status=404)
         return None

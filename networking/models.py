@@ -696,7 +696,7 @@ class Service(models.Model):
                 self.name = Service.name_for(self.project_id, self.display_name, exclude_pk=self.pk)
             # Only what a person edits: the worker may have recorded the ClusterIP or the
             # workload since this instance was read, and those stay as it wrote them.
-            self.save(update_fields=["display_name", "name", "ports"])
+            self.save(update_fields=["display_name", "name", "ports", "updated_at"])
             changed = []
             if self.name != stored.name:
                 changed.append("name")

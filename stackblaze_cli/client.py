@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import time
@@ -49,28 +50,38 @@ def save_config(config: dict[str, str]) -> Path:
     """Written with mode 0600 from the start (never world-readable, even for a moment)."""
     path = config_path()
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    # Not through a symbolic link someone else planted, and 0600 before a byte is written (an
-    # older file keeps its mode through O_CREAT, so it is set on the open file first).
-    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0)
-    descriptor = os.open(path, flags, 0o600)
+    # 0600 before a byte is written: an older file keeps its mode through O_CREAT, so it is
+    # set on the open file first.
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     os.fchmod(descriptor, 0o600)
     with os.fdopen(descriptor, "w") as handle:
         json.dump(config, handle, indent=2)
     return path
 
 
-LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
 ALLOW_HTTP_VARIABLE = "STACKBLAZE_ALLOW_HTTP"
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def check_url(url: str) -> str | None:
     """Why the token must not be sent to ``url``, or None if it may."""
-    parsed = httpx.URL(url) if "://" in url else None
+    try:
+        parsed = httpx.URL(url) if "://" in url else None
+    except httpx.InvalidURL:
+        parsed = None
     if parsed is None or parsed.scheme not in ("http", "https") or not parsed.host:
         return f"“{url}” is not the dashboard's address; give it whole, as https://dash.example."
     if (
         parsed.scheme == "http"
-        and parsed.host not in LOOPBACK_HOSTS
+        and not _loopback(parsed.host)
         and os.environ.get(ALLOW_HTTP_VARIABLE) != "1"
     ):
         return (
@@ -145,14 +156,15 @@ def _answer(response: httpx.Response) -> Any:
         body = response.json()
     except ValueError:
         body = None
-    if response.status_code < 300 and body is None:
-        raise Failed(
-            f"{response.request.url} did not answer as the Stackblaze API does (no JSON): "
-            "is the address the dashboard's?"
-        )
     if response.status_code >= 500:
         detail = body.get("detail") if isinstance(body, dict) else None
-        raise Failed(detail or f"The API answered {response.status_code}.")
+        raise Failed(detail or f"The server answered {response.status_code}.")
+    if not isinstance(body, dict | list):
+        # A proxy's or another site's page, not the API's answer.
+        raise Failed(
+            f"{response.request.url} did not answer as the Stackblaze API does (HTTP "
+            f"{response.status_code}, not JSON): is the address the dashboard's?"
+        )
     if response.status_code >= 400:
         if not isinstance(body, dict):
             body = {"detail": f"The API answered {response.status_code}."}

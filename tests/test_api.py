@@ -8,6 +8,7 @@ from urllib.parse import quote
 
 import pytest
 from django.test import Client
+from django.urls import reverse
 
 from dashboard.forms import ServiceForm
 from networking.models import (
@@ -44,13 +45,6 @@ class Api:
 @pytest.fixture
 def as_role(api_tokens: dict[str, str | None]) -> Any:
     return lambda role: Api(api_tokens[role])
-
-
-def api_token_pk(world: World, role: str) -> int:
-    from networking.models import ApiToken
-
-    pk: int = ApiToken.objects.values_list("pk", flat=True).get(name=f"{role}-token")
-    return pk
 
 
 def _request_digest(method: str, path: str, body: bytes) -> str:
@@ -574,10 +568,11 @@ class TestIdempotency:
 
         from api.idempotency import ABANDONED_AFTER
         from api.models import IdempotencyRecord
+        from networking.models import ApiToken
 
         api = as_role("member")
         body = json.dumps({"name": "Worker", "ports": [3000]}).encode()
-        scope = f"token:{api_token_pk(world, 'member')}"
+        scope = f"token:{ApiToken.objects.get(name='member-token').digest}"
         digest = _request_digest("POST", f"/api/v1/projects/{world.project.uid}/services", body)
         # What a process killed mid-request leaves: the key claimed, no answer.
         IdempotencyRecord.objects.create(scope=scope, key="died", request_digest=digest)
@@ -588,6 +583,24 @@ class TestIdempotency:
         assert response.status_code == 201, response.content
         assert not response.has_header("Idempotent-Replayed")
         assert Service.objects.filter(name="worker").count() == 1
+
+    def test_a_signed_in_browser_posting_a_form_with_a_key_gets_an_answer(
+        self, world: World
+    ) -> None:
+        """The session's CSRF check parses a form body: the key's digest was read before."""
+        member = world.users["member"]
+        assert member is not None
+        client = Client(enforce_csrf_checks=True)
+        client.force_login(member)
+        client.get(reverse("project-overview", args=[world.project.uid]))  # the CSRF cookie
+        response = client.post(
+            f"/api/v1/projects/{world.project.uid}/services",
+            # Multipart, as a form sends it, with the form's CSRF field.
+            {"name": "Worker", "csrfmiddlewaretoken": client.cookies["csrftoken"].value},
+            headers={"Idempotency-Key": "form-post"},
+        )
+        assert response.status_code < 500
+        is_problem(response, response.status_code)
 
     def test_keys_are_per_caller(self, world: World, as_role: Any) -> None:
         self.create(as_role("member"), world, "shared")

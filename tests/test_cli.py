@@ -121,6 +121,7 @@ def not_the_api() -> Iterator[Callable[[int, dict[str, str], bytes], str]]:
     [
         (301, {"Location": "https://dash.example/api/v1/me"}, b"", "redirect to https://dash"),
         (200, {"Content-Type": "text/html"}, b"<html>Welcome</html>", "did not answer as"),
+        (401, {"Content-Type": "text/html"}, b"<html>Proxy login</html>", "did not answer as"),
     ],
 )
 def test_login_to_something_that_is_not_the_api_fails_and_saves_nothing(
@@ -152,6 +153,17 @@ def test_a_token_is_never_sent_over_plain_http_to_another_host(
     assert "plain http" in done.stderr and "STACKBLAZE_ALLOW_HTTP=1" in done.stderr
     listed = stackblaze("projects", STACKBLAZE_URL="http://dash.example")
     assert listed.returncode == 2 and "plain http" in listed.stderr
+
+
+def test_an_answer_shaped_unlike_the_apis_is_a_failure_in_one_line(
+    stackblaze: Run,
+    api_tokens: dict[str, str | None],
+    not_the_api: Callable[[int, dict[str, str], bytes], str],
+) -> None:
+    url = not_the_api(200, {"Content-Type": "application/json"}, b'{"projects": "none"}')
+    done = stackblaze("projects", STACKBLAZE_URL=url)
+    assert done.returncode == 3, (done.stdout, done.stderr)
+    assert done.stderr.startswith("Error: ") and "Traceback" not in done.stderr
 
 
 def test_an_old_config_file_becomes_private(
@@ -290,3 +302,25 @@ def test_secrets_peering_and_audit_lists(stackblaze: Run, world: World) -> None:
     audit = stackblaze("audit", "--what", "peering", role="viewer")
     assert "owner via token owner-token" in audit.stdout
     assert "accepted a peering request" in audit.stdout
+
+
+@pytest.mark.parametrize(
+    ("url", "allowed"),
+    [
+        ("https://dash.example", True),
+        ("http://localhost:8000", True),
+        ("http://127.0.0.2:8000", True),
+        ("http://[::1]:8000", True),
+        ("http://dash.example", False),
+        ("http://[::1", False),
+        ("dash.example", False),
+        ("ftp://dash.example", False),
+    ],
+)
+def test_where_a_token_may_be_sent(
+    url: str, allowed: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from stackblaze_cli.client import ALLOW_HTTP_VARIABLE, check_url
+
+    monkeypatch.delenv(ALLOW_HTTP_VARIABLE, raising=False)
+    assert (check_url(url) is None) == allowed
