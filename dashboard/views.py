@@ -545,22 +545,23 @@ def service_alias_extend(
         seen = parse_datetime(request.POST.get("seen", "")[:40])
     except ValueError:  # shaped like a date, but not one (month 13)
         seen = None
-    if alias.extend(actor=request.user, seen=seen):
-        messages.success(
-            request,
-            f"{alias.internal_hostname} now resolves until {alias.expires_at:%Y-%m-%d %H:%M} UTC.",
-        )
-    elif not ServiceAlias.objects.filter(pk=alias.pk).exists():
+    try:
+        extended = alias.extend(actor=request.user, seen=seen)
+    except ServiceAlias.DoesNotExist:
         messages.info(
             request,
             f"{alias.internal_hostname} no longer resolves: it was ended or expired meanwhile. "
             "Rename the service back to use that name again.",
         )
+        return redirect("service-detail", project_uid=project_uid, service_id=service_id)
+    until = f"{alias.expires_at:%Y-%m-%d %H:%M} UTC"
+    if extended:
+        messages.success(request, f"{alias.internal_hostname} now resolves until {until}.")
     else:
         messages.info(
             request,
-            f"{alias.internal_hostname} resolves until {alias.expires_at:%Y-%m-%d %H:%M} UTC: "
-            "it was extended (or the page was out of date), so nothing changed.",
+            f"{alias.internal_hostname} resolves until {until}: it was extended (or the page "
+            "was out of date), so nothing changed.",
         )
     return redirect("service-detail", project_uid=project_uid, service_id=service_id)
 

@@ -825,14 +825,15 @@ class ServiceAlias(models.Model):
     def extend(self, *, actor: Any, seen: datetime | None, by: timedelta = ALIAS_EXTENSION) -> bool:
         """Keep the old hostname resolving ``by`` longer than the end the person saw.
 
-        False if it is gone, or if its end is no longer ``seen`` (someone extended it
-        meanwhile): twenty identical clicks extend it once.
+        False if its end is no longer ``seen`` (someone extended it meanwhile): twenty
+        identical clicks extend it once. ``ServiceAlias.DoesNotExist`` if it was ended meanwhile.
         """
         with transaction.atomic():
             locked = self._locked()
-            if locked is None or seen is None or locked.expires_at != seen:
-                if locked is not None:
-                    self.expires_at = locked.expires_at
+            if locked is None:
+                raise ServiceAlias.DoesNotExist(f"{self.internal_hostname} was ended meanwhile.")
+            if seen is None or locked.expires_at != seen:
+                self.expires_at = locked.expires_at
                 return False
             locked.expires_at = max(locked.expires_at, timezone.now()) + by
             locked.save(update_fields=["expires_at"])
