@@ -35,7 +35,11 @@ ROLES = ("anonymous", "outsider", "support", "viewer", "member", "owner")
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
-        for folder, marker in (("cluster", pytest.mark.cluster), ("e2e", pytest.mark.e2e)):
+        for folder, marker in (
+            ("cluster", pytest.mark.cluster),
+            ("dataplane", pytest.mark.dataplane),
+            ("e2e", pytest.mark.e2e),
+        ):
             if f"tests/{folder}/" in str(item.path):
                 item.add_marker(marker)
 

@@ -1,39 +1,22 @@
-"""A real Kubernetes API server (1.20.2) for tests.
+"""A real Kubernetes control plane for tests: etcd, kube-apiserver, kube-controller-manager
+and, for the data-plane tier, kube-scheduler (the node is in ``tests/kubenode.py``).
 
-The binaries are built once per machine by ``scripts/test-cluster/build.sh``
-from Debian bookworm's ``kubernetes`` source package and cached outside the
-checkout; etcd comes from Debian's ``etcd-server``.
+The binaries are built once per machine by ``scripts/test-cluster/build.sh`` from the Go module
+proxy's sources (Kubernetes ``KUBE_VERSION``, etcd as that release pairs it) and cached outside
+the checkout. ``make test`` and ``.ci/run`` run the build before pytest; here it only finds the
+cache (and builds if it is missing, which takes a cold build's half hour).
 
-Typical use as a pytest session fixture (in a conftest.py)::
-
-    import os
-
-    import pytest
-    from tests.kubeapi import TestAPIServer, ClusterUnavailable, require_binaries
+Typical use as a pytest session fixture::
 
     @pytest.fixture(scope="session")
     def kube_api():
-        try:
-            bin_dir = require_binaries()
-        except ClusterUnavailable as exc:
-            if os.environ.get("CI") == "true":
-                pytest.fail(f"test Kubernetes API server unavailable: {exc.reason}")
-            pytest.skip(f"test Kubernetes API server unavailable: {exc.reason}")
-        server = TestAPIServer(bin_dir, controller_manager=True)
-        server.start()
-        yield server
-        server.stop()
+        yield from kube_api_session(controller_manager=True)
 
-(``kube_api_session()`` below does exactly that.)
-
-Known limits of this cluster (Kubernetes 1.20, no kubelet):
-  * namespaces have no ``kubernetes.io/metadata.name`` label (added in 1.21);
-  * NetworkPolicies are stored and validated, never enforced;
-  * pods stay Pending (there are no nodes);
-  * without the controller manager nothing garbage-collects, namespaces stay
-    Terminating forever, Deployments never get ReplicaSets and no default
-    service accounts exist (so the ServiceAccount admission plugin is disabled
-    unless the server is created with ``controller_manager=True``).
+Without a node (``tests/cluster/``) pods stay Pending and NetworkPolicies are stored, not
+enforced; ``tests/dataplane/`` adds the node. Without the controller manager nothing
+garbage-collects, namespaces stay Terminating forever, Deployments never get ReplicaSets and no
+default service accounts exist (so the ServiceAccount admission plugin is disabled unless the
+server is created with ``controller_manager=True``).
 
 No Django imports here; only the standard library, plus ``cryptography`` when
 it is importable (otherwise the ``openssl`` command makes the certificates).
@@ -67,15 +50,14 @@ __all__ = [
     "ClusterUnavailable",
     "KubeProcessError",
     "TestAPIServer",
-    "ensure_binaries",
-    "find_etcd",
+    "images_dir",
     "kube_api_session",
     "require_binaries",
 ]
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 BUILD_SCRIPT = REPO_ROOT / "scripts/test-cluster/build.sh"
-KUBE_VERSION = "1.20.2"
+KUBE_VERSION = "1.37.2"
 SERVICE_CLUSTER_IP_RANGE = "10.96.0.0/16"
 SERVICE_ACCOUNT_ISSUER = "https://kubernetes.default.svc.cluster.local"
 DEFAULT_CONTROLLERS = (
@@ -83,10 +65,20 @@ DEFAULT_CONTROLLERS = (
     "deployment",
     "replicaset",
     "serviceaccount",
-    "serviceaccount-token",
     "garbagecollector",
 )
-# A full build takes ~5 minutes on 2 cores; allow for a slow machine.
+# What a node needs besides: Services' endpoints for kube-proxy, the root CA every pod's
+# service-account volume mounts, StatefulSets' pods, finished pods collected.
+NODE_CONTROLLERS = (
+    *DEFAULT_CONTROLLERS,
+    "endpointslice",
+    "root-ca-cert-publisher",
+    "statefulset",
+    "podgc",
+    # Lifts the not-ready taint a new node is created with, once the kubelet reports Ready.
+    "nodelifecycle",
+)
+# A cold build of everything takes ~20 minutes on 2 cores; allow for a slow machine.
 BUILD_TIMEOUT_S = 45 * 60
 
 
@@ -105,6 +97,18 @@ class KubeProcessError(RuntimeError):
 # --------------------------------------------------------------------------
 # Binaries
 # --------------------------------------------------------------------------
+
+
+BINARIES = (
+    "etcd",
+    "kube-apiserver",
+    "kube-controller-manager",
+    "kube-scheduler",
+    "kubelet",
+    "kube-proxy",
+    "kube-router",
+    "coredns",
+)
 
 
 @functools.cache
@@ -129,19 +133,17 @@ def _run_build_script() -> tuple[Path | None, str]:
         tail = "\n".join(proc.stderr.strip().splitlines()[-25:])
         return None, f"{BUILD_SCRIPT} failed (exit {proc.returncode}):\n{tail}"
     bin_dir = Path(lines[-1])
-    for name in ("kube-apiserver", "kube-controller-manager"):
+    for name in BINARIES:
         if not os.access(bin_dir / name, os.X_OK):
             return None, f"{BUILD_SCRIPT} printed {bin_dir}, but {name} is not there"
-    if find_etcd(bin_dir) is None:
-        return None, "etcd not found (apt-get install etcd-server)"
     return bin_dir, ""
 
 
 def require_binaries() -> Path:
-    """Build (or find cached) kube binaries; return the bin dir.
+    """The bin dir of the test cluster (``make test`` built it; this finds it in the cache).
 
-    Raises ClusterUnavailable(reason) when they cannot be had. The build
-    script runs at most once per Python process.
+    Raises ClusterUnavailable(reason) when it cannot be had. The build script runs at most
+    once per Python process; its warm path takes a fraction of a second.
     """
     bin_dir, reason = _run_build_script()
     if bin_dir is None:
@@ -149,33 +151,9 @@ def require_binaries() -> Path:
     return bin_dir
 
 
-def ensure_binaries() -> Path | None:
-    """Like require_binaries(), but return None when the build is impossible.
-
-    The reason is then available from ``unavailable_reason()``.
-    """
-    bin_dir, _ = _run_build_script()
-    return bin_dir
-
-
-def unavailable_reason() -> str | None:
-    """Why ensure_binaries() returned None (None if it did not)."""
-    bin_dir, reason = _run_build_script()
-    return None if bin_dir is not None else reason
-
-
-def find_etcd(bin_dir: Path | None = None) -> Path | None:
-    candidates: list[Path] = []
-    if bin_dir is not None:
-        candidates.append(bin_dir / "etcd")
-    found = shutil.which("etcd")
-    if found:
-        candidates.append(Path(found))
-    candidates.append(Path("/usr/bin/etcd"))
-    for c in candidates:
-        if os.access(c, os.X_OK):
-            return c
-    return None
+def images_dir(bin_dir: Path) -> Path:
+    """Where the build put the container images, beside the binaries."""
+    return bin_dir.parent / "images"
 
 
 # --------------------------------------------------------------------------
@@ -293,17 +271,13 @@ def _stop_all() -> None:
 
 
 def _make_pki(pki: Path) -> None:
-    """CA, serving cert (127.0.0.1/localhost) and a service-account key pair.
+    """A CA and what it signs, all EC P-256.
 
-    Files: ca.crt ca.key server.crt server.key sa.key sa.pub
+    Files: ca.crt ca.key; server.crt server.key (the API server: 127.0.0.1, localhost,
+    kubernetes.default.svc...); kubelet-client.crt kubelet-client.key (the API server calling
+    kubelets for exec and logs, in group system:masters); sa.key sa.pub (service-account
+    tokens, RSA).
     """
-    try:
-        _make_pki_cryptography(pki)
-    except ImportError:
-        _make_pki_openssl(pki)
-
-
-def _make_pki_cryptography(pki: Path) -> None:
     import datetime
     import ipaddress
 
@@ -322,6 +296,19 @@ def _make_pki_cryptography(pki: Path) -> None:
         )
         path.chmod(0o600)
 
+    def usage(*, certificates: bool) -> x509.KeyUsage:
+        return x509.KeyUsage(
+            digital_signature=True,
+            content_commitment=False,
+            key_encipherment=not certificates,
+            data_encipherment=False,
+            key_agreement=False,
+            key_cert_sign=certificates,
+            crl_sign=certificates,
+            encipher_only=False,
+            decipher_only=False,
+        )
+
     now = datetime.datetime.now(datetime.UTC)
     not_before = now - datetime.timedelta(hours=1)
     not_after = now + datetime.timedelta(days=30)
@@ -338,124 +325,74 @@ def _make_pki_cryptography(pki: Path) -> None:
         .not_valid_before(not_before)
         .not_valid_after(not_after)
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
+        .add_extension(usage(certificates=True), critical=True)
         .add_extension(ca_ski, critical=False)
         .sign(ca_key, hashes.SHA256())
     )
+    (pki / "ca.crt").write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
+    write_key(pki / "ca.key", ca_key)
 
-    srv_key = ec.generate_private_key(ec.SECP256R1())
-    srv_cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "kube-apiserver")]))
-        .issuer_name(ca_name)
-        .public_key(srv_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(not_before)
-        .not_valid_after(not_after)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=True,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=False,
-                crl_sign=False,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
+    def issue(
+        name: str,
+        subject: list[x509.NameAttribute[str]],
+        purpose: x509.ObjectIdentifier,
+        names: list[x509.GeneralName] | None = None,
+    ) -> None:
+        key = ec.generate_private_key(ec.SECP256R1())
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name(subject))
+            .issuer_name(ca_name)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(not_before)
+            .not_valid_after(not_after)
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(usage(certificates=False), critical=True)
+            .add_extension(x509.ExtendedKeyUsage([purpose]), critical=False)
+            .add_extension(
+                x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False
+            )
+            .add_extension(
+                x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ca_ski),
+                critical=False,
+            )
         )
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .add_extension(
-            x509.SubjectAlternativeName(
-                [
-                    x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
-                    x509.DNSName("localhost"),
-                    x509.DNSName("kubernetes"),
-                    x509.DNSName("kubernetes.default"),
-                    x509.DNSName("kubernetes.default.svc"),
-                ]
-            ),
-            critical=False,
-        )
-        .add_extension(
-            x509.SubjectKeyIdentifier.from_public_key(srv_key.public_key()), critical=False
-        )
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ca_ski),
-            critical=False,
-        )
-        .sign(ca_key, hashes.SHA256())
+        if names:
+            builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
+        certificate = builder.sign(ca_key, hashes.SHA256())
+        (pki / f"{name}.crt").write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+        write_key(pki / f"{name}.key", key)
+
+    issue(
+        "server",
+        [x509.NameAttribute(NameOID.COMMON_NAME, "kube-apiserver")],
+        ExtendedKeyUsageOID.SERVER_AUTH,
+        [
+            x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+            x509.IPAddress(ipaddress.ip_network(SERVICE_CLUSTER_IP_RANGE)[1]),
+            x509.DNSName("localhost"),
+            x509.DNSName("kubernetes"),
+            x509.DNSName("kubernetes.default"),
+            x509.DNSName("kubernetes.default.svc"),
+        ],
+    )
+    issue(
+        "kubelet-client",
+        [
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "system:masters"),
+            x509.NameAttribute(NameOID.COMMON_NAME, "kube-apiserver-kubelet-client"),
+        ],
+        ExtendedKeyUsageOID.CLIENT_AUTH,
     )
 
     sa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-
-    (pki / "ca.crt").write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
-    write_key(pki / "ca.key", ca_key)
-    (pki / "server.crt").write_bytes(srv_cert.public_bytes(serialization.Encoding.PEM))
-    write_key(pki / "server.key", srv_key)
     write_key(pki / "sa.key", sa_key)
     (pki / "sa.pub").write_bytes(
         sa_key.public_key().public_bytes(
             serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
         )
     )
-
-
-def _make_pki_openssl(pki: Path) -> None:
-    openssl = shutil.which("openssl")
-    if openssl is None:
-        raise KubeProcessError(
-            "need the Python 'cryptography' package or the openssl command to make certificates"
-        )
-
-    def run(*args: str) -> None:
-        subprocess.run([openssl, *args], cwd=pki, check=True, capture_output=True)
-
-    ext = pki / "server.ext"
-    ext.write_text(
-        "basicConstraints=critical,CA:FALSE\n"
-        "keyUsage=critical,digitalSignature,keyEncipherment\n"
-        "extendedKeyUsage=serverAuth\n"
-        "subjectKeyIdentifier=hash\n"
-        "authorityKeyIdentifier=keyid\n"
-        "subjectAltName=IP:127.0.0.1,DNS:localhost,DNS:kubernetes,"
-        "DNS:kubernetes.default,DNS:kubernetes.default.svc\n"
-    )
-    run("ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", "ca.key")
-    run(
-        "req", "-x509", "-new", "-key", "ca.key", "-sha256", "-days", "30",
-        "-subj", "/CN=stackblaze-test-ca", "-out", "ca.crt",
-        "-addext", "basicConstraints=critical,CA:TRUE,pathlen:0",
-        "-addext", "keyUsage=critical,digitalSignature,keyCertSign,cRLSign",
-        "-addext", "subjectKeyIdentifier=hash",
-    )  # fmt: skip
-    run("ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", "server.key")
-    run("req", "-new", "-key", "server.key", "-subj", "/CN=kube-apiserver", "-out", "server.csr")
-    run(
-        "x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
-        "-CAcreateserial", "-days", "30", "-sha256", "-extfile", "server.ext",
-        "-out", "server.crt",
-    )  # fmt: skip
-    run("genrsa", "-out", "sa.key", "2048")
-    run("rsa", "-in", "sa.key", "-pubout", "-out", "sa.pub")
-    for p in ("ca.key", "server.key", "sa.key"):
-        (pki / p).chmod(0o600)
 
 
 # --------------------------------------------------------------------------
@@ -489,10 +426,7 @@ class TestAPIServer:
         self.bin_dir = bin_dir if bin_dir is not None else require_binaries()
         self.apiserver_bin = self.bin_dir / "kube-apiserver"
         self.controller_manager_bin = self.bin_dir / "kube-controller-manager"
-        etcd = find_etcd(self.bin_dir)
-        if etcd is None:
-            raise ClusterUnavailable("etcd not found (apt-get install etcd-server)")
-        self.etcd_bin = etcd
+        self.etcd_bin = self.bin_dir / "etcd"
         self.with_controller_manager = controller_manager
         # Pods need the namespace's "default" ServiceAccount when the
         # ServiceAccount admission plugin is on; only the controller manager
@@ -576,7 +510,7 @@ class TestAPIServer:
 
     def stop(self) -> None:
         with self._lock:
-            for name in ("kube-controller-manager", "kube-apiserver", "etcd"):
+            for name in ("kube-scheduler", "kube-controller-manager", "kube-apiserver", "etcd"):
                 proc = self._procs.pop(name, None)
                 if proc is not None:
                     proc.stop()
@@ -620,7 +554,7 @@ class TestAPIServer:
         return not proc.alive() and "address already in use" in proc.log_tail(200)
 
     def _etcd_data_parent(self) -> Path:
-        # etcd fsyncs a lot and 3.4 has no --unsafe-no-fsync: use tmpfs if roomy.
+        # No fsync, and in memory when there is room: etcd's disk is what slows an API server.
         shm = Path("/dev/shm")
         try:
             st = os.statvfs(shm)
@@ -629,16 +563,6 @@ class TestAPIServer:
         except OSError:
             pass
         return self._path("")
-
-    @functools.cached_property
-    def _etcd_supports_no_fsync(self) -> bool:
-        try:
-            out = subprocess.run(
-                [str(self.etcd_bin), "--help"], capture_output=True, text=True, timeout=10
-            )
-        except (OSError, subprocess.TimeoutExpired):
-            return False
-        return "--unsafe-no-fsync" in out.stdout + out.stderr
 
     def _start_etcd(self) -> None:
         for attempt in range(3):
@@ -660,8 +584,8 @@ class TestAPIServer:
                 "--snapshot-count=100000",
                 "--quota-backend-bytes=2147483648",
             ]
-            if self._etcd_supports_no_fsync:
-                args.append("--unsafe-no-fsync")
+            # A test cluster's etcd need not survive a power cut.
+            args.append("--unsafe-no-fsync")
             proc = self._spawn("etcd", args)
             self.etcd_url = f"http://127.0.0.1:{client}"
             deadline = time.monotonic() + 30
@@ -693,7 +617,6 @@ class TestAPIServer:
                 "--bind-address=127.0.0.1",
                 "--advertise-address=127.0.0.1",
                 f"--secure-port={self.port}",
-                "--insecure-port=0",
                 f"--cert-dir={pki}",
                 f"--tls-cert-file={pki / 'server.crt'}",
                 f"--tls-private-key-file={pki / 'server.key'}",
@@ -707,9 +630,12 @@ class TestAPIServer:
                 # 127.0.0.1 is not a valid Endpoints address: don't publish
                 # the apiserver in the "kubernetes" service's endpoints.
                 "--endpoint-reconciler-type=none",
+                # exec and logs: the API server calls the kubelet with this client certificate.
+                f"--kubelet-client-certificate={pki / 'kubelet-client.crt'}",
+                f"--kubelet-client-key={pki / 'kubelet-client.key'}",
+                "--kubelet-preferred-address-types=InternalIP,Hostname",
                 "--allow-privileged=true",
                 "--profiling=false",
-                "--logtostderr=true",
                 "--v=1",
             ]
             if disabled:
@@ -762,7 +688,6 @@ class TestAPIServer:
             f"--kubeconfig={kubeconfig}",
             f"--controllers={','.join(self.controllers)}",
             "--leader-elect=false",
-            "--port=0",
             "--secure-port=0",
             f"--service-account-private-key-file={pki / 'sa.key'}",
             f"--root-ca-file={pki / 'ca.crt'}",
@@ -771,26 +696,49 @@ class TestAPIServer:
             "--concurrent-namespace-syncs=5",
             "--namespace-sync-period=10s",
             "--profiling=false",
-            "--logtostderr=true",
             "--v=1",
         ]
         proc = self._spawn("kube-controller-manager", args)
-        need_token = "serviceaccount-token" in self.controllers
         if not wait:
             return
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if not proc.alive():
                 raise self._fail(proc, "kube-controller-manager exited")
-            status, body = self.request("GET", "/api/v1/namespaces/default/serviceaccounts/default")
-            # With the token controller on, also wait for the SA's token
-            # secret: in 1.20 the ServiceAccount admission plugin rejects
-            # pods until it exists.
-            if status == 200 and (need_token is False or json.loads(body).get("secrets")):
+            status, _ = self.request("GET", "/api/v1/namespaces/default/serviceaccounts/default")
+            if status == 200:
                 self.timings["controller_manager_ready"] = time.monotonic() - t0
                 return
             time.sleep(0.2)
         raise self._fail(proc, f"kube-controller-manager not working after {timeout:.0f}s")
+
+    def start_scheduler(self) -> None:
+        """Run kube-scheduler, which puts pods on the data plane's node."""
+        if "kube-scheduler" in self._procs:
+            return
+        kubeconfig = self._path("scheduler.kubeconfig")
+        self._write_kubeconfig(kubeconfig, self.token)
+        config = self._path("scheduler.yaml")
+        config.write_text(
+            json.dumps(
+                {
+                    "apiVersion": "kubescheduler.config.k8s.io/v1",
+                    "kind": "KubeSchedulerConfiguration",
+                    "clientConnection": {"kubeconfig": str(kubeconfig)},
+                    "leaderElection": {"leaderElect": False},
+                }
+            )
+        )
+        self._spawn(
+            "kube-scheduler",
+            [
+                str(self.bin_dir / "kube-scheduler"),
+                f"--config={config}",
+                "--secure-port=0",
+                "--profiling=false",
+                "--v=1",
+            ],
+        )
 
     def stop_controller_manager(self) -> None:
         proc = self._procs.pop("kube-controller-manager", None)

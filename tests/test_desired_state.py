@@ -43,11 +43,6 @@ def test_every_object_is_labelled_as_ours_with_the_project() -> None:
         assert labels[PROJECT_LABEL] == "abc"
 
 
-def test_the_namespace_carries_its_name_label_for_peering() -> None:
-    namespace = desired()[("Namespace", "prj-abc")]
-    assert namespace["metadata"]["labels"]["kubernetes.io/metadata.name"] == "prj-abc"
-
-
 def test_one_cluster_ip_service_per_service_selecting_its_pods() -> None:
     objects = desired(API, WORKER, DB)
     worker = objects[("Service", "background-worker")]

@@ -26,8 +26,8 @@ PROJECT_LABEL = "networking.stackblaze.cloud/project"
 SERVICE_LABEL = "networking.stackblaze.cloud/service"
 # On a Service kept under a renamed service's old name: the service it now reaches.
 ALIAS_OF_LABEL = "networking.stackblaze.cloud/alias-of"
-# Set by Kubernetes 1.21+ on every namespace. We set it ourselves as well, so peering policies
-# can match on it on older clusters too; tenants have no rights on namespaces.
+# Set by Kubernetes (1.22 and newer) on every namespace, to the namespace's name; no tenant can
+# change it. Peering and ingress policies match namespaces on it.
 NAMESPACE_NAME_LABEL = "kubernetes.io/metadata.name"
 
 ISOLATION_POLICY = "project-isolation"
@@ -221,7 +221,7 @@ def namespace_object(namespace: str, project_uid: str) -> KubeObject:
         "kind": "Namespace",
         "metadata": {
             "name": namespace,
-            "labels": managed_labels(project_uid, **{NAMESPACE_NAME_LABEL: namespace}),
+            "labels": managed_labels(project_uid),
         },
     }
 

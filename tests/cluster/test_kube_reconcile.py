@@ -133,11 +133,8 @@ def test_the_full_re_read_restores_an_object_deleted_by_hand(
 ) -> None:
     run_task(world.project.pk)
     namespace = world.project.namespace
-    # (1.20 answers some deletes with a Status the newer client cannot parse: read raw.)
-    cluster.core.delete_namespaced_service("api", namespace, _preload_content=False)
-    cluster.networking.delete_namespaced_network_policy(
-        "project-isolation", namespace, _preload_content=False
-    )
+    cluster.core.delete_namespaced_service("api", namespace)
+    cluster.networking.delete_namespaced_network_policy("project-isolation", namespace)
     with django_capture_on_commit_callbacks(execute=True):
         assert resync_all_projects.delay().get() >= 1
     assert "api" in cluster.services(namespace)

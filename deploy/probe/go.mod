@@ -1,0 +1,3 @@
+module stackblaze.cloud/probe
+
+go 1.26.0

@@ -1,0 +1,3 @@
+module stackblaze.test/workload
+
+go 1.26.0

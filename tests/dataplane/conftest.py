@@ -1,0 +1,355 @@
+"""The data plane: a current Kubernetes with a node, CoreDNS loaded with our snippet and an
+enforcing NetworkPolicy controller (``tests/kubeapi.py``, ``tests/kubenode.py``).
+
+Tests here drive the product as a customer does (its API), let a real worker apply the change
+with the least-privilege identity of ``deploy/rbac.yaml``, run workloads as the platform's
+deploy system would (one Deployment per service, labelled with its name), and then ask from
+inside pods what the spec promises: a name resolves, a connection opens, a packet is refused.
+
+The cluster and the worker live as long as this folder's tests (package scope): started once,
+stopped before the tests after them, whose workers must not meet this one on the queue.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from django.conf import settings
+from django.test import Client
+from kubernetes import client, config
+from kubernetes.stream import stream
+
+from tests.deploy_system import FIELD_MANAGER
+from tests.kubeapi import (
+    NODE_CONTROLLERS,
+    ClusterUnavailable,
+    TestAPIServer,
+    images_dir,
+    require_binaries,
+)
+from tests.kubenode import TestNode, image
+from tests.waiting import wait_until
+from tests.worker import WorkerProcess, database_url
+
+RBAC = Path(__file__).resolve().parents[2] / "deploy" / "rbac.yaml"
+WORKLOAD = "/usr/local/bin/workload"
+
+
+@dataclass
+class Answer:
+    """What a command run in a pod printed (its one JSON line, parsed) and how it exited."""
+
+    code: int | None
+    data: dict[str, Any]
+    stdout: str
+    stderr: str
+
+    @property
+    def output(self) -> str:
+        return self.stdout + self.stderr
+
+    @property
+    def ok(self) -> bool:
+        return self.code == 0
+
+
+@dataclass
+class DataPlane:
+    api: TestAPIServer
+    node: TestNode
+    # The admin's clients, as Any: tests hand them plain dicts, as kubectl takes YAML.
+    core: Any = field(init=False)
+    apps: Any = field(init=False)
+    networking: Any = field(init=False)
+
+    def __post_init__(self) -> None:
+        admin = config.new_client_from_config(config_file=str(self.api.kubeconfig_path))
+        self.core = client.CoreV1Api(admin)
+        self.apps = client.AppsV1Api(admin)
+        self.networking = client.NetworkingV1Api(admin)
+
+    # -- questions asked from inside a pod ----------------------------------------------------
+
+    def exec(self, namespace: str, pod: str, *command: str, timeout: float = 30) -> Answer:
+        """Run ``command`` in the pod's first container, as ``kubectl exec`` does."""
+        response = stream(
+            self.core.connect_get_namespaced_pod_exec,
+            pod,
+            namespace,
+            command=list(command),
+            stderr=True,
+            stdin=False,
+            stdout=True,
+            tty=False,
+            _preload_content=False,
+        )
+        try:
+            response.run_forever(timeout=timeout)
+            output = response.read_stdout() or ""
+            errors = response.read_stderr() or ""
+            code = response.returncode
+        finally:
+            response.close()
+        data: dict[str, Any] = {}
+        lines = [line for line in output.splitlines() if line.strip()]
+        if lines:
+            try:
+                data = json.loads(lines[-1])
+            except ValueError:
+                data = {}
+        return Answer(code=code, data=data, stdout=output, stderr=errors)
+
+    def ask(self, namespace: str, pod: str, *question: str, timeout: float = 30) -> Answer:
+        """One of the test workload's questions (resolve, connect, get) from inside ``pod``."""
+        return self.exec(namespace, pod, WORKLOAD, *question, timeout=timeout)
+
+    def resolve(self, namespace: str, pod: str, name: str) -> list[str]:
+        """The addresses ``name`` resolves to in ``pod`` (none when it does not resolve)."""
+        answer = self.ask(namespace, pod, "resolve", name)
+        return list(answer.data.get("addresses") or []) if answer.ok else []
+
+    # -- pods and workloads -------------------------------------------------------------------
+
+    def client_pod(self, namespace: str, name: str = "client", **labels: str) -> str:
+        """A pod that does nothing but answer ``exec``: the caller in a test."""
+        manifest = {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": name, "namespace": namespace, "labels": labels or {"role": name}},
+            "spec": {
+                "automountServiceAccountToken": False,
+                "terminationGracePeriodSeconds": 0,
+                "containers": [
+                    {
+                        "name": "workload",
+                        "image": image("workload"),
+                        "imagePullPolicy": "Never",
+                        "args": ["sleep"],
+                    }
+                ],
+            },
+        }
+        self.core.create_namespaced_pod(namespace, manifest)
+        wait_until(lambda: self._pod_ready(namespace, name), f"pod {namespace}/{name} ready", 60)
+        return name
+
+    def _pod_ready(self, namespace: str, name: str) -> bool:
+        pod = self.core.read_namespaced_pod(name, namespace)
+        return any(
+            condition.type == "Ready" and condition.status == "True"
+            for condition in pod.status.conditions or []
+        )
+
+    def deploy(
+        self,
+        namespace: str,
+        service: str,
+        *,
+        ports: Sequence[int] = (8080,),
+        image_name: str = "workload",
+        args: Sequence[str] | None = None,
+        command: Sequence[str] | None = None,
+        env: Sequence[dict[str, Any]] = (),
+        replicas: int = 1,
+        run_as_user: int | None = None,
+        wait: bool = True,
+    ) -> None:
+        """What the platform's deploy system does for a service: one Deployment labelled with
+        its name, under the deploy system's own field manager; ready once its port accepts."""
+        labels = {settings.WORKLOAD_LABEL: service}
+        container: dict[str, Any] = {
+            "name": "app",
+            "image": image(image_name),
+            "imagePullPolicy": "Never",
+            "env": [
+                {"name": "SERVICE_NAME", "value": service},
+                {
+                    "name": "POD_NAMESPACE",
+                    "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}},
+                },
+                *env,
+            ],
+            "ports": [{"containerPort": port} for port in ports],
+            "readinessProbe": {
+                "tcpSocket": {"port": ports[0]},
+                "periodSeconds": 1,
+                "failureThreshold": 1,
+            },
+        }
+        if args is not None:
+            container["args"] = list(args)
+        elif image_name == "workload":
+            container["args"] = ["http", *[arg for port in ports for arg in ("-port", str(port))]]
+        if command is not None:
+            container["command"] = list(command)
+        if run_as_user is not None:
+            container["securityContext"] = {"runAsUser": run_as_user, "runAsGroup": run_as_user}
+        body = {
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": {"name": service, "namespace": namespace, "labels": labels},
+            "spec": {
+                "replicas": replicas,
+                "selector": {"matchLabels": labels},
+                "strategy": {
+                    "type": "RollingUpdate",
+                    "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1},
+                },
+                "template": {
+                    "metadata": {"labels": labels},
+                    "spec": {
+                        "automountServiceAccountToken": False,
+                        "terminationGracePeriodSeconds": 2,
+                        "containers": [container],
+                    },
+                },
+            },
+        }
+        self.apps.patch_namespaced_deployment(
+            service,
+            namespace,
+            body,
+            field_manager=FIELD_MANAGER,
+            force=True,
+            _content_type="application/apply-patch+yaml",
+        )
+        if wait:
+            self.wait_rolled_out(namespace, service)
+
+    def rolled_out(self, namespace: str, name: str) -> bool:
+        deployment = self.apps.read_namespaced_deployment(name, namespace)
+        spec, status = deployment.spec, deployment.status
+        return bool(
+            (status.observed_generation or 0) >= (deployment.metadata.generation or 0)
+            and (status.updated_replicas or 0) == spec.replicas
+            and (status.replicas or 0) == spec.replicas
+            and (status.available_replicas or 0) == spec.replicas
+        )
+
+    def wait_rolled_out(self, namespace: str, name: str, timeout: float = 90) -> None:
+        wait_until(
+            lambda: self.rolled_out(namespace, name), f"{namespace}/{name} rolled out", timeout
+        )
+
+    def pods(self, namespace: str, service: str) -> list[Any]:
+        selector = f"{settings.WORKLOAD_LABEL}={service}"
+        items: list[Any] = self.core.list_namespaced_pod(namespace, label_selector=selector).items
+        return [pod for pod in items if pod.metadata.deletion_timestamp is None]
+
+    def pod_ips(self, namespace: str, service: str) -> list[str]:
+        return [pod.status.pod_ip for pod in self.pods(namespace, service) if pod.status.pod_ip]
+
+    def delete_namespace(self, namespace: str) -> None:
+        try:
+            self.core.delete_namespace(namespace, grace_period_seconds=0)
+        except client.ApiException as error:
+            if error.status != 404:
+                raise
+
+
+def _bind_worker_role(api: TestAPIServer) -> None:
+    """deploy/rbac.yaml's ClusterRole, bound to the API server's "worker" user."""
+    for document in yaml.safe_load_all(RBAC.read_text()):
+        if not document or document["kind"] != "ClusterRole":
+            continue
+        status, body = api.request(
+            "POST", "/apis/rbac.authorization.k8s.io/v1/clusterroles", document
+        )
+        assert status == 201, body
+        binding = {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "ClusterRoleBinding",
+            "metadata": {"name": "test-worker"},
+            "roleRef": {
+                "apiGroup": "rbac.authorization.k8s.io",
+                "kind": "ClusterRole",
+                "name": document["metadata"]["name"],
+            },
+            "subjects": [
+                {"kind": "User", "name": "worker", "apiGroup": "rbac.authorization.k8s.io"}
+            ],
+        }
+        status, body = api.request(
+            "POST", "/apis/rbac.authorization.k8s.io/v1/clusterrolebindings", binding
+        )
+        assert status == 201, body
+
+
+@pytest.fixture(scope="package")
+def dataplane() -> Iterator[DataPlane]:
+    try:
+        bin_dir = require_binaries()
+    except ClusterUnavailable as error:  # say why, and fail: never skip
+        pytest.fail(f"the test cluster cannot be had: {error.reason}", pytrace=False)
+    api = TestAPIServer(
+        bin_dir, controller_manager=True, controllers=NODE_CONTROLLERS, users=["worker"]
+    )
+    api.start()
+    try:
+        api.start_scheduler()
+        _bind_worker_role(api)
+        node = TestNode(api, bin_dir, images_dir(bin_dir))
+        node.start()
+        try:
+            yield DataPlane(api, node)
+        finally:
+            node.stop()
+    finally:
+        api.stop()
+
+
+@pytest.fixture(scope="package")
+def dataplane_worker(
+    dataplane: DataPlane, django_db_setup: Any, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[WorkerProcess]:
+    """A real Celery worker, applying to the data plane as deploy/rbac.yaml's identity."""
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "tests.settings",
+        "DATABASE_URL": database_url(),
+        "CLUSTER_BACKEND": "kubernetes",
+        "KUBECONFIG": str(dataplane.api.kubeconfig_for("worker")),
+        "CONNECTION_TEST_IMAGE": image("probe"),
+        "CONNECTION_TEST_PULL_POLICY": "Never",
+    }
+    worker = WorkerProcess(env, tmp_path_factory.mktemp("dataplane") / "worker.log")
+    worker.start()
+    try:
+        yield worker
+    finally:
+        worker.stop()
+
+
+@pytest.fixture
+def namespaces(dataplane: DataPlane) -> Iterator[list[str]]:
+    """Namespaces a test made (its projects' and its own): deleted after it, pods and all."""
+    made: list[str] = []
+    yield made
+    for namespace in made:
+        dataplane.delete_namespace(namespace)
+
+
+@pytest.fixture
+def api_client() -> Any:
+    """The product's API called with a token, as a script would: ``call(token, method, path,
+    body)``."""
+
+    def call(token: str, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+        browser = Client()
+        response = browser.generic(
+            method,
+            f"/api/v1{path}",
+            data=json.dumps(body) if body is not None else "",
+            content_type="application/json",
+            headers={"Authorization": f"Bearer {token}"},
+        )
+        return response
+
+    return call
