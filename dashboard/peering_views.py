@@ -60,6 +60,7 @@ def _page(
             active_peers=_active_peers(access.project, peerings),
             form=form,
             enterprise=access.project.organization.plan == Organization.Plan.ENTERPRISE,
+            settles_within=peering.SETTLES_WITHIN_SECONDS,
         ),
     )
 

@@ -380,6 +380,10 @@ def connected_peerings(project: Project) -> list[PeeringRequest]:
 
 IN_FLIGHT = (Status.APPROVED, Status.ACTIVE, Status.REVOKING)
 
+# What the Peering page promises: traffic flows (or stops) this soon after support approves
+# (or either side revokes). Measured by the data-plane tests against a real enforcer.
+SETTLES_WITHIN_SECONDS = 30
+
 
 def in_flight_peerings(project: Project) -> list[PeeringRequest]:
     """Peerings a pass of this project looks at: to connect, connected, or being revoked."""

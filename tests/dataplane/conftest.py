@@ -12,9 +12,11 @@ stopped before the tests after them, whose workers must not meet this one on the
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-from collections.abc import Iterator, Sequence
+import signal
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,6 +28,8 @@ from django.test import Client
 from kubernetes import client, config
 from kubernetes.stream import stream
 
+from networking.models import Project
+from tests.conftest import World, issue_token
 from tests.deploy_system import FIELD_MANAGER
 from tests.kubeapi import (
     NODE_CONTROLLERS,
@@ -36,8 +40,9 @@ from tests.kubeapi import (
 )
 from tests.kubenode import TestNode, image
 from tests.waiting import wait_until
-from tests.worker import WorkerProcess, database_url
+from tests.worker import WatcherProcess, WorkerProcess, database_url
 
+Call = Callable[..., Any]
 RBAC = Path(__file__).resolve().parents[2] / "deploy" / "rbac.yaml"
 WORKLOAD = "/usr/local/bin/workload"
 
@@ -162,7 +167,8 @@ class DataPlane:
         wait: bool = True,
     ) -> None:
         """What the platform's deploy system does for a service: one Deployment labelled with
-        its name, under the deploy system's own field manager; ready once its port accepts."""
+        its name, under the deploy system's own field manager; ready once its first port
+        accepts connections (at once, with no ports)."""
         labels = {settings.WORKLOAD_LABEL: service}
         container: dict[str, Any] = {
             "name": "app",
@@ -177,12 +183,13 @@ class DataPlane:
                 *env,
             ],
             "ports": [{"containerPort": port} for port in ports],
-            "readinessProbe": {
+        }
+        if ports:
+            container["readinessProbe"] = {
                 "tcpSocket": {"port": ports[0]},
                 "periodSeconds": 1,
                 "failureThreshold": 1,
-            },
-        }
+            }
         if args is not None:
             container["args"] = list(args)
         elif image_name == "workload":
@@ -305,11 +312,31 @@ def dataplane() -> Iterator[DataPlane]:
         api.stop()
 
 
+@dataclass
+class ControlProcesses:
+    """The worker and the watcher: what applies changes and repairs drift."""
+
+    worker: WorkerProcess
+    watcher: WatcherProcess
+
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        """Frozen (SIGSTOP) meanwhile: nothing repairs what a negative control removes."""
+        processes = [p.process for p in (self.worker, self.watcher) if p.process is not None]
+        for process in processes:
+            process.send_signal(signal.SIGSTOP)
+        try:
+            yield
+        finally:
+            for process in processes:
+                process.send_signal(signal.SIGCONT)
+
+
 @pytest.fixture(scope="package")
 def dataplane_worker(
     dataplane: DataPlane, django_db_setup: Any, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[WorkerProcess]:
-    """A real Celery worker, applying to the data plane as deploy/rbac.yaml's identity."""
+) -> Iterator[ControlProcesses]:
+    """A real Celery worker and the watcher, both as deploy/rbac.yaml's identity."""
     env = {
         **os.environ,
         "DJANGO_SETTINGS_MODULE": "tests.settings",
@@ -318,12 +345,20 @@ def dataplane_worker(
         "KUBECONFIG": str(dataplane.api.kubeconfig_for("worker")),
         "CONNECTION_TEST_IMAGE": image("probe"),
         "CONNECTION_TEST_PULL_POLICY": "Never",
+        # A rotation's grace window, long in production, is a few seconds here.
+        "ROTATION_GRACE_SECONDS": "3",
     }
-    worker = WorkerProcess(env, tmp_path_factory.mktemp("dataplane") / "worker.log")
+    logs = tmp_path_factory.mktemp("dataplane")
+    worker = WorkerProcess(env, logs / "worker.log")
+    # The watcher, as production runs it: a workload the deploy system creates after a pass
+    # gets its secrets from the pass the watcher asks for.
+    watcher = WatcherProcess(env, logs / "watcher.log")
     worker.start()
     try:
-        yield worker
+        watcher.start()
+        yield ControlProcesses(worker, watcher)
     finally:
+        watcher.stop()
         worker.stop()
 
 
@@ -353,3 +388,87 @@ def api_client() -> Any:
         return response
 
     return call
+
+
+def in_sync(project: Project) -> bool:
+    """What the dashboard's badge says: the cluster has caught up with every change."""
+    project.refresh_from_db()
+    return project.sync_state == Project.SyncState.IN_SYNC
+
+
+@pytest.fixture
+def acme_token(api_tokens: dict[str, str | None]) -> str:
+    token = api_tokens["owner"]
+    assert token is not None
+    return token
+
+
+@pytest.fixture
+def globex_token(world: World) -> str:
+    owner = world.globex.memberships.get(role="owner").user
+    return issue_token(owner, world.globex, "owner", "globex-owner-token")
+
+
+def create_service(
+    call: Call, token: str, project: Project, name: str, kind: str, **extra: Any
+) -> dict[str, Any]:
+    response = call(
+        token, "POST", f"/projects/{project.uid}/services", {"name": name, "kind": kind, **extra}
+    )
+    assert response.status_code == 201, response.content
+    return dict(response.json())
+
+
+def read_service(call: Call, token: str, project: Project, service_id: int) -> dict[str, Any]:
+    response = call(token, "GET", f"/projects/{project.uid}/services/{service_id}")
+    assert response.status_code == 200, response.content
+    return dict(response.json())
+
+
+def applied(call: Call, token: str, project: Project, service: dict[str, Any]) -> dict[str, Any]:
+    """The service as the API shows it once the worker has applied it (its ClusterIP set)."""
+    wait_until(lambda: in_sync(project), f"{project.name} in sync", 60)
+    return wait_until(
+        lambda: (
+            (found := read_service(call, token, project, service["id"]))["cluster_ip"] and found
+        ),
+        f"{service['hostname']}'s ClusterIP",
+        30,
+    )
+
+
+@pytest.fixture
+def storefront(
+    world: World,
+    dataplane: DataPlane,
+    dataplane_worker: ControlProcesses,
+    namespaces: list[str],
+    api_client: Call,
+    acme_token: str,
+) -> dict[str, Any]:
+    """Acme's project applied, its web service ``api`` running, and a pod to call from."""
+    project = world.project
+    namespaces.append(project.namespace)
+    project.request_reconcile()
+    api = applied(api_client, acme_token, project, {"id": world.api.pk, "hostname": "api.internal"})
+    dataplane.deploy(project.namespace, "api", ports=[8080])
+    dataplane.client_pod(project.namespace)
+    # Ready when a pod of the project gets an answer by the name (DNS, kube-proxy and the
+    # enforcer have all caught up): what every test here starts from.
+    wait_until(
+        lambda: dataplane.ask(project.namespace, "client", "get", "http://api.internal:8080/").ok,
+        "api.internal to answer in Storefront",
+        60,
+    )
+    return {"project": project, "api": api}
+
+
+# How long what the pages promise took here, printed at the end of the run.
+TIMINGS: list[str] = []
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if TIMINGS:
+        terminalreporter.section("data plane: how long it took")
+        for line in TIMINGS:
+            terminalreporter.write_line(line)

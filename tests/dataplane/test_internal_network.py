@@ -7,7 +7,6 @@ isolation NetworkPolicy, the CoreDNS snippet), the same assertion fails.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -15,80 +14,17 @@ from django.urls import reverse
 
 from networking.cluster.desired import ISOLATION_POLICY
 from networking.models import Project, Service
-from tests.conftest import World, issue_token
-from tests.dataplane.conftest import DataPlane
+from tests.conftest import World
+from tests.dataplane.conftest import (
+    Call,
+    ControlProcesses,
+    DataPlane,
+    applied,
+    create_service,
+)
 from tests.waiting import wait_until
-from tests.worker import WorkerProcess
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-Call = Callable[..., Any]
-
-
-def in_sync(project: Project) -> bool:
-    """What the dashboard's badge says: the cluster has caught up with every change."""
-    project.refresh_from_db()
-    return project.sync_state == Project.SyncState.IN_SYNC
-
-
-@pytest.fixture
-def acme_token(api_tokens: dict[str, str | None]) -> str:
-    token = api_tokens["owner"]
-    assert token is not None
-    return token
-
-
-@pytest.fixture
-def globex_token(world: World) -> str:
-    owner = world.globex.memberships.get(role="owner").user
-    return issue_token(owner, world.globex, "owner", "globex-owner-token")
-
-
-def create_service(
-    call: Call, token: str, project: Project, name: str, kind: str, **extra: Any
-) -> dict[str, Any]:
-    response = call(
-        token, "POST", f"/projects/{project.uid}/services", {"name": name, "kind": kind, **extra}
-    )
-    assert response.status_code == 201, response.content
-    return dict(response.json())
-
-
-def read_service(call: Call, token: str, project: Project, service_id: int) -> dict[str, Any]:
-    response = call(token, "GET", f"/projects/{project.uid}/services/{service_id}")
-    assert response.status_code == 200, response.content
-    return dict(response.json())
-
-
-def applied(call: Call, token: str, project: Project, service: dict[str, Any]) -> dict[str, Any]:
-    """The service as the API shows it once the worker has applied it (its ClusterIP set)."""
-    wait_until(lambda: in_sync(project), f"{project.name} in sync", 60)
-    return wait_until(
-        lambda: (
-            (found := read_service(call, token, project, service["id"]))["cluster_ip"] and found
-        ),
-        f"{service['hostname']}'s ClusterIP",
-        30,
-    )
-
-
-@pytest.fixture
-def storefront(
-    world: World,
-    dataplane: DataPlane,
-    dataplane_worker: WorkerProcess,
-    namespaces: list[str],
-    api_client: Call,
-    acme_token: str,
-) -> dict[str, Any]:
-    """Acme's project with a web service ``api`` running, and a pod to call from."""
-    project = world.project
-    namespaces.append(project.namespace)
-    project.request_reconcile()
-    api = applied(api_client, acme_token, project, {"id": world.api.pk, "hostname": "api.internal"})
-    dataplane.deploy(project.namespace, "api", ports=[8080])
-    dataplane.client_pod(project.namespace)
-    return {"project": project, "api": api}
 
 
 def test_api_internal_resolves_to_the_clusterip_the_dashboard_shows_and_answers(
@@ -101,8 +37,14 @@ def test_api_internal_resolves_to_the_clusterip_the_dashboard_shows_and_answers(
     assert api["cluster_ip"] in page.content.decode()
 
     assert dataplane.resolve(namespace, "client", "api.internal") == [api["cluster_ip"]]
-    answer = dataplane.ask(namespace, "client", "get", "http://api.internal:8080/")
-    assert answer.ok, answer.output
+    answer = wait_until(
+        lambda: (
+            (found := dataplane.ask(namespace, "client", "get", "http://api.internal:8080/")).ok
+            and found
+        ),
+        "api.internal:8080 to answer",
+        30,
+    )
     assert answer.data["status"] == 200
     assert f'"namespace":"{namespace}"' in answer.data["body"]
     assert '"service":"api"' in answer.data["body"]
@@ -144,11 +86,19 @@ def test_another_project_neither_resolves_nor_reaches_it(
     assert not answer.ok and answer.data["not_found"], answer.output
     assert_isolated(dataplane, storefront, caller)
     # Its own api answers it, so the refusals above are the policy's, not a broken network.
-    assert dataplane.ask(*caller, "get", "http://api.internal:8080/").ok
+    wait_until(
+        lambda: dataplane.ask(*caller, "get", "http://api.internal:8080/").ok,
+        "Analytics's own api to answer",
+        30,
+    )
 
 
 def test_without_the_isolation_policy_the_other_project_gets_through(
-    dataplane: DataPlane, storefront: dict[str, Any], world: World, namespaces: list[str]
+    dataplane: DataPlane,
+    dataplane_worker: ControlProcesses,
+    storefront: dict[str, Any],
+    world: World,
+    namespaces: list[str],
 ) -> None:
     """The negative control: the assertion above fails once the policies are gone (the
     ingress policy selects web services' pods too, so it alone would still isolate them)."""
@@ -159,20 +109,21 @@ def test_without_the_isolation_policy_the_other_project_gets_through(
     assert_isolated(dataplane, storefront, caller)
 
     namespace = storefront["project"].namespace
-    policies = dataplane.networking.list_namespaced_network_policy(namespace).items
-    assert ISOLATION_POLICY in {policy.metadata.name for policy in policies}
-    for policy in policies:
-        dataplane.networking.delete_namespaced_network_policy(policy.metadata.name, namespace)
-    wait_until(
-        lambda: dataplane.ask(*caller, "connect", f"{storefront['api']['cluster_ip']}:8080").ok,
-        "the other project to get through once the policy is gone",
-        30,
-    )
-    with pytest.raises(AssertionError, match="reached"):
-        assert_isolated(dataplane, storefront, caller)
+    # The watcher would see the policies go and the worker would put them back at once.
+    with dataplane_worker.paused():
+        policies = dataplane.networking.list_namespaced_network_policy(namespace).items
+        assert ISOLATION_POLICY in {policy.metadata.name for policy in policies}
+        for policy in policies:
+            dataplane.networking.delete_namespaced_network_policy(policy.metadata.name, namespace)
+        wait_until(
+            lambda: dataplane.ask(*caller, "connect", f"{storefront['api']['cluster_ip']}:8080").ok,
+            "the other project to get through once the policies are gone",
+            30,
+        )
+        with pytest.raises(AssertionError, match="reached"):
+            assert_isolated(dataplane, storefront, caller)
 
-    # The worker puts the policy back on the next pass, and the door closes again.
-    storefront["project"].request_reconcile()
+    # Running again, the watcher sees what is missing and the worker puts it back.
     wait_until(
         lambda: not dataplane.ask(*caller, "connect", f"{storefront['api']['cluster_ip']}:8080").ok,
         "the restored policy to refuse the other project again",
@@ -212,16 +163,28 @@ def test_the_ingress_controller_reaches_web_services_and_not_private_ones(
     )
     private = applied(api_client, acme_token, project, private)
     dataplane.deploy(project.namespace, "background-worker", ports=[9000])
-    assert dataplane.ask(
-        project.namespace, "client", "connect", "background-worker.internal:9000"
-    ).ok
+    wait_until(
+        lambda: (
+            dataplane.ask(
+                project.namespace, "client", "connect", "background-worker.internal:9000"
+            ).ok
+        ),
+        "the private service to answer in its own project",
+        30,
+    )
 
     ingress = settings.INGRESS_NAMESPACE
     namespaces.append(ingress)
     dataplane.core.create_namespace({"metadata": {"name": ingress}})
     controller = (ingress, dataplane.client_pod(ingress))
-    web = dataplane.ask(*controller, "get", f"http://{storefront['api']['cluster_ip']}:8080/")
-    assert web.ok, web.output
+    # (A new pod is admitted once the enforcer has learnt its address: a moment.)
+    wait_until(
+        lambda: (
+            dataplane.ask(*controller, "get", f"http://{storefront['api']['cluster_ip']}:8080/").ok
+        ),
+        "the ingress controller to reach the web service",
+        30,
+    )
     refused = dataplane.ask(
         *controller, "connect", f"{private['cluster_ip']}:9000", "-timeout", "2s"
     )
@@ -284,8 +247,12 @@ def test_databases_accept_connections_and_their_connection_strings_work_verbatim
 ) -> None:
     project = storefront["project"]
     namespace = project.namespace
-    assert dataplane.ask(namespace, "client", "connect", "postgres.internal:5432").ok
-    assert dataplane.ask(namespace, "client", "connect", "cache.internal:6379").ok
+    for address in ("postgres.internal:5432", "cache.internal:6379"):
+        wait_until(
+            lambda address=address: dataplane.ask(namespace, "client", "connect", address).ok,
+            f"{address} to accept connections",
+            30,
+        )
 
     postgres_url = revealed_connection_string(
         api_client, acme_token, project, databases["postgres"]
