@@ -115,6 +115,21 @@ class DataPlane:
         """One of the test workload's questions (resolve, connect, get) from inside ``pod``."""
         return self.exec(namespace, pod, WORKLOAD, *question, timeout=timeout)
 
+    def until(
+        self, namespace: str, pod: str, *question: str, succeeds: bool = True, timeout: float = 30
+    ) -> Answer:
+        """Ask until the answer succeeds (or, with ``succeeds=False``, fails), as a user retries
+        while DNS, kube-proxy and the enforcer catch up with a change; that answer."""
+        answers: list[Answer] = []
+
+        def settled() -> bool:
+            answers.append(self.ask(namespace, pod, *question))
+            return answers[-1].ok == succeeds
+
+        outcome = "succeed" if succeeds else "fail"
+        wait_until(settled, f"{' '.join(question)} in {namespace}/{pod} to {outcome}", timeout)
+        return answers[-1]
+
     def resolve(self, namespace: str, pod: str, name: str) -> list[str]:
         """The addresses ``name`` resolves to in ``pod`` (none when it does not resolve)."""
         answer = self.ask(namespace, pod, "resolve", name)

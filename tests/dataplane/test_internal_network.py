@@ -22,7 +22,6 @@ from tests.dataplane.conftest import (
     applied,
     create_service,
 )
-from tests.waiting import wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -37,14 +36,7 @@ def test_api_internal_resolves_to_the_clusterip_the_dashboard_shows_and_answers(
     assert api["cluster_ip"] in page.content.decode()
 
     assert dataplane.resolve(namespace, "client", "api.internal") == [api["cluster_ip"]]
-    answer = wait_until(
-        lambda: (
-            (found := dataplane.ask(namespace, "client", "get", "http://api.internal:8080/")).ok
-            and found
-        ),
-        "api.internal:8080 to answer",
-        30,
-    )
+    answer = dataplane.until(namespace, "client", "get", "http://api.internal:8080/")
     assert answer.data["status"] == 200
     assert f'"namespace":"{namespace}"' in answer.data["body"]
     assert '"service":"api"' in answer.data["body"]
@@ -86,11 +78,7 @@ def test_another_project_neither_resolves_nor_reaches_it(
     assert not answer.ok and answer.data["not_found"], answer.output
     assert_isolated(dataplane, storefront, caller)
     # Its own api answers it, so the refusals above are the policy's, not a broken network.
-    wait_until(
-        lambda: dataplane.ask(*caller, "get", "http://api.internal:8080/").ok,
-        "Analytics's own api to answer",
-        30,
-    )
+    dataplane.until(*caller, "get", "http://api.internal:8080/")
 
 
 def test_without_the_isolation_policy_the_other_project_gets_through(
@@ -115,19 +103,13 @@ def test_without_the_isolation_policy_the_other_project_gets_through(
         assert ISOLATION_POLICY in {policy.metadata.name for policy in policies}
         for policy in policies:
             dataplane.networking.delete_namespaced_network_policy(policy.metadata.name, namespace)
-        wait_until(
-            lambda: dataplane.ask(*caller, "connect", f"{storefront['api']['cluster_ip']}:8080").ok,
-            "the other project to get through once the policies are gone",
-            30,
-        )
+        dataplane.until(*caller, "connect", f"{storefront['api']['cluster_ip']}:8080")
         with pytest.raises(AssertionError, match="reached"):
             assert_isolated(dataplane, storefront, caller)
 
     # Running again, the watcher sees what is missing and the worker puts it back.
-    wait_until(
-        lambda: not dataplane.ask(*caller, "connect", f"{storefront['api']['cluster_ip']}:8080").ok,
-        "the restored policy to refuse the other project again",
-        60,
+    dataplane.until(
+        *caller, "connect", f"{storefront['api']['cluster_ip']}:8080", succeeds=False, timeout=60
     )
 
 
@@ -163,28 +145,14 @@ def test_the_ingress_controller_reaches_web_services_and_not_private_ones(
     )
     private = applied(api_client, acme_token, project, private)
     dataplane.deploy(project.namespace, "background-worker", ports=[9000])
-    wait_until(
-        lambda: (
-            dataplane.ask(
-                project.namespace, "client", "connect", "background-worker.internal:9000"
-            ).ok
-        ),
-        "the private service to answer in its own project",
-        30,
-    )
+    dataplane.until(project.namespace, "client", "connect", "background-worker.internal:9000")
 
     ingress = settings.INGRESS_NAMESPACE
     namespaces.append(ingress)
     dataplane.core.create_namespace({"metadata": {"name": ingress}})
     controller = (ingress, dataplane.client_pod(ingress))
     # (A new pod is admitted once the enforcer has learnt its address: a moment.)
-    wait_until(
-        lambda: (
-            dataplane.ask(*controller, "get", f"http://{storefront['api']['cluster_ip']}:8080/").ok
-        ),
-        "the ingress controller to reach the web service",
-        30,
-    )
+    dataplane.until(*controller, "get", f"http://{storefront['api']['cluster_ip']}:8080/")
     refused = dataplane.ask(
         *controller, "connect", f"{private['cluster_ip']}:9000", "-timeout", "2s"
     )
@@ -248,11 +216,7 @@ def test_databases_accept_connections_and_their_connection_strings_work_verbatim
     project = storefront["project"]
     namespace = project.namespace
     for address in ("postgres.internal:5432", "cache.internal:6379"):
-        wait_until(
-            lambda address=address: dataplane.ask(namespace, "client", "connect", address).ok,
-            f"{address} to accept connections",
-            30,
-        )
+        dataplane.until(namespace, "client", "connect", address)
 
     postgres_url = revealed_connection_string(
         api_client, acme_token, project, databases["postgres"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 import time
+from functools import partial
 from typing import Any
 
 import pytest
@@ -33,7 +34,7 @@ def test_approval_opens_one_path_within_the_promised_time_and_revoking_closes_it
     for project in (analytics, billing):
         namespaces.append(project.namespace)
         project.request_reconcile()
-        wait_until(lambda project=project: in_sync(project), f"{project.name} in sync", 60)
+        wait_until(partial(in_sync, project), f"{project.name} in sync", 60)
     analytics_caller = (analytics.namespace, dataplane.client_pod(analytics.namespace))
     billing_caller = (billing.namespace, dataplane.client_pod(billing.namespace))
     dataplane.deploy(analytics.namespace, "warehouse", ports=[3306], args=["tcp", "-port", "3306"])
@@ -65,11 +66,7 @@ def test_approval_opens_one_path_within_the_promised_time_and_revoking_closes_it
 
     hostname = wait_until(listed_hostname, "the peering page to list Storefront's api", 60)
     assert hostname == target
-    wait_until(
-        lambda: dataplane.ask(*analytics_caller, "get", f"http://{hostname}/").ok,
-        "Analytics to reach Storefront's api over the peering",
-        SETTLES_WITHIN_SECONDS,
-    )
+    dataplane.until(*analytics_caller, "get", f"http://{hostname}/", timeout=SETTLES_WITHIN_SECONDS)
     connected_after = time.monotonic() - approved_at
     # Both ways: Storefront reaches Analytics's services too.
     assert dataplane.ask(
@@ -89,11 +86,10 @@ def test_approval_opens_one_path_within_the_promised_time_and_revoking_closes_it
     )
     assert revoked.status_code == 200, revoked.content
     revoked_at = time.monotonic()
-    wait_until(
-        lambda: not dataplane.ask(*analytics_caller, "connect", target, "-timeout", "1s").ok,
-        "the revoked peering to refuse Analytics again",
-        SETTLES_WITHIN_SECONDS,
-    )
+    dataplane.until(
+        *analytics_caller, "connect", target, "-timeout", "1s",
+        succeeds=False, timeout=SETTLES_WITHIN_SECONDS,
+    )  # fmt: skip
     disconnected_after = time.monotonic() - revoked_at
     TIMINGS.append(
         f"peering: traffic flowed {connected_after:.1f} s after support approved, stopped "

@@ -39,14 +39,7 @@ def test_the_old_hostname_answers_while_it_lives_and_stops_after_it_ends(
     dataplane.deploy(namespace, "gateway", ports=[8080])
 
     for hostname in ("gateway.internal", "api.internal"):
-        answer = wait_until(
-            lambda hostname=hostname: (
-                (found := dataplane.ask(namespace, "client", "get", f"http://{hostname}:8080/")).ok
-                and found
-            ),
-            f"{hostname} to answer",
-            30,
-        )
+        answer = dataplane.until(namespace, "client", "get", f"http://{hostname}:8080/")
         assert '"service":"gateway"' in answer.data["body"], answer.output
 
     alias = ServiceAlias.objects.get(project=project, name="api")
@@ -56,15 +49,6 @@ def test_the_old_hostname_answers_while_it_lives_and_stops_after_it_ends(
     assert ended.status_code == 302, ended.content
     assert not ServiceAlias.objects.filter(pk=alias.pk).exists()
     wait_until(lambda: in_sync(project), "the end applied", 60)
-    gone = wait_until(
-        lambda: (
-            (found := dataplane.ask(namespace, "client", "resolve", "api.internal")).data.get(
-                "not_found"
-            )
-            and found
-        ),
-        "api.internal to stop resolving",
-        30,
-    )
-    assert not gone.ok
+    gone = dataplane.until(namespace, "client", "resolve", "api.internal", succeeds=False)
+    assert gone.data["not_found"], gone.output
     assert dataplane.ask(namespace, "client", "get", "http://gateway.internal:8080/").ok

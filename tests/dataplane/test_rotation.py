@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import threading
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 
 import pytest
@@ -153,7 +154,7 @@ def test_a_rotation_refuses_no_request_while_the_pods_really_roll(
         return SECRETS_ANNOTATION in annotations and dataplane.rolled_out(namespace, name)
 
     for name in ("billing", "caller"):
-        wait_until(lambda name=name: carries_the_secret(name), f"{name} given the secret", 90)
+        wait_until(partial(carries_the_secret, name), f"{name} given the secret", 90)
     # Until the pods from before that have drained, a caller may still meet one that has no
     # secret yet: what is counted starts once every pod, terminating ones too, has it.
     wait_until(
@@ -199,7 +200,7 @@ def test_a_rotation_refuses_no_request_while_the_pods_really_roll(
     # Below the application: a new pod's first packets may meet the NetworkPolicy before the
     # enforcer has learnt its address (a new caller is not yet in the set of the project's
     # pods). That lasts a moment at a pod's start, never later.
-    first_call = {}
+    first_call: dict[str, str] = {}
     for line in calls.lines:
         first_call.setdefault(line["pod"], line["at"])
     failed = [line for line in calls.lines if line["status"] == 0]
