@@ -16,6 +16,7 @@ from pydantic import Field, StrictInt
 from networking import endpoints, rotation
 from networking.models import (
     AuditEvent,
+    ConnectionTest,
     Membership,
     PeeringRequest,
     Project,
@@ -105,6 +106,36 @@ class ServiceOut(Schema):
     endpoints: list[EndpointOut]
     created_at: datetime
     updated_at: datetime
+
+
+class FindingOut(Schema):
+    ok: bool
+    text: str = Field(description="What the probe met, and what to do about it, in plain words")
+
+
+class PortResultOut(Schema):
+    port: int
+    outcome: str = Field(
+        description="connected, refused, timeout, unreachable, skipped (the name did not "
+        "resolve) or error"
+    )
+    ms: float | None = Field(None, description="How long connecting took")
+
+
+class ConnectionTestOut(Schema):
+    id: int
+    status: ConnectionTest.Status
+    hostname: str
+    ports: list[int]
+    expected_ip: str | None = Field(description="The ClusterIP the dashboard showed")
+    resolved_to: list[str] = Field(description="What the hostname resolved to in the project")
+    dns_ms: float | None
+    results: list[PortResultOut]
+    findings: list[FindingOut]
+    error: str = Field(description="Why the test could not run (status error)")
+    requested_by: str
+    created_at: datetime
+    finished_at: datetime | None
 
 
 class ServicePage(Schema):
@@ -427,4 +458,26 @@ def from_event(event: AuditEvent) -> AuditEventOut:
         action_label=event.get_action_display(),
         target=event.target,
         details=dict(event.details or {}),
+    )
+
+
+def from_connection_test(test: ConnectionTest) -> ConnectionTestOut:
+    dns = test.report.get("dns") or {}
+    return ConnectionTestOut(
+        id=test.pk,
+        status=ConnectionTest.Status(test.status),
+        hostname=test.hostname,
+        ports=list(test.ports),
+        expected_ip=test.expected_ip,
+        resolved_to=[str(address) for address in dns.get("addresses") or []],
+        dns_ms=dns.get("ms"),
+        results=[
+            PortResultOut(port=r["port"], outcome=r["outcome"], ms=r.get("ms"))
+            for r in test.report.get("ports") or []
+        ],
+        findings=[FindingOut(ok=f["ok"], text=f["text"]) for f in test.findings],
+        error=test.error,
+        requested_by=test.requested_by.get_username() if test.requested_by else "",
+        created_at=test.created_at,
+        finished_at=test.finished_at,
     )

@@ -48,6 +48,7 @@ from networking.models import (
     PROJECT_ID_PATTERN,
     ApplyAttempt,
     AuditEvent,
+    ConnectionTest,
     Membership,
     PeeringRequest,
     Project,
@@ -369,6 +370,45 @@ def delete_service(
     access.require(Membership.can_change_services)
     service.remove(actor=request.user)
     return Status(204, None)
+
+
+@router.post(
+    "/projects/{project_id}/services/{service_id}/connection-tests",
+    response={202: schemas.ConnectionTestOut, **ERRORS},
+    tags=["services"],
+    operation_id="start_connection_test",
+)
+@mutating
+def start_connection_test(
+    request: HttpRequest, project_id: ProjectId, service_id: ObjectId
+) -> Status[schemas.ConnectionTestOut]:
+    """Test the connection: a short-lived probe in the project resolves the service's hostname
+    and connects to each port. Follow it at …/connection-tests/{id}; while one runs, this
+    answers with that one."""
+    _check_project_id(project_id)
+    access, service = get_service_for_user(request, project_id, service_id)
+    access.require(Membership.can_change_services)
+    test, _ = ConnectionTest.start(service, actor=request.user)
+    test.refresh_from_db()  # a broker that is down has finished it already
+    return Status(202, schemas.from_connection_test(test))
+
+
+@router.get(
+    "/projects/{project_id}/services/{service_id}/connection-tests/{test_id}",
+    response={200: schemas.ConnectionTestOut, **ERRORS},
+    tags=["services"],
+    operation_id="get_connection_test",
+)
+def get_connection_test(
+    request: HttpRequest, project_id: ProjectId, service_id: ObjectId, test_id: ObjectId
+) -> schemas.ConnectionTestOut:
+    """How a connection test stands: queued, running, passed, failed, or error."""
+    _check_project_id(project_id)
+    _, service = get_service_for_user(request, project_id, service_id)
+    test = ConnectionTest.objects.filter(service=service, pk=test_id).first()
+    if test is None:
+        raise Http404("No such connection test of this service.")
+    return schemas.from_connection_test(test)
 
 
 @router.post(

@@ -197,6 +197,13 @@ ROTATION_POLL_SECONDS = env_int("ROTATION_POLL_SECONDS", 5, minimum=1)
 # After a change restarts workloads, watch their rollout this long before leaving it to resync.
 ROLLOUT_WATCH_SECONDS = env_int("ROLLOUT_WATCH_SECONDS", 600, minimum=0)
 
+# "Test connection": the probe image (deploy/probe; build and push it where your nodes pull
+# from) and when nodes pull it. deploy/rbac.yaml's admission policy names the same image.
+CONNECTION_TEST_IMAGE = env_str("CONNECTION_TEST_IMAGE") or "stackblaze-probe:1"
+CONNECTION_TEST_PULL_POLICY = env_choice(
+    "CONNECTION_TEST_PULL_POLICY", ("IfNotPresent", "Always", "Never"), "IfNotPresent"
+)
+
 # -- The HTTP API -----------------------------------------------------------------------------
 # Requests per minute for each API token (or signed-in user) before answering 429.
 API_THROTTLE_PER_MINUTE = env_int("API_THROTTLE_PER_MINUTE", 600, minimum=1)

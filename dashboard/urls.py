@@ -34,6 +34,11 @@ service_patterns = [
     path("<int:service_id>/delete/", views.service_delete, name="service-delete"),
     path("<int:service_id>/reveal/", views.service_reveal, name="service-reveal"),
     path(
+        "<int:service_id>/connection-test/",
+        views.service_connection_test,
+        name="service-connection-test",
+    ),
+    path(
         "<int:service_id>/references/add/",
         views.service_reference_add,
         name="service-reference-add",

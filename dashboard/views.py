@@ -33,10 +33,11 @@ from dashboard.access import (
     memberships_of,
 )
 from dashboard.forms import ProjectForm, ReferenceForm, ServiceForm
-from networking import endpoints, naming, peering, references
+from networking import connection_tests, endpoints, naming, peering, references
 from networking.models import (
     ApplyAttempt,
     AuditEvent,
+    ConnectionTest,
     Membership,
     Project,
     Service,
@@ -382,6 +383,7 @@ def _service_context(
         receives=list(service.references.select_related("source").order_by("variable")),
         notes=endpoints.notes(service),
         revealed=revealed,
+        connection_test=connection_tests.latest(service.pk),
         **extra,
     )
 
@@ -417,6 +419,36 @@ def _service_page(
     """The whole service page, "who can reach me" included, whichever view answers with it."""
     context = _service_context(access, service, **extra, **_reach_context(access.project, service))
     return render(request, "services/detail.html", context)
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+@vary_on_headers("HX-Request")
+def service_connection_test(
+    request: HtmxHttpRequest, project_uid: str, service_id: int
+) -> HttpResponse:
+    """Start a "Test connection" (members and owners), or show how the latest one stands.
+
+    The result panel polls this while the test runs, and stops once it has finished.
+    """
+    access, service = get_service_for_user(request, project_uid, service_id)
+    already_running = False
+    if request.method == "POST":
+        access.require(Membership.can_change_services)
+        _, created = ConnectionTest.start(service, actor=request.user)
+        already_running = not created
+    if not request.htmx:
+        if already_running:
+            messages.info(request, "A test of this service is already running: its result follows.")
+        return redirect(
+            reverse("service-detail", args=[project_uid, service_id]) + "#connection-test"
+        )
+    context = access.context(
+        service=service,
+        connection_test=connection_tests.latest(service.pk),
+        already_running=already_running,
+    )
+    return render(request, "services/detail.html#connection-test", context)
 
 
 @login_required

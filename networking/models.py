@@ -886,6 +886,108 @@ class ServiceAlias(models.Model):
         return expired
 
 
+class ConnectionTest(models.Model):
+    """One "Test connection": a short-lived probe pod in the project's own namespace resolves
+    the service's hostname and opens a TCP connection to each of its ports, as any pod of the
+    project would; what it met, and what that means in plain words.
+
+    Advanced by the worker (``networking.connection_tests``): queued, running, then passed,
+    failed or error (the test itself could not run). At most one unfinished test per service.
+    """
+
+    class Status(models.TextChoices):
+        QUEUED = "queued", "Queued"
+        RUNNING = "running", "Running"
+        PASSED = "passed", "Connected"
+        FAILED = "failed", "Failed"
+        ERROR = "error", "Could not run"
+
+    UNFINISHED: ClassVar[tuple[str, ...]] = (Status.QUEUED, Status.RUNNING)
+
+    service = models.ForeignKey(
+        "Service", on_delete=models.CASCADE, related_name="connection_tests"
+    )
+    requested_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True
+    )
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.QUEUED)
+    # What was tested, as the dashboard showed it then.
+    hostname = models.CharField(max_length=80)
+    ports = models.JSONField(default=list)
+    expected_ip = models.GenericIPAddressField(null=True, blank=True)
+    pod_name = models.CharField(max_length=63, blank=True)
+    # The probe's own report (DNS answer, each port's outcome and latency) and the findings.
+    report = models.JSONField(default=dict, blank=True)
+    findings = models.JSONField(default=list, blank=True)
+    error = models.TextField(blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-pk"]
+        indexes = [models.Index(fields=["service", "-created_at"])]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["service"],
+                condition=Q(status__in=["queued", "running"]),
+                name="one_unfinished_connection_test_per_service",
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"connection test of {self.hostname} ({self.status})"
+
+    @property
+    def finished(self) -> bool:
+        return self.status not in self.UNFINISHED
+
+    @classmethod
+    def start(cls, service: Service, *, actor: Any) -> tuple[ConnectionTest, bool]:
+        """Queue a test of ``service`` (audited), or hand back the one still running.
+
+        (test, created): concurrent clicks make one test; the others get that one.
+        """
+        from networking.tasks import run_connection_test
+
+        running = cls.objects.filter(service=service, status__in=cls.UNFINISHED).first()
+        if running is not None:
+            return running, False
+        try:
+            with transaction.atomic():
+                test = cls.objects.create(
+                    service=service,
+                    requested_by=actor if getattr(actor, "pk", None) else None,
+                    hostname=service.internal_hostname,
+                    ports=list(service.ports),
+                    expected_ip=service.cluster_ip,
+                )
+                service.project.audit(
+                    actor=actor,
+                    action=AuditEvent.Action.CONNECTION_TESTED,
+                    target=service.name,
+                    details={"ports": list(service.ports)},
+                )
+        except IntegrityError:
+            running = cls.objects.filter(service=service, status__in=cls.UNFINISHED).first()
+            if running is None:  # finished in between: a new one can start
+                return cls.start(service, actor=actor)
+            return running, False
+
+        def send() -> None:
+            if not enqueue.send(run_connection_test, test.pk):
+                # Nothing would ever run it: say so now, and free the service for a new test.
+                cls.objects.filter(pk=test.pk, status=cls.Status.QUEUED).update(
+                    status=cls.Status.ERROR,
+                    finished_at=timezone.now(),
+                    error="The workers could not be reached, so the test did not run. Try "
+                    "again in a moment.",
+                )
+
+        transaction.on_commit(send)
+        return test, True
+
+
 class ReferenceVariable(models.Model):
     """A service's address given to another service of the project as an environment variable:
     a database's connection string (``DATABASE_URL``) or a service's internal URL.
@@ -991,6 +1093,7 @@ class AuditEvent(models.Model):
         TOKEN_CREATED = "token.created", "created an API token"
         TOKEN_FIRST_USED = "token.first_used", "used an API token for the first time"
         TOKEN_REVOKED = "token.revoked", "revoked an API token"
+        CONNECTION_TESTED = "service.connection_tested", "tested the connection to"
 
     organization = models.ForeignKey(
         Organization, on_delete=models.CASCADE, related_name="audit_events"

@@ -8,7 +8,7 @@ from typing import Any
 from celery import Task, shared_task
 from django.conf import settings
 
-from networking import notifications, peering, rotation
+from networking import connection_tests, notifications, peering, rotation
 from networking.cluster import lease, orphans
 from networking.cluster import reconcile as reconciler
 from networking.cluster.errors import ClusterError
@@ -122,3 +122,12 @@ def send_peering_notification(notification_id: int) -> int:
 def send_pending_notifications() -> int:
     """Beat: send what a broker outage or a lost message held back."""
     return notifications.deliver_pending()
+
+
+@shared_task(acks_late=True)
+def run_connection_test(test_id: int) -> str:
+    """One step of a "Test connection"; schedules the next one (never waits in a task)."""
+    step = connection_tests.advance(test_id)
+    if step.look_again_in is not None:
+        run_connection_test.apply_async((test_id,), countdown=step.look_again_in)
+    return step.status

@@ -352,6 +352,44 @@ def services_env(
         print(endpoint["env_line"])
 
 
+@services_app.command("test")
+def services_test(
+    name: Annotated[str, typer.Argument(help="The service's name")],
+    timeout: Annotated[float, typer.Option(help="Seconds to wait at most")] = 120.0,
+    interval: Annotated[float, typer.Option(help="Seconds between looks", hidden=True)] = 1.0,
+) -> None:
+    """Test the connection: a probe in the project resolves NAME.internal and connects to
+    each port, then says what it found. Exits 0 when every check passes, 1 when one fails."""
+    api = _api()
+    project = _project_id(api)
+    service = _service(api, project, name)
+    base = f"/projects/{project}/services/{service['id']}/connection-tests"
+    test = _call(lambda: api.send("POST", base))
+    follow = f"{base}/{test['id']}"
+    deadline = time.monotonic() + timeout
+    with err.status(f"Testing {service['hostname']}…", spinner="dots") as status:
+        while test["status"] in ("queued", "running"):
+            if time.monotonic() > deadline:
+                status.stop()
+                err.print(f"Error: the test was still {test['status']} after {timeout:.0f} s.")
+                raise typer.Exit(EXIT_FAILED)
+            time.sleep(interval)
+            test = _call(lambda: api.get(follow))
+    if options.as_json:
+        _print_json(test)
+    elif test["status"] == "error":
+        err.print(f"Error: the test could not run: {test['error']}")
+    else:
+        verdict = "Connected" if test["status"] == "passed" else "Failed"
+        out.print(f"{verdict}: {test['hostname']}")
+        for finding in test["findings"]:
+            out.print(f"  {'✓' if finding['ok'] else '✗'} {finding['text']}")
+    if test["status"] == "error":
+        raise typer.Exit(EXIT_FAILED)
+    if test["status"] != "passed":
+        raise typer.Exit(EXIT_REFUSED)
+
+
 # -- Shared secrets ----------------------------------------------------------------------------
 
 

@@ -27,8 +27,8 @@ from networking.models import (
     SharedSecret,
 )
 
-# The real API server, Celery worker processes and the fixtures that start them.
-pytest_plugins = ["tests.cluster_fixtures"]
+# The real API server, Celery worker processes and the fixtures that start them; the browser.
+pytest_plugins = ["tests.cluster_fixtures", "tests.browser"]
 
 ROLES = ("anonymous", "outsider", "support", "viewer", "member", "owner")
 

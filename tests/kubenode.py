@@ -215,13 +215,14 @@ class TestNode:
             ("net/ipv4/conf/all/route_localnet", "1"),
         ):
             Path("/proc/sys", key).write_text(value)
-        # A ClusterIP kube-proxy has not programmed yet is unreachable, as in a cluster whose
-        # nodes route nothing there: never sent on to this machine's own network.
-        _run("ip", "route", "replace", "unreachable", SERVICE_CLUSTER_IP_RANGE)
         # The bridge exists before the first pod, so the kubelet and CoreDNS can use its address.
         _run("ip", "link", "add", BRIDGE, "type", "bridge")
         _run("ip", "addr", "add", f"{NODE_IP}/{POD_CIDR.split('/')[1]}", "dev", BRIDGE)
         _run("ip", "link", "set", BRIDGE, "up")
+        # ClusterIPs are routed to the bridge, not to this machine's own network: one kube-proxy
+        # has not programmed yet finds nobody there (no route to host), and one with no ready
+        # endpoint meets kube-proxy's REJECT (connection refused), as on a cluster's node.
+        _run("ip", "route", "replace", SERVICE_CLUSTER_IP_RANGE, "dev", BRIDGE)
         cni = self.workdir / "cni"
         cni.mkdir()
         (cni / "10-stackblaze.conflist").write_text(
@@ -612,8 +613,8 @@ def clear_node(bin_dir: Path, containerd: _Proc | None = None) -> None:
     if kube_proxy.exists():
         _run(str(kube_proxy), "--cleanup", check=False)
     _clear_iptables()
+    _run("ip", "route", "delete", SERVICE_CLUSTER_IP_RANGE, check=False)
     _run("ip", "link", "delete", BRIDGE, check=False)
-    _run("ip", "route", "delete", "unreachable", SERVICE_CLUSTER_IP_RANGE, check=False)
     shutil.rmtree(RUN, ignore_errors=True)
     shutil.rmtree(ROOT, ignore_errors=True)
 

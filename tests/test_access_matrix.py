@@ -61,6 +61,8 @@ MATRIX: dict[tuple[str, str], str] = {
     ("service-delete", "GET"): "302 404 404 403 200 200",
     ("service-delete", "POST"): "302 404 404 403 302 302",
     ("service-reveal", "POST"): "302 404 404 403 200 200",
+    ("service-connection-test", "GET"): "302 404 404 302 302 302",
+    ("service-connection-test", "POST"): "302 404 404 403 302 302",
     ("service-reference-add", "POST"): "302 404 404 403 200 200",
     ("service-reference-remove", "POST"): "302 404 404 403 302 302",
     ("service-alias-extend", "POST"): "302 404 404 403 302 302",

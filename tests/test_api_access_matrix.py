@@ -17,7 +17,7 @@ import pytest
 from django.test import Client
 
 from api.api import api
-from networking.models import Organization, Project
+from networking.models import ConnectionTest, Organization, Project, Service
 from tests.conftest import ROLES, World, bearer
 from tests.test_access_matrix import tenant_state
 
@@ -34,6 +34,8 @@ MATRIX: dict[str, str] = {
     "update_service": "401 404 404 403 200 200",
     "delete_service": "401 404 404 403 204 204",
     "reveal_service_credentials": "401 404 404 403 200 200",
+    "start_connection_test": "401 404 404 403 202 202",
+    "get_connection_test": "401 404 404 200 200 200",
     "list_secrets": "401 404 404 200 200 200",
     "create_secret": "401 404 404 403 403 201",
     "get_secret": "401 404 404 200 200 200",
@@ -95,8 +97,18 @@ def url_for(world: World, path: str, operation_id: str, *, foreign: bool) -> str
             if foreign or operation_id in ("approve_peering", "reject_peering")
             else world.peering
         ).pk,
+        "test_id": finished_connection_test(world.other_service if foreign else world.postgres).pk,
     }
     return path.format(**values)
+
+
+def finished_connection_test(service: Service) -> ConnectionTest:
+    test, _ = ConnectionTest.objects.get_or_create(
+        service=service,
+        status=ConnectionTest.Status.PASSED,
+        defaults={"hostname": service.internal_hostname, "ports": service.ports},
+    )
+    return test
 
 
 def call(

@@ -29,6 +29,7 @@ from networking.models import (
     ALIAS_EXTENSION,
     ApiToken,
     AuditEvent,
+    ConnectionTest,
     Membership,
     Organization,
     PeeringRequest,
@@ -438,6 +439,20 @@ def race_service_reveal(world: World) -> Race:
     return [Click("member", url)] * N, check
 
 
+def race_service_connection_test(world: World) -> Race:
+    url = reverse("service-connection-test", args=[world.project.uid, world.api.pk])
+    before = audit_count(Action.CONNECTION_TESTED)
+
+    def check(answers: list[Answer]) -> None:
+        # One test runs (a test changes nothing: no generation bump); every click is taken
+        # to it, a redirect to its result.
+        assert audit_count(Action.CONNECTION_TESTED) - before == 1
+        assert ConnectionTest.objects.filter(service=world.api).count() == 1
+        assert {answer.status for answer in answers} == {302}
+
+    return [Click("member", url)] * N, check
+
+
 def race_secret_create(world: World) -> Race:
     url = reverse("secret-create", args=[world.project.uid])
     check_once = once(world, Action.SECRET_CREATED)
@@ -615,6 +630,7 @@ RACES: dict[str, Callable[[World], Race]] = {
     "peering-cancel": race_peering_cancel,
     "peering-revoke": race_peering_revoke,
     "support-approve": race_support_approve,
+    "service-connection-test": race_service_connection_test,
     "support-reject": race_support_reject,
 }
 

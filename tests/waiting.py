@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 
 def wait_until[T](
-    condition: Callable[[], T], what: str, timeout: float = 60, every: float = 0.1
+    condition: Callable[[], T | None], what: str, timeout: float = 60, every: float = 0.1
 ) -> T:
     """Call ``condition`` until it returns something true, and return that; fail after
     ``timeout`` seconds saying what never happened (with the last value seen)."""

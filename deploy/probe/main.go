@@ -44,11 +44,12 @@ type DNS struct {
 
 // Port is what a TCP connection to one port met.
 type Port struct {
-	Port    int     `json:"port"`
-	Address string  `json:"address,omitempty"`
-	Outcome string  `json:"outcome"` // connected, refused, timeout, unreachable, error, skipped
-	Error   string  `json:"error,omitempty"`
-	Ms      float64 `json:"ms"`
+	Port     int     `json:"port"`
+	Address  string  `json:"address,omitempty"`
+	Outcome  string  `json:"outcome"` // connected, refused, timeout, unreachable, error, skipped
+	Error    string  `json:"error,omitempty"`
+	Ms       float64 `json:"ms"`
+	Attempts int     `json:"attempts,omitempty"`
 }
 
 // Report is the probe's whole answer.
@@ -76,6 +77,46 @@ func outcome(err error) string {
 	}
 }
 
+// A refusal or a missing route right after the probe starts may be the network catching up
+// with the probe itself: a NetworkPolicy enforcer learns a new pod's address a moment after the
+// pod starts, and until then the project's own policy does not know it as one of the project's
+// pods. Such answers are tried again a few times; a connection that succeeds, or a first
+// attempt that times out (packets dropped), is final. A retry that times out after a refusal
+// meets the kernel's limit on refusals sent, and the refusal stands.
+const (
+	retries    = 6
+	retryEvery = 250 * time.Millisecond
+)
+
+func dial(result *Port, timeout time.Duration) {
+	deadline := time.Now().Add(timeout)
+	for {
+		result.Attempts++
+		wait := time.Until(deadline)
+		if result.Attempts > 1 && wait > time.Second {
+			wait = time.Second
+		}
+		started := time.Now()
+		conn, err := net.DialTimeout("tcp", result.Address, wait)
+		result.Ms = milliseconds(started)
+		if err == nil {
+			conn.Close()
+			result.Outcome, result.Error = "connected", ""
+			return
+		}
+		found := outcome(err)
+		if result.Attempts > 1 && found == "timeout" {
+			return // the refusal before it stands
+		}
+		result.Outcome, result.Error = found, err.Error()
+		retryable := found == "refused" || found == "unreachable"
+		if !retryable || result.Attempts > retries || time.Until(deadline) < retryEvery {
+			return
+		}
+		time.Sleep(retryEvery)
+	}
+}
+
 func probe(host string, ports []int, timeout time.Duration) Report {
 	report := Report{Host: host, Ports: []Port{}}
 	started := time.Now()
@@ -99,16 +140,7 @@ func probe(host string, ports []int, timeout time.Duration) Report {
 			continue
 		}
 		result.Address = net.JoinHostPort(addresses[0], strconv.Itoa(port))
-		started = time.Now()
-		conn, err := net.DialTimeout("tcp", result.Address, timeout)
-		result.Ms = milliseconds(started)
-		if err != nil {
-			result.Outcome = outcome(err)
-			result.Error = err.Error()
-		} else {
-			result.Outcome = "connected"
-			conn.Close()
-		}
+		dial(&result, timeout)
 		report.Ports = append(report.Ports, result)
 	}
 	return report

@@ -11,6 +11,7 @@ from typing import Any, Protocol
 
 from networking.cluster.desired import Changes, DesiredState, KubeObject
 from networking.cluster.errors import ClusterError
+from networking.cluster.probe import PodOutcome, ReadyEndpoints
 
 FIELD_MANAGER = "stackblaze-networking"
 
@@ -82,6 +83,25 @@ class Backend(Protocol):
         False if there is nothing of ours to delete: no such namespace, one being deleted
         already, or one without our label (never touched). Raises ``ClusterError``.
         """
+        ...
+
+    # -- "Test connection": a probe pod in the project's namespace ----------------------------
+
+    def start_probe(self, pod: KubeObject) -> None:
+        """Create the probe pod (``networking.cluster.probe.probe_pod``); one that exists
+        already is left as it is. ``PermanentClusterError`` where no pod can run."""
+        ...
+
+    def probe_outcome(self, namespace: str, name: str) -> PodOutcome | None:
+        """How the probe pod stands; None if it is gone."""
+        ...
+
+    def delete_probe(self, namespace: str, name: str) -> None:
+        """Delete the probe pod; gone already is fine."""
+        ...
+
+    def ready_endpoints(self, namespace: str, service: str) -> ReadyEndpoints:
+        """How many of the Service's endpoints (its pods) are ready."""
         ...
 
 

@@ -48,6 +48,7 @@ from networking.cluster.errors import (
     TransientClusterError,
     error_for_status,
 )
+from networking.cluster.probe import PodOutcome, ReadyEndpoints, pod_outcome, ready_endpoints
 
 APPLY_CONTENT_TYPE = "application/apply-patch+yaml"
 MERGE_PATCH_CONTENT_TYPE = "application/merge-patch+json"
@@ -223,6 +224,7 @@ class KubernetesBackend:
         core = self.core = client.CoreV1Api(api_client)
         networking = client.NetworkingV1Api(api_client)
         apps = client.AppsV1Api(api_client)
+        self.discovery = client.DiscoveryV1Api(api_client)
         self.kinds: dict[str, _Kind] = {
             "Namespace": _Kind(
                 read=core.read_namespace,
@@ -453,3 +455,51 @@ class KubernetesBackend:
                         continue
                     result.changes.append(f"restarted {kind} {name} for shared secrets")
                 keep_laggard(result.workloads, service, workload_status(kind, name, workload))
+
+    # -- "Test connection" ---------------------------------------------------------------------
+
+    def start_probe(self, pod: KubeObject) -> None:
+        metadata = pod["metadata"]
+        try:
+            self._call(
+                f"starting the connection probe in {metadata['namespace']}",
+                self.core.create_namespaced_pod,
+                metadata["namespace"],
+                pod,
+            )
+        except ClusterError as error:
+            if error.status != 409:  # a retried start finds its pod there already
+                raise
+
+    def probe_outcome(self, namespace: str, name: str) -> PodOutcome | None:
+        try:
+            pod = self._call(
+                "reading the connection probe", self.core.read_namespaced_pod, name, namespace
+            )
+        except ClusterError as error:
+            if error.status == 404:
+                return None
+            raise
+        return pod_outcome(pod)
+
+    def delete_probe(self, namespace: str, name: str) -> None:
+        try:
+            self._call(
+                "deleting the connection probe",
+                self.core.delete_namespaced_pod,
+                name,
+                namespace,
+                grace_period_seconds=0,
+            )
+        except ClusterError as error:
+            if error.status != 404:
+                raise
+
+    def ready_endpoints(self, namespace: str, service: str) -> ReadyEndpoints:
+        body = self._call(
+            f"listing the endpoints of {service}",
+            self.discovery.list_namespaced_endpoint_slice,
+            namespace,
+            label_selector=f"kubernetes.io/service-name={service}",
+        )
+        return ready_endpoints(body.get("items", []))

@@ -24,8 +24,15 @@ from pathlib import Path
 import yaml
 
 from networking.cluster.backends import ApplyResult
-from networking.cluster.desired import KINDS, Changes, DesiredState
+from networking.cluster.desired import KINDS, Changes, DesiredState, KubeObject
 from networking.cluster.errors import PermanentClusterError
+from networking.cluster.probe import PodOutcome, ReadyEndpoints
+
+NO_CLUSTER = (
+    "Test connection runs a probe in the cluster, and this dashboard has none: it writes "
+    "manifests to a folder (CLUSTER_BACKEND=manifests). Run the dashboard against your "
+    "cluster (CLUSTER_BACKEND=kubernetes) to test connections."
+)
 
 SUFFIX = ".yaml"
 TEMPORARY_SUFFIX = ".tmp"
@@ -130,3 +137,17 @@ class ManifestsBackend:
                     path.unlink()
             except FileNotFoundError:
                 continue  # renamed into place, or removed by another pass, meanwhile
+
+    # -- no pods run here ---------------------------------------------------------------------
+
+    def start_probe(self, pod: KubeObject) -> None:
+        raise PermanentClusterError(NO_CLUSTER)
+
+    def probe_outcome(self, namespace: str, name: str) -> PodOutcome | None:
+        return None
+
+    def delete_probe(self, namespace: str, name: str) -> None:
+        return None
+
+    def ready_endpoints(self, namespace: str, service: str) -> ReadyEndpoints:
+        raise PermanentClusterError(NO_CLUSTER)

@@ -2,36 +2,30 @@
 
 from __future__ import annotations
 
+import copy
 import time
 from collections.abc import Iterator
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 from django.conf import settings as django_settings
 from django.test import Client
 from django.urls import reverse
 from django.utils import timezone
-from kubernetes import client
+from kubernetes import client, config
 
-from networking.cluster import kube
+from networking.cluster import kube, probe
 from networking.cluster.informer import ClusterCache
 from networking.models import Project, ServiceAlias
 from networking.tasks import delete_orphan_namespaces, reconcile_project
+from tests import rbac
 from tests.cluster_fixtures import Cluster
 from tests.conftest import World
 
-RBAC = Path(__file__).resolve().parents[2] / "deploy" / "rbac.yaml"
-
-
-def documents() -> list[dict[str, Any]]:
-    return [doc for doc in yaml.safe_load_all(RBAC.read_text()) if doc]
-
 
 def cluster_role() -> dict[str, Any]:
-    return next(doc for doc in documents() if doc["kind"] == "ClusterRole")
+    return next(doc for doc in rbac.documents() if doc["kind"] == "ClusterRole")
 
 
 def deleted(namespace: Any) -> bool:
@@ -55,30 +49,19 @@ def test_no_cluster_wide_read_of_secrets() -> None:
                 assert rule.get("resourceNames"), "get on Secrets must name the Secret"
 
 
+PROBE_IMAGE = "stackblaze-probe:test"
+
+
 @pytest.fixture
 def as_worker(cluster: Cluster, settings: Any) -> Iterator[None]:
-    """Bind deploy/rbac.yaml's ClusterRole to the test API server's "worker" user."""
-    admin = client.RbacAuthorizationV1Api(cluster.core.api_client)
-    role = cluster_role()
-    admin.create_cluster_role(role, _preload_content=False)  # type: ignore[arg-type]
-    binding = {
-        "apiVersion": "rbac.authorization.k8s.io/v1",
-        "kind": "ClusterRoleBinding",
-        "metadata": {"name": "test-worker"},
-        "roleRef": {
-            "apiGroup": "rbac.authorization.k8s.io",
-            "kind": "ClusterRole",
-            "name": role["metadata"]["name"],
-        },
-        "subjects": [{"kind": "User", "name": "worker", "apiGroup": "rbac.authorization.k8s.io"}],
-    }
-    admin.create_cluster_role_binding(binding, _preload_content=False)  # type: ignore[arg-type]
+    """deploy/rbac.yaml applied for the test API server's "worker" user; the app runs as it."""
+    rbac.apply(cluster.api, "worker", PROBE_IMAGE)
     settings.KUBECONFIG = str(cluster.api.kubeconfig_for("worker"))
+    settings.CONNECTION_TEST_IMAGE = PROBE_IMAGE
     try:
         yield
     finally:
-        admin.delete_cluster_role_binding("test-worker", _preload_content=False)
-        admin.delete_cluster_role(role["metadata"]["name"], _preload_content=False)
+        rbac.remove(cluster.api)
 
 
 def test_the_reconcile_works_with_only_these_permissions(
@@ -136,3 +119,74 @@ def test_the_watcher_works_with_only_these_permissions(
     finally:
         cache.stop()
         kube._api_client.cache_clear()
+
+
+def _worker_core(cluster: Cluster) -> Any:
+    worker = config.new_client_from_config(config_file=str(cluster.api.kubeconfig_for("worker")))
+    return client.CoreV1Api(worker)
+
+
+def _status(call: Any, *args: Any, **kwargs: Any) -> int:
+    try:
+        call(*args, _preload_content=False, **kwargs)
+    except client.ApiException as error:
+        return int(error.status or 0)
+    return 200
+
+
+def test_the_worker_may_run_and_remove_the_connection_probe_and_nothing_else(
+    cluster: Cluster, world: World, as_worker: None
+) -> None:
+    assert reconcile_project.apply(args=(world.project.pk,)).get() == "applied"
+    namespace = world.project.namespace
+    worker = _worker_core(cluster)
+    settings_ = probe.ProbeSettings(PROBE_IMAGE)
+    pod = probe.probe_pod(
+        namespace=namespace,
+        project_uid=world.project.uid,
+        test_id=1,
+        hostname="api.internal",
+        ports=[8080],
+        settings=settings_,
+    )
+    # The probe as the app builds it: admitted, readable and deletable by the worker.
+    assert _status(worker.create_namespaced_pod, namespace, pod) == 200
+    assert _status(worker.read_namespaced_pod, pod["metadata"]["name"], namespace) == 200
+
+    def variant(change: Any) -> dict[str, Any]:
+        other = copy.deepcopy(pod)
+        other["metadata"]["name"] = f"variant-{len(tried)}"
+        change(other)
+        tried.append(other)
+        return other
+
+    tried: list[dict[str, Any]] = []
+    refused = [
+        variant(lambda p: p["spec"]["containers"][0].update(image="attacker/tools:latest")),
+        variant(lambda p: p["spec"]["containers"][0]["securityContext"].update(privileged=True)),
+        variant(lambda p: p["spec"].update(hostNetwork=True)),
+        variant(lambda p: p["spec"].update(automountServiceAccountToken=True)),
+        variant(lambda p: p["spec"]["securityContext"].update(runAsNonRoot=False)),
+        variant(
+            lambda p: p["spec"]["containers"][0].update(
+                env=[{"name": "X", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}}]
+            )
+        ),
+        variant(lambda p: p["metadata"]["labels"].pop("app.kubernetes.io/component")),
+        variant(
+            lambda p: p["spec"]["containers"].append(dict(p["spec"]["containers"][0], name="x"))
+        ),
+    ]
+    for other in refused:
+        assert _status(worker.create_namespaced_pod, namespace, other) in (400, 403, 422), other
+
+    # A pod of the customer's (made by someone else): the worker cannot delete it.
+    customer = copy.deepcopy(pod)
+    customer["metadata"]["name"] = "customer-app"
+    customer["metadata"]["labels"] = {"stackblaze.cloud/service": "api"}
+    assert _status(cluster.core.create_namespaced_pod, namespace, customer) == 200
+    assert _status(worker.delete_namespaced_pod, "customer-app", namespace) in (400, 403, 422)
+    assert _status(worker.delete_namespaced_pod, pod["metadata"]["name"], namespace) == 200
+    # And it may not list pods, nor read their logs.
+    assert _status(worker.list_namespaced_pod, namespace) == 403
+    assert _status(worker.read_namespaced_pod_log, "customer-app", namespace) == 403

@@ -18,17 +18,16 @@ import os
 import signal
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 from django.conf import settings
 from django.test import Client
 from kubernetes import client, config
 from kubernetes.stream import stream
 
 from networking.models import Project
+from tests import rbac
 from tests.conftest import World, issue_token
 from tests.deploy_system import FIELD_MANAGER
 from tests.kubeapi import (
@@ -43,7 +42,6 @@ from tests.waiting import wait_until
 from tests.worker import WatcherProcess, WorkerProcess, database_url
 
 Call = Callable[..., Any]
-RBAC = Path(__file__).resolve().parents[2] / "deploy" / "rbac.yaml"
 WORKLOAD = "/usr/local/bin/workload"
 
 
@@ -179,11 +177,13 @@ class DataPlane:
         env: Sequence[dict[str, Any]] = (),
         replicas: int = 1,
         run_as_user: int | None = None,
+        ready_check: bool = True,
         wait: bool = True,
     ) -> None:
         """What the platform's deploy system does for a service: one Deployment labelled with
         its name, under the deploy system's own field manager; ready once its first port
-        accepts connections (at once, with no ports)."""
+        accepts connections (at once, with no ports or without ``ready_check``, as a deploy
+        with no readiness check of its own would be)."""
         labels = {settings.WORKLOAD_LABEL: service}
         container: dict[str, Any] = {
             "name": "app",
@@ -199,7 +199,7 @@ class DataPlane:
             ],
             "ports": [{"containerPort": port} for port in ports],
         }
-        if ports:
+        if ports and ready_check:
             container["readinessProbe"] = {
                 "tcpSocket": {"port": ports[0]},
                 "periodSeconds": 1,
@@ -276,34 +276,6 @@ class DataPlane:
                 raise
 
 
-def _bind_worker_role(api: TestAPIServer) -> None:
-    """deploy/rbac.yaml's ClusterRole, bound to the API server's "worker" user."""
-    for document in yaml.safe_load_all(RBAC.read_text()):
-        if not document or document["kind"] != "ClusterRole":
-            continue
-        status, body = api.request(
-            "POST", "/apis/rbac.authorization.k8s.io/v1/clusterroles", document
-        )
-        assert status == 201, body
-        binding = {
-            "apiVersion": "rbac.authorization.k8s.io/v1",
-            "kind": "ClusterRoleBinding",
-            "metadata": {"name": "test-worker"},
-            "roleRef": {
-                "apiGroup": "rbac.authorization.k8s.io",
-                "kind": "ClusterRole",
-                "name": document["metadata"]["name"],
-            },
-            "subjects": [
-                {"kind": "User", "name": "worker", "apiGroup": "rbac.authorization.k8s.io"}
-            ],
-        }
-        status, body = api.request(
-            "POST", "/apis/rbac.authorization.k8s.io/v1/clusterrolebindings", binding
-        )
-        assert status == 201, body
-
-
 @pytest.fixture(scope="package")
 def dataplane() -> Iterator[DataPlane]:
     try:
@@ -316,7 +288,7 @@ def dataplane() -> Iterator[DataPlane]:
     api.start()
     try:
         api.start_scheduler()
-        _bind_worker_role(api)
+        rbac.apply(api, "worker", image("probe"))
         node = TestNode(api, bin_dir, images_dir(bin_dir))
         node.start()
         try:

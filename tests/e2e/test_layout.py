@@ -9,8 +9,8 @@ import pytest
 from django.urls import reverse
 from playwright.sync_api import Page
 
+from tests.browser import DESKTOP, PHONE
 from tests.conftest import World
-from tests.e2e.conftest import DESKTOP, PHONE
 
 SignIn = Callable[[str], Page]
 Screenshot = Callable[[Page, str], Path]

@@ -11,8 +11,9 @@ from django.urls import reverse
 from playwright.sync_api import Page, expect
 
 from networking.models import PeeringRequest, Service
+from tests.browser import DESKTOP, PHONE
 from tests.conftest import World, make_service
-from tests.e2e.conftest import DESKTOP, PHONE, worker_held_back
+from tests.e2e.conftest import worker_held_back
 from tests.worker import WorkerProcess
 
 SignIn = Callable[[str], Page]

@@ -11,8 +11,8 @@ from django.urls import reverse
 from playwright.sync_api import Page, expect
 
 from networking.models import AuditEvent, Service
+from tests.browser import PHONE
 from tests.conftest import World, make_service
-from tests.e2e.conftest import PHONE
 
 SignIn = Callable[[str], Page]
 Screenshot = Callable[[Page, str], Path]

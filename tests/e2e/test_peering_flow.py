@@ -15,9 +15,10 @@ from django.urls import reverse
 from playwright.sync_api import Browser, Locator, Page, expect
 
 from networking.models import PeeringRequest
+from tests.browser import DESKTOP
 from tests.cluster_fixtures import Cluster
 from tests.conftest import World
-from tests.e2e.conftest import DESKTOP, worker_held_back
+from tests.e2e.conftest import worker_held_back
 from tests.worker import WorkerProcess
 
 Screenshot = Callable[[Page, str], Path]

@@ -3,8 +3,8 @@
 // name, open a connection, fetch a URL). Each question prints one JSON line and exits 0 when
 // the answer is a success, 1 when it is a refusal or a failure, 2 on bad usage.
 //
-//	workload http  [-port 8080]...           answer GET / with who answered
-//	workload tcp   [-port 5432]...           accept connections, greet, close
+//	workload http  [-port 8080]... [-bind 127.0.0.1]   answer GET / with who answered
+//	workload tcp   [-port 5432]... [-bind 127.0.0.1]   accept connections, greet, close
 //	workload sleep                           do nothing until stopped
 //	workload resolve NAME                    resolve NAME with the pod's resolv.conf
 //	workload connect HOST:PORT [-timeout 2s] open a TCP connection
@@ -95,21 +95,22 @@ func waitForSignal() {
 	os.Exit(0)
 }
 
-func serve(args []string, listen func(port string)) {
+func serve(args []string, listen func(bind, port string)) {
 	flags := flag.NewFlagSet("serve", flag.ExitOnError)
 	var list ports
-	flags.Var(&list, "port", "port to listen on, on every address (repeatable)")
+	flags.Var(&list, "port", "port to listen on (repeatable)")
+	bind := flags.String("bind", "", "address to listen on (default: every address)")
 	_ = flags.Parse(args)
 	if len(list) == 0 {
 		list = ports{"8080"}
 	}
 	for _, port := range list {
-		go listen(port)
+		go listen(*bind, port)
 	}
 	waitForSignal()
 }
 
-func serveHTTP(port string) {
+func serveHTTP(bind, port string) {
 	handler := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		answer := map[string]any{"port": port, "path": r.URL.Path, "from": r.RemoteAddr}
 		for key, value := range identity() {
@@ -118,15 +119,15 @@ func serveHTTP(port string) {
 		w.Header().Set("Content-Type", "application/json")
 		_ = json.NewEncoder(w).Encode(answer)
 	})
-	server := &http.Server{Addr: ":" + port, Handler: handler, ReadHeaderTimeout: 5 * time.Second}
+	server := &http.Server{Addr: net.JoinHostPort(bind, port), Handler: handler, ReadHeaderTimeout: 5 * time.Second}
 	if err := server.ListenAndServe(); err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
 }
 
-func serveTCP(port string) {
-	listener, err := net.Listen("tcp", ":"+port)
+func serveTCP(bind, port string) {
+	listener, err := net.Listen("tcp", net.JoinHostPort(bind, port))
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
