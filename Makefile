@@ -9,7 +9,7 @@ PYTHON ?= $(shell for p in python3.13 python3.12 python3.14 $$HOME/.pyenv/versio
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: run test lint bench venv clean
+.PHONY: run test lint bench venv clean cluster
 
 $(VENV)/.installed: pyproject.toml
 	@if [ -z "$(PYTHON)" ]; then echo "Python 3.12 or newer is required (set PYTHON=/path/to/python3.12)." >&2; exit 1; fi
@@ -34,11 +34,16 @@ lint: venv
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy .
 
-test: venv lint
-	@if [ -z "$$DATABASE_URL" ]; then echo "DATABASE_URL is not set: the tests run on SQLite (CI runs them on PostgreSQL)."; fi
-	$(BIN)/pytest
+# The test cluster (Kubernetes, etcd, CoreDNS, kube-router, images), built once per machine and
+# cached; a warm run takes a second.
+cluster:
+	scripts/test-cluster/build.sh >/dev/null
 
-bench: venv
+test: venv lint cluster
+	@if [ -z "$$DATABASE_URL" ]; then echo "DATABASE_URL is not set: the tests run on SQLite (CI runs them on PostgreSQL)."; fi
+	$(BIN)/pytest --durations=25
+
+bench: venv cluster
 	$(BIN)/python -m benchmarks.run
 
 clean:

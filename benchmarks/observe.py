@@ -24,7 +24,10 @@ from tests.kubeapi import TestAPIServer
 
 _SAMPLE = re.compile(r"^(?P<name>[a-z_]+)\{(?P<labels>[^}]*)\} (?P<value>\S+)$")
 _LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
-WRITE_VERBS = frozenset({"POST", "PUT", "PATCH", "DELETE", "DELETECOLLECTION"})
+# Kubernetes verbs, as the audit log names them.
+WRITE_VERBS = frozenset({"create", "update", "patch", "delete", "deletecollection"})
+# The user the app (workers, watcher, in-process passes) talks to the API server as.
+APP_USER = "app"
 
 
 @dataclass(frozen=True)
@@ -32,8 +35,10 @@ class MetricsSnapshot:
     """Cumulative counters of resource requests (non-resource URLs such as /metrics excluded)."""
 
     at: float
-    # (verb, resource, contentType) -> requests answered
-    requests: dict[tuple[str, str, str], float]
+    # (verb, resource) -> requests answered
+    requests: dict[tuple[str, str], float]
+    # The app's own requests (its user's, from the API server's audit log): verb -> count
+    app_requests: dict[str, float]
     # (verb, resource) -> response bytes
     response_bytes: dict[tuple[str, str], float]
 
@@ -43,14 +48,14 @@ class Traffic:
     """API requests and bytes between two snapshots."""
 
     seconds: float
-    # Answered in JSON: the app's Python clients. The controller manager and the API server's
-    # own loops speak protobuf, so these need no background subtracted.
+    # The app's own requests (its user's, from the audit log): nothing of the controller
+    # manager's or the API server's own loops, so these need no background subtracted.
     json_reads: float
     json_writes: float
     # Every resource request, minus the idle background rate times the window.
     all_requests: float
-    # Response bytes of every resource request, minus the idle background (1.20 has no
-    # content-type label on sizes, and no request-size metric).
+    # Response bytes of every resource request, minus the idle background (sizes carry no
+    # user label, and there is no request-size metric).
     response_bytes: float
 
     @property
@@ -58,11 +63,34 @@ class Traffic:
         return self.json_reads + self.json_writes
 
 
+def grant_app_user(server: TestAPIServer) -> None:
+    """The app's user may do anything (the RBAC of deploy/rbac.yaml is the tests' to check)."""
+    status, body = server.request(
+        "POST",
+        "/apis/rbac.authorization.k8s.io/v1/clusterrolebindings",
+        {
+            "metadata": {"name": "bench-app"},
+            "roleRef": {
+                "apiGroup": "rbac.authorization.k8s.io",
+                "kind": "ClusterRole",
+                "name": "cluster-admin",
+            },
+            "subjects": [
+                {"kind": "User", "name": APP_USER, "apiGroup": "rbac.authorization.k8s.io"}
+            ],
+        },
+    )
+    if status != 201:
+        raise RuntimeError(f"could not grant the app's user its role: {status} {body[:200]!r}")
+
+
 class ApiServerMetrics:
     """The API server's request counters, read with the admin token."""
 
     def __init__(self, server: TestAPIServer) -> None:
         self.server = server
+        self._audit_offset = 0
+        self._app_requests: dict[str, float] = {}
         self.background_requests_per_second = 0.0
         self.background_json_per_second = 0.0
         self.background_bytes_per_second = 0.0
@@ -71,7 +99,7 @@ class ApiServerMetrics:
         status, body = self.server.request("GET", "/metrics", timeout=30)
         if status != 200:
             raise RuntimeError(f"GET /metrics answered {status}: {body[:200]!r}")
-        requests: dict[tuple[str, str, str], float] = {}
+        requests: dict[tuple[str, str], float] = {}
         response_bytes: dict[tuple[str, str], float] = {}
         for line in body.decode().splitlines():
             match = _SAMPLE.match(line)
@@ -85,25 +113,40 @@ class ApiServerMetrics:
                 continue  # /metrics, /healthz, discovery: not the work being measured
             value = float(match["value"])
             if match["name"] == "apiserver_request_total":
-                key = (labels["verb"], labels["resource"], labels.get("contentType", ""))
+                key = (labels["verb"], labels["resource"])
                 requests[key] = requests.get(key, 0.0) + value
             else:
                 size_key = (labels["verb"], labels["resource"])
                 response_bytes[size_key] = response_bytes.get(size_key, 0.0) + value
-        return MetricsSnapshot(time.monotonic(), requests, response_bytes)
+        return MetricsSnapshot(time.monotonic(), requests, self._read_audit(), response_bytes)
+
+    def _read_audit(self) -> dict[str, float]:
+        """The app user's requests so far, by verb (the log is read from where it was left)."""
+        path = self.server.audit_log_path
+        if path.exists():
+            with path.open("rb") as log:
+                log.seek(self._audit_offset)
+                chunk = log.read()
+            complete = chunk.rfind(b"\n") + 1  # a line being written is read next time
+            self._audit_offset += complete
+            for line in chunk[:complete].splitlines():
+                event = json.loads(line)
+                if event.get("stage") == "ResponseComplete" and event.get("objectRef"):
+                    verb = str(event["verb"])
+                    self._app_requests[verb] = self._app_requests.get(verb, 0.0) + 1
+        return dict(self._app_requests)
 
     def traffic(self, before: MetricsSnapshot, after: MetricsSnapshot) -> Traffic:
         seconds = after.at - before.at
         json_reads = json_writes = every = 0.0
         for key, value in after.requests.items():
-            delta = value - before.requests.get(key, 0.0)
-            every += delta
-            verb, _, content_type = key
-            if content_type.startswith("application/json"):
-                if verb in WRITE_VERBS:
-                    json_writes += delta
-                else:
-                    json_reads += delta
+            every += value - before.requests.get(key, 0.0)
+        for verb, value in after.app_requests.items():
+            delta = value - before.app_requests.get(verb, 0.0)
+            if verb in WRITE_VERBS:
+                json_writes += delta
+            else:
+                json_reads += delta
         sent = sum(
             value - before.response_bytes.get(key, 0.0)
             for key, value in after.response_bytes.items()
@@ -124,11 +167,7 @@ class ApiServerMetrics:
         after = self.snapshot()
         elapsed = after.at - before.at
         every = sum(v - before.requests.get(k, 0.0) for k, v in after.requests.items())
-        in_json = sum(
-            v - before.requests.get(k, 0.0)
-            for k, v in after.requests.items()
-            if k[2].startswith("application/json")
-        )
+        in_json = sum(v - before.app_requests.get(k, 0.0) for k, v in after.app_requests.items())
         sent = sum(v - before.response_bytes.get(k, 0.0) for k, v in after.response_bytes.items())
         self.background_requests_per_second = every / elapsed
         self.background_json_per_second = in_json / elapsed

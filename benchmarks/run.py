@@ -38,6 +38,7 @@ from django.urls import reverse  # noqa: E402
 from django.utils import timezone  # noqa: E402
 
 from benchmarks import control_loop  # noqa: E402
+from benchmarks.observe import APP_USER, grant_app_user  # noqa: E402
 from networking.models import (  # noqa: E402
     AppliedRecord,
     Membership,
@@ -222,7 +223,7 @@ def watching() -> Iterator[Callable[[], None]]:
 def bench_reconcile(server: TestAPIServer) -> bool:
     """Kubernetes API calls per reconcile pass, counted at the client's HTTP layer."""
     settings.CLUSTER_BACKEND = "kubernetes"
-    settings.KUBECONFIG = str(server.kubeconfig_path)
+    settings.KUBECONFIG = str(server.kubeconfig_for(APP_USER))
     with watching() as settled:
         return reconcile_calls(settled)
 
@@ -296,7 +297,10 @@ def main() -> int:
         else:
             # With the controller manager, as the cluster tests run it: Deployments get their
             # ReplicaSets, and its background requests are part of what the figures subtract.
-            with TestAPIServer(bin_dir, controller_manager=True) as server:
+            with TestAPIServer(
+                bin_dir, controller_manager=True, users=[APP_USER], audit_users=[APP_USER]
+            ) as server:
+                grant_app_user(server)
                 control_loop.main(server)
                 ok = bench_reconcile(server) and ok
     finally:

@@ -20,7 +20,7 @@ from tests.worker import BeatProcess, WorkerProcess, database_url
 
 @pytest.fixture(scope="session")
 def kube_api() -> Iterator[TestAPIServer]:
-    """etcd + kube-apiserver + controller manager, built from Debian's source package."""
+    """etcd + kube-apiserver + controller manager (scripts/test-cluster/build.sh builds them)."""
     yield from kube_api_session(controller_manager=True, users=["worker"])
 
 

@@ -420,6 +420,7 @@ class TestAPIServer:
         controllers: Sequence[str] = DEFAULT_CONTROLLERS,
         extra_apiserver_args: Sequence[str] = (),
         users: Sequence[str] = (),
+        audit_users: Sequence[str] = (),
         start_timeout: float = 60.0,
         keep_workdir: bool = False,
     ) -> None:
@@ -436,6 +437,8 @@ class TestAPIServer:
         )
         self.controllers = tuple(controllers)
         self.extra_apiserver_args = tuple(extra_apiserver_args)
+        # Requests by these users are written to ``audit_log_path``, one JSON event a line.
+        self.audit_users = tuple(audit_users)
         self.start_timeout = start_timeout
         self.keep_workdir = keep_workdir
 
@@ -466,6 +469,10 @@ class TestAPIServer:
     @property
     def kubeconfig_path(self) -> Path:
         return self._path("kubeconfig")
+
+    @property
+    def audit_log_path(self) -> Path:
+        return self._path("audit.log")
 
     def env(self) -> dict[str, str]:
         """Environment variables pointing clients (kubectl, client libs) here."""
@@ -640,6 +647,27 @@ class TestAPIServer:
             ]
             if disabled:
                 args.append(f"--disable-admission-plugins={','.join(disabled)}")
+            if self.audit_users:
+                policy = self._path("audit-policy.json")
+                policy.write_text(
+                    json.dumps(
+                        {
+                            "apiVersion": "audit.k8s.io/v1",
+                            "kind": "Policy",
+                            "omitStages": ["RequestReceived", "ResponseStarted", "Panic"],
+                            "rules": [
+                                {"level": "Metadata", "users": list(self.audit_users)},
+                                {"level": "None"},
+                            ],
+                        }
+                    )
+                )
+                args += [
+                    f"--audit-policy-file={policy}",
+                    f"--audit-log-path={self.audit_log_path}",
+                    "--audit-log-format=json",
+                    "--audit-log-mode=blocking",
+                ]
             args.extend(self.extra_apiserver_args)
             proc = self._spawn("kube-apiserver", args)
             deadline = time.monotonic() + self.start_timeout

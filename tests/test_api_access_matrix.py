@@ -97,18 +97,21 @@ def url_for(world: World, path: str, operation_id: str, *, foreign: bool) -> str
             if foreign or operation_id in ("approve_peering", "reject_peering")
             else world.peering
         ).pk,
-        "test_id": finished_connection_test(world.other_service if foreign else world.postgres).pk,
+        "test_id": finished_connection_test(world.other_service if foreign else world.postgres),
     }
     return path.format(**values)
 
 
-def finished_connection_test(service: Service) -> ConnectionTest:
+def finished_connection_test(service: Service) -> int:
+    """The ID of a finished test of ``service`` (made on first use; 0 once it is deleted)."""
+    if not Service.objects.filter(pk=service.pk).exists():
+        return 0
     test, _ = ConnectionTest.objects.get_or_create(
         service=service,
         status=ConnectionTest.Status.PASSED,
         defaults={"hostname": service.internal_hostname, "ports": service.ports},
     )
-    return test
+    return test.pk
 
 
 def call(

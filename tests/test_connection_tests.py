@@ -221,3 +221,11 @@ def test_the_api_starts_and_reads_a_test(world: World, api_tokens: dict[str, str
         ).status_code
         == 404
     )
+
+
+def test_the_documented_statuses_are_the_models() -> None:
+    from typing import get_args
+
+    from api.schemas import ConnectionTestStatus
+
+    assert set(get_args(ConnectionTestStatus)) == set(ConnectionTest.Status.values)
