@@ -815,10 +815,13 @@ class TestAPIServer:
         *,
         content_type: str = "application/json",
         timeout: float = 10.0,
+        user: str | None = None,
     ) -> tuple[int, bytes]:
-        """Minimal authenticated HTTPS request to the apiserver: (status, body)."""
+        """Minimal authenticated HTTPS request to the apiserver: (status, body); as the admin,
+        or as one of the ``users`` given at construction."""
         data = None
-        headers = {"Authorization": f"Bearer {self.token}", "Accept": "application/json"}
+        token = self.token if user is None else self.user_tokens[user]
+        headers = {"Authorization": f"Bearer {token}", "Accept": "application/json"}
         if body is not None:
             data = body if isinstance(body, bytes) else json.dumps(body).encode()
             headers["Content-Type"] = content_type

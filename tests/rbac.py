@@ -8,6 +8,7 @@ policy allows is the one the test cluster built.
 from __future__ import annotations
 
 import copy
+import time
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +66,26 @@ def apply(api: TestAPIServer, user: str, probe_image: str) -> None:
         path = PATHS[document["kind"]].format(namespace=document["metadata"].get("namespace"))
         status, body = api.request("POST", path, document)
         assert status == 201, (document["kind"], body)
+    wait_effective(api, user)
+
+
+def wait_effective(api: TestAPIServer, user: str, timeout: float = 30) -> None:
+    """Until the admission policy refuses ``user`` a pod that is not the probe: the API server
+    loads a new policy a moment after it is created. Asked with a dry run: nothing is made."""
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "policy-check", "labels": {"app": "not-the-probe"}},
+        "spec": {"containers": [{"name": "c", "image": "not-the-probe"}]},
+    }
+    path = "/api/v1/namespaces/stackblaze-system/pods?dryRun=All"
+    deadline = time.monotonic() + timeout
+    while True:
+        status, body = api.request("POST", path, pod, user=user)
+        if status in (403, 422) and b"connection-test" in body:
+            return
+        assert time.monotonic() < deadline, f"the admission policy never took effect: {body!r}"
+        time.sleep(0.2)
 
 
 def remove(api: TestAPIServer) -> None:
