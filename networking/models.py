@@ -903,6 +903,9 @@ class ConnectionTest(models.Model):
         ERROR = "error", "Could not run"
 
     UNFINISHED: ClassVar[tuple[str, ...]] = (Status.QUEUED, Status.RUNNING)
+    # A test unfinished this long lost its worker (the probe's own deadline is 60 s): it is
+    # given up, and a new one may start.
+    ABANDONED_AFTER = timedelta(minutes=3)
 
     service = models.ForeignKey(
         "Service", on_delete=models.CASCADE, related_name="connection_tests"
@@ -950,6 +953,15 @@ class ConnectionTest(models.Model):
         """
         from networking.tasks import run_connection_test
 
+        cls.objects.filter(
+            service=service,
+            status__in=cls.UNFINISHED,
+            created_at__lt=timezone.now() - cls.ABANDONED_AFTER,
+        ).update(
+            status=cls.Status.ERROR,
+            finished_at=timezone.now(),
+            error="The test stopped without an answer (its worker was restarted). Start it again.",
+        )
         running = cls.objects.filter(service=service, status__in=cls.UNFINISHED).first()
         if running is not None:
             return running, False

@@ -229,3 +229,23 @@ def test_the_documented_statuses_are_the_models() -> None:
     from api.schemas import ConnectionTestStatus
 
     assert set(get_args(ConnectionTestStatus)) == set(ConnectionTest.Status.values)
+
+
+def test_a_test_whose_worker_died_is_given_up_and_a_new_one_starts(world: World) -> None:
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    stuck = ConnectionTest.objects.create(
+        service=world.api,
+        hostname="api.internal",
+        ports=[8080],
+        status=ConnectionTest.Status.RUNNING,
+        created_at=timezone.now() - timedelta(minutes=10),
+    )
+    member = world.users["member"]
+    test, created = ConnectionTest.start(world.api, actor=member)
+    assert created and test.pk != stuck.pk
+    stuck.refresh_from_db()
+    assert stuck.status == ConnectionTest.Status.ERROR
+    assert "stopped without an answer" in stuck.error
