@@ -24,13 +24,13 @@ RUN groupadd --system --gid 10001 app \
     && useradd --system --uid 10001 --gid app --home-dir /app --no-create-home \
         --shell /usr/sbin/nologin app
 
-# Dependencies first: this layer is rebuilt only when pyproject.toml (or README.md, the
-# project's readme) changes. The project itself has no package to install (packages = []).
-COPY pyproject.toml README.md ./
-RUN pip install --no-cache-dir . \
-    && rm -rf build ./*.egg-info
+# Dependencies first, exactly as locked (versions and hashes): this layer is rebuilt only when
+# requirements.txt changes (`make lock` writes it from pyproject.toml).
+COPY requirements.txt ./
+RUN pip install --no-cache-dir --require-hashes -r requirements.txt
 
 COPY manage.py ./
+COPY api/ api/
 COPY dashboard/ dashboard/
 COPY networking/ networking/
 COPY templates/ templates/

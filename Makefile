@@ -9,19 +9,32 @@ PYTHON ?= $(shell for p in python3.13 python3.12 python3.14 $$HOME/.pyenv/versio
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: run test lint bench venv clean cluster
+.PHONY: run test lint bench venv lock clean cluster
 
-$(VENV)/.installed: pyproject.toml
+# Installs come from the lock files, exact versions with their hashes (`make lock` writes them
+# from pyproject.toml's ranges). Running needs requirements.txt alone; the tests, lint and the
+# benchmarks add requirements-dev.txt and the project itself (the `stackblaze` command).
+$(VENV)/.runtime: requirements.txt
 	@if [ -z "$(PYTHON)" ]; then echo "Python 3.12 or newer is required (set PYTHON=/path/to/python3.12)." >&2; exit 1; fi
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet --require-hashes -r requirements.txt
 	@touch $@
 
-venv: $(VENV)/.installed
+$(VENV)/.dev: $(VENV)/.runtime requirements-dev.txt pyproject.toml
+	$(BIN)/python -m pip install --quiet --require-hashes -r requirements-dev.txt
+	$(BIN)/python -m pip install --quiet --no-deps -e .
+	@touch $@
+
+venv: $(VENV)/.dev
+
+LOCK := $(BIN)/pip-compile --quiet --generate-hashes --allow-unsafe --strip-extras \
+	--no-emit-index-url --no-emit-trusted-host --no-emit-find-links
+lock: $(VENV)/.dev
+	$(LOCK) --output-file requirements.txt pyproject.toml
+	$(LOCK) --extra dev --output-file requirements-dev.txt pyproject.toml
 
 run: export DJANGO_DEBUG ?= true
-run: venv
+run: $(VENV)/.runtime
 	$(BIN)/python manage.py migrate --no-input -v 0
 	$(BIN)/python manage.py seed_demo
 	@echo
@@ -41,7 +54,7 @@ cluster:
 
 test: venv lint cluster
 	@if [ -z "$$DATABASE_URL" ]; then echo "DATABASE_URL is not set: the tests run on SQLite (CI runs them on PostgreSQL)."; fi
-	$(BIN)/pytest --durations=25
+	$(BIN)/pytest --numprocesses=auto --dist=loadgroup --durations=25
 
 bench: venv cluster
 	$(BIN)/python -m benchmarks.run

@@ -33,6 +33,7 @@ pytest_plugins = ["tests.cluster_fixtures", "tests.browser"]
 ROLES = ("anonymous", "outsider", "support", "viewer", "member", "owner")
 
 
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         for folder, marker in (
@@ -42,6 +43,10 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         ):
             if f"tests/{folder}/" in str(item.path):
                 item.add_marker(marker)
+        if "tests/dataplane/" in str(item.path):
+            # One node per machine: under pytest-xdist (--dist loadgroup) every data-plane test
+            # runs in the same process, which starts the node once.
+            item.add_marker(pytest.mark.xdist_group("dataplane"))
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:

@@ -18,15 +18,22 @@ os.environ.setdefault(
     "aAi78yinRBymqOIBmCbBG8-8-9xj9UzpUIMxFxePadY=,Tp7KPOkPtvqsttQs3FUp_FUxDoWdyXHBmQwTlWNMAx0=",
 )
 os.environ.setdefault("DJANGO_SECURE_SSL_REDIRECT", "false")
-# One state folder (SQLite file, broker folders, manifests) and one queue name per test run.
+# One state folder (SQLite file, broker folders, manifests) and one queue name per test run,
+# and per test process when pytest-xdist runs several: each has its own database (xdist's
+# suffix), queue, cache prefix and folder. Processes a test starts inherit them.
 os.environ.setdefault("STATE_DIR", tempfile.mkdtemp(prefix="stackblaze-test-"))
 os.environ.setdefault("STACKBLAZE_TEST_RUN", secrets.token_hex(4))
+_xdist_worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+if _xdist_worker and os.environ.get("STACKBLAZE_TEST_WORKER") != _xdist_worker:
+    os.environ["STACKBLAZE_TEST_WORKER"] = _xdist_worker
+    os.environ["STACKBLAZE_TEST_RUN"] += f"-{_xdist_worker}"
+    os.environ["STATE_DIR"] = tempfile.mkdtemp(prefix=f"stackblaze-test-{_xdist_worker}-")
 # Retries in tests are quick; their count and the backoff's shape are still real.
 os.environ.setdefault("RECONCILE_RETRY_BASE_SECONDS", "0.05")
 os.environ.setdefault("RECONCILE_RETRY_MAX_SECONDS", "0.5")
 
-from dashboard.settings import *  # noqa: F403
-from dashboard.settings import CACHES, DATABASES, STATE_DIR
+from dashboard.settings import *  # noqa: F403, E402 (after the environment above)
+from dashboard.settings import CACHES, DATABASES, STATE_DIR  # noqa: E402
 
 ALLOWED_HOSTS = ["testserver", "127.0.0.1", "localhost"]
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
