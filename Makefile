@@ -54,7 +54,7 @@ cluster:
 
 test: venv lint cluster
 	@if [ -z "$$DATABASE_URL" ]; then echo "DATABASE_URL is not set: the tests run on SQLite (CI runs them on PostgreSQL)."; fi
-	$(BIN)/pytest --numprocesses=auto --dist=loadgroup --durations=25
+	$(BIN)/pytest --numprocesses=auto --durations=25
 
 bench: venv cluster
 	$(BIN)/python -m benchmarks.run

@@ -33,7 +33,6 @@ pytest_plugins = ["tests.cluster_fixtures", "tests.browser"]
 ROLES = ("anonymous", "outsider", "support", "viewer", "member", "owner")
 
 
-@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         for folder, marker in (
@@ -43,10 +42,18 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         ):
             if f"tests/{folder}/" in str(item.path):
                 item.add_marker(marker)
-        if "tests/dataplane/" in str(item.path):
-            # One node per machine: under pytest-xdist (--dist loadgroup) every data-plane test
-            # runs in the same process, which starts the node once.
-            item.add_marker(pytest.mark.xdist_group("dataplane"))
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """Under pytest-xdist, every data-plane test goes to the same process, one after another
+    (one node per machine, started once); every other test goes wherever a process is free."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class DataPlaneInOneProcess(LoadScopeScheduling):  # type: ignore[misc]
+        def _split_scope(self, nodeid: str) -> str:
+            return "tests/dataplane/" if nodeid.startswith("tests/dataplane/") else nodeid
+
+    return DataPlaneInOneProcess(config, log)
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:

@@ -69,12 +69,12 @@ def test_approval_opens_one_path_within_the_promised_time_and_revoking_closes_it
     dataplane.until(*analytics_caller, "get", f"http://{hostname}/", timeout=SETTLES_WITHIN_SECONDS)
     connected_after = time.monotonic() - approved_at
     # Both ways: Storefront reaches Analytics's services too.
-    assert dataplane.ask(
+    dataplane.until(
         storefront_ns,
         "client",
         "connect",
         f"warehouse.{analytics.namespace}.svc.cluster.local:3306",
-    ).ok
+    )
     # One path only: Billing, in the same organization as Analytics, is still refused.
     outsider = dataplane.ask(*billing_caller, "connect", target, "-timeout", "2s")
     assert not outsider.ok and outsider.data["outcome"] in ("refused", "timeout"), outsider.output
