@@ -636,8 +636,8 @@ def bench_large_pass(fleet: Fleet, organization: Organization) -> None:
 def large_passes(
     fleet: Fleet, recorder: HttpRecorder, project_id: int, label: str, *, re_read: bool
 ) -> None:
-    from networking.cluster.reconcile import reconcile
     from networking.models import AppliedRecord
+    from networking.passes import reconcile
 
     reconcile(project_id)  # connections, imports
     fleet.metrics.wait_quiet()

@@ -181,13 +181,16 @@ def watching() -> Iterator[Callable[[], None]]:
     """
     import threading
 
+    from networking import passes
     from networking.cluster import kube
     from networking.cluster.informer import ClusterCache
     from networking.cluster.watcher import Watcher
     from networking.models import WatcherHeartbeat
 
     own_client = kube._api_client.__wrapped__(settings.KUBECONFIG, settings.KUBE_CONTEXT)
-    watcher = Watcher(ClusterCache(own_client, settings.WORKLOAD_LABEL, watch_seconds=60))
+    watcher = Watcher(
+        passes.watch_view, ClusterCache(own_client, settings.WORKLOAD_LABEL, watch_seconds=60)
+    )
     thread = threading.Thread(target=watcher.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 60
@@ -230,7 +233,7 @@ def bench_reconcile(server: TestAPIServer) -> bool:
 
 def reconcile_calls(settled: Callable[[], None]) -> bool:
     from networking.cluster import kube
-    from networking.cluster.reconcile import reconcile
+    from networking.passes import reconcile
 
     kube._api_client.cache_clear()
     recorder = HttpRecorder(kube.api_client().rest_client.pool_manager)

@@ -325,8 +325,6 @@ class Project(models.Model):
         queued that long ago, which a broker outage or a lost message never delivered.
         True if a message was sent (or will be on commit).
         """
-        from networking.tasks import reconcile_project
-
         now = timezone.now()
         free = Q(reconcile_queued_at__isnull=True)
         if stale_after is not None:
@@ -336,7 +334,7 @@ class Project(models.Model):
         project_id = self.pk
 
         def send() -> None:
-            if not enqueue.send(reconcile_project, project_id):
+            if not enqueue.send(enqueue.RECONCILE_PROJECT, project_id):
                 # Nothing is queued after all: let the next change or resync try again.
                 Project.objects.filter(pk=project_id, reconcile_queued_at=now).update(
                     reconcile_queued_at=None
@@ -951,8 +949,6 @@ class ConnectionTest(models.Model):
 
         (test, created): concurrent clicks make one test; the others get that one.
         """
-        from networking.tasks import run_connection_test
-
         cls.objects.filter(
             service=service,
             status__in=cls.UNFINISHED,
@@ -987,7 +983,7 @@ class ConnectionTest(models.Model):
             return running, False
 
         def send() -> None:
-            if not enqueue.send(run_connection_test, test.pk):
+            if not enqueue.send(enqueue.RUN_CONNECTION_TEST, test.pk):
                 # Nothing would ever run it: say so now, and free the service for a new test.
                 cls.objects.filter(pk=test.pk, status=cls.Status.QUEUED).update(
                     status=cls.Status.ERROR,
@@ -1454,6 +1450,8 @@ class PeeringRequest(models.Model):
     CONNECTED: ClassVar[frozenset[str]] = frozenset({Status.APPROVED, Status.ACTIVE})
     # States only the worker moves on, once both namespaces hold (or dropped) their policy.
     CATCHING_UP: ClassVar[frozenset[str]] = frozenset({Status.APPROVED, Status.REVOKING})
+    # States a pass of either project looks at: to connect, connected, or being revoked.
+    IN_FLIGHT: ClassVar[tuple[str, ...]] = (Status.APPROVED, Status.ACTIVE, Status.REVOKING)
 
     requester_project = models.ForeignKey(
         Project, on_delete=models.CASCADE, related_name="peering_requests_sent"

@@ -15,8 +15,9 @@ from functools import cached_property
 from django.db.models import Q
 
 from networking.cluster.reachability import Grant, Origin, Reachability, Source, reachability
-from networking.cluster.reconcile import cluster_settings, desired_state_for
+from networking.cluster.reconcile import cluster_settings
 from networking.models import PeeringRequest, Project, Service
+from networking.passes import desired_state_for
 
 # How the rows of the table are ordered: the project itself first, the rest of the world last.
 _ORDER = {

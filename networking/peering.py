@@ -80,10 +80,8 @@ def _record(
             project.record_change(actor=actor, action=action, target=target, details=details)
         else:
             project.audit(actor=actor, action=action, target=target, details=details)
-    from networking.tasks import send_peering_notification
-
     notification = PeeringNotification.objects.create(peering=peering, event=event)
-    enqueue.after_commit(send_peering_notification, notification.pk)
+    enqueue.after_commit(enqueue.SEND_PEERING_NOTIFICATION, notification.pk)
 
 
 def _locked(peering: PeeringRequest) -> PeeringRequest:
@@ -378,7 +376,7 @@ def connected_peerings(project: Project) -> list[PeeringRequest]:
     return [p for p in in_flight_peerings(project) if p.status in PeeringRequest.CONNECTED]
 
 
-IN_FLIGHT = (Status.APPROVED, Status.ACTIVE, Status.REVOKING)
+IN_FLIGHT = PeeringRequest.IN_FLIGHT
 
 # What the Peering page promises: traffic flows (or stops) this soon after support approves
 # (or either side revokes). Measured by the data-plane tests against a real enforcer.

@@ -9,10 +9,9 @@ from django.dispatch import receiver
 
 from networking import enqueue
 from networking.models import Project
-from networking.tasks import delete_namespace_if_orphaned
 
 
 @receiver(post_delete, sender=Project, dispatch_uid="networking.project_namespace_cleanup")
 def delete_namespace_of_deleted_project(sender: type[Project], instance: Project, **_: Any) -> None:
     """A deleted project's namespace goes once the deletion commits (the task re-checks)."""
-    enqueue.after_commit(delete_namespace_if_orphaned, instance.namespace)
+    enqueue.after_commit(enqueue.DELETE_NAMESPACE_IF_ORPHANED, instance.namespace)

@@ -8,7 +8,7 @@ from typing import Any
 from celery import Task, shared_task
 from django.conf import settings
 
-from networking import connection_tests, notifications, peering, rotation
+from networking import connection_tests, notifications, passes, peering, rotation
 from networking.cluster import lease, orphans
 from networking.cluster import reconcile as reconciler
 from networking.cluster.errors import ClusterError
@@ -28,7 +28,7 @@ def reconcile_project(self: Task[Any, Any], project_id: int) -> str:
     """Apply one project's desired state; retry transient cluster errors with backoff."""
     try:
         # The first run is the project's queued message: the next change may queue another.
-        outcome = reconciler.reconcile(project_id, take_queued=self.request.retries == 0)
+        outcome = passes.reconcile(project_id, take_queued=self.request.retries == 0)
     except reconciler.ReconcileFailed as failure:
         retries = self.request.retries
         will_retry = failure.error.transient and retries < settings.RECONCILE_MAX_RETRIES

@@ -12,7 +12,7 @@ from django.test import Client
 from django.urls import reverse
 from django.utils import timezone
 
-from networking.cluster import reconcile as reconciler
+from networking import passes as reconciler
 from networking.cluster.desired import ALIAS_OF_LABEL
 from networking.models import ALIAS_EXTENSION, AuditEvent, Project, Service, ServiceAlias
 from networking.tasks import expire_service_aliases

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from django.utils import timezone
 
-from networking.cluster import reconcile as reconciler
+from networking import passes as reconciler
 from networking.cluster.drift import Difference
 from networking.models import AppliedRecord, Project
 from tests.conftest import World

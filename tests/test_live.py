@@ -14,9 +14,9 @@ from django.test import Client
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 
+from networking import passes as reconciler
 from networking import peering
 from networking.cluster import lease
-from networking.cluster import reconcile as reconciler
 from networking.models import AuditEvent, PeeringRequest, Project, Service
 from tests.conftest import World, make_service
 

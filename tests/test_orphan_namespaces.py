@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from networking.cluster import reconcile as reconciler
+from networking import passes as reconciler
 from networking.cluster.manifests import ManifestsBackend
 from networking.models import Project
 from networking.tasks import delete_namespace_if_orphaned, delete_orphan_namespaces

@@ -16,8 +16,8 @@ from django.test import Client
 from django.urls import reverse
 from django.utils import timezone
 
+from networking import passes as reconciler
 from networking.cluster import lease
-from networking.cluster import reconcile as reconciler
 from networking.cluster.backends import ApplyResult
 from networking.cluster.desired import DesiredState
 from networking.cluster.manifests import ManifestsBackend

@@ -14,8 +14,8 @@ from django.core.exceptions import ValidationError
 from django.test import Client
 from django.urls import reverse
 
+from networking import passes as reconciler
 from networking import references
-from networking.cluster import reconcile as reconciler
 from networking.cluster.desired import SHARED_SECRETS
 from networking.crypto import SecretText
 from networking.models import AuditEvent, ReferenceVariable, Service, SharedSecret

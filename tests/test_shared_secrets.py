@@ -401,7 +401,7 @@ def test_the_manifests_backend_keeps_the_secret_file_private(
 
 
 def test_a_service_that_stops_receiving_loses_it_from_its_desired_workload(world: World) -> None:
-    from networking.cluster.reconcile import desired_state_for
+    from networking.passes import desired_state_for
 
     desired = desired_state_for(world.project)
     assert desired.workloads["api"].annotation == "INTERNAL_API_SECRET=1"

@@ -19,12 +19,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import urllib3
-from kubernetes import client
-from kubernetes.client.exceptions import ApiException
-from kubernetes.watch.watch import iter_resp_lines
-
 from networking.cluster.desired import KubeObject, managed_selector
+from networking.cluster.kube import WATCH_ERRORS, ApiClient, list_method, response_lines
 
 logger = logging.getLogger(__name__)
 
@@ -71,21 +67,16 @@ class Informer:
 
     def __init__(
         self,
-        api_client: client.ApiClient,
+        api_client: ApiClient,
         watched: WatchedKind,
         on_change: OnChange,
         *,
         watch_seconds: int = 240,
         request_timeout: float = 10.0,
     ) -> None:
-        apis = {
-            "core": client.CoreV1Api,
-            "networking": client.NetworkingV1Api,
-            "apps": client.AppsV1Api,
-        }
         self.kind = watched.kind
         self.selector = watched.selector
-        self.list_call = getattr(apis[watched.api](api_client), watched.method)
+        self.list_call = list_method(api_client, watched.api, watched.method)
         self.on_change = on_change
         self.watch_seconds = watch_seconds
         self.request_timeout = request_timeout
@@ -154,7 +145,7 @@ class Informer:
             except _Gone:
                 logger.info("Watch of %ss expired (410 Gone): listing again", self.kind)
                 self.resource_version = None
-            except (ApiException, urllib3.exceptions.HTTPError, OSError, ValueError) as error:
+            except WATCH_ERRORS as error:
                 if self.stopping.is_set():
                     return  # a watch cut short by our own stop (or the server going away with it)
                 failures += 1
@@ -206,7 +197,7 @@ class Informer:
             _request_timeout=(self.request_timeout, self.watch_seconds + self.request_timeout),
         )
         try:
-            for line in iter_resp_lines(response):
+            for line in response_lines(response):
                 if self.stopping.is_set():
                     return
                 self._event(json.loads(line))
@@ -258,7 +249,7 @@ class ClusterCache:
 
     def __init__(
         self,
-        api_client: client.ApiClient,
+        api_client: ApiClient,
         workload_label: str,
         on_change: OnChange | None = None,
         *,

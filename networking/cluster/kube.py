@@ -19,6 +19,7 @@ from django.conf import settings
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 from kubernetes.config.config_exception import ConfigException
+from kubernetes.watch.watch import iter_resp_lines
 
 from networking.cluster.backends import (
     EXACT_FIELDS,
@@ -50,7 +51,28 @@ from networking.cluster.errors import (
 )
 from networking.cluster.probe import PodOutcome, ReadyEndpoints, pod_outcome, ready_endpoints
 
+ApiClient = client.ApiClient
 APPLY_CONTENT_TYPE = "application/apply-patch+yaml"
+# What a failed list or watch raises: the API's answer, the connection, or a torn body.
+WATCH_ERRORS = (ApiException, urllib3.exceptions.HTTPError, OSError, ValueError)
+
+
+def list_method(api_client: client.ApiClient, api: str, method: str) -> Callable[..., Any]:
+    """A list method of the typed client ("core", "networking" or "apps"): the informers'
+    LIST and WATCH (``watch=True``) both go through it."""
+    apis = {
+        "core": client.CoreV1Api,
+        "networking": client.NetworkingV1Api,
+        "apps": client.AppsV1Api,
+    }
+    return getattr(apis[api](api_client), method)  # type: ignore[no-any-return]
+
+
+def response_lines(response: Any) -> Any:
+    """The lines of a streamed watch response, as they arrive."""
+    return iter_resp_lines(response)
+
+
 MERGE_PATCH_CONTENT_TYPE = "application/merge-patch+json"
 
 

@@ -48,7 +48,6 @@ from django.db import connection
 from django.db.models import F, Q
 from django.utils import timezone
 
-from networking import peering
 from networking.models import (
     AppliedRecord,
     PeeringRequest,
@@ -92,7 +91,7 @@ def _claim_sql(vendor: str, take_queued: bool) -> str:
     q = connection.ops.quote_name
     columns = ", ".join(q(str(field.column)) for field in Project._meta.concrete_fields)
     queued = f", {q('reconcile_queued_at')} = NULL" if take_queued else ""
-    statuses = ", ".join(f"%(status_{index})s" for index in range(len(peering.IN_FLIGHT)))
+    statuses = ", ".join(f"%(status_{index})s" for index in range(len(PeeringRequest.IN_FLIGHT)))
     record = _table(AppliedRecord)
     of_project = f"{q('project_id')} = %(project)s"
     # Only quoted identifiers from the models' metadata go into the text; values are parameters.
@@ -133,7 +132,7 @@ def claim(project_id: int, *, take_queued: bool = False) -> Claim | None:
         "project": project_id,
         "now": adapt(now),
         "watched_since": adapt(now - WatcherHeartbeat.STALE_AFTER),
-        **{f"status_{index}": status for index, status in enumerate(peering.IN_FLIGHT)},
+        **{f"status_{index}": status for index, status in enumerate(PeeringRequest.IN_FLIGHT)},
     }
     rows = list(Project.objects.raw(_claim_sql(connection.vendor, take_queued), params))
     if not rows:

@@ -25,47 +25,32 @@ changed (one request each), the applied generation (one statement). Everything e
 
 from __future__ import annotations
 
-import base64
 import functools
 import json
 import logging
 import time
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any, NamedTuple, Protocol
+from typing import Any, NamedTuple
 
 from django.conf import settings
 from django.db import connection, transaction
-from django.db.models import F, Prefetch, Q
+from django.db.models import F, Q
 from django.utils import timezone
 from django.utils.crypto import salted_hmac
 
-from networking import peering, references, rotation
 from networking.cluster import lease
 from networking.cluster.backend_choice import get_backend
 from networking.cluster.backends import ApplyResult, Backend
 from networking.cluster.desired import (
     ClusterSettings,
     DesiredState,
-    ReferenceSpec,
-    SecretSpec,
-    ServiceSpec,
     WorkloadSpec,
-    build_desired_state,
     changes_since,
 )
 from networking.cluster.errors import ClusterError, PermanentClusterError
-from networking.models import (
-    AppliedRecord,
-    ApplyAttempt,
-    PeeringRequest,
-    Project,
-    ReferenceVariable,
-    Service,
-    ServiceAlias,
-    SharedSecret,
-)
+from networking.models import AppliedRecord, ApplyAttempt, Project, Service
 
 logger = logging.getLogger(__name__)
 
@@ -95,119 +80,43 @@ class ReconcileFailed(Exception):
         self.started_at = started_at
 
 
+class ServiceRow(NamedTuple):
+    """A service as a pass reads it (one plain statement for all of them)."""
+
+    pk: int
+    name: str
+    kind: str
+    ports: tuple[int, ...]
+    cluster_ip: str | None
+
+
+def _nothing_follows(result: ApplyResult, rolling: set[str] | None) -> float | None:
+    return None
+
+
+@dataclass
+class Plan:
+    """What one pass applies, handed to the loop by the domain (``networking.passes``): the
+    loop knows nothing of rotations, peerings or reference variables."""
+
+    desired: DesiredState
+    # Values that must never reach an error message (secret values, and their base64).
+    sensitive: list[str] = field(default_factory=list)
+    # Read the whole namespace whatever the record says (a rotation waits on rollouts).
+    read_cluster: bool = False
+    # Called once the pass has applied, with the services whose workloads still roll out
+    # (None when the pass did not look at workloads); seconds until the next look, if any.
+    after_apply: Callable[[ApplyResult, set[str] | None], float | None] = _nothing_follows
+
+
+# The domain's part of a pass: its plan, from the claim and the services' rows.
+Planner = Callable[[lease.Claim, list[ServiceRow]], Plan]
+
+
 def cluster_settings() -> ClusterSettings:
     return ClusterSettings(
         workload_label=settings.WORKLOAD_LABEL, ingress_namespace=settings.INGRESS_NAMESPACE
     )
-
-
-def secret_specs(project: Project, *, with_values: bool = True) -> list[SecretSpec]:
-    """The project's shared secrets for the desired state; without values for comparisons
-    that never look at the Secret itself (the watcher's)."""
-    return _secret_specs(_shared_secrets(project), with_values=with_values)
-
-
-def _secret_specs(secrets: list[SharedSecret], *, with_values: bool = True) -> list[SecretSpec]:
-    return [
-        SecretSpec(
-            name=secret.name,
-            environment={
-                key: value.reveal() if with_values else ""
-                for key, value in rotation.environment(secret).items()
-            },
-            version=secret.version,
-            receivers=frozenset(service.name for service in secret.services.all()),
-            references=tuple(rotation.environment_names(secret.name)),
-        )
-        for secret in secrets
-    ]
-
-
-class _ServiceLike(Protocol):
-    """A service row as the builder reads it: a model instance or a ``_ServiceRow``."""
-
-    @property
-    def name(self) -> str: ...
-    @property
-    def kind(self) -> str: ...
-    @property
-    def ports(self) -> Sequence[int]: ...
-
-
-def desired_state_for(
-    project: Project,
-    secrets: list[SecretSpec] | None = None,
-    peerings: list[PeeringRequest] | None = None,
-    services: Sequence[_ServiceLike] | None = None,
-    aliases: dict[str, tuple[str, ...]] | None = None,
-    references: list[ReferenceSpec] | None = None,
-) -> DesiredState:
-    """``aliases``: each service's old names still resolving, by its name; ``references``: the
-    reference variables with their values. Each is read when None."""
-    if services is None:
-        services = list(project.services.only("name", "kind", "ports"))
-    if aliases is None:
-        aliases = aliases_of(project.pk)
-    if references is None:
-        references = reference_specs(project.pk)
-    if secrets is None:
-        secrets = _secret_specs(_shared_secrets(project))
-    if peerings is None:
-        peerings = peering.connected_peerings(project)
-    web = Service.Kind.WEB
-    return build_desired_state(
-        namespace=project.namespace,
-        project_uid=project.uid,
-        services=[
-            ServiceSpec(
-                service.name,
-                service.kind,
-                tuple(service.ports),
-                service.kind == web,
-                aliases.get(service.name, ()),
-            )
-            for service in services
-        ],
-        settings=cluster_settings(),
-        secrets=secrets,
-        peer_namespaces=[p.peer_of(project).namespace for p in peerings],
-        references=references,
-    )
-
-
-def aliases_of(
-    project_id: int, services: Collection[str] | None = None
-) -> dict[str, tuple[str, ...]]:
-    """The old names each service of the project still answers to, by the service's name;
-    only those of ``services`` if given."""
-    rows = ServiceAlias.objects.filter(project_id=project_id)
-    if services is not None:
-        rows = rows.filter(service__name__in=list(services))
-    found: dict[str, list[str]] = {}
-    for service, alias in rows.order_by("name").values_list("service__name", "name"):
-        found.setdefault(service, []).append(alias)
-    return {service: tuple(names) for service, names in found.items()}
-
-
-def reference_specs(project_id: int) -> list[ReferenceSpec]:
-    """The project's reference variables with their values (a connection string's password
-    included: they go into the Secret, nowhere else)."""
-    key = digest_key()
-    specs = []
-    rows = ReferenceVariable.objects.filter(project_id=project_id).select_related(
-        "source", "consumer"
-    )
-    for row in rows:
-        value = references.value_of(row.source)
-        specs.append(
-            ReferenceSpec(
-                consumer=row.consumer.name,
-                variable=row.variable,
-                value=value,
-                version=references.version_of(value, key),
-            )
-        )
-    return specs
 
 
 def digest_key() -> bytes:
@@ -220,12 +129,6 @@ def _digest_key(secret_key: str) -> bytes:
     return salted_hmac(
         "networking.applied-record", "", secret=secret_key, algorithm="sha256"
     ).digest()
-
-
-def _shared_secrets(project: Project) -> list[SharedSecret]:
-    return list(
-        project.shared_secrets.prefetch_related(Prefetch("services", Service.objects.only("name")))
-    )
 
 
 def projects_to_resync() -> list[int]:
@@ -250,11 +153,16 @@ def projects_to_resync() -> list[int]:
 
 
 def reconcile(
-    project_id: int, backend: Backend | None = None, *, take_queued: bool = False
+    project_id: int,
+    planner: Planner,
+    backend: Backend | None = None,
+    *,
+    take_queued: bool = False,
 ) -> Outcome:
     """Bring one project's namespace in line with its rows; raise ``ReconcileFailed``.
 
-    ``take_queued``: called for the project's queued message (see ``lease.claim``).
+    ``planner``: what the pass applies (``networking.passes.plan``); ``take_queued``: called
+    for the project's queued message (see ``lease.claim``).
     """
     outcome = Outcome("busy")
     for _ in range(MAX_PASSES):
@@ -268,7 +176,7 @@ def reconcile(
             return Outcome("busy", generation=outcome.generation, lease_remaining=remaining)
         with lease.renewed(project_id, claimed.token):
             try:
-                outcome = _one_pass(claimed, backend or get_backend())
+                outcome = _one_pass(claimed, planner, backend or get_backend())
             except ReconcileFailed:
                 raise
             except Exception:
@@ -289,21 +197,13 @@ def reconcile(
     return outcome
 
 
-class _ServiceRow(NamedTuple):
-    pk: int
-    name: str
-    kind: str
-    ports: tuple[int, ...]
-    cluster_ip: str | None
-
-
 @functools.lru_cache(maxsize=4096)
 def _ports(stored: str) -> tuple[int, ...]:
     """A service's ports as stored (JSON text): the same few texts come back pass after pass."""
     return tuple(json.loads(stored))
 
 
-def _service_rows(project_id: int) -> list[_ServiceRow]:
+def _service_rows(project_id: int) -> list[ServiceRow]:
     """The project's services as the pass needs them, in one plain statement.
 
     Not through the ORM: at a thousand services ``values_list`` costs about 5 ms of Python
@@ -318,7 +218,7 @@ def _service_rows(project_id: int) -> list[_ServiceRow]:
         )
         rows = cursor.fetchall()
     return [
-        _ServiceRow(
+        ServiceRow(
             pk,
             name,
             kind,
@@ -329,34 +229,18 @@ def _service_rows(project_id: int) -> list[_ServiceRow]:
     ]
 
 
-def _one_pass(claimed: lease.Claim, backend: Backend) -> Outcome:
+def _one_pass(claimed: lease.Claim, planner: Planner, backend: Backend) -> Outcome:
     project = claimed.project
     generation = project.generation
     services = _service_rows(project.pk)
-    aliases = aliases_of(project.pk) if claimed.has_aliases else {}
-    given = reference_specs(project.pk) if claimed.has_references else []
-    secrets = _shared_secrets(project) if claimed.has_secrets else []
-    specs = _secret_specs(secrets)
-    in_flight = peering.in_flight_peerings(project) if claimed.has_peerings else []
-    peerings = [p for p in in_flight if p.status in PeeringRequest.CONNECTED]
-    desired = desired_state_for(project, specs, peerings, services, aliases, given)
+    plan = planner(claimed, services)
+    desired, sensitive = plan.desired, plan.sensitive
     digests = desired.digests(digest_key())
     record = claimed.record or _new_record(project)
-    # A cluster's error message could quote what was sent: never let a secret value through.
-    values = [value for spec in specs for value in spec.environment.values()]
-    values += [reference.value for reference in given]
-    sensitive = [
-        text for value in values for text in (value, base64.b64encode(value.encode()).decode())
-    ]
     # Read the cluster when the record cannot be trusted (never made, distrusted, or no watcher
     # to distrust it), and while workloads roll out (a rotation waits on them; the dashboard
     # shows how far they are).
-    full = (
-        record.digests is None
-        or not claimed.watched
-        or record.rolling_out
-        or any(secret.rotating for secret in secrets)
-    )
+    full = record.digests is None or not claimed.watched or record.rolling_out or plan.read_cluster
     started_at = time.time()
     try:
         if full:
@@ -380,12 +264,9 @@ def _one_pass(claimed: lease.Claim, backend: Backend) -> Outcome:
             started_at=started_at,
         )
 
-    recheck_in = None
-    if result.all_workloads:
-        recheck_in = rotation.advance_ready(secrets, _still_rolling_out(desired, result))
-    connected_ids = {p.pk for p in peerings}
-    if peering.needs_recording(project, in_flight, connected_ids):
-        peering.record_applied(project, connected_ids)
+    recheck_in = plan.after_apply(
+        result, _still_rolling_out(desired, result) if result.all_workloads else None
+    )
     # Restarts we caused are still rolling out: keep the dashboard's view of them fresh for a
     # while (the watcher notices the rest; the periodic resync covers a rollout that takes longer).
     rolling = any(status.secrets and not status.rolled_out for status in result.workloads.values())
@@ -421,7 +302,7 @@ def _one_pass(claimed: lease.Claim, backend: Backend) -> Outcome:
     )
 
 
-def _record_services(project_id: int, services: list[_ServiceRow], result: ApplyResult) -> None:
+def _record_services(project_id: int, services: list[ServiceRow], result: ApplyResult) -> None:
     """Store what the cluster assigned (ClusterIPs) and reported (workloads) that changed."""
     changed_ips = []
     for service in services:

@@ -18,18 +18,20 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 
 from django.conf import settings
 from django.db import DatabaseError, close_old_connections, connection
 from django.utils import timezone
 
+from networking import enqueue
 from networking.cluster import reconcile
-from networking.cluster.desired import WORKLOAD_KINDS
+from networking.cluster.desired import WORKLOAD_KINDS, DesiredState
 from networking.cluster.drift import Difference, differences
 from networking.cluster.informer import ClusterCache
 from networking.cluster.kube import api_client
-from networking.models import Project, ServiceAlias, WatcherHeartbeat
+from networking.models import Project, Service, WatcherHeartbeat
 
 logger = logging.getLogger(__name__)
 
@@ -55,8 +57,24 @@ def pass_coming(project: Project) -> bool:
     )
 
 
+@dataclass(frozen=True)
+class WatchView:
+    """What a look at a project compares the cache with: its desired state (of ``scope``'s
+    services, or of everything when ``scope`` is None) and the service rows it was built from
+    (their recorded ClusterIPs and workloads are compared too)."""
+
+    desired: DesiredState
+    services: list[Service]
+    scope: set[str] | None
+
+
+# The domain's part of a look (``networking.passes.watch_view``): project, scope -> view.
+ViewFor = Callable[[Project, set[str] | None], WatchView]
+
+
 class Watcher:
-    def __init__(self, cache: ClusterCache | None = None) -> None:
+    def __init__(self, desired_for: ViewFor, cache: ClusterCache | None = None) -> None:
+        self.desired_for = desired_for
         self.cache = cache or ClusterCache(
             api_client(), settings.WORKLOAD_LABEL, watch_seconds=settings.WATCH_SECONDS
         )
@@ -170,36 +188,14 @@ class Watcher:
             return []
         if project is None:
             if namespace_object is not None:
-                from networking.tasks import delete_namespace_if_orphaned
-
                 logger.info("Namespace %s belongs to no project: deleting it", namespace)
-                delete_namespace_if_orphaned.delay(namespace)
+                enqueue.send(enqueue.DELETE_NAMESPACE_IF_ORPHANED, namespace)
             return []
         scope = self._services_in(namespace, changed)
         self.looks.append((namespace, frozenset(scope) if scope is not None else None))
-        rows = project.services.only("name", "kind", "ports", "cluster_ip", "workload")
-        aliases = None
-        if scope is not None:
-            # A Service named by an old hostname is its service's: look at that service, with
-            # every old name it still answers to.
-            owners = dict(
-                ServiceAlias.objects.filter(project=project, name__in=sorted(scope)).values_list(
-                    "name", "service__name"
-                )
-            )
-            names = {owners.get(name, name) for name in scope}
-            rows = rows.filter(name__in=sorted(names))
-            aliases = reconcile.aliases_of(project.pk, names)
-            scope = scope | names | {alias for kept in aliases.values() for alias in kept}
-        services = list(rows)
-        desired = reconcile.desired_state_for(
-            project,
-            secrets=reconcile.secret_specs(project, with_values=False),
-            # Policies are compared only in a look at everything.
-            peerings=None if scope is None else [],
-            services=services,
-            aliases=aliases,
-        )
+        view = self.desired_for(project, scope)
+        services, scope = view.services, view.scope
+        desired = view.desired
         found = differences(
             desired,
             {

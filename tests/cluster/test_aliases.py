@@ -6,7 +6,7 @@ from datetime import timedelta
 
 from django.utils import timezone
 
-from networking.cluster import reconcile as reconciler
+from networking import passes as reconciler
 from networking.cluster.desired import ALIAS_OF_LABEL
 from networking.cluster.watcher import Watcher
 from networking.models import Service, ServiceAlias

@@ -7,8 +7,8 @@ from typing import Any
 from django.test import Client
 from django.urls import reverse
 
+from networking import passes as reconciler
 from networking.cluster import lease
-from networking.cluster import reconcile as reconciler
 from networking.cluster.desired import MANAGED_BY, MANAGED_BY_LABEL, PROJECT_LABEL
 from networking.models import AppliedRecord, ApplyAttempt, Project, Service, WatcherHeartbeat
 from networking.tasks import reconcile_project, resync_all_projects

@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
+from networking import passes as reconciler
 from networking import peering
-from networking.cluster import reconcile as reconciler
 from networking.models import PeeringRequest, Project
 from networking.tasks import resync_all_projects
 from tests.cluster_fixtures import Cluster

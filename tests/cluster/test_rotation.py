@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 from django.conf import settings as django_settings
 
+from networking import passes as reconciler
 from networking import rotation
-from networking.cluster import reconcile as reconciler
 from networking.cluster.desired import SECRETS_ANNOTATION, SHARED_SECRETS
 from networking.models import Project, Service, SharedSecret
 from tests import deploy_system

@@ -15,8 +15,8 @@ from django.db import connection
 from django.db.models import F
 from django.utils import timezone
 
+from networking import passes as reconciler
 from networking.cluster import kube, lease
-from networking.cluster import reconcile as reconciler
 from networking.cluster.desired import namespace_object
 from networking.cluster.informer import ClusterCache, Informer, _Gone, watched_kinds
 from networking.cluster.watcher import Watcher
@@ -51,7 +51,10 @@ def watcher(cluster: Cluster, transactional_db: Any, eager_tasks: None) -> Itera
     own_client = kube._api_client.__wrapped__(
         django_settings.KUBECONFIG, django_settings.KUBE_CONTEXT
     )
-    watcher = Watcher(ClusterCache(own_client, django_settings.WORKLOAD_LABEL, watch_seconds=30))
+    watcher = Watcher(
+        reconciler.watch_view,
+        ClusterCache(own_client, django_settings.WORKLOAD_LABEL, watch_seconds=30),
+    )
     thread = threading.Thread(target=watcher.run, daemon=True)
     thread.start()
     assert watcher.cache.wait_synced(60)

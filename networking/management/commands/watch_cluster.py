@@ -27,9 +27,10 @@ class Command(BaseCommand):
             self.stdout.write("The manifests backend has no cluster to watch; idle.")
             stopped.wait()
             return
+        from networking import passes
         from networking.cluster.watcher import Watcher
 
-        watcher = Watcher()
+        watcher = Watcher(passes.watch_view)
         thread = threading.Thread(target=watcher.run, name="watcher", daemon=True)
         thread.start()
         stopped.wait()
