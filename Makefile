@@ -46,6 +46,7 @@ lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy .
+	$(BIN)/lint-imports
 
 # The test cluster (Kubernetes, etcd, CoreDNS, kube-router, images), built once per machine and
 # cached; a warm run takes a second.

@@ -8,3 +8,6 @@ class ApiConfig(AppConfig):
 
     name = "api"
     verbose_name = "HTTP API"
+
+    def ready(self) -> None:
+        from api import signals  # noqa: F401  (connects its receivers)

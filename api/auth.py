@@ -18,8 +18,8 @@ from django.http import HttpRequest
 from ninja.security import APIKeyCookie, HttpBearer
 from ninja.utils import check_csrf
 
+from api.models import ApiToken, TokenRefused
 from api.problems import Problem
-from networking.models import ApiToken, TokenRefused
 
 REDACTED = "Bearer [redacted]"
 CSRF_REFUSED = (
@@ -35,6 +35,12 @@ def presented_token(request: HttpRequest) -> str | None:
     if scheme.lower() != "bearer" or not value.strip():
         return None
     return value.strip()
+
+
+def token_of(request: HttpRequest) -> ApiToken | None:
+    """The API token the request was authenticated with; None in a browser session."""
+    token = getattr(request, "api_token", None)
+    return token if isinstance(token, ApiToken) else None
 
 
 class TokenAuth(HttpBearer):
@@ -56,7 +62,7 @@ class TokenAuth(HttpBearer):
         user: Any = found.user
         user.via_token = found.name  # read by AuditEvent.record and every actor label
         request.user = user
-        request.api_token = found  # type: ignore[attr-defined]  # read by dashboard.access
+        request.api_token = found  # type: ignore[attr-defined]  # read by networking.access
         return found
 
 

@@ -17,10 +17,9 @@ from django.core.exceptions import (
     SuspiciousOperation,
     ValidationError,
 )
-from django.db import IntegrityError, OperationalError
 from django.http import Http404, HttpRequest, HttpResponse
 
-from dashboard.middleware import CONFLICT, RETRYABLE_SQLSTATES
+from networking import contention
 
 logger = logging.getLogger(__name__)
 
@@ -173,12 +172,9 @@ def to_response(request: HttpRequest, exc: Exception) -> HttpResponse:
         return problem_response(problem.status, problem.detail, errors=problem.errors)
     if isinstance(exc, SuspiciousOperation):
         return problem_response(400, "The request was refused as malformed.")
-    if isinstance(exc, IntegrityError) or (
-        isinstance(exc, OperationalError)
-        and getattr(exc.__cause__, "sqlstate", None) in RETRYABLE_SQLSTATES
-    ):
+    if contention.lost_a_race(exc):
         logger.warning("Concurrent change on %s %s: %s", request.method, request.path, exc)
-        return problem_response(409, CONFLICT.replace("Reload the page", "Read it again"))
+        return problem_response(409, contention.CONFLICT_FOR_API)
     logger.exception("API error on %s %s", request.method, request.path)
     return problem_response(
         500, "Something went wrong on our side. Try again; if it goes on, contact support."

@@ -16,7 +16,7 @@ from django.core.cache import cache
 from django.http import HttpRequest
 from ninja.throttling import BaseThrottle
 
-from dashboard.access import token_of
+from api.auth import token_of
 
 logger = logging.getLogger(__name__)
 WINDOW_SECONDS = 60

@@ -1,4 +1,4 @@
-"""The API's operations. Each one fetches through ``dashboard.access``, validates with the
+"""The API's operations. Each one fetches through ``networking.access``, validates with the
 dashboard's own forms and calls the same domain function as the page does.
 """
 
@@ -21,10 +21,11 @@ from ninja.params.functions import Path, Query
 from pydantic import Field
 
 from api import schemas
+from api.auth import token_of
 from api.idempotency import idempotent
 from api.problems import Problem, form_invalid, invalid
-from dashboard import audit_view
-from dashboard.access import (
+from networking import audit_trail, endpoints, peering, rotation
+from networking.access import (
     ProjectAccess,
     capped_memberships,
     get_peering_for_staff,
@@ -33,16 +34,14 @@ from dashboard.access import (
     get_secret_for_user,
     get_service_for_user,
     require_support_staff,
-    token_of,
 )
-from dashboard.forms import (
+from networking.forms import (
     PeeringRequestForm,
     RejectForm,
     RotateForm,
     ServiceForm,
     SharedSecretForm,
 )
-from networking import endpoints, peering, rotation
 from networking.models import (
     ALIAS_DEFAULT,
     PROJECT_ID_PATTERN,
@@ -816,7 +815,7 @@ class AuditFilters(Schema):
     limit: int = Field(50, ge=1, le=200)
     cursor: str | None = Field(None, max_length=200, pattern=r"^[A-Za-z0-9_=-]*$")
     who: str | None = Field(None, max_length=150, pattern=_PLAIN)
-    what: str | None = Field(None, description=", ".join(audit_view.GROUPS), pattern=_PLAIN)
+    what: str | None = Field(None, description=", ".join(audit_trail.GROUPS), pattern=_PLAIN)
     since: str | None = Field(None, max_length=10, pattern=_PLAIN, description="YYYY-MM-DD")
     until: str | None = Field(None, max_length=10, pattern=_PLAIN, description="YYYY-MM-DD")
 
@@ -854,7 +853,7 @@ def list_audit_events(
 ) -> schemas.AuditPage:
     """The project's audit log, newest first, a page at a time (``next_cursor``)."""
     access = _project(request, project_id)
-    chosen = audit_view.Filters.from_query(
+    chosen = audit_trail.Filters.from_query(
         {key: value for key, value in filters.model_dump().items() if isinstance(value, str)}
     )
     events = chosen.apply(AuditEvent.objects.filter(project=access.project)).order_by(

@@ -7,25 +7,14 @@ from collections.abc import Callable
 
 from django.contrib import messages
 from django.core.exceptions import ObjectDoesNotExist
-from django.db import IntegrityError, OperationalError
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
 
-from networking import enqueue
+from networking import contention, enqueue
 
 logger = logging.getLogger(__name__)
 
 QUEUE_DOWN = "Saved. The cluster will be updated when the worker queue is reachable again."
-CONFLICT = (
-    "Someone else changed this at the same moment, so nothing was saved. "
-    "Reload the page to see the current state, and try again if it is still needed."
-)
-GONE = (
-    "Someone deleted this while your request was on its way. Reload the page you came from to "
-    "see what is there now."
-)
-# PostgreSQL: a deadlock, or a serializable transaction that lost a race. Retrying helps.
-RETRYABLE_SQLSTATES = frozenset({"40P01", "40001"})
 
 
 class WorkerQueueMiddleware:
@@ -61,19 +50,15 @@ class ConcurrentChangeMiddleware:
         return self.get_response(request)
 
     def process_exception(self, request: HttpRequest, exception: Exception) -> HttpResponse | None:
-        if isinstance(exception, IntegrityError) or (
-            isinstance(exception, OperationalError)
-            and getattr(getattr(exception, "__cause__", None), "sqlstate", None)
-            in RETRYABLE_SQLSTATES
-        ):
+        if contention.lost_a_race(exception):
             logger.warning(
                 "Concurrent change on %s %s: %s", request.method, request.path, exception
             )
-            return render(request, "409.html", {"exception": CONFLICT}, status=409)
+            return render(request, "409.html", {"exception": contention.CONFLICT}, status=409)
         if isinstance(exception, ObjectDoesNotExist):
             # Deleted by someone else while this request worked on it: gone, not broken.
             logger.warning(
                 "Deleted meanwhile on %s %s", request.method, request.path, exc_info=exception
             )
-            return render(request, "404.html", {"reason": GONE}, status=404)
+            return render(request, "404.html", {"reason": contention.GONE}, status=404)
         return None

@@ -13,7 +13,9 @@ from django.utils import timezone
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 from django.views.decorators.vary import vary_on_headers
 
-from dashboard.access import (
+from dashboard.views import HtmxHttpRequest
+from networking import peering
+from networking.access import (
     ProjectAccess,
     get_peering_for_staff,
     get_peering_for_user,
@@ -21,9 +23,7 @@ from dashboard.access import (
     memberships_of,
     require_support_staff,
 )
-from dashboard.forms import PeeringRequestForm, RejectForm
-from dashboard.views import HtmxHttpRequest
-from networking import peering
+from networking.forms import PeeringRequestForm, RejectForm
 from networking.models import Membership, Organization, PeeringRequest, Project, Service
 
 

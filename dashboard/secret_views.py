@@ -16,10 +16,10 @@ from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 from django.views.decorators.vary import vary_on_headers
 
-from dashboard.access import ProjectAccess, get_project_for_user, get_secret_for_user
-from dashboard.forms import RotateForm, SharedSecretForm
 from dashboard.views import HtmxHttpRequest
 from networking import endpoints, rotation
+from networking.access import ProjectAccess, get_project_for_user, get_secret_for_user
+from networking.forms import RotateForm, SharedSecretForm
 from networking.models import AuditEvent, Membership, Service, SharedSecret
 
 

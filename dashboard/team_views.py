@@ -9,8 +9,8 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_GET, require_POST
 
-from dashboard.access import get_organization_for_user
 from networking import plain_text, teams
+from networking.access import get_organization_for_user
 from networking.models import AuditEvent, Membership, Organization
 
 TEAM_ACTIONS = (

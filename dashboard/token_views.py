@@ -19,9 +19,10 @@ from django.utils import timezone
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_POST
 
-from dashboard.access import get_organization_for_user
+from api.models import ApiToken
 from dashboard.forms import ApiTokenForm
-from networking.models import ApiToken, Membership, Organization
+from networking.access import get_organization_for_user
+from networking.models import Membership, Organization
 
 
 def _visible_tokens(

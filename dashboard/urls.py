@@ -25,7 +25,7 @@ class ProjectIDConverter:
 register_converter(ProjectIDConverter, "project_id")
 
 # Everything under /projects/<project_uid>/: each view fetches the project through
-# dashboard.access, so another tenant's ID is a 404.
+# networking.access, so another tenant's ID is a 404.
 service_patterns = [
     path("new/", views.service_create, name="service-create"),
     path("name-preview/", views.service_name_preview, name="service-name-preview"),

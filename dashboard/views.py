@@ -1,4 +1,4 @@
-"""The dashboard's pages. Each view fetches through ``dashboard.access`` and stays short."""
+"""The dashboard's pages. Each view fetches through ``networking.access`` and stays short."""
 
 from __future__ import annotations
 
@@ -22,8 +22,9 @@ from django.views.decorators.vary import vary_on_headers
 from django_htmx.http import trigger_client_event
 from django_htmx.middleware import HtmxDetails
 
-from dashboard import audit_view, network_drawing, service_list
-from dashboard.access import (
+from dashboard import network_drawing, service_list
+from networking import audit_trail, connection_tests, endpoints, naming, peering, references
+from networking.access import (
     ProjectAccess,
     get_alias_for_user,
     get_organization_for_user,
@@ -32,8 +33,7 @@ from dashboard.access import (
     get_service_for_user,
     memberships_of,
 )
-from dashboard.forms import ProjectForm, ReferenceForm, ServiceForm
-from networking import connection_tests, endpoints, naming, peering, references
+from networking.forms import ProjectForm, ReferenceForm, ServiceForm
 from networking.models import (
     ApplyAttempt,
     AuditEvent,
@@ -274,7 +274,7 @@ def project_delete(request: HttpRequest, project_uid: str) -> HttpResponse:
 @vary_on_headers("HX-Request")
 def audit_log(request: HtmxHttpRequest, project_uid: str) -> HttpResponse:
     access = get_project_for_user(request, project_uid)
-    filters = audit_view.Filters.from_query(request.GET)
+    filters = audit_trail.Filters.from_query(request.GET)
     events = filters.apply(AuditEvent.objects.filter(project=access.project))
     page = Paginator(events, 50).get_page(request.GET.get("page"))
     who = (
@@ -289,12 +289,12 @@ def audit_log(request: HtmxHttpRequest, project_uid: str) -> HttpResponse:
         access.context(
             page=page,
             rows=[
-                (event, audit_view.target_text(event), audit_view.details_text(event))
+                (event, audit_trail.target_text(event), audit_trail.details_text(event))
                 for event in page
             ],
             filters=filters,
             filter_query=filters.query(),
-            groups=[(key, label) for key, (label, _) in audit_view.GROUPS.items()],
+            groups=[(key, label) for key, (label, _) in audit_trail.GROUPS.items()],
             people=list(who[:200]),
         ),
     )
@@ -305,11 +305,11 @@ def audit_log(request: HtmxHttpRequest, project_uid: str) -> HttpResponse:
 def audit_log_csv(request: HttpRequest, project_uid: str) -> StreamingHttpResponse:
     """The filtered log as CSV, every row (streamed, so a long log costs no memory)."""
     access = get_project_for_user(request, project_uid)
-    filters = audit_view.Filters.from_query(request.GET)
+    filters = audit_trail.Filters.from_query(request.GET)
     events = filters.apply(AuditEvent.objects.filter(project=access.project)).iterator(
         chunk_size=500
     )
-    response = StreamingHttpResponse(audit_view.csv_rows(events), content_type="text/csv")
+    response = StreamingHttpResponse(audit_trail.csv_rows(events), content_type="text/csv")
     filename = f"audit-{access.project.uid}-{timezone.now():%Y%m%d}.csv"
     response["Content-Disposition"] = f'attachment; filename="{filename}"'
     return response

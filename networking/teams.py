@@ -12,9 +12,14 @@ from typing import Any
 from django.contrib.auth import get_user_model
 from django.db import IntegrityError, transaction
 from django.db.models import Q
-from django.utils import timezone
+from django.dispatch import Signal
 
-from networking.models import ApiToken, AuditEvent, Membership, Organization
+from networking.models import AuditEvent, Membership, Organization
+
+# Sent inside the transaction that takes someone out of an organization (``organization``,
+# ``user_id``). Whatever credentials they hold there go with them: each receiver revokes its
+# own and returns how many (the API's tokens: ``api.signals``); the audit event counts them.
+member_removed = Signal()
 
 
 class TeamChangeRefused(Exception):
@@ -145,9 +150,10 @@ def remove(organization: Organization, membership_id: int, *, actor: Any) -> boo
         membership.delete()
         # Their API tokens for this organization go with them: added back one day, they start
         # with none (an old token in a forgotten CI job would otherwise work again).
-        revoked = ApiToken.objects.filter(
-            user_id=membership.user_id, organization=organization, revoked_at__isnull=True
-        ).update(revoked_at=timezone.now())
+        answers: list[tuple[Any, Any]] = member_removed.send(
+            sender=Membership, organization=organization, user_id=membership.user_id
+        )
+        revoked = sum(count for _, count in answers if isinstance(count, int))
         details: dict[str, Any] = {"role": membership.role}
         if revoked:
             details["tokens_revoked"] = revoked

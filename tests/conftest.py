@@ -15,10 +15,10 @@ from django.core.cache import cache
 from django.test import Client
 from django.utils import timezone
 
+from api.models import ApiToken
 from networking import rotation
 from networking.crypto import SecretText
 from networking.models import (
-    ApiToken,
     Membership,
     Organization,
     PeeringRequest,

@@ -15,8 +15,8 @@ from django.test import Client
 from django.urls import URLPattern, URLResolver, get_resolver, reverse
 from django.utils import timezone
 
+from api.models import ApiToken
 from networking.models import (
-    ApiToken,
     AuditEvent,
     Membership,
     Organization,

@@ -10,7 +10,7 @@ import pytest
 from django.test import Client
 from django.urls import reverse
 
-from dashboard.forms import ServiceForm
+from networking.forms import ServiceForm
 from networking.models import (
     AuditEvent,
     PeeringRequest,
@@ -542,7 +542,7 @@ class TestIdempotency:
     def test_a_revoked_token_gets_no_stored_answer(self, world: World, as_role: Any) -> None:
         from django.utils import timezone
 
-        from networking.models import ApiToken
+        from api.models import ApiToken
 
         api = as_role("member")
         assert self.create(api, world, "before-revoke").status_code == 201
@@ -567,8 +567,7 @@ class TestIdempotency:
         from django.utils import timezone
 
         from api.idempotency import ABANDONED_AFTER
-        from api.models import IdempotencyRecord
-        from networking.models import ApiToken
+        from api.models import ApiToken, IdempotencyRecord
 
         api = as_role("member")
         body = json.dumps({"name": "Worker", "ports": [3000]}).encode()

@@ -102,7 +102,7 @@ def test_twenty_creates_without_a_key_make_one_service(
 
 
 def test_twenty_first_uses_of_a_token_are_audited_once(world: World, live_server: Any) -> None:
-    from networking.models import ApiToken
+    from api.models import ApiToken
 
     _, raw = ApiToken.issue(
         user=world.users["viewer"], organization=world.acme, name="new", role="viewer"

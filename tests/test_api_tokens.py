@@ -13,7 +13,8 @@ from django.test import Client
 from django.urls import reverse
 from django.utils import timezone
 
-from networking.models import ApiToken, AuditEvent, Membership
+from api.models import ApiToken
+from networking.models import AuditEvent, Membership
 from tests.conftest import World, bearer
 
 

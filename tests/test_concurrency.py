@@ -24,10 +24,10 @@ from django.test import Client
 from django.urls import reverse
 from django.utils import timezone
 
+from api.models import ApiToken
 from networking import rotation
 from networking.models import (
     ALIAS_EXTENSION,
-    ApiToken,
     AuditEvent,
     ConnectionTest,
     Membership,

@@ -512,7 +512,8 @@ def test_a_race_no_view_foresaw_is_a_clear_answer_not_a_500(world: World) -> Non
     from django.db import IntegrityError
     from django.test import RequestFactory
 
-    from dashboard.middleware import CONFLICT, GONE, ConcurrentChangeMiddleware
+    from dashboard.middleware import ConcurrentChangeMiddleware
+    from networking.contention import CONFLICT, GONE
 
     request = RequestFactory().post("/projects/x/")
     request.user = AnonymousUser()

@@ -6,21 +6,21 @@ requesting user's membership: another tenant's object is indistinguishable from 
 
 A request made with an API token (``request.api_token``, set by the API's authentication)
 reaches only the token's organization, with the lower of the token's role and the holder's
-role today; a support token reaches the support queue and no tenant.
+role today; a support token reaches the support queue and no tenant. The rules live here, in the
+domain, because both front ends (the pages and the API) apply them.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from django.core.exceptions import PermissionDenied
 from django.db.models import Q, QuerySet
 from django.http import Http404, HttpRequest
 
 from networking.models import (
-    ApiToken,
     Membership,
     Organization,
     PeeringRequest,
@@ -32,6 +32,20 @@ from networking.models import (
 )
 
 Capability = Callable[[Membership], bool]
+
+# The role of a credential that belongs to support staff rather than to a customer.
+SUPPORT_ROLE = "support"
+
+
+class Credential(Protocol):
+    """What a request made with an API token carries: the organization the token is for (None
+    for support staff's) and the role it was given."""
+
+    @property
+    def organization_id(self) -> int | None: ...
+
+    @property
+    def role(self) -> str: ...
 
 
 @dataclass(frozen=True)
@@ -48,10 +62,10 @@ class ProjectAccess:
             raise PermissionDenied("Your role in this organization can’t make this change.")
 
 
-def token_of(request: HttpRequest) -> ApiToken | None:
+def token_of(request: HttpRequest) -> Credential | None:
     """The API token the request was authenticated with; None in a browser session."""
-    token = getattr(request, "api_token", None)
-    return token if isinstance(token, ApiToken) else None
+    token: Credential | None = getattr(request, "api_token", None)
+    return token
 
 
 def memberships_of(request: HttpRequest) -> QuerySet[Membership]:
@@ -71,7 +85,7 @@ def _capped(request: HttpRequest, membership: Membership) -> Membership:
     """The membership with the role this request may use: a token's role caps it."""
     token = token_of(request)
     if token is not None:
-        membership.role = ApiToken.capped_role(token.role, membership.role)
+        membership.role = Membership.lower_role(token.role, membership.role)
     return membership
 
 
@@ -178,7 +192,7 @@ def require_support_staff(request: HttpRequest) -> None:
     if not (
         request.user.is_authenticated
         and request.user.is_staff
-        and (token is None or token.role == ApiToken.Role.SUPPORT)
+        and (token is None or token.role == SUPPORT_ROLE)
     ):
         raise Http404("No such page.")
 

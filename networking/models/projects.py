@@ -1,123 +1,44 @@
-"""The private network's desired state.
-
-PostgreSQL is the source of truth: these rows say what each project's network should be, and
-the cluster is made to match them (see ``networking/cluster``).
-"""
+"""A project's private network: its services, their old hostnames (aliases), the variables
+one service gives another (references), and connection tests."""
 
 from __future__ import annotations
 
-import hashlib
-import hmac
-import logging
 import secrets
 import string
 from collections.abc import Iterable, Mapping
 from datetime import datetime, timedelta
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, models, transaction
 from django.db.models import F, Q, Subquery
-from django.db.models.functions import Greatest, Least, Lower
+from django.db.models.functions import Lower
 from django.utils import timezone
 
 from networking import enqueue, naming, plain_text
 from networking.crypto import EncryptedTextField, SecretText
+from networking.models.audit import AuditEvent
+from networking.models.peering import PeeringRequest
+from networking.models.sync import AppliedRecord
+from networking.models.tenancy import Organization
 
-logger = logging.getLogger(__name__)
+if TYPE_CHECKING:
+    from networking.models.secrets import SharedSecret
+
 
 _ID_ALPHABET = "abcdefghijkmnpqrstuvwxyz23456789"  # no l, o, 0, 1: IDs get read aloud to support
+
+
 _ID_LENGTH = 12
+
+
 # A project ID, as URLs match it: anything else is not one (and never reaches a query).
 PROJECT_ID_PATTERN = f"[{_ID_ALPHABET}]{{{_ID_LENGTH}}}"
 
 
 def generate_project_uid() -> str:
     return "".join(secrets.choice(_ID_ALPHABET) for _ in range(_ID_LENGTH))
-
-
-class Organization(models.Model):
-    """A customer account: the unit of billing (its plan) and of membership."""
-
-    class Plan(models.TextChoices):
-        HOBBY = "hobby", "Hobby"
-        PRO = "pro", "Pro"
-        ENTERPRISE = "enterprise", "Enterprise"
-
-    name = models.CharField(max_length=100, validators=[plain_text.single_line])
-    slug = models.SlugField(max_length=50, unique=True)
-    plan = models.CharField(max_length=20, choices=Plan, default=Plan.HOBBY)
-    created_at = models.DateTimeField(auto_now_add=True)
-
-    class Meta:
-        ordering = ["name"]
-
-    def __str__(self) -> str:
-        return self.name
-
-    def create_project(self, name: str, *, actor: Any) -> Project:
-        """A new project with its audit event, or ``ValidationError`` if the name is taken.
-
-        Twenty identical clicks make one project: the unique constraint decides, and the
-        others get the message a late click would get.
-        """
-        project = Project(organization=self, name=name.strip())
-        project.full_clean(exclude=["uid"])
-        try:
-            with transaction.atomic():
-                project.save()
-                project.record_change(
-                    actor=actor, action=AuditEvent.Action.PROJECT_CREATED, target=project.name
-                )
-        except IntegrityError:
-            raise Project.name_taken(project.name) from None
-        return project
-
-
-class Membership(models.Model):
-    """A user's role in an organization. Support staff are never members of customers."""
-
-    class Role(models.TextChoices):
-        OWNER = "owner", "Owner"
-        MEMBER = "member", "Member"
-        VIEWER = "viewer", "Viewer"
-
-    user = models.ForeignKey(
-        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="memberships"
-    )
-    organization = models.ForeignKey(
-        Organization, on_delete=models.CASCADE, related_name="memberships"
-    )
-    role = models.CharField(max_length=20, choices=Role, default=Role.MEMBER)
-
-    class Meta:
-        constraints = [
-            models.UniqueConstraint(fields=["user", "organization"], name="one_membership_per_org")
-        ]
-
-    def __str__(self) -> str:
-        return f"{self.user} ({self.get_role_display()}) in {self.organization}"
-
-    def can_change_services(self) -> bool:
-        return self.role in (self.Role.OWNER, self.Role.MEMBER)
-
-    def can_reveal_credentials(self) -> bool:
-        return self.role in (self.Role.OWNER, self.Role.MEMBER)
-
-    def can_manage_project(self) -> bool:
-        return self.role == self.Role.OWNER
-
-    def can_manage_secrets(self) -> bool:
-        """Create, reveal, rotate, re-attach and delete shared secrets."""
-        return self.role == self.Role.OWNER
-
-    def can_see_secret_details(self) -> bool:
-        """Which services receive a secret, and how its rotation goes (never the value).
-
-        Every role: viewers see everything and change nothing.
-        """
-        return self.role in (self.Role.OWNER, self.Role.MEMBER, self.Role.VIEWER)
 
 
 class Project(models.Model):
@@ -498,7 +419,11 @@ DATABASE_PORTS: dict[str, int] = {
     "redis": 6379,
     "mongodb": 27017,
 }
+
+
 DEFAULT_WEB_PORT = 8080
+
+
 MAX_PORTS = 10
 
 
@@ -733,7 +658,7 @@ class Service(models.Model):
 
     def remove(self, *, actor: Any) -> bool:
         """Delete with its audit event; False if another request deleted it first."""
-        return _delete_once(
+        return delete_once(
             self, actor=actor, action=AuditEvent.Action.SERVICE_DELETED, details={"kind": self.kind}
         )
 
@@ -774,6 +699,8 @@ class Service(models.Model):
 
 
 ALIAS_DEFAULT = timedelta(hours=24)
+
+
 # How long a rename keeps the old hostname resolving, as the form offers it.
 ALIAS_CHOICES: tuple[tuple[int, str], ...] = (
     (0, "Don’t keep it"),
@@ -781,6 +708,8 @@ ALIAS_CHOICES: tuple[tuple[int, str], ...] = (
     (24 * 3600, "24 hours"),
     (7 * 24 * 3600, "7 days"),
 )
+
+
 ALIAS_EXTENSION = timedelta(hours=24)
 
 
@@ -1027,7 +956,7 @@ class ReferenceVariable(models.Model):
         return f"{self.variable} for service {self.consumer_id}"
 
 
-def _delete_once(
+def delete_once(
     obj: Service | SharedSecret,
     *,
     actor: Any,
@@ -1042,737 +971,3 @@ def _delete_once(
         stored.delete()
         obj.project.record_change(actor=actor, action=action, target=stored.name, details=details)
     return True
-
-
-def via_token_of(actor: Any) -> str:
-    """The name of the API token ``actor`` is acting with, or "" in a browser session.
-
-    The API's authentication marks the request's user with the token it presented
-    (``via_token``), so every domain function that records who did something says so too.
-    """
-    return str(getattr(actor, "via_token", "") or "")
-
-
-def actor_label(actor: Any, *, nobody: str = "system") -> str:
-    """Who did something, as a log reads it: "alice", "alice via token ci-deploy", "system"."""
-    if actor is None:
-        return nobody
-    via = via_token_of(actor)
-    return f"{actor.get_username()} via token {via}" if via else str(actor.get_username())
-
-
-class AuditEvent(models.Model):
-    """Who did what to which object, and when. Never holds a secret value."""
-
-    class Action(models.TextChoices):
-        PROJECT_CREATED = "project.created", "created the project"
-        PROJECT_RENAMED = "project.renamed", "renamed the project"
-        PROJECT_DELETED = "project.deleted", "deleted the project"
-        MEMBER_ADDED = "member.added", "added a member"
-        MEMBER_ROLE_CHANGED = "member.role_changed", "changed the role of"
-        MEMBER_REMOVED = "member.removed", "removed a member"
-        SERVICE_CREATED = "service.created", "created a service"
-        SERVICE_RENAMED = "service.renamed", "renamed a service"
-        SERVICE_PORTS_CHANGED = "service.ports_changed", "changed a service’s ports"
-        SERVICE_DELETED = "service.deleted", "deleted a service"
-        CREDENTIALS_REVEALED = "service.credentials_revealed", "revealed database credentials"
-        SECRET_CREATED = "secret.created", "created a shared secret"
-        SECRET_UPDATED = "secret.updated", "changed which services receive a shared secret"
-        SECRET_DELETED = "secret.deleted", "deleted a shared secret"
-        SECRET_REVEALED = "secret.revealed", "revealed a shared secret"
-        ROTATION_STARTED = "secret.rotation_started", "started rotating a shared secret"
-        ROTATION_PHASE = "secret.rotation_phase", "moved a rotation to its next phase"
-        ROTATION_GRACE_ENDED = "secret.rotation_grace_ended", "ended a rotation’s grace window"
-        ROTATION_COMPLETED = "secret.rotation_completed", "completed a rotation"
-        REFERENCE_ADDED = "service.reference_added", "gave a service the address of"
-        REFERENCE_REMOVED = "service.reference_removed", "took from a service the address of"
-        ALIAS_EXTENDED = "service.alias_extended", "kept an old hostname resolving longer"
-        ALIAS_ENDED = "service.alias_ended", "ended an old hostname"
-        ALIAS_EXPIRED = "service.alias_expired", "let an old hostname expire"
-        PEERING_REQUESTED = "peering.requested", "requested VPC peering"
-        PEERING_ACCEPTED = "peering.accepted", "accepted a peering request"
-        PEERING_APPROVED = "peering.approved", "approved a peering request"
-        PEERING_REJECTED = "peering.rejected", "rejected a peering request"
-        PEERING_CANCELLED = "peering.cancelled", "cancelled a peering request"
-        PEERING_EXPIRED = "peering.expired", "let a peering request expire"
-        PEERING_ACTIVE = "peering.active", "connected a peering"
-        PEERING_REVOKED = "peering.revoked", "revoked a peering"
-        PEERING_DISCONNECTED = "peering.disconnected", "disconnected a peering"
-        TOKEN_CREATED = "token.created", "created an API token"
-        TOKEN_FIRST_USED = "token.first_used", "used an API token for the first time"
-        TOKEN_REVOKED = "token.revoked", "revoked an API token"
-        CONNECTION_TESTED = "service.connection_tested", "tested the connection to"
-
-    organization = models.ForeignKey(
-        Organization, on_delete=models.CASCADE, related_name="audit_events"
-    )
-    project = models.ForeignKey(
-        Project, on_delete=models.SET_NULL, null=True, blank=True, related_name="audit_events"
-    )
-    actor = models.ForeignKey(
-        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True
-    )
-    # Kept apart from ``actor`` so the log still reads right after a user is deleted.
-    actor_label = models.CharField(max_length=150)
-    # The API token the change was made with ("" in a browser session): "alice via token ci".
-    via_token = models.CharField(max_length=50, blank=True)
-    action = models.CharField(max_length=64, choices=Action)
-    target = models.CharField(max_length=200)
-    details = models.JSONField(default=dict, blank=True)
-    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
-
-    class Meta:
-        ordering = ["-created_at", "-id"]
-        indexes = [models.Index(fields=["project", "-created_at"], name="audit_by_project")]
-
-    def __str__(self) -> str:
-        return f"{self.actor_display} {self.get_action_display()} {self.target}"
-
-    @property
-    def actor_display(self) -> str:
-        """Who, as people read it: "alice", or "alice via token ci-deploy"."""
-        if self.via_token:
-            return f"{self.actor_label} via token {self.via_token}"
-        return self.actor_label
-
-    @classmethod
-    def record(
-        cls,
-        *,
-        organization_id: int,
-        project: Project | None,
-        actor: Any,
-        action: AuditEvent.Action,
-        target: str,
-        details: dict[str, Any] | None = None,
-    ) -> AuditEvent:
-        """One event; ``project`` None for the organization's own log (team, deletions)."""
-        return cls.objects.create(
-            organization_id=organization_id,
-            project=project,
-            actor=actor if actor is not None and actor.is_authenticated else None,
-            actor_label=actor.get_username() if actor is not None else "system",
-            via_token=via_token_of(actor),
-            action=action,
-            target=target,
-            details=details or {},
-        )
-
-
-class AppliedRecord(models.Model):
-    """What the last reconcile pass of a project applied: a digest of each object it owns.
-
-    A pass compares the next desired state with this record and writes only what differs,
-    without reading the cluster, as long as the record can be trusted. It cannot be (``digests``
-    is None) before the first pass, after a failed one, and whenever the watcher sees the
-    cluster differ or the periodic resync wants a project re-read: each of those bumps
-    ``marks``, so a pass that was already running when it happened fails to store its record
-    (the store compares ``marks``) and the next pass reads everything.
-
-    A row of its own, not fields on ``Project``: at a thousand services it holds tens of
-    kilobytes no page needs.
-    """
-
-    project = models.OneToOneField(
-        Project, on_delete=models.CASCADE, primary_key=True, related_name="applied_record"
-    )
-    digests = models.JSONField(null=True, blank=True, default=None)
-    marks = models.PositiveBigIntegerField(default=0)
-    # Some service's workload was rolling out when a pass last read the workloads: until one
-    # sees them all rolled out, every pass reads them (a rotation waits on them).
-    rolling_out = models.BooleanField(default=False)
-
-    def __str__(self) -> str:
-        return f"applied record of project {self.project_id}"
-
-    @classmethod
-    def distrust(cls, project_ids: Iterable[int]) -> int:
-        """The cluster may differ from these projects' records: their next passes read it."""
-        return cls.objects.filter(project_id__in=list(project_ids)).update(
-            digests=None, marks=F("marks") + 1
-        )
-
-
-class WatcherHeartbeat(models.Model):
-    """When a watcher last said it is watching the cluster: one row, whatever the fleet.
-
-    A pass trusts its applied record only while this is fresh: with no watcher to notice a
-    hand edit or a workload the deploy system just created, every pass reads the cluster.
-    """
-
-    id = models.PositiveSmallIntegerField(primary_key=True, default=1, editable=False)
-    seen_at = models.DateTimeField()
-
-    # A watcher beats every BEAT; three missed beats and the passes stop trusting records.
-    BEAT: ClassVar[timedelta] = timedelta(seconds=2)
-    STALE_AFTER: ClassVar[timedelta] = timedelta(seconds=6)
-
-    def __str__(self) -> str:
-        return f"watcher seen at {self.seen_at:%Y-%m-%d %H:%M:%S}"
-
-    @classmethod
-    def beat(cls) -> None:
-        """One statement (an upsert), whatever the number of projects."""
-        WatcherHeartbeat.objects.bulk_create(
-            [WatcherHeartbeat(pk=1, seen_at=timezone.now())],
-            update_conflicts=True,
-            update_fields=["seen_at"],
-            unique_fields=["id"],
-        )
-
-    @classmethod
-    def watching(cls, seen_at: Any) -> bool:
-        """Whether a heartbeat read as ``seen_at`` (None: never) says a watcher is watching."""
-        return seen_at is not None and timezone.now() - seen_at < cls.STALE_AFTER
-
-
-class ApplyAttempt(models.Model):
-    """One reconcile pass that changed something or failed: the sync history of a project.
-
-    Passes that found the cluster already in sync only move ``Project.verified_at``.
-    """
-
-    class Result(models.TextChoices):
-        APPLIED = "applied", "Applied"
-        FAILED = "failed", "Failed"
-
-    KEEP_PER_PROJECT: ClassVar[int] = 50
-
-    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="apply_attempts")
-    generation = models.PositiveBigIntegerField()
-    started_at = models.DateTimeField()
-    duration_ms = models.PositiveIntegerField()
-    result = models.CharField(max_length=20, choices=Result)
-    changes = models.JSONField(default=list, blank=True)
-    error = models.TextField(blank=True)
-
-    class Meta:
-        ordering = ["-started_at", "-id"]
-        indexes = [models.Index(fields=["project", "-started_at"], name="attempts_by_project")]
-
-    def __str__(self) -> str:
-        return f"{self.get_result_display()} generation {self.generation}"
-
-    @classmethod
-    def record(cls, **fields: Any) -> ApplyAttempt:
-        attempt = cls.objects.create(**fields)
-        # Keep the newest KEEP_PER_PROJECT: drop the first id past them and older, in one
-        # statement (no row past them: the subquery is NULL and nothing matches).
-        first_dropped = (
-            cls.objects.filter(project_id=attempt.project_id)
-            .order_by("-id")
-            .values("id")[cls.KEEP_PER_PROJECT : cls.KEEP_PER_PROJECT + 1]
-        )
-        cls.objects.filter(project_id=attempt.project_id, id__lte=Subquery(first_dropped)).delete()
-        return attempt
-
-
-class SharedSecret(models.Model):
-    """A value given to chosen services of a project as an environment variable.
-
-    ``value`` is what callers send. A rotation (see ``networking/rotation.py``) moves through
-    its phases by way of ``next_value`` (accepted, not yet sent) and ``previous_value``
-    (still accepted, no longer sent); ``version`` goes up at each change the workloads must
-    restart for.
-    """
-
-    class Phase(models.TextChoices):
-        ACCEPT_NEW = "accept_new", "Verifiers accept the new value"
-        SEND_NEW = "send_new", "Callers send the new value"
-        GRACE = "grace", "Grace window: the old value is still accepted"
-        RETIRE_OLD = "retire_old", "The old value is retired"
-
-    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="shared_secrets")
-    name = models.CharField("environment variable", max_length=100)
-    value = EncryptedTextField()
-    next_value = EncryptedTextField(null=True, blank=True)
-    previous_value = EncryptedTextField(null=True, blank=True)
-    version = models.PositiveIntegerField(default=1)
-    services = models.ManyToManyField(Service, related_name="shared_secrets", blank=True)
-
-    rotation_phase = models.CharField(max_length=20, choices=Phase, blank=True)
-    phase_started_at = models.DateTimeField(null=True, blank=True)
-    grace_until = models.DateTimeField(null=True, blank=True)
-    rotate_every_days = models.PositiveSmallIntegerField(null=True, blank=True)
-    last_rotated_at = models.DateTimeField(null=True, blank=True)
-    created_at = models.DateTimeField(auto_now_add=True)
-
-    class Meta:
-        ordering = ["name"]
-        constraints = [
-            models.UniqueConstraint(
-                fields=["project", "name"], name="unique_secret_name_in_project"
-            )
-        ]
-
-    def __str__(self) -> str:
-        return self.name
-
-    @property
-    def rotating(self) -> bool:
-        return bool(self.rotation_phase)
-
-    def create(self, receivers: Iterable[Service], *, actor: Any) -> None:
-        """Save a new secret given to ``receivers``, audited; ``ValidationError`` on a clash."""
-        try:
-            with transaction.atomic():
-                chosen = Service.lock_chosen(self.project, receivers)
-                self._refuse_clashes(chosen)
-                self.save()
-                self.services.set(chosen)
-                self.project.record_change(
-                    actor=actor,
-                    action=AuditEvent.Action.SECRET_CREATED,
-                    target=self.name,
-                    details={"services": sorted(service.name for service in chosen)},
-                )
-        except IntegrityError:
-            self.pk = None
-            raise ValidationError(
-                {
-                    "name": ValidationError(
-                        f"This project already has a secret named {self.name}.",
-                        code="duplicate",
-                    )
-                }
-            ) from None
-
-    def change_receivers(
-        self, receivers: Iterable[Service], rotate_every_days: int | None, *, actor: Any
-    ) -> bool:
-        """Set who receives the secret and its schedule; True if anything changed.
-
-        Compared under a row lock with what is stored, so identical saves record one change.
-        ``SharedSecret.DoesNotExist`` if the secret was deleted meanwhile.
-        """
-        with transaction.atomic():
-            stored = SharedSecret.objects.select_for_update().get(pk=self.pk)
-            chosen = Service.lock_chosen(self.project, receivers)
-            self._refuse_clashes(chosen)
-            before = sorted(stored.services.values_list("name", flat=True))
-            after = sorted(service.name for service in chosen)
-            self.rotate_every_days = rotate_every_days
-            if before == after and stored.rotate_every_days == rotate_every_days:
-                return False
-            self.services.set(chosen)
-            self.save(update_fields=["rotate_every_days"])
-            self.project.record_change(
-                actor=actor,
-                action=AuditEvent.Action.SECRET_UPDATED,
-                target=self.name,
-                details={"from": before, "to": after, "rotate_every_days": rotate_every_days},
-            )
-        return True
-
-    def remove(self, *, actor: Any) -> bool:
-        """Delete with its audit event; False if another request deleted it first."""
-        return _delete_once(self, actor=actor, action=AuditEvent.Action.SECRET_DELETED)
-
-    def _refuse_clashes(self, receivers: Iterable[Service]) -> None:
-        """A receiver already given one of this secret's variables by a reference variable
-        would get it twice: refused, with the reason."""
-        names = [self.name, f"{self.name}_NEXT", f"{self.name}_PREVIOUS"]
-        clash = (
-            ReferenceVariable.objects.filter(consumer__in=list(receivers), variable__in=names)
-            .select_related("consumer", "source")
-            .first()
-        )
-        if clash is not None:
-            raise ValidationError(
-                {
-                    "services": [
-                        f"{clash.consumer.name} already gets {clash.variable} from the address "
-                        f"of {clash.source.name}. Leave {clash.consumer.name} out, or remove "
-                        "that reference first."
-                    ]
-                },
-                code="clash",
-            )
-
-
-class SecretRotation(models.Model):
-    """One rotation of a shared secret: who or what started it, its phases, how it ended."""
-
-    class Result(models.TextChoices):
-        IN_PROGRESS = "in_progress", "In progress"
-        COMPLETED = "completed", "Completed"
-
-    secret = models.ForeignKey(SharedSecret, on_delete=models.CASCADE, related_name="rotations")
-    started_by = models.ForeignKey(
-        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True
-    )
-    # "a person" or "the schedule": kept as text so it reads right after the user is gone.
-    started_by_label = models.CharField(max_length=150)
-    started_at = models.DateTimeField(auto_now_add=True)
-    finished_at = models.DateTimeField(null=True, blank=True)
-    result = models.CharField(max_length=20, choices=Result, default=Result.IN_PROGRESS)
-    # [{"phase": ..., "at": iso time}], one entry per phase entered.
-    phases = models.JSONField(default=list, blank=True)
-
-    class Meta:
-        ordering = ["-started_at", "-id"]
-
-    def __str__(self) -> str:
-        return f"Rotation of {self.secret} ({self.get_result_display()})"
-
-
-class PeeringRequest(models.Model):
-    """A request to connect two projects' private networks (Enterprise), and its life.
-
-    See ``networking/peering.py`` for the transitions; every one is kept in ``history``.
-    """
-
-    class Status(models.TextChoices):
-        PENDING_ACCEPTANCE = "pending_acceptance", "Waiting for the other organization"
-        PENDING_SUPPORT = "pending_support", "Waiting for support"
-        APPROVED = "approved", "Approved, being connected"
-        ACTIVE = "active", "Active"
-        REJECTED = "rejected", "Rejected by support"
-        CANCELLED = "cancelled", "Cancelled"
-        EXPIRED = "expired", "Expired"
-        REVOKING = "revoking", "Revoked, being disconnected"
-        REVOKED = "revoked", "Revoked"
-
-    PENDING: ClassVar[frozenset[str]] = frozenset(
-        {Status.PENDING_ACCEPTANCE, Status.PENDING_SUPPORT}
-    )
-    # States in which the pair is taken: no second request for it.
-    OPEN: ClassVar[frozenset[str]] = frozenset(
-        {
-            Status.PENDING_ACCEPTANCE,
-            Status.PENDING_SUPPORT,
-            Status.APPROVED,
-            Status.ACTIVE,
-            Status.REVOKING,
-        }
-    )
-    # States in which the NetworkPolicies admitting each other should exist.
-    CONNECTED: ClassVar[frozenset[str]] = frozenset({Status.APPROVED, Status.ACTIVE})
-    # States only the worker moves on, once both namespaces hold (or dropped) their policy.
-    CATCHING_UP: ClassVar[frozenset[str]] = frozenset({Status.APPROVED, Status.REVOKING})
-    # States a pass of either project looks at: to connect, connected, or being revoked.
-    IN_FLIGHT: ClassVar[tuple[str, ...]] = (Status.APPROVED, Status.ACTIVE, Status.REVOKING)
-
-    requester_project = models.ForeignKey(
-        Project, on_delete=models.CASCADE, related_name="peering_requests_sent"
-    )
-    target_project = models.ForeignKey(
-        Project, on_delete=models.CASCADE, related_name="peering_requests_received"
-    )
-    requested_by = models.ForeignKey(
-        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, related_name="+"
-    )
-    justification = models.TextField(validators=[plain_text.multiline])
-    status = models.CharField(max_length=30, choices=Status)
-    decision_reason = models.TextField(blank=True, validators=[plain_text.multiline])
-    # Which namespaces hold their policy now (set by each project's reconcile).
-    requester_side_applied = models.BooleanField(default=False)
-    target_side_applied = models.BooleanField(default=False)
-    # [{"status": ..., "by": username or "system", "at": iso time, "reason": ...}]
-    history = models.JSONField(default=list, blank=True)
-    expires_at = models.DateTimeField()
-    created_at = models.DateTimeField(auto_now_add=True)
-    updated_at = models.DateTimeField(auto_now=True)
-
-    class Meta:
-        ordering = ["-created_at", "-id"]
-        constraints = [
-            models.UniqueConstraint(
-                Least("requester_project", "target_project"),
-                Greatest("requester_project", "target_project"),
-                condition=models.Q(
-                    status__in=[
-                        "pending_acceptance",
-                        "pending_support",
-                        "approved",
-                        "active",
-                        "revoking",
-                    ]
-                ),
-                name="one_open_peering_per_pair",
-            ),
-            models.CheckConstraint(
-                condition=~models.Q(requester_project=models.F("target_project")),
-                name="no_peering_with_itself",
-            ),
-        ]
-
-    def __str__(self) -> str:
-        return f"Peering {self.requester_project} ↔ {self.target_project} ({self.status})"
-
-    def peer_of(self, project: Project) -> Project:
-        return (
-            self.target_project
-            if project.pk == self.requester_project_id
-            else (self.requester_project)
-        )
-
-    @property
-    def needs_acceptance(self) -> bool:
-        return self.requester_project.organization_id != self.target_project.organization_id
-
-
-class PeeringNotification(models.Model):
-    """An email about a peering's new state, kept until it has been sent: an outbox.
-
-    Written in the transaction that made the change, so neither a broker outage nor a lost
-    message loses it (beat sends what is left), and claimed before sending, so a task
-    delivered twice sends it once.
-    """
-
-    peering = models.ForeignKey(
-        PeeringRequest, on_delete=models.CASCADE, related_name="notifications"
-    )
-    event = models.CharField(max_length=30)
-    created_at = models.DateTimeField(auto_now_add=True)
-    sent_at = models.DateTimeField(null=True, blank=True)
-
-    class Meta:
-        ordering = ["created_at", "id"]
-        indexes = [
-            models.Index(
-                fields=["created_at"],
-                condition=models.Q(sent_at__isnull=True),
-                name="unsent_notifications",
-            )
-        ]
-
-    def __str__(self) -> str:
-        return f"{self.event} for peering {self.peering_id}"
-
-
-class ApiToken(models.Model):
-    """A personal token for the HTTP API: one user, one organization, a role no higher than theirs.
-
-    The token itself (``sbk_`` and 40 letters and digits, so secret scanners can recognise a
-    leaked one) is shown once, when it is issued. Only its SHA-256 digest is stored, with its
-    first characters (``prefix``) to find the row and to tell tokens apart in a list.
-
-    Support staff, who belong to no customer organization, hold tokens without one
-    (role ``support``): those reach the peering queue and nothing of any tenant.
-    """
-
-    class Role(models.TextChoices):
-        OWNER = "owner", "Owner"
-        MEMBER = "member", "Member"
-        VIEWER = "viewer", "Viewer"
-        SUPPORT = "support", "Support staff"
-
-    SCHEME: ClassVar[str] = "sbk_"
-    _ALPHABET: ClassVar[str] = string.ascii_letters + string.digits
-    _SECRET_LENGTH: ClassVar[int] = 40  # about 238 bits
-    PREFIX_LENGTH: ClassVar[int] = len(SCHEME) + 8
-    # Customer roles from least to most: a token's role never exceeds its holder's.
-    _RANK: ClassVar[dict[str, int]] = {Role.VIEWER: 0, Role.MEMBER: 1, Role.OWNER: 2}
-    # Writing last use on every request would make each API call a write: once a minute is
-    # enough to tell a token in use from a forgotten one.
-    LAST_USED_RESOLUTION: ClassVar[timedelta] = timedelta(minutes=1)
-
-    user = models.ForeignKey(
-        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="api_tokens"
-    )
-    organization = models.ForeignKey(
-        Organization, on_delete=models.CASCADE, null=True, blank=True, related_name="api_tokens"
-    )
-    name = models.CharField(max_length=50, validators=[plain_text.single_line])
-    role = models.CharField(max_length=20, choices=Role)
-    prefix = models.CharField(max_length=16, unique=True)
-    digest = models.CharField(max_length=64)
-    created_at = models.DateTimeField(auto_now_add=True)
-    expires_at = models.DateTimeField(null=True, blank=True)
-    last_used_at = models.DateTimeField(null=True, blank=True)
-    revoked_at = models.DateTimeField(null=True, blank=True)
-
-    class Meta:
-        ordering = ["-created_at", "-id"]
-        constraints = [
-            # Twenty identical "Create" clicks make one token; a revoked token's name is free.
-            models.UniqueConstraint(
-                F("user"),
-                models.functions.Coalesce(F("organization"), models.Value(0)),
-                Lower("name"),
-                condition=Q(revoked_at__isnull=True),
-                name="one_live_token_name_per_user_and_org",
-            )
-        ]
-
-    def __str__(self) -> str:
-        return f"{self.name} ({self.prefix}…)"
-
-    @staticmethod
-    def digest_of(raw: str) -> str:
-        return hashlib.sha256(raw.encode()).hexdigest()
-
-    @classmethod
-    def capped_role(cls, token_role: str, member_role: str) -> str:
-        """The lower of a token's role and its holder's role now (a demotion caps old tokens)."""
-        return min(token_role, member_role, key=lambda role: cls._RANK.get(role, -1))
-
-    @classmethod
-    def roles_for(cls, member_role: str) -> list[str]:
-        """The roles a member may give a new token: their own or lower."""
-        rank = cls._RANK[member_role]
-        return [role for role, level in cls._RANK.items() if level <= rank]
-
-    @staticmethod
-    def name_taken(name: str) -> ValidationError:
-        return ValidationError(
-            {
-                "name": ValidationError(
-                    f"You already have a token named “{name}”. Choose another name.",
-                    code="duplicate",
-                )
-            }
-        )
-
-    @classmethod
-    def issue(
-        cls,
-        *,
-        user: Any,
-        organization: Organization | None,
-        name: str,
-        role: str,
-        expires_at: Any = None,
-    ) -> tuple[ApiToken, str]:
-        """A new token and its secret, which is never stored and cannot be shown again.
-
-        Refused (``ValidationError``) when the role is above the user's role in the
-        organization, or a support token is asked for by someone not on the support staff.
-        """
-        name = name.strip()
-        if organization is None:
-            if role != cls.Role.SUPPORT or not user.is_staff:
-                raise ValidationError(
-                    {"role": ["Only support staff hold tokens without an organization."]}
-                )
-        else:
-            member_role = (
-                Membership.objects.filter(user=user, organization=organization)
-                .values_list("role", flat=True)
-                .first()
-            )
-            if member_role is None or role not in cls.roles_for(member_role):
-                raise ValidationError(
-                    {"role": ["A token’s role can’t be higher than your own role here."]}
-                )
-        raw = cls.SCHEME + "".join(secrets.choice(cls._ALPHABET) for _ in range(cls._SECRET_LENGTH))
-        token = cls(
-            user=user,
-            organization=organization,
-            name=name,
-            role=role,
-            prefix=raw[: cls.PREFIX_LENGTH],
-            digest=cls.digest_of(raw),
-            expires_at=expires_at,
-        )
-        # The unique name is checked here with a message that says what to do; the
-        # constraint itself still decides between two requests at the same moment.
-        token.full_clean(exclude=["prefix", "digest"], validate_constraints=False)
-        if (
-            cls.objects.filter(user=user, organization=organization, revoked_at__isnull=True)
-            .filter(name__iexact=name)
-            .exists()
-        ):
-            raise cls.name_taken(name)
-        try:
-            with transaction.atomic():
-                token.save()
-                token._audit(user, AuditEvent.Action.TOKEN_CREATED)
-        except IntegrityError:
-            raise cls.name_taken(name) from None
-        return token, raw
-
-    @classmethod
-    def authenticate(cls, raw: str) -> ApiToken:
-        """The live token ``raw`` is, with its user; ``TokenRefused`` saying why not.
-
-        The row is found by its prefix and the digests compared in constant time.
-        """
-        raw = raw.strip()
-        secret = raw.removeprefix(cls.SCHEME)
-        if (
-            not raw.startswith(cls.SCHEME)
-            or len(secret) != cls._SECRET_LENGTH
-            or not (secret.isascii() and secret.isalnum())  # nothing else reaches a query
-        ):
-            raise TokenRefused("This is not a Stackblaze API token (they start with sbk_).")
-        token = (
-            cls.objects.select_related("user", "organization")
-            .filter(prefix=raw[: cls.PREFIX_LENGTH])
-            .first()
-        )
-        if token is None or not hmac.compare_digest(token.digest, cls.digest_of(raw)):
-            raise TokenRefused("This token is not valid. Create a new one in the dashboard.")
-        now = timezone.now()
-        if token.revoked_at is not None:
-            raise TokenRefused(f"The token “{token.name}” was revoked. Create a new one.")
-        if token.expires_at is not None and token.expires_at <= now:
-            raise TokenRefused(f"The token “{token.name}” has expired. Create a new one.")
-        if not token.user.is_active:
-            raise TokenRefused("This token’s account is deactivated.")
-        if token.organization_id is not None:
-            if token.membership() is None:
-                raise TokenRefused(
-                    f"This token’s holder is no longer a member of {token.organization}."
-                )
-        elif not token.user.is_staff:
-            raise TokenRefused("This token’s holder is no longer on the support staff.")
-        token.note_use(now)
-        return token
-
-    def membership(self) -> Membership | None:
-        """The holder's membership as this token may use it: its role capped by the token's."""
-        if self.organization_id is None:
-            return None
-        found = (
-            Membership.objects.select_related("organization")
-            .filter(user_id=self.user_id, organization_id=self.organization_id)
-            .first()
-        )
-        if found is not None:
-            found.role = ApiToken.capped_role(self.role, found.role)
-        return found
-
-    def note_use(self, now: Any) -> None:
-        """Record the use: the first one is audited, later ones update ``last_used_at``."""
-        if self.last_used_at is None:
-            # Compare-and-swap: of simultaneous first requests, one records the first use.
-            if ApiToken.objects.filter(pk=self.pk, last_used_at__isnull=True).update(
-                last_used_at=now
-            ):
-                self._audit(self.user, AuditEvent.Action.TOKEN_FIRST_USED)
-        elif self.last_used_at < now - self.LAST_USED_RESOLUTION:
-            ApiToken.objects.filter(pk=self.pk).update(last_used_at=now)
-        else:
-            return  # used within the last minute: nothing to write
-        self.last_used_at = now
-
-    def revoke(self, *, actor: Any) -> bool:
-        """Revoke once, audited; False if it was already revoked."""
-        with transaction.atomic():
-            if not ApiToken.objects.filter(pk=self.pk, revoked_at__isnull=True).update(
-                revoked_at=timezone.now()
-            ):
-                return False
-            self._audit(actor, AuditEvent.Action.TOKEN_REVOKED)
-        return True
-
-    def _audit(self, actor: Any, action: AuditEvent.Action) -> None:
-        details = {"token": self.prefix, "role": self.role, "holder": self.user.get_username()}
-        if self.organization_id is None:
-            # Support tokens belong to no organization's log: the application log keeps them.
-            logger.info("%s: %s %s (%s)", action.label, actor_label(actor), self.name, details)
-            return
-        AuditEvent.record(
-            organization_id=self.organization_id,
-            project=None,
-            actor=actor,
-            action=action,
-            target=self.name,
-            details=details,
-        )
-
-
-class TokenRefused(Exception):
-    """An API token that may not be used; ``str()`` says why, for the caller."""

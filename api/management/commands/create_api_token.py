@@ -14,7 +14,8 @@ from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.utils import timezone
 
-from networking.models import ApiToken, Organization
+from api.models import ApiToken
+from networking.models import Organization
 
 
 class Command(BaseCommand):

@@ -1,0 +1,315 @@
+"""What a person may submit, checked the same way for the pages and the HTTP API: names, ports,
+secrets, rotations, references and peering requests. Both front ends build on these forms."""
+
+from __future__ import annotations
+
+import json
+import re
+from datetime import timedelta
+from typing import Any
+
+from django import forms
+
+from networking import endpoints, references, rotation
+from networking.crypto import SecretText
+from networking.models import (
+    ALIAS_CHOICES,
+    ALIAS_DEFAULT,
+    MAX_PORTS,
+    Project,
+    Service,
+    SharedSecret,
+)
+
+_PORT_SEPARATORS = re.compile(r"[\s,]+")
+
+
+class PortListField(forms.CharField):
+    """Ports typed as ``3000`` or ``3000, 9090``, cleaned to a list of ints."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        kwargs.setdefault("max_length", 100)
+        super().__init__(**kwargs)
+
+    def prepare_value(self, value: Any) -> Any:
+        if isinstance(value, list):
+            return ", ".join(str(port) for port in value)
+        return value
+
+    def to_python(self, value: Any) -> list[int]:  # type: ignore[override]
+        if isinstance(value, list):
+            # A disabled field (a database's ports) cleans its initial value: already a list.
+            value = ", ".join(str(port) for port in value)
+        text = super().to_python(value) or ""
+        ports: list[int] = []
+        for item in _PORT_SEPARATORS.split(text.strip()):
+            if not item:
+                continue
+            if not item.isdecimal() or not item.isascii():
+                raise forms.ValidationError(
+                    f"“{item[:20]}” is not a port number. Enter whole numbers from 1 to 65535, "
+                    "separated by commas.",
+                    code="invalid",
+                )
+            port = int(item)
+            if not 1 <= port <= 65535:
+                raise forms.ValidationError(
+                    f"Port {port} is out of range: ports go from 1 to 65535.", code="range"
+                )
+            if port in ports:
+                raise forms.ValidationError(f"Port {port} is listed twice.", code="duplicate")
+            ports.append(port)
+        if len(ports) > MAX_PORTS:
+            raise forms.ValidationError(
+                f"A service can expose at most {MAX_PORTS} ports.", code="too_many"
+            )
+        return ports
+
+
+class ServiceForm(forms.ModelForm[Service]):
+    """Create a service, or (with an existing instance) rename it and change its ports."""
+
+    ports = PortListField(
+        required=False,
+        help_text="Web services default to 8080. Databases always use their standard port.",
+    )
+    keep_old_name_for = forms.TypedChoiceField(
+        label="If you rename it, keep the old hostname resolving for",
+        choices=ALIAS_CHOICES,
+        coerce=int,
+        initial=int(ALIAS_DEFAULT.total_seconds()),
+        required=False,
+        help_text="Callers still using the old name reach the service meanwhile, and no other "
+        "service can take that name. You can extend it or end it early on the service’s page.",
+    )
+
+    class Meta:
+        model = Service
+        fields = ["display_name", "kind"]
+        labels = {"display_name": "Name"}
+        help_texts = {
+            "display_name": "Becomes the private hostname: “Background Worker” → "
+            "background-worker.internal."
+        }
+
+    def __init__(self, *args: Any, project: Project, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.instance.project = project
+        self.fields["kind"].widget.attrs.update(
+            {
+                "data-default-ports": json.dumps(
+                    {
+                        kind: ", ".join(map(str, Service.default_ports(kind)))
+                        for kind in Service.Kind
+                    }
+                ),
+                "data-database-kinds": ",".join(sorted(Service.DATABASE_KINDS)),
+            }
+        )
+        self.fields["ports"].widget.attrs.update(
+            {"placeholder": "8080", "autocomplete": "off", "inputmode": "text"}
+        )
+        if not self.instance.pk:
+            del self.fields["keep_old_name_for"]  # nothing to rename yet
+        if self.instance.pk:
+            # A service's kind is fixed: a database does not turn into a web service.
+            self.fields["kind"].disabled = True
+            self.initial["ports"] = self.instance.ports
+            if self.instance.is_database:
+                self.fields["ports"].disabled = True
+        else:
+            self.initial.setdefault("kind", Service.Kind.WEB)
+            self.initial.setdefault("ports", Service.default_ports(Service.Kind.WEB))
+
+    @property
+    def keep_old_name(self) -> timedelta:
+        """How long a rename keeps the old hostname resolving (after ``is_valid()``)."""
+        seconds = self.cleaned_data.get("keep_old_name_for")
+        if seconds in (None, ""):
+            return ALIAS_DEFAULT
+        return timedelta(seconds=int(seconds))
+
+    def clean(self) -> dict[str, Any]:
+        cleaned = super().clean() or {}
+        kind = cleaned.get("kind") or self.instance.kind
+        ports = cleaned.get("ports")
+        if kind in Service.DATABASE_KINDS or (
+            kind == Service.Kind.WEB and ports == [] and "ports" not in self.errors
+        ):
+            ports = Service.default_ports(kind)
+        if ports is not None:
+            self.instance.ports = ports
+        return cleaned
+
+
+class ProjectForm(forms.ModelForm[Project]):
+    class Meta:
+        model = Project
+        fields = ["name"]
+        labels = {"name": "Project name"}
+        help_texts = {"name": "Renaming a project changes nothing in the cluster."}
+
+
+class _ProjectServicesField(forms.ModelMultipleChoiceField):  # type: ignore[type-arg]
+    def label_from_instance(self, obj: Service) -> str:
+        return f"{obj.display_name} ({obj.internal_hostname})"
+
+
+class SharedSecretForm(forms.ModelForm[SharedSecret]):
+    """Create a shared secret, or (with an instance) change who receives it and its schedule."""
+
+    value = forms.CharField(
+        label="Value",
+        required=False,
+        strip=False,
+        widget=forms.PasswordInput(render_value=False, attrs={"autocomplete": "off"}),
+        help_text="Leave empty to generate a random 256-bit value (recommended).",
+    )
+    services = _ProjectServicesField(
+        queryset=Service.objects.none(),
+        required=False,
+        widget=forms.CheckboxSelectMultiple,
+        error_messages={
+            "invalid_choice": "A chosen service is not in this project any more: it may have "
+            "been deleted meanwhile. Choose again from the services listed."
+        },
+        label="Services that receive it",
+        help_text=(
+            "Each one gets it as an environment variable; its pods restart once to pick it up."
+        ),
+    )
+    rotate_every_days = forms.IntegerField(
+        label="Rotate automatically every",
+        required=False,
+        min_value=1,
+        max_value=365,
+        help_text="Days between scheduled rotations; leave empty to rotate only by hand.",
+    )
+
+    class Meta:
+        model = SharedSecret
+        fields = ["name", "services", "rotate_every_days"]
+        labels = {"name": "Environment variable"}
+        help_texts = {
+            "name": "Upper-case letters, digits and underscores, e.g. INTERNAL_API_SECRET."
+        }
+
+    def __init__(self, *args: Any, project: Project, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.instance.project = project
+        self.fields["services"].queryset = project.services.order_by("name")  # type: ignore[attr-defined]
+        self.fields["name"].widget.attrs.update(
+            {"autocomplete": "off", "spellcheck": "false", "placeholder": "INTERNAL_API_SECRET"}
+        )
+        self.fields["name"].error_messages["required"] = "Enter a name, like INTERNAL_API_SECRET."
+        if self.instance.pk:
+            del self.fields["name"]
+            del self.fields["value"]
+
+    def clean_name(self) -> str:
+        name = rotation.validate_secret_name(self.cleaned_data.get("name", ""))
+        clash = SharedSecret.objects.filter(project=self.instance.project, name=name)
+        if clash.exclude(pk=self.instance.pk).exists():
+            raise forms.ValidationError(
+                f"This project already has a secret named {name}.", code="duplicate"
+            )
+        services = list(self.instance.project.services.only("pk", "name", "kind"))
+        suggested = endpoints.suggested_env_names(services)
+        by_pk = {service.pk: service for service in services}
+        for variable, _ in rotation.environment_names(name):
+            for pk, env_name in suggested.items():
+                if env_name == variable:
+                    raise forms.ValidationError(
+                        f"{variable} is the variable this project’s dashboard tells you to set "
+                        f"to {by_pk[pk].name}’s "
+                        f"{'connection string' if by_pk[pk].is_database else 'internal URL'}; "
+                        "a shared secret of that name would overwrite it in the services that "
+                        "receive both. Choose another name, such as "
+                        f"{name.removesuffix('_URL')}_SECRET."
+                    )
+        return name
+
+    def clean_value(self) -> str:
+        value: str = self.cleaned_data.get("value", "")
+        return rotation.validate_pasted_value(value) if value else ""
+
+    def save(self, commit: bool = True) -> SharedSecret:
+        if not self.instance.pk:
+            self.instance.value = SecretText.seal(
+                self.cleaned_data.get("value") or rotation.generate_value()
+            )
+        return super().save(commit=commit)
+
+
+class RotateForm(forms.Form):
+    value = forms.CharField(
+        label="New value",
+        required=False,
+        strip=False,
+        widget=forms.PasswordInput(render_value=False, attrs={"autocomplete": "off"}),
+        help_text="Leave empty to generate a random 256-bit value (recommended).",
+    )
+
+    def clean_value(self) -> str:
+        value: str = self.cleaned_data.get("value", "")
+        return rotation.validate_pasted_value(value) if value else ""
+
+
+class ReferenceForm(forms.Form):
+    """Give other services of the project this service's address as an environment variable."""
+
+    consumers = _ProjectServicesField(
+        queryset=Service.objects.none(),
+        widget=forms.CheckboxSelectMultiple,
+        error_messages={
+            "required": "Choose the services that should receive it.",
+            "invalid_choice": "A chosen service is not in this project any more: it may have "
+            "been deleted meanwhile. Choose again from the services listed.",
+        },
+        label="Services that receive it",
+    )
+    variable = forms.CharField(
+        label="Variable name",
+        required=False,
+        max_length=100,
+        help_text="Leave it empty for the usual name (unique on each service).",
+    )
+
+    def __init__(self, *args: Any, source: Service, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        consumers = self.fields["consumers"]
+        assert isinstance(consumers, forms.ModelMultipleChoiceField)
+        consumers.queryset = source.project.services.exclude(pk=source.pk).order_by("name")
+        self.fields["variable"].widget.attrs.update(
+            {
+                "placeholder": references.DEFAULT_VARIABLES.get(
+                    Service.Kind(source.kind), references.own_variable(source)
+                ),
+                "autocomplete": "off",
+                "spellcheck": "false",
+            }
+        )
+
+
+class PeeringRequestForm(forms.Form):
+    target = forms.CharField(
+        label="Project ID to peer with",
+        max_length=40,
+        help_text="Shown on the other project's Settings page, e.g. k7x2m9q4p8ab.",
+        widget=forms.TextInput(attrs={"autocomplete": "off", "spellcheck": "false"}),
+    )
+    justification = forms.CharField(
+        label="Why do these projects need to talk privately?",
+        max_length=2000,
+        widget=forms.Textarea(attrs={"rows": 3}),
+        help_text="Support reads this before approving.",
+    )
+
+
+class RejectForm(forms.Form):
+    reason = forms.CharField(
+        label="Reason (the customer sees it)",
+        max_length=2000,
+        widget=forms.Textarea(attrs={"rows": 2}),
+        error_messages={"required": "Give the customer a reason for the rejection."},
+    )
