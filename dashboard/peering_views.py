@@ -11,8 +11,8 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.utils import timezone
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
-from django.views.decorators.vary import vary_on_headers
 
+from dashboard.partials import vary_on_htmx, wants_part
 from dashboard.views import HtmxHttpRequest
 from networking import peering
 from networking.access import (
@@ -67,11 +67,11 @@ def _page(
 
 @login_required
 @require_GET
-@vary_on_headers("HX-Request")  # the page and its partial share a URL: never cache one as the other
+@vary_on_htmx  # the page and its parts share a URL: never cache one as another
 def project_peering(request: HtmxHttpRequest, project_uid: str) -> HttpResponse:
     access = get_project_for_user(request, project_uid)
     # htmx refreshes just the peerings whenever the project changes (the header's poll).
-    template = "peering/project.html#peerings" if request.htmx else "peering/project.html"
+    template = "peering/project.html#peerings" if wants_part(request) else "peering/project.html"
     return _page(request, access, PeeringRequestForm(), template)
 
 

@@ -14,8 +14,8 @@ from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
-from django.views.decorators.vary import vary_on_headers
 
+from dashboard.partials import page_or_part, vary_on_htmx
 from dashboard.views import HtmxHttpRequest
 from networking import endpoints, rotation
 from networking.access import ProjectAccess, get_project_for_user, get_secret_for_user
@@ -25,15 +25,16 @@ from networking.models import AuditEvent, Membership, Service, SharedSecret
 
 @login_required
 @require_GET
-@vary_on_headers("HX-Request")
+@vary_on_htmx
 def secret_list(request: HtmxHttpRequest, project_uid: str) -> HttpResponse:
     access = get_project_for_user(request, project_uid)
     secrets = access.project.shared_secrets.all()
     if access.membership.can_see_secret_details():
         secrets = secrets.prefetch_related("services")
     # htmx refreshes just the table whenever the project changes (the header's poll).
-    template = "secrets/list.html#secrets-table" if request.htmx else "secrets/list.html"
-    return render(request, template, access.context(secrets=secrets))
+    return page_or_part(
+        request, "secrets/list.html", "secrets-table", access.context(secrets=secrets)
+    )
 
 
 @login_required
@@ -94,14 +95,13 @@ def _detail_context(access: ProjectAccess, secret: SharedSecret, **extra: Any) -
 
 @login_required
 @require_GET
-@vary_on_headers("HX-Request")  # the page and its partial share a URL: never cache one as the other
+@vary_on_htmx  # the page and its parts share a URL: never cache one as another
 def secret_detail(request: HtmxHttpRequest, project_uid: str, secret_id: int) -> HttpResponse:
     access, secret = get_secret_for_user(request, project_uid, secret_id)
     access.require(Membership.can_see_secret_details)
     context = _detail_context(access, secret)
     # htmx refreshes the rotation's progress whenever the project changes (header's poll).
-    template = "secrets/detail.html#rotation" if request.htmx else "secrets/detail.html"
-    return render(request, template, context)
+    return page_or_part(request, "secrets/detail.html", "rotation", context)
 
 
 @login_required
@@ -140,8 +140,7 @@ def secret_reveal(request: HtmxHttpRequest, project_uid: str, secret_id: int) ->
         actor=request.user, action=AuditEvent.Action.SECRET_REVEALED, target=secret.name
     )
     context = _detail_context(access, secret, revealed=rotation.environment(secret))
-    template = "secrets/detail.html#value" if request.htmx else "secrets/detail.html"
-    return render(request, template, context)
+    return page_or_part(request, "secrets/detail.html", "value", context)
 
 
 @login_required

@@ -18,11 +18,11 @@ from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
-from django.views.decorators.vary import vary_on_headers
 from django_htmx.http import trigger_client_event
 from django_htmx.middleware import HtmxDetails
 
 from dashboard import network_drawing, service_list
+from dashboard.partials import page_or_part, vary_on_htmx, wants_part
 from networking import audit_trail, connection_tests, endpoints, naming, peering, references
 from networking.access import (
     ProjectAccess,
@@ -93,7 +93,7 @@ def project_create(request: HttpRequest, org_slug: str) -> HttpResponse:
 
 @login_required
 @require_GET
-@vary_on_headers("HX-Request")  # the page and its partial share a URL: never cache one as the other
+@vary_on_htmx  # the page and its parts share a URL: never cache one as another
 def project_overview(request: HtmxHttpRequest, project_uid: str) -> HttpResponse:
     """The project's services, a page at a time, searchable and sortable (``service_list``).
 
@@ -124,7 +124,7 @@ def project_overview(request: HtmxHttpRequest, project_uid: str) -> HttpResponse
         kinds=Service.Kind.choices,
         status_choices=service_list.STATUS_CHOICES.items(),
     )
-    if request.htmx and "since" in request.GET:
+    if wants_part(request) and "since" in request.GET:
         since = _int_or_none(request.GET.get("since", ""))
         shown = request.GET.get("shown", "")
         context["oob"] = True
@@ -133,22 +133,21 @@ def project_overview(request: HtmxHttpRequest, project_uid: str) -> HttpResponse
             return render(request, "projects/overview.html#services-table", context)
         context["changed"] = [service for service in services if service.revision > since]
         return render(request, "projects/overview.html#live-rows", context)
-    template = "projects/overview.html#services-table" if request.htmx else "projects/overview.html"
-    return render(request, template, context)
+    return page_or_part(request, "projects/overview.html", "services-table", context)
 
 
 @login_required
 @require_GET
-@vary_on_headers("HX-Request")
+@vary_on_htmx
 def project_network(request: HtmxHttpRequest, project_uid: str) -> HttpResponse:
     """Who can reach whom: a map drawn from the project's desired NetworkPolicies, with the
     same as a table beside it; htmx asks for both again when the project changes."""
     access = get_project_for_user(request, project_uid)
     network = ProjectNetwork.load(access.project)
-    template = "projects/network.html#network" if request.htmx else "projects/network.html"
-    return render(
+    return page_or_part(
         request,
-        template,
+        "projects/network.html",
+        "network",
         access.context(network=network, rows=network.rows(), drawing=network_drawing.draw(network)),
     )
 
@@ -189,7 +188,7 @@ def project_sync_retry(request: HtmxHttpRequest, project_uid: str) -> HttpRespon
     access.require(Membership.can_change_services)
     access.project.retry_sync()
     access.project.refresh_from_db()
-    if request.htmx:
+    if wants_part(request):
         return render(request, "projects/base_project.html#sync-status", access.context())
     messages.success(request, "Retrying now.")
     return redirect("project-sync", project_uid=project_uid)
@@ -197,13 +196,14 @@ def project_sync_retry(request: HtmxHttpRequest, project_uid: str) -> HttpRespon
 
 @login_required
 @require_GET
-@vary_on_headers("HX-Request")
+@vary_on_htmx
 def project_sync(request: HtmxHttpRequest, project_uid: str) -> HttpResponse:
     """The sync history: recent apply attempts, what they changed and how they ended."""
     access = get_project_for_user(request, project_uid)
     attempts = ApplyAttempt.objects.filter(project=access.project)[: ApplyAttempt.KEEP_PER_PROJECT]
-    template = "projects/sync.html#sync-history" if request.htmx else "projects/sync.html"
-    return render(request, template, access.context(attempts=attempts))
+    return page_or_part(
+        request, "projects/sync.html", "sync-history", access.context(attempts=attempts)
+    )
 
 
 @login_required
@@ -271,7 +271,7 @@ def project_delete(request: HttpRequest, project_uid: str) -> HttpResponse:
 
 @login_required
 @require_GET
-@vary_on_headers("HX-Request")
+@vary_on_htmx
 def audit_log(request: HtmxHttpRequest, project_uid: str) -> HttpResponse:
     access = get_project_for_user(request, project_uid)
     filters = audit_trail.Filters.from_query(request.GET)
@@ -283,9 +283,10 @@ def audit_log(request: HtmxHttpRequest, project_uid: str) -> HttpResponse:
         .values_list("actor_label", flat=True)
         .distinct()
     )
-    return render(
+    return page_or_part(
         request,
-        "projects/audit.html#audit-rows" if request.htmx else "projects/audit.html",
+        "projects/audit.html",
+        "audit-rows",
         access.context(
             page=page,
             rows=[
@@ -401,14 +402,14 @@ def _reach_context(project: Project, service: Service) -> dict[str, Any]:
 
 @login_required
 @require_GET
-@vary_on_headers("HX-Request")
+@vary_on_htmx
 def service_detail(request: HtmxHttpRequest, project_uid: str, service_id: int) -> HttpResponse:
     access, service = get_service_for_user(request, project_uid, service_id)
-    if request.htmx and request.GET.get("part") == "reach":
+    if wants_part(request) and request.GET.get("part") == "reach":
         context = access.context(service=service, **_reach_context(access.project, service))
         return render(request, "services/detail.html#reach", context)
     # htmx refreshes just the endpoints panel when the cluster assigns the ClusterIP.
-    if request.htmx:
+    if wants_part(request):
         return render(request, "services/detail.html#endpoints", _service_context(access, service))
     return _service_page(request, access, service)
 
@@ -423,7 +424,7 @@ def _service_page(
 
 @login_required
 @require_http_methods(["GET", "POST"])
-@vary_on_headers("HX-Request")
+@vary_on_htmx
 def service_connection_test(
     request: HtmxHttpRequest, project_uid: str, service_id: int
 ) -> HttpResponse:
@@ -437,7 +438,7 @@ def service_connection_test(
         access.require(Membership.can_change_services)
         _, created = ConnectionTest.start(service, actor=request.user)
         already_running = not created
-    if not request.htmx:
+    if not wants_part(request):
         if already_running:
             messages.info(request, "A test of this service is already running: its result follows.")
         return redirect(
@@ -470,7 +471,7 @@ def service_reveal(request: HtmxHttpRequest, project_uid: str, service_id: int) 
         action=AuditEvent.Action.CREDENTIALS_REVEALED,
         target=service.name,
     )
-    if request.htmx:
+    if wants_part(request):
         context = _service_context(access, service, revealed=True)
         return render(request, "services/detail.html#endpoints", context)
     return _service_page(request, access, service, revealed=True)

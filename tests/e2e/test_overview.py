@@ -203,3 +203,28 @@ def test_a_teammates_change_shows_up_row_by_row_without_a_reload(
         "worker.internal:3000", timeout=CATCH_UP
     )
     screenshot(page, "overview-live")
+
+
+def test_back_after_a_history_cache_miss_shows_the_whole_page(
+    world: World, sign_in: SignIn
+) -> None:
+    """Sorting pushes a URL; Back with nothing in htmx's history cache asks the server again,
+    and gets the page, not the bare table."""
+    make_service(world.project, "Billing", Service.Kind.PRIVATE, [8080])
+    page = sign_in("owner")
+    overview(page, world)
+    table = page.locator("#services-table")
+    page.locator("#services-table th").get_by_role("link", name="Kind").click()
+    expect(page).to_have_url(re.compile(r"/\?sort=kind$"))
+    page.locator("#services-table th").get_by_role("link", name="Service").click()
+    # By name is the default: the address is the overview's own (no live-update parameters).
+    expect(page).to_have_url(re.compile(r"/projects/\w+/$"))
+    # A cache miss: as after a long session, or a snapshot too big to keep.
+    page.evaluate("() => sessionStorage.removeItem('htmx-history-cache')")
+    page.go_back()
+    expect(page).to_have_url(re.compile(r"/\?sort=kind$"))
+    expect(page.get_by_role("heading", name="Services")).to_be_visible()
+    expect(page.get_by_role("link", name="Settings")).to_be_visible()
+    expect(table).to_be_visible()
+    expect(table.locator("th[aria-sort]").first).to_be_visible()
+    assert page.locator("#services-table").count() == 1
