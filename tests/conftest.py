@@ -12,6 +12,7 @@ import pytest
 from django.conf import settings
 from django.contrib.auth.models import User
 from django.core.cache import cache
+from django.db import transaction
 from django.test import Client
 from django.utils import timezone
 
@@ -161,6 +162,29 @@ def make_secret(project: Project, name: str, receivers: list[Service]) -> Shared
 
 @pytest.fixture
 def world(db: Any) -> World:
+    return build_world()
+
+
+@pytest.fixture(scope="module")
+def module_world(django_db_setup: Any, django_db_blocker: Any) -> Iterator[World]:
+    """One world for a whole module, built once and rolled back at the module's end.
+
+    Each test still runs in its own savepoint (the ``db`` fixture), so whatever one test
+    changes is undone before the next: a module opts in by overriding ``world`` (and ``api_tokens``)
+    with these. The access matrices do (about 1,300 cases, each of which would
+    otherwise build the world again)."""
+    with django_db_blocker.unblock(), transaction.atomic():
+        yield build_world()
+        transaction.set_rollback(True)
+
+
+@pytest.fixture(scope="module")
+def module_api_tokens(module_world: World, django_db_blocker: Any) -> dict[str, str | None]:
+    with django_db_blocker.unblock():
+        return tokens_per_role(module_world)
+
+
+def build_world() -> World:
     acme = Organization.objects.create(name="Acme", slug="acme", plan=Organization.Plan.ENTERPRISE)
     globex = Organization.objects.create(
         name="Globex", slug="globex", plan=Organization.Plan.ENTERPRISE
@@ -229,6 +253,10 @@ def issue_token(user: User, organization: Organization | None, role: str, name: 
 
 @pytest.fixture
 def api_tokens(world: World) -> dict[str, str | None]:
+    return tokens_per_role(world)
+
+
+def tokens_per_role(world: World) -> dict[str, str | None]:
     """A token per role: Acme's roles at their own level, the outsider's in their own
     organization, support's without one (role ``support``); anonymous has none."""
     tokens: dict[str, str | None] = {"anonymous": None}
@@ -248,6 +276,14 @@ def api_tokens(world: World) -> dict[str, str | None]:
 def bearer(token: str | None) -> dict[str, str]:
     """Test-client ``headers`` that send ``token`` (none for anonymous)."""
     return {"Authorization": f"Bearer {token}"} if token else {}
+
+
+@pytest.fixture
+def manifests(settings: Any, tmp_path: Path) -> Path:
+    """The manifests backend, writing into this test's own folder."""
+    settings.CLUSTER_BACKEND = "manifests"
+    settings.MANIFESTS_DIR = tmp_path
+    return tmp_path
 
 
 @pytest.fixture

@@ -105,6 +105,12 @@ MATRIX: dict[tuple[str, str], str] = {
 FOREIGN = "302 404 404 404 404 404"
 
 
+# The matrices only look: one world for the module, each case rolled back in its savepoint.
+@pytest.fixture
+def world(module_world: World, db: Any) -> World:
+    return module_world
+
+
 def _url_converters(
     patterns: list[URLPattern | URLResolver], outer: frozenset[str] = frozenset()
 ) -> dict[str, set[str]]:

@@ -221,13 +221,6 @@ class TestThePages:
         assert ServiceAlias.objects.get().expires_at == alias.expires_at
 
 
-@pytest.fixture
-def manifests(settings: Any, tmp_path: Path) -> Path:
-    settings.CLUSTER_BACKEND = "manifests"
-    settings.MANIFESTS_DIR = tmp_path
-    return tmp_path
-
-
 def test_the_manifests_follow_the_old_name(world: World, manifests: Path) -> None:
     reconciler.reconcile(world.project.pk)
     rename(world.api, "Gateway")

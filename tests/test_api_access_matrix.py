@@ -71,6 +71,17 @@ def operations() -> dict[str, tuple[str, str]]:
     }
 
 
+# The matrices only look: one world for the module, each case rolled back in its savepoint.
+@pytest.fixture
+def world(module_world: World, db: Any) -> World:
+    return module_world
+
+
+@pytest.fixture
+def api_tokens(module_api_tokens: dict[str, str | None], db: Any) -> dict[str, str | None]:
+    return module_api_tokens
+
+
 def body_for(world: World, operation_id: str) -> dict[str, Any] | None:
     """A valid body for each operation that takes one."""
     billing = Project.objects.get(organization=world.globex, name="Billing")

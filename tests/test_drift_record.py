@@ -4,9 +4,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
 
-import pytest
 from django.utils import timezone
 
 from networking import passes as reconciler
@@ -21,13 +19,6 @@ POLICY = {
 }
 SERVICE = {"kind": "Service", "name": "api", "text": "Service api is missing"}
 CLUSTER_IP = {"kind": "", "name": "", "text": "ClusterIP of api to record"}
-
-
-@pytest.fixture
-def manifests(settings: Any, tmp_path: Path) -> Path:
-    settings.CLUSTER_BACKEND = "manifests"
-    settings.MANIFESTS_DIR = tmp_path
-    return tmp_path
 
 
 def fresh(project: Project) -> Project:

@@ -21,13 +21,6 @@ from networking.models import AuditEvent, PeeringRequest, Project, Service
 from tests.conftest import World, make_service
 
 
-@pytest.fixture
-def manifests(settings: Any, tmp_path: Path) -> Path:
-    settings.CLUSTER_BACKEND = "manifests"
-    settings.MANIFESTS_DIR = tmp_path
-    return tmp_path
-
-
 def revision(project: Project) -> int:
     return Project.objects.get(pk=project.pk).revision
 

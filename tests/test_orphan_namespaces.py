@@ -5,20 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from networking import passes as reconciler
 from networking.cluster.manifests import ManifestsBackend
 from networking.models import Project
 from networking.tasks import delete_namespace_if_orphaned, delete_orphan_namespaces
 from tests.conftest import World
-
-
-@pytest.fixture
-def manifests(settings: Any, tmp_path: Path) -> Path:
-    settings.CLUSTER_BACKEND = "manifests"
-    settings.MANIFESTS_DIR = tmp_path
-    return tmp_path
 
 
 def test_it_deletes_the_folder_of_a_project_that_is_gone(world: World, manifests: Path) -> None:

@@ -24,24 +24,11 @@ from networking.cluster.manifests import ManifestsBackend
 from networking.models import ApplyAttempt, AuditEvent, Project, Service
 from networking.tasks import backoff_seconds, reconcile_project, requeue_abandoned_reconciles
 from tests.conftest import World, make_service
-
-
-@pytest.fixture
-def manifests(settings: Any, tmp_path: Path) -> Path:
-    settings.CLUSTER_BACKEND = "manifests"
-    settings.MANIFESTS_DIR = tmp_path
-    return tmp_path
+from tests.waiting import wait_until
 
 
 def fresh(project: Project) -> Project:
     return Project.objects.get(pk=project.pk)
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.02)
 
 
 def test_a_reconcile_writes_the_project_and_marks_it_in_sync(world: World, manifests: Path) -> None:
@@ -137,7 +124,10 @@ class TestLease:
                 first_lease = fresh(world.project).reconcile_lease_until
                 assert first_lease is not None
                 # Work on until the lease taken at the start would have lapsed a second ago.
-                wait_until(lambda: timezone.now() > first_lease + timedelta(seconds=1))
+                wait_until(
+                    lambda: timezone.now() > first_lease + timedelta(seconds=1),
+                    "the first lease to lapse",
+                )
                 claims_by_another_worker.append(lease.claim(world.project.pk))
                 assert fresh(world.project).sync_state == Project.SyncState.APPLYING
                 return super().apply(desired)
@@ -163,7 +153,9 @@ class TestLease:
                     reconcile_lease_until=theirs, reconcile_lease_token="the-other-worker"
                 )
                 taken_at = timezone.now()
-                wait_until(lambda: timezone.now() > taken_at + timedelta(seconds=1.5))
+                wait_until(
+                    lambda: timezone.now() > taken_at + timedelta(seconds=1.5), "the lease to lapse"
+                )
                 return super().apply(desired)
 
         reconciler.reconcile(world.project.pk, TakenOver(manifests))

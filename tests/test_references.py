@@ -232,13 +232,6 @@ class TestThePages:
         assert not ReferenceVariable.objects.exists()
 
 
-@pytest.fixture
-def manifests(settings: Any, tmp_path: Path) -> Path:
-    settings.CLUSTER_BACKEND = "manifests"
-    settings.MANIFESTS_DIR = tmp_path
-    return tmp_path
-
-
 def test_the_value_reaches_no_log_and_no_file_in_clear(
     world: World, manifests: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

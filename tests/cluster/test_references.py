@@ -17,6 +17,7 @@ from networking.models import ReferenceVariable, Service
 from tests.cluster.test_rotation import deploy, deployment, secret_data, settle
 from tests.cluster_fixtures import Cluster
 from tests.conftest import World
+from tests.waiting import wait_until
 
 PASSWORD = "p@ss:w/rd?#"
 
@@ -48,8 +49,15 @@ def latest_revision(cluster: Cluster, namespace: str, name: str, expected: int) 
     while max(map(int, revisions(cluster, namespace, name)), default=0) < expected:
         assert time.monotonic() < deadline, revisions(cluster, namespace, name)
         time.sleep(0.2)
-    time.sleep(1)  # and no further one comes
+    # No further one comes for this spec: the controller has acted on the Deployment's latest
+    # generation, so every ReplicaSet that spec makes exists.
+    wait_until(lambda: observed(cluster, namespace, name), f"{name}'s controller to catch up")
     return max(map(int, revisions(cluster, namespace, name)))
+
+
+def observed(cluster: Cluster, namespace: str, name: str) -> bool:
+    found = deployment(cluster, namespace, name)
+    return bool(found["status"].get("observedGeneration", 0) >= found["metadata"]["generation"])
 
 
 def test_the_consumer_gets_the_connection_string_and_one_revision_per_change(

@@ -22,6 +22,7 @@ from networking.models import Project, Service, SharedSecret
 from tests import deploy_system
 from tests.cluster_fixtures import Cluster
 from tests.conftest import World, make_service
+from tests.waiting import wait_until
 
 NAME = "INTERNAL_API_SECRET"
 
@@ -177,13 +178,6 @@ def observed(cluster: Cluster, namespace: str, name: str, annotation: str) -> bo
     )
 
 
-def wait_until(condition: Any, what: str, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.1)
-
-
 def test_a_phase_waits_until_every_workload_has_rolled_out(
     cluster: Cluster, rotation_world: World
 ) -> None:
@@ -195,7 +189,11 @@ def test_a_phase_waits_until_every_workload_has_rolled_out(
     reconciler.reconcile(rotation_world.project.pk)  # phase 1 reaches every workload
     accepting = f"{NAME}=2"
     for name in ("api", "background-worker", "stuck"):
-        wait_until(lambda name=name: observed(cluster, namespace, name, accepting), name)
+
+        def reached(name: str = name) -> bool:
+            return observed(cluster, namespace, name, accepting)
+
+        wait_until(reached, f"{name} to be given {accepting}")
 
     # Every other workload has rolled out phase 1; only "stuck" has not: the phase waits.
     outcome = reconciler.reconcile(rotation_world.project.pk)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -31,14 +30,8 @@ from networking.tasks import resync_all_projects
 from tests import deploy_system
 from tests.cluster_fixtures import Cluster
 from tests.conftest import World, make_service
+from tests.waiting import wait_until
 from tests.worker import WatcherProcess, WorkerProcess
-
-
-def wait_until(condition: Callable[[], Any], what: str, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.1)
 
 
 @pytest.fixture
@@ -182,13 +175,29 @@ def test_a_hand_edit_of_one_service_is_judged_by_looking_at_that_service_alone(
     assert set(looks) == {frozenset({"api"})}
 
 
+def cache_matches_server(watcher: Watcher, cluster: Cluster) -> bool:
+    """Every watched object the API server lists now, at the same version in the cache."""
+    for watched in watched_kinds(django_settings.WORKLOAD_LABEL):
+        listed = kube.list_method(cluster.core.api_client, watched.api, watched.method)(
+            label_selector=watched.selector, _preload_content=False
+        )
+        informer = watcher.cache.informers[watched.kind]
+        for item in json.loads(listed.data)["items"]:
+            metadata = item["metadata"]
+            held = informer.get(metadata.get("namespace", ""), metadata["name"])
+            if held is None or held["metadata"]["resourceVersion"] != metadata["resourceVersion"]:
+                return False
+    return True
+
+
 def test_our_own_writes_do_not_queue_another_pass(
     cluster: Cluster, world: World, watcher: Watcher
 ) -> None:
     reconciler.reconcile(world.project.pk)
     checks = watcher.checks
     wait_until(lambda: watcher.checks > checks, "the watcher to look at our writes")
-    time.sleep(1)  # let any further events settle
+    # Every event of our writes has arrived: the cache holds what the API server holds now.
+    wait_until(lambda: cache_matches_server(watcher, cluster), "the cache to hold our writes")
     assert watcher.check(world.project.namespace) == []
     assert Project.objects.get(pk=world.project.pk).reconcile_queued_at is None
 

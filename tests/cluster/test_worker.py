@@ -22,14 +22,8 @@ from networking.models import Project, Service, SharedSecret
 from tests.cluster.test_rotation import deploy, deployment, secret_data
 from tests.cluster_fixtures import Cluster
 from tests.conftest import World, make_service
+from tests.waiting import wait_until
 from tests.worker import BeatProcess, WorkerProcess
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
 
 
 def in_sync(project: Project) -> bool:
@@ -45,7 +39,7 @@ def test_a_change_in_the_ui_reaches_the_cluster_through_a_worker(
         reverse("service-create", args=[world.project.uid]),
         {"display_name": "Background Worker", "kind": "private", "ports": "3000"},
     )
-    wait_until(lambda: in_sync(world.project), 30, "in sync")
+    wait_until(lambda: in_sync(world.project), "in sync", 30)
     services = cluster.services(world.project.namespace)
     assert set(services) == {"api", "postgres", "background-worker"}
     service = Service.objects.get(project=world.project, name="background-worker")
@@ -81,14 +75,14 @@ def test_a_worker_killed_mid_reconcile_converges_after_restart(
     def some_but_not_all() -> bool:
         return cluster.namespace(namespace) is not None and len(cluster.services(namespace)) > 0
 
-    wait_until(some_but_not_all, 30, "the reconcile to start writing")
+    wait_until(some_but_not_all, "the reconcile to start writing", 30)
     worker.kill()
     written = len(cluster.services(namespace))
     assert written < 152, "the worker finished before it was killed; nothing was tested"
     assert not in_sync(world.project)
 
     start_worker()
-    wait_until(lambda: in_sync(world.project), 60, "convergence after the restart")
+    wait_until(lambda: in_sync(world.project), "convergence after the restart", 60)
     assert len(cluster.services(namespace)) == 152
     assert Service.objects.filter(project=world.project, cluster_ip__isnull=True).count() == 0
 
@@ -119,7 +113,7 @@ def test_a_worker_killed_mid_pass_is_replaced_within_20_seconds_with_the_shipped
         hanging_kubeconfig.write_text(json.dumps(kubeconfig))
         hanging = start_worker(KUBECONFIG=str(hanging_kubeconfig), KUBE_REQUEST_TIMEOUT="3600")
         world.project.request_reconcile()  # no transaction here: enqueued at once
-        wait_until(lambda: "Applying" in client.get(status_url).content.decode(), 30, "Applying")
+        wait_until(lambda: "Applying" in client.get(status_url).content.decode(), "Applying", 30)
         holder = Project.objects.get(pk=world.project.pk)
         token, first_lease_until = holder.reconcile_lease_token, holder.reconcile_lease_until
         assert first_lease_until is not None
@@ -129,8 +123,8 @@ def test_a_worker_killed_mid_pass_is_replaced_within_20_seconds_with_the_shipped
         start_worker()
         start_beat()
         beat_looked = re.compile(r"requeue_abandoned_reconciles\[[-0-9a-f]+\] succeeded in .*: 0")
-        wait_until(lambda: bool(beat_looked.search(hanging.log.read_text())), 30, "beat's tick")
-        wait_until(lambda: timezone.now() > first_lease_until + timedelta(seconds=1), 30, "lease")
+        wait_until(lambda: bool(beat_looked.search(hanging.log.read_text())), "beat's tick", 30)
+        wait_until(lambda: timezone.now() > first_lease_until + timedelta(seconds=1), "lease", 30)
         holder = Project.objects.get(pk=world.project.pk)
         assert holder.reconcile_lease_token == token
         assert holder.sync_state == Project.SyncState.APPLYING
@@ -146,13 +140,13 @@ def test_a_worker_killed_mid_pass_is_replaced_within_20_seconds_with_the_shipped
     lapses_at = Project.objects.get(pk=world.project.pk).reconcile_lease_until
     assert lapses_at is not None
     assert lapses_at <= killed_at + lease
-    wait_until(lambda: timezone.now() > lapses_at, 30, "the lease to lapse")
+    wait_until(lambda: timezone.now() > lapses_at, "the lease to lapse", 30)
     badge = client.get(status_url).content.decode()
     taken_over = Project.objects.get(pk=world.project.pk).reconcile_lease_token != token
     assert "Applying" not in badge or taken_over, badge
 
     remaining = 20 - (time.monotonic() - killed_at_monotonic)
-    wait_until(lambda: in_sync(world.project), max(remaining, 0), "convergence 20 s after the kill")
+    wait_until(lambda: in_sync(world.project), "convergence 20 s after the kill", max(remaining, 0))
     assert set(cluster.services(world.project.namespace)) == {"api", "postgres"}
 
 
@@ -167,8 +161,8 @@ def test_the_dashboard_shows_failed_then_retry_heals(
     world.project.request_reconcile()  # no transaction here: enqueued at once
     wait_until(
         lambda: Project.objects.get(pk=world.project.pk).sync_state == Project.SyncState.FAILED,
-        30,
         "the failure to show",
+        30,
     )
     client: Client = world.client_for("member")
     status = client.get(reverse("project-live", args=[world.project.uid]))
@@ -178,7 +172,7 @@ def test_the_dashboard_shows_failed_then_retry_heals(
     worker_env["KUBECONFIG"] = str(cluster.api.kubeconfig_path)
     start_worker()
     client.post(reverse("project-sync-retry", args=[world.project.uid]))
-    wait_until(lambda: in_sync(world.project), 30, "Retry to heal the project")
+    wait_until(lambda: in_sync(world.project), "Retry to heal the project", 30)
 
 
 def test_a_worker_killed_in_every_phase_of_a_rotation_finishes_it(
@@ -196,7 +190,7 @@ def test_a_worker_killed_in_every_phase_of_a_rotation_finishes_it(
     world.secret.services.set([world.api, background])
     worker = start_worker()
     world.project.request_reconcile()
-    wait_until(lambda: in_sync(world.project), 30, "the namespace")
+    wait_until(lambda: in_sync(world.project), "the namespace", 30)
     for name in ("api", "background-worker"):
         deploy(cluster, world.project.namespace, name)
     world.project.request_reconcile()
@@ -206,8 +200,8 @@ def test_a_worker_killed_in_every_phase_of_a_rotation_finishes_it(
             for s in Service.objects.filter(project=world.project)
             if s.name != "postgres"
         ),
-        30,
         "the workloads to receive the secret",
+        30,
     )
     old = secret_data(cluster, world.project.namespace)["INTERNAL_API_SECRET"]
 
@@ -216,15 +210,15 @@ def test_a_worker_killed_in_every_phase_of_a_rotation_finishes_it(
 
     rotation.start_rotation(world.secret, actor=None)
     for phase in ("accept_new", "send_new", "grace", "retire_old"):
-        wait_until(reached(phase), 60, f"phase {phase}")
+        wait_until(reached(phase), f"phase {phase}", 60)
         worker.kill()
         worker = start_worker()
     wait_until(
         lambda: not SharedSecret.objects.get(pk=world.secret.pk).rotating,
-        90,
         "the rotation to finish",
+        90,
     )
-    wait_until(lambda: in_sync(world.project), 30, "the last phase to be applied")
+    wait_until(lambda: in_sync(world.project), "the last phase to be applied", 30)
     final = secret_data(cluster, world.project.namespace)
     assert set(final) == {"INTERNAL_API_SECRET"}
     assert final["INTERNAL_API_SECRET"] != old
