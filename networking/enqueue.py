@@ -8,7 +8,7 @@ cluster will catch up once the queue is back.
 
 Tasks are named, never imported: the domain stays below ``networking.tasks``, which calls into
 it (``make lint`` holds that line). The names are the tasks' registered names, checked by
-``tests/test_enqueue.py`` against what the Celery app has registered.
+``tests/domain/test_enqueue.py`` against what the Celery app has registered.
 """
 
 from __future__ import annotations

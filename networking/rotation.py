@@ -16,7 +16,7 @@ rolling out the previous one:
 3. retire old: ``NAME=B``. Nobody sends A any more; pods accept B, or B and A.
 
 At no moment does any pod send a value another pod refuses, whatever order the workloads
-restart in (``tests/test_rotation_protocol.py`` checks every interleaving).
+restart in (``tests/domain/test_rotation_protocol.py`` checks every interleaving).
 """
 
 from __future__ import annotations

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import timedelta
@@ -17,6 +18,7 @@ from django.test import Client
 from django.utils import timezone
 
 from api.models import ApiToken
+from dashboard.celery import app as celery_app
 from networking import rotation
 from networking.crypto import SecretText
 from networking.models import (
@@ -310,3 +312,29 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     state_dir = Path(settings.STATE_DIR)
     if state_dir.name.startswith("stackblaze-test-") and not os.environ.get("KEEP_TEST_STATE"):
         shutil.rmtree(state_dir, ignore_errors=True)
+
+
+def closed_port() -> int:
+    """A local port nothing listens on: bound once by us, then released."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@pytest.fixture
+def broker_down() -> Iterator[None]:
+    """Point the Celery app at a Redis port nobody listens on, as in a Redis outage."""
+
+    def reset_pools() -> None:
+        # What Celery itself does after a fork: the next send opens a pool for the new URL.
+        celery_app._pool = None  # type: ignore[attr-defined]
+        celery_app.amqp._producer_pool = None  # type: ignore[attr-defined]
+
+    original = celery_app.conf.broker_url
+    celery_app.conf.update(broker_url=f"redis://127.0.0.1:{closed_port()}/0")
+    reset_pools()
+    try:
+        yield
+    finally:
+        celery_app.conf.update(broker_url=original)
+        reset_pools()

@@ -10,9 +10,9 @@ from networking import passes as reconciler
 from networking.cluster.desired import ALIAS_OF_LABEL
 from networking.cluster.watcher import Watcher
 from networking.models import Service, ServiceAlias
-from tests.cluster.test_watcher import wait_until, watcher  # noqa: F401 (a fixture)
 from tests.cluster_fixtures import Cluster
 from tests.conftest import World
+from tests.waiting import wait_until
 
 
 def rename(service: Service, display_name: str, keep: timedelta = timedelta(hours=24)) -> None:
@@ -59,7 +59,7 @@ def test_deleting_the_service_deletes_its_old_names_in_the_cluster(
 def test_an_old_name_deleted_by_hand_comes_back_from_the_watch(
     cluster: Cluster,
     world: World,
-    watcher: Watcher,  # noqa: F811
+    watcher: Watcher,
 ) -> None:
     rename(world.api, "Gateway")
     reconciler.reconcile(world.project.pk)

@@ -14,7 +14,7 @@ from networking import references
 from networking.cluster.desired import REFERENCES_ANNOTATION, SHARED_SECRETS
 from networking.crypto import SecretText
 from networking.models import ReferenceVariable, Service
-from tests.cluster.test_rotation import deploy, deployment, secret_data, settle
+from tests.cluster.workloads import deploy, deployment, secret_data, settle
 from tests.cluster_fixtures import Cluster
 from tests.conftest import World
 from tests.waiting import wait_until

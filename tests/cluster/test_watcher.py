@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import json
-import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +16,7 @@ from django.utils import timezone
 from networking import passes as reconciler
 from networking.cluster import kube, lease
 from networking.cluster.desired import namespace_object
-from networking.cluster.informer import ClusterCache, Informer, _Gone, watched_kinds
+from networking.cluster.informer import Informer, _Gone, watched_kinds
 from networking.cluster.watcher import Watcher
 from networking.models import (
     AppliedRecord,
@@ -32,28 +31,6 @@ from tests.cluster_fixtures import Cluster
 from tests.conftest import World, make_service
 from tests.waiting import wait_until
 from tests.worker import WatcherProcess, WorkerProcess
-
-
-@pytest.fixture
-def watcher(cluster: Cluster, transactional_db: Any, eager_tasks: None) -> Iterator[Watcher]:
-    """The watcher in this process; the reconciles it asks for run at once (eager).
-
-    On a client of its own, as in its own process: its lists and watches are not the
-    reconcile's calls that ``cluster.http`` counts.
-    """
-    own_client = kube._api_client.__wrapped__(
-        django_settings.KUBECONFIG, django_settings.KUBE_CONTEXT
-    )
-    watcher = Watcher(
-        reconciler.watch_view,
-        ClusterCache(own_client, django_settings.WORKLOAD_LABEL, watch_seconds=30),
-    )
-    thread = threading.Thread(target=watcher.run, daemon=True)
-    thread.start()
-    assert watcher.cache.wait_synced(60)
-    yield watcher
-    watcher.stop()
-    thread.join(10)
 
 
 def settled(watcher: Watcher) -> None:

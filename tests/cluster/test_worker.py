@@ -19,7 +19,7 @@ from django.utils import timezone
 from networking import rotation
 from networking.cluster.desired import SECRETS_ANNOTATION
 from networking.models import Project, Service, SharedSecret
-from tests.cluster.test_rotation import deploy, deployment, secret_data
+from tests.cluster.workloads import deploy, deployment, secret_data
 from tests.cluster_fixtures import Cluster
 from tests.conftest import World, make_service
 from tests.waiting import wait_until

@@ -10,7 +10,7 @@ from django.urls import reverse
 from playwright.sync_api import Page, Response, expect
 
 from networking.models import AuditEvent, PeeringRequest
-from tests.cluster.test_rotation import deploy
+from tests.cluster.workloads import deploy
 from tests.cluster_fixtures import Cluster
 from tests.conftest import World
 from tests.e2e.conftest import worker_held_back

@@ -119,7 +119,7 @@ def _url_converters(
     for pattern in patterns:
         here = outer | set(pattern.pattern.converters)
         if isinstance(pattern, URLResolver) and pattern.namespace == "api-v1":
-            continue  # the HTTP API has a matrix of its own (tests/test_api_access_matrix.py)
+            continue  # the HTTP API has its own matrix (test_api_access_matrix.py)
         if isinstance(pattern, URLResolver):
             found.update(_url_converters(pattern.url_patterns, frozenset(here)))
         elif pattern.name:

@@ -18,8 +18,8 @@ from django.test import Client
 
 from api.api import api
 from networking.models import ConnectionTest, Organization, Project, Service
+from tests.access.test_access_matrix import tenant_state
 from tests.conftest import ROLES, World, bearer
-from tests.test_access_matrix import tenant_state
 
 # operation ID: expected status for anonymous, outsider, support, viewer, member, owner.
 MATRIX: dict[str, str] = {

@@ -10,7 +10,7 @@ from networking.cluster.desired import ISOLATION_POLICY, DesiredState, ServiceSp
 from networking.cluster.reachability import reachability
 from networking.models import Organization, PeeringRequest, Project, Service
 from networking.network_map import Peer, ProjectNetwork
-from tests.test_reachability import SETTINGS, replace_policy, state
+from tests.reconcile.test_reachability import SETTINGS, replace_policy, state
 
 ACME = Organization(name="Acme", slug="acme")
 GLOBEX = Organization(name="Globex", slug="globex")

@@ -13,7 +13,7 @@ import pytest
 
 from networking.cluster.coredns import render_snippet
 
-SNIPPET = Path(__file__).resolve().parent.parent / "deploy" / "coredns-internal-zone.conf"
+SNIPPET = Path(__file__).resolve().parents[2] / "deploy" / "coredns-internal-zone.conf"
 
 # namespace -> Services in it
 CLUSTER = {

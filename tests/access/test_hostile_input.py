@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import socket
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -16,8 +14,8 @@ from dashboard.celery import app as celery_app
 from networking import peering
 from networking.models import AuditEvent, PeeringRequest, Project, Service
 from networking.tasks import resync_all_projects, send_peering_notification
+from tests.access.test_access_matrix import MATRIX, _kwargs
 from tests.conftest import ROLES, World
-from tests.test_access_matrix import MATRIX, _kwargs
 
 # -- URL parameters --------------------------------------------------------------------------
 
@@ -143,32 +141,6 @@ def test_notifications_for_a_name_stored_before_the_rule_are_still_sent(world: W
 # -- The broker is down -----------------------------------------------------------------------
 
 
-def closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
-
-
-@pytest.fixture
-def broker_down() -> Iterator[None]:
-    """Point the Celery app at a Redis port nobody listens on, as in a Redis outage."""
-
-    def reset_pools() -> None:
-        # What Celery itself does after a fork: the next send opens a pool for the new URL.
-        celery_app._pool = None  # type: ignore[attr-defined]
-        celery_app.amqp._producer_pool = None  # type: ignore[attr-defined]
-
-    original = celery_app.conf.broker_url
-    celery_app.conf.update(broker_url=f"redis://127.0.0.1:{closed_port()}/0")
-    reset_pools()
-    try:
-        yield
-    finally:
-        celery_app.conf.update(broker_url=original)
-        reset_pools()
-
-
 def test_a_change_is_saved_and_said_so_when_the_broker_is_down(
     transactional_db: None,
     world: World,
@@ -201,7 +173,7 @@ def test_a_peering_decision_is_kept_when_the_broker_is_down(
     assert "worker queue is reachable again" in response.content.decode()
     world.other_peering.refresh_from_db()
     assert world.other_peering.status == PeeringRequest.Status.APPROVED
-    # Its email waits in the outbox for beat (tests/test_peering.py sends such leftovers).
+    # Its email waits in the outbox for beat (tests/domain/test_peering.py sends such leftovers).
     assert world.other_peering.notifications.filter(event="approved", sent_at=None).exists()
 
 

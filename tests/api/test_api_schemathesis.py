@@ -52,7 +52,7 @@ _turns = itertools.count()
 schema = schemathesis.openapi.from_dict(api.get_openapi_schema())
 # Generated examples only (up to max_examples per operation, a few hundred in all): the
 # coverage phase's thousands of boundary cases would take minutes; the access matrix and
-# tests/test_api.py's bad-input cases cover those edges by hand.
+# tests/api/test_api.py's bad-input cases cover those edges by hand.
 schema.config.phases.update(phases=["examples", "fuzzing", "stateful"])
 
 

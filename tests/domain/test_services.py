@@ -162,7 +162,7 @@ def test_it_renames_and_the_hostname_follows(owner_client: Client, world: World)
     assert "public-api.internal" in response.content.decode()
     renamed = AuditEvent.objects.get(action=AuditEvent.Action.SERVICE_RENAMED)
     assert (renamed.details["from"], renamed.details["to"]) == ("api", "public-api")
-    # By default the old hostname keeps resolving for a day (tests/test_aliases.py).
+    # By default the old hostname keeps resolving for a day (tests/domain/test_aliases.py).
     assert "old_name_until" in renamed.details
     assert AuditEvent.objects.filter(action=AuditEvent.Action.SERVICE_PORTS_CHANGED).exists()
 

@@ -18,10 +18,10 @@ from django.urls import reverse
 from networking.crypto import SecretText
 from networking.models import Service
 from networking.tasks import reconcile_project
+from tests.access.test_access_matrix import crawl
 from tests.conftest import World
-from tests.test_access_matrix import crawl
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 CANARY = "canary-Zq7#pw/with?reserved&chars"
 
 
@@ -155,7 +155,7 @@ def test_the_canaries_appear_in_api_responses_only_from_the_reveals(
     from django.test import Client
 
     from networking.models import SharedSecret
-    from tests.test_api_access_matrix import body_for, call, operations, url_for
+    from tests.access.test_api_access_matrix import body_for, call, operations, url_for
 
     for secret in (planted.secret, planted.other_secret):
         SharedSecret.objects.filter(pk=secret.pk).update(value=SecretText.seal(SECRET_CANARY))

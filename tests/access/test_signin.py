@@ -10,7 +10,7 @@ from django.contrib.auth.models import User
 from django.test import Client
 from django.urls import reverse
 
-from tests.conftest import World
+from tests.conftest import World, closed_port
 
 LOGIN = "/accounts/login/"
 
@@ -139,14 +139,6 @@ def redis_cache_at(location: str, options: dict[str, Any]) -> dict[str, Any]:
 
 
 @pytest.fixture
-def closed_port() -> int:
-    """A local port nothing listens on: bound once by us, then released."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-@pytest.fixture
 def silent_port() -> Iterator[int]:
     """A local port that accepts connections and never answers, like a hung Redis."""
     with socket.socket() as listener:
@@ -181,10 +173,10 @@ def assert_sign_in_works_without_the_cache(world: World, caplog: pytest.LogCaptu
 
 
 def test_sign_in_works_while_redis_refuses_connections(
-    world: World, settings: Any, caplog: pytest.LogCaptureFixture, closed_port: int
+    world: World, settings: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
     settings.CACHES = redis_cache_at(
-        f"redis://:cache-password@127.0.0.1:{closed_port}/0", settings.REDIS_CACHE_OPTIONS
+        f"redis://:cache-password@127.0.0.1:{closed_port()}/0", settings.REDIS_CACHE_OPTIONS
     )
     assert_sign_in_works_without_the_cache(world, caplog)
 

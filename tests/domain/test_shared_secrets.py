@@ -17,8 +17,8 @@ from networking import rotation
 from networking.crypto import SecretText
 from networking.models import AuditEvent, SecretRotation, Service, SharedSecret
 from networking.tasks import reconcile_project, rotate_due_secrets
+from tests.access.test_access_matrix import crawl
 from tests.conftest import World
-from tests.test_access_matrix import crawl
 
 
 def create(client: Client, world: World, **data: Any) -> tuple[int, str]:

@@ -16,7 +16,6 @@ from networking.cluster.manifests import NO_CLUSTER
 from networking.cluster.probe import ProbeSettings, ReadyEndpoints, pod_outcome, probe_pod
 from networking.models import AuditEvent, ConnectionTest, Service
 from tests.conftest import World, bearer
-from tests.test_hostile_input import broker_down  # noqa: F401 (a fixture)
 
 
 def a_test_of(world: World, **fields: Any) -> ConnectionTest:
@@ -172,7 +171,7 @@ def test_a_second_click_while_one_runs_gets_that_one(world: World) -> None:
 def test_with_the_broker_down_the_test_says_so_instead_of_waiting_forever(
     transactional_db: None,
     world: World,
-    broker_down: None,  # noqa: F811
+    broker_down: None,
 ) -> None:
     client = world.client_for("member")
     url = reverse("service-connection-test", args=[world.project.uid, world.api.pk])

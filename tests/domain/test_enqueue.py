@@ -10,7 +10,7 @@ from pathlib import Path
 from dashboard.celery import app
 from networking import enqueue
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_every_name_is_a_registered_task() -> None:

@@ -40,8 +40,8 @@ from networking.models import (
     ServiceAlias,
     SharedSecret,
 )
+from tests.access.test_access_matrix import MATRIX
 from tests.conftest import World, make_service
-from tests.test_access_matrix import MATRIX
 
 N = 20
 Action = AuditEvent.Action

@@ -488,7 +488,7 @@ class TestThePageCatchesUp:
     def test_it_refreshes_whenever_the_project_changes(
         self, world: World, owner_client: Client, status: str
     ) -> None:
-        """The page's poll (tests/test_live.py) fires project-changed; the list follows it, and
+        """The page's poll (pages/test_live.py) fires project-changed; the list follows it, and
         the request form stays out of it."""
         walk_to(world, status)
         assert 'hx-trigger="project-changed from:body"' in self.partial(world, owner_client)
