@@ -36,6 +36,8 @@ CHROMIUM_ARGS = [
 ]
 DESKTOP = {"width": 1280, "height": 860}
 PHONE = {"width": 390, "height": 844}
+# How long a page may take to show what the worker did (a pass, a rollout), in milliseconds.
+CATCH_UP = 60_000
 
 
 def _chromium() -> str:

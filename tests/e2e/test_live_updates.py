@@ -10,6 +10,7 @@ from django.urls import reverse
 from playwright.sync_api import Page, Response, expect
 
 from networking.models import AuditEvent, PeeringRequest
+from tests.browser import CATCH_UP
 from tests.cluster.workloads import deploy
 from tests.cluster_fixtures import Cluster
 from tests.conftest import World
@@ -20,7 +21,6 @@ SignIn = Callable[[str], Page]
 Screenshot = Callable[[Page, str], Path]
 # A reconcile, the deployment controller and the worker's recheck of the rollout, after a worker
 # restart, on a machine that may be busy.
-CATCH_UP = 60_000
 
 
 def test_a_service_that_starts_receiving_a_secret_shows_its_rollout_without_a_reload(

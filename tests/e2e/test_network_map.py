@@ -11,14 +11,13 @@ from django.urls import reverse
 from playwright.sync_api import Page, expect
 
 from networking.models import PeeringRequest, Service
-from tests.browser import DESKTOP, PHONE
+from tests.browser import CATCH_UP, DESKTOP, PHONE
 from tests.conftest import World, make_service
 from tests.e2e.conftest import worker_held_back
 from tests.worker import WorkerProcess
 
 SignIn = Callable[[str], Page]
 Screenshot = Callable[[Page, str], Path]
-CATCH_UP = 60_000
 
 
 # The texts of the map's nodes wider than their node.

@@ -11,12 +11,11 @@ from django.urls import reverse
 from playwright.sync_api import Page, expect
 
 from networking.models import AuditEvent, Service
-from tests.browser import PHONE
+from tests.browser import CATCH_UP, PHONE
 from tests.conftest import World, make_service
 
 SignIn = Callable[[str], Page]
 Screenshot = Callable[[Page, str], Path]
-CATCH_UP = 60_000
 WIDE = {"width": 1440, "height": 900}
 # The longest name the naming rule allows: 63 characters once normalized.
 LONG_NAME = ("Order Fulfilment Notifications " * 3)[:63].strip()

@@ -15,7 +15,7 @@ from django.urls import reverse
 from playwright.sync_api import Browser, Locator, Page, expect
 
 from networking.models import PeeringRequest
-from tests.browser import DESKTOP
+from tests.browser import CATCH_UP, DESKTOP
 from tests.cluster_fixtures import Cluster
 from tests.conftest import World
 from tests.e2e.conftest import worker_held_back
@@ -23,7 +23,6 @@ from tests.worker import WorkerProcess
 
 Screenshot = Callable[[Page, str], Path]
 # Both projects' reconciles, after a worker restart, on a machine that may be busy.
-CATCH_UP = 60_000
 
 
 def signed_in(browser: Browser, live_server: Any, username: str) -> Page:
