@@ -244,7 +244,7 @@ def list_services(
         )
     count = services.count()
     page = list(services[filters.offset : filters.offset + filters.limit])
-    names = endpoints.project_env_names(page[0]) if page else {}
+    names = endpoints.env_names_for(access.project.pk, page)
     for service in page:
         service.project = access.project
     following = filters.offset + filters.limit

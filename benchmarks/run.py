@@ -39,12 +39,14 @@ from django.utils import timezone  # noqa: E402
 
 from benchmarks import control_loop  # noqa: E402
 from benchmarks.observe import APP_USER, grant_app_user  # noqa: E402
+from networking.crypto import SecretText  # noqa: E402
 from networking.models import (  # noqa: E402
     AppliedRecord,
     Membership,
     Organization,
     Project,
     Service,
+    SharedSecret,
 )
 from tests.kubeapi import ClusterUnavailable, TestAPIServer, require_binaries  # noqa: E402
 from tests.kubehttp import HttpRecorder  # noqa: E402
@@ -142,6 +144,102 @@ def bench_overview() -> bool:
     )
     ok = ok and constant and met
     bench_live(client, project)
+    return bench_project_size(client, organization) and ok
+
+
+SIZE_PAGE_SIZES = (10_000, 100_000)
+SIZE_TARGET_RATIO = 1.2
+
+
+def _filled_project(organization: Organization, size: int) -> Project:
+    """A project of ``size`` web services (reused when the overview made one that big)."""
+    project = Project.objects.filter(organization=organization, name=f"p{size}").first()
+    if project is None:
+        project = Project.objects.create(organization=organization, name=f"p{size}")
+        Service.objects.bulk_create(
+            (
+                Service(
+                    project=project,
+                    display_name=f"service {i}",
+                    name=f"service-{i}",
+                    kind=Service.Kind.WEB,
+                    ports=[8080],
+                )
+                for i in range(size)
+            ),
+            batch_size=5000,
+        )
+    return project
+
+
+def bench_project_size(client: Client, organization: Organization) -> bool:
+    """Pages and API calls that show one service, or offer a choice of services, beside the
+    Django admin's pages of the same rows, at 10,000 and 100,000 services in one project."""
+    print(
+        "\nOne service, and choices of services, in a large project (beside Django admin, same run)"
+    )
+    print(
+        f"{'services':>10} {'page':<26} {'SQL':>4} {'time':>9} {'size':>9} "
+        f"{'admin equivalent':<22} {'admin':>9} {'ratio':>6}"
+    )
+    ok = True
+    for size in SIZE_PAGE_SIZES:
+        project = _filled_project(organization, size)
+        service = project.services.order_by("pk").first()
+        assert service is not None
+        secret = SharedSecret.objects.create(
+            project=project, name=f"BENCH_{size}", value=SecretText.seal("x" * 32)
+        )
+        secret.services.set(project.services.order_by("pk")[:3])
+        change_form = f"/bench-admin/networking/service/{service.pk}/change/"
+        changelist = f"/bench-admin/networking/service/?project__id__exact={project.pk}"
+        rows = (
+            (
+                "service page",
+                reverse("service-detail", args=[project.uid, service.pk]),
+                "change form",
+                change_form,
+            ),
+            (
+                "new secret (receivers)",
+                reverse("secret-create", args=[project.uid]),
+                "change form",
+                change_form,
+            ),
+            (
+                "secret receivers",
+                reverse("secret-edit", args=[project.uid, secret.pk]),
+                "change form",
+                change_form,
+            ),
+            (
+                "API: list of services",
+                f"/api/v1/projects/{project.uid}/services?limit=50",
+                "changelist (50)",
+                changelist,
+            ),
+            (
+                "API: one service",
+                f"/api/v1/projects/{project.uid}/services/{service.pk}",
+                "change form",
+                change_form,
+            ),
+        )
+        for label, url, admin_label, admin_url in rows:
+            with count_queries() as queries:
+                response = client.get(url)
+            assert response.status_code == 200, (url, response.status_code)
+            took = median_render(client, url)
+            admin = median_render(client, admin_url)
+            ratio = took / admin
+            met = ratio <= SIZE_TARGET_RATIO
+            ok = ok and met
+            print(
+                f"{size:>10,} {label:<26} {len(queries):>4} {took * 1000:>6.1f} ms "
+                f"{len(response.content) / 1000:>6.1f} kB {admin_label:<22} "
+                f"{admin * 1000:>6.1f} ms {ratio:>5.2f}x{'' if met else '  NOT met'}"
+            )
+    print(f"goal: each within {SIZE_TARGET_RATIO}x its admin page: {'met' if ok else 'NOT met'}")
     return ok
 
 

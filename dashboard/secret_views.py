@@ -15,6 +15,7 @@ from django.shortcuts import redirect, render
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
+from dashboard import service_picker
 from dashboard.partials import page_or_part, vary_on_htmx
 from dashboard.views import HtmxHttpRequest
 from networking import endpoints, rotation
@@ -57,7 +58,8 @@ def secret_create(request: HtmxHttpRequest, project_uid: str) -> HttpResponse:
                 f"Created {secret.name}. The services that receive it restart once to pick it up.",
             )
             return redirect("secret-detail", project_uid=project_uid, secret_id=secret.pk)
-    return render(request, "secrets/form.html", access.context(form=form))
+    picker = service_picker.picker(form["services"], access.project)
+    return render(request, "secrets/form.html", access.context(form=form, services_picker=picker))
 
 
 def _calling(secret: SharedSecret, receivers: list[Service]) -> dict[str, Any]:
@@ -126,7 +128,9 @@ def secret_edit(request: HtmxHttpRequest, project_uid: str, secret_id: int) -> H
         else:
             messages.success(request, f"Saved {secret.name}." if changed else "Nothing changed.")
             return redirect("secret-detail", project_uid=project_uid, secret_id=secret.pk)
-    return render(request, "secrets/form.html", access.context(form=form, secret=secret))
+    picker = service_picker.picker(form["services"], access.project)
+    context = access.context(form=form, secret=secret, services_picker=picker)
+    return render(request, "secrets/form.html", context)
 
 
 @login_required

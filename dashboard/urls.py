@@ -79,6 +79,7 @@ peering_patterns = [
 project_patterns: list[URLPattern | URLResolver] = [
     path("", views.project_overview, name="project-overview"),
     path("network/", views.project_network, name="project-network"),
+    path("service-choices/", views.service_choices, name="service-choices"),
     path("settings/", views.project_settings, name="project-settings"),
     path("delete/", views.project_delete, name="project-delete"),
     path("audit/", views.audit_log, name="audit-log"),

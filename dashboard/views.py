@@ -21,7 +21,7 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 from django_htmx.http import trigger_client_event
 from django_htmx.middleware import HtmxDetails
 
-from dashboard import network_drawing, service_list
+from dashboard import network_drawing, service_list, service_picker
 from dashboard.partials import page_or_part, vary_on_htmx, wants_part
 from networking import audit_trail, connection_tests, endpoints, naming, peering, references
 from networking.access import (
@@ -370,6 +370,10 @@ def _service_context(
 ) -> dict[str, Any]:
     if "reference_form" not in extra and references.can_be_used(service):
         extra["reference_form"] = ReferenceForm(source=service)
+    if extra.get("reference_form") is not None:
+        extra["consumers_picker"] = service_picker.picker(
+            extra["reference_form"]["consumers"], access.project, exclude=service
+        )
     return access.context(
         service=service,
         endpoints=endpoints.endpoints(
@@ -398,6 +402,36 @@ def _reach_context(project: Project, service: Service) -> dict[str, Any]:
         "egress_limited": network.egress_limited(service.name),
         "reach_drift": network.drift_about(service.name),
     }
+
+
+@login_required
+@require_GET
+def service_choices(request: HttpRequest, project_uid: str) -> HttpResponse:
+    """The search of a service picker (see ``dashboard/service_picker.py``): the chosen
+    services, still checked, and the first others whose name matches ``q``."""
+    access = get_project_for_user(request, project_uid)
+    field = request.GET.get("field") or "services"
+    if field not in ("consumers", "services"):
+        raise Http404("No such choice.")
+    queryset = Service.objects.filter(project=access.project)
+    exclude = _int_or_none(request.GET.get("exclude", ""))
+    if exclude is not None:
+        queryset = queryset.exclude(pk=exclude)
+    query = request.GET.get("q", "")[:100]
+    chosen, matches, more = service_picker.choices(queryset, request.GET.getlist(field), query)
+    context = access.context(
+        picker=service_picker.Picker(
+            name=field,
+            label="",
+            inline=False,
+            chosen=chosen,
+            matches=matches,
+            more=more,
+            query=query,
+            search_url="",
+        )
+    )
+    return render(request, "includes/service_picker.html#picker-choices", context)
 
 
 @login_required

@@ -112,18 +112,111 @@ def suggested_env_names(services: Iterable[Service], taken: Iterable[str] = ()) 
 
 
 def project_env_names(service: Service) -> dict[int, str]:
-    """``suggested_env_names`` for every service of ``service``'s project."""
+    """``suggested_env_names`` as the project's suggestions give it to ``service``."""
+    return env_names_for(service.project_id, [service])
+
+
+def _names_owning(env_name: str) -> set[str]:
+    """The service names whose own variable (``own_env_name``) could be ``env_name``."""
+    base = env_name.removesuffix("_URL").lower().replace("_", "-")
+    names = {base}
+    if base.startswith("svc-"):
+        names.add(base.removeprefix("svc-"))  # a name given the SVC_ prefix
+    return names
+
+
+def env_names_for(project_id: int, wanted: Iterable[Service]) -> dict[int, str]:
+    """The project's suggestions (``suggested_env_names``) for ``wanted``, reading only the
+    services whose names could stand in their way, so the cost does not grow with the project.
+
+    A service's suggestion can only be taken by: a shared secret's variable; the oldest
+    database of the libraries' name (``DATABASE_URL``...); the service whose own name is that
+    variable (a web service called ``database``); or, for a numbered name (``API_2_URL``), a
+    service called ``api-2``. Those, and theirs in turn, are fetched by name (a few indexed
+    queries), and the suggestions worked out among them as among every service.
+    """
     taken = [
         variable
-        for name in SharedSecret.objects.filter(project_id=service.project_id).values_list(
+        for name in SharedSecret.objects.filter(project_id=project_id).values_list(
             "name", flat=True
         )
         for variable, _ in environment_names(name)
     ]
-    siblings = Service.objects.filter(project_id=service.project_id).only(
-        "pk", "name", "kind", "project_id"
-    )
-    return suggested_env_names(siblings, taken)
+    fields = ("pk", "name", "kind", "project_id")
+    known: dict[int, Service] = {service.pk: service for service in wanted}
+    looked_up: set[str] = set()
+    generics_done: set[str] = set()
+    # Per service, the numbered names looked up so far (``stem-2`` to ``stem-<upper>``).
+    upper: dict[int, int] = {}
+    frontier = list(known.values())
+    while frontier:
+        names: set[str] = set()
+        generics: set[str] = set()
+        for service in frontier:
+            own = own_env_name(service)
+            names |= _names_owning(own)
+            numbered = re.fullmatch(r"(.+)_[0-9]+_URL", own)
+            if numbered:  # ``api-2``'s API_2_URL is ``api``'s second choice
+                names |= _names_owning(numbered.group(1) + "_URL")
+            # Its own numbered names (taken by ``api-2``, ``api-3``...), a few at a time.
+            start = upper.get(service.pk, 1) + 1
+            upper[service.pk] = start + len(taken) + 2
+            names |= {f"{service.name}-{n}" for n in range(start, upper[service.pk] + 1)}
+            if service.is_database:
+                generics.add(_DATABASE_ENV_NAMES[Service.Kind(service.kind)])
+            generics |= {generic for generic in _DATABASE_ENV_NAMES.values() if own == generic}
+        generics -= generics_done
+        generics_done |= generics
+        for generic in generics:
+            names |= _names_owning(generic)
+        found = list(
+            Service.objects.filter(project_id=project_id, name__in=sorted(names - looked_up)).only(
+                *fields
+            )
+        )
+        looked_up |= names
+        for generic in sorted(generics):
+            kinds = [kind for kind, name in _DATABASE_ENV_NAMES.items() if name == generic]
+            oldest = (
+                Service.objects.filter(project_id=project_id, kind__in=kinds)
+                .order_by("pk")
+                .only(*fields)
+                .first()
+            )
+            if oldest is not None:
+                found.append(oldest)
+        frontier = [service for service in found if service.pk not in known]
+        known.update((service.pk, service) for service in frontier)
+        # A service each of whose numbered names so far is taken: look further.
+        by_name = {service.name for service in known.values()}
+        frontier += [
+            service
+            for service in known.values()
+            if service not in frontier
+            and all(
+                f"{service.name}-{n}" in by_name
+                or f"{own_env_name(service).removesuffix('_URL')}_{n}_URL" in taken
+                for n in range(2, upper[service.pk] + 1)
+            )
+        ]
+    suggested = suggested_env_names(known.values(), taken)
+    return {service.pk: suggested[service.pk] for service in wanted}
+
+
+def service_suggested(project_id: int, variable: str) -> Service | None:
+    """The service of the project whose suggested variable is ``variable``, if any (found among
+    the few services that could have it, as ``env_names_for`` does)."""
+    names = _names_owning(variable)
+    numbered = re.fullmatch(r"(.+)_[0-9]+_URL", variable)
+    if numbered:
+        names |= _names_owning(numbered.group(1) + "_URL")
+    candidates = list(Service.objects.filter(project_id=project_id, name__in=sorted(names)))
+    kinds = [kind for kind, name in _DATABASE_ENV_NAMES.items() if name == variable]
+    if kinds:
+        oldest = Service.objects.filter(project_id=project_id, kind__in=kinds).order_by("pk")
+        candidates += [service for service in oldest[:1] if service not in candidates]
+    suggested = env_names_for(project_id, candidates)
+    return next((s for s in candidates if suggested[s.pk] == variable), None)
 
 
 def env_name_for(service: Service, names: dict[int, str] | None = None) -> str:

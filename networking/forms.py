@@ -213,20 +213,17 @@ class SharedSecretForm(forms.ModelForm[SharedSecret]):
             raise forms.ValidationError(
                 f"This project already has a secret named {name}.", code="duplicate"
             )
-        services = list(self.instance.project.services.only("pk", "name", "kind"))
-        suggested = endpoints.suggested_env_names(services)
-        by_pk = {service.pk: service for service in services}
         for variable, _ in rotation.environment_names(name):
-            for pk, env_name in suggested.items():
-                if env_name == variable:
-                    raise forms.ValidationError(
-                        f"{variable} is the variable this project’s dashboard tells you to set "
-                        f"to {by_pk[pk].name}’s "
-                        f"{'connection string' if by_pk[pk].is_database else 'internal URL'}; "
-                        "a shared secret of that name would overwrite it in the services that "
-                        "receive both. Choose another name, such as "
-                        f"{name.removesuffix('_URL')}_SECRET."
-                    )
+            service = endpoints.service_suggested(self.instance.project.pk, variable)
+            if service is not None:
+                raise forms.ValidationError(
+                    f"{variable} is the variable this project’s dashboard tells you to set "
+                    f"to {service.name}’s "
+                    f"{'connection string' if service.is_database else 'internal URL'}; "
+                    "a shared secret of that name would overwrite it in the services that "
+                    "receive both. Choose another name, such as "
+                    f"{name.removesuffix('_URL')}_SECRET."
+                )
         return name
 
     def clean_value(self) -> str:

@@ -42,6 +42,7 @@ MATRIX: dict[tuple[str, str], str] = {
     ("project-create", "POST"): "302 404 404 403 403 200",
     ("project-overview", "GET"): "302 404 404 200 200 200",
     ("project-network", "GET"): "302 404 404 200 200 200",
+    ("service-choices", "GET"): "302 404 404 200 200 200",
     ("project-settings", "GET"): "302 404 404 200 200 200",
     ("project-settings", "POST"): "302 404 404 403 403 200",
     ("project-delete", "GET"): "302 404 404 403 403 200",

@@ -3,12 +3,15 @@ from __future__ import annotations
 from urllib.parse import unquote, urlsplit
 
 import pytest
-from hypothesis import given
+from hypothesis import HealthCheck, given
+from hypothesis import settings as examples
 from hypothesis import strategies as st
 
 from networking import endpoints
 from networking.crypto import MASK, SecretText
-from networking.models import Service
+from networking.models import Project, Service, SharedSecret
+from networking.rotation import environment_names
+from tests.conftest import World, make_service
 
 
 def service(kind: str, name: str, ports: list[int] | None = None, **credentials: str) -> Service:
@@ -206,3 +209,48 @@ def test_the_examples_use_the_services_own_port_and_hostname() -> None:
     [family] = endpoints.notes(service("redis", "cache"))
     assert family.example == "const redis = new Redis(process.env.REDIS_URL, { family: 0 })"
     assert endpoints.notes(service("mysql", "orders")) == []
+
+
+NAMES = [
+    "api",
+    "api-2",
+    "api-3",
+    "database",
+    "redis",
+    "cache",
+    "kubernetes-proxy",
+    "svc-kubernetes-proxy",
+    "orders-db",
+]
+KINDS = ["web", "private", "postgresql", "mysql", "redis", "mongodb"]
+
+
+@pytest.mark.django_db
+@examples(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    rows=st.lists(
+        st.tuples(st.sampled_from(NAMES), st.sampled_from(KINDS)), unique_by=lambda r: r[0]
+    ),
+    secrets=st.lists(st.sampled_from(["API_URL", "DATABASE_URL", "API_2_URL", "REDIS_URL"])),
+)
+def test_a_services_suggestion_read_from_its_neighbours_is_the_projects(
+    world: World, rows: list[tuple[str, str]], secrets: list[str]
+) -> None:
+    """What a page or the API works out for one service, from the few services that could take
+    its name, is what the whole project's suggestions give it."""
+    project = Project.objects.create(organization=world.acme, name=f"P{Project.objects.count()}")
+    for name in sorted(set(secrets)):
+        SharedSecret.objects.create(project=project, name=name, value=SecretText.seal("x"))
+    services = [
+        make_service(project, name, kind, [3000] if kind == "private" else None)
+        for name, kind in rows
+    ]
+    everyone = endpoints.suggested_env_names(
+        Service.objects.filter(project=project),
+        [variable for name in set(secrets) for variable, _ in environment_names(name)],
+    )
+    for service in services:
+        assert endpoints.env_names_for(project.pk, [service]) == {service.pk: everyone[service.pk]}
+    assert endpoints.env_names_for(project.pk, services) == everyone

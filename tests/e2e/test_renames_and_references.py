@@ -61,3 +61,31 @@ def test_a_database_is_wired_into_a_service_from_its_page(
     expect(page.locator("#references")).to_contain_text(
         "DATABASE_URL: the connection string of postgres"
     )
+
+
+def test_in_a_large_project_the_consumers_are_found_by_search_and_stay_chosen(
+    world: World, sign_in: SignIn, screenshot: Screenshot
+) -> None:
+    """Past 30 services the form searches instead of listing every service: type, tick, type
+    something else, tick again; both receive the connection string."""
+    from tests.pages.test_project_size import grow
+
+    grow(world.project, 60)
+    page = sign_in("owner")
+    page.goto(reverse("service-detail", args=[world.project.uid, world.postgres.pk]))
+    search = page.get_by_label("Find a service")
+    choices = page.locator("#picker-consumers-choices")
+    search.fill("filler 42")
+    expect(choices.get_by_role("checkbox", name=re.compile(r"^filler 42 "))).to_be_visible()
+    choices.get_by_role("checkbox", name=re.compile(r"^filler 42 ")).check()
+    search.fill("api")
+    expect(choices.get_by_role("checkbox", name=re.compile(r"^api "))).to_be_visible()
+    expect(choices.get_by_role("checkbox", name=re.compile(r"^filler 42 "))).to_be_checked()  # kept
+    choices.get_by_role("checkbox", name=re.compile(r"^api ")).check()
+    screenshot(page, "large-project-consumer-search")
+    page.get_by_role("button", name="Give it to them").click()
+    expect(page.locator("#references")).to_contain_text("filler-42")
+    consumers = ReferenceVariable.objects.filter(source=world.postgres).values_list(
+        "consumer__name", flat=True
+    )
+    assert sorted(consumers) == ["api", "filler-42"]
