@@ -169,10 +169,10 @@ def _filled_project(organization: Organization, size: int) -> Project:
             ),
             batch_size=5000,
         )
-        if connection.vendor == "postgresql":
-            # As autovacuum would soon after: the planner needs to know the table grew.
-            with connection.cursor() as cursor:
-                cursor.execute("ANALYZE networking_service")
+    if connection.vendor == "postgresql":
+        # As autovacuum would soon after a bulk insert: the planner must know the table grew.
+        with connection.cursor() as cursor:
+            cursor.execute("ANALYZE networking_service")
     return project
 
 
