@@ -395,7 +395,7 @@ def _service_context(
 
 def _reach_context(project: Project, service: Service) -> dict[str, Any]:
     """Who can reach the service and what it can reach, from the project's desired policies."""
-    network = ProjectNetwork.load(project)
+    network = ProjectNetwork.for_service(project, service)
     return {
         "who_reaches": network.who_reaches(service.name),
         "reaches": network.reaches(service.name),

@@ -8,11 +8,11 @@ so the pages can mark where the cluster does not match yet.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 
-from django.db.models import Q
+from django.db.models import Q, QuerySet
 
 from networking.cluster.reachability import Grant, Origin, Reachability, Source, reachability
 from networking.cluster.reconcile import cluster_settings
@@ -27,6 +27,8 @@ _ORDER = {
     Origin.ADDRESSES: 3,
     Origin.ANYWHERE: 4,
 }
+# A service page counts the services of a project up to this many, not past it.
+COUNTED_UP_TO = 1000
 _SERVICE_FIELDS = ("pk", "name", "display_name", "kind", "ports", "project_id")
 
 
@@ -92,11 +94,46 @@ class ProjectNetwork:
     peers: list[Peer]
     reach: Reachability
 
+    # How many services each project (by namespace) has, when ``services`` and the peers'
+    # hold only representatives of them (``for_service``); empty: they hold every service.
+    counts: dict[str, int] = field(default_factory=dict)
+
     @classmethod
     def load(cls, project: Project) -> ProjectNetwork:
         """Four queries, whatever the number of services: the project's services, its
         peerings, the peers' services and the peers' own peerings."""
         services = list(project.services.only(*_SERVICE_FIELDS).order_by("name"))
+        return cls._build(project, services, _every_service_of)
+
+    @classmethod
+    def for_service(cls, project: Project, service: Service) -> ProjectNetwork:
+        """Who can reach ``service`` and what it can reach, at the same cost in a project of
+        ten services or of a hundred thousand.
+
+        The policies we write tell a project's services apart only by whether they are public
+        web services (the ingress policy names those; every other rule admits or isolates a
+        whole namespace). So the reach of ``service`` is worked out among ``service`` itself
+        and one other service of each sort per project, exactly as among all of them; only
+        the number of services in "every service in Storefront (N)" comes from a count.
+        """
+        others = project.services.exclude(pk=service.pk).only(*_SERVICE_FIELDS)
+        services = [service, *_one_of_each_sort(others)]
+        network = cls._build(project, services, _representatives)
+        # Counted up to a bound: "every service in Storefront (more than 1,000)" past it.
+        bound = COUNTED_UP_TO + 1
+        network.counts = {
+            known.namespace: Service.objects.filter(project_id=known.pk)[:bound].count()
+            for known in network._projects.values()
+        }
+        return network
+
+    @classmethod
+    def _build(
+        cls,
+        project: Project,
+        services: list[Service],
+        services_of: Callable[[list[int]], dict[int, list[Service]]],
+    ) -> ProjectNetwork:
         peerings = list(
             PeeringRequest.objects.filter(
                 Q(requester_project=project) | Q(target_project=project),
@@ -106,13 +143,7 @@ class ProjectNetwork:
             .order_by("pk")
         )
         projects = {p.peer_of(project).pk: p.peer_of(project) for p in peerings}
-        by_project: dict[int, list[Service]] = {pk: [] for pk in projects}
-        for service in (
-            Service.objects.filter(project_id__in=list(projects))
-            .only(*_SERVICE_FIELDS)
-            .order_by("name")
-        ):
-            by_project[service.project_id].append(service)
+        by_project = services_of(list(projects))
         # Whether a peer admits this project is its own policies' to say: build its state too.
         theirs: dict[int, list[PeeringRequest]] = {pk: [] for pk in projects}
         for other in PeeringRequest.objects.filter(
@@ -352,7 +383,7 @@ class ProjectNetwork:
             everything = self.reach.services[namespace]
             name = self.project_name(namespace)
             text = (
-                f"every service in {name} ({len(reached)})"
+                f"every service in {name} ({_how_many(self.counts.get(namespace, len(reached)))})"
                 if len(everything) > 1 and set(reached) == set(everything)
                 else f"{_listed(reached)} in {name}"
             )
@@ -374,6 +405,34 @@ class ProjectNetwork:
     def egress_limited(self, service: str) -> bool:
         """Whether a policy limits the connections ``service`` opens."""
         return (self.namespace, service) in self.reach.limited_egress
+
+
+def _how_many(count: int) -> str:
+    return f"more than {COUNTED_UP_TO:,}" if count > COUNTED_UP_TO else f"{count:,}"
+
+
+def _every_service_of(project_ids: list[int]) -> dict[int, list[Service]]:
+    by_project: dict[int, list[Service]] = {pk: [] for pk in project_ids}
+    for service in (
+        Service.objects.filter(project_id__in=project_ids).only(*_SERVICE_FIELDS).order_by("name")
+    ):
+        by_project[service.project_id].append(service)
+    return by_project
+
+
+def _one_of_each_sort(services: QuerySet[Service]) -> list[Service]:
+    """A public web service and another service, if there are any (which ones does not
+    matter: the policies treat every service of a sort alike)."""
+    web = services.filter(kind=Service.Kind.WEB).order_by("kind", "pk")[:1]
+    other = services.exclude(kind=Service.Kind.WEB).order_by("kind", "pk")[:1]
+    return [*web, *other]
+
+
+def _representatives(project_ids: list[int]) -> dict[int, list[Service]]:
+    return {
+        pk: _one_of_each_sort(Service.objects.filter(project_id=pk).only(*_SERVICE_FIELDS))
+        for pk in project_ids
+    }
 
 
 def _listed(names: Sequence[str]) -> str:

@@ -472,6 +472,11 @@ class Service(models.Model):
                 fields=["project", "name"], name="unique_service_name_in_project"
             )
         ]
+        indexes = [
+            # A service of a sort (the oldest database, a non-web service) in a project of any
+            # size: an index range, not a scan of every service.
+            models.Index(fields=["project", "kind", "id"], name="services_by_kind"),
+        ]
 
     def __str__(self) -> str:
         return self.display_name

@@ -118,3 +118,12 @@ def test_the_suggested_names_do_not_change_as_the_project_grows(world: World) ->
         url = f"/api/v1/projects/{world.project.uid}/services/{service.pk}"
         found = owner.get(url).json()
         assert variable in str(found), found
+
+
+def test_a_service_page_counts_its_neighbours_up_to_a_thousand(world: World) -> None:
+    owner = world.client_for("owner")
+    url = PAGES["service page"](world)
+    grow(world.project, 998)  # with api and postgres: 1,000
+    assert "Every service in Storefront (1,000)" in owner.get(url).content.decode()
+    grow(world.project, 1)
+    assert "Every service in Storefront (more than 1,000)" in owner.get(url).content.decode()

@@ -211,3 +211,68 @@ def test_a_peering_with_another_organization_names_the_peer(world: World) -> Non
     # No services there yet: nothing to reach, but Reports reaches Storefront.
     assert [line.text for line in network.reaches("api")] == ["every service in Storefront (2)"]
     assert "every service in Reports" in [line.text for line in network.who_reaches("api")]
+
+
+def service_view(network: ProjectNetwork, name: str) -> Any:
+    def lines(found: Any) -> list[tuple[str, list[Any], bool]]:
+        return [(line.text, line.reasons, line.drifted) for line in found]
+
+    return (
+        lines(network.who_reaches(name)),
+        lines(network.reaches(name)),
+        network.egress_limited(name),
+        network.drift_about(name),
+    )
+
+
+@pytest.mark.parametrize(
+    "shape",
+    ["alone", "one service", "peered", "peered both ways", "many of each sort"],
+)
+def test_a_service_page_reads_the_same_reach_as_the_whole_projects(
+    world: World, shape: str
+) -> None:
+    """``for_service`` (a service and one service of each sort per project, plus counts) says
+    exactly what the whole project's network says about that service."""
+    project = world.project
+    if shape == "one service":
+        project = Project.objects.create(organization=world.acme, name="Solo")
+        make_service(project, "only", Service.Kind.WEB)
+    if shape.startswith("peered"):
+        world.peering.status = PeeringRequest.Status.ACTIVE
+        world.peering.save()
+        make_service(world.other_project, "events", Service.Kind.WEB)
+    if shape == "peered both ways":
+        connect(project, Project.objects.get(organization=world.globex, name="Billing"))
+        make_service(Project.objects.get(name="Billing"), "invoices", Service.Kind.PRIVATE, [80])
+    if shape == "many of each sort":
+        for n in range(6):
+            make_service(project, f"web {n}", Service.Kind.WEB)
+            make_service(project, f"worker {n}", Service.Kind.PRIVATE, [3000 + n])
+        make_service(project, "cache", Service.Kind.REDIS)
+    Project.objects.filter(pk=project.pk).update(
+        drift=[{"kind": "Service", "name": "api", "text": "Service api differs"}]
+    )
+    project = Project.objects.get(pk=project.pk)
+    whole = ProjectNetwork.load(project)
+    for service in project.services.all():
+        one = ProjectNetwork.for_service(project, service)
+        assert service_view(one, service.name) == service_view(whole, service.name), service.name
+
+
+def test_a_service_pages_reach_costs_the_same_queries_at_any_size(world: World) -> None:
+    def queries() -> int:
+        project = Project.objects.get(pk=world.project.pk)
+        with CaptureQueriesContext(connection) as captured:
+            ProjectNetwork.for_service(project, world.api).who_reaches("api")
+        return len(captured)
+
+    small = queries()
+    for n in range(200):
+        make_service(
+            world.project,
+            f"filler {n}",
+            Service.Kind.WEB if n % 2 else Service.Kind.PRIVATE,
+            [3000],
+        )
+    assert queries() == small
