@@ -128,7 +128,7 @@ def secret_edit(request: HtmxHttpRequest, project_uid: str, secret_id: int) -> H
         else:
             messages.success(request, f"Saved {secret.name}." if changed else "Nothing changed.")
             return redirect("secret-detail", project_uid=project_uid, secret_id=secret.pk)
-    picker = service_picker.picker(form["services"], access.project)
+    picker = service_picker.picker(form["services"], access.project, secret=secret.pk)
     context = access.context(form=form, secret=secret, services_picker=picker)
     return render(request, "secrets/form.html", context)
 

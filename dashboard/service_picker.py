@@ -1,9 +1,10 @@
 """Choosing services in a form, at any project size.
 
 A small project lists every service as a checkbox, as before. A large one (more than
-``INLINE_UP_TO`` services) shows the services already chosen and a search: each keystroke asks
-the server for at most ``MATCHES`` services whose name matches, and the chosen ones stay
-checked whatever is searched (the search sends them along). The page costs the same with ten
+``INLINE_UP_TO`` services) shows the services already chosen, then a search: each keystroke
+asks the server for at most ``MATCHES`` services whose name matches. The chosen ones stay where
+they are (a search never sends them, however many); what was ticked in the list of matches is
+sent along, and comes back ticked above the new matches. The page costs the same with ten
 services or a hundred thousand; the form's field still validates what is submitted against the
 project's services (one ``pk IN`` query).
 """
@@ -11,7 +12,7 @@ project's services (one ``pk IN`` query).
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from django.db.models import Q, QuerySet
 from django.forms import BoundField
@@ -27,17 +28,18 @@ _FIELDS = ("pk", "name", "display_name", "project_id")
 @dataclass(frozen=True)
 class Picker:
     name: str  # the form field's input name
-    label: str
     inline: bool  # a small project: every service, one checkbox each
-    chosen: list[Service]
-    matches: list[Service]
-    more: bool  # more services match than are listed
-    query: str
-    search_url: str
+    search_url: str = ""
+    chosen: list[Service] = field(default_factory=list)  # chosen before this page (kept as is)
+    picked: list[Service] = field(default_factory=list)  # ticked in the list of matches
+    matches: list[Service] = field(default_factory=list)
+    more: bool = False  # more services match than are listed
+    query: str = ""
     offers: bool = True  # there is any service to choose
 
 
-def _chosen_ids(values: Iterable[object]) -> list[int]:
+def ids_in(values: Iterable[object]) -> list[int]:
+    """The service IDs among submitted values (anything else is no ID)."""
     ids = []
     for value in values:
         text = str(getattr(value, "pk", value))
@@ -46,40 +48,47 @@ def _chosen_ids(values: Iterable[object]) -> list[int]:
     return ids
 
 
-def choices(
-    queryset: QuerySet[Service], chosen: Iterable[object], query: str = ""
-) -> tuple[list[Service], list[Service], bool]:
-    """The chosen services (in ``queryset``), and up to ``MATCHES`` others matching ``query``."""
-    ids = _chosen_ids(chosen)
-    picked = list(queryset.filter(pk__in=ids).only(*_FIELDS).order_by("name")) if ids else []
-    others = queryset.exclude(pk__in=[service.pk for service in picked]).only(*_FIELDS)
+def matches(
+    queryset: QuerySet[Service], query: str, *, leaving_out: Iterable[int] = ()
+) -> tuple[list[Service], bool]:
+    """Up to ``MATCHES`` services of ``queryset`` whose name holds ``query``, and whether
+    there are more."""
     # What a person types: anything unprintable (a NUL byte, a newline) is no part of a name.
     query = "".join(ch for ch in query if ch.isprintable()).strip()
+    found = queryset.exclude(pk__in=list(leaving_out)).only(*_FIELDS)
     if query:
-        others = others.filter(
+        found = found.filter(
             Q(name__icontains=query.replace(" ", "-")) | Q(display_name__icontains=query)
         )
-    found = list(others.order_by("name")[: MATCHES + 1])
-    return picked, found[:MATCHES], len(found) > MATCHES
+    listed = list(found.order_by("name")[: MATCHES + 1])
+    return listed[:MATCHES], len(listed) > MATCHES
 
 
-def picker(field: BoundField, project: Project, *, exclude: Service | None = None) -> Picker:
-    """How ``field`` (a choice of this project's services) is shown on a page."""
+def picker(
+    field: BoundField, project: Project, *, exclude: Service | None = None, **chosen_of: int
+) -> Picker:
+    """How ``field`` (a choice of this project's services) is shown on a page. ``chosen_of``
+    (``secret=<id>``) tells the search whose choice it is, so it can leave those out."""
     queryset = field.field.queryset  # type: ignore[attr-defined]
     first = len(queryset.only("pk")[: INLINE_UP_TO + 1])
-    small = first <= INLINE_UP_TO
-    value = field.value() or []
-    chosen, matches, more = ([], [], False) if small else choices(queryset, value)
-    url = reverse("service-choices", args=[project.uid])
-    query = f"?field={field.html_name}" + (f"&exclude={exclude.pk}" if exclude else "")
+    if first <= INLINE_UP_TO:
+        return Picker(name=field.html_name, inline=True, offers=first > 0)
+    ids = ids_in(field.value() or [])
+    chosen = list(queryset.filter(pk__in=ids).only(*_FIELDS).order_by("name")) if ids else []
+    listed, more = matches(queryset, "", leaving_out=ids)
+    query = {"field": field.html_name, **chosen_of}
+    if exclude is not None:
+        query["exclude"] = exclude.pk
+    url = (
+        reverse("service-choices", args=[project.uid])
+        + "?"
+        + "&".join(f"{key}={value}" for key, value in query.items())
+    )
     return Picker(
         name=field.html_name,
-        label=str(field.label),
-        inline=small,
+        inline=False,
+        search_url=url,
         chosen=chosen,
-        matches=matches,
+        matches=listed,
         more=more,
-        query="",
-        search_url=url + query,
-        offers=first > 0,
     )

@@ -407,8 +407,8 @@ def _reach_context(project: Project, service: Service) -> dict[str, Any]:
 @login_required
 @require_GET
 def service_choices(request: HttpRequest, project_uid: str) -> HttpResponse:
-    """The search of a service picker (see ``dashboard/service_picker.py``): the chosen
-    services, still checked, and the first others whose name matches ``q``."""
+    """The search of a service picker (see ``dashboard/service_picker.py``): what was ticked
+    in its list, still ticked, then the first other services whose name matches ``q``."""
     access = get_project_for_user(request, project_uid)
     field = request.GET.get("field") or "services"
     if field not in ("consumers", "services"):
@@ -417,21 +417,20 @@ def service_choices(request: HttpRequest, project_uid: str) -> HttpResponse:
     exclude = _int_or_none(request.GET.get("exclude", ""))
     if exclude is not None:
         queryset = queryset.exclude(pk=exclude)
+    picked_ids = service_picker.ids_in(request.GET.getlist(field))
+    picked = list(queryset.filter(pk__in=picked_ids).order_by("name")) if picked_ids else []
+    # The secret's receivers are listed above the search already: not again among matches.
+    secret = _int_or_none(request.GET.get("secret", ""))
+    if secret is not None:
+        queryset = queryset.exclude(shared_secrets__pk=secret)
     query = request.GET.get("q", "")[:100]
-    chosen, matches, more = service_picker.choices(queryset, request.GET.getlist(field), query)
-    context = access.context(
-        picker=service_picker.Picker(
-            name=field,
-            label="",
-            inline=False,
-            chosen=chosen,
-            matches=matches,
-            more=more,
-            query=query,
-            search_url="",
-        )
+    found, more = service_picker.matches(
+        queryset, query, leaving_out=[service.pk for service in picked]
     )
-    return render(request, "includes/service_picker.html#picker-choices", context)
+    picker = service_picker.Picker(
+        name=field, inline=False, picked=picked, matches=found, more=more, query=query
+    )
+    return render(request, "includes/service_picker.html#picker-matches", {"picker": picker})
 
 
 @login_required

@@ -158,10 +158,13 @@ def env_names_for(project_id: int, wanted: Iterable[Service]) -> dict[int, str]:
             numbered = re.fullmatch(r"(.+)_[0-9]+_URL", own)
             if numbered:  # ``api-2``'s API_2_URL is ``api``'s second choice
                 names |= _names_owning(numbered.group(1) + "_URL")
-            # Its own numbered names (taken by ``api-2``, ``api-3``...), a few at a time.
+            # Its own numbered names (the own names of ``api-2``, ``api-3``... and, past the
+            # SVC_ prefix, of ``svc-kubernetes-proxy-2``), a few at a time.
             start = upper.get(service.pk, 1) + 1
             upper[service.pk] = start + len(taken) + 2
-            names |= {f"{service.name}-{n}" for n in range(start, upper[service.pk] + 1)}
+            stem = own.removesuffix("_URL")
+            for n in range(start, upper[service.pk] + 1):
+                names |= _names_owning(f"{stem}_{n}_URL")
             if service.is_database:
                 generics.add(_DATABASE_ENV_NAMES[Service.Kind(service.kind)])
             generics |= {generic for generic in _DATABASE_ENV_NAMES.values() if own == generic}
@@ -188,14 +191,13 @@ def env_names_for(project_id: int, wanted: Iterable[Service]) -> dict[int, str]:
         frontier = [service for service in found if service.pk not in known]
         known.update((service.pk, service) for service in frontier)
         # A service each of whose numbered names so far is taken: look further.
-        by_name = {service.name for service in known.values()}
+        occupied = {own_env_name(service) for service in known.values()} | set(taken)
         frontier += [
             service
             for service in known.values()
             if service not in frontier
             and all(
-                f"{service.name}-{n}" in by_name
-                or f"{own_env_name(service).removesuffix('_URL')}_{n}_URL" in taken
+                f"{own_env_name(service).removesuffix('_URL')}_{n}_URL" in occupied
                 for n in range(2, upper[service.pk] + 1)
             )
         ]

@@ -97,6 +97,8 @@ class ProjectNetwork:
     # How many services each project (by namespace) has, when ``services`` and the peers'
     # hold only representatives of them (``for_service``); empty: they hold every service.
     counts: dict[str, int] = field(default_factory=dict)
+    # With representatives only: the project's services whose Service differs in the cluster.
+    drifted_services: set[str] = field(default_factory=set)
 
     @classmethod
     def load(cls, project: Project) -> ProjectNetwork:
@@ -120,6 +122,11 @@ class ProjectNetwork:
         services = [service, *_one_of_each_sort(others)]
         network = cls._build(project, services, _representatives)
         # Counted up to a bound: "every service in Storefront (more than 1,000)" past it.
+        differing = sorted(name for kind, name in network.drift if kind == "Service")
+        if differing:
+            network.drifted_services = set(
+                project.services.filter(name__in=differing).values_list("name", flat=True)
+            )
         bound = COUNTED_UP_TO + 1
         network.counts = {
             known.namespace: Service.objects.filter(project_id=known.pk)[:bound].count()
@@ -382,16 +389,24 @@ class ProjectNetwork:
             reached = sorted({grant.service for grant in grants})
             everything = self.reach.services[namespace]
             name = self.project_name(namespace)
+            every = self.counts.get(namespace, len(everything)) > 1 and set(reached) == set(
+                everything
+            )
             text = (
                 f"every service in {name} ({_how_many(self.counts.get(namespace, len(reached)))})"
-                if len(everything) > 1 and set(reached) == set(everything)
+                if every
                 else f"{_listed(reached)} in {name}"
             )
+            drifted = any(self.drifted(grant) for grant in grants)
+            if every and namespace == self.namespace and self.counts:
+                # Only representatives were looked at: any of the services they stand for may
+                # be the one whose Service differs in the cluster.
+                drifted = drifted or bool(self.drifted_services)
             lines.append(
                 Line(
                     text=text,
                     reasons=_unique(self.reason(grant) for grant in grants),
-                    drifted=any(self.drifted(grant) for grant in grants),
+                    drifted=drifted,
                     services=reached,
                 )
             )

@@ -21,6 +21,14 @@
     return Promise.resolve();
   }
 
+  // Enter in a service picker's search searches; it does not submit the form around it
+  // with a half-made choice.
+  document.addEventListener("keydown", function (event) {
+    if (event.key === "Enter" && event.target.matches(".service-picker input[type=search]")) {
+      event.preventDefault();
+    }
+  });
+
   document.addEventListener("click", function (event) {
     var button = event.target.closest("button.copy");
     if (!button) return;

@@ -52,3 +52,16 @@ def test_a_token_issued_before_the_move_authenticates_after_it() -> None:
         )
     finally:
         _migrate(latest)
+
+
+def test_the_token_content_type_follows_the_model() -> None:
+    from django.contrib.contenttypes.models import ContentType
+
+    latest = MigrationExecutor(connection).loader.graph.leaf_nodes()
+    _migrate([("api", "0002_tokens_move_to_the_api")])
+    ContentType.objects.filter(model="apitoken").delete()
+    ContentType.objects.create(app_label="networking", model="apitoken")
+    _migrate(latest)
+    assert list(
+        ContentType.objects.filter(model="apitoken").values_list("app_label", flat=True)
+    ) == ["api"]

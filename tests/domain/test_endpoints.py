@@ -219,7 +219,9 @@ NAMES = [
     "redis",
     "cache",
     "kubernetes-proxy",
+    "kubernetes-proxy-2",
     "svc-kubernetes-proxy",
+    "svc-kubernetes-proxy-2",
     "orders-db",
 ]
 KINDS = ["web", "private", "postgresql", "mysql", "redis", "mongodb"]
@@ -227,13 +229,17 @@ KINDS = ["web", "private", "postgresql", "mysql", "redis", "mongodb"]
 
 @pytest.mark.django_db
 @examples(
-    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
 @given(
     rows=st.lists(
         st.tuples(st.sampled_from(NAMES), st.sampled_from(KINDS)), unique_by=lambda r: r[0]
     ),
-    secrets=st.lists(st.sampled_from(["API_URL", "DATABASE_URL", "API_2_URL", "REDIS_URL"])),
+    secrets=st.lists(
+        st.sampled_from(
+            ["API_URL", "DATABASE_URL", "API_2_URL", "REDIS_URL", "SVC_KUBERNETES_PROXY_URL"]
+        )
+    ),
 )
 def test_a_services_suggestion_read_from_its_neighbours_is_the_projects(
     world: World, rows: list[tuple[str, str]], secrets: list[str]
@@ -254,3 +260,11 @@ def test_a_services_suggestion_read_from_its_neighbours_is_the_projects(
     for service in services:
         assert endpoints.env_names_for(project.pk, [service]) == {service.pk: everyone[service.pk]}
     assert endpoints.env_names_for(project.pk, services) == everyone
+    # The secret form's check: which service a variable is suggested for, if any.
+    for service in services:
+        found = endpoints.service_suggested(project.pk, everyone[service.pk])
+        assert found is not None and found.pk == service.pk
+    for variable in ("API_3_URL", "SVC_KUBERNETES_PROXY_3_URL", "MONGODB_URL"):
+        owner = next((pk for pk, name in everyone.items() if name == variable), None)
+        found = endpoints.service_suggested(project.pk, variable)
+        assert (found.pk if found else None) == owner

@@ -74,7 +74,7 @@ def test_in_a_large_project_the_consumers_are_found_by_search_and_stay_chosen(
     page = sign_in("owner")
     page.goto(reverse("service-detail", args=[world.project.uid, world.postgres.pk]))
     search = page.get_by_label("Find a service")
-    choices = page.locator("#picker-consumers-choices")
+    choices = page.locator("#picker-consumers-matches")
     search.fill("filler 42")
     expect(choices.get_by_role("checkbox", name=re.compile(r"^filler 42 "))).to_be_visible()
     choices.get_by_role("checkbox", name=re.compile(r"^filler 42 ")).check()

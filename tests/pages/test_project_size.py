@@ -127,3 +127,24 @@ def test_a_service_page_counts_its_neighbours_up_to_a_thousand(world: World) -> 
     assert "Every service in Storefront (1,000)" in owner.get(url).content.decode()
     grow(world.project, 1)
     assert "Every service in Storefront (more than 1,000)" in owner.get(url).content.decode()
+
+
+def test_a_secrets_receivers_stay_above_the_search_and_are_not_offered_again(
+    world: World,
+) -> None:
+    grow(world.project, 200)
+    receivers = list(Service.objects.filter(project=world.project, name__startswith="filler-1"))
+    world.secret.services.add(*receivers)
+    owner = world.client_for("owner")
+    _, _, page = measured(owner, PAGES["secret receivers"](world))
+    chosen = page.split('class="picker-chosen', 1)[1].split('id="picker-services-search"', 1)[0]
+    assert chosen.count("checked") == len(receivers) + 1  # api received it already
+    listed = page.split('id="picker-services-matches"', 1)[1]
+    assert "checked" not in listed.split("</div>", 1)[0]
+    found = owner.get(
+        reverse("service-choices", args=[world.project.uid]),
+        {"field": "services", "secret": str(world.secret.pk), "q": "filler 1"},
+    ).content.decode()
+    assert "filler-1.internal" not in found  # a receiver, listed above
+    assert "filler-2.internal" not in found  # no match
+    assert "filler-21.internal" not in found

@@ -227,7 +227,15 @@ def service_view(network: ProjectNetwork, name: str) -> Any:
 
 @pytest.mark.parametrize(
     "shape",
-    ["alone", "one service", "peered", "peered both ways", "many of each sort"],
+    [
+        "alone",
+        "one service",
+        "peered",
+        "peered both ways",
+        "a peer of one sort",
+        "many of each sort",
+        "drift on one of many",
+    ],
 )
 def test_a_service_page_reads_the_same_reach_as_the_whole_projects(
     world: World, shape: str
@@ -245,13 +253,24 @@ def test_a_service_page_reads_the_same_reach_as_the_whole_projects(
     if shape == "peered both ways":
         connect(project, Project.objects.get(organization=world.globex, name="Billing"))
         make_service(Project.objects.get(name="Billing"), "invoices", Service.Kind.PRIVATE, [80])
+    if shape == "a peer of one sort":  # two web services, nothing else
+        world.peering.status = PeeringRequest.Status.ACTIVE
+        world.peering.save()
+        world.other_service.delete()
+        make_service(world.other_project, "events", Service.Kind.WEB)
+        make_service(world.other_project, "hooks", Service.Kind.WEB)
+    drifting = "api"
+    if shape == "drift on one of many":
+        for n in range(4):
+            make_service(project, f"web {n}", Service.Kind.WEB)
+        drifting = "web-3"  # not one a service page would pick to stand for the web services
     if shape == "many of each sort":
         for n in range(6):
             make_service(project, f"web {n}", Service.Kind.WEB)
             make_service(project, f"worker {n}", Service.Kind.PRIVATE, [3000 + n])
         make_service(project, "cache", Service.Kind.REDIS)
     Project.objects.filter(pk=project.pk).update(
-        drift=[{"kind": "Service", "name": "api", "text": "Service api differs"}]
+        drift=[{"kind": "Service", "name": drifting, "text": f"Service {drifting} differs"}]
     )
     project = Project.objects.get(pk=project.pk)
     whole = ProjectNetwork.load(project)
