@@ -85,6 +85,36 @@ def median_render(client: Client, url: str) -> float:
     return statistics.median(timings)
 
 
+SIZE_PAGE_SIZES = (10_000, 100_000)
+SIZE_TARGET_RATIO = 1.2
+
+
+def _filled_project(organization: Organization, size: int) -> Project:
+    """A project of ``size`` web services with their ClusterIPs, made once per size."""
+    project = Project.objects.filter(organization=organization, name=f"p{size}").first()
+    if project is None:
+        project = Project.objects.create(organization=organization, name=f"p{size}")
+        Service.objects.bulk_create(
+            (
+                Service(
+                    project=project,
+                    display_name=f"service {i}",
+                    name=f"service-{i}",
+                    kind=Service.Kind.WEB,
+                    ports=[8080],
+                    cluster_ip=f"10.96.{i // 250 % 256}.{i % 250 + 1}",
+                )
+                for i in range(size)
+            ),
+            batch_size=5000,
+        )
+    if connection.vendor == "postgresql":
+        # As autovacuum would soon after a bulk insert: the planner must know the table grew.
+        with connection.cursor() as cursor:
+            cursor.execute("ANALYZE networking_service")
+    return project
+
+
 def bench_overview() -> bool:
     """The overview a page at a time, beside Django admin's changelist of the same rows."""
     organization = Organization.objects.create(name="Bench", slug="bench")
@@ -101,21 +131,7 @@ def bench_overview() -> bool:
     ok = True
     last: tuple[Project, float, int, float] | None = None
     for size in OVERVIEW_SIZES:
-        project = Project.objects.create(organization=organization, name=f"p{size}")
-        Service.objects.bulk_create(
-            (
-                Service(
-                    project=project,
-                    display_name=f"service {i}",
-                    name=f"service-{i}",
-                    kind=Service.Kind.WEB,
-                    ports=[8080],
-                    cluster_ip=f"10.96.{i // 250}.{i % 250 + 1}",
-                )
-                for i in range(size)
-            ),
-            batch_size=2000,
-        )
+        project = _filled_project(organization, size)
         url = reverse("project-overview", args=[project.uid])
         with count_queries() as queries:
             response = client.get(url)
@@ -145,35 +161,6 @@ def bench_overview() -> bool:
     ok = ok and constant and met
     bench_live(client, project)
     return bench_project_size(client, organization) and ok
-
-
-SIZE_PAGE_SIZES = (10_000, 100_000)
-SIZE_TARGET_RATIO = 1.2
-
-
-def _filled_project(organization: Organization, size: int) -> Project:
-    """A project of ``size`` web services (reused when the overview made one that big)."""
-    project = Project.objects.filter(organization=organization, name=f"p{size}").first()
-    if project is None:
-        project = Project.objects.create(organization=organization, name=f"p{size}")
-        Service.objects.bulk_create(
-            (
-                Service(
-                    project=project,
-                    display_name=f"service {i}",
-                    name=f"service-{i}",
-                    kind=Service.Kind.WEB,
-                    ports=[8080],
-                )
-                for i in range(size)
-            ),
-            batch_size=5000,
-        )
-    if connection.vendor == "postgresql":
-        # As autovacuum would soon after a bulk insert: the planner must know the table grew.
-        with connection.cursor() as cursor:
-            cursor.execute("ANALYZE networking_service")
-    return project
 
 
 def bench_project_size(client: Client, organization: Organization) -> bool:

@@ -3,18 +3,21 @@ variable from the project's Secret, and exactly one new revision per change."""
 
 from __future__ import annotations
 
-import json
 import time
 from typing import Any
 from urllib.parse import quote
-
-from django.conf import settings as django_settings
 
 from networking import references
 from networking.cluster.desired import REFERENCES_ANNOTATION, SHARED_SECRETS
 from networking.crypto import SecretText
 from networking.models import ReferenceVariable, Service
-from tests.cluster.workloads import deploy, deployment, secret_data, settle
+from tests.cluster.workloads import (
+    deploy,
+    deployment,
+    secret_data,
+    settle,
+    template_annotations,
+)
 from tests.cluster_fixtures import Cluster
 from tests.conftest import World
 from tests.waiting import wait_until
@@ -24,16 +27,7 @@ PASSWORD = "p@ss:w/rd?#"
 
 def revisions(cluster: Cluster, namespace: str, name: str) -> dict[str, str | None]:
     """Revision -> the references annotation of that revision's pod template."""
-    selector = f"{django_settings.WORKLOAD_LABEL}={name}"
-    response: Any = cluster.apps.list_namespaced_replica_set(
-        namespace, label_selector=selector, _preload_content=False
-    )
-    found = {}
-    for replica_set in json.loads(response.data)["items"]:
-        revision = replica_set["metadata"]["annotations"]["deployment.kubernetes.io/revision"]
-        template = replica_set["spec"]["template"]["metadata"].get("annotations") or {}
-        found[revision] = template.get(REFERENCES_ANNOTATION)
-    return dict(sorted(found.items()))
+    return template_annotations(cluster, namespace, name, REFERENCES_ANNOTATION)
 
 
 def env(cluster: Cluster, namespace: str, name: str) -> dict[str, Any]:

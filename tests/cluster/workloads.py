@@ -36,6 +36,13 @@ def deployment(cluster: Cluster, namespace: str, name: str) -> dict[str, Any]:
 
 def rollouts(cluster: Cluster, namespace: str, name: str) -> dict[str, str | None]:
     """Revision -> the shared-secrets annotation of that revision's pod template."""
+    return template_annotations(cluster, namespace, name, SECRETS_ANNOTATION)
+
+
+def template_annotations(
+    cluster: Cluster, namespace: str, name: str, annotation: str
+) -> dict[str, str | None]:
+    """Revision -> ``annotation`` on that revision's pod template, for a workload's ReplicaSets."""
     selector = f"{django_settings.WORKLOAD_LABEL}={name}"
     response: Any = cluster.apps.list_namespaced_replica_set(
         namespace, label_selector=selector, _preload_content=False
@@ -44,7 +51,7 @@ def rollouts(cluster: Cluster, namespace: str, name: str) -> dict[str, str | Non
     for replica_set in json.loads(response.data)["items"]:
         revision = replica_set["metadata"]["annotations"]["deployment.kubernetes.io/revision"]
         template = replica_set["spec"]["template"]["metadata"].get("annotations") or {}
-        result[revision] = template.get(SECRETS_ANNOTATION)
+        result[revision] = template.get(annotation)
     return dict(sorted(result.items()))
 
 
