@@ -271,10 +271,9 @@ def watching() -> Iterator[Callable[[], None]]:
     import threading
 
     from networking import passes
-    from networking.cluster import kube
+    from networking.cluster import kube, liveness
     from networking.cluster.informer import ClusterCache
     from networking.cluster.watcher import Watcher
-    from networking.models import WatcherHeartbeat
 
     own_client = kube._api_client.__wrapped__(settings.KUBECONFIG, settings.KUBE_CONTEXT)
     watcher = Watcher(
@@ -283,24 +282,14 @@ def watching() -> Iterator[Callable[[], None]]:
     thread = threading.Thread(target=watcher.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 60
-    while not (
-        (beat := WatcherHeartbeat.objects.first()) and WatcherHeartbeat.watching(beat.seen_at)
-    ):
+    while not liveness.watching():
         if time.monotonic() > deadline:
             raise RuntimeError("the watcher did not start watching within 60 s")
         time.sleep(0.1)
 
     def settled() -> None:
         deadline = time.monotonic() + 120
-        while (
-            watcher.dirty
-            or watcher.deferred
-            or watcher.suspected
-            or not (
-                (beat := WatcherHeartbeat.objects.first())
-                and WatcherHeartbeat.watching(beat.seen_at)
-            )
-        ):
+        while watcher.dirty or watcher.deferred or watcher.suspected or not liveness.watching():
             if time.monotonic() > deadline:
                 raise RuntimeError("the watcher did not settle within 120 s")
             time.sleep(0.1)

@@ -85,6 +85,9 @@ class Informer:
         self.store: dict[str, dict[str, KubeObject]] = {}
         self.lock = threading.Lock()
         self.synced = threading.Event()
+        # Its watch is open on the API server (set when the server answers it, cleared when it
+        # fails): while set, nothing that changes this kind goes unseen.
+        self.watching = threading.Event()
         self.stopping = threading.Event()
         self.resource_version: str | None = None
         self.lists = 0  # how many LISTs this informer made (start-up, and after 410 Gone)
@@ -143,9 +146,11 @@ class Informer:
                 self._watch()
                 failures = 0
             except _Gone:
+                # The fresh LIST compares everything: nothing is missed meanwhile.
                 logger.info("Watch of %ss expired (410 Gone): listing again", self.kind)
                 self.resource_version = None
             except WATCH_ERRORS as error:
+                self.watching.clear()
                 if self.stopping.is_set():
                     return  # a watch cut short by our own stop (or the server going away with it)
                 failures += 1
@@ -196,6 +201,7 @@ class Informer:
             _preload_content=False,
             _request_timeout=(self.request_timeout, self.watch_seconds + self.request_timeout),
         )
+        self.watching.set()
         try:
             for line in response_lines(response):
                 if self.stopping.is_set():
@@ -283,6 +289,11 @@ class ClusterCache:
     @property
     def synced(self) -> bool:
         return all(informer.synced.is_set() for informer in self.informers.values())
+
+    @property
+    def watching(self) -> bool:
+        """Every kind's watch is open: no change to what we manage goes unseen."""
+        return all(informer.watching.is_set() for informer in self.informers.values())
 
     def namespaces(self) -> list[str]:
         return [name for _, name in self.informers["Namespace"].keys()]  # noqa: SIM118

@@ -26,8 +26,9 @@ and what follows.
 Taking the lease is also the pass's first read. A change's pass is on the path between a
 user's click and "In sync", so the claim returns, in the same statement, everything the pass
 needs to decide what to read next: the project row, its applied record, whether it has shared
-secrets or peerings to read at all, and whether a watcher is watching. One round trip instead
-of four (about 4 ms of a 5-service pass, with the ORM's own cost of building them).
+secrets or peerings to read at all, and whether a watcher is watching (``liveness.py``). One
+round trip instead of four (about 4 ms of a 5-service pass, with the ORM's own cost of
+building them).
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ from django.db import connection
 from django.db.models import F, Q
 from django.utils import timezone
 
+from networking.cluster import liveness
 from networking.models import (
     AppliedRecord,
     PeeringRequest,
@@ -55,7 +57,6 @@ from networking.models import (
     ReferenceVariable,
     ServiceAlias,
     SharedSecret,
-    WatcherHeartbeat,
 )
 
 logger = logging.getLogger(__name__)
@@ -73,7 +74,7 @@ class Claim:
     has_aliases: bool
     has_references: bool
     has_peerings: bool
-    # A watcher beat recently: someone would distrust the record if the cluster changed.
+    # A watcher is watching (``liveness``): it would distrust the record if the cluster changed.
     watched: bool
 
 
@@ -112,8 +113,7 @@ def _claim_sql(vendor: str, take_queued: bool) -> str:
         f"EXISTS (SELECT 1 FROM {_table(PeeringRequest)} WHERE "
         f"({q('requester_project_id')} = %(project)s OR {q('target_project_id')} = %(project)s) "
         f"AND {q('status')} IN ({statuses})) AS has_peerings, "
-        f"(SELECT {q('seen_at')} FROM {_table(WatcherHeartbeat)} WHERE {q('id')} = 1) "
-        "> %(watched_since)s AS watched"
+        f"{liveness.watched_sql(vendor)} AS watched"
     )
 
 
@@ -131,7 +131,7 @@ def claim(project_id: int, *, take_queued: bool = False) -> Claim | None:
         "token": token,
         "project": project_id,
         "now": adapt(now),
-        "watched_since": adapt(now - WatcherHeartbeat.STALE_AFTER),
+        **liveness.watched_params(),
         **{f"status_{index}": status for index, status in enumerate(PeeringRequest.IN_FLIGHT)},
     }
     rows = list(Project.objects.raw(_claim_sql(connection.vendor, take_queued), params))

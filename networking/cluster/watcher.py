@@ -22,16 +22,16 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from django.conf import settings
-from django.db import DatabaseError, close_old_connections, connection
+from django.db import close_old_connections, connection
 from django.utils import timezone
 
 from networking import enqueue
-from networking.cluster import reconcile
+from networking.cluster import liveness, reconcile
 from networking.cluster.desired import WORKLOAD_KINDS, DesiredState
 from networking.cluster.drift import Difference, differences
 from networking.cluster.informer import ClusterCache
 from networking.cluster.kube import api_client
-from networking.models import Project, Service, WatcherHeartbeat
+from networking.models import Project, Service
 
 logger = logging.getLogger(__name__)
 
@@ -91,7 +91,8 @@ class Watcher:
         # The latest looks, as (namespace, the services looked at or None for everything).
         self.looks: deque[tuple[str, frozenset[str] | None]] = deque(maxlen=100)
         self.looked_at_all = False
-        self.last_beat = 0.0
+        # Says "watching" to the passes (``liveness``).
+        self.signal = liveness.Signal()
 
     def _changed(self, kind: str, namespace: str, name: str) -> None:
         if kind == "Namespace":
@@ -120,6 +121,7 @@ class Watcher:
         try:
             self._run()
         finally:
+            self.signal.close()
             connection.close()  # this thread's own connection
 
     def _run(self) -> None:
@@ -145,7 +147,7 @@ class Watcher:
                     _, changed = self.deferred.pop(namespace)
                     batch[namespace] = _union(batch.get(namespace, set()), changed)
             for namespace, changed in sorted(batch.items()):
-                self.beat()  # a long batch (a thousand projects) is no silence
+                self.beat()  # a watch may fail during a long batch (a thousand projects)
                 try:
                     self.check(namespace, changed)
                 except Exception:
@@ -157,17 +159,9 @@ class Watcher:
             close_old_connections()
 
     def beat(self) -> None:
-        """Say, every ``WatcherHeartbeat.BEAT``, that differences will be noticed."""
-        if not self.looked_at_all:
-            return
-        if time.monotonic() - self.last_beat < WatcherHeartbeat.BEAT.total_seconds():
-            return
-        try:
-            WatcherHeartbeat.beat()
-        except DatabaseError:
-            logger.warning("Could not record the watcher's heartbeat", exc_info=True)
-            return
-        self.last_beat = time.monotonic()
+        """Say whether differences will be noticed: once every project was looked at, while
+        every watch is open (``liveness``)."""
+        self.signal.update(self.looked_at_all and self.cache.watching)
 
     def stop(self) -> None:
         self.stopping.set()

@@ -55,8 +55,9 @@ class AppliedRecord(models.Model):
 class WatcherHeartbeat(models.Model):
     """When a watcher last said it is watching the cluster: one row, whatever the fleet.
 
-    A pass trusts its applied record only while this is fresh: with no watcher to notice a
-    hand edit or a workload the deploy system just created, every pass reads the cluster.
+    On SQLite only (``make run``): there a pass trusts its applied record only while this is
+    fresh. PostgreSQL has a better signal, a lock the watcher holds on its own connection
+    (``networking.cluster.liveness``), which CPU starvation cannot make stale.
     """
 
     id = models.PositiveSmallIntegerField(primary_key=True, default=1, editable=False)

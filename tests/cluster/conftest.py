@@ -11,7 +11,7 @@ import pytest
 from django.conf import settings as django_settings
 
 from networking import passes
-from networking.cluster import kube
+from networking.cluster import kube, liveness
 from networking.cluster.informer import ClusterCache
 from networking.cluster.watcher import Watcher
 from tests.cluster_fixtures import Cluster
@@ -37,3 +37,12 @@ def watcher(cluster: Cluster, transactional_db: Any, eager_tasks: None) -> Itera
     yield watcher
     watcher.stop()
     thread.join(10)
+
+
+@pytest.fixture
+def watched(cluster: Cluster) -> Iterator[liveness.Signal]:
+    """Say "watching" as a running watcher does (``test_watcher.py`` runs the real one)."""
+    signal = liveness.Signal()
+    signal.update(True)
+    yield signal
+    signal.close()

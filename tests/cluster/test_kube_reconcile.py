@@ -8,9 +8,9 @@ from django.test import Client
 from django.urls import reverse
 
 from networking import passes as reconciler
-from networking.cluster import lease
+from networking.cluster import lease, liveness
 from networking.cluster.desired import MANAGED_BY, MANAGED_BY_LABEL, PROJECT_LABEL
-from networking.models import AppliedRecord, ApplyAttempt, Project, Service, WatcherHeartbeat
+from networking.models import AppliedRecord, ApplyAttempt, Project, Service
 from networking.tasks import reconcile_project, resync_all_projects
 from tests.cluster_fixtures import Cluster
 from tests.conftest import World, make_service
@@ -54,10 +54,9 @@ def test_it_creates_the_namespace_services_and_policies(cluster: Cluster, world:
 
 
 def test_a_second_reconcile_makes_no_call_and_a_re_read_no_write(
-    cluster: Cluster, world: World
+    cluster: Cluster, world: World, watched: liveness.Signal
 ) -> None:
     run_task(world.project.pk)
-    WatcherHeartbeat.beat()  # as a running watcher does (test_watcher.py runs the real one)
     cluster.http.reset()
     assert run_task(world.project.pk) == "in_sync"
     # It trusts its record of what it applied (the watcher distrusts the record as soon as
@@ -85,7 +84,7 @@ def test_duplicate_delivery_makes_no_extra_writes(cluster: Cluster, world: World
 
 
 def test_a_rename_writes_only_what_changed(
-    cluster: Cluster, world: World, owner_client: Client
+    cluster: Cluster, world: World, owner_client: Client, watched: liveness.Signal
 ) -> None:
     run_task(world.project.pk)
     old_ip = Service.objects.get(pk=world.api.pk).cluster_ip
@@ -94,7 +93,6 @@ def test_a_rename_writes_only_what_changed(
         # Keeping nothing of the old name (tests/cluster/test_aliases.py keeps it).
         {"display_name": "Public API", "ports": "8080", "keep_old_name_for": "0"},
     )
-    WatcherHeartbeat.beat()  # as a running watcher does (test_watcher.py runs the real one)
     cluster.http.reset()
     run_task(world.project.pk)
     namespace = world.project.namespace

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import signal
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -14,9 +16,9 @@ from django.db.models import F
 from django.utils import timezone
 
 from networking import passes as reconciler
-from networking.cluster import kube, lease
+from networking.cluster import kube, lease, liveness
 from networking.cluster.desired import namespace_object
-from networking.cluster.informer import Informer, _Gone, watched_kinds
+from networking.cluster.informer import ClusterCache, Informer, _Gone, watched_kinds
 from networking.cluster.watcher import Watcher
 from networking.models import (
     AppliedRecord,
@@ -28,7 +30,7 @@ from networking.models import (
 from networking.tasks import resync_all_projects
 from tests import deploy_system
 from tests.cluster_fixtures import Cluster
-from tests.conftest import World, make_service
+from tests.conftest import World, closed_port, make_service
 from tests.waiting import wait_until
 from tests.worker import WatcherProcess, WorkerProcess
 
@@ -179,17 +181,12 @@ def test_our_own_writes_do_not_queue_another_pass(
     assert Project.objects.get(pk=world.project.pk).reconcile_queued_at is None
 
 
-def watching() -> bool:
-    beat = WatcherHeartbeat.objects.first()
-    return beat is not None and WatcherHeartbeat.watching(beat.seen_at)
-
-
 def test_while_the_watcher_watches_a_change_is_written_without_reading(
     cluster: Cluster, world: World, watcher: Watcher
 ) -> None:
     reconciler.reconcile(world.project.pk)
     settled(watcher)
-    wait_until(watching, "the watcher's heartbeat")
+    wait_until(liveness.watching, "the watcher to say it watches")
     cluster.http.reset()
     world.api.ports = [8081]
     world.api.save_changes(actor=None)  # its pass runs on commit (eager tasks)
@@ -206,7 +203,7 @@ def test_a_workload_deployed_after_the_pass_gets_its_secret_from_the_watch(
     """The pass that gave ``api`` the secret trusted its record; the watch sees the new
     Deployment without the secret's variables, distrusts the record, and a full pass adds them."""
     reconciler.reconcile(world.project.pk)
-    wait_until(watching, "the watcher's heartbeat")
+    wait_until(liveness.watching, "the watcher to say it watches")
     namespace = world.project.namespace
     cluster.apps.create_namespaced_deployment(
         namespace,
@@ -247,12 +244,12 @@ def test_a_change_on_its_way_is_not_taken_for_drift(
 
 
 def test_with_no_watcher_watching_every_pass_reads_the_cluster(
-    cluster: Cluster, world: World
+    cluster: Cluster, world: World, watched: liveness.Signal
 ) -> None:
     reconciler.reconcile(world.project.pk)
-    WatcherHeartbeat.beat()
-    # The watcher stopped beating (killed, say) a while ago.
-    WatcherHeartbeat.objects.update(seen_at=timezone.now() - WatcherHeartbeat.STALE_AFTER)
+    assert liveness.watching()
+    watched.close()  # the watcher stopped (killed, say)
+    assert not liveness.watching()
     namespace = world.project.namespace
     cluster.core.delete_namespaced_service("api", namespace, _preload_content=False)
     # Nobody would have told the record: the next pass reads, and restores what it finds gone.
@@ -284,6 +281,96 @@ def add_projects(count: int) -> list[Project]:
         reconciler.reconcile(project.pk)
         projects.append(project)
     return projects
+
+
+@pytest.mark.skipif(
+    connection.vendor != "postgresql",
+    reason="on SQLite (make run) a heartbeat row says it, which starvation delays",
+)
+def test_a_starved_watcher_keeps_passes_cheap_and_a_dead_one_does_not(
+    cluster: Cluster, world: World, worker_env: dict[str, str], eager_tasks: None, tmp_path: Path
+) -> None:
+    """The watcher's process gets no CPU at all (SIGSTOP: a saturated machine at its worst)
+    for longer than any heartbeat would last. Its watches are still open and will resume from
+    their resource version, missing nothing: a change's pass still trusts its record and writes
+    the one object that changed, reading nothing. Killed, it stops vouching at once."""
+    reconciler.reconcile(world.project.pk)
+    watcher = WatcherProcess(worker_env, tmp_path / "watcher.log")
+    watcher.start()
+    assert watcher.process is not None
+    try:
+        wait_until(liveness.watching, "the watcher to say it watches")
+        watcher.process.send_signal(signal.SIGSTOP)
+        try:
+            # Starved for twice as long as a heartbeat row is trusted (on SQLite).
+            time.sleep(2 * WatcherHeartbeat.STALE_AFTER.total_seconds())
+            cluster.http.reset()
+            world.api.ports = [8081]
+            world.api.save_changes(actor=None)  # its pass runs on commit (eager tasks)
+            assert in_sync(world.project)
+            assert [(call.method, call.path.rsplit("/", 2)[-2]) for call in cluster.http.calls] == [
+                ("PATCH", "services")
+            ]
+        finally:
+            watcher.process.send_signal(signal.SIGCONT)
+
+        watcher.kill()
+        wait_until(lambda: not liveness.watching(), "the dead watcher's lock to be let go")
+        cluster.http.reset()
+        world.api.ports = [8082]
+        world.api.save_changes(actor=None)
+        assert in_sync(world.project)
+        assert cluster.http.reads  # nobody vouches for the record: the pass reads the cluster
+    finally:
+        watcher.stop()
+
+
+def test_a_watch_that_cannot_open_lets_no_pass_trust_its_record(
+    cluster: Cluster, world: World, transactional_db: Any, tmp_path: Path
+) -> None:
+    """A watcher whose watches fail (the API server unreachable, say) does not say it is
+    watching, however long it runs; once they open, it does."""
+    kubeconfig = json.loads(Path(django_settings.KUBECONFIG).read_text())
+    for entry in kubeconfig["clusters"]:
+        entry["cluster"]["server"] = f"https://127.0.0.1:{closed_port()}"
+    unreachable = tmp_path / "unreachable.kubeconfig"
+    unreachable.write_text(json.dumps(kubeconfig))
+    broken = kube._api_client.__wrapped__(str(unreachable), django_settings.KUBE_CONTEXT)
+    own_client = kube._api_client.__wrapped__(
+        django_settings.KUBECONFIG, django_settings.KUBE_CONTEXT
+    )
+    cache = ClusterCache(own_client, django_settings.WORKLOAD_LABEL, watch_seconds=30)
+    # One kind's informer cannot reach the server: every other watch is open.
+    services = cache.informers["Service"]
+    cache.informers["Service"] = Informer(
+        broken, watched_kinds(django_settings.WORKLOAD_LABEL)[1], cache._changed, watch_seconds=30
+    )
+    watcher = Watcher(reconciler.watch_view, cache)
+    try:
+        for informer in cache.informers.values():
+            informer.start()
+        for kind, informer in cache.informers.items():
+            if kind != "Service":
+                wait_until(informer.watching.is_set, f"the {kind} watch to open")
+        watcher.looked_at_all = True
+        watcher.beat()
+        try:
+            cache.informers["Service"].list_call(label_selector="a=b")
+        except Exception as e:
+            print("ERR", repr(e))
+        assert not watcher.signal.held
+        assert not liveness.watching()
+
+        cache.informers["Service"].stop()
+        cache.informers["Service"] = services
+        services.start()
+        wait_until(services.watching.is_set, "the Service watch to open")
+        watcher.beat()
+        assert liveness.watching()
+    finally:
+        watcher.signal.close()
+        for informer in cache.informers.values():
+            informer.stop()
 
 
 def test_a_resync_costs_the_same_for_one_project_and_a_hundred(

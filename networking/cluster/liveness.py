@@ -1,0 +1,168 @@
+"""Whether a watcher is watching the cluster: what lets a change's pass trust its record.
+
+A pass that trusts the applied record reads nothing from the cluster (see ``reconcile.py``);
+that is safe only while some watcher would notice, from its watches, anything else changing a
+namespace. So "watched" must mean exactly that: a watcher process is alive, has looked at every
+project once, and every one of its watches is open on the API server.
+
+On PostgreSQL that is said by a shared advisory lock, held on a connection of the watcher's own
+while all of that is true and let go the moment a watch fails. It is judged by what the watcher
+receives from the API server (an open watch: events, bookmarks, a stream reopened when the
+server ends it), not by a timer: a watcher starved of CPU on a saturated machine still holds
+it (its watches resume from their resource version and miss nothing), while a watcher that
+dies lets it go at once, since PostgreSQL drops a session's locks with its connection. A pass
+asks ``pg_locks`` in its claim statement (``lease.py``), in this database only.
+
+SQLite (``make run``: one machine, no server) has no such locks: there a heartbeat row says
+it, written every ``WatcherHeartbeat.BEAT`` while the same holds, and stale after
+``STALE_AFTER``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from datetime import timedelta
+from typing import Any
+
+from django.db import DatabaseError, connection, connections
+from django.db.backends.base.base import BaseDatabaseWrapper
+from django.utils import timezone
+
+from networking.models import WatcherHeartbeat
+
+logger = logging.getLogger(__name__)
+
+# The advisory lock's two int4 keys (PostgreSQL's two-key form: pg_locks shows them as classid
+# and objid, with objsubid 2). 0x5B1A: "StackBlAze".
+LOCK_KEYS = (0x5B1A, 1)
+# How often a holder checks that its connection (and so its lock) is still there.
+CHECK_SECONDS = 5.0
+
+
+def uses_lock(vendor: str | None = None) -> bool:
+    return (vendor or connection.vendor) == "postgresql"
+
+
+def watched_sql(vendor: str) -> str:
+    """A SQL expression, true while a watcher is watching (``%(watched_since)s`` is bound to
+    the heartbeat's staleness limit, used on SQLite)."""
+    if uses_lock(vendor):
+        classid, objid = LOCK_KEYS
+        return (
+            # Only constants of this module go into the text.
+            "EXISTS (SELECT 1 FROM pg_catalog.pg_locks WHERE locktype = 'advisory' "  # noqa: S608
+            "AND database = (SELECT oid FROM pg_catalog.pg_database "
+            "WHERE datname = current_database()) "
+            f"AND classid = {classid}::oid AND objid = {objid}::oid AND objsubid = 2 "
+            "AND granted)"
+        )
+    q = connection.ops.quote_name
+    return (
+        f"(SELECT {q('seen_at')} FROM {q(WatcherHeartbeat._meta.db_table)} "  # noqa: S608
+        f"WHERE {q('id')} = 1) > %(watched_since)s"
+    )
+
+
+def watched_params() -> dict[str, Any]:
+    return {
+        "watched_since": connection.ops.adapt_datetimefield_value(
+            timezone.now() - WatcherHeartbeat.STALE_AFTER
+        )
+    }
+
+
+def watching() -> bool:
+    """Whether a pass starting now would call its project watched."""
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT {watched_sql(connection.vendor)}", watched_params())
+        (watched,) = cursor.fetchone()
+    return bool(watched)
+
+
+class Signal:
+    """The watcher's side: say "watching" while ``update(True)`` holds, and stop saying it at
+    ``update(False)``, ``close()`` or the process's end.
+
+    Not thread-safe: one thread (the watcher's loop) calls it.
+    """
+
+    def __init__(self) -> None:
+        self.held = False
+        self._connection: BaseDatabaseWrapper | None = None
+        self._checked = 0.0
+        self._beaten = 0.0
+
+    def update(self, watching: bool) -> None:
+        try:
+            if not uses_lock():
+                self._beat(watching)
+            elif watching:
+                self._hold()
+            else:
+                self._let_go()
+        except DatabaseError:
+            # Not holding is the safe side: passes read the cluster until the next try.
+            logger.warning("Could not say whether the watcher is watching", exc_info=True)
+            self._drop_connection()
+
+    def close(self) -> None:
+        """Stop saying it now (a dying process's connection says it a moment later)."""
+        if self.held:
+            self.update(False)
+        self._drop_connection()
+
+    # -- PostgreSQL ---------------------------------------------------------------------------
+
+    def _hold(self) -> None:
+        if self.held:
+            if time.monotonic() - self._checked >= CHECK_SECONDS:
+                # The connection may have been cut (a restart, an idle timeout): the lock
+                # went with it.
+                self._execute("SELECT 1")
+                self._checked = time.monotonic()
+            return
+        self._execute("SELECT pg_advisory_lock_shared(%s, %s)", LOCK_KEYS)
+        self.held = True
+        self._checked = time.monotonic()
+        logger.info("Watching: passes may trust their records")
+
+    def _let_go(self) -> None:
+        if not self.held:
+            return
+        self._execute("SELECT pg_advisory_unlock_shared(%s, %s)", LOCK_KEYS)
+        self.held = False
+        logger.warning("Not watching (a watch is down): passes read the cluster")
+
+    def _execute(self, sql: str, params: tuple[int, ...] = ()) -> None:
+        if self._connection is None:
+            # Its own connection, never closed by the request/task cycle's connection
+            # handling, in autocommit: a session lock lives as long as it does.
+            self._connection = connections["default"].copy()
+        with self._connection.cursor() as cursor:
+            cursor.execute(sql, params)
+
+    def _drop_connection(self) -> None:
+        self.held = False
+        if self._connection is not None:
+            with contextlib.suppress(DatabaseError):
+                self._connection.close()
+            self._connection = None
+
+    # -- SQLite -------------------------------------------------------------------------------
+
+    def _beat(self, watching: bool) -> None:
+        if not watching:
+            if self.held:
+                # Make the heartbeat stale now, not STALE_AFTER from the last beat.
+                WatcherHeartbeat.objects.update(
+                    seen_at=timezone.now() - WatcherHeartbeat.STALE_AFTER - timedelta(seconds=1)
+                )
+                self.held = False
+            return
+        if self.held and time.monotonic() - self._beaten < WatcherHeartbeat.BEAT.total_seconds():
+            return
+        WatcherHeartbeat.beat()
+        self.held = True
+        self._beaten = time.monotonic()
