@@ -37,7 +37,7 @@ from django.test.utils import (  # noqa: E402
 from django.urls import reverse  # noqa: E402
 from django.utils import timezone  # noqa: E402
 
-from benchmarks import control_loop  # noqa: E402
+from benchmarks import control_loop, open_tabs  # noqa: E402
 from benchmarks.observe import APP_USER, grant_app_user  # noqa: E402
 from networking.crypto import SecretText  # noqa: E402
 from networking.models import (  # noqa: E402
@@ -364,13 +364,31 @@ def reconcile_calls(settled: Callable[[], None]) -> bool:
     return ok and constant
 
 
+SECTIONS = ("pages", "tabs", "cluster")
+
+
+def sections() -> set[str]:
+    """``BENCH_ONLY``: the sections to run (pages, tabs, cluster), separated by commas."""
+    raw = os.environ.get("BENCH_ONLY", "")
+    chosen = {part.strip() for part in raw.split(",") if part.strip()} or set(SECTIONS)
+    if chosen - set(SECTIONS):
+        raise SystemExit(f"BENCH_ONLY={raw!r}: choose among {', '.join(SECTIONS)}.")
+    return chosen
+
+
 def main() -> int:
+    chosen = sections()
     setup_test_environment()
     print(f"database: {connection.vendor}\n")
     old_config = setup_databases(verbosity=0, interactive=False)
     ok = True
     try:
-        ok = bench_overview() and ok
+        if "pages" in chosen:
+            ok = bench_overview() and ok
+        if "tabs" in chosen:
+            ok = open_tabs.main() and ok
+        if "cluster" not in chosen:
+            return 0 if ok else 1
         try:
             bin_dir = require_binaries()
         except ClusterUnavailable as error:

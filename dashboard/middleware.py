@@ -3,18 +3,52 @@
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable
 
+from django.conf import settings
 from django.contrib import messages
 from django.core.exceptions import ObjectDoesNotExist
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
 
-from networking import contention, enqueue
+from networking import contention, enqueue, live
+from networking.models import PROJECT_ID_PATTERN
 
 logger = logging.getLogger(__name__)
 
 QUEUE_DOWN = "Saved. The cluster will be updated when the worker queue is reachable again."
+
+
+class LivePollMiddleware:
+    """Answer an open project page's "anything new?" poll from the cache when nothing is.
+
+    First in the chain, before the session, the user and the database: one digest and two
+    cache reads (``networking.live``). It says only "nothing new" (an empty 204), and only to a
+    session that the full view let read the project within ``live.MIRROR_SECONDS``; anything
+    else goes on to ``dashboard.views.project_live``, which checks everything and refills the
+    cache.
+    """
+
+    PATH = re.compile(rf"^/projects/(?P<uid>{PROJECT_ID_PATTERN})/live/$")
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        if request.method == "GET":
+            match = self.PATH.match(request.path_info)
+            since = request.GET.get("since", "")
+            session_key = request.COOKIES.get(settings.SESSION_COOKIE_NAME)
+            if (
+                match is not None
+                and session_key
+                and since.isdecimal()
+                and len(since) < 19
+                and live.unchanged(session_key, match["uid"], int(since))
+            ):
+                return HttpResponse(status=204)
+        return self.get_response(request)
 
 
 class WorkerQueueMiddleware:

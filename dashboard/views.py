@@ -23,7 +23,7 @@ from django_htmx.middleware import HtmxDetails
 
 from dashboard import network_drawing, service_list, service_picker
 from dashboard.partials import page_or_part, vary_on_htmx, wants_part
-from networking import audit_trail, connection_tests, endpoints, naming, peering, references
+from networking import audit_trail, connection_tests, endpoints, live, naming, peering, references
 from networking.access import (
     ProjectAccess,
     get_alias_for_user,
@@ -161,19 +161,24 @@ def _int_or_none(text: str) -> int | None:
 def project_live(request: HttpRequest, project_uid: str) -> HttpResponse:
     """Polled every few seconds by each open project page: has anything changed since ``since``?
 
-    "No" is one indexed query (the project with the caller's membership) and an empty 204,
-    which htmx leaves alone. "Yes" brings the sync badge and a new poll (out of band) and the
-    ``project-changed`` event, on which each part of the page fetches what it shows.
+    "No" is an empty 204, which htmx leaves alone: from the cache when it can say so
+    (``LivePollMiddleware``), else after one indexed query (the project with the caller's
+    membership), which lets the cache answer this session's next polls. "Yes" brings the
+    sync badge and a new poll (out of band) and the ``project-changed`` event, on which each
+    part of the page fetches what it shows.
     """
     since = _int_or_none(request.GET.get("since", ""))
-    revision = (
+    found = (
         memberships_of(request)
         .filter(organization__projects__uid=project_uid)
-        .values_list("organization__projects__revision", flat=True)
+        .values_list("organization__projects__pk", "organization__projects__revision")
         .first()
     )
-    if revision is None:
+    if found is None:
         raise Http404("No such project.")
+    project_id, revision = found
+    # The next poll of this session can be answered from the cache (``LivePollMiddleware``).
+    live.seen(request.session.session_key, project_uid, project_id, revision)
     if since == revision:
         return HttpResponse(status=204)
     access = get_project_for_user(request, project_uid)

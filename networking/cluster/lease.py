@@ -49,6 +49,7 @@ from django.db import connection
 from django.db.models import F, Q
 from django.utils import timezone
 
+from networking import live
 from networking.cluster import liveness
 from networking.models import (
     AppliedRecord,
@@ -140,6 +141,7 @@ def claim(project_id: int, *, take_queued: bool = False) -> Claim | None:
             Project.take_queued_reconcile(project_id)
         return None
     project = rows[0]
+    live.moved([project_id])
     digests = getattr(project, "record_digests", None)
     marks = getattr(project, "record_marks", None)
     record = None
@@ -163,9 +165,10 @@ def claim(project_id: int, *, take_queued: bool = False) -> Claim | None:
 
 
 def release(project_id: int, token: str) -> None:
-    Project.objects.filter(pk=project_id, reconcile_lease_token=token).update(
+    if Project.objects.filter(pk=project_id, reconcile_lease_token=token).update(
         reconcile_lease_until=None, reconcile_lease_token="", revision=F("revision") + 1
-    )
+    ):
+        live.moved([project_id])
 
 
 def renew(project_id: int, token: str) -> bool:
@@ -249,9 +252,10 @@ def clear_abandoned_lease(project_id: int, token: str) -> None:
     Compared on the token and the lapse, so a worker that claimed the project meanwhile (or a
     holder that was only slow and renewed) keeps its lease.
     """
-    Project.objects.filter(
+    if Project.objects.filter(
         pk=project_id, reconcile_lease_token=token, reconcile_lease_until__lte=timezone.now()
-    ).update(reconcile_lease_until=None, reconcile_lease_token="", revision=F("revision") + 1)
+    ).update(reconcile_lease_until=None, reconcile_lease_token="", revision=F("revision") + 1):
+        live.moved([project_id])
 
 
 def live_lease() -> Q:

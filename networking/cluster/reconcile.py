@@ -40,6 +40,7 @@ from django.db.models import F, Q
 from django.utils import timezone
 from django.utils.crypto import salted_hmac
 
+from networking import live
 from networking.cluster import lease
 from networking.cluster.backend_choice import get_backend
 from networking.cluster.backends import ApplyResult, Backend
@@ -364,6 +365,7 @@ def _record_applied(
             applied_generation=generation, applied_at=timezone.now(), **fields
         )
         if updated:
+            live.moved([project.pk])
             # The rows of the services this generation changed now read "applied".
             Project.touch_services(
                 project.pk,
@@ -375,6 +377,8 @@ def _record_applied(
             return
     if fields:
         Project.objects.filter(pk=project.pk).update(**fields)
+        if "revision" in fields:
+            live.moved([project.pk])
 
 
 def _store_record(
@@ -435,6 +439,7 @@ def record_failure(project_id: int, failure: ReconcileFailed, *, retry_in: float
             revision=F("revision") + 1,
         )
         if updated:
+            live.moved([project_id])
             ApplyAttempt.record(
                 project_id=project_id,
                 generation=failure.generation,

@@ -16,7 +16,7 @@ from django.db.models import F, Q, Subquery
 from django.db.models.functions import Lower
 from django.utils import timezone
 
-from networking import enqueue, naming, plain_text
+from networking import enqueue, live, naming, plain_text
 from networking.crypto import EncryptedTextField, SecretText
 from networking.models.audit import AuditEvent
 from networking.models.peering import PeeringRequest
@@ -319,17 +319,19 @@ class Project(models.Model):
             Project.objects.filter(pk=self.pk).update(
                 drift=drift, drift_seen_at=now, revision=F("revision") + 1
             )
+            live.moved([self.pk])
         self.drift, self.drift_seen_at = drift, now
 
     @staticmethod
     def clear_drift(project_id: int, *, seen_before: datetime) -> bool:
         """A pass that read the whole namespace from ``seen_before`` on made the cluster match:
         forget the drift seen before it (drift seen since is the next pass's to repair)."""
-        return bool(
-            Project.objects.filter(pk=project_id, drift_seen_at__lte=seen_before).update(
-                drift=[], drift_seen_at=None, revision=F("revision") + 1
-            )
+        cleared = Project.objects.filter(pk=project_id, drift_seen_at__lte=seen_before).update(
+            drift=[], drift_seen_at=None, revision=F("revision") + 1
         )
+        if cleared:
+            live.moved([project_id])
+        return bool(cleared)
 
     @property
     def drift_objects(self) -> set[tuple[str, str]]:
@@ -341,6 +343,7 @@ class Project(models.Model):
         Project.objects.filter(pk=self.pk).update(
             sync_retry_at=timezone.now(), revision=F("revision") + 1
         )
+        live.moved([self.pk])
         self.request_reconcile()
 
     def record_change(
@@ -361,6 +364,7 @@ class Project(models.Model):
         Project.objects.filter(pk=self.pk).update(
             generation=F("generation") + 1, revision=F("revision") + 1
         )
+        live.moved([self.pk])
         if service is not None:
             now = Project.objects.filter(pk=self.pk)
             Service.objects.filter(pk=service.pk).update(
@@ -385,7 +389,9 @@ class Project(models.Model):
     @staticmethod
     def touch(project_ids: Iterable[int]) -> None:
         """Something the project pages show changed: move their revision on."""
-        Project.objects.filter(pk__in=list(project_ids)).update(revision=F("revision") + 1)
+        ids = list(project_ids)
+        Project.objects.filter(pk__in=ids).update(revision=F("revision") + 1)
+        live.moved(ids)
 
     @staticmethod
     def touch_services(project_id: int, services: models.QuerySet[Service]) -> int:

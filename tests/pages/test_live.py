@@ -5,20 +5,22 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
+from django.core.cache import cache
 from django.db import connection
-from django.test import Client
+from django.test import Client, override_settings
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 
+from networking import live, peering
 from networking import passes as reconciler
-from networking import peering
 from networking.cluster import lease
 from networking.models import AuditEvent, PeeringRequest, Project, Service
-from tests.conftest import World, make_service
+from tests.conftest import World, closed_port, make_service
 
 
 def revision(project: Project) -> int:
@@ -31,8 +33,28 @@ def poll(client: Client, project: Project, since: int | str) -> Any:
     )
 
 
+needs_redis = pytest.mark.skipif(
+    not live.enabled(), reason="the poll's cache needs Redis (CI sets REDIS_URL)"
+)
+
+
 class TestThePoll:
-    def test_nothing_new_is_an_empty_answer_from_one_query_for_the_project(
+    @needs_redis
+    def test_nothing_new_is_answered_from_the_cache_without_the_database(
+        self, owner_client: Client, world: World
+    ) -> None:
+        now = revision(world.project)
+        poll(owner_client, world.project, now)  # the first, the whole way: fills the cache
+        with CaptureQueriesContext(connection) as queries:
+            response = poll(owner_client, world.project, now)
+        assert response.status_code == 204
+        assert response.content == b""
+        assert queries.captured_queries == []
+
+    @override_settings(
+        CACHES={"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+    )
+    def test_without_a_shared_cache_nothing_new_is_one_query_for_the_project(
         self, owner_client: Client, world: World
     ) -> None:
         now = revision(world.project)
@@ -40,9 +62,55 @@ class TestThePoll:
         with CaptureQueriesContext(connection) as queries:
             response = poll(owner_client, world.project, now)
         assert response.status_code == 204
-        assert response.content == b""
         project_queries = [q["sql"] for q in queries if "networking_project" in q["sql"]]
         assert len(project_queries) == 1
+
+    @needs_redis
+    def test_the_cache_answers_only_a_session_the_database_let_in(
+        self, owner_client: Client, client_for: Callable[[str], Client], world: World
+    ) -> None:
+        now = revision(world.project)
+        assert poll(owner_client, world.project, now).status_code == 204
+        outsider = client_for("outsider")
+        with CaptureQueriesContext(connection) as queries:
+            assert poll(outsider, world.project, now).status_code == 404
+        assert queries.captured_queries  # asked the database, which said no
+        # Nor an old revision, nor another project, from the owner's entry.
+        assert poll(owner_client, world.project, now - 1).status_code == 200
+        assert poll(owner_client, world.other_project, 0).status_code == 404
+
+    @needs_redis
+    def test_a_read_from_before_a_change_cannot_hide_it(self, world: World) -> None:
+        """A poll reads revision N, a change commits N+1, then the poll stores N: the change's
+        mark wins, and the next poll asks the database."""
+        read = revision(world.project)
+        Project.touch([world.project.pk])
+        live.seen("a-session", world.project.uid, world.project.pk, read)
+        assert not live.unchanged("a-session", world.project.uid, read)
+        # Once the database's answer is stored, the cache answers.
+        cache.delete(f"live:revision:{world.project.pk}")
+        live.seen("a-session", world.project.uid, world.project.pk, revision(world.project))
+        assert live.unchanged("a-session", world.project.uid, revision(world.project))
+
+    def test_with_the_cache_down_the_poll_still_answers(
+        self, owner_client: Client, world: World, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        # The back-off this causes ends with the test (monkeypatch puts the time back).
+        monkeypatch.setattr(live, "_failed_at", live._failed_at)
+        down = {
+            "default": {
+                "BACKEND": "django.core.cache.backends.redis.RedisCache",
+                "LOCATION": f"redis://127.0.0.1:{closed_port()}/0",
+                "OPTIONS": {"socket_connect_timeout": 0.2, "socket_timeout": 0.2},
+            }
+        }
+        with override_settings(CACHES=down):
+            now = revision(world.project)
+            assert poll(owner_client, world.project, now).status_code == 204
+            assert poll(owner_client, world.project, now).status_code == 204
+            world.api.ports = [9000]
+            world.api.save_changes(actor=None)
+            assert poll(owner_client, world.project, now).status_code == 200
 
     def test_news_brings_the_badge_a_new_poll_and_the_event(
         self, owner_client: Client, world: World
@@ -107,6 +175,22 @@ class TestThePoll:
 
 
 class TestWhatMovesThePagesOn:
+    """Each of these moves the revision, and an open page hears of it at its next poll, though
+    the poll before was answered from the cache."""
+
+    @pytest.fixture(autouse=True)
+    def _page(self, owner_client: Client, world: World) -> None:
+        self.client = owner_client
+        self.project = world.project
+        self.opened_at = revision(world.project)
+        assert poll(owner_client, world.project, self.opened_at).status_code == 204
+
+    def heard(self) -> bool:
+        """The page shown at ``opened_at`` hears news; and it is told of the new revision."""
+        response = poll(self.client, self.project, self.opened_at)
+        self.opened_at = revision(self.project)
+        return bool(response.status_code == 200)
+
     def test_a_teammates_change(self, world: World) -> None:
         before = revision(world.project)
         make_service(world.project, "worker", Service.Kind.PRIVATE, [3000])
@@ -114,11 +198,13 @@ class TestWhatMovesThePagesOn:
             actor=None, action=AuditEvent.Action.SERVICE_CREATED, target="worker"
         )
         assert revision(world.project) > before
+        assert self.heard()
 
     def test_a_rename_of_the_project(self, world: World) -> None:
         before = revision(world.project)
         world.project.rename("Shop", actor=None)
         assert revision(world.project) > before
+        assert self.heard()
 
     def test_the_worker_claiming_applying_and_releasing(
         self, world: World, manifests: Path
@@ -128,16 +214,21 @@ class TestWhatMovesThePagesOn:
         assert claimed is not None
         applying = revision(world.project)
         assert applying > before
+        assert self.heard()
+        assert poll(self.client, self.project, self.opened_at).status_code == 204
         lease.release(world.project.pk, claimed.token)
         assert revision(world.project) > applying
+        assert self.heard()
         before = revision(world.project)
         reconciler.reconcile(world.project.pk)
         assert revision(world.project) > before
+        assert self.heard()
 
     def test_a_clusterip_recorded_stamps_its_row(self, world: World) -> None:
         before = revision(world.project)
         Project.touch_services(world.project.pk, Service.objects.filter(pk=world.api.pk))
         assert Service.objects.get(pk=world.api.pk).revision == revision(world.project) > before
+        assert self.heard()
         assert Service.objects.get(pk=world.postgres.pk).revision <= before
 
     def test_a_peering_decision_moves_both_sides(self, world: World) -> None:
@@ -154,6 +245,7 @@ class TestWhatMovesThePagesOn:
         assert PeeringRequest.objects.get(pk=world.peering.pk).status == "active"
         assert revision(world.project) > ours
         assert revision(world.other_project) > theirs
+        assert self.heard()
 
 
 class TestTheOverviewFollowsRowByRow:

@@ -1,0 +1,3 @@
+module stackblaze/benchmarks/tabs
+
+go 1.26
