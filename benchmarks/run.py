@@ -400,7 +400,7 @@ def main() -> int:
                 bin_dir, controller_manager=True, users=[APP_USER], audit_users=[APP_USER]
             ) as server:
                 grant_app_user(server)
-                control_loop.main(server)
+                ok = control_loop.main(server) and ok
                 ok = bench_reconcile(server) and ok
     finally:
         teardown_databases(old_config, verbosity=0)

@@ -173,6 +173,10 @@ MANIFESTS_DIR = Path(env_str("MANIFESTS_DIR") or STATE_DIR / "manifests")
 KUBECONFIG = env_str("KUBECONFIG")
 KUBE_CONTEXT = env_str("KUBE_CONTEXT")
 KUBE_REQUEST_TIMEOUT = env_int("KUBE_REQUEST_TIMEOUT", 10, minimum=1)
+# Requests of one pass made at once (a new project's objects, its deletions, its workloads).
+KUBE_APPLY_CONCURRENCY = env_int("KUBE_APPLY_CONCURRENCY", 8, minimum=1)
+# A 429's Retry-After up to this long is waited out in the pass; longer, the task retries later.
+KUBE_RETRY_AFTER_MAX_SECONDS = env_int("KUBE_RETRY_AFTER_MAX_SECONDS", 10, minimum=0)
 # The label the platform's deploy system puts on each service's pods, with the service's name.
 WORKLOAD_LABEL = env_str("WORKLOAD_LABEL") or "stackblaze.cloud/service"
 # Public web services accept traffic from this namespace (the ingress controller's); empty: none.

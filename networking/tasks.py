@@ -33,6 +33,8 @@ def reconcile_project(self: Task[Any, Any], project_id: int) -> str:
         retries = self.request.retries
         will_retry = failure.error.transient and retries < settings.RECONCILE_MAX_RETRIES
         delay = backoff_seconds(retries) if will_retry else None
+        if delay is not None and failure.error.retry_after:
+            delay = max(delay, failure.error.retry_after)
         reconciler.record_failure(project_id, failure, retry_in=delay)
         if delay is not None:
             raise self.retry(countdown=delay) from None

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from django.conf import settings
 from kubernetes import client, config
 
 from dashboard.celery import app as celery_app
@@ -76,8 +77,12 @@ def cluster(kube_api: TestAPIServer, settings: Any) -> Iterator[Cluster]:
 
 
 @pytest.fixture
-def worker_env(cluster: Cluster, transactional_db: Any) -> dict[str, str]:
-    return {
+def worker_env(cluster: Cluster, transactional_db: Any) -> Iterator[dict[str, str]]:
+    """What a worker or watcher process of this test runs with. The run's queue starts and
+    ends empty: a process of an earlier test (a watcher finding that test's namespaces
+    orphaned, say) may have queued work that only this test's workers would take."""
+    _purge_queue()
+    yield {
         **os.environ,
         "DJANGO_SETTINGS_MODULE": "tests.settings",
         "DATABASE_URL": database_url(),
@@ -87,6 +92,14 @@ def worker_env(cluster: Cluster, transactional_db: Any) -> dict[str, str]:
         "RECONCILE_LEASE_SECONDS": "3",
         "CELERY_VISIBILITY_TIMEOUT": "3",
     }
+    _purge_queue()
+
+
+def _purge_queue() -> None:
+    if settings.REDIS_URL:
+        import redis
+
+        redis.Redis.from_url(settings.REDIS_URL).delete(settings.CELERY_TASK_DEFAULT_QUEUE)
 
 
 @pytest.fixture

@@ -1,7 +1,9 @@
 """Errors from a backend, saying whether trying again can help.
 
-Backends never sleep and retry inline: they raise one of these, and the Celery task decides
-(bounded exponential backoff for transient errors, fail fast for permanent ones).
+Backends raise one of these, and the Celery task decides (bounded exponential backoff for
+transient errors, fail fast for permanent ones). The one retry a backend makes inline is the
+API server's own: a 429 that says when to come back (``Retry-After``), within a bound; past
+it, the error carries ``retry_after`` and the task waits at least that long.
 """
 
 from __future__ import annotations
@@ -12,9 +14,13 @@ class ClusterError(Exception):
 
     transient = False
 
-    def __init__(self, message: str, *, status: int | None = None) -> None:
+    def __init__(
+        self, message: str, *, status: int | None = None, retry_after: float | None = None
+    ) -> None:
         super().__init__(message)
         self.status = status
+        # Seconds the API server asked us to wait before trying again (a 429's Retry-After).
+        self.retry_after = retry_after
 
     def redacted(self, sensitive: list[str]) -> ClusterError:
         """The same error with every occurrence of the given values masked."""
@@ -22,7 +28,7 @@ class ClusterError(Exception):
         for value in sorted(sensitive, key=len, reverse=True):
             if value:
                 message = message.replace(value, "[redacted]")
-        return type(self)(message, status=self.status)
+        return type(self)(message, status=self.status, retry_after=self.retry_after)
 
 
 class TransientClusterError(ClusterError):
@@ -38,7 +44,9 @@ class PermanentClusterError(ClusterError):
 TRANSIENT_STATUSES = frozenset({409, 429, 500, 502, 503, 504})
 
 
-def error_for_status(status: int, action: str, detail: str) -> ClusterError:
+def error_for_status(
+    status: int, action: str, detail: str, *, retry_after: float | None = None
+) -> ClusterError:
     """Turn an API status into an error whose message a customer can act on."""
     detail = detail.strip().rstrip(".:")
     if status == 403:
@@ -61,4 +69,4 @@ def error_for_status(status: int, action: str, detail: str) -> ClusterError:
         if status in TRANSIENT_STATUSES or status >= 500
         else (PermanentClusterError)
     )
-    return error_class(message, status=status)
+    return error_class(message, status=status, retry_after=retry_after)

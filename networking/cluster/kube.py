@@ -4,15 +4,25 @@ Reads are one GET or LIST per kind (the count does not grow with the number of s
 writes are server-side apply under our own field manager, so we own exactly the fields we set
 and never fight the platform's deploy system over the rest. Every failure comes out as a
 ``ClusterError`` that says whether retrying can help.
+
+Independent requests of a pass run side by side, at most ``KUBE_APPLY_CONCURRENCY`` at once
+(a new project of 50 services is 50 applies: in sequence, 50 round trips): the namespace
+first, since nothing else can be written without it; then every object that differs, of
+every kind; then every deletion; then the workloads. An API server that is rate-limiting
+(API Priority and Fairness answers 429 with ``Retry-After``) is waited for as it asks, up to
+``KUBE_RETRY_AFTER_MAX_SECONDS`` per request; a longer wait is left to the task's retry, which
+waits at least that long.
 """
 
 from __future__ import annotations
 
 import functools
 import json
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import urllib3
 from django.conf import settings
@@ -52,6 +62,9 @@ from networking.cluster.errors import (
 from networking.cluster.probe import PodOutcome, ReadyEndpoints, pod_outcome, ready_endpoints
 
 ApiClient = client.ApiClient
+T = TypeVar("T")
+# How many times one request waits out a 429's Retry-After before giving up to the task.
+RATE_LIMIT_RETRIES = 3
 APPLY_CONTENT_TYPE = "application/apply-patch+yaml"
 # What a failed list or watch raises: the API's answer, the connection, or a torn body.
 WATCH_ERRORS = (ApiException, urllib3.exceptions.HTTPError, OSError, ValueError)
@@ -112,7 +125,26 @@ def _api_client(kubeconfig: str, context: str) -> client.ApiClient:
         ) from None
     # Retrying is the task's job (with backoff); urllib3 must not retry silently underneath.
     configuration.retries = False
+    # A connection for each request a pass makes at once, and one for the watcher's side.
+    configuration.connection_pool_maxsize = max(
+        configuration.connection_pool_maxsize, settings.KUBE_APPLY_CONCURRENCY + 2
+    )
     return client.ApiClient(configuration)
+
+
+@functools.cache
+def _pool(workers: int) -> ThreadPoolExecutor:
+    """The process's threads for a pass's requests (they touch no database)."""
+    return ThreadPoolExecutor(max_workers=workers, thread_name_prefix="kube-apply")
+
+
+def retry_after_seconds(value: str | None) -> float | None:
+    """A Retry-After header in seconds (the API server sends whole seconds), if it is one."""
+    try:
+        seconds = float(value) if value is not None else None
+    except ValueError:
+        return None
+    return seconds if seconds is not None and 0 <= seconds < 86400 else None
 
 
 @dataclass(frozen=True)
@@ -240,9 +272,18 @@ def keep_laggard(statuses: dict[str, WorkloadStatus], service: str, status: Work
 class KubernetesBackend:
     name = "kubernetes"
 
-    def __init__(self, api_client: client.ApiClient, *, timeout: float = 10.0) -> None:
+    def __init__(
+        self,
+        api_client: client.ApiClient,
+        *,
+        timeout: float = 10.0,
+        concurrency: int = 1,
+        retry_after_max: float = 10.0,
+    ) -> None:
         self.api_client = api_client
         self.timeout = timeout
+        self.concurrency = concurrency
+        self.retry_after_max = retry_after_max
         core = self.core = client.CoreV1Api(api_client)
         networking = client.NetworkingV1Api(api_client)
         apps = client.AppsV1Api(api_client)
@@ -279,23 +320,71 @@ class KubernetesBackend:
 
     @classmethod
     def from_settings(cls) -> KubernetesBackend:
-        return cls(api_client(), timeout=settings.KUBE_REQUEST_TIMEOUT)
+        return cls(
+            api_client(),
+            timeout=settings.KUBE_REQUEST_TIMEOUT,
+            concurrency=settings.KUBE_APPLY_CONCURRENCY,
+            retry_after_max=settings.KUBE_RETRY_AFTER_MAX_SECONDS,
+        )
 
     # -- one HTTP call each, errors translated ------------------------------------------------
 
     def _call(self, action: str, method: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        try:
-            response = method(
-                *args, _preload_content=False, _request_timeout=self.timeout, **kwargs
-            )
-        except ApiException as error:
-            raise error_for_status(int(error.status or 0), action, _status_detail(error)) from None
-        except (urllib3.exceptions.HTTPError, OSError) as error:
-            raise TransientClusterError(
-                f"Could not reach the cluster's API server during {action}: {type(error).__name__}."
-            ) from None
-        data = response.data
-        return json.loads(data) if data else None
+        for attempt in range(RATE_LIMIT_RETRIES + 1):
+            try:
+                response = method(
+                    *args, _preload_content=False, _request_timeout=self.timeout, **kwargs
+                )
+            except ApiException as error:
+                status = int(error.status or 0)
+                wait = retry_after_seconds((error.headers or {}).get("Retry-After"))
+                if (
+                    status == 429
+                    and wait is not None
+                    and wait <= self.retry_after_max
+                    and attempt < RATE_LIMIT_RETRIES
+                ):
+                    time.sleep(wait)  # as the API server asks: it is shedding load
+                    continue
+                raise error_for_status(
+                    status, action, _status_detail(error), retry_after=wait
+                ) from None
+            except (urllib3.exceptions.HTTPError, OSError) as error:
+                raise TransientClusterError(
+                    f"Could not reach the cluster's API server during {action}: "
+                    f"{type(error).__name__}."
+                ) from None
+            data = response.data
+            return json.loads(data) if data else None
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _side_by_side(self, jobs: Sequence[Callable[[], T]]) -> list[T | ClusterError]:
+        """Run independent requests at most ``concurrency`` at once; each one's result or
+        ``ClusterError``, in the order given."""
+        if self.concurrency <= 1 or len(jobs) <= 1:
+            results: list[T | ClusterError] = []
+            for job in jobs:
+                try:
+                    results.append(job())
+                except ClusterError as error:
+                    results.append(error)
+            return results
+        futures = [_pool(self.concurrency).submit(job) for job in jobs]
+        done: list[T | ClusterError] = []
+        for future in futures:
+            try:
+                done.append(future.result())
+            except ClusterError as error:
+                done.append(error)
+        return done
+
+    def _read_all(self, jobs: dict[str, Callable[[], T]]) -> dict[str, T]:
+        """Reads side by side; the first failure is raised (a pass cannot judge without them)."""
+        results = self._side_by_side(list(jobs.values()))
+        for result in results:
+            if isinstance(result, ClusterError):
+                raise result
+        return dict(zip(jobs, results, strict=True))  # type: ignore[arg-type]
 
     def _read(self, kind: str, name: str, namespace: str | None = None) -> KubeObject | None:
         """One object by name, or None if it does not exist."""
@@ -400,30 +489,49 @@ class KubernetesBackend:
                 f"{'created' if live_namespace is None else 'updated'} Namespace {namespace}"
             )
         exists = live_namespace is not None
-        for kind in KINDS[1:]:
-            live = self._list(kind, namespace, managed_selector()) if exists else {}
-            wanted = {name: obj for (k, name), obj in objects.items() if k == kind}
-            for name, obj in wanted.items():
-                current = live.get(name)
-                if current is not None and matches(obj, current):
-                    continue
-                try:
-                    live[name] = self._apply(kind, obj)
-                except ClusterError as error:
-                    result.errors.append(error)
-                    continue
-                result.changes.append(f"{'updated' if current else 'created'} {kind} {name}")
-            for name in sorted(set(live) - set(wanted)):
-                try:
-                    self._delete(kind, name, namespace)
-                except ClusterError as error:
-                    result.errors.append(error)
-                    continue
-                del live[name]
-                result.changes.append(f"deleted {kind} {name}")
-            if kind == "Service":
-                assigned = {name: cluster_ip(obj) for name, obj in live.items()}
-                result.cluster_ips = {name: ip for name, ip in assigned.items() if ip}
+        selector = managed_selector()
+        live: dict[str, dict[str, KubeObject]] = (
+            self._read_all(
+                {
+                    kind: functools.partial(self._list, kind, namespace, selector)
+                    for kind in KINDS[1:]
+                }
+            )
+            if exists
+            else {kind: {} for kind in KINDS[1:]}
+        )
+        differing = [
+            (kind, name, obj, live[kind].get(name))
+            for (kind, name), obj in objects.items()
+            if kind != "Namespace"
+            and not (live[kind].get(name) is not None and matches(obj, live[kind][name]))
+        ]
+        differing.sort(key=lambda job: (KINDS.index(job[0]), job[1]))
+        applied = self._side_by_side(
+            [functools.partial(self._apply, kind, obj) for kind, _, obj, _ in differing]
+        )
+        for (kind, name, _, current), outcome in zip(differing, applied, strict=True):
+            if isinstance(outcome, ClusterError):
+                result.errors.append(outcome)
+                continue
+            live[kind][name] = outcome
+            result.changes.append(f"{'updated' if current else 'created'} {kind} {name}")
+        unwanted = [
+            (kind, name)
+            for kind in KINDS[1:]
+            for name in sorted(set(live[kind]) - {n for k, n in objects if k == kind})
+        ]
+        deleted = self._side_by_side(
+            [functools.partial(self._delete, kind, name, namespace) for kind, name in unwanted]
+        )
+        for (kind, name), failed in zip(unwanted, deleted, strict=True):
+            if isinstance(failed, ClusterError):
+                result.errors.append(failed)
+                continue
+            del live[kind][name]
+            result.changes.append(f"deleted {kind} {name}")
+        assigned = {name: cluster_ip(obj) for name, obj in live["Service"].items()}
+        result.cluster_ips = {name: ip for name, ip in assigned.items() if ip}
         if exists:
             self._apply_workloads(desired, result)
         return result
@@ -436,28 +544,47 @@ class KubernetesBackend:
         they listed, since patching one needs its containers' names.
         """
         result = ApplyResult(verified=False, all_workloads=changes.workloads)
-        for kind in KINDS:
-            for name in sorted(name for k, name in changes.created | changes.updated if k == kind):
-                try:
-                    live = self._apply(kind, desired.objects[(kind, name)])
-                except ClusterError as error:
-                    if kind == "Namespace":
-                        raise  # nothing else can be written without it
-                    result.errors.append(error)
-                    continue
-                verb = "created" if (kind, name) in changes.created else "updated"
-                result.changes.append(f"{verb} {kind} {name}")
-                if kind == "Service" and (assigned := cluster_ip(live)):
-                    result.cluster_ips[name] = assigned
-            for name in sorted(name for k, name in changes.removed if k == kind):
-                if kind == "Namespace":
-                    continue  # a project's namespace goes with the project (orphans.py)
-                try:
-                    self._delete(kind, name, desired.namespace)
-                except ClusterError as error:
-                    result.errors.append(error)
-                    continue
-                result.changes.append(f"deleted {kind} {name}")
+        # Objects of the kinds applied here (what we own on workloads is set below).
+        written = sorted(
+            (key for key in changes.created | changes.updated if key[0] in KINDS),
+            key=lambda key: (KINDS.index(key[0]), key[1]),
+        )
+        if written and written[0][0] == "Namespace":
+            # Nothing else can be written without it: its error propagates.
+            self._apply("Namespace", desired.objects[written[0]])
+            verb = "created" if written[0] in changes.created else "updated"
+            result.changes.append(f"{verb} Namespace {written[0][1]}")
+            written = written[1:]
+        applied = self._side_by_side(
+            [
+                functools.partial(self._apply, kind, desired.objects[(kind, name)])
+                for kind, name in written
+            ]
+        )
+        for (kind, name), outcome in zip(written, applied, strict=True):
+            if isinstance(outcome, ClusterError):
+                result.errors.append(outcome)
+                continue
+            verb = "created" if (kind, name) in changes.created else "updated"
+            result.changes.append(f"{verb} {kind} {name}")
+            if kind == "Service" and (assigned := cluster_ip(outcome)):
+                result.cluster_ips[name] = assigned
+        # A project's namespace goes with the project (orphans.py), never here.
+        removed = sorted(
+            (key for key in changes.removed if key[0] in KINDS[1:]),
+            key=lambda key: (KINDS.index(key[0]), key[1]),
+        )
+        deleted = self._side_by_side(
+            [
+                functools.partial(self._delete, kind, name, desired.namespace)
+                for kind, name in removed
+            ]
+        )
+        for (kind, name), failed in zip(removed, deleted, strict=True):
+            if isinstance(failed, ClusterError):
+                result.errors.append(failed)
+                continue
+            result.changes.append(f"deleted {kind} {name}")
         if changes.workloads:
             self._apply_workloads(desired, result)
         return result
@@ -465,18 +592,45 @@ class KubernetesBackend:
     def _apply_workloads(self, desired: DesiredState, result: ApplyResult) -> None:
         """Set what we own on each service's workloads, and report how their rollouts stand."""
         label = settings.WORKLOAD_LABEL
-        for kind in WORKLOAD_KINDS:
-            for name, workload in self._list(kind, desired.namespace, label).items():
-                service = workload["metadata"].get("labels", {}).get(label, "")
-                spec = desired.workloads.get(service, WorkloadSpec())
-                if not workload_matches(workload, spec):
-                    try:
-                        workload = self._apply(kind, _workload_patch(workload, kind, spec))
-                    except ClusterError as error:
-                        result.errors.append(error)
-                        continue
-                    result.changes.append(f"restarted {kind} {name} for shared secrets")
-                keep_laggard(result.workloads, service, workload_status(kind, name, workload))
+        listed = self._read_all(
+            {
+                kind: functools.partial(self._list, kind, desired.namespace, label)
+                for kind in WORKLOAD_KINDS
+            }
+        )
+        found = [
+            (kind, name, workload, workload["metadata"].get("labels", {}).get(label, ""))
+            for kind in WORKLOAD_KINDS
+            for name, workload in listed[kind].items()
+        ]
+        stale = [
+            (kind, name, workload, service)
+            for kind, name, workload, service in found
+            if not workload_matches(workload, desired.workloads.get(service, WorkloadSpec()))
+        ]
+        patched = self._side_by_side(
+            [
+                functools.partial(
+                    self._apply,
+                    kind,
+                    _workload_patch(workload, kind, desired.workloads.get(service, WorkloadSpec())),
+                )
+                for kind, _, workload, service in stale
+            ]
+        )
+        now: dict[tuple[str, str], KubeObject | None] = {}
+        for (kind, name, _, _), outcome in zip(stale, patched, strict=True):
+            if isinstance(outcome, ClusterError):
+                result.errors.append(outcome)
+                now[(kind, name)] = None
+                continue
+            result.changes.append(f"restarted {kind} {name} for shared secrets")
+            now[(kind, name)] = outcome
+        for kind, name, workload, service in found:
+            current = now.get((kind, name), workload)
+            if current is None:
+                continue  # its patch failed: reported above, as before
+            keep_laggard(result.workloads, service, workload_status(kind, name, current))
 
     # -- "Test connection" ---------------------------------------------------------------------
 

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import logging
+import re
+import time
 from typing import Any
 
+import pytest
 from django.test import Client
 from django.urls import reverse
 
@@ -253,3 +257,63 @@ def test_two_reconciles_of_one_project_never_overlap(cluster: Cluster, world: Wo
     assert reconcile_project.apply(args=(world.project.pk,)).get() == "busy"
     assert cluster.http.calls == []
     lease.release(world.project.pk, claimed.token)
+
+
+def test_a_new_projects_objects_are_applied_side_by_side(
+    cluster: Cluster, world: World, settings: Any
+) -> None:
+    """A new project of 50 services: after its namespace, its objects are written at most
+    KUBE_APPLY_CONCURRENCY at once, not one round trip after another."""
+    settings.KUBE_APPLY_CONCURRENCY = 4
+    for index in range(48):
+        make_service(world.project, f"service {index}", Service.Kind.PRIVATE, [3000])
+    assert run_task(world.project.pk) == "applied"
+    assert 1 < cluster.http.max_in_flight <= 4
+    namespace = world.project.namespace
+    assert len(cluster.services(namespace)) == 50
+    # The namespace came first: every other write is after it.
+    writes = [call.path for call in cluster.http.writes]
+    assert writes[0].endswith(f"/namespaces/{namespace}")
+    ips = dict(Service.objects.filter(project=world.project).values_list("name", "cluster_ip"))
+    assert ips == {name: svc.spec.cluster_ip for name, svc in cluster.services(namespace).items()}
+
+    settings.KUBE_APPLY_CONCURRENCY = 1
+    cluster.http.reset()
+    AppliedRecord.distrust([world.project.pk])
+    Service.objects.filter(project=world.project).update(ports=[4000])
+    Project.objects.filter(pk=world.project.pk).update(
+        generation=fresh(world.project).generation + 1
+    )
+    assert run_task(world.project.pk) == "applied"
+    assert cluster.http.max_in_flight == 1  # one at a time, when asked
+
+
+def test_a_rate_limited_apply_waits_as_the_server_asks(
+    cluster: Cluster, world: World, settings: Any
+) -> None:
+    """API Priority and Fairness sheds load with 429 and Retry-After: the pass waits that long
+    and goes on, instead of failing and starting over."""
+    cluster.http.rate_limit(2, retry_after=1)
+    started = time.monotonic()
+    assert run_task(world.project.pk) == "applied"
+    assert time.monotonic() - started >= 1.0
+    assert [call.outcome for call in cluster.http.calls[:2]] == ["429-retry-after"] * 2
+    assert not ApplyAttempt.objects.filter(project=world.project, result="failed").exists()
+    assert fresh(world.project).sync_state == Project.SyncState.IN_SYNC
+
+
+def test_a_retry_after_longer_than_the_bound_is_left_to_the_task(
+    cluster: Cluster, world: World, settings: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings.KUBE_RETRY_AFTER_MAX_SECONDS = 5
+    cluster.http.rate_limit(1, retry_after=120)
+    # The pass does not sit out two minutes: it fails at once, and the task's retry is
+    # scheduled no sooner than the server asked (run here without waiting, as Celery's
+    # in-process retries are).
+    with caplog.at_level(logging.WARNING, logger="networking.cluster.reconcile"):
+        assert run_task(world.project.pk) == "applied"
+    assert [call.outcome for call in cluster.http.calls[:2]] == ["429-retry-after", "ok"]
+    failures = [r.getMessage() for r in caplog.records if "failed" in r.getMessage()]
+    assert len(failures) == 1 and "rate-limiting" in failures[0]
+    delay = float(re.search(r"retrying in ([0-9.]+)s", failures[0]).group(1))  # type: ignore[union-attr]
+    assert delay >= 120
