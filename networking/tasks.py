@@ -56,8 +56,8 @@ def resync_all_projects() -> int:
     Behind: a change whose message was lost or never sent (a broker outage), or a failed
     pass. That is one indexed query, and nothing is written or enqueued for a project in
     sync: drift in the cluster is the watcher's to notice, from its watches. A handful of the
-    projects verified longest ago are also reconciled in full, reading everything (the Secret
-    included, which no process watches), so even a change nobody could see is repaired.
+    projects verified longest ago are also reconciled in full, reading everything, so even a
+    change the watcher could not see (made while it was down) is repaired.
     """
     project_ids = reconciler.projects_to_resync()
     enqueued = 0

@@ -3,7 +3,9 @@
 Read-only and without I/O: the watcher calls it with the informers' cache whenever a watched
 object of the project changes, and enqueues a reconcile only when something differs. What we
 write ourselves comes back as watch events too; those compare equal and cost nothing more.
-The Secret is not compared here (no process watches Secrets); the pass reads it by name.
+The Secret's values are never seen here (its watch is of metadata only): it differs when it
+is missing, or when another field manager wrote its data (a hand edit); a pass then reads it by
+name and puts it right.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from typing import Any
 
 from networking.cluster.backends import WorkloadStatus, matches
 from networking.cluster.desired import WORKLOAD_KINDS, DesiredState, KubeObject, WorkloadSpec
+from networking.cluster.informer import WRITTEN_BY
 from networking.cluster.kube import cluster_ip, keep_laggard, workload_matches, workload_status
 
 COMPARED_KINDS = ("Service", "NetworkPolicy")
@@ -50,6 +53,23 @@ def _differs(kind: str, name: str, how: str) -> Difference:
     return Difference(f"{kind} {name} {how}", kind=kind, name=name)
 
 
+def _secret_differences(
+    wanted: Mapping[str, KubeObject], cached: Mapping[str, KubeObject]
+) -> list[Difference]:
+    found = []
+    for name in wanted:
+        current = cached.get(name)
+        if current is None:
+            found.append(_differs("Secret", name, "is missing"))
+        elif current.get(WRITTEN_BY):
+            writers = ", ".join(current[WRITTEN_BY])
+            found.append(_differs("Secret", name, f"was edited by someone else ({writers})"))
+    found.extend(
+        _differs("Secret", name, "is not desired") for name in sorted(set(cached) - set(wanted))
+    )
+    return found
+
+
 def differences(
     desired: DesiredState,
     live: Mapping[str, Mapping[str, KubeObject]],
@@ -85,6 +105,8 @@ def differences(
             return objects
         return {key: obj for key, obj in objects.items() if key in services}
 
+    if services is None and "Secret" in live:
+        found.extend(_secret_differences(desired.of_kind("Secret"), live["Secret"]))
     for kind in kinds:
         wanted = in_scope(desired.of_kind(kind))
         cached = in_scope(live.get(kind, {}))

@@ -5,8 +5,13 @@ manages is listed once, cluster-wide and by label, and then watched from that li
 version, so the process always has a local copy of every managed object without asking the API
 server again. A watch that the server closes is reopened from the last version seen; a version
 the server no longer has (410 Gone, after a long disconnect or an etcd compaction) means a fresh
-LIST. Secrets are never listed or watched: the worker may only read its one Secret per
-namespace by name (see ``deploy/rbac.yaml``).
+LIST.
+
+Secrets are watched too, but only ours and only their metadata: the watch names our Secret
+(``fieldSelector=metadata.name=...``, which is what lets RBAC grant it by ``resourceNames``
+alone, see ``deploy/rbac.yaml``) and asks for ``PartialObjectMetadata``, so no value ever
+reaches this process. What it keeps of each is who wrote its data (``written_by``): a hand
+edit shows there as another field manager.
 """
 
 from __future__ import annotations
@@ -19,7 +24,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from networking.cluster.desired import KubeObject, managed_selector
+from networking.cluster.backends import FIELD_MANAGER
+from networking.cluster.desired import SHARED_SECRETS, KubeObject, managed_selector
 from networking.cluster.kube import WATCH_ERRORS, ApiClient, list_method, response_lines
 
 logger = logging.getLogger(__name__)
@@ -27,6 +33,10 @@ logger = logging.getLogger(__name__)
 # (namespace or "" for cluster-scoped objects, name)
 Key = tuple[str, str]
 OnChange = Callable[[str, str, str], None]  # kind, namespace, name
+# Kept on a metadata-only object in place of its managed fields: the field managers other than
+# ours that own part of its data (a hand edit's "kubectl-edit", say).
+WRITTEN_BY = "writtenByOthers"
+_METADATA_ONLY = "application/json;as=PartialObjectMetadata{};g=meta.k8s.io;v=v1"
 
 
 class _Gone(Exception):
@@ -39,6 +49,9 @@ class WatchedKind:
     api: str  # "core", "networking" or "apps"
     method: str  # the cluster-wide list method of that API
     selector: str
+    field_selector: str | None = None
+    # Ask for metadata only (PartialObjectMetadata): what a Secret's watch needs, no values.
+    metadata_only: bool = False
 
 
 def watched_kinds(workload_label: str) -> list[WatchedKind]:
@@ -52,13 +65,30 @@ def watched_kinds(workload_label: str) -> list[WatchedKind]:
         ),
         WatchedKind("Deployment", "apps", "list_deployment_for_all_namespaces", workload_label),
         WatchedKind("StatefulSet", "apps", "list_stateful_set_for_all_namespaces", workload_label),
+        WatchedKind(
+            "Secret",
+            "core",
+            "list_secret_for_all_namespaces",
+            managed,
+            field_selector=f"metadata.name={SHARED_SECRETS}",
+            metadata_only=True,
+        ),
     ]
 
 
 def _slim(obj: KubeObject) -> KubeObject:
     """Drop what nobody here reads (server-side apply's bookkeeping is most of an object)."""
     metadata = obj.get("metadata", {})
-    metadata.pop("managedFields", None)
+    managed = metadata.pop("managedFields", None) or []
+    if obj.get("kind") == "Secret":
+        obj[WRITTEN_BY] = sorted(
+            {
+                entry.get("manager", "")
+                for entry in managed
+                if entry.get("manager") != FIELD_MANAGER
+                and "f:data" in (entry.get("fieldsV1") or {})
+            }
+        )
     return obj
 
 
@@ -76,6 +106,13 @@ class Informer:
     ) -> None:
         self.kind = watched.kind
         self.selector = watched.selector
+        self.filters: dict[str, Any] = {}
+        if watched.field_selector is not None:
+            self.filters["field_selector"] = watched.field_selector
+        self.accept = {
+            "list": _METADATA_ONLY.format("List") if watched.metadata_only else None,
+            "watch": _METADATA_ONLY.format("") if watched.metadata_only else None,
+        }
         self.list_call = list_method(api_client, watched.api, watched.method)
         self.on_change = on_change
         self.watch_seconds = watch_seconds
@@ -149,10 +186,13 @@ class Informer:
                 # The fresh LIST compares everything: nothing is missed meanwhile.
                 logger.info("Watch of %ss expired (410 Gone): listing again", self.kind)
                 self.resource_version = None
-            except WATCH_ERRORS as error:
+            except Exception as error:
                 self.watching.clear()
                 if self.stopping.is_set():
                     return  # a watch cut short by our own stop (or the server going away with it)
+                if not isinstance(error, WATCH_ERRORS):
+                    # A bug, not the network: logged in full, and the loop lives on.
+                    logger.exception("Watch of %ss failed unexpectedly", self.kind)
                 failures += 1
                 delay = min(30.0, 0.5 * 2 ** min(failures, 6))
                 logger.warning(
@@ -168,12 +208,13 @@ class Informer:
             label_selector=self.selector,
             _preload_content=False,
             _request_timeout=self.request_timeout,
+            **self._options("list"),
         )
         body = json.loads(response.data)
         kind = self.kind
         fresh: dict[str, dict[str, KubeObject]] = {}
-        for item in body.get("items", []):
-            item.setdefault("kind", kind)
+        for item in body.get("items") or []:  # null in an empty PartialObjectMetadataList
+            item["kind"] = kind  # absent from a list's items; PartialObjectMetadata if partial
             namespace, name = _key(item)
             fresh.setdefault(namespace, {})[name] = _slim(item)
         with self.lock:
@@ -200,6 +241,7 @@ class Informer:
             timeout_seconds=self.watch_seconds,
             _preload_content=False,
             _request_timeout=(self.request_timeout, self.watch_seconds + self.request_timeout),
+            **self._options("watch"),
         )
         self.watching.set()
         try:
@@ -209,6 +251,10 @@ class Informer:
                 self._event(json.loads(line))
         finally:
             response.release_conn()
+
+    def _options(self, call: str) -> dict[str, Any]:
+        accept = self.accept[call]
+        return {**self.filters, **({"_headers": {"Accept": accept}} if accept else {})}
 
     def _event(self, event: dict[str, Any]) -> None:
         kind, obj = event.get("type"), event.get("object") or {}
@@ -220,7 +266,7 @@ class Informer:
         if kind == "BOOKMARK":
             self.resource_version = version or self.resource_version
             return
-        obj.setdefault("kind", self.kind)
+        obj["kind"] = self.kind
         namespace, name = _key(obj)
         with self.lock:
             if kind == "DELETED":

@@ -136,7 +136,8 @@ def projects_to_resync() -> list[int]:
     """Projects the periodic resync must look at: behind, failed, or due a full re-read.
 
     Those due a re-read have their applied record distrusted, so their passes read the
-    cluster (the Secret included, which no process watches) instead of trusting the record.
+    cluster (the Secret's values included, which the watcher never sees) instead of trusting
+    the record.
     """
     behind = list(
         Project.objects.filter(Q(applied_generation__lt=F("generation")) | ~Q(sync_error=""))

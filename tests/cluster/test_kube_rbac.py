@@ -43,10 +43,32 @@ def test_no_wildcards_and_no_privilege_verbs() -> None:
 
 def test_no_cluster_wide_read_of_secrets() -> None:
     for rule in cluster_role()["rules"]:
-        if "secrets" in rule["resources"]:
-            assert not {"list", "watch"} & set(rule["verbs"]), rule
-            if "get" in rule["verbs"]:
-                assert rule.get("resourceNames"), "get on Secrets must name the Secret"
+        if "secrets" in rule["resources"] and {"get", "list", "watch"} & set(rule["verbs"]):
+            assert rule.get("resourceNames") == ["stackblaze-shared-secrets"], (
+                "reading Secrets must name ours"
+            )
+
+
+def test_the_worker_may_list_and_watch_our_secret_by_name_and_no_other(
+    cluster: Cluster, world: World, as_worker: None
+) -> None:
+    assert reconcile_project.apply(args=(world.project.pk,)).get() == "applied"
+    namespace = world.project.namespace
+    cluster.core.create_namespaced_secret(
+        namespace,
+        {"metadata": {"name": "customer-owned"}, "stringData": {"token": "not yours"}},  # type: ignore[arg-type]
+        _preload_content=False,
+    )
+    core = _worker_core(cluster)
+    ours = "metadata.name=stackblaze-shared-secrets"
+    assert _status(core.list_secret_for_all_namespaces, field_selector=ours) == 200
+    assert _status(core.list_secret_for_all_namespaces) == 403
+    assert _status(core.list_namespaced_secret, namespace) == 403
+    assert (
+        _status(core.list_secret_for_all_namespaces, field_selector="metadata.name=customer-owned")
+        == 403
+    )
+    assert _status(core.read_namespaced_secret, "customer-owned", namespace) == 403
 
 
 PROBE_IMAGE = "stackblaze-probe:test"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import signal
 import time
@@ -14,11 +15,18 @@ from django.conf import settings as django_settings
 from django.db import connection
 from django.db.models import F
 from django.utils import timezone
+from kubernetes.client.exceptions import ApiException
 
 from networking import passes as reconciler
 from networking.cluster import kube, lease, liveness
-from networking.cluster.desired import namespace_object
-from networking.cluster.informer import ClusterCache, Informer, _Gone, watched_kinds
+from networking.cluster.desired import SHARED_SECRETS, namespace_object
+from networking.cluster.informer import (
+    WRITTEN_BY,
+    ClusterCache,
+    Informer,
+    _Gone,
+    watched_kinds,
+)
 from networking.cluster.watcher import Watcher
 from networking.models import (
     AppliedRecord,
@@ -29,6 +37,7 @@ from networking.models import (
 )
 from networking.tasks import resync_all_projects
 from tests import deploy_system
+from tests.cluster.workloads import secret_data
 from tests.cluster_fixtures import Cluster
 from tests.conftest import World, closed_port, make_service
 from tests.waiting import wait_until
@@ -221,6 +230,53 @@ def test_a_workload_deployed_after_the_pass_gets_its_secret_from_the_watch(
         return "INTERNAL_API_SECRET" in env
 
     wait_until(received, "the new Deployment to receive the secret")
+
+
+def test_a_secret_edited_or_deleted_by_hand_is_put_back_from_the_watch(
+    cluster: Cluster, world: World, watcher: Watcher
+) -> None:
+    """The Secret's watch carries metadata only: a hand edit shows as another field manager
+    owning its data, and a full pass puts it back, within seconds, not at the next resync."""
+    reconciler.reconcile(world.project.pk)
+    namespace = world.project.namespace
+    secrets = watcher.cache.informers["Secret"]
+    wait_until(lambda: secrets.get(namespace, SHARED_SECRETS) is not None, "the Secret's event")
+    cached = secrets.get(namespace, SHARED_SECRETS)
+    assert cached is not None and "data" not in cached  # no value ever reaches the watcher
+    assert cached[WRITTEN_BY] == []
+    applied = secret_data(cluster, namespace)
+    key = sorted(applied)[0]
+
+    cluster.core.patch_namespaced_secret(
+        SHARED_SECRETS,
+        namespace,
+        {"data": {key: base64.b64encode(b"edited by hand").decode()}},
+        field_manager="kubectl-edit",
+        _preload_content=False,
+    )
+    wait_until(lambda: secret_data(cluster, namespace) == applied, "the value put back")
+    # Put back, it is ours alone again: the watcher sees nothing more to do.
+    wait_until(
+        lambda: (
+            (current := secrets.get(namespace, SHARED_SECRETS)) is not None
+            and current[WRITTEN_BY] == []
+        ),
+        "the Secret's data to be ours alone",
+    )
+    settled(watcher)
+    assert watcher.check(namespace) == []
+
+    cluster.core.delete_namespaced_secret(SHARED_SECRETS, namespace, _preload_content=False)
+
+    def restored() -> bool:
+        try:
+            return secret_data(cluster, namespace) == applied
+        except ApiException as error:
+            if error.status != 404:
+                raise
+            return False
+
+    wait_until(restored, "the Secret restored")
 
 
 def test_a_change_on_its_way_is_not_taken_for_drift(
