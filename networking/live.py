@@ -29,8 +29,10 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from django.core.cache import caches
@@ -93,25 +95,59 @@ def _access_key(session_key: str, project_uid: str) -> str:
     return f"live:access:{digest}:{project_uid}"
 
 
+_deferred = threading.local()
+
+
 def moved(project_ids: Iterable[int]) -> None:
     """These projects' revisions just moved: mark them now and, inside a transaction, again
     once it commits (a poll meanwhile reads the old revision, and the mark keeps it from
-    storing it)."""
+    storing it). Inside ``deferred()``, once it ends."""
     if not enabled():
         return
     keys = [_revision_key(project_id) for project_id in project_ids]
     if not keys:
+        return
+    pending: set[str] | None = getattr(_deferred, "keys", None)
+    if pending is not None:
+        pending.update(keys)
         return
     _mark(keys)
     if transaction.get_connection().in_atomic_block:
         transaction.on_commit(lambda: _mark(keys))
 
 
+@contextmanager
+def deferred() -> Iterator[None]:
+    """Mark what moves in the block once, when it ends: a reconcile pass moves its project's
+    revision several times in a few milliseconds (applied, rows stamped, released), and each
+    mark is a round trip on the path to "In sync". Its writes commit as they go (no
+    transaction spans the block), so marking at its end is marking after every commit."""
+    if getattr(_deferred, "keys", None) is not None:
+        yield  # already deferring: the outer block marks
+        return
+    _deferred.keys = set()
+    try:
+        yield
+    finally:
+        keys, _deferred.keys = _deferred.keys, None
+        if keys:
+            _mark(sorted(keys))
+
+
 def _mark(keys: list[str]) -> None:
     cache = _cache()
     assert cache is not None
     try:
-        cache.set_many(dict.fromkeys(keys, MOVING), timeout=MOVING_SECONDS)
+        # One plain round trip, not the transaction Django's set_many makes of it: a pass marks
+        # its project as it claims it, on the path between a click and "In sync".
+        client = cache._cache.get_client(write=True)
+        if len(keys) == 1:
+            client.set(cache.make_and_validate_key(keys[0]), MOVING, ex=MOVING_SECONDS)
+        else:
+            pipeline = client.pipeline(transaction=False)
+            for key in keys:
+                pipeline.set(cache.make_and_validate_key(key), MOVING, ex=MOVING_SECONDS)
+            pipeline.execute()
     except Exception:
         _failed()
         # The mirror lapses within MIRROR_SECONDS: open pages learn of it that much later.

@@ -28,7 +28,8 @@ from networking.cluster.desired import (
     ServiceSpec,
     build_desired_state,
 )
-from networking.cluster.reconcile import Outcome, Plan, ServiceRow, cluster_settings, digest_key
+from networking.cluster.lease import ServiceRow
+from networking.cluster.reconcile import Outcome, Plan, cluster_settings, digest_key
 from networking.cluster.watcher import WatchView
 from networking.models import (
     PeeringRequest,

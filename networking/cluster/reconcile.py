@@ -26,16 +26,15 @@ changed (one request each), the applied generation (one statement). Everything e
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any, NamedTuple
+from typing import Any
 
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import transaction
 from django.db.models import F, Q
 from django.utils import timezone
 from django.utils.crypto import salted_hmac
@@ -51,6 +50,7 @@ from networking.cluster.desired import (
     changes_since,
 )
 from networking.cluster.errors import ClusterError, PermanentClusterError
+from networking.cluster.lease import ServiceRow
 from networking.models import AppliedRecord, ApplyAttempt, Project, Service
 
 logger = logging.getLogger(__name__)
@@ -79,16 +79,6 @@ class ReconcileFailed(Exception):
         self.generation = generation
         self.changes = changes
         self.started_at = started_at
-
-
-class ServiceRow(NamedTuple):
-    """A service as a pass reads it (one plain statement for all of them)."""
-
-    pk: int
-    name: str
-    kind: str
-    ports: tuple[int, ...]
-    cluster_ip: str | None
 
 
 def _nothing_follows(result: ApplyResult, rolling: set[str] | None) -> float | None:
@@ -176,7 +166,7 @@ def reconcile(
                 return Outcome("missing")
             # The holder checks the generation after releasing, so it will see our change.
             return Outcome("busy", generation=outcome.generation, lease_remaining=remaining)
-        with lease.renewed(project_id, claimed.token):
+        with live.deferred(), lease.renewed(project_id, claimed.token):
             try:
                 outcome = _one_pass(claimed, planner, backend or get_backend())
             except ReconcileFailed:
@@ -199,42 +189,10 @@ def reconcile(
     return outcome
 
 
-@functools.lru_cache(maxsize=4096)
-def _ports(stored: str) -> tuple[int, ...]:
-    """A service's ports as stored (JSON text): the same few texts come back pass after pass."""
-    return tuple(json.loads(stored))
-
-
-def _service_rows(project_id: int) -> list[ServiceRow]:
-    """The project's services as the pass needs them, in one plain statement.
-
-    Not through the ORM: at a thousand services ``values_list`` costs about 5 ms of Python
-    against 1 ms for this, and a change's pass waits on it.
-    """
-    q = connection.ops.quote_name
-    columns = ", ".join(q(column) for column in ("id", "name", "kind", "ports", "cluster_ip"))
-    with connection.cursor() as cursor:
-        cursor.execute(
-            f"SELECT {columns} FROM {q(Service._meta.db_table)} WHERE {q('project_id')} = %s",  # noqa: S608
-            [project_id],
-        )
-        rows = cursor.fetchall()
-    return [
-        ServiceRow(
-            pk,
-            name,
-            kind,
-            _ports(ports) if isinstance(ports, str) else tuple(ports),
-            str(ip) if ip is not None else None,
-        )
-        for pk, name, kind, ports, ip in rows
-    ]
-
-
 def _one_pass(claimed: lease.Claim, planner: Planner, backend: Backend) -> Outcome:
     project = claimed.project
     generation = project.generation
-    services = _service_rows(project.pk)
+    services = claimed.services
     plan = planner(claimed, services)
     desired, sensitive = plan.desired, plan.sensitive
     digests = desired.digests(digest_key())
