@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from django.conf import settings
+from django.db import transaction
 from django.test import Client
 from django.urls import reverse
 from django.utils import timezone
@@ -228,3 +229,32 @@ def test_a_worker_killed_in_every_phase_of_a_rotation_finishes_it(
         assert annotations[SECRETS_ANNOTATION] == "INTERNAL_API_SECRET=4"
         # Received once, then restarted exactly once per phase, kills notwithstanding.
         assert live["metadata"]["annotations"]["deployment.kubernetes.io/revision"] == "5"
+
+
+def test_a_burst_of_changes_is_spread_over_the_workers(
+    cluster: Cluster, world: World, worker_env: dict[str, str], tmp_path: Path
+) -> None:
+    """Many projects changing at once: each idle worker takes the next project's pass (one
+    message at a time, acknowledged late), so the burst is shared, not queued behind one."""
+    projects = [world.project]
+    for index in range(11):
+        project = Project.objects.create(organization=world.acme, name=f"burst {index}")
+        make_service(project, "api", Service.Kind.PRIVATE, [3000])
+        projects.append(project)
+    workers = [WorkerProcess(worker_env, tmp_path / f"worker-{index}.log") for index in range(2)]
+    try:
+        for worker in workers:
+            worker.start()
+        with transaction.atomic():
+            for project in projects:
+                project.request_reconcile()
+        wait_until(lambda: all(in_sync(project) for project in projects), "the burst applied", 120)
+        passes = [
+            len(re.findall(r"reconcile_project\[[-0-9a-f]+\] succeeded", worker.log.read_text()))
+            for worker in workers
+        ]
+        assert all(passes), f"one worker took every pass: {passes}"
+        assert sum(passes) >= len(projects)
+    finally:
+        for worker in workers:
+            worker.stop()
