@@ -33,8 +33,9 @@ logger = logging.getLogger(__name__)
 # (namespace or "" for cluster-scoped objects, name)
 Key = tuple[str, str]
 OnChange = Callable[[str, str, str], None]  # kind, namespace, name
-# Kept on a metadata-only object in place of its managed fields: the field managers other than
-# ours that own part of its data (a hand edit's "kubectl-edit", say).
+# Kept on an object in place of its managed fields: the field managers other than ours that own
+# part of it (of a Secret, part of its data): a hand edit's "kubectl-edit", say. Empty: what
+# we own is as our last write left it, and nobody else wrote anything.
 WRITTEN_BY = "writtenByOthers"
 _METADATA_ONLY = "application/json;as=PartialObjectMetadata{};g=meta.k8s.io;v=v1"
 
@@ -80,15 +81,15 @@ def _slim(obj: KubeObject) -> KubeObject:
     """Drop what nobody here reads (server-side apply's bookkeeping is most of an object)."""
     metadata = obj.get("metadata", {})
     managed = metadata.pop("managedFields", None) or []
-    if obj.get("kind") == "Secret":
-        obj[WRITTEN_BY] = sorted(
-            {
-                entry.get("manager", "")
-                for entry in managed
-                if entry.get("manager") != FIELD_MANAGER
-                and "f:data" in (entry.get("fieldsV1") or {})
-            }
-        )
+    secret = obj.get("kind") == "Secret"
+    obj[WRITTEN_BY] = sorted(
+        {
+            entry.get("manager", "")
+            for entry in managed
+            if entry.get("manager") != FIELD_MANAGER
+            and (not secret or "f:data" in (entry.get("fieldsV1") or {}))
+        }
+    )
     return obj
 
 

@@ -29,7 +29,7 @@ from networking import enqueue
 from networking.cluster import liveness, reconcile
 from networking.cluster.desired import WORKLOAD_KINDS, DesiredState
 from networking.cluster.drift import Difference, differences
-from networking.cluster.informer import ClusterCache
+from networking.cluster.informer import WRITTEN_BY, ClusterCache
 from networking.cluster.kube import api_client
 from networking.models import Project, Service
 
@@ -43,6 +43,8 @@ LOOK_AGAIN_SECONDS = 1.0
 
 # What changed in a namespace, as (kind, name); None: look at everything.
 Changed = set[tuple[str, str]] | None
+# Kinds only we write: an event about one that nobody else wrote is our own pass's write.
+OURS_ALONE = ("Service", "NetworkPolicy")
 
 
 def _union(first: Changed, second: Changed) -> Changed:
@@ -88,6 +90,7 @@ class Watcher:
         self.wake = threading.Event()
         self.stopping = threading.Event()
         self.checks = 0
+        self.skipped = 0  # events of our own writes, not looked at
         # The latest looks, as (namespace, the services looked at or None for everything).
         self.looks: deque[tuple[str, frozenset[str] | None]] = deque(maxlen=100)
         self.looked_at_all = False
@@ -98,6 +101,13 @@ class Watcher:
         if kind == "Namespace":
             self.mark([name])
         elif namespace.startswith(NAMESPACE_PREFIX):
+            if kind in OURS_ALONE and self._written_by_us_alone(kind, namespace, name):
+                # Our own pass's write: what we own on it is what that pass applied (anyone
+                # else's write, even of one label, would show as another field manager), so a
+                # look could find nothing. A pass writes one event per object: in a burst of
+                # a thousand changes, a thousand looks saved.
+                self.skipped += 1
+                return
             with self.lock:
                 self.dirty[namespace] = _union(self.dirty.get(namespace, set()), {(kind, name)})
             self.wake.set()
@@ -221,6 +231,10 @@ class Watcher:
                 "" if queued else "; a reconcile is already queued",
             )
         return found
+
+    def _written_by_us_alone(self, kind: str, namespace: str, name: str) -> bool:
+        obj = self.cache.informers[kind].get(namespace, name)
+        return obj is not None and obj.get(WRITTEN_BY) == []
 
     def _services_in(self, namespace: str, changed: Changed) -> set[str] | None:
         """The services whose objects changed; None when the change calls for a look at

@@ -44,11 +44,10 @@ from tests.waiting import wait_until
 from tests.worker import WatcherProcess, WorkerProcess
 
 
-def settled(watcher: Watcher) -> None:
-    """The watcher has looked at every event of what was just applied (on a busy machine they
-    may come in well after the pass), and holds nothing to look at again."""
-    checks = watcher.checks
-    wait_until(lambda: watcher.checks > checks, "the watcher to look at our writes")
+def settled(watcher: Watcher, cluster: Cluster) -> None:
+    """The watcher has every event of what was just applied (on a busy machine they may come
+    in well after the pass) and holds nothing to look at again."""
+    wait_until(lambda: cache_matches_server(watcher, cluster), "the cache to hold our writes")
     wait_until(
         lambda: not watcher.dirty and not watcher.deferred and not watcher.suspected,
         "the watcher to have looked at everything it was told of",
@@ -154,7 +153,7 @@ def test_a_hand_edit_of_one_service_is_judged_by_looking_at_that_service_alone(
         make_service(world.project, f"extra {index}", Service.Kind.PRIVATE, [3000])
     reconciler.reconcile(world.project.pk)
     namespace = world.project.namespace
-    settled(watcher)
+    settled(watcher, cluster)
     watcher.looks.clear()
     cluster.core.patch_namespaced_service(
         "api", namespace, {"spec": {"selector": {"app": "someone-elses"}}}
@@ -200,11 +199,38 @@ def test_our_own_writes_do_not_queue_another_pass(
     assert Project.objects.get(pk=world.project.pk).reconcile_queued_at is None
 
 
+def test_an_event_of_our_own_write_costs_no_look(
+    cluster: Cluster, world: World, watcher: Watcher
+) -> None:
+    """A change's pass writes one Service; its event is ours alone (no other field manager), so
+    the watcher does not look at the project again. Someone else's write of one label is
+    looked at (and, being no difference, repairs nothing)."""
+    reconciler.reconcile(world.project.pk)
+    settled(watcher, cluster)
+    checks, skipped = watcher.checks, watcher.skipped
+    world.api.ports = [8081]
+    world.api.save_changes(actor=None)
+    wait_until(lambda: watcher.skipped > skipped, "the event of our write")
+    settled(watcher, cluster)
+    assert watcher.checks == checks
+
+    cluster.core.patch_namespaced_service(
+        "api",
+        world.project.namespace,
+        {"metadata": {"annotations": {"example.com/owner": "someone"}}},
+        field_manager="someone-else",
+        _preload_content=False,
+    )
+    wait_until(lambda: watcher.checks > checks, "a look at someone else's write")
+    settled(watcher, cluster)
+    assert Project.objects.get(pk=world.project.pk).drift == []
+
+
 def test_while_the_watcher_watches_a_change_is_written_without_reading(
     cluster: Cluster, world: World, watcher: Watcher
 ) -> None:
     reconciler.reconcile(world.project.pk)
-    settled(watcher)
+    settled(watcher, cluster)
     wait_until(liveness.watching, "the watcher to say it watches")
     assert change_a_port(cluster, world, 8081) == [("PATCH", "services")]
     assert cluster.services(world.project.namespace)["api"].spec.ports[0].port == 8081
@@ -267,7 +293,7 @@ def test_a_secret_edited_or_deleted_by_hand_is_put_back_from_the_watch(
         ),
         "the Secret's data to be ours alone",
     )
-    settled(watcher)
+    settled(watcher, cluster)
     assert watcher.check(namespace) == []
 
     cluster.core.delete_namespaced_secret(SHARED_SECRETS, namespace, _preload_content=False)
