@@ -137,6 +137,10 @@ def deferred() -> Iterator[None]:
 def _mark(keys: list[str]) -> None:
     cache = _cache()
     assert cache is not None
+    if _backing_off():
+        # Unreachable a moment ago: no write waits on its connect timeout. What the cache holds
+        # lapses within MIRROR_SECONDS.
+        return
     try:
         # One plain round trip, not the transaction Django's set_many makes of it: a pass marks
         # its project as it claims it, on the path between a click and "In sync".

@@ -32,11 +32,16 @@ class Difference(str):
 
     kind: str
     name: str
+    # Someone else wrote it (its content cannot be seen: a Secret's field managers say so).
+    edited: bool
 
-    def __new__(cls, text: str, *, kind: str = "", name: str = "") -> Difference:
+    def __new__(
+        cls, text: str, *, kind: str = "", name: str = "", edited: bool = False
+    ) -> Difference:
         difference = super().__new__(cls, text)
         difference.kind = kind
         difference.name = name
+        difference.edited = edited
         return difference
 
     @property
@@ -63,7 +68,14 @@ def _secret_differences(
             found.append(_differs("Secret", name, "is missing"))
         elif current.get(WRITTEN_BY):
             writers = ", ".join(current[WRITTEN_BY])
-            found.append(_differs("Secret", name, f"was edited by someone else ({writers})"))
+            found.append(
+                Difference(
+                    f"Secret {name} was edited by someone else ({writers})",
+                    kind="Secret",
+                    name=name,
+                    edited=True,
+                )
+            )
     found.extend(
         _differs("Secret", name, "is not desired") for name in sorted(set(cached) - set(wanted))
     )

@@ -82,6 +82,14 @@ def _slim(obj: KubeObject) -> KubeObject:
     metadata = obj.get("metadata", {})
     managed = metadata.pop("managedFields", None) or []
     secret = obj.get("kind") == "Secret"
+    if secret:
+        # Nothing but what is needed: an annotation can hold the whole Secret (client-side
+        # apply's last-applied-configuration), and no value may reach this process.
+        obj["metadata"] = {
+            key: metadata[key]
+            for key in ("name", "namespace", "labels", "resourceVersion", "uid")
+            if key in metadata
+        }
     obj[WRITTEN_BY] = sorted(
         {
             entry.get("manager", "")
@@ -194,6 +202,12 @@ class Informer:
                 if not isinstance(error, WATCH_ERRORS):
                     # A bug, not the network: logged in full, and the loop lives on.
                     logger.exception("Watch of %ss failed unexpectedly", self.kind)
+                elif getattr(error, "status", None) == 403:
+                    logger.error(
+                        "The API server refused to list %ss (403): apply deploy/rbac.yaml "
+                        "as shipped with this version",
+                        self.kind,
+                    )
                 failures += 1
                 delay = min(30.0, 0.5 * 2 ** min(failures, 6))
                 logger.warning(
@@ -326,11 +340,12 @@ class ClusterCache:
         for informer in self.informers.values():
             informer.stop()
 
-    def wait_synced(self, timeout: float) -> bool:
+    def wait_synced(self, timeout: float, *, skip: tuple[str, ...] = ()) -> bool:
         deadline = time.monotonic() + timeout
         return all(
             informer.synced.wait(max(0.0, deadline - time.monotonic()))
-            for informer in self.informers.values()
+            for kind, informer in self.informers.items()
+            if kind not in skip
         )
 
     @property

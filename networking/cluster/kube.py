@@ -20,7 +20,7 @@ import functools
 import json
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -354,8 +354,14 @@ class KubernetesBackend:
                     f"Could not reach the cluster's API server during {action}: "
                     f"{type(error).__name__}."
                 ) from None
-            data = response.data
-            return json.loads(data) if data else None
+            try:
+                data = response.data
+                return json.loads(data) if data else None
+            except (urllib3.exceptions.HTTPError, OSError, ValueError) as error:
+                # The answer was cut off on its way back (a reset, a truncated body).
+                raise TransientClusterError(
+                    f"The cluster's answer to {action} was cut off: {type(error).__name__}."
+                ) from None
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _side_by_side(self, jobs: Sequence[Callable[[], T]]) -> list[T | ClusterError]:
@@ -371,11 +377,19 @@ class KubernetesBackend:
             return results
         futures = [_pool(self.concurrency).submit(job) for job in jobs]
         done: list[T | ClusterError] = []
-        for future in futures:
-            try:
-                done.append(future.result())
-            except ClusterError as error:
-                done.append(error)
+        try:
+            for future in futures:
+                try:
+                    done.append(future.result())
+                except ClusterError as error:
+                    done.append(error)
+        except BaseException:
+            # The pass is failing: none of its requests may land after it (and after the next
+            # pass): cancel those not started and wait for those under way.
+            for future in futures:
+                future.cancel()
+            wait(futures)
+            raise
         return done
 
     def _read_all(self, jobs: dict[str, Callable[[], T]]) -> dict[str, T]:

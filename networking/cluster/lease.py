@@ -215,7 +215,8 @@ def claim(project_id: int, *, take_queued: bool = False) -> Claim | None:
         has_references=bool(getattr(project, "has_references", True)),
         has_peerings=bool(getattr(project, "has_peerings", True)),
         watched=bool(getattr(project, "watched", False)),
-        services=_service_rows(getattr(project, "service_rows", None)),
+        # Read, not defaulted: a claim without its services must fail, never mean "none".
+        services=_service_rows(project.service_rows),  # type: ignore[attr-defined]
     )
 
 

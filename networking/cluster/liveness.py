@@ -39,6 +39,15 @@ logger = logging.getLogger(__name__)
 LOCK_KEYS = (0x5B1A, 1)
 # How often a holder checks that its connection (and so its lock) is still there.
 CHECK_SECONDS = 5.0
+# The lock's connection says, server side: end me (and so the lock) when I go quiet this long
+# (the watcher's loop hung, or starved beyond any busy machine), or when my peer is gone (a lost
+# node, a partition: TCP keepalives, instead of the kernel's two hours).
+LOCK_SESSION_SETTINGS = (
+    "SET idle_session_timeout = '60s'",
+    "SET tcp_keepalives_idle = 10",
+    "SET tcp_keepalives_interval = 5",
+    "SET tcp_keepalives_count = 3",
+)
 
 
 def uses_lock(vendor: str | None = None) -> bool:
@@ -140,6 +149,14 @@ class Signal:
             # Its own connection, never closed by the request/task cycle's connection
             # handling, in autocommit: a session lock lives as long as it does.
             self._connection = connections["default"].copy()
+            for setting in LOCK_SESSION_SETTINGS:
+                try:
+                    with self._connection.cursor() as cursor:
+                        cursor.execute(setting)
+                except DatabaseError:
+                    # An older PostgreSQL without the setting: the lock still goes with the
+                    # process, only not with a hung loop.
+                    logger.warning("PostgreSQL refused %r for the watcher's lock", setting)
         with self._connection.cursor() as cursor:
             cursor.execute(sql, params)
 

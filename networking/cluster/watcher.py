@@ -27,7 +27,7 @@ from django.utils import timezone
 
 from networking import enqueue
 from networking.cluster import liveness, reconcile
-from networking.cluster.desired import WORKLOAD_KINDS, DesiredState
+from networking.cluster.desired import SHARED_SECRETS, WORKLOAD_KINDS, DesiredState
 from networking.cluster.drift import Difference, differences
 from networking.cluster.informer import WRITTEN_BY, ClusterCache
 from networking.cluster.kube import api_client
@@ -43,8 +43,9 @@ LOOK_AGAIN_SECONDS = 1.0
 
 # What changed in a namespace, as (kind, name); None: look at everything.
 Changed = set[tuple[str, str]] | None
-# Kinds only we write: an event about one that nobody else wrote is our own pass's write.
-OURS_ALONE = ("Service", "NetworkPolicy")
+# Kinds only we write: an event about one that nobody else wrote is our own pass's write (of a
+# Secret: nobody else wrote its data).
+OURS_ALONE = ("Service", "NetworkPolicy", "Secret")
 
 
 def _union(first: Changed, second: Changed) -> Changed:
@@ -91,6 +92,9 @@ class Watcher:
         self.stopping = threading.Event()
         self.checks = 0
         self.skipped = 0  # events of our own writes, not looked at
+        self.rounds = 0  # rounds of the loop finished
+        # By namespace: the version of the Secret last reported as edited by someone else.
+        self.secret_edits: dict[str, str] = {}
         # The latest looks, as (namespace, the services looked at or None for everything).
         self.looks: deque[tuple[str, frozenset[str] | None]] = deque(maxlen=100)
         self.looked_at_all = False
@@ -136,7 +140,10 @@ class Watcher:
 
     def _run(self) -> None:
         self.cache.start()
-        while not self.cache.wait_synced(timeout=10):
+        # The Secret's watch is not waited for: with an older deploy/rbac.yaml it is refused,
+        # and the rest must still be watched. Until it lists, Secrets are not compared and the
+        # passes read the cluster (not every watch is open).
+        while not self.cache.wait_synced(timeout=10, skip=("Secret",)):
             if self.stopping.is_set():
                 return
             logger.warning("Waiting for the first list of every kind from the API server")
@@ -165,6 +172,7 @@ class Watcher:
             # From the end of the first look at every project on, passes may trust their
             # records: any difference in the cluster reaches this loop.
             self.looked_at_all = True
+            self.rounds += 1
             self.beat()
             close_old_connections()
 
@@ -205,13 +213,14 @@ class Watcher:
             {
                 kind: informer.in_namespace(namespace)
                 for kind, informer in self.cache.informers.items()
-                if kind != "Namespace"
+                if kind != "Namespace" and informer.synced.is_set()
             },
             namespace_object=namespace_object,
             recorded={service.name: (service.cluster_ip, service.workload) for service in services},
             workload_label=settings.WORKLOAD_LABEL,
             services=scope,
         )
+        found = [d for d in found if not self._secret_edit_judged(namespace, d)]
         if found and namespace not in self.suspected:
             # Our own pass's writes may still be on their way to the cache (a thousand events
             # after a large pass): call it drift only if it still differs a round later.
@@ -223,6 +232,9 @@ class Watcher:
             # Judged (or cleared) what was suspected; a look at other objects clears nothing.
             self.suspected.pop(namespace, None)
         if found:
+            for difference in found:
+                if difference.kind == "Secret" and difference.edited:
+                    self.secret_edits[namespace] = self._secret_version(namespace)
             queued = project.report_drift(difference.record() for difference in found)
             logger.info(
                 "Drift in %s (%s)%s",
@@ -231,6 +243,21 @@ class Watcher:
                 "" if queued else "; a reconcile is already queued",
             )
         return found
+
+    def _secret_version(self, namespace: str) -> str:
+        obj = self.cache.informers["Secret"].get(namespace, SHARED_SECRETS) or {}
+        return str(obj.get("metadata", {}).get("resourceVersion", ""))
+
+    def _secret_edit_judged(self, namespace: str, difference: Difference) -> bool:
+        """Whether this is a Secret edited by someone else that was already reported at this
+        very version. The pass that followed found it matching (someone wrote our own values,
+        say, by server-side apply: they share the ownership, and a pass that changes nothing
+        cannot take it back): reporting it again would start a pass every round, forever."""
+        return (
+            difference.kind == "Secret"
+            and difference.edited
+            and self.secret_edits.get(namespace) == self._secret_version(namespace)
+        )
 
     def _written_by_us_alone(self, kind: str, namespace: str, name: str) -> bool:
         obj = self.cache.informers[kind].get(namespace, name)
