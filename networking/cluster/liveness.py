@@ -8,9 +8,12 @@ project once, and every one of its watches is open on the API server.
 On PostgreSQL that is said by a shared advisory lock, held on a connection of the watcher's own
 while all of that is true and let go the moment a watch fails. It is judged by what the watcher
 receives from the API server (an open watch: events, bookmarks, a stream reopened when the
-server ends it), not by a timer: a watcher starved of CPU on a saturated machine still holds
-it (its watches resume from their resource version and miss nothing), while a watcher that
-dies lets it go at once, since PostgreSQL drops a session's locks with its connection. A pass
+server ends it), not by a heartbeat of seconds: a watcher starved of CPU on a saturated machine
+still holds it (its watches resume from their resource version and miss nothing), while a
+watcher that dies lets it go at once, since PostgreSQL drops a session's locks with its
+connection. The connection ends itself when it has been idle a minute (the loop hung, or
+starved past any busy machine: it is pinged every few seconds while the loop runs) or when its
+peer is gone (TCP keepalives), so a lost node does not vouch for hours. A pass
 asks ``pg_locks`` in its claim statement (``lease.py``), in this database only.
 
 SQLite (``make run``: one machine, no server) has no such locks: there a heartbeat row says
