@@ -557,17 +557,8 @@ def measure_latency(fleet: Fleet, project: Project, service: Service, runs: int)
     synced: list[float] = []
 
     def task_round_trip(send: Callable[[str], object]) -> float:
-        """From sending a task (``send(key)``) to seeing the key it sets."""
-        fleet.drained(timeout=600)
-        key = f"bench-touch-{uuid.uuid4().hex}"
-        start = time.perf_counter()
-        send(key)
-        while not observe(key)[0]:
-            fleet.alive_within(start, what="a task's round trip")
-            time.sleep(0.001)
-        took = time.perf_counter() - start
-        client.delete(key)
-        return took
+        # Watched by the same look as the change's rounds, so both cost the same.
+        return round_trip(fleet, send, seen=lambda key: observe(key)[0])
 
     key = ""  # the change's rounds look at the sync state only
     for round_number in range(runs + 1):
@@ -684,14 +675,18 @@ def large_passes(
 # -- round trips through the broker, the floors the loop is compared with -------------------------
 
 
-def round_trip(fleet: Fleet, send: Callable[[str], object]) -> float:
-    """From sending a task (``send(key)``, a task that sets ``key`` in Redis) to seeing it."""
+def round_trip(
+    fleet: Fleet, send: Callable[[str], object], seen: Callable[[str], bool] | None = None
+) -> float:
+    """From sending a task (``send(key)``, a task that sets ``key`` in Redis) to seeing it
+    (``seen(key)``; by default, the key in Redis)."""
     client = fleet.broker.client
+    look = seen or (lambda key: bool(client.exists(key)))
     fleet.drained(timeout=600)
     key = f"bench-touch-{uuid.uuid4().hex}"
     start = time.perf_counter()
     send(key)
-    while not client.exists(key):
+    while not look(key):
         fleet.alive_within(start, what="a task's round trip")
         time.sleep(0.001)
     took = time.perf_counter() - start
