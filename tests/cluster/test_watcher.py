@@ -63,12 +63,21 @@ def in_sync(project: Project) -> bool:
 
 def change_a_port(cluster: Cluster, world: World, port: int) -> list[tuple[str, str]]:
     """Save a new port for ``api`` (its pass runs on commit: eager tasks); the API calls the
-    pass made, as (method, resource)."""
+    pass made for the project, as (method, resource).
+
+    Only calls on the project's namespace count: the watcher's thread may meanwhile look at
+    namespaces left by earlier tests (orphans it deletes, eagerly, on the shared client).
+    """
     cluster.http.reset()
     world.api.ports = [port]
     world.api.save_changes(actor=None)
     assert in_sync(world.project)
-    return [(call.method, call.path.rsplit("/", 2)[-2]) for call in cluster.http.calls]
+    namespace = f"/namespaces/{world.project.namespace}"
+    return [
+        (call.method, call.path.rsplit("/", 2)[-2])
+        for call in cluster.http.calls
+        if call.path.endswith(namespace) or f"{namespace}/" in call.path
+    ]
 
 
 def test_a_service_deleted_by_hand_comes_back_from_the_watch(
