@@ -12,8 +12,11 @@ becomes active once both namespaces hold their policy). The watcher judges drift
 from __future__ import annotations
 
 import base64
+import hashlib
+import json
 from collections.abc import Collection, Sequence
-from typing import Protocol
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 from django.db.models import Prefetch
 
@@ -27,8 +30,8 @@ from networking.cluster.desired import (
     SecretSpec,
     ServiceSpec,
     build_desired_state,
+    patch_desired_state,
 )
-from networking.cluster.lease import ServiceRow
 from networking.cluster.reconcile import Outcome, Plan, cluster_settings, digest_key
 from networking.cluster.watcher import WatchView
 from networking.models import (
@@ -48,8 +51,23 @@ def reconcile(
     return loop.reconcile(project_id, plan, backend, take_queued=take_queued)
 
 
-def plan(claimed: lease.Claim, services: list[ServiceRow]) -> Plan:
-    """What one pass of the claimed project applies, and what follows once it has."""
+@dataclass(frozen=True)
+class _Built:
+    """What a pass's desired state was built from, kept to patch the next one's
+    (``Plan.built``): everything but the services, and each service's spec by its row's id."""
+
+    inputs: tuple[Any, ...]
+    specs: dict[int, ServiceSpec]
+    desired: DesiredState
+
+
+def plan(claimed: lease.Claim, previous: _Built | None = None) -> Plan:
+    """What one pass of the claimed project applies, and what follows once it has.
+
+    ``previous``: what this worker's last pass of the project built. When only services
+    changed since (``claimed.changed``), its desired state is patched with them instead of
+    built again from every service.
+    """
     project = claimed.project
     aliases = aliases_of(project.pk) if claimed.has_aliases else {}
     given = reference_specs(project.pk) if claimed.has_references else []
@@ -57,7 +75,54 @@ def plan(claimed: lease.Claim, services: list[ServiceRow]) -> Plan:
     specs = _secret_specs(secrets)
     in_flight = peering.in_flight_peerings(project) if claimed.has_peerings else []
     peerings = [p for p in in_flight if p.status in PeeringRequest.CONNECTED]
-    desired = desired_state_for(project, specs, peerings, services, aliases, given)
+    settings = cluster_settings()
+    peer_namespaces = sorted({p.peer_of(project).namespace for p in peerings})
+    inputs = (
+        project.namespace,
+        project.uid,
+        settings,
+        peer_namespaces,
+        aliases,
+        _fingerprint(specs, given),
+    )
+    touched = None
+    if previous is not None and claimed.changed is not None and previous.inputs == inputs:
+        service_specs = dict(previous.specs)
+        removed, added = [], []
+        for row in claimed.changed:
+            spec = _service_spec(row, aliases)
+            before = service_specs.get(row.pk)
+            if spec == before:
+                continue
+            if before is not None:
+                removed.append(before)
+            added.append(spec)
+            service_specs[row.pk] = spec
+        if removed or added:
+            public = [spec.name for spec in service_specs.values() if spec.public]
+            desired, touched = patch_desired_state(
+                previous.desired,
+                project_uid=project.uid,
+                removed=removed,
+                added=added,
+                public=public,
+                settings=settings,
+                secrets=specs,
+                references=given,
+            )
+        else:
+            desired, touched = previous.desired, set()
+    else:
+        service_specs = {row.pk: _service_spec(row, aliases) for row in claimed.services}
+        desired = build_desired_state(
+            namespace=project.namespace,
+            project_uid=project.uid,
+            services=service_specs.values(),
+            settings=settings,
+            secrets=specs,
+            peer_namespaces=peer_namespaces,
+            references=given,
+        )
     # A cluster's error message could quote what was sent: never let a secret value through.
     values = [value for spec in specs for value in spec.environment.values()]
     values += [reference.value for reference in given]
@@ -77,6 +142,34 @@ def plan(claimed: lease.Claim, services: list[ServiceRow]) -> Plan:
         sensitive=sensitive,
         read_cluster=any(secret.rotating for secret in secrets),
         after_apply=after_apply,
+        touched=touched,
+        built=_Built(inputs, service_specs, desired),
+    )
+
+
+def _fingerprint(secrets: list[SecretSpec], given: list[ReferenceSpec]) -> str:
+    """A keyed digest of the shared secrets and reference variables a desired state was built
+    with: what a worker keeps between passes instead of their values."""
+    text = json.dumps(
+        [
+            [
+                [s.name, s.environment, s.version, sorted(s.receivers), s.references]
+                for s in secrets
+            ],
+            [[r.consumer, r.variable, r.value, r.version] for r in given],
+        ],
+        sort_keys=True,
+    )
+    return hashlib.blake2b(text.encode(), digest_size=16, key=digest_key()).hexdigest()
+
+
+def _service_spec(service: _ServiceLike, aliases: dict[str, tuple[str, ...]]) -> ServiceSpec:
+    return ServiceSpec(
+        service.name,
+        service.kind,
+        tuple(service.ports),
+        service.kind == Service.Kind.WEB,
+        aliases.get(service.name, ()),
     )
 
 
@@ -133,20 +226,10 @@ def desired_state_for(
         secrets = _secret_specs(_shared_secrets(project))
     if peerings is None:
         peerings = peering.connected_peerings(project)
-    web = Service.Kind.WEB
     return build_desired_state(
         namespace=project.namespace,
         project_uid=project.uid,
-        services=[
-            ServiceSpec(
-                service.name,
-                service.kind,
-                tuple(service.ports),
-                service.kind == web,
-                aliases.get(service.name, ()),
-            )
-            for service in services
-        ],
+        services=[_service_spec(service, aliases) for service in services],
         settings=cluster_settings(),
         secrets=secrets,
         peer_namespaces=[p.peer_of(project).namespace for p in peerings],

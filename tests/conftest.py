@@ -99,7 +99,11 @@ def pytest_sessionstart(session: pytest.Session) -> None:
 
 @pytest.fixture(autouse=True)
 def _fresh_cache() -> Iterator[None]:
-    """Every test starts with an empty cache (sign-in counters live there)."""
+    """Every test starts with an empty cache (sign-in counters live there), and with workers
+    that remember no pass (a rolled-back test's project ids are taken again)."""
+    from networking.cluster import reconcile
+
+    reconcile.forget()
     yield
     if settings.REDIS_URL:
         import redis

@@ -10,7 +10,7 @@ import base64
 import functools
 import hashlib
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -139,14 +139,27 @@ class DesiredState:
     def of_kind(self, kind: str) -> dict[str, KubeObject]:
         return {name: obj for (k, name), obj in self.objects.items() if k == kind}
 
-    def digests(self, key: bytes) -> dict[str, str]:
+    def digests(self, key: bytes, only: Collection[str] | None = None) -> dict[str, str]:
         """A digest of every object, and of what we own on each workload, by record key.
 
         What a pass records having applied, so the next one can tell what changed without
         reading the cluster. Keyed with a secret ``key``: the Secret's object holds values, and
         an unkeyed digest of a short one could be matched by guessing. The builder always
         inserts fields in the same order, so equal objects encode equally.
+
+        ``only``: just these record keys (those the state does not hold are left out).
         """
+        if only is not None:
+            found = {}
+            for record in only:
+                kind, name = record_key(record)
+                if kind == WORKLOAD_RECORD:
+                    spec = self.workloads.get(name)
+                    if spec is not None and spec.owned:
+                        found[record] = _workload_digest(spec, key)
+                elif (obj := self.objects.get((kind, name))) is not None:
+                    found[record] = _digest(self.encoded.get((kind, name)) or _ENCODE(obj), key)
+            return found
         encoded = self.encoded
         found = {
             f"{kind}/{name}": _digest(encoded.get((kind, name)) or _ENCODE(obj), key)
@@ -154,11 +167,15 @@ class DesiredState:
         }
         for service, spec in self.workloads.items():
             if spec.owned:
-                owned: list[Any] = [spec.annotation, spec.env]
-                if spec.references is not None:  # records made before references stay valid
-                    owned.append(spec.references)
-                found[f"{WORKLOAD_RECORD}/{service}"] = _digest(_ENCODE(owned), key)
+                found[f"{WORKLOAD_RECORD}/{service}"] = _workload_digest(spec, key)
         return found
+
+
+def _workload_digest(spec: WorkloadSpec, key: bytes) -> str:
+    owned: list[Any] = [spec.annotation, spec.env]
+    if spec.references is not None:  # records made before references stay valid
+        owned.append(spec.references)
+    return _digest(_ENCODE(owned), key)
 
 
 def record_key(key: str) -> tuple[str, str]:
@@ -421,19 +438,9 @@ def build_desired_state(
     if secrets or references:
         desired.add(secret_object(namespace, project_uid, secrets, references))
     public = []
-    objects, encoded, workloads = desired.objects, desired.encoded, desired.workloads
     # The loop a thousand-service pass runs a thousand times: kept to lookups.
     for service in sorted(services, key=_by_name):
-        key = ("Service", service.name)
-        objects[key], encoded[key] = _service_object(namespace, project_uid, service, settings)
-        for alias in service.aliases:
-            key = ("Service", alias)
-            objects[key] = alias_object(namespace, project_uid, alias, service, settings)
-        workloads[service.name] = (
-            workload_spec(service.name, secrets, references)
-            if secrets or references
-            else NO_WORKLOAD
-        )
+        _add_service(desired, project_uid, service, settings, secrets, references)
         if service.public:
             public.append(service.name)
     desired.add(isolation_policy(namespace, project_uid))
@@ -442,6 +449,69 @@ def build_desired_state(
     for peer_namespace in sorted(set(peer_namespaces)):
         desired.add(peer_policy(namespace, project_uid, peer_namespace))
     return desired
+
+
+def _add_service(
+    desired: DesiredState,
+    project_uid: str,
+    service: ServiceSpec,
+    settings: ClusterSettings,
+    secrets: Sequence[SecretSpec],
+    references: Sequence[ReferenceSpec],
+) -> None:
+    """A service's objects (its Service, one per old name) and what we own on its workload."""
+    namespace, objects = desired.namespace, desired.objects
+    key = ("Service", service.name)
+    objects[key], desired.encoded[key] = _service_object(namespace, project_uid, service, settings)
+    for alias in service.aliases:
+        objects[("Service", alias)] = alias_object(namespace, project_uid, alias, service, settings)
+    desired.workloads[service.name] = (
+        workload_spec(service.name, secrets, references) if secrets or references else NO_WORKLOAD
+    )
+
+
+def patch_desired_state(
+    previous: DesiredState,
+    *,
+    project_uid: str,
+    removed: Iterable[ServiceSpec],
+    added: Iterable[ServiceSpec],
+    public: Collection[str],
+    settings: ClusterSettings,
+    secrets: Sequence[SecretSpec] = (),
+    references: Sequence[ReferenceSpec] = (),
+) -> tuple[DesiredState, set[str]]:
+    """``previous`` with the services ``removed`` taken out and ``added`` put in, all else
+    (the secrets, references, peers) unchanged: what ``build_desired_state`` would return for
+    the services now, without building the others again. ``public``: the public services now.
+
+    With the record keys of everything that may differ from ``previous``.
+    """
+    desired = DesiredState(
+        namespace=previous.namespace,
+        objects=dict(previous.objects),
+        workloads=dict(previous.workloads),
+        encoded=dict(previous.encoded),
+    )
+    touched: set[str] = set()
+    for service in removed:
+        for name in (service.name, *service.aliases):
+            desired.objects.pop(("Service", name), None)
+            desired.encoded.pop(("Service", name), None)
+            touched.add(f"Service/{name}")
+        desired.workloads.pop(service.name, None)
+        touched.add(f"{WORKLOAD_RECORD}/{service.name}")
+    for service in added:
+        _add_service(desired, project_uid, service, settings, secrets, references)
+        touched.update(f"Service/{name}" for name in (service.name, *service.aliases))
+        touched.add(f"{WORKLOAD_RECORD}/{service.name}")
+    key = ("NetworkPolicy", INGRESS_POLICY)
+    desired.objects.pop(key, None)
+    if public and settings.ingress_namespace:
+        desired.add(ingress_policy(previous.namespace, project_uid, list(public), settings))
+    if desired.objects.get(key) != previous.objects.get(key):
+        touched.add(f"NetworkPolicy/{INGRESS_POLICY}")
+    return desired, touched
 
 
 def _by_name(service: ServiceSpec) -> str:

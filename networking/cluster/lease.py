@@ -74,6 +74,21 @@ class ServiceRow(NamedTuple):
     cluster_ip: str | None
 
 
+class Known(NamedTuple):
+    """What this worker's last pass of the project stored: with it, a claim reads only what
+    changed since (see ``claim``)."""
+
+    # The project's uid (an id is never the same project again, but a rolled-back one may
+    # be taken again).
+    uid: str
+    # The applied record's version it stored, and the digests it stored with it.
+    version: int
+    digests: dict[str, str]
+    # The generation its services were read at, and those services by id.
+    generation: int
+    services: dict[int, ServiceRow]
+
+
 @dataclass
 class Claim:
     """A project claimed for one pass, with what the pass reads first."""
@@ -90,6 +105,9 @@ class Claim:
     watched: bool
     # The project's services.
     services: list[ServiceRow] = field(default_factory=list)
+    # The rows read because they changed since what the worker knew (``Known``): all that
+    # differs from its last pass's services. None: the services were all read afresh.
+    changed: list[ServiceRow] | None = None
 
 
 def _table(model: type[object]) -> str:
@@ -117,7 +135,15 @@ def _claim_sql(vendor: str, take_queued: bool) -> str:
         f"WHERE {q('id')} = %(project)s AND ({q('reconcile_lease_until')} IS NULL "
         f"OR {q('reconcile_lease_until')} <= %(now)s) "
         f"RETURNING {columns}, "
-        f"(SELECT {q('digests')} FROM {record} WHERE {of_project}) AS record_digests, "
+        # The generation as this statement's reads see it: the row returned may be newer (a
+        # change that committed while the UPDATE waited for the row), and its services are
+        # not among what the statement reads.
+        f"(SELECT {q('generation')} FROM {_table(Project)} WHERE {q('id')} = %(project)s) "
+        "AS seen_generation, "
+        f"(SELECT {q('version')} FROM {record} WHERE {of_project}) AS record_version, "
+        # Not sent again when the worker holds that version's digests.
+        f"(SELECT CASE WHEN {q('version')} = %(known_version)s THEN NULL "
+        f"ELSE {q('digests')} END FROM {record} WHERE {of_project}) AS record_digests, "
         f"(SELECT {q('marks')} FROM {record} WHERE {of_project}) AS record_marks, "
         f"(SELECT {q('rolling_out')} FROM {record} WHERE {of_project}) AS record_rolling_out, "
         f"EXISTS (SELECT 1 FROM {_table(SharedSecret)} WHERE {of_project}) AS has_secrets, "
@@ -128,7 +154,8 @@ def _claim_sql(vendor: str, take_queued: bool) -> str:
         f"({q('requester_project_id')} = %(project)s OR {q('target_project_id')} = %(project)s) "
         f"AND {q('status')} IN ({statuses})) AS has_peerings, "
         f"{liveness.watched_sql(vendor)} AS watched, "
-        f"{_services_sql(vendor)} AS service_rows"
+        f"(SELECT count(*) FROM {_table(Service)} WHERE {of_project}) AS service_count, "
+        f"{_services_sql(vendor, changed_only=True)} AS service_rows"
     )
 
 
@@ -137,9 +164,12 @@ def _claim_sql(vendor: str, take_queued: bool) -> str:
 _ROW, _FIELD = "\x1e", "\x1f"
 
 
-def _services_sql(vendor: str) -> str:
+def _services_sql(vendor: str, *, changed_only: bool = False) -> str:
     """The project's services, id, name, kind, ports and ClusterIP each: the pass's second read
     folded into its first (one round trip, whatever the project's size).
+
+    ``changed_only``: only those changed since ``%(known_generation)s`` when the record is
+    still at ``%(known_version)s`` (what the worker knows: ``Known``), else all of them.
 
     One text, not JSON: building a JSON array per row costs PostgreSQL twice as much as the rows
     themselves, and splitting a string is the cheapest parse Python has."""
@@ -155,7 +185,16 @@ def _services_sql(vendor: str) -> str:
         columns[4] = f"coalesce({columns[4]}, '')"
         row = " || char(31) || ".join(columns)
         aggregate = f"group_concat({row}, char(30))"
-    return f"(SELECT {aggregate} FROM {_table(Service)} WHERE {q('project_id')} = %(project)s)"  # noqa: S608
+    where = f"{q('project_id')} = %(project)s"
+    if changed_only:
+        # A row changed in a generation after the one known, or everything when the record
+        # moved on since (another worker's pass, a distrust: its rows may differ too).
+        where += (
+            f" AND ({q('changed_generation')} > %(known_generation)s OR "  # noqa: S608
+            f"COALESCE((SELECT {q('version')} FROM {_table(AppliedRecord)} "
+            f"WHERE {q('project_id')} = %(project)s), -1) <> %(known_version)s)"
+        )
+    return f"(SELECT {aggregate} FROM {_table(Service)} WHERE {where})"  # noqa: S608
 
 
 @functools.lru_cache(maxsize=4096)
@@ -172,11 +211,21 @@ def _service_rows(stored: str | None) -> list[ServiceRow]:
     return rows
 
 
-def claim(project_id: int, *, take_queued: bool = False) -> Claim | None:
+def claim(
+    project_id: int, *, take_queued: bool = False, known: Known | None = None
+) -> Claim | None:
     """Take the project's lease if nobody holds it (or the holder's lease lapsed).
 
     ``take_queued``: the caller is the project's queued message, so the next change may queue
     another (``Project.take_queued_reconcile``), said in the same statement.
+
+    ``known``: what this worker's last pass of the project stored. While the record is still
+    at its version, nobody else has written the record or the services' ClusterIPs since, and
+    every change to what a service should be (created, renamed, new ports) moved the service's
+    ``changed_generation`` on in the transaction that moved the project's generation: so the
+    services are those known with the rows changed since read again (``Claim.changed``), and a
+    change to one service of a thousand reads one row and no digests. A service deleted since
+    shows as a count that does not add up: then they are all read.
     """
     token = secrets.token_hex(16)
     now = timezone.now()
@@ -186,6 +235,8 @@ def claim(project_id: int, *, take_queued: bool = False) -> Claim | None:
         "token": token,
         "project": project_id,
         "now": adapt(now),
+        "known_version": known.version if known is not None else -1,
+        "known_generation": known.generation if known is not None else -1,
         **liveness.watched_params(),
         **{f"status_{index}": status for index, status in enumerate(PeeringRequest.IN_FLIGHT)},
     }
@@ -196,14 +247,38 @@ def claim(project_id: int, *, take_queued: bool = False) -> Claim | None:
         return None
     project = rows[0]
     live.moved([project_id])
+    # The pass applies what the statement read, no newer: the loop passes again for the rest.
+    project.generation = min(project.generation, project.seen_generation)  # type: ignore[attr-defined]
     digests = getattr(project, "record_digests", None)
     marks = getattr(project, "record_marks", None)
+    version = getattr(project, "record_version", None)
+    # Read, not defaulted: a claim without its services must fail, never mean "none".
+    read = _service_rows(project.service_rows)  # type: ignore[attr-defined]
+    services, changed = read, None
     record = None
     if marks is not None:
+        if known is not None and version == known.version:
+            if known.uid != project.uid:
+                # Another project under a reused id: nothing known holds.
+                services = _service_rows(_all_service_rows(project_id))
+                digests = (
+                    AppliedRecord.objects.filter(project_id=project_id)
+                    .values_list("digests", flat=True)
+                    .get()
+                )
+            else:
+                digests = known.digests
+                merged = {**known.services, **{row.pk: row for row in read}}
+                if len(merged) == project.service_count:  # type: ignore[attr-defined]
+                    services, changed = list(merged.values()), read
+                else:
+                    # One was deleted since: which, the rows alone can say.
+                    services = _service_rows(_all_service_rows(project_id))
         record = AppliedRecord(
             project_id=project_id,
             digests=json.loads(digests) if isinstance(digests, str) else digests,
             marks=marks,
+            version=version or 0,
             rolling_out=bool(getattr(project, "record_rolling_out", False)),
         )
     return Claim(
@@ -215,9 +290,16 @@ def claim(project_id: int, *, take_queued: bool = False) -> Claim | None:
         has_references=bool(getattr(project, "has_references", True)),
         has_peerings=bool(getattr(project, "has_peerings", True)),
         watched=bool(getattr(project, "watched", False)),
-        # Read, not defaulted: a claim without its services must fail, never mean "none".
-        services=_service_rows(project.service_rows),  # type: ignore[attr-defined]
+        services=services,
+        changed=changed,
     )
+
+
+def _all_service_rows(project_id: int) -> str | None:
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT {_services_sql(connection.vendor)}", {"project": project_id})
+        (stored,) = cursor.fetchone()
+    return stored  # type: ignore[no-any-return]
 
 
 def release(project_id: int, token: str) -> None:

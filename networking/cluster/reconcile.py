@@ -26,7 +26,9 @@ changed (one request each), the applied generation (one statement). Everything e
 from __future__ import annotations
 
 import functools
+import json
 import logging
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -34,8 +36,9 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from django.conf import settings
-from django.db import transaction
+from django.db import connection, transaction
 from django.db.models import F, Q
+from django.db.models.expressions import RawSQL
 from django.utils import timezone
 from django.utils.crypto import salted_hmac
 
@@ -44,6 +47,7 @@ from networking.cluster import lease
 from networking.cluster.backend_choice import get_backend
 from networking.cluster.backends import ApplyResult, Backend
 from networking.cluster.desired import (
+    Changes,
     ClusterSettings,
     DesiredState,
     WorkloadSpec,
@@ -98,10 +102,61 @@ class Plan:
     # Called once the pass has applied, with the services whose workloads still roll out
     # (None when the pass did not look at workloads); seconds until the next look, if any.
     after_apply: Callable[[ApplyResult, set[str] | None], float | None] = _nothing_follows
+    # When the desired state was patched from the last pass's (``Memory.built``): the record
+    # keys ("Kind/name") of everything that may differ from it. None: built whole.
+    touched: set[str] | None = None
+    # What the planner keeps for patching the next pass's desired state (``Memory.built``).
+    built: Any = None
 
 
-# The domain's part of a pass: its plan, from the claim and the services' rows.
-Planner = Callable[[lease.Claim, list[ServiceRow]], Plan]
+# The domain's part of a pass: its plan, from the claim (with the services' rows) and what the
+# planner kept from this worker's last pass of the project (None: nothing, build it whole).
+Planner = Callable[[lease.Claim, Any], Plan]
+
+
+@dataclass
+class Memory:
+    """What this worker's last pass of a project stored, to start the next from.
+
+    A change to one service of a thousand then reads one row (``lease.claim``), rebuilds and
+    digests that service's objects and compares only those with the record: the pass costs
+    what it changes, not what the project holds. Valid while the record is at ``version``,
+    which the claim checks; a failed pass forgets it.
+    """
+
+    uid: str
+    version: int
+    digests: dict[str, str]
+    generation: int
+    services: dict[int, ServiceRow]
+    built: Any
+
+
+# By project id; the projects a worker passed most recently (a thousand-service project's
+# memory is a few hundred kilobytes, most of it shared with the builder's caches).
+MEMORY_PROJECTS = 64
+_memory: dict[int, Memory] = {}
+_memory_lock = threading.Lock()
+
+
+def _remember(project_id: int, memory: Memory) -> None:
+    with _memory_lock:
+        _memory.pop(project_id, None)
+        _memory[project_id] = memory
+        while len(_memory) > MEMORY_PROJECTS:
+            del _memory[next(iter(_memory))]
+
+
+def _recall(project_id: int) -> Memory | None:
+    """Taken, not read: a pass that fails leaves no memory behind."""
+    with _memory_lock:
+        return _memory.pop(project_id, None)
+
+
+def forget() -> None:
+    """Forget every project's last pass (each next pass reads its services afresh)."""
+    with _memory_lock:
+        _memory.clear()
 
 
 def cluster_settings() -> ClusterSettings:
@@ -158,7 +213,15 @@ def reconcile(
     """
     outcome = Outcome("busy")
     for _ in range(MAX_PASSES):
-        claimed = lease.claim(project_id, take_queued=take_queued)
+        memory = _recall(project_id)
+        known = (
+            lease.Known(
+                memory.uid, memory.version, memory.digests, memory.generation, memory.services
+            )
+            if memory is not None
+            else None
+        )
+        claimed = lease.claim(project_id, take_queued=take_queued, known=known)
         take_queued = False
         if claimed is None:
             exists, remaining = lease.holder_lease_until(project_id)
@@ -168,7 +231,12 @@ def reconcile(
             return Outcome("busy", generation=outcome.generation, lease_remaining=remaining)
         with live.deferred(), lease.renewed(project_id, claimed.token):
             try:
-                outcome = _one_pass(claimed, planner, backend or get_backend())
+                outcome = _one_pass(
+                    claimed,
+                    planner,
+                    backend or get_backend(),
+                    memory.built if memory is not None else None,
+                )
             except ReconcileFailed:
                 raise
             except Exception:
@@ -189,14 +257,14 @@ def reconcile(
     return outcome
 
 
-def _one_pass(claimed: lease.Claim, planner: Planner, backend: Backend) -> Outcome:
+def _one_pass(claimed: lease.Claim, planner: Planner, backend: Backend, built: Any) -> Outcome:
     project = claimed.project
     generation = project.generation
     services = claimed.services
-    plan = planner(claimed, services)
+    plan = planner(claimed, built)
     desired, sensitive = plan.desired, plan.sensitive
-    digests = desired.digests(digest_key())
     record = claimed.record or _new_record(project)
+    digests, changes = _digests_and_changes(desired, record.digests, plan.touched)
     # Read the cluster when the record cannot be trusted (never made, distrusted, or no watcher
     # to distrust it), and while workloads roll out (a rotation waits on them; the dashboard
     # shows how far they are).
@@ -206,15 +274,14 @@ def _one_pass(claimed: lease.Claim, planner: Planner, backend: Backend) -> Outco
         if full:
             result = backend.apply(desired)
         else:
-            assert record.digests is not None
-            changes = changes_since(record.digests, digests)
+            assert changes is not None
             result = backend.apply_changes(desired, changes)
     except ClusterError as error:
         raise ReconcileFailed(
             error.redacted(sensitive), generation=generation, changes=[], started_at=started_at
         ) from None
 
-    _record_services(project.pk, services, result)
+    services, services_changed = _record_services(project.pk, services, result)
     if result.errors:
         permanent = [error for error in result.errors if not error.transient]
         raise ReconcileFailed(
@@ -246,7 +313,29 @@ def _one_pass(claimed: lease.Claim, planner: Planner, backend: Backend) -> Outco
         rolling_out = any(
             not status.rolled_out for name, status in result.workloads.items() if name in names
         )
-    _store_record(project, generation, record, digests, rolling_out, result=result, at=started_at)
+    version = _store_record(
+        project,
+        generation,
+        record,
+        digests,
+        rolling_out,
+        result=result,
+        at=started_at,
+        services_changed=services_changed,
+        touched=plan.touched,
+    )
+    if version is not None:
+        _remember(
+            project.pk,
+            Memory(
+                uid=project.uid,
+                version=version,
+                digests=digests,
+                generation=generation,
+                services={row.pk: row for row in services},
+                built=plan.built,
+            ),
+        )
     if result.changes:
         logger.info(
             "Applied generation %s of project %s: %s",
@@ -262,15 +351,41 @@ def _one_pass(claimed: lease.Claim, planner: Planner, backend: Backend) -> Outco
     )
 
 
-def _record_services(project_id: int, services: list[ServiceRow], result: ApplyResult) -> None:
-    """Store what the cluster assigned (ClusterIPs) and reported (workloads) that changed."""
+def _digests_and_changes(
+    desired: DesiredState, recorded: dict[str, str] | None, touched: set[str] | None
+) -> tuple[dict[str, str], Changes | None]:
+    """The desired state's digests, and what differs from the record (None without one).
+
+    ``touched``: the record keys the planner may have changed since the last pass, whose
+    digests the record holds (``Plan.touched``): only those are digested and compared.
+    """
+    key = digest_key()
+    if touched is None or recorded is None:
+        digests = desired.digests(key)
+        return digests, changes_since(recorded, digests) if recorded is not None else None
+    now = desired.digests(key, only=touched)
+    digests = {name: digest for name, digest in recorded.items() if name not in touched}
+    digests.update(now)
+    before = {name: recorded[name] for name in touched if name in recorded}
+    return digests, changes_since(before, now)
+
+
+def _record_services(
+    project_id: int, services: list[ServiceRow], result: ApplyResult
+) -> tuple[list[ServiceRow], bool]:
+    """Store what the cluster assigned (ClusterIPs) and reported (workloads) that changed.
+
+    The services' rows as they are now, and whether a ClusterIP changed.
+    """
     changed_ips = []
+    rows = []
     for service in services:
         cluster_ip = result.cluster_ips.get(service.name, None)
-        if not result.verified and cluster_ip is None:
-            continue  # not read: what was recorded still holds
-        if service.cluster_ip != cluster_ip:
+        if (result.verified or cluster_ip is not None) and service.cluster_ip != cluster_ip:
+            # (Not read, no address: what was recorded still holds.)
             changed_ips.append(Service(pk=service.pk, cluster_ip=cluster_ip))
+            service = service._replace(cluster_ip=cluster_ip)
+        rows.append(service)
     changed_workloads = []
     if result.all_workloads:
         stored = Service.objects.filter(pk__in=[service.pk for service in services])
@@ -280,14 +395,17 @@ def _record_services(project_id: int, services: list[ServiceRow], result: ApplyR
             if workload != now:
                 changed_workloads.append(Service(pk=pk, workload=now))
     if not changed_ips and not changed_workloads:
-        return
+        return rows, False
     with transaction.atomic():
         if changed_ips:
             Service.objects.bulk_update(changed_ips, ["cluster_ip"])
+            # Another worker's memory of these rows no longer holds (``lease.claim``).
+            AppliedRecord.objects.filter(project_id=project_id).update(version=F("version") + 1)
         if changed_workloads:
             Service.objects.bulk_update(changed_workloads, ["workload"])
         changed = {service.pk for service in changed_ips + changed_workloads}
         Project.touch_services(project_id, Service.objects.filter(pk__in=changed))
+    return rows, bool(changed_ips)
 
 
 def _new_record(project: Project) -> AppliedRecord:
@@ -349,14 +467,47 @@ def _store_record(
     *,
     result: ApplyResult,
     at: float,
-) -> None:
-    """Store what the pass applied, for the next one to compare with; and the history."""
+    services_changed: bool = False,
+    touched: set[str] | None = None,
+) -> int | None:
+    """Store what the pass applied, for the next one to compare with; and the history.
+
+    ``touched``: the only record keys that can differ from the stored record (``Plan.touched``):
+    on PostgreSQL only those are sent, merged into the stored ones.
+
+    The record's version now, if it holds what this pass applied (None: it was distrusted or
+    written meanwhile, and the next pass reads everything).
+    """
+    # ``_record_services`` moved the version on: ours, unless another write came too.
+    expected = record.version + 1 if services_changed else record.version
+    version: int | None = expected
     with transaction.atomic():
         if digests != record.digests or rolling_out != record.rolling_out:
-            # Unless the record was distrusted meanwhile: then the next pass reads everything.
-            AppliedRecord.objects.filter(project_id=project.pk, marks=record.marks).update(
-                digests=digests, rolling_out=rolling_out
+            written: Any = digests
+            if (
+                touched is not None
+                and record.digests is not None
+                and connection.vendor == ("postgresql")
+            ):
+                column = connection.ops.quote_name("digests")
+                written = RawSQL(  # noqa: S611 (a quoted column name; values are parameters)
+                    f"({column} || %s::jsonb) - %s::text[]",
+                    (
+                        json.dumps({key: digests[key] for key in touched if key in digests}),
+                        [key for key in touched if key not in digests],
+                    ),
+                )
+            # Unless the record was distrusted or written meanwhile (its version moved on):
+            # then the next pass reads everything.
+            stored = AppliedRecord.objects.filter(project_id=project.pk, version=expected).update(
+                digests=written, rolling_out=rolling_out, version=F("version") + 1
             )
+            version = expected + 1 if stored else None
+        elif (
+            services_changed
+            and not AppliedRecord.objects.filter(project_id=project.pk, version=expected).exists()
+        ):
+            version = None
         if result.changes:
             ApplyAttempt.record(
                 project=project,
@@ -366,6 +517,7 @@ def _store_record(
                 result=ApplyAttempt.Result.APPLIED,
                 changes=result.changes,
             )
+    return version
 
 
 def _still_rolling_out(desired: DesiredState, result: ApplyResult) -> set[str]:

@@ -482,6 +482,9 @@ class Service(models.Model):
             # A service of a sort (the oldest database, a non-web service) in a project of any
             # size: an index range, not a scan of every service.
             models.Index(fields=["project", "kind", "id"], name="services_by_kind"),
+            # The services a generation changed (a pass's delta; rows turning "applied"): an
+            # index range at any project size.
+            models.Index(fields=["project", "changed_generation"], name="services_by_change"),
         ]
 
     def __str__(self) -> str:

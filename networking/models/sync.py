@@ -37,6 +37,10 @@ class AppliedRecord(models.Model):
     )
     digests = models.JSONField(null=True, blank=True, default=None)
     marks = models.PositiveBigIntegerField(default=0)
+    # Moved on by every write of the record (and of the services' recorded ClusterIPs): a
+    # worker that stored version N and still finds N knows the record, and the services'
+    # rows but those changed since, without reading them again (``lease.claim``).
+    version = models.PositiveBigIntegerField(default=0)
     # Some service's workload was rolling out when a pass last read the workloads: until one
     # sees them all rolled out, every pass reads them (a rotation waits on them).
     rolling_out = models.BooleanField(default=False)
@@ -48,7 +52,7 @@ class AppliedRecord(models.Model):
     def distrust(cls, project_ids: Iterable[int]) -> int:
         """The cluster may differ from these projects' records: their next passes read it."""
         return cls.objects.filter(project_id__in=list(project_ids)).update(
-            digests=None, marks=F("marks") + 1
+            digests=None, marks=F("marks") + 1, version=F("version") + 1
         )
 
 

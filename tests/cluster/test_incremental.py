@@ -1,0 +1,229 @@
+"""A change's pass starts from what this worker's last pass of the project stored: it reads the
+services that changed since, patches the desired state with them, and digests and compares
+only those. What it applies and records must be exactly what a worker that remembers nothing
+would: each step here checks the record against a desired state built whole, and the cluster
+against the rows."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from django.db import connection, transaction
+
+from networking import passes as reconciler
+from networking.cluster import lease, liveness
+from networking.cluster import reconcile as loop
+from networking.cluster.desired import INGRESS_POLICY
+from networking.cluster.reconcile import digest_key
+from networking.models import AppliedRecord, Project, Service
+from tests.cluster_fixtures import Cluster
+from tests.conftest import World
+from tests.waiting import wait_until
+
+
+@pytest.fixture
+def claims(monkeypatch: pytest.MonkeyPatch) -> list[lease.Claim]:
+    """Every claim the passes make, as they got it."""
+    seen: list[lease.Claim] = []
+    real = lease.claim
+
+    def spy(*args: Any, **kwargs: Any) -> lease.Claim | None:
+        claimed = real(*args, **kwargs)
+        if claimed is not None:
+            seen.append(claimed)
+        return claimed
+
+    monkeypatch.setattr(lease, "claim", spy)
+    return seen
+
+
+def read_again(claimed: lease.Claim) -> list[str] | None:
+    """The names of the services the claim read because they changed (None: it read all)."""
+    return None if claimed.changed is None else sorted(row.name for row in claimed.changed)
+
+
+def recorded_as_built_whole(project: Project) -> None:
+    """The record holds what a pass that builds the desired state from every row records."""
+    whole = reconciler.desired_state_for(Project.objects.get(pk=project.pk))
+    stored = AppliedRecord.objects.get(project_id=project.pk).digests
+    assert stored == whole.digests(digest_key())
+
+
+def ports(cluster: Cluster, project: Project) -> dict[str, list[int]]:
+    return {
+        name: [port.port for port in service.spec.ports]
+        for name, service in cluster.services(project.namespace).items()
+    }
+
+
+def add(project: Project, display_name: str, kind: str, ports: list[int]) -> Service:
+    service = Service(project=project, display_name=display_name, kind=kind, ports=ports)
+    service.full_clean(exclude=["name"])
+    service.create(actor=None)
+    return service
+
+
+def rename(service: Service, display_name: str, **kwargs: Any) -> None:
+    """As the edit page does: the new name derived from the display name, then saved."""
+    service.display_name = display_name
+    service.full_clean(exclude=["name"])
+    service.save_changes(actor=None, **kwargs)
+
+
+def test_each_change_reads_what_changed_and_records_what_a_whole_build_would(
+    cluster: Cluster, world: World, watched: liveness.Signal, claims: list[lease.Claim]
+) -> None:
+    project = world.project
+    workers = [add(project, f"w{index:02d}", Service.Kind.PRIVATE, [3000]) for index in range(12)]
+    reconciler.reconcile(project.pk)
+    assert read_again(claims[-1]) is None  # nothing known yet: every row
+    recorded_as_built_whole(project)
+
+    # New ports: that row alone, and one Service written.
+    workers[3].ports = [4000]
+    workers[3].save_changes(actor=None)
+    cluster.http.reset()
+    reconciler.reconcile(project.pk)
+    assert read_again(claims[-1]) == ["w03"]
+    assert [call.method for call in cluster.http.calls] == ["PATCH"]
+    assert ports(cluster, project)["w03"] == [4000]
+    recorded_as_built_whole(project)
+
+    # A rename: the old Service goes, the new one comes.
+    rename(workers[4], "Queue")
+    reconciler.reconcile(project.pk)
+    assert read_again(claims[-1]) == ["queue"]
+    assert "queue" in ports(cluster, project) and "w04" not in ports(cluster, project)
+    recorded_as_built_whole(project)
+
+    # A new public web service: its Service, and the ingress policy now names it.
+    add(project, "Site", Service.Kind.WEB, [8080])
+    reconciler.reconcile(project.pk)
+    assert read_again(claims[-1]) == ["site"]
+    ingress = cluster.policies(project.namespace)[INGRESS_POLICY]
+    assert "site" in ingress.spec.pod_selector.match_expressions[0].values
+    recorded_as_built_whole(project)
+
+    # A rename that keeps the old name resolving (an alias: not only services changed).
+    rename(workers[5], "Mailer", keep_old_name_for=timedelta(days=1))
+    reconciler.reconcile(project.pk)
+    assert {"mailer", "w05"} <= set(ports(cluster, project))
+    recorded_as_built_whole(project)
+
+    # A deletion: the rows that are left do not add up to those known, so all are read.
+    workers[6].remove(actor=None)
+    reconciler.reconcile(project.pk)
+    assert read_again(claims[-1]) is None
+    assert "w06" not in ports(cluster, project)
+    recorded_as_built_whole(project)
+
+    # A shared secret given to one more service.
+    world.secret.change_receivers([world.api, workers[7]], None, actor=None)
+    reconciler.reconcile(project.pk)
+    recorded_as_built_whole(project)
+
+    # Nothing changed: no row read, no call.
+    cluster.http.reset()
+    assert reconciler.reconcile(project.pk).changes == []
+    assert read_again(claims[-1]) == []
+    assert cluster.http.calls == []
+
+    # And a pass that reads the whole namespace finds nothing to write.
+    AppliedRecord.distrust([project.pk])
+    cluster.http.reset()
+    assert reconciler.reconcile(project.pk).changes == []
+    assert cluster.http.writes == []
+
+
+def test_what_a_worker_knows_is_dropped_once_another_worker_passed_the_project(
+    cluster: Cluster, world: World, watched: liveness.Signal, claims: list[lease.Claim]
+) -> None:
+    """Worker A passes; worker B (knowing nothing) changes api's ports and passes; A, back,
+    must not patch from its own memory (where api still has its old ports), or putting the
+    ports back would look like no change to it."""
+    project, api = world.project, world.api
+    reconciler.reconcile(project.pk)
+    worker_a = dict(loop._memory)
+
+    loop.forget()  # worker B
+    api.ports = [9000]
+    api.save_changes(actor=None)
+    reconciler.reconcile(project.pk)
+    assert ports(cluster, project)["api"] == [9000]
+
+    loop._memory.clear()
+    loop._memory.update(worker_a)  # worker A again
+    api.ports = [8080]
+    api.save_changes(actor=None)
+    reconciler.reconcile(project.pk)
+    assert read_again(claims[-1]) is None
+    assert ports(cluster, project)["api"] == [8080]
+    recorded_as_built_whole(project)
+
+
+@pytest.fixture
+def concurrent(transactional_db: Any) -> Iterator[list[threading.Thread]]:
+    threads: list[threading.Thread] = []
+    yield threads
+    for thread in threads:
+        thread.join(30)
+
+
+def test_a_change_committed_while_the_claim_waits_for_the_row_gets_its_own_pass(
+    cluster: Cluster,
+    world: World,
+    watched: liveness.Signal,
+    concurrent: list[threading.Thread],
+) -> None:
+    """The claim's UPDATE waits for a transaction holding the project's row (a change being
+    saved). Once it commits, the row the claim returns has the new generation, but what the
+    statement read of the services is from before: the pass applies what it read, calls that
+    its generation, and the next pass applies the change."""
+    project = world.project
+    reconciler.reconcile(project.pk)
+    changing, commit = threading.Event(), threading.Event()
+
+    def save_new_ports() -> None:
+        try:
+            with transaction.atomic():
+                api = Service.objects.get(pk=world.api.pk)
+                api.ports = [9090]
+                api.save_changes(actor=None)  # holds the project's row until the commit
+                changing.set()
+                assert commit.wait(30)
+        finally:
+            connection.close()
+
+    def reconcile() -> None:
+        try:
+            reconciler.reconcile(project.pk)
+        finally:
+            connection.close()
+
+    concurrent.append(threading.Thread(target=save_new_ports))
+    concurrent[-1].start()
+    assert changing.wait(30)
+    concurrent.append(threading.Thread(target=reconcile))
+    concurrent[-1].start()
+
+    def claim_waits_for_the_row() -> bool:
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                "AND wait_event_type = 'Lock' AND query LIKE 'UPDATE %%reconcile_lease_until%%'"
+            )
+            (waiting,) = cursor.fetchone()
+        return bool(waiting)
+
+    wait_until(claim_waits_for_the_row, "the claim to wait for the project's row")
+    commit.set()
+    for thread in concurrent:
+        thread.join(30)
+    stored = Project.objects.get(pk=project.pk)
+    assert stored.applied_generation == stored.generation
+    assert ports(cluster, project)["api"] == [9090]
+    recorded_as_built_whole(project)
