@@ -38,7 +38,7 @@ import json
 import logging
 import secrets
 import threading
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -81,12 +81,103 @@ class Known(NamedTuple):
     # The project's uid (an id is never the same project again, but a rolled-back one may
     # be taken again).
     uid: str
-    # The applied record's version it stored, and the digests it stored with it.
+    # The record's version then, and its digests at that version.
     version: int
     digests: dict[str, str]
     # The generation its services were read at, and those services by id.
     generation: int
     services: dict[int, ServiceRow]
+
+
+# How many writes the record remembers (``AppliedRecord.written``).
+WRITTEN_KEPT = 32
+# Up to this many services, a project's digests come with the claim whenever the worker does
+# not know them all (about 60 bytes each).
+INLINE_SERVICES = 100
+
+
+class Recorded:
+    """The applied record as a pass reads it: what the last pass applied, a digest per object.
+
+    Every digest comes with the claim, or from what the worker knows; or a pass asks for
+    those it needs (``of``): a change to one service of a thousand reads its own digests and
+    those other workers wrote since, not a thousand.
+    """
+
+    def __init__(
+        self,
+        project_id: int,
+        *,
+        trusted: bool,
+        version: int = 0,
+        written: list[Any] | None = None,
+        rolling_out: bool = False,
+        digests: dict[str, str] | None = None,
+    ) -> None:
+        self.project_id = project_id
+        # False before the first pass and once distrusted: there are no digests to compare.
+        self.trusted = trusted
+        self.version = version
+        self.written: list[Any] = written or []
+        self.rolling_out = rolling_out
+        self._all = digests if trusted else None
+
+    def known(self) -> dict[str, str] | None:
+        """Every digest, if known without reading."""
+        return self._all
+
+    def all(self) -> dict[str, str] | None:
+        """Every digest (None when not trusted)."""
+        if self._all is None and self.trusted:
+            stored = (
+                AppliedRecord.objects.filter(project_id=self.project_id)
+                .values_list("digests", flat=True)
+                .first()
+            )
+            self._all = stored if isinstance(stored, dict) else None
+            self.trusted = self._all is not None
+        return self._all
+
+    def of(self, keys: Collection[str]) -> dict[str, str]:
+        """The digests of these record keys (of those the record has)."""
+        if self._all is not None or not self.trusted:
+            every = self._all or {}
+            return {key: every[key] for key in keys if key in every}
+        if not keys:
+            return {}
+        each = "jsonb_each_text" if connection.vendor == "postgresql" else "json_each"
+        q = connection.ops.quote_name
+        placeholders = ", ".join(["%s"] * len(keys))
+        with connection.cursor() as cursor:
+            # Only quoted identifiers go into the text; the keys are parameters.
+            cursor.execute(
+                f"SELECT d.key, d.value FROM {_table(AppliedRecord)} r, "  # noqa: S608
+                f"{each}(r.{q('digests')}) d "
+                f"WHERE r.{q('project_id')} = %s AND d.key IN ({placeholders})",
+                [self.project_id, *keys],
+            )
+            return dict(cursor.fetchall())
+
+    def written_since(self, version: int) -> tuple[set[str] | None, bool]:
+        """The record keys written after ``version`` (None: any may have been), and whether a
+        ClusterIP was recorded meanwhile (or may have been)."""
+        if version == self.version:
+            return set(), False
+        entries = {entry[0]: entry for entry in self.written}
+        keys: set[str] = set()
+        addresses = False
+        for moved in range(version + 1, self.version + 1):
+            entry = entries.get(moved)
+            if entry is None or entry[1] is None:
+                return None, True
+            keys.update(entry[1])
+            addresses = addresses or bool(entry[2])
+        return keys, addresses
+
+    def logged(self, version: int, keys: Collection[str] | None, addresses: bool) -> list[Any]:
+        """``written`` with a write at ``version`` added."""
+        entry = [version, sorted(keys) if keys is not None else None, addresses]
+        return [*self.written, entry][-WRITTEN_KEPT:]
 
 
 @dataclass
@@ -96,7 +187,7 @@ class Claim:
     token: str
     project: Project
     # None before the project's first pass: the pass makes it.
-    record: AppliedRecord | None
+    record: Recorded | None
     has_secrets: bool
     has_aliases: bool
     has_references: bool
@@ -108,6 +199,9 @@ class Claim:
     # The rows read because they changed since what the worker knew (``Known``): all that
     # differs from its last pass's services. None: the services were all read afresh.
     changed: list[ServiceRow] | None = None
+    # The record keys other workers' passes wrote since the worker's (None: any, or it knew
+    # nothing): its digests of all others are the record's.
+    written_since: set[str] | None = None
 
 
 def _table(model: type[object]) -> str:
@@ -141,10 +235,16 @@ def _claim_sql(vendor: str, take_queued: bool) -> str:
         f"(SELECT {q('generation')} FROM {_table(Project)} WHERE {q('id')} = %(project)s) "
         "AS seen_generation, "
         f"(SELECT {q('version')} FROM {record} WHERE {of_project}) AS record_version, "
-        # Not sent again when the worker holds that version's digests.
-        f"(SELECT CASE WHEN {q('version')} = %(known_version)s THEN NULL "
-        f"ELSE {q('digests')} END FROM {record} WHERE {of_project}) AS record_digests, "
-        f"(SELECT {q('marks')} FROM {record} WHERE {of_project}) AS record_marks, "
+        f"(SELECT {q('written')} FROM {record} WHERE {of_project}) AS record_written, "
+        f"(SELECT {q('digests')} IS NOT NULL FROM {record} WHERE {of_project}) "
+        "AS record_trusted, "
+        # Not sent to a worker that knows them, nor, in a large project, to one that knows an
+        # older version (it reads those written since: ``Recorded.of``). A small project's
+        # come along: cheaper than another round trip.
+        f"(SELECT CASE WHEN {q('version')} = %(known_version)s OR (%(known_version)s >= 0 "
+        f"AND (SELECT count(*) FROM {_table(Service)} WHERE {of_project}) > %(inline)s) "
+        f"THEN NULL ELSE {q('digests')} END FROM {record} WHERE {of_project}) "
+        "AS record_digests, "
         f"(SELECT {q('rolling_out')} FROM {record} WHERE {of_project}) AS record_rolling_out, "
         f"EXISTS (SELECT 1 FROM {_table(SharedSecret)} WHERE {of_project}) AS has_secrets, "
         f"EXISTS (SELECT 1 FROM {_table(ServiceAlias)} WHERE {of_project}) AS has_aliases, "
@@ -168,8 +268,8 @@ def _services_sql(vendor: str, *, changed_only: bool = False) -> str:
     """The project's services, id, name, kind, ports and ClusterIP each: the pass's second read
     folded into its first (one round trip, whatever the project's size).
 
-    ``changed_only``: only those changed since ``%(known_generation)s`` when the record is
-    still at ``%(known_version)s`` (what the worker knows: ``Known``), else all of them.
+    ``changed_only``: only those changed after ``%(known_generation)s`` (-1: all of them)
+    while the record is trusted.
 
     One text, not JSON: building a JSON array per row costs PostgreSQL twice as much as the rows
     themselves, and splitting a string is the cheapest parse Python has."""
@@ -187,12 +287,12 @@ def _services_sql(vendor: str, *, changed_only: bool = False) -> str:
         aggregate = f"group_concat({row}, char(30))"
     where = f"{q('project_id')} = %(project)s"
     if changed_only:
-        # A row changed in a generation after the one known, or everything when the record
-        # moved on since (another worker's pass, a distrust: its rows may differ too).
+        # Or all of them while the record is not trusted: a pass that reads the cluster
+        # reads the rows afresh too (whatever may have written them).
         where += (
             f" AND ({q('changed_generation')} > %(known_generation)s OR "  # noqa: S608
-            f"COALESCE((SELECT {q('version')} FROM {_table(AppliedRecord)} "
-            f"WHERE {q('project_id')} = %(project)s), -1) <> %(known_version)s)"
+            f"COALESCE((SELECT {q('digests')} IS NULL FROM {_table(AppliedRecord)} "
+            f"WHERE {q('project_id')} = %(project)s), TRUE))"
         )
     return f"(SELECT {aggregate} FROM {_table(Service)} WHERE {where})"  # noqa: S608
 
@@ -219,13 +319,17 @@ def claim(
     ``take_queued``: the caller is the project's queued message, so the next change may queue
     another (``Project.take_queued_reconcile``), said in the same statement.
 
-    ``known``: what this worker's last pass of the project stored. While the record is still
-    at its version, nobody else has written the record or the services' ClusterIPs since, and
-    every change to what a service should be (created, renamed, new ports) moved the service's
-    ``changed_generation`` on in the transaction that moved the project's generation: so the
-    services are those known with the rows changed since read again (``Claim.changed``), and a
-    change to one service of a thousand reads one row and no digests. A service deleted since
-    shows as a count that does not add up: then they are all read.
+    ``known``: what this worker's last pass of the project stored. Every change to what a
+    service should be (created, renamed, new ports) moves the service's ``changed_generation``
+    on in the transaction that moves the project's generation, so the services are those
+    known with the rows changed since read again (``Claim.changed``); a service deleted since
+    shows as a count that does not add up, and then they are all read. The rest of a row (its
+    ClusterIP) only passes write, and they log it in the record (``AppliedRecord.written``),
+    as they log the record keys they wrote: so the worker's digests hold for every key but
+    those (``Claim.written_since``), whichever worker passed meanwhile. A change to one
+    service of a thousand reads one row, and the digests of what changed. A record that is not
+    trusted (distrusted: the cluster may differ) has its pass read everything afresh, the
+    rows included.
     """
     token = secrets.token_hex(16)
     now = timezone.now()
@@ -237,6 +341,7 @@ def claim(
         "now": adapt(now),
         "known_version": known.version if known is not None else -1,
         "known_generation": known.generation if known is not None else -1,
+        "inline": INLINE_SERVICES,
         **liveness.watched_params(),
         **{f"status_{index}": status for index, status in enumerate(PeeringRequest.IN_FLIGHT)},
     }
@@ -249,38 +354,46 @@ def claim(
     live.moved([project_id])
     # The pass applies what the statement read, no newer: the loop passes again for the rest.
     project.generation = min(project.generation, project.seen_generation)  # type: ignore[attr-defined]
-    digests = getattr(project, "record_digests", None)
-    marks = getattr(project, "record_marks", None)
-    version = getattr(project, "record_version", None)
     # Read, not defaulted: a claim without its services must fail, never mean "none".
     read = _service_rows(project.service_rows)  # type: ignore[attr-defined]
-    services, changed = read, None
+    services, changed, since = read, None, None
     record = None
-    if marks is not None:
-        if known is not None and version == known.version:
-            if known.uid != project.uid:
-                # Another project under a reused id: nothing known holds.
-                services = _service_rows(_all_service_rows(project_id))
-                digests = (
-                    AppliedRecord.objects.filter(project_id=project_id)
-                    .values_list("digests", flat=True)
-                    .get()
-                )
-            else:
-                digests = known.digests
-                merged = {**known.services, **{row.pk: row for row in read}}
-                if len(merged) == project.service_count:  # type: ignore[attr-defined]
-                    services, changed = list(merged.values()), read
-                else:
-                    # One was deleted since: which, the rows alone can say.
-                    services = _service_rows(_all_service_rows(project_id))
-        record = AppliedRecord(
-            project_id=project_id,
+    version = getattr(project, "record_version", None)
+    if version is not None:
+        written = project.record_written  # type: ignore[attr-defined]
+        digests = project.record_digests  # type: ignore[attr-defined]
+        record = Recorded(
+            project_id,
+            trusted=bool(project.record_trusted),  # type: ignore[attr-defined]
+            version=version,
+            written=json.loads(written) if isinstance(written, str) else written,
+            rolling_out=bool(project.record_rolling_out),  # type: ignore[attr-defined]
             digests=json.loads(digests) if isinstance(digests, str) else digests,
-            marks=marks,
-            version=version or 0,
-            rolling_out=bool(getattr(project, "record_rolling_out", False)),
         )
+    if known is not None and (record is None or known.uid != project.uid):
+        # Another project under a reused id: nothing known holds.
+        services = _service_rows(_all_service_rows(project_id))
+    elif known is not None and record is not None and record.trusted:
+        since, addresses = record.written_since(known.version)
+        if since == set():
+            record = Recorded(
+                project_id,
+                trusted=True,
+                version=record.version,
+                written=record.written,
+                rolling_out=record.rolling_out,
+                digests=known.digests,
+            )
+        merged = {**known.services, **{row.pk: row for row in read}}
+        if len(merged) != project.service_count:  # type: ignore[attr-defined]
+            # One was deleted since: which, the rows alone can say.
+            services = _service_rows(_all_service_rows(project_id))
+        else:
+            changed = read
+            # Another pass recorded ClusterIPs: the rows as they are now, the same services.
+            services = (
+                _service_rows(_all_service_rows(project_id)) if addresses else list(merged.values())
+            )
     return Claim(
         token=token,
         project=project,
@@ -292,6 +405,7 @@ def claim(
         watched=bool(getattr(project, "watched", False)),
         services=services,
         changed=changed,
+        written_since=since,
     )
 
 

@@ -119,12 +119,13 @@ class Memory:
     """What this worker's last pass of a project stored, to start the next from.
 
     A change to one service of a thousand then reads one row (``lease.claim``), rebuilds and
-    digests that service's objects and compares only those with the record: the pass costs
-    what it changes, not what the project holds. Valid while the record is at ``version``,
-    which the claim checks; a failed pass forgets it.
+    digests that service's objects, and compares with the record only those and the ones
+    other workers wrote since (``AppliedRecord.written``): the pass costs what it changes,
+    not what the project holds. A failed pass forgets it.
     """
 
     uid: str
+    # The record's version when the pass ended, and its digests then: those of ``built``.
     version: int
     digests: dict[str, str]
     generation: int
@@ -231,12 +232,7 @@ def reconcile(
             return Outcome("busy", generation=outcome.generation, lease_remaining=remaining)
         with live.deferred(), lease.renewed(project_id, claimed.token):
             try:
-                outcome = _one_pass(
-                    claimed,
-                    planner,
-                    backend or get_backend(),
-                    memory.built if memory is not None else None,
-                )
+                outcome = _one_pass(claimed, planner, backend or get_backend(), memory)
             except ReconcileFailed:
                 raise
             except Exception:
@@ -257,31 +253,34 @@ def reconcile(
     return outcome
 
 
-def _one_pass(claimed: lease.Claim, planner: Planner, backend: Backend, built: Any) -> Outcome:
+def _one_pass(
+    claimed: lease.Claim, planner: Planner, backend: Backend, memory: Memory | None
+) -> Outcome:
     project = claimed.project
     generation = project.generation
     services = claimed.services
-    plan = planner(claimed, built)
+    plan = planner(claimed, memory.built if memory is not None else None)
+    # What the plan was patched from, and its digests (None: it was built whole).
+    previous = memory.digests if memory is not None and plan.touched is not None else None
     desired, sensitive = plan.desired, plan.sensitive
     record = claimed.record or _new_record(project)
-    digests, changes = _digests_and_changes(desired, record.digests, plan.touched)
+    compared = _compare(desired, record, plan.touched, previous, claimed.written_since)
     # Read the cluster when the record cannot be trusted (never made, distrusted, or no watcher
     # to distrust it), and while workloads roll out (a rotation waits on them; the dashboard
     # shows how far they are).
-    full = record.digests is None or not claimed.watched or record.rolling_out or plan.read_cluster
+    full = not record.trusted or not claimed.watched or record.rolling_out or plan.read_cluster
     started_at = time.time()
     try:
-        if full:
+        if full or compared.changes is None:
             result = backend.apply(desired)
         else:
-            assert changes is not None
-            result = backend.apply_changes(desired, changes)
+            result = backend.apply_changes(desired, compared.changes)
     except ClusterError as error:
         raise ReconcileFailed(
             error.redacted(sensitive), generation=generation, changes=[], started_at=started_at
         ) from None
 
-    services, services_changed = _record_services(project.pk, services, result)
+    services, version = _record_services(project.pk, services, result, record)
     if result.errors:
         permanent = [error for error in result.errors if not error.transient]
         raise ReconcileFailed(
@@ -313,24 +312,23 @@ def _one_pass(claimed: lease.Claim, planner: Planner, backend: Backend, built: A
         rolling_out = any(
             not status.rolled_out for name, status in result.workloads.items() if name in names
         )
-    version = _store_record(
+    stored = _store_record(
         project,
         generation,
         record,
-        digests,
+        compared,
         rolling_out,
         result=result,
         at=started_at,
-        services_changed=services_changed,
-        touched=plan.touched,
+        version=version,
     )
-    if version is not None:
+    if stored is not None:
         _remember(
             project.pk,
             Memory(
                 uid=project.uid,
-                version=version,
-                digests=digests,
+                version=stored,
+                digests=compared.every,
                 generation=generation,
                 services={row.pk: row for row in services},
                 built=plan.built,
@@ -351,31 +349,66 @@ def _one_pass(claimed: lease.Claim, planner: Planner, backend: Backend, built: A
     )
 
 
-def _digests_and_changes(
-    desired: DesiredState, recorded: dict[str, str] | None, touched: set[str] | None
-) -> tuple[dict[str, str], Changes | None]:
-    """The desired state's digests, and what differs from the record (None without one).
+@dataclass
+class _Compared:
+    """A pass's desired state, digested, against the applied record."""
 
-    ``touched``: the record keys the planner may have changed since the last pass, whose
-    digests the record holds (``Plan.touched``): only those are digested and compared.
+    # Every digest now.
+    every: dict[str, str]
+    # The record keys that may differ from the record (None: any), with their digests now
+    # (a key left out is no longer desired).
+    keys: set[str] | None
+    now: dict[str, str]
+    # What differs from the record (None: it is not trusted).
+    changes: Changes | None
+
+    def written(self) -> set[str] | None:
+        """The record keys storing ``every`` changes (None: any, the record was not trusted)."""
+        if self.changes is None:
+            return None
+        changes = self.changes
+        return {
+            f"{kind}/{name}" for kind, name in changes.created | changes.updated | changes.removed
+        }
+
+
+def _compare(
+    desired: DesiredState,
+    record: lease.Recorded,
+    touched: set[str] | None,
+    previous: dict[str, str] | None,
+    written_since: set[str] | None,
+) -> _Compared:
+    """Digest the desired state and compare it with the record.
+
+    ``touched``: the record keys the planner changed since the state it patched, whose
+    digests were ``previous`` (None: it built the state whole). Then only those are digested;
+    and when the record differs from ``previous`` only in ``written_since`` (another worker's
+    passes), only those and the touched ones are read from the record and compared.
     """
     key = digest_key()
-    if touched is None or recorded is None:
-        digests = desired.digests(key)
-        return digests, changes_since(recorded, digests) if recorded is not None else None
-    now = desired.digests(key, only=touched)
-    digests = {name: digest for name, digest in recorded.items() if name not in touched}
-    digests.update(now)
-    before = {name: recorded[name] for name in touched if name in recorded}
-    return digests, changes_since(before, now)
+    if touched is None or previous is None:
+        every = desired.digests(key)
+    else:
+        every = {name: digest for name, digest in previous.items() if name not in touched}
+        every.update(desired.digests(key, only=touched))
+    if touched is None or previous is None or written_since is None:
+        before = record.all()
+        changes = changes_since(before, every) if before is not None else None
+        return _Compared(every, None, every, changes)
+    keys = touched | written_since
+    now = {name: every[name] for name in keys if name in every}
+    changes = changes_since(record.of(keys), now) if record.trusted else None
+    return _Compared(every, keys, now, changes)
 
 
 def _record_services(
-    project_id: int, services: list[ServiceRow], result: ApplyResult
-) -> tuple[list[ServiceRow], bool]:
+    project_id: int, services: list[ServiceRow], result: ApplyResult, record: lease.Recorded
+) -> tuple[list[ServiceRow], int | None]:
     """Store what the cluster assigned (ClusterIPs) and reported (workloads) that changed.
 
-    The services' rows as they are now, and whether a ClusterIP changed.
+    The services' rows as they are now, and the record's version (a recorded ClusterIP is
+    logged in it, for other workers: ``lease.claim``; None if it moved on meanwhile).
     """
     changed_ips = []
     rows = []
@@ -394,24 +427,42 @@ def _record_services(
             now = status.as_dict() if status is not None else {}
             if workload != now:
                 changed_workloads.append(Service(pk=pk, workload=now))
+    version: int | None = record.version
     if not changed_ips and not changed_workloads:
-        return rows, False
+        return rows, version
     with transaction.atomic():
         if changed_ips:
             Service.objects.bulk_update(changed_ips, ["cluster_ip"])
-            # Another worker's memory of these rows no longer holds (``lease.claim``).
-            AppliedRecord.objects.filter(project_id=project_id).update(version=F("version") + 1)
+            logged = AppliedRecord.objects.filter(
+                project_id=project_id, version=record.version
+            ).update(
+                version=record.version + 1,
+                written=record.logged(record.version + 1, (), addresses=True),
+            )
+            if logged:
+                version = record.version + 1
+                record.written = record.logged(version, (), addresses=True)
+            else:
+                # Moved on meanwhile (a distrust): that tells every worker to read again.
+                version = None
         if changed_workloads:
             Service.objects.bulk_update(changed_workloads, ["workload"])
         changed = {service.pk for service in changed_ips + changed_workloads}
         Project.touch_services(project_id, Service.objects.filter(pk__in=changed))
-    return rows, bool(changed_ips)
+    return rows, version
 
 
-def _new_record(project: Project) -> AppliedRecord:
+def _new_record(project: Project) -> lease.Recorded:
     """The project's applied record, made on its first pass."""
     record, _ = AppliedRecord.objects.get_or_create(project=project)
-    return record
+    return lease.Recorded(
+        project.pk,
+        trusted=record.digests is not None,
+        version=record.version,
+        written=record.written,
+        rolling_out=record.rolling_out,
+        digests=record.digests,
+    )
 
 
 def _record_applied(
@@ -461,53 +512,45 @@ def _record_applied(
 def _store_record(
     project: Project,
     generation: int,
-    record: AppliedRecord,
-    digests: dict[str, str],
+    record: lease.Recorded,
+    compared: _Compared,
     rolling_out: bool,
     *,
     result: ApplyResult,
     at: float,
-    services_changed: bool = False,
-    touched: set[str] | None = None,
+    version: int | None,
 ) -> int | None:
     """Store what the pass applied, for the next one to compare with; and the history.
 
-    ``touched``: the only record keys that can differ from the stored record (``Plan.touched``):
-    on PostgreSQL only those are sent, merged into the stored ones.
+    ``version``: the record's, as the pass left it (None: it moved on under the pass). A pass
+    that compared only some keys (``compared.keys``) sends only their digests on PostgreSQL,
+    merged into the stored ones, and logs which they were (``AppliedRecord.written``).
 
     The record's version now, if it holds what this pass applied (None: it was distrusted or
     written meanwhile, and the next pass reads everything).
     """
-    # ``_record_services`` moved the version on: ours, unless another write came too.
-    expected = record.version + 1 if services_changed else record.version
-    version: int | None = expected
+    if version is None:
+        return None
     with transaction.atomic():
-        if digests != record.digests or rolling_out != record.rolling_out:
-            written: Any = digests
-            if (
-                touched is not None
-                and record.digests is not None
-                and connection.vendor == ("postgresql")
-            ):
+        differs = compared.changes is None or bool(compared.changes)
+        if differs or rolling_out != record.rolling_out:
+            written: Any = compared.every
+            if compared.keys is not None and record.trusted and connection.vendor == "postgresql":
                 column = connection.ops.quote_name("digests")
-                written = RawSQL(  # noqa: S611 (a quoted column name; values are parameters)
+                # A quoted column name; the values are parameters.
+                written = RawSQL(  # noqa: S611
                     f"({column} || %s::jsonb) - %s::text[]",
-                    (
-                        json.dumps({key: digests[key] for key in touched if key in digests}),
-                        [key for key in touched if key not in digests],
-                    ),
+                    (json.dumps(compared.now), sorted(compared.keys - compared.now.keys())),
                 )
             # Unless the record was distrusted or written meanwhile (its version moved on):
             # then the next pass reads everything.
-            stored = AppliedRecord.objects.filter(project_id=project.pk, version=expected).update(
-                digests=written, rolling_out=rolling_out, version=F("version") + 1
+            stored = AppliedRecord.objects.filter(project_id=project.pk, version=version).update(
+                digests=written,
+                rolling_out=rolling_out,
+                version=version + 1,
+                written=record.logged(version + 1, compared.written(), addresses=False),
             )
-            version = expected + 1 if stored else None
-        elif (
-            services_changed
-            and not AppliedRecord.objects.filter(project_id=project.pk, version=expected).exists()
-        ):
-            version = None
+            version = version + 1 if stored else None
         if result.changes:
             ApplyAttempt.record(
                 project=project,

@@ -10,10 +10,16 @@ class Migration(migrations.Migration):
     ]
 
     operations = [
+        # "marks" counted distrusts; "version" counts every write of the record.
+        migrations.RenameField(
+            model_name='appliedrecord',
+            old_name='marks',
+            new_name='version',
+        ),
         migrations.AddField(
             model_name='appliedrecord',
-            name='version',
-            field=models.PositiveBigIntegerField(default=0),
+            name='written',
+            field=models.JSONField(blank=True, default=list),
         ),
         migrations.AddIndex(
             model_name='service',

@@ -21,9 +21,10 @@ class AppliedRecord(models.Model):
     A pass compares the next desired state with this record and writes only what differs,
     without reading the cluster, as long as the record can be trusted. It cannot be (``digests``
     is None) before the first pass, after a failed one, and whenever the watcher sees the
-    cluster differ or the periodic resync wants a project re-read: each of those bumps
-    ``marks``, so a pass that was already running when it happened fails to store its record
-    (the store compares ``marks``) and the next pass reads everything.
+    cluster differ or the periodic resync wants a project re-read: each of those moves
+    ``version`` on, as every write does, so a pass that was already running when it happened
+    fails to store its record (the store compares ``version``) and the next pass reads
+    everything.
 
     A row of its own, not fields on ``Project``: at a thousand services it holds tens of
     kilobytes no page needs.
@@ -36,11 +37,12 @@ class AppliedRecord(models.Model):
         related_name="applied_record",
     )
     digests = models.JSONField(null=True, blank=True, default=None)
-    marks = models.PositiveBigIntegerField(default=0)
-    # Moved on by every write of the record (and of the services' recorded ClusterIPs): a
-    # worker that stored version N and still finds N knows the record, and the services'
-    # rows but those changed since, without reading them again (``lease.claim``).
+    # Moved on by every write of the record, and when a pass records a service's ClusterIP.
     version = models.PositiveBigIntegerField(default=0)
+    # The last writes, oldest first: [version, the record keys it may have changed (None: any),
+    # whether it recorded ClusterIPs]. A worker that knows the record at an older version
+    # reads only the digests written since (``lease.claim``), whichever worker wrote them.
+    written = models.JSONField(default=list, blank=True)
     # Some service's workload was rolling out when a pass last read the workloads: until one
     # sees them all rolled out, every pass reads them (a rotation waits on them).
     rolling_out = models.BooleanField(default=False)
@@ -52,7 +54,7 @@ class AppliedRecord(models.Model):
     def distrust(cls, project_ids: Iterable[int]) -> int:
         """The cluster may differ from these projects' records: their next passes read it."""
         return cls.objects.filter(project_id__in=list(project_ids)).update(
-            digests=None, marks=F("marks") + 1, version=F("version") + 1
+            digests=None, version=F("version") + 1, written=[]
         )
 
 

@@ -139,12 +139,21 @@ def test_each_change_reads_what_changed_and_records_what_a_whole_build_would(
     assert cluster.http.writes == []
 
 
-def test_what_a_worker_knows_is_dropped_once_another_worker_passed_the_project(
-    cluster: Cluster, world: World, watched: liveness.Signal, claims: list[lease.Claim]
+@pytest.mark.parametrize("inline", [lease.INLINE_SERVICES, 0], ids=["small", "large"])
+def test_a_worker_back_after_another_passed_reads_the_digests_it_changes_not_its_own(
+    cluster: Cluster,
+    world: World,
+    watched: liveness.Signal,
+    claims: list[lease.Claim],
+    inline: int,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Worker A passes; worker B (knowing nothing) changes api's ports and passes; A, back,
-    must not patch from its own memory (where api still has its old ports), or putting the
-    ports back would look like no change to it."""
+    patches its services with the rows changed since, but must compare with the record's
+    digests, not its own (where api still has its old ports), or putting the ports back would
+    look like no change to it. A small project's digests come with the claim; a large one's
+    are read, only those written since."""
+    monkeypatch.setattr(lease, "INLINE_SERVICES", inline)
     project, api = world.project, world.api
     reconciler.reconcile(project.pk)
     worker_a = dict(loop._memory)
@@ -159,9 +168,42 @@ def test_what_a_worker_knows_is_dropped_once_another_worker_passed_the_project(
     loop._memory.update(worker_a)  # worker A again
     api.ports = [8080]
     api.save_changes(actor=None)
+    cluster.http.reset()
     reconciler.reconcile(project.pk)
-    assert read_again(claims[-1]) is None
+    assert read_again(claims[-1]) == ["api"]
+    record = claims[-1].record
+    assert record is not None
+    assert (record.known() is None) == (inline == 0)
+    assert [call.method for call in cluster.http.calls] == ["PATCH"]
     assert ports(cluster, project)["api"] == [8080]
+    recorded_as_built_whole(project)
+
+
+def test_once_another_worker_recorded_a_cluster_ip_a_worker_reads_every_row_again(
+    cluster: Cluster, world: World, claims: list[lease.Claim]
+) -> None:
+    """The ClusterIP is the part of a service's row only passes write, without moving its
+    ``changed_generation``: a worker works from the rows as they are, not as it last read
+    them. (No watcher here: every pass reads the cluster, and puts back what it finds gone.)"""
+    project = world.project
+    reconciler.reconcile(project.pk)
+    worker_a = dict(loop._memory)
+    before = Service.objects.get(pk=world.postgres.pk).cluster_ip
+
+    loop.forget()  # worker B puts back a Service deleted by hand: a new address
+    cluster.core.delete_namespaced_service("postgres", project.namespace)
+    reconciler.reconcile(project.pk)
+    now = Service.objects.get(pk=world.postgres.pk).cluster_ip
+    assert now is not None and now != before
+
+    loop._memory.clear()
+    loop._memory.update(worker_a)
+    world.api.ports = [8081]
+    world.api.save_changes(actor=None)
+    reconciler.reconcile(project.pk)
+    assert read_again(claims[-1]) == ["api"]
+    assert {row.name: row.cluster_ip for row in claims[-1].services}["postgres"] == now
+    assert ports(cluster, project)["api"] == [8081]
     recorded_as_built_whole(project)
 
 
