@@ -493,6 +493,8 @@ def patch_desired_state(
         workloads=dict(previous.workloads),
         encoded=dict(previous.encoded),
     )
+    # In the builder's order, whatever order they were read in (a collation's, say).
+    secrets = sorted(secrets, key=lambda s: s.name)
     touched: set[str] = set()
     for service in removed:
         for name in (service.name, *service.aliases):

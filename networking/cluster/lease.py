@@ -163,6 +163,9 @@ class Recorded:
         ClusterIP was recorded meanwhile (or may have been)."""
         if version == self.version:
             return set(), False
+        if version > self.version:
+            # Never after a write of ours: a restored database, say. Nothing known holds.
+            return None, True
         entries = {entry[0]: entry for entry in self.written}
         keys: set[str] = set()
         addresses = False
@@ -255,6 +258,7 @@ def _claim_sql(vendor: str, take_queued: bool) -> str:
         f"AND {q('status')} IN ({statuses})) AS has_peerings, "
         f"{liveness.watched_sql(vendor)} AS watched, "
         f"(SELECT count(*) FROM {_table(Service)} WHERE {of_project}) AS service_count, "
+        f"(SELECT max({q('id')}) FROM {_table(Service)} WHERE {of_project}) AS service_last, "
         f"{_services_sql(vendor, changed_only=True)} AS service_rows"
     )
 
@@ -385,15 +389,23 @@ def claim(
                 digests=known.digests,
             )
         merged = {**known.services, **{row.pk: row for row in read}}
-        if len(merged) != project.service_count:  # type: ignore[attr-defined]
-            # One was deleted since: which, the rows alone can say.
+        if (
+            len(merged) != project.service_count  # type: ignore[attr-defined]
+            or max(merged, default=None) != project.service_last  # type: ignore[attr-defined]
+        ):
+            # One was deleted since (or made without its generation): the rows alone can say.
             services = _service_rows(_all_service_rows(project_id))
         else:
             changed = read
-            # Another pass recorded ClusterIPs: the rows as they are now, the same services.
-            services = (
-                _service_rows(_all_service_rows(project_id)) if addresses else list(merged.values())
-            )
+            if addresses:
+                # Another pass recorded ClusterIPs: theirs as they are now. Only those: the
+                # services are the statement's, whatever was saved since (the next pass's).
+                current = {row.pk: row for row in _service_rows(_all_service_rows(project_id))}
+                merged = {
+                    pk: row._replace(cluster_ip=current[pk].cluster_ip) if pk in current else row
+                    for pk, row in merged.items()
+                }
+            services = list(merged.values())
     return Claim(
         token=token,
         project=project,

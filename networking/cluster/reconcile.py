@@ -18,9 +18,12 @@ Two passes of one project never overlap: each holds the project's lease (``lease
 claim is also the pass's first read.
 
 A change's pass is what a user waits for between saving and "In sync", so its path is kept to
-what it must do: the claim (one statement), the services (one statement), the objects that
-changed (one request each), the applied generation (one statement). Everything else it records
-(the digests, the history) is written after the dashboard can already say "In sync".
+what it must do: the claim (one statement, the services that changed included), the objects
+that changed (one request each), the applied generation (one statement). Everything else it
+records (the digests, the history) is written after the dashboard can already say "In sync".
+And it costs what the change does, not what the project holds: the worker remembers its last
+pass of the project (``Memory``), patches the desired state it built then with the services
+that changed, and digests and compares only those (and what other workers wrote since).
 """
 
 from __future__ import annotations
@@ -443,7 +446,9 @@ def _record_services(
                 version = record.version + 1
                 record.written = record.logged(version, (), addresses=True)
             else:
-                # Moved on meanwhile (a distrust): that tells every worker to read again.
+                # Moved on meanwhile (a distrust, or a pass that took over the lease): the next
+                # pass, whichever worker's, reads everything again.
+                AppliedRecord.distrust([project_id])
                 version = None
         if changed_workloads:
             Service.objects.bulk_update(changed_workloads, ["workload"])
@@ -529,11 +534,11 @@ def _store_record(
     The record's version now, if it holds what this pass applied (None: it was distrusted or
     written meanwhile, and the next pass reads everything).
     """
-    if version is None:
-        return None
+    differs = compared.changes is None or bool(compared.changes)
     with transaction.atomic():
-        differs = compared.changes is None or bool(compared.changes)
-        if differs or rolling_out != record.rolling_out:
+        # (None: the record moved on under the pass, and ``_record_services`` distrusted it;
+        # the history is still written.)
+        if version is not None and (differs or rolling_out != record.rolling_out):
             written: Any = compared.every
             if compared.keys is not None and record.trusted and connection.vendor == "postgresql":
                 column = connection.ops.quote_name("digests")
@@ -542,15 +547,19 @@ def _store_record(
                     f"({column} || %s::jsonb) - %s::text[]",
                     (json.dumps(compared.now), sorted(compared.keys - compared.now.keys())),
                 )
-            # Unless the record was distrusted or written meanwhile (its version moved on):
-            # then the next pass reads everything.
+            # Unless the record was distrusted or written meanwhile (its version moved on: a
+            # pass that outlived its lease, say): then the next pass reads everything.
             stored = AppliedRecord.objects.filter(project_id=project.pk, version=version).update(
                 digests=written,
                 rolling_out=rolling_out,
                 version=version + 1,
                 written=record.logged(version + 1, compared.written(), addresses=False),
             )
-            version = version + 1 if stored else None
+            if stored:
+                version += 1
+            else:
+                AppliedRecord.distrust([project.pk])
+                version = None
         if result.changes:
             ApplyAttempt.record(
                 project=project,

@@ -13,15 +13,16 @@ from typing import Any
 
 import pytest
 from django.db import connection, transaction
+from django.db.models import F
 
 from networking import passes as reconciler
 from networking.cluster import lease, liveness
 from networking.cluster import reconcile as loop
-from networking.cluster.desired import INGRESS_POLICY
+from networking.cluster.desired import INGRESS_POLICY, build_desired_state
 from networking.cluster.reconcile import digest_key
-from networking.models import AppliedRecord, Project, Service
+from networking.models import AppliedRecord, ApplyAttempt, Project, Service
 from tests.cluster_fixtures import Cluster
-from tests.conftest import World
+from tests.conftest import World, make_secret
 from tests.waiting import wait_until
 
 
@@ -74,8 +75,25 @@ def rename(service: Service, display_name: str, **kwargs: Any) -> None:
     service.save_changes(actor=None, **kwargs)
 
 
+@pytest.fixture
+def whole_builds(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """How many desired states the passes built from every service (not patched)."""
+    built: list[int] = []
+
+    def spy(**kwargs: Any) -> Any:
+        built.append(1)
+        return build_desired_state(**kwargs)
+
+    monkeypatch.setattr("networking.passes.build_desired_state", spy)
+    return built
+
+
 def test_each_change_reads_what_changed_and_records_what_a_whole_build_would(
-    cluster: Cluster, world: World, watched: liveness.Signal, claims: list[lease.Claim]
+    cluster: Cluster,
+    world: World,
+    watched: liveness.Signal,
+    claims: list[lease.Claim],
+    whole_builds: list[int],
 ) -> None:
     project = world.project
     workers = [add(project, f"w{index:02d}", Service.Kind.PRIVATE, [3000]) for index in range(12)]
@@ -83,11 +101,13 @@ def test_each_change_reads_what_changed_and_records_what_a_whole_build_would(
     assert read_again(claims[-1]) is None  # nothing known yet: every row
     recorded_as_built_whole(project)
 
-    # New ports: that row alone, and one Service written.
+    # New ports: that row alone, the desired state patched, and one Service written.
     workers[3].ports = [4000]
     workers[3].save_changes(actor=None)
     cluster.http.reset()
+    builds = len(whole_builds)
     reconciler.reconcile(project.pk)
+    assert len(whole_builds) == builds
     assert read_again(claims[-1]) == ["w03"]
     assert [call.method for call in cluster.http.calls] == ["PATCH"]
     assert ports(cluster, project)["w03"] == [4000]
@@ -268,4 +288,118 @@ def test_a_change_committed_while_the_claim_waits_for_the_row_gets_its_own_pass(
     stored = Project.objects.get(pk=project.pk)
     assert stored.applied_generation == stored.generation
     assert ports(cluster, project)["api"] == [9090]
+    recorded_as_built_whole(project)
+
+
+def test_a_worker_that_knows_an_older_version_than_the_record_remembers_compares_everything(
+    cluster: Cluster,
+    world: World,
+    watched: liveness.Signal,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The record remembers its last few writes: one from before those may have changed any
+    object, so a worker that knows only an older version compares them all."""
+    monkeypatch.setattr(lease, "WRITTEN_KEPT", 3)
+    project = world.project
+    worker = add(project, "Worker", Service.Kind.PRIVATE, [3000])
+    reconciler.reconcile(project.pk)
+    worker_a = dict(loop._memory)
+
+    loop.forget()  # worker B: the worker's ports, then four more writes of api's
+    worker.ports = [4001]
+    worker.save_changes(actor=None)
+    reconciler.reconcile(project.pk)
+    for port in (8081, 8082, 8083, 8084):
+        world.api.ports = [port]
+        world.api.save_changes(actor=None)
+        reconciler.reconcile(project.pk)
+    assert ports(cluster, project)["worker"] == [4001]
+
+    loop._memory.clear()
+    loop._memory.update(worker_a)  # A knew the worker on 3000, as it is to be again
+    worker.ports = [3000]
+    worker.save_changes(actor=None)
+    reconciler.reconcile(project.pk)
+    assert ports(cluster, project)["worker"] == [3000]
+    recorded_as_built_whole(project)
+
+
+def test_a_patched_workload_lists_its_secrets_as_a_whole_build_does(
+    cluster: Cluster, world: World, watched: liveness.Signal, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The builder orders a workload's secrets by name; the rows may come in another order (a
+    database's collation sorts ``DB_URL`` and ``DBX`` either way)."""
+    make_secret(world.project, "DBX", [world.api])
+    make_secret(world.project, "DB_URL", [world.api])
+    real = reconciler._shared_secrets
+    monkeypatch.setattr(reconciler, "_shared_secrets", lambda project: real(project)[::-1])
+    reconciler.reconcile(world.project.pk)
+    world.api.ports = [8081]
+    world.api.save_changes(actor=None)
+    reconciler.reconcile(world.project.pk)
+    recorded_as_built_whole(world.project)
+
+
+def test_a_record_that_moves_on_under_a_pass_is_read_again_and_the_pass_still_in_the_history(
+    cluster: Cluster, world: World, watched: liveness.Signal, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The record is written meanwhile (the watcher distrusts it; a pass that outlived its
+    lease): this pass stores no record, the next reads everything, and what this one applied
+    is in the project's history."""
+    project = world.project
+    reconciler.reconcile(project.pk)
+    real = loop._record_services
+
+    def distrusted_first(*args: Any) -> Any:
+        AppliedRecord.objects.filter(project_id=project.pk).update(version=F("version") + 1)
+        return real(*args)
+
+    monkeypatch.setattr(loop, "_record_services", distrusted_first)
+    add(project, "Cache", Service.Kind.REDIS, [6379])
+    assert reconciler.reconcile(project.pk).changes == ["created Service cache"]
+    generation = Project.objects.get(pk=project.pk).generation
+    assert ApplyAttempt.objects.filter(project=project, generation=generation).exists()
+    monkeypatch.setattr(loop, "_record_services", real)
+    assert AppliedRecord.objects.get(project_id=project.pk).digests is None
+    cluster.http.reset()
+    reconciler.reconcile(project.pk)
+    assert cluster.http.reads  # the namespace read again
+    recorded_as_built_whole(project)
+
+
+def test_a_service_deleted_while_a_pass_reads_the_addresses_is_still_removed(
+    cluster: Cluster,
+    world: World,
+    watched: liveness.Signal,
+    claims: list[lease.Claim],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Another worker recorded a ClusterIP, so the claim reads the rows' addresses again, in a
+    statement of its own; a service deleted in between is the next pass's to remove."""
+    project = world.project
+    victim = add(project, "Victim", Service.Kind.PRIVATE, [3000])
+    reconciler.reconcile(project.pk)
+    worker_a = dict(loop._memory)
+    loop.forget()  # worker B records a new service's address
+    add(project, "Cache", Service.Kind.REDIS, [6379])
+    reconciler.reconcile(project.pk)
+    loop._memory.clear()
+    loop._memory.update(worker_a)
+
+    real = lease._all_service_rows
+    deleted: list[bool] = []
+
+    def delete_first(project_id: int) -> Any:
+        if not deleted:
+            deleted.append(victim.remove(actor=None))
+        return real(project_id)
+
+    monkeypatch.setattr(lease, "_all_service_rows", delete_first)
+    world.api.ports = [8081]
+    world.api.save_changes(actor=None)
+    reconciler.reconcile(project.pk)
+    assert deleted == [True]
+    assert "victim" not in ports(cluster, project)
+    stored = Project.objects.get(pk=project.pk)
+    assert stored.applied_generation == stored.generation
     recorded_as_built_whole(project)

@@ -170,5 +170,6 @@ class Command(BaseCommand):
                 action=AuditEvent.Action.SERVICE_CREATED,
                 target=service.name,
                 details={"kind": kind, "ports": ports},
+                service=service,
             )
         return project
