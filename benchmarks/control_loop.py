@@ -33,7 +33,7 @@ from pathlib import Path
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import F
+from django.db.models import F, OuterRef, Subquery
 
 from benchmarks.observe import (
     APP_USER,
@@ -785,8 +785,14 @@ def one_burst(fleet: Fleet, project_ids: list[int], workers: int, port: int) -> 
     fleet.drained(timeout=600)
     busy_before, total_before = cpu_times()
     with transaction.atomic():
-        Service.objects.filter(project_id__in=project_ids, name="api").update(ports=[port])
         Project.objects.filter(pk__in=project_ids).update(generation=F("generation") + 1)
+        # Each row stamped with its project's new generation, as a saved change stamps it.
+        Service.objects.filter(project_id__in=project_ids, name="api").update(
+            ports=[port],
+            changed_generation=Subquery(
+                Project.objects.filter(pk=OuterRef("project_id")).values("generation")[:1]
+            ),
+        )
         for project in Project.objects.filter(pk__in=project_ids).only("pk"):
             project.request_reconcile()
         committed: list[float] = []

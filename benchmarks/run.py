@@ -339,12 +339,15 @@ def reconcile_calls(settled: Callable[[], None]) -> bool:
                 # As the watcher or the resync asks: the record of the last pass distrusted.
                 AppliedRecord.distrust([project.pk])
             if step == "rename":
-                Service.objects.filter(project=project, name="s0").update(
-                    name="renamed", display_name="renamed"
-                )
-                # As a saved change leaves it: the generation bumped and its pass queued.
+                # As a saved change leaves it: the generation bumped, the row stamped with it,
+                # and its pass queued.
                 Project.objects.filter(pk=project.pk).update(
                     generation=F("generation") + 1, reconcile_queued_at=timezone.now()
+                )
+                Service.objects.filter(project=project, name="s0").update(
+                    name="renamed",
+                    display_name="renamed",
+                    changed_generation=Project.objects.get(pk=project.pk).generation,
                 )
             recorder.reset()
             reconcile(project.pk, take_queued=step == "rename")
