@@ -219,12 +219,15 @@ class ApiToken(models.Model):
         """
         raw = raw.strip()
         secret = raw.removeprefix(cls.SCHEME)
-        if (
-            not raw.startswith(cls.SCHEME)
-            or len(secret) != cls._SECRET_LENGTH
-            or not (secret.isascii() and secret.isalnum())  # nothing else reaches a query
-        ):
+        if not raw.startswith(cls.SCHEME):
             raise TokenRefused("This is not a Stackblaze API token (they start with sbk_).")
+        if len(secret) != cls._SECRET_LENGTH or not (secret.isascii() and secret.isalnum()):
+            # Nothing else reaches a query. Most often a copy that lost a character.
+            raise TokenRefused(
+                f"This token is cut short or mistyped: a Stackblaze API token is sbk_ and "
+                f"{cls._SECRET_LENGTH} letters and digits. Copy it again (the dashboard shows "
+                "it once), or create a new one."
+            )
         token = (
             cls.objects.select_related("user", "organization")
             .filter(prefix=raw[: cls.PREFIX_LENGTH])

@@ -9,6 +9,7 @@ from datetime import timedelta
 from typing import Any
 
 from django import forms
+from django.core.exceptions import ValidationError
 
 from networking import endpoints, references, rotation
 from networking.crypto import SecretText
@@ -133,6 +134,18 @@ class ServiceForm(forms.ModelForm[Service]):
         cleaned = super().clean() or {}
         kind = cleaned.get("kind") or self.instance.kind
         ports = cleaned.get("ports")
+        standard = Service.default_ports(kind)
+        asked = self._asked_ports()
+        if kind in Service.DATABASE_KINDS and asked and asked != standard:
+            # Said, not silently replaced: a script asking for 6000 must not get 5432 unawares
+            # (a database's field is disabled once it exists: what was sent is still read).
+            self.add_error(
+                "ports",
+                f"{Service.Kind(kind).label} always listens on port {standard[0]}: leave the "
+                "ports out, or give that one.",
+            )
+            self.instance.ports = standard  # one message, this one (not the model's as well)
+            return cleaned
         if kind in Service.DATABASE_KINDS or (
             kind == Service.Kind.WEB and ports == [] and "ports" not in self.errors
         ):
@@ -140,6 +153,16 @@ class ServiceForm(forms.ModelForm[Service]):
         if ports is not None:
             self.instance.ports = ports
         return cleaned
+
+    def _asked_ports(self) -> list[int] | None:
+        """The ports as sent (None: none, or not a list of ports)."""
+        raw = self.data.get(self.add_prefix("ports"))
+        if not raw:
+            return None
+        try:
+            return PortListField(required=False).clean(raw)  # type: ignore[no-any-return]
+        except ValidationError:
+            return None
 
 
 class ProjectForm(forms.ModelForm[Project]):

@@ -248,24 +248,45 @@ def services_create(
     out.print(f"Created {service['name']}: reachable at {service['address']} inside the project.")
 
 
+# How long a rename keeps the old hostname, as the dashboard offers it.
+KEEP_OLD_NAME = {"0": 0, "1h": 3600, "24h": 24 * 3600, "7d": 7 * 24 * 3600}
+
+
 @services_app.command("rename")
 def services_rename(
     name: Annotated[str, typer.Argument(help="The service's current name")],
     new_name: Annotated[str, typer.Argument(help="Its new name")],
+    keep_old_name: Annotated[
+        str,
+        typer.Option(
+            help="How long the old hostname keeps resolving to the service, so callers still "
+            "using it reach it meanwhile: 0 (not at all), 1h, 24h or 7d",
+        ),
+    ] = "24h",
 ) -> None:
-    """Rename a service: its old hostname stops resolving."""
+    """Rename a service. Its old hostname keeps resolving for 24 hours unless you say
+    otherwise (--keep-old-name), and no other service can take it meanwhile."""
+    if keep_old_name not in KEEP_OLD_NAME:
+        _usage(f"--keep-old-name must be one of {', '.join(KEEP_OLD_NAME)}.")
     api = _api()
     project = _project_id(api)
     service = _service(api, project, name)
     changed = _call(
         lambda: api.send(
-            "PATCH", f"/projects/{project}/services/{service['id']}", {"name": new_name}
+            "PATCH",
+            f"/projects/{project}/services/{service['id']}",
+            {"name": new_name, "keep_old_name_for_seconds": KEEP_OLD_NAME[keep_old_name]},
         )
     )
     if options.as_json:
         _print_json(changed)
         return
-    out.print(f"Renamed: {service['hostname']} is now {changed['hostname']}.")
+    kept = (
+        f" {service['hostname']} keeps resolving to it for {keep_old_name}."
+        if KEEP_OLD_NAME[keep_old_name] and changed["hostname"] != service["hostname"]
+        else ""
+    )
+    out.print(f"Renamed: {service['hostname']} is now {changed['hostname']}.{kept}")
 
 
 @services_app.command("ports")
@@ -563,8 +584,21 @@ def peering_cancel(peering_id: Annotated[int, typer.Argument(help="The request's
 
 
 @peering_app.command("revoke")
-def peering_revoke(peering_id: Annotated[int, typer.Argument(help="The peering's ID")]) -> None:
-    """Disconnect an approved or active peering."""
+def peering_revoke(
+    peering_id: Annotated[int, typer.Argument(help="The peering's ID")],
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask")] = False,
+) -> None:
+    """Disconnect an approved or active peering: both projects stop reaching each other at
+    once. Asks first (the dashboard's revoke page does too)."""
+    if not yes:
+        if not sys.stdin.isatty():
+            _usage(
+                f"Add --yes to revoke peering #{peering_id} without a prompt (no terminal to ask)."
+            )
+        if not typer.confirm(
+            f"Revoke peering #{peering_id}? Both projects stop reaching each other at once."
+        ):
+            raise typer.Exit(EXIT_USAGE)
     _transition(peering_id, "revoke", "Revoked")
 
 

@@ -151,6 +151,31 @@ class TestTheFormsWords:
         problem = is_problem(response, 422)
         assert problem["errors"]["ports"] == form_errors(world, "worker", typed)["ports"]
 
+    def test_a_databases_port_other_than_its_own_is_refused_with_the_reason(
+        self, world: World, as_role: Any
+    ) -> None:
+        member = as_role("member")
+        services = f"/projects/{world.project.uid}/services"
+        refused = member.send(
+            "POST", services, {"name": "db", "kind": "postgresql", "ports": [6000]}
+        )
+        problem = is_problem(refused, 422)
+        assert problem["errors"]["ports"] == [
+            "PostgreSQL always listens on port 5432: leave the ports out, or give that one."
+        ]
+        assert not Service.objects.filter(project=world.project, name="db").exists()
+        # Left out, or the standard one: created on it.
+        for name, body in (("db", {}), ("db-two", {"ports": [5432]})):
+            created = member.send("POST", services, {"name": name, "kind": "postgresql", **body})
+            assert created.status_code == 201, created.json()
+            assert created.json()["ports"] == [5432]
+        # And a database that exists keeps it, saying so.
+        changed = member.send("PATCH", f"{services}/{world.postgres.pk}", {"ports": [6000]})
+        assert is_problem(changed, 422)["errors"]["ports"][0].startswith(
+            "PostgreSQL always listens on port 5432"
+        )
+        assert Service.objects.get(pk=world.postgres.pk).ports == [5432]
+
     def test_a_name_another_service_has_is_a_conflict_naming_it(
         self, world: World, as_role: Any
     ) -> None:

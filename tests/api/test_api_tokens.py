@@ -102,6 +102,18 @@ class TestRefused:
         assert response["Content-Type"] == "application/problem+json"
         assert response["WWW-Authenticate"].startswith("Bearer")
 
+    def test_a_token_one_character_short_is_told_so(self, world: World) -> None:
+        _, raw = issue(world)
+        response = Client().get("/api/v1/me", headers={"Authorization": f"Bearer {raw[:-1]}"})
+        assert response.status_code == 401
+        detail = response.json()["detail"]
+        assert detail.startswith("This token is cut short or mistyped")
+        assert "Copy it again" in detail
+        other = Client().get("/api/v1/me", headers={"Authorization": "Bearer ghp_" + "A" * 40})
+        assert other.json()["detail"] == (
+            "This is not a Stackblaze API token (they start with sbk_)."
+        )
+
     def test_a_token_for_one_digit_off_is_refused(self, world: World) -> None:
         _, raw = issue(world)
         tampered = raw[:-1] + ("a" if raw[-1] != "a" else "b")

@@ -19,7 +19,7 @@ from urllib.parse import quote
 
 import pytest
 
-from networking.models import AuditEvent, SecretRotation, Service
+from networking.models import AuditEvent, PeeringRequest, SecretRotation, Service, ServiceAlias
 from tests.conftest import World
 from tests.worker import WorkerProcess, database_url
 
@@ -213,7 +213,19 @@ def test_the_connection_string_is_masked_unless_revealed(stackblaze: Run, world:
 
 def test_rename_and_remove(stackblaze: Run) -> None:
     renamed = stackblaze("services", "rename", "api", "Gateway")
-    assert renamed.stdout.strip() == "Renamed: api.internal is now gateway.internal."
+    assert renamed.stdout.strip() == (
+        "Renamed: api.internal is now gateway.internal. api.internal keeps resolving to it for 24h."
+    )
+    assert ServiceAlias.objects.filter(name="api").exists()
+    again = stackblaze("services", "rename", "gateway", "Edge", "--keep-old-name", "0")
+    assert again.stdout.strip() == "Renamed: gateway.internal is now edge.internal."
+    assert not ServiceAlias.objects.filter(name="gateway").exists()
+    help_text = stackblaze("services", "rename", "--help").stdout
+    assert "keeps resolving for 24 hours" in " ".join(help_text.split())
+    assert "stops resolving" not in help_text
+    typo = stackblaze("services", "rename", "edge", "Gateway", "--keep-old-name", "2d")
+    assert typo.returncode == 2 and "0, 1h, 24h, 7d" in typo.stderr
+    stackblaze("services", "rename", "edge", "Gateway", "--keep-old-name", "0")
     unasked = stackblaze("services", "rm", "gateway")  # a script: no terminal to ask
     assert unasked.returncode == 2 and "Add --yes" in unasked.stderr
     assert Service.objects.filter(name="gateway").exists()
@@ -290,6 +302,18 @@ def test_an_owner_rotates_internal_api_secret_to_completion(
     rotation = SecretRotation.objects.get(secret=world.secret)
     assert rotation.result == SecretRotation.Result.COMPLETED
     assert rotation.started_by_label == "owner via token owner-token"
+
+
+def test_revoking_a_peering_asks_first(stackblaze: Run, world: World) -> None:
+    PeeringRequest.objects.filter(pk=world.peering.pk).update(status=PeeringRequest.Status.ACTIVE)
+    unasked = stackblaze("peering", "revoke", str(world.peering.pk), role="owner")
+    assert unasked.returncode == 2 and "Add --yes" in unasked.stderr
+    assert PeeringRequest.objects.get(pk=world.peering.pk).status == PeeringRequest.Status.ACTIVE
+    revoked = stackblaze("peering", "revoke", str(world.peering.pk), "--yes", role="owner")
+    assert revoked.returncode == 0, revoked.stderr
+    # Revoked, and being disconnected (the worker removes the policies next).
+    assert PeeringRequest.objects.get(pk=world.peering.pk).status == PeeringRequest.Status.REVOKING
+    assert f"Revoked peering #{world.peering.pk}" in revoked.stdout
 
 
 def test_secrets_peering_and_audit_lists(stackblaze: Run, world: World) -> None:

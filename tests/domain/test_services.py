@@ -57,7 +57,18 @@ def test_a_web_service_may_change_its_port(owner_client: Client, world: World) -
 def test_a_database_gets_its_standard_port_and_credentials(
     owner_client: Client, world: World, kind: str, port: int
 ) -> None:
-    post_service(owner_client, world, display_name="Main DB", kind=kind, ports="1234")
+    # Another port is refused with the reason, not replaced unsaid (the page's script fills
+    # in the standard one and makes the field read-only; a script or a browser without it
+    # may send anything).
+    _, page = post_service(owner_client, world, display_name="Main DB", kind=kind, ports="1234")
+    assert f"always listens on port {port}: leave the ports out, or give that one." in page
+    assert not Service.objects.filter(name="main-db").exists()
+    for ports in ("", str(port)):
+        post_service(owner_client, world, display_name="Main DB", kind=kind, ports=ports)
+        service = Service.objects.get(name="main-db")
+        assert service.ports == [port]
+        service.delete()
+    post_service(owner_client, world, display_name="Main DB", kind=kind, ports=str(port))
     service = Service.objects.get(name="main-db")
     assert service.ports == [port]
     assert service.database_password is not None
