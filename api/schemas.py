@@ -406,7 +406,15 @@ def from_rotation(secret: SharedSecret) -> RotationOut:
         rotating=secret.rotating,
         phase=secret.rotation_phase,
         grace_until=secret.grace_until,
-        steps=[PhaseStepOut(**step) for step in rotation.phase_steps(secret)],
+        steps=[
+            PhaseStepOut(**step)
+            for step in rotation.phase_steps(
+                secret,
+                completed=latest is not None
+                and latest.result == SecretRotation.Result.COMPLETED
+                and not secret.rotating,
+            )
+        ],
         receivers=receivers,
         latest=(
             RotationLogOut(

@@ -402,14 +402,16 @@ def rotation_count(secret: SharedSecret) -> int:
     return secret.rotations.count()
 
 
-def phase_steps(secret: SharedSecret) -> list[dict[str, str]]:
-    """The rotation's phases for display, each "done", "current" or "pending"."""
+def phase_steps(secret: SharedSecret, *, completed: bool = False) -> list[dict[str, str]]:
+    """The rotation's phases for display, each "done", "current" or "pending".
+
+    ``completed``: no rotation runs and the last one completed: every phase is done."""
     order: list[str] = [phase for phase, _, _ in PHASE_STEPS]
     current = order.index(secret.rotation_phase) if secret.rotation_phase in order else None
     steps = []
     for index, (phase, title, detail) in enumerate(PHASE_STEPS):
         if current is None:
-            state = "pending"
+            state = "done" if completed else "pending"
         else:
             state = "done" if index < current else "current" if index == current else "pending"
         steps.append({"phase": phase, "title": title, "detail": detail, "state": state})

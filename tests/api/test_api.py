@@ -9,12 +9,14 @@ from urllib.parse import quote
 import pytest
 from django.test import Client
 from django.urls import reverse
+from django.utils import timezone
 
 from networking.forms import ServiceForm
 from networking.models import (
     AuditEvent,
     PeeringRequest,
     Project,
+    SecretRotation,
     Service,
     SharedSecret,
 )
@@ -401,6 +403,22 @@ class TestSecrets:
         assert progress["receivers"] == [
             {"service": "api", "version": None, "has_workload": False, "rolled_out": False}
         ]
+
+    def test_a_completed_rotation_reports_every_step_done(self, world: World, as_role: Any) -> None:
+        path = f"/projects/{world.project.uid}/secrets/{world.secret.pk}/rotation"
+        never = as_role("viewer").get(path).json()
+        assert never["latest"] is None
+        assert {step["state"] for step in never["steps"]} == {"pending"}
+        started = as_role("owner").send("POST", path.removesuffix("/rotation") + "/rotate")
+        assert started.status_code == 202
+        # As the worker leaves it once the last phase has passed.
+        SharedSecret.objects.filter(pk=world.secret.pk).update(rotation_phase="", grace_until=None)
+        SecretRotation.objects.filter(secret=world.secret).update(
+            result=SecretRotation.Result.COMPLETED, finished_at=timezone.now()
+        )
+        done = as_role("viewer").get(path).json()
+        assert done["rotating"] is False and done["latest"]["result"] == "completed"
+        assert {step["state"] for step in done["steps"]} == {"done"}
 
     def test_change_receivers(self, world: World, as_role: Any) -> None:
         path = f"/projects/{world.project.uid}/secrets/{world.secret.pk}"
