@@ -126,6 +126,10 @@ class Recorded:
         """Every digest, if known without reading."""
         return self._all
 
+    def assume(self, digests: dict[str, str]) -> None:
+        """Every digest, as a worker that knows this version holds them."""
+        self._all = digests
+
     def all(self) -> dict[str, str] | None:
         """Every digest (None when not trusted)."""
         if self._all is None and self.trusted:
@@ -374,38 +378,9 @@ def claim(
             rolling_out=bool(project.record_rolling_out),  # type: ignore[attr-defined]
             digests=json.loads(digests) if isinstance(digests, str) else digests,
         )
-    if known is not None and (record is None or known.uid != project.uid):
-        # Another project under a reused id: nothing known holds.
-        services = _service_rows(_all_service_rows(project_id))
-    elif known is not None and record is not None and record.trusted:
-        since, addresses = record.written_since(known.version)
-        if since == set():
-            record = Recorded(
-                project_id,
-                trusted=True,
-                version=record.version,
-                written=record.written,
-                rolling_out=record.rolling_out,
-                digests=known.digests,
-            )
-        merged = {**known.services, **{row.pk: row for row in read}}
-        if (
-            len(merged) != project.service_count  # type: ignore[attr-defined]
-            or max(merged, default=None) != project.service_last  # type: ignore[attr-defined]
-        ):
-            # One was deleted since (or made without its generation): the rows alone can say.
-            services = _service_rows(_all_service_rows(project_id))
-        else:
-            changed = read
-            if addresses:
-                # Another pass recorded ClusterIPs: theirs as they are now. Only those: the
-                # services are the statement's, whatever was saved since (the next pass's).
-                current = {row.pk: row for row in _service_rows(_all_service_rows(project_id))}
-                merged = {
-                    pk: row._replace(cluster_ip=current[pk].cluster_ip) if pk in current else row
-                    for pk, row in merged.items()
-                }
-            services = list(merged.values())
+    # (Without a trusted record, the statement read every row: nothing known is used.)
+    if known is not None and record is not None and record.trusted:
+        services, changed, since = _from_known(project, known, record, read)
     return Claim(
         token=token,
         project=project,
@@ -419,6 +394,35 @@ def claim(
         changed=changed,
         written_since=since,
     )
+
+
+def _from_known(
+    project: Project, known: Known, record: Recorded, read: list[ServiceRow]
+) -> tuple[list[ServiceRow], list[ServiceRow] | None, set[str] | None]:
+    """The services, those read because they changed, and the record keys written since: from
+    what the worker knows and the rows the claim read (those changed since)."""
+    if known.uid != project.uid:
+        # Another project under a reused id: nothing known holds.
+        return _service_rows(_all_service_rows(project.pk)), None, None
+    since, addresses = record.written_since(known.version)
+    if since == set():
+        record.assume(known.digests)
+    merged = {**known.services, **{row.pk: row for row in read}}
+    if (
+        len(merged) != project.service_count  # type: ignore[attr-defined]
+        or max(merged, default=None) != project.service_last  # type: ignore[attr-defined]
+    ):
+        # One was deleted since (or made without its generation): the rows alone can say.
+        return _service_rows(_all_service_rows(project.pk)), None, since
+    if addresses:
+        # Another pass recorded ClusterIPs: theirs as they are now. Only those: the
+        # services are the statement's, whatever was saved since (the next pass's).
+        current = {row.pk: row for row in _service_rows(_all_service_rows(project.pk))}
+        merged = {
+            pk: row._replace(cluster_ip=current[pk].cluster_ip) if pk in current else row
+            for pk, row in merged.items()
+        }
+    return list(merged.values()), read, since
 
 
 def _all_service_rows(project_id: int) -> str | None:

@@ -127,12 +127,9 @@ class Memory:
     not what the project holds. A failed pass forgets it.
     """
 
-    uid: str
-    # The record's version when the pass ended, and its digests then: those of ``built``.
-    version: int
-    digests: dict[str, str]
-    generation: int
-    services: dict[int, ServiceRow]
+    # The record's version when the pass ended and its digests then (those of ``built``), the
+    # generation and the services it read: what the claim starts from.
+    known: lease.Known
     built: Any
 
 
@@ -218,14 +215,9 @@ def reconcile(
     outcome = Outcome("busy")
     for _ in range(MAX_PASSES):
         memory = _recall(project_id)
-        known = (
-            lease.Known(
-                memory.uid, memory.version, memory.digests, memory.generation, memory.services
-            )
-            if memory is not None
-            else None
+        claimed = lease.claim(
+            project_id, take_queued=take_queued, known=memory.known if memory else None
         )
-        claimed = lease.claim(project_id, take_queued=take_queued, known=known)
         take_queued = False
         if claimed is None:
             exists, remaining = lease.holder_lease_until(project_id)
@@ -263,11 +255,15 @@ def _one_pass(
     generation = project.generation
     services = claimed.services
     plan = planner(claimed, memory.built if memory is not None else None)
-    # What the plan was patched from, and its digests (None: it was built whole).
-    previous = memory.digests if memory is not None and plan.touched is not None else None
     desired, sensitive = plan.desired, plan.sensitive
     record = claimed.record or _new_record(project)
-    compared = _compare(desired, record, plan.touched, previous, claimed.written_since)
+    compared = _compare(
+        desired,
+        record,
+        plan.touched,
+        memory.known.digests if memory is not None else None,
+        claimed.written_since,
+    )
     # Read the cluster when the record cannot be trusted (never made, distrusted, or no watcher
     # to distrust it), and while workloads roll out (a rotation waits on them; the dashboard
     # shows how far they are).
@@ -329,11 +325,13 @@ def _one_pass(
         _remember(
             project.pk,
             Memory(
-                uid=project.uid,
-                version=stored,
-                digests=compared.every,
-                generation=generation,
-                services={row.pk: row for row in services},
+                lease.Known(
+                    uid=project.uid,
+                    version=stored,
+                    digests=compared.every,
+                    generation=generation,
+                    services={row.pk: row for row in services},
+                ),
                 built=plan.built,
             ),
         )
@@ -385,9 +383,10 @@ def _compare(
     """Digest the desired state and compare it with the record.
 
     ``touched``: the record keys the planner changed since the state it patched, whose
-    digests were ``previous`` (None: it built the state whole). Then only those are digested;
-    and when the record differs from ``previous`` only in ``written_since`` (another worker's
-    passes), only those and the touched ones are read from the record and compared.
+    digests were ``previous`` (``touched`` None: it built the state whole, and ``previous`` is
+    not used). Then only those are digested; and when the record differs from ``previous``
+    only in ``written_since`` (another worker's passes), only those and the touched ones are
+    read from the record and compared.
     """
     key = digest_key()
     if touched is None or previous is None:
@@ -436,15 +435,12 @@ def _record_services(
     with transaction.atomic():
         if changed_ips:
             Service.objects.bulk_update(changed_ips, ["cluster_ip"])
-            logged = AppliedRecord.objects.filter(
-                project_id=project_id, version=record.version
-            ).update(
-                version=record.version + 1,
-                written=record.logged(record.version + 1, (), addresses=True),
-            )
-            if logged:
+            log = record.logged(record.version + 1, (), addresses=True)
+            if AppliedRecord.objects.filter(project_id=project_id, version=record.version).update(
+                version=record.version + 1, written=log
+            ):
                 version = record.version + 1
-                record.written = record.logged(version, (), addresses=True)
+                record.written = log
             else:
                 # Moved on meanwhile (a distrust, or a pass that took over the lease): the next
                 # pass, whichever worker's, reads everything again.
