@@ -15,6 +15,7 @@ from ninja.openapi.docs import Swagger
 from api import problems
 from api.auth import SessionAuth, TokenAuth
 from api.idempotency import HEADER, KEY_PATTERN
+from api.organization_views import router as organization_router
 from api.throttling import PerCallerThrottle
 from api.views import router
 
@@ -43,12 +44,17 @@ _LINKS: dict[str, dict[str, tuple[str, str]]] = {
         "GetRotation": ("get_rotation", "secret_id"),
         "DeleteSecret": ("delete_secret", "secret_id"),
     },
+    "create_project": {
+        "GetProject": ("get_project", "project_id"),
+        "RenameProject": ("rename_project", "project_id"),
+        "DeleteProject": ("delete_project", "project_id"),
+    },
     "request_peering": {
         "CancelPeering": ("cancel_peering", "peering_id"),
     },
 }
 # Answers whose bodies hold a secret: never cached, never stored for a retry.
-REVEALS = frozenset({"reveal_service_credentials", "reveal_secret"})
+REVEALS = frozenset({"reveal_service_credentials", "reveal_secret", "create_token"})
 
 
 class StackblazeAPI(NinjaAPI):
@@ -116,6 +122,7 @@ api = StackblazeAPI(
     throttle=[PerCallerThrottle()],
 )
 api.add_router("/", router)
+api.add_router("/", organization_router)
 
 
 def _problem_for_405(view: Callable[..., HttpResponseBase]) -> Callable[..., HttpResponseBase]:

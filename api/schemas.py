@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal, cast
 from ninja import Schema
 from pydantic import Field, StrictInt
 
+from api.models import ApiToken
 from networking import endpoints, rotation
 from networking.models import (
     AuditEvent,
@@ -20,8 +21,10 @@ from networking.models import (
     Membership,
     PeeringRequest,
     Project,
+    ReferenceVariable,
     SecretRotation,
     Service,
+    ServiceAlias,
     SharedSecret,
 )
 
@@ -94,6 +97,10 @@ class EndpointOut(Schema):
     masked: bool = Field(description="True when a password in ``value`` is masked")
 
 
+# Not Service.Status itself, for the reason given at ConnectionTestStatus.
+ServiceStatus = Literal["live", "applied", "pending"]
+
+
 class ServiceOut(Schema):
     id: int
     name: str = Field(description="The name as typed")
@@ -103,6 +110,15 @@ class ServiceOut(Schema):
     hostname: str
     address: str | None = Field(description="hostname:port of the first port")
     cluster_ip: str | None
+    status: ServiceStatus = Field(
+        description="pending: the cluster has not caught up with its last change yet; "
+        "applied: it has, and the ClusterIP is not read back yet; live: applied, with its "
+        "ClusterIP"
+    )
+    generation: int = Field(
+        description="The project generation that last changed it: applied once the "
+        "project's sync.applied_generation reaches it"
+    )
     endpoints: list[EndpointOut]
     created_at: datetime
     updated_at: datetime
@@ -195,7 +211,8 @@ class ReceiverOut(Schema):
 class SecretOut(Schema):
     id: int
     name: str
-    version: int
+    version: int = Field(description="Internal: moves on at each phase of a rotation")
+    rotations: int = Field(description="How many times it was rotated, one under way included")
     services: list[str]
     rotating: bool
     rotation_phase: str
@@ -257,7 +274,8 @@ class RotationLogOut(Schema):
 
 class RotationOut(Schema):
     secret: str
-    version: int
+    version: int = Field(description="Internal: moves on at each phase of a rotation")
+    number: int = Field(description="Which rotation this is (the last one, when none runs)")
     rotating: bool
     phase: str
     grace_until: datetime | None
@@ -299,6 +317,121 @@ class PeeringRequestIn(Schema):
 
 class RejectIn(Schema):
     reason: str = Field(json_schema_extra={"minLength": 1, "maxLength": 2000})
+
+
+class OrganizationOut(Schema):
+    slug: str = Field(description="Names it in the API: /organizations/{slug}/…")
+    name: str
+    plan: str
+    role: Membership.Role = Field(description="What you may do in it")
+
+
+ProjectName = Annotated[
+    str, Field(json_schema_extra={"minLength": 1, "maxLength": 100, "pattern": r"\S"})
+]
+
+
+class ProjectCreateIn(Schema):
+    name: ProjectName
+    organization: str | None = Field(
+        None,
+        description="The organization's slug; may be left out when you belong to one only (a "
+        "token always does)",
+        json_schema_extra={"maxLength": 50, "pattern": r"^[-a-zA-Z0-9_]+$"},
+    )
+
+
+class ProjectChangeIn(Schema):
+    name: ProjectName
+
+
+class ReferenceOut(Schema):
+    id: int
+    source: str = Field(description="The service whose address is given (its DNS label)")
+    consumer: str = Field(description="The service that receives it (its DNS label)")
+    variable: str = Field(description="The environment variable the consumer gets")
+    created_at: datetime
+
+
+class ReferencesOut(Schema):
+    gives: list[ReferenceOut] = Field(description="Services that receive this one's address")
+    receives: list[ReferenceOut] = Field(description="Addresses this service receives")
+
+
+class ReferenceCreateIn(Schema):
+    consumers: list[ServiceName] = Field(
+        min_length=1, max_length=200, description="DNS labels of the services that receive it"
+    )
+    variable: str | None = Field(
+        None,
+        description="Leave out for the usual name (DATABASE_URL, REDIS_URL, API_URL…), unique "
+        "on each consumer",
+        json_schema_extra={"maxLength": 100},
+    )
+
+
+class AliasOut(Schema):
+    id: int
+    dns_label: str
+    hostname: str = Field(description="The old hostname, still resolving to the service")
+    expires_at: datetime = Field(description="When it stops resolving")
+
+
+class AliasExtendIn(Schema):
+    seen_expires_at: datetime | None = Field(
+        None,
+        description="The end you read: the extension is a day past it, and a retry with the "
+        "same value extends once. Left out: a day past the end it has now.",
+    )
+
+
+class MemberOut(Schema):
+    id: int
+    username: str
+    email: str
+    role: Membership.Role
+
+
+class MemberInviteIn(Schema):
+    who: str = Field(
+        description="An existing user's username or email",
+        json_schema_extra={"minLength": 1, "maxLength": 254},
+    )
+    role: Membership.Role = Membership.Role.MEMBER
+
+
+class MemberChangeIn(Schema):
+    role: Membership.Role
+
+
+class TokenOut(Schema):
+    id: int
+    name: str
+    prefix: str = Field(description="Its first characters, to recognise it by")
+    role: str
+    user: str = Field(description="Whose token it is")
+    created_at: datetime
+    expires_at: datetime | None
+    last_used_at: datetime | None
+    revoked_at: datetime | None
+
+
+class TokenCreateIn(Schema):
+    name: str = Field(
+        description="Where it is used, e.g. ci-deploy: the audit log reads “you via token "
+        "ci-deploy”",
+        json_schema_extra={"minLength": 1, "maxLength": 50},
+    )
+    role: Membership.Role = Field(
+        Membership.Role.VIEWER, description="What it may do: at most what you may, today"
+    )
+    expires_in_days: Literal[7, 30, 90, 365] | None = Field(
+        None, description="Left out: it never expires"
+    )
+
+
+class TokenCreatedOut(TokenOut):
+    token: str = Field(description="The token itself, shown this once (sbk_…)")
 
 
 class AuditEventOut(Schema):
@@ -366,6 +499,8 @@ def from_service(
         hostname=service.internal_hostname,
         address=(f"{service.internal_hostname}:{service.primary_port}" if service.ports else None),
         cluster_ip=service.cluster_ip,
+        status=cast(ServiceStatus, service.status.value),
+        generation=service.changed_generation,
         endpoints=[
             from_endpoint(endpoint, revealed=revealed)
             for endpoint in endpoints.endpoints(service, reveal=revealed, names=names)
@@ -380,6 +515,11 @@ def from_secret(secret: SharedSecret) -> SecretOut:
         id=secret.pk,
         name=secret.name,
         version=secret.version,
+        rotations=(
+            secret.rotation_total
+            if hasattr(secret, "rotation_total")
+            else rotation.rotation_count(secret)
+        ),
         services=sorted(service.name for service in secret.services.all()),
         rotating=secret.rotating,
         rotation_phase=secret.rotation_phase,
@@ -403,6 +543,7 @@ def from_rotation(secret: SharedSecret) -> RotationOut:
     return RotationOut(
         secret=secret.name,
         version=secret.version,
+        number=rotation.rotation_count(secret),
         rotating=secret.rotating,
         phase=secret.rotation_phase,
         grace_until=secret.grace_until,
@@ -457,6 +598,48 @@ def from_peering(peering: PeeringRequest) -> PeeringOut:
         ],
         created_at=peering.created_at,
         expires_at=peering.expires_at,
+    )
+
+
+def from_reference(reference: ReferenceVariable) -> ReferenceOut:
+    return ReferenceOut(
+        id=reference.pk,
+        source=reference.source.name,
+        consumer=reference.consumer.name,
+        variable=reference.variable,
+        created_at=reference.created_at,
+    )
+
+
+def from_alias(alias: ServiceAlias) -> AliasOut:
+    return AliasOut(
+        id=alias.pk,
+        dns_label=alias.name,
+        hostname=alias.internal_hostname,
+        expires_at=alias.expires_at,
+    )
+
+
+def from_member(membership: Membership) -> MemberOut:
+    return MemberOut(
+        id=membership.pk,
+        username=membership.user.get_username(),
+        email=membership.user.email,
+        role=Membership.Role(membership.role),
+    )
+
+
+def from_token(token: ApiToken) -> TokenOut:
+    return TokenOut(
+        id=token.pk,
+        name=token.name,
+        prefix=token.prefix,
+        role=token.role,
+        user=token.user.get_username(),
+        created_at=token.created_at,
+        expires_at=token.expires_at,
+        last_used_at=token.last_used_at,
+        revoked_at=token.revoked_at,
     )
 
 

@@ -10,9 +10,9 @@ import re
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
-from django.core.exceptions import ValidationError
+from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import IntegrityError
-from django.db.models import Q
+from django.db.models import Count, Q
 from django.http import Http404, HttpRequest
 from django.views.decorators.cache import never_cache
 from ninja import Router, Schema, Status
@@ -24,19 +24,23 @@ from api import schemas
 from api.auth import token_of
 from api.idempotency import idempotent
 from api.problems import Problem, form_invalid, invalid
-from networking import audit_trail, endpoints, peering, rotation
+from networking import audit_trail, endpoints, peering, references, rotation
 from networking.access import (
     ProjectAccess,
     capped_memberships,
+    get_alias_for_user,
     get_peering_for_staff,
     get_peering_for_user,
     get_project_for_user,
+    get_reference_for_user,
     get_secret_for_user,
     get_service_for_user,
     require_support_staff,
 )
 from networking.forms import (
     PeeringRequestForm,
+    ProjectForm,
+    ReferenceForm,
     RejectForm,
     RotateForm,
     ServiceForm,
@@ -52,6 +56,7 @@ from networking.models import (
     PeeringRequest,
     Project,
     Service,
+    ServiceAlias,
     SharedSecret,
 )
 
@@ -84,7 +89,7 @@ def _project(request: HttpRequest, project_id: str) -> ProjectAccess:
 
 
 # A clash with what exists (a taken name) is a conflict; anything else is invalid input.
-_CLASH_FIELDS = frozenset({"name", "display_name", "__all__"})
+_CLASH_FIELDS = frozenset({"name", "display_name", "consumers", "__all__"})
 # Taken by a service, or kept by a renamed service's old hostname that still resolves.
 CLASH_CODES = frozenset({"duplicate", "reserved"})
 
@@ -167,6 +172,108 @@ def list_projects(request: HttpRequest) -> list[schemas.ProjectOut]:
 def get_project(request: HttpRequest, project_id: ProjectId) -> schemas.ProjectOut:
     access = _project(request, project_id)
     return schemas.from_project(access.project, access.membership)
+
+
+def _organization_for_new_project(request: HttpRequest, slug: str | None) -> Membership:
+    memberships = capped_memberships(request)
+    if slug is not None:
+        for membership in memberships:
+            if membership.organization.slug == slug:
+                return membership
+        raise Problem(
+            422,
+            f"You belong to no organization “{slug[:50]}”.",
+            errors={"organization": [f"You belong to no organization “{slug[:50]}”."]},
+        )
+    if len(memberships) != 1:
+        slugs = ", ".join(sorted(m.organization.slug for m in memberships)) or "none"
+        raise Problem(
+            422,
+            "Say which organization the project is for.",
+            errors={"organization": [f"Give one of your organizations: {slugs}."]},
+        )
+    return memberships[0]
+
+
+@router.post(
+    "/projects",
+    response={201: schemas.ProjectOut, **ERRORS},
+    tags=["projects"],
+    operation_id="create_project",
+)
+@mutating
+def create_project(
+    request: HttpRequest, payload: schemas.ProjectCreateIn
+) -> Status[schemas.ProjectOut]:
+    """A new project (owners): its namespace and network policies are set up by the worker."""
+    membership = _organization_for_new_project(request, payload.organization)
+    if not membership.can_manage_project():
+        raise PermissionDenied("Only owners of an organization can create projects.")
+    form = ProjectForm({"name": payload.name})
+    if not form.is_valid():
+        raise _form_problem(form)
+    try:
+        project = membership.organization.create_project(
+            form.cleaned_data["name"], actor=request.user
+        )
+    except ValidationError as error:
+        _raise_invalid(error)
+    return Status(201, schemas.from_project(project, membership))
+
+
+@router.patch(
+    "/projects/{project_id}",
+    response={200: schemas.ProjectOut, **ERRORS},
+    tags=["projects"],
+    operation_id="rename_project",
+)
+@mutating
+def rename_project(
+    request: HttpRequest, payload: schemas.ProjectChangeIn, project_id: ProjectId
+) -> schemas.ProjectOut:
+    """Rename the project (owners). Hostnames, the namespace and the ID stay as they are."""
+    access = _project(request, project_id)
+    access.require(Membership.can_manage_project)
+    form = ProjectForm({"name": payload.name}, instance=access.project)
+    if not form.is_valid():
+        raise _form_problem(form)
+    try:
+        access.project.rename(form.cleaned_data["name"], actor=request.user)
+    except Project.DoesNotExist:
+        raise Http404("No such project.") from None
+    except ValidationError as error:
+        _raise_invalid(error)
+    return schemas.from_project(access.project, access.membership)
+
+
+@router.delete(
+    "/projects/{project_id}",
+    response={204: None, **ERRORS},
+    tags=["projects"],
+    operation_id="delete_project",
+)
+@mutating
+def delete_project(
+    request: HttpRequest,
+    project_id: ProjectId,
+    confirm_name: Annotated[
+        str,
+        Query(
+            description="The project's name, typed back, as the dashboard asks for",
+            max_length=100,
+            pattern=_PLAIN,
+        ),
+    ],
+) -> Status[None]:
+    """Delete the project and everything in it (owners); its namespace is removed from the
+    cluster, and peered projects stop admitting it."""
+    access = _project(request, project_id)
+    access.require(Membership.can_manage_project)
+    if confirm_name.strip() != access.project.name:
+        message = f"Type the project’s name, {access.project.name}, exactly, to delete it."
+        raise Problem(422, message, errors={"confirm_name": [message]})
+    access.project.remove(actor=request.user)
+    return Status(204, None)
 
 
 @router.get(
@@ -257,6 +364,13 @@ def list_services(
     )
 
 
+def _stamped(service: Service) -> None:
+    """Read back the generation the database stamped the saved row with (a deleted row keeps
+    what it had: the answer is about what was saved)."""
+    stamp = Service.objects.filter(pk=service.pk).values_list("changed_generation", flat=True)
+    service.changed_generation = stamp.first() or service.changed_generation
+
+
 def _service_form_data(name: str, kind: str, ports: list[int] | None) -> dict[str, Any]:
     return {
         "display_name": name,
@@ -287,6 +401,7 @@ def create_service(
         service.create(actor=request.user)
     except ValidationError as error:
         _raise_invalid(error, SERVICE_FIELDS)
+    _stamped(service)
     return Status(201, schemas.from_service(service, endpoints.project_env_names(service)))
 
 
@@ -350,6 +465,7 @@ def update_service(
             f"{service.internal_hostname} was just taken.",
             errors={"name": [f"{service.internal_hostname} was just taken."]},
         ) from None
+    _stamped(service)
     return schemas.from_service(service, endpoints.project_env_names(service))
 
 
@@ -442,10 +558,163 @@ def reveal_service_credentials(
     )
 
 
+# -- Reference variables and old hostnames -----------------------------------------------------
+
+
+@router.get(
+    "/projects/{project_id}/services/{service_id}/references",
+    response={200: schemas.ReferencesOut, **ERRORS},
+    tags=["services"],
+    operation_id="list_references",
+)
+def list_references(
+    request: HttpRequest, project_id: ProjectId, service_id: ObjectId
+) -> schemas.ReferencesOut:
+    """Both sides: the services given this one's address, and the addresses it is given."""
+    _check_project_id(project_id)
+    _, service = get_service_for_user(request, project_id, service_id)
+    return schemas.ReferencesOut(
+        gives=[
+            schemas.from_reference(reference)
+            for reference in service.used_by.select_related("source", "consumer").order_by(
+                "consumer__name"
+            )
+        ],
+        receives=[
+            schemas.from_reference(reference)
+            for reference in service.references.select_related("source", "consumer").order_by(
+                "variable"
+            )
+        ],
+    )
+
+
+@router.post(
+    "/projects/{project_id}/services/{service_id}/references",
+    response={201: list[schemas.ReferenceOut], **ERRORS},
+    tags=["services"],
+    operation_id="add_references",
+)
+@mutating
+def add_references(
+    request: HttpRequest,
+    payload: schemas.ReferenceCreateIn,
+    project_id: ProjectId,
+    service_id: ObjectId,
+) -> Status[list[schemas.ReferenceOut]]:
+    """Use in another service: give the consumers this service's address (a database's
+    connection string, a service's internal URL) as a variable the worker keeps current.
+    Each consumer restarts once to pick it up."""
+    _check_project_id(project_id)
+    access, service = get_service_for_user(request, project_id, service_id)
+    access.require(Membership.can_change_services)
+    form = ReferenceForm(
+        {
+            "consumers": _service_pks(access, payload.consumers, field="consumers"),
+            "variable": payload.variable or "",
+        },
+        source=service,
+    )
+    if not form.is_valid():
+        raise _form_problem(form)
+    try:
+        made = references.add(
+            service,
+            form.cleaned_data["consumers"],
+            form.cleaned_data["variable"],
+            actor=request.user,
+        )
+    except ValidationError as error:
+        _raise_invalid(error)
+    return Status(201, [schemas.from_reference(reference) for reference in made])
+
+
+@router.delete(
+    "/projects/{project_id}/services/{service_id}/references/{reference_id}",
+    response={204: None, **ERRORS},
+    tags=["services"],
+    operation_id="remove_reference",
+)
+@mutating
+def remove_reference(
+    request: HttpRequest, project_id: ProjectId, service_id: ObjectId, reference_id: ObjectId
+) -> Status[None]:
+    """Take the variable back from its consumer (which restarts once without it); either
+    side's service ID names it."""
+    _check_project_id(project_id)
+    access, _, reference = get_reference_for_user(request, project_id, service_id, reference_id)
+    access.require(Membership.can_change_services)
+    references.remove(reference, actor=request.user)
+    return Status(204, None)
+
+
+@router.get(
+    "/projects/{project_id}/services/{service_id}/aliases",
+    response={200: list[schemas.AliasOut], **ERRORS},
+    tags=["services"],
+    operation_id="list_aliases",
+)
+def list_aliases(
+    request: HttpRequest, project_id: ProjectId, service_id: ObjectId
+) -> list[schemas.AliasOut]:
+    """The service's old hostnames that still resolve to it after a rename, and until when."""
+    _check_project_id(project_id)
+    _, service = get_service_for_user(request, project_id, service_id)
+    return [schemas.from_alias(alias) for alias in service.aliases.all()]
+
+
+@router.post(
+    "/projects/{project_id}/services/{service_id}/aliases/{alias_id}/extend",
+    response={200: schemas.AliasOut, **ERRORS},
+    tags=["services"],
+    operation_id="extend_alias",
+)
+@mutating
+def extend_alias(
+    request: HttpRequest,
+    project_id: ProjectId,
+    service_id: ObjectId,
+    alias_id: ObjectId,
+    payload: schemas.AliasExtendIn | None = None,
+) -> schemas.AliasOut:
+    """Keep an old hostname resolving a day longer than the end you read (members)."""
+    _check_project_id(project_id)
+    access, alias = get_alias_for_user(request, project_id, service_id, alias_id)
+    access.require(Membership.can_change_services)
+    seen = payload.seen_expires_at if payload and payload.seen_expires_at else alias.expires_at
+    if abs(seen - alias.expires_at) < timedelta(milliseconds=1):
+        seen = alias.expires_at  # the answers give milliseconds; the database keeps microseconds
+    try:
+        alias.extend(actor=request.user, seen=seen)
+    except ServiceAlias.DoesNotExist:
+        raise Http404(
+            f"{alias.internal_hostname} no longer resolves: it was ended or expired meanwhile."
+        ) from None
+    return schemas.from_alias(alias)
+
+
+@router.delete(
+    "/projects/{project_id}/services/{service_id}/aliases/{alias_id}",
+    response={204: None, **ERRORS},
+    tags=["services"],
+    operation_id="end_alias",
+)
+@mutating
+def end_alias(
+    request: HttpRequest, project_id: ProjectId, service_id: ObjectId, alias_id: ObjectId
+) -> Status[None]:
+    """Stop an old hostname resolving now (owners); the name is free for another service."""
+    _check_project_id(project_id)
+    access, alias = get_alias_for_user(request, project_id, service_id, alias_id)
+    access.require(Membership.can_manage_project)
+    alias.end(actor=request.user)
+    return Status(204, None)
+
+
 # -- Shared secrets ----------------------------------------------------------------------------
 
 
-def _service_pks(access: ProjectAccess, names: list[str]) -> list[int]:
+def _service_pks(access: ProjectAccess, names: list[str], *, field: str = "services") -> list[int]:
     """The receiving services, named by their DNS labels; unknown names refused per name."""
     wanted = [name.strip() for name in names]
     # Only what could be a DNS label is looked up (a NUL byte never reaches the query).
@@ -457,7 +726,7 @@ def _service_pks(access: ProjectAccess, names: list[str]) -> list[int]:
             422,
             f"This project has no service named “{unknown[0][:63]}”.",
             errors={
-                "services": [
+                field: [
                     f"This project has no service named “{name[:63]}”. Use the services’ DNS "
                     "labels, as `GET …/services` lists them."
                     for name in unknown
@@ -477,7 +746,9 @@ def list_secrets(request: HttpRequest, project_id: ProjectId) -> list[schemas.Se
     """The project's shared secrets: names, receivers and rotations, never a value."""
     access = _project(request, project_id)
     access.require(Membership.can_see_secret_details)
-    secrets = access.project.shared_secrets.prefetch_related("services")
+    secrets = access.project.shared_secrets.prefetch_related("services").annotate(
+        rotation_total=Count("rotations")
+    )
     return [schemas.from_secret(secret) for secret in secrets]
 
 
@@ -649,6 +920,28 @@ def get_rotation(
     """The rotation's phases (done, current, pending) and each receiving workload's version."""
     access, secret = _secret(request, project_id, secret_id)
     access.require(Membership.can_see_secret_details)
+    return schemas.from_rotation(secret)
+
+
+@router.post(
+    "/projects/{project_id}/secrets/{secret_id}/rotation/end-grace",
+    response={200: schemas.RotationOut, **ERRORS},
+    tags=["secrets"],
+    operation_id="end_rotation_grace",
+)
+@mutating
+def end_rotation_grace(
+    request: HttpRequest, project_id: ProjectId, secret_id: ObjectId
+) -> schemas.RotationOut:
+    """End the rotation's grace window now (owners): the old value is refused from the next
+    pass, and services restart without it. A caller still sending it is refused: that is
+    what the grace window was for."""
+    access, secret = _secret(request, project_id, secret_id)
+    access.require(Membership.can_manage_secrets)
+    if not rotation.end_grace(secret, actor=request.user):
+        secret.refresh_from_db()
+        if secret.rotation_phase != SharedSecret.Phase.GRACE:
+            raise Problem(409, f"{secret.name} has no grace window running.")
     return schemas.from_rotation(secret)
 
 

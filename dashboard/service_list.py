@@ -29,7 +29,7 @@ SORTS: dict[str, tuple[str, ...]] = {
 }
 # The Status column: in the cluster with an address, in the cluster (an address to come, or
 # none from the manifests backend), or a change still on its way there.
-STATUS_CHOICES = {"live": "Live", "applied": "Applied", "pending": "Pending"}
+STATUS_CHOICES = dict(Service.Status.choices)
 
 
 def _search_term(text: str) -> str:
@@ -75,13 +75,8 @@ class Filters:
             )
         if self.kind:
             services = services.filter(kind=self.kind)
-        if self.status == "pending":
-            services = services.filter(changed_generation__gt=applied_generation)
-        elif self.status:
-            services = services.filter(
-                changed_generation__lte=applied_generation,
-                cluster_ip__isnull=self.status == "applied",
-            )
+        if self.status:
+            services = services.filter(Service.having_status(self.status, applied_generation))
         return services.order_by(*SORTS[self.sort])
 
     def params(self, **changes: Any) -> dict[str, str]:

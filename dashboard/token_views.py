@@ -19,8 +19,8 @@ from django.utils import timezone
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_POST
 
+from api.forms import ApiTokenForm
 from api.models import ApiToken
-from dashboard.forms import ApiTokenForm
 from networking.access import get_organization_for_user
 from networking.models import Membership, Organization
 

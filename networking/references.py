@@ -122,24 +122,24 @@ def add(
                 if existing.exists():
                     raise ValidationError(
                         {
-                            "consumers": [
+                            "consumers": ValidationError(
                                 f"{consumer.name} already receives the address of {source.name} "
-                                f"as {existing.values_list('variable', flat=True).get()}."
-                            ]
-                        },
-                        code="duplicate",
+                                f"as {existing.values_list('variable', flat=True).get()}.",
+                                code="duplicate",
+                            )
+                        }
                     )
                 name = variable or suggested_variable(source, consumer)
                 clash = taken_on(consumer).get(name)
                 if clash is not None:
                     raise ValidationError(
                         {
-                            "variable": [
+                            "variable": ValidationError(
                                 f"{consumer.name} already gets {name} from {clash}. Choose "
-                                "another variable name."
-                            ]
-                        },
-                        code="clash",
+                                "another variable name.",
+                                code="clash",
+                            )
+                        }
                     )
                 made.append(
                     ReferenceVariable.objects.create(
@@ -155,8 +155,11 @@ def add(
     except IntegrityError:
         # Another request made the same link at the same moment: it is there, once.
         raise ValidationError(
-            {"consumers": ["That was just done by another request: nothing changed."]},
-            code="duplicate",
+            {
+                "consumers": ValidationError(
+                    "That was just done by another request: nothing changed.", code="duplicate"
+                )
+            }
         ) from None
     return made
 

@@ -114,11 +114,12 @@ class Project(models.Model):
     def name_taken(name: str) -> ValidationError:
         return ValidationError(
             {
-                "name": [
-                    f"This organization already has a project named “{name}”. Choose another name."
-                ]
-            },
-            code="duplicate",
+                "name": ValidationError(
+                    f"This organization already has a project named “{name}”. Choose another "
+                    "name.",
+                    code="duplicate",
+                )
+            }
         )
 
     def validate_constraints(self, exclude: Any = None) -> None:
@@ -444,6 +445,14 @@ class Service(models.Model):
         REDIS = "redis", "Redis"
         MONGODB = "mongodb", "MongoDB"
 
+    class Status(models.TextChoices):
+        """Whether the cluster holds the service as it is now: decided here and only here, for
+        the overview's column and filter, the API and the CLI."""
+
+        LIVE = "live", "Live"  # applied, and the cluster gave it its ClusterIP
+        APPLIED = "applied", "Applied"  # applied; no ClusterIP read back yet
+        PENDING = "pending", "Pending"  # changed at a generation the cluster has not reached
+
     DATABASE_KINDS: ClassVar[frozenset[str]] = frozenset(DATABASE_PORTS)
 
     project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="services")
@@ -493,6 +502,24 @@ class Service(models.Model):
     @property
     def is_database(self) -> bool:
         return self.kind in self.DATABASE_KINDS
+
+    @property
+    def status(self) -> Service.Status:
+        """Its status against its project's applied generation (see ``Status``)."""
+        if self.changed_generation > self.project.applied_generation:
+            return Service.Status.PENDING
+        return Service.Status.LIVE if self.cluster_ip else Service.Status.APPLIED
+
+    @staticmethod
+    def having_status(status: str, applied_generation: int) -> Q:
+        """The rows whose ``status`` is ``status``, in a project applied up to
+        ``applied_generation``: the same rule as ``status``, as a query."""
+        if status == Service.Status.PENDING:
+            return Q(changed_generation__gt=applied_generation)
+        return Q(
+            changed_generation__lte=applied_generation,
+            cluster_ip__isnull=status == Service.Status.APPLIED,
+        )
 
     def secret_version(self, secret_name: str) -> int | None:
         """The version of a shared secret this service's workload runs, if it has one."""

@@ -11,15 +11,27 @@ from __future__ import annotations
 import functools
 import json
 from collections.abc import Callable
+from datetime import timedelta
 from typing import Any
 
 import pytest
+from django.contrib.auth.models import User
 from django.test import Client
+from django.utils import timezone
 
 from api.api import api
-from networking.models import ConnectionTest, Organization, Project, Service
+from api.models import ApiToken
+from networking.models import (
+    ConnectionTest,
+    Membership,
+    Organization,
+    Project,
+    ReferenceVariable,
+    Service,
+    ServiceAlias,
+)
 from tests.access.test_access_matrix import tenant_state
-from tests.conftest import ROLES, World, bearer
+from tests.conftest import ROLES, World, bearer, issue_token, make_service
 
 # operation ID: expected status for anonymous, outsider, support, viewer, member, owner.
 MATRIX: dict[str, str] = {
@@ -55,6 +67,29 @@ MATRIX: dict[str, str] = {
     "approve_peering": "401 404 200 404 404 404",
     "reject_peering": "401 404 200 404 404 404",
     "list_audit_events": "401 404 404 200 200 200",
+    # Projects: owners create (in an organization named by its slug), rename and delete.
+    "create_project": "401 422 422 403 403 201",
+    "rename_project": "401 404 404 403 403 200",
+    "delete_project": "401 404 404 403 403 204",
+    # Reference variables and old hostnames: members link and extend; owners end a hostname.
+    "list_references": "401 404 404 200 200 200",
+    "add_references": "401 404 404 403 201 201",
+    "remove_reference": "401 404 404 403 204 204",
+    "list_aliases": "401 404 404 200 200 200",
+    "extend_alias": "401 404 404 403 200 200",
+    "end_alias": "401 404 404 403 403 204",
+    # The matrix's secret is not rotating: no grace window to end, which is a conflict.
+    "end_rotation_grace": "401 404 404 403 403 409",
+    # The organization: everyone sees it; owners change who belongs; everyone has tokens, and a
+    # viewer's token changes nothing, tokens included.
+    "list_organizations": "401 200 200 200 200 200",
+    "list_members": "401 404 404 200 200 200",
+    "add_member": "401 404 404 403 403 201",
+    "change_member_role": "401 404 404 403 403 200",
+    "remove_member": "401 404 404 403 403 204",
+    "list_tokens": "401 404 404 200 200 200",
+    "create_token": "401 404 404 403 201 201",
+    "revoke_token": "401 404 404 403 204 204",
 }
 # Only for operations on a project: another tenant's is not found, whatever the role.
 FOREIGN = "401 404 404 404 404 404"
@@ -93,14 +128,23 @@ def body_for(world: World, operation_id: str) -> dict[str, Any] | None:
         "rotate_secret": lambda: {},
         "request_peering": lambda: {"target": billing.uid, "justification": "Reads invoices."},
         "reject_peering": lambda: {"reason": "Not needed."},
+        "create_project": lambda: {"name": "Matrix Project", "organization": "acme"},
+        "rename_project": lambda: {"name": "Renamed by the matrix"},
+        "add_references": lambda: {"consumers": ["api"]},
+        "add_member": lambda: {"who": "globex-owner", "role": "viewer"},
+        "change_member_role": lambda: {"role": "viewer"},
+        "create_token": lambda: {"name": "matrix-token"},
     }
     return bodies[operation_id]() if operation_id in bodies else None
 
 
 def url_for(world: World, path: str, operation_id: str, *, foreign: bool) -> str:
+    project = world.other_project if foreign else world.project
+    service = world.other_service if foreign else world.postgres
+    organization = world.globex if foreign else world.acme
     values = {
-        "project_id": (world.other_project if foreign else world.project).uid,
-        "service_id": (world.other_service if foreign else world.postgres).pk,
+        "project_id": project.uid,
+        "service_id": service.pk,
         "secret_id": (world.other_secret if foreign else world.secret).pk,
         # Support decides on the request waiting for it; customers act on their own project's.
         "peering_id": (
@@ -108,9 +152,63 @@ def url_for(world: World, path: str, operation_id: str, *, foreign: bool) -> str
             if foreign or operation_id in ("approve_peering", "reject_peering")
             else world.peering
         ).pk,
-        "test_id": finished_connection_test(world.other_service if foreign else world.postgres),
+        "test_id": finished_connection_test(service),
+        "reference_id": reference_to(service),
+        "alias_id": old_hostname_of(service),
+        "slug": organization.slug,
+        # Acme's viewer; Globex's owner.
+        "member_id": Membership.objects.filter(
+            organization=organization, user__username="globex-owner" if foreign else "viewer"
+        )
+        .values_list("pk", flat=True)
+        .first()
+        or 0,
+        "token_id": token_in(organization),
     }
-    return path.format(**values)
+    query = ""
+    if operation_id == "delete_project":
+        query = f"?confirm_name={project.name}"
+    return path.format(**values) + query
+
+
+def reference_to(service: Service) -> int:
+    """The ID of a reference variable ``service`` receives from another service of its project
+    (made on first use; 0 once it is gone)."""
+    if not Service.objects.filter(pk=service.pk).exists():
+        return 0
+    source = Service.objects.filter(project=service.project, name="matrix-source").first()
+    if source is None:
+        source = make_service(service.project, "matrix-source", Service.Kind.WEB)
+    reference, _ = ReferenceVariable.objects.get_or_create(
+        project=service.project, source=source, consumer=service, variable="MATRIX_SOURCE_URL"
+    )
+    return reference.pk
+
+
+def old_hostname_of(service: Service) -> int:
+    """The ID of an old hostname still resolving to ``service`` (made on first use)."""
+    if not Service.objects.filter(pk=service.pk).exists():
+        return 0
+    alias, _ = ServiceAlias.objects.get_or_create(
+        project=service.project,
+        service=service,
+        name=f"old-{service.name}",
+        defaults={"expires_at": timezone.now() + timedelta(hours=1)},
+    )
+    return alias.pk
+
+
+def token_in(organization: Organization) -> int:
+    """Acme's member's token; a token of Globex's owner."""
+    if organization.slug == "acme":
+        return ApiToken.objects.get(organization=organization, name="member-token").pk
+    found = ApiToken.objects.filter(organization=organization, name="globex-token").first()
+    if found is None:
+        issue_token(
+            User.objects.get(username="globex-owner"), organization, "owner", "globex-token"
+        )
+        found = ApiToken.objects.get(organization=organization, name="globex-token")
+    return found.pk
 
 
 def finished_connection_test(service: Service) -> int:
@@ -145,7 +243,8 @@ def _cells(*, foreign: bool) -> list[Any]:
     for operation_id, statuses in MATRIX.items():
         expected = statuses.split()
         if foreign:
-            if "{project_id}" not in operations()[operation_id][1]:
+            path = operations()[operation_id][1]
+            if "{project_id}" not in path and "{slug}" not in path:
                 continue  # nothing of a tenant in the path
             expected = FOREIGN.split()
         for role, status in zip(ROLES, expected, strict=True):
