@@ -1,4 +1,5 @@
-"""The dashboard's own forms (the ones both front ends share are in ``networking.forms``)."""
+"""The API tokens form, shared by the dashboard's tokens page and the API (the forms both front
+ends share about projects are in ``networking.forms``)."""
 
 from __future__ import annotations
 
