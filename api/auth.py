@@ -28,12 +28,25 @@ CSRF_REFUSED = (
 )
 
 
+TOKEN_MISSING = (
+    "The token is missing: the Authorization header says Bearer and nothing after it. Send "
+    "“Authorization: Bearer sbk_…” with a token from your organization’s API tokens page."
+)
+
+
 def presented_token(request: HttpRequest) -> str | None:
-    """The bearer token in the request, if there is one (any capitalisation of "Bearer")."""
+    """The bearer token in the request, if there is one (any capitalisation of "Bearer").
+
+    A Bearer header without a token is refused (401) rather than taken for no header: the
+    caller meant to send a token (an unset variable in a script, say), and falling through to
+    the session would answer with a CSRF refusal that says nothing of it.
+    """
     header = str(request.META.get("HTTP_AUTHORIZATION", ""))
-    scheme, _, value = header.partition(" ")
-    if scheme.lower() != "bearer" or not value.strip():
+    scheme, _, value = header.strip().partition(" ")
+    if scheme.lower() != "bearer":
         return None
+    if not value.strip():
+        raise Problem(401, TOKEN_MISSING)
     return value.strip()
 
 

@@ -20,7 +20,7 @@ from django.utils import timezone
 
 from networking import plain_text
 from networking.access import SUPPORT_ROLE
-from networking.models import AuditEvent, Membership, Organization, actor_label
+from networking.models import AuditEvent, Membership, Organization, actor_label, confirm_standing
 
 logger = logging.getLogger(__name__)
 
@@ -282,6 +282,11 @@ class ApiToken(models.Model):
     def revoke(self, *, actor: Any) -> bool:
         """Revoke once, audited; False if it was already revoked."""
         with transaction.atomic():
+            if self.organization_id is not None:
+                # The actor's standing (a lock on the organization's row) before the token's
+                # row: a removal takes them in that order (it revokes the member's tokens), and
+                # the other order deadlocks with it.
+                confirm_standing(actor, self.organization_id)
             if not ApiToken.objects.filter(pk=self.pk, revoked_at__isnull=True).update(
                 revoked_at=timezone.now()
             ):

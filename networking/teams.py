@@ -3,6 +3,11 @@
 Every change holds a lock on the organization's owner memberships, so two owners demoting
 each other at the same moment cannot leave it with none: the last owner can be neither
 removed nor demoted. Each change is one event in the organization's audit log.
+
+The organization's row is locked first, and held until the change commits: every write by a
+member confirms their membership under a lock on that row (``networking.access.Standing``), so a
+removal or a role change waits for the writes already past that point, and the writes after it
+see it. The owner making the change is confirmed the same way, before anything changes.
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ from django.db import IntegrityError, transaction
 from django.db.models import Q
 from django.dispatch import Signal
 
-from networking.models import AuditEvent, Membership, Organization
+from networking.models import AuditEvent, Membership, Organization, confirm_standing
 
 # Sent inside the transaction that takes someone out of an organization (``organization``,
 # ``user_id``). Whatever credentials they hold there go with them: each receiver revokes its
@@ -26,9 +31,13 @@ class TeamChangeRefused(Exception):
     """A change that cannot be made, with the reason in words a user can act on."""
 
 
-def _owners_locked(organization: Organization) -> list[int]:
-    """Lock the organization's row and return its owners' membership ids."""
+def _owners_locked(organization: Organization, actor: Any) -> list[int]:
+    """Lock the organization's row, confirm that ``actor`` is still the owner they were when
+    their request was let in, and return the owners' membership ids."""
     Organization.objects.select_for_update().filter(pk=organization.pk).first()
+    # Now, before the change: it may be to the actor's own membership (an owner leaving or
+    # stepping down), which the audit event must then not hold against them.
+    confirm_standing(actor, organization.pk)
     return list(
         Membership.objects.select_for_update()
         .filter(organization=organization, role=Membership.Role.OWNER)
@@ -50,15 +59,16 @@ def _record(
         action=action,
         target=target,
         details=details,
+        confirm=False,  # confirmed before the change (``_owners_locked``)
     )
 
 
 def _locked_member(
-    organization: Organization, membership_id: int
+    organization: Organization, membership_id: int, actor: Any
 ) -> tuple[Membership | None, bool]:
     """The membership, locked after the organization's owners (see ``_owners_locked``), and
     whether it is the last owner's."""
-    owners = _owners_locked(organization)
+    owners = _owners_locked(organization, actor)
     membership = (
         Membership.objects.select_for_update()
         .select_related("user")
@@ -98,7 +108,7 @@ def invite(organization: Organization, who: str, role: str, *, actor: Any) -> Me
         raise TeamChangeRefused("Support staff are never members of a customer organization.")
     try:
         with transaction.atomic():
-            _owners_locked(organization)
+            _owners_locked(organization, actor)
             membership = Membership.objects.create(user=user, organization=organization, role=role)
             _record(
                 organization,
@@ -119,7 +129,7 @@ def change_role(organization: Organization, membership_id: int, role: str, *, ac
     if role not in Membership.Role.values:
         raise TeamChangeRefused("Choose a role: owner, member or viewer.")
     with transaction.atomic():
-        membership, last_owner = _locked_member(organization, membership_id)
+        membership, last_owner = _locked_member(organization, membership_id, actor)
         if membership is None:
             raise TeamChangeRefused("That person is no longer a member of this organization.")
         if membership.role == role:
@@ -142,7 +152,7 @@ def remove(organization: Organization, membership_id: int, *, actor: Any) -> boo
     """Take someone out of the organization, and revoke their API tokens for it; False if they
     were already gone."""
     with transaction.atomic():
-        membership, last_owner = _locked_member(organization, membership_id)
+        membership, last_owner = _locked_member(organization, membership_id, actor)
         if membership is None:
             return False
         if last_owner:

@@ -14,7 +14,7 @@ importing only those below it (``make lint`` holds the order):
 Import the models from here (``from networking.models import Service``), not from the modules.
 """
 
-from networking.models.audit import AuditEvent, actor_label, via_token_of
+from networking.models.audit import AuditEvent, actor_label, confirm_standing, via_token_of
 from networking.models.peering import PeeringNotification, PeeringRequest
 from networking.models.projects import (
     ALIAS_CHOICES,
@@ -59,6 +59,7 @@ __all__ = [
     "SharedSecret",
     "WatcherHeartbeat",
     "actor_label",
+    "confirm_standing",
     "generate_project_uid",
     "via_token_of",
 ]

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from django.conf import settings
-from django.db import models
+from django.db import models, transaction
 
 if TYPE_CHECKING:
     from networking.models.projects import Project
@@ -26,6 +26,27 @@ def actor_label(actor: Any, *, nobody: str = "system") -> str:
         return nobody
     via = via_token_of(actor)
     return f"{actor.get_username()} via token {via}" if via else str(actor.get_username())
+
+
+class Standing(Protocol):
+    """What a request was let into an organization as (``networking.access.Standing``)."""
+
+    def confirm(self) -> None:
+        """Read the membership again under lock; ``PermissionDenied`` if it no longer allows
+        what the request was let in to do."""
+
+
+def confirm_standing(actor: Any, organization_id: int) -> None:
+    """Confirm, inside the current transaction, that ``actor`` may still act in the organization.
+
+    Only an actor let in through a membership there carries a standing for it
+    (``networking.access`` hands it over, as the API's authentication hands over ``via_token``);
+    the system, the worker and support staff carry none, and nothing is checked for them.
+    """
+    standings = getattr(actor, "standings", None)
+    standing: Standing | None = standings.get(organization_id) if standings else None
+    if standing is not None:
+        standing.confirm()
 
 
 class AuditEvent(models.Model):
@@ -116,15 +137,26 @@ class AuditEvent(models.Model):
         action: AuditEvent.Action,
         target: str,
         details: dict[str, Any] | None = None,
+        confirm: bool = True,
     ) -> AuditEvent:
-        """One event; ``project`` None for the organization's own log (team, deletions)."""
-        return cls.objects.create(
-            organization_id=organization_id,
-            project=project,
-            actor=actor if actor is not None and actor.is_authenticated else None,
-            actor_label=actor.get_username() if actor is not None else "system",
-            via_token=via_token_of(actor),
-            action=action,
-            target=target,
-            details=details or {},
-        )
+        """One event; ``project`` None for the organization's own log (team, deletions).
+
+        Every change records its event inside the transaction that makes it, so this is where a
+        member's standing is confirmed (``confirm_standing``): a member removed, or given a role
+        that can't make the change, while the request was on its way is refused here and the
+        whole transaction rolls back. ``confirm`` False only for a change that confirmed it
+        before it altered the actor's own membership (``networking.teams``: someone leaving).
+        """
+        with transaction.atomic(savepoint=False):
+            if confirm:
+                confirm_standing(actor, organization_id)
+            return cls.objects.create(
+                organization_id=organization_id,
+                project=project,
+                actor=actor if actor is not None and actor.is_authenticated else None,
+                actor_label=actor.get_username() if actor is not None else "system",
+                via_token=via_token_of(actor),
+                action=action,
+                target=target,
+                details=details or {},
+            )

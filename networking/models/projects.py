@@ -16,7 +16,7 @@ from django.db.models import F, Q, Subquery
 from django.db.models.functions import Lower
 from django.utils import timezone
 
-from networking import enqueue, live, naming, plain_text
+from networking import contention, enqueue, live, naming, plain_text
 from networking.crypto import EncryptedTextField, SecretText
 from networking.models.audit import AuditEvent
 from networking.models.peering import PeeringRequest
@@ -115,8 +115,7 @@ class Project(models.Model):
         return ValidationError(
             {
                 "name": ValidationError(
-                    f"This organization already has a project named “{name}”. Choose another "
-                    "name.",
+                    f"This organization already has a project named “{name}”. Choose another name.",
                     code="duplicate",
                 )
             }
@@ -415,9 +414,19 @@ class Project(models.Model):
         target: str,
         details: dict[str, Any] | None = None,
     ) -> AuditEvent:
-        """Record something a person did that does not change the desired state."""
-        Project.touch([self.pk])
-        return self._event(actor, action, target, details)
+        """Record something a person did that does not change the desired state.
+
+        Outside a transaction (a reveal, whose only write this is), the event and the
+        revision's move are one transaction, tried again if PostgreSQL aborts it to break a
+        deadlock among the writers it waits behind for the project's row: a reveal is never
+        refused because other changes to the project deadlocked.
+        """
+
+        def record() -> AuditEvent:
+            Project.touch([self.pk])
+            return self._event(actor, action, target, details)
+
+        return contention.retried_after_deadlock(record)
 
 
 DATABASE_PORTS: dict[str, int] = {
