@@ -370,6 +370,13 @@ class ReferenceCreateIn(Schema):
     )
 
 
+class NameCheckOut(Schema):
+    name: str = Field(description="The name as asked")
+    dns_label: str | None = Field(None, description="Its DNS label; null if refused")
+    hostname: str | None = None
+    error: str | None = Field(None, description="Why the naming rule refuses it")
+
+
 class AliasOut(Schema):
     id: int
     dns_label: str

@@ -24,7 +24,7 @@ from api import schemas
 from api.auth import token_of
 from api.idempotency import idempotent
 from api.problems import Problem, form_invalid, invalid
-from networking import audit_trail, endpoints, peering, references, rotation
+from networking import audit_trail, endpoints, naming, peering, references, rotation
 from networking.access import (
     ProjectAccess,
     capped_memberships,
@@ -559,6 +559,65 @@ def reveal_service_credentials(
 
 
 # -- Reference variables and old hostnames -----------------------------------------------------
+
+
+@router.get(
+    "/projects/{project_id}/references",
+    response={200: list[schemas.ReferenceOut], **ERRORS},
+    tags=["services"],
+    operation_id="list_project_references",
+)
+def list_project_references(
+    request: HttpRequest, project_id: ProjectId
+) -> list[schemas.ReferenceOut]:
+    """Every reference variable of the project: whose address goes to which service."""
+    access = _project(request, project_id)
+    found = (
+        access.project.references.select_related("source", "consumer")
+        .order_by("source__name", "consumer__name")
+        .iterator(chunk_size=500)
+    )
+    return [schemas.from_reference(reference) for reference in found]
+
+
+class NameQuery(Schema):
+    name: list[Annotated[str, Field(min_length=1, max_length=100, pattern=_PLAIN)]] = Field(
+        min_length=1, max_length=100, description="A name as typed (repeat, up to 100)"
+    )
+
+
+@router.get(
+    "/projects/{project_id}/service-names",
+    response={200: list[schemas.NameCheckOut], **ERRORS},
+    tags=["services"],
+    operation_id="check_service_names",
+)
+def check_service_names(
+    request: HttpRequest, project_id: ProjectId, query: Annotated[NameQuery, Query()]
+) -> list[schemas.NameCheckOut]:
+    """The hostname each name would give a service, or why the naming rule refuses it (what
+    the dashboard previews as you type; `stackblaze plan` matches a file's services by it)."""
+    _project(request, project_id)
+    answers = []
+    for name in query.name:
+        try:
+            label = naming.normalize_service_name(name)
+        except ValidationError as error:
+            answers.append(
+                schemas.NameCheckOut(
+                    name=name, dns_label=None, hostname=None, error=error.messages[0]
+                )
+            )
+        else:
+            answers.append(
+                schemas.NameCheckOut(
+                    name=name,
+                    dns_label=label,
+                    hostname=naming.internal_hostname(label),
+                    error=None,
+                )
+            )
+    return answers
 
 
 @router.get(

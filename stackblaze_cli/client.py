@@ -112,8 +112,23 @@ class Api:
         clean = {key: value for key, value in params.items() if value not in (None, "")}
         return self.request("GET", path, params=clean)
 
-    def send(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
-        return self.request(method, path, json=body, idempotency_key=str(uuid.uuid4()))
+    def send(
+        self,
+        method: str,
+        path: str,
+        body: dict[str, Any] | None = None,
+        *,
+        params: dict[str, Any] | None = None,
+    ) -> Any:
+        """A change, with an Idempotency-Key: sent again after a network error or a 5xx."""
+        return self.request(
+            method, path, params=params, json=body, idempotency_key=str(uuid.uuid4())
+        )
+
+    def send_once(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+        """A change the API keeps no answer of for a retry (a new token: its answer holds
+        the token itself), so it is never sent twice: a retry would make a second one."""
+        return self.request(method, path, json=body)
 
     def request(
         self,

@@ -12,13 +12,16 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Annotated, Any, NoReturn
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Any, Literal, NoReturn
 
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from stackblaze_cli import project_file
 from stackblaze_cli.client import Api, Failed, Refused, check_url, load_config, save_config
 
 EXIT_REFUSED = 1
@@ -26,20 +29,33 @@ EXIT_USAGE = 2
 EXIT_FAILED = 3
 
 app = typer.Typer(
-    help="Stackblaze private networking: services, shared secrets, peering and the audit log.",
+    help="Stackblaze private networking: projects, services, shared secrets, peering, the "
+    "team, API tokens and the audit log.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
 )
+# `stackblaze projects` alone lists them, as it always did; its commands change them.
+projects_app = typer.Typer(
+    help="Projects: with no command, the ones your token can see.", invoke_without_command=True
+)
 services_app = typer.Typer(help="Services and databases: hostnames, ports, connection strings.")
 secrets_app = typer.Typer(help="Shared secrets and their rotation without downtime.")
 peering_app = typer.Typer(help="VPC peering between projects (Enterprise).")
+members_app = typer.Typer(help="Who belongs to the organization, in which role.")
+tokens_app = typer.Typer(help="API tokens for scripts, CI and this command.")
+support_app = typer.Typer(help="Support staff: peering requests waiting for a decision.")
+app.add_typer(projects_app, name="projects")
 app.add_typer(services_app, name="services")
 app.add_typer(secrets_app, name="secrets")
 app.add_typer(peering_app, name="peering")
+app.add_typer(members_app, name="members")
+app.add_typer(tokens_app, name="tokens")
+app.add_typer(support_app, name="support")
 
-out = Console(highlight=False, soft_wrap=True)
-err = Console(stderr=True, highlight=False, soft_wrap=True)
+# No markup and no emoji codes: names are printed as typed ("Checkout [eu]" stays whole).
+out = Console(highlight=False, soft_wrap=True, markup=False, emoji=False)
+err = Console(stderr=True, highlight=False, soft_wrap=True, markup=False, emoji=False)
 
 
 @dataclass
@@ -60,6 +76,16 @@ ProjectOption = Annotated[
         help="Project ID or name (default: the only project, or the one `login` saved).",
     ),
 ]
+OrganizationOption = Annotated[
+    str,
+    typer.Option(
+        "--org",
+        envvar="STACKBLAZE_ORG",
+        help="The organization's slug (default: your token's organization).",
+    ),
+]
+YesOption = Annotated[bool, typer.Option("--yes", "-y", help="Do not ask")]
+Role = Literal["owner", "member", "viewer"]
 
 
 @app.callback()
@@ -120,7 +146,7 @@ def _table(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
     out.print(table)
 
 
-def _project_id(api: Api) -> str:
+def _project(api: Api) -> dict[str, Any]:
     """The project to act on: --project (an ID or a name), the saved one, or the only one."""
     wanted = options.project or load_config().get("project", "")
     projects: list[dict[str, Any]] = _call(lambda: api.get("/projects"))
@@ -129,12 +155,16 @@ def _project_id(api: Api) -> str:
             if wanted in (project["id"], project["name"]) or (
                 wanted.casefold() == project["name"].casefold()
             ):
-                return str(project["id"])
+                return project
         _usage(f"No project “{wanted}” here. `stackblaze projects` lists them.")
     if len(projects) == 1:
-        return str(projects[0]["id"])
+        return projects[0]
     names = ", ".join(f"{p['name']} ({p['id']})" for p in projects) or "none"
     _usage(f"Choose a project with --project: {names}.")
+
+
+def _project_id(api: Api) -> str:
+    return str(_project(api)["id"])
 
 
 def _service(api: Api, project: str, name: str) -> dict[str, Any]:
@@ -154,6 +184,80 @@ def _secret(api: Api, project: str, name: str) -> dict[str, Any]:
 def _refuse(message: str) -> NoReturn:
     err.print(f"Error: {message}")
     raise typer.Exit(EXIT_REFUSED)
+
+
+def _confirm(question: str, *, unasked: str) -> None:
+    """Ask before anything that disconnects or deletes. With no terminal to ask (a script, CI)
+    nothing happens without --yes: ``unasked`` says what --yes would do."""
+    if not sys.stdin.isatty():
+        _usage(f"Add --yes to {unasked} without a prompt (no terminal to ask).")
+    if not typer.confirm(question, err=True):  # stdout stays the command's answer
+        raise typer.Exit(EXIT_USAGE)
+
+
+def _organization(api: Api, wanted: str) -> str:
+    """The organization to act on: --org, the token's own, or the only one you belong to."""
+    if wanted:
+        return wanted
+    me = _call(lambda: api.get("/me"))
+    if me.get("organization"):
+        return str(me["organization"])
+    found: list[dict[str, Any]] = _call(lambda: api.get("/organizations"))
+    if len(found) == 1:
+        return str(found[0]["slug"])
+    if not found:
+        _usage("This token belongs to no organization: give one with --org.")
+    slugs = ", ".join(organization["slug"] for organization in found)
+    _usage(f"Choose an organization with --org: {slugs}.")
+
+
+def _moment(text: str) -> datetime:
+    return datetime.fromisoformat(text).astimezone(UTC)
+
+
+def _when(text: str | None) -> str:
+    """An API timestamp as people read it, in UTC: 2025-06-01 14:03 UTC."""
+    return _moment(text).strftime("%Y-%m-%d %H:%M UTC") if text else ""
+
+
+# As the dashboard's `timesince`: the largest unit, and the next one down when not zero.
+_UNITS = (
+    ("year", 365 * 86400),
+    ("month", 30 * 86400),
+    ("week", 7 * 86400),
+    ("day", 86400),
+    ("hour", 3600),
+    ("minute", 60),
+)
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(abs(seconds))
+    for index, (unit, size) in enumerate(_UNITS):
+        count, rest = divmod(seconds, size)
+        if count:
+            parts = [f"{count} {unit}{'' if count == 1 else 's'}"]
+            if index + 1 < len(_UNITS):
+                smaller, smaller_size = _UNITS[index + 1]
+                more = rest // smaller_size
+                if more:
+                    parts.append(f"{more} {smaller}{'' if more == 1 else 's'}")
+            return ", ".join(parts)
+    return "less than a minute"
+
+
+def _ago(text: str) -> str:
+    """ "12 s ago" within the last minute, "3 hours, 4 minutes ago" after (the dashboard's)."""
+    seconds = (datetime.now(UTC) - _moment(text)).total_seconds()
+    if seconds < 1:
+        return "just now"
+    if seconds < 60:
+        return f"{int(seconds)} s ago"
+    return f"{_duration(seconds)} ago"
+
+
+def _from_now(text: str) -> str:
+    return f"{_duration((_moment(text) - datetime.now(UTC)).total_seconds())} from now"
 
 
 # -- Account -----------------------------------------------------------------------------------
@@ -186,9 +290,23 @@ def login(
     out.print(f"Saved to {path}.")
 
 
-@app.command()
-def projects() -> None:
-    """The projects your token can see."""
+# -- Projects ----------------------------------------------------------------------------------
+
+
+@projects_app.callback()
+def projects(context: typer.Context) -> None:
+    """The projects your token can see; its commands create, rename and delete them (owners)."""
+    if context.invoked_subcommand is None:
+        _list_projects()
+
+
+@projects_app.command("ls")
+def projects_ls() -> None:
+    """The projects your token can see (as `stackblaze projects` alone)."""
+    _list_projects()
+
+
+def _list_projects() -> None:
     api = _api()
     found = _call(lambda: api.get("/projects"))
     if options.as_json:
@@ -200,6 +318,78 @@ def projects() -> None:
     )
 
 
+@projects_app.command("create")
+def projects_create(
+    name: Annotated[str, typer.Argument(help="The project's name, e.g. “Checkout”")],
+    org: OrganizationOption = "",
+) -> None:
+    """Create a project (owners); the worker sets up its namespace in the cluster."""
+    api = _api()
+    body: dict[str, Any] = {"name": name}
+    if org:
+        body["organization"] = org
+    created = _call(lambda: api.send("POST", "/projects", body))
+    if options.as_json:
+        _print_json(created)
+        return
+    out.print(
+        f"Created project {created['name']} ({created['id']}) in {created['organization']}. "
+        f"Act on it with --project {created['id']}."
+    )
+
+
+@projects_app.command("rename")
+def projects_rename(
+    new_name: Annotated[str, typer.Argument(help="The project's new name")],
+) -> None:
+    """Rename the project named by --project (owners); nothing else changes.
+
+    Only the name changes: its ID, its namespace and its services' hostnames stay as they
+    are, so nothing reconnects."""
+    api = _api()
+    project = _project(api)
+    changed = _call(lambda: api.send("PATCH", f"/projects/{project['id']}", {"name": new_name}))
+    if options.as_json:
+        _print_json(changed)
+        return
+    out.print(
+        f"Renamed project {project['name']} to {changed['name']}; its ID, namespace and "
+        "hostnames stay as they are."
+    )
+
+
+@projects_app.command("rm")
+def projects_rm(yes: YesOption = False) -> None:
+    """Delete the project named by --project and everything in it (owners).
+
+    Its services and their hostnames, its shared secrets, its peerings, and its namespace in
+    the cluster go with it; it cannot be undone. On a terminal you type the project's name
+    back to confirm; with no terminal (a script, CI) it needs --yes."""
+    api = _api()
+    project = _project(api)
+    name = project["name"]
+    typed = name
+    if not yes:
+        if not sys.stdin.isatty():
+            _usage(f"Add --yes to delete project {name} without a prompt (no terminal to ask).")
+        err.print(
+            f"This deletes {name} ({project['id']}) and cannot be undone: its services and "
+            f"their .internal hostnames, its shared secrets, its peerings, and the namespace "
+            f"{project['namespace']} with everything in it."
+        )
+        typed = typer.prompt(f"Type {name} to confirm", default="", show_default=False, err=True)
+        if typed.strip() != name:
+            _usage(f"“{typed.strip()}” is not the project's name, {name}; nothing was deleted.")
+    _call(lambda: api.send("DELETE", f"/projects/{project['id']}", params={"confirm_name": typed}))
+    if options.as_json:
+        _print_json({"deleted": project["id"]})
+        return
+    out.print(
+        f"Deleted project {name}; the worker removes its namespace {project['namespace']} "
+        "from the cluster."
+    )
+
+
 # -- Services ----------------------------------------------------------------------------------
 
 
@@ -207,7 +397,10 @@ def projects() -> None:
 def services_ls(
     kind: Annotated[str, typer.Option(help="Only this kind (web, private, postgresql…)")] = "",
 ) -> None:
-    """Every service with its private address and ClusterIP."""
+    """Every service with its private address, ClusterIP and status.
+
+    Status: Live (the cluster has it, with its ClusterIP), Applied (it has it; its ClusterIP
+    is not read back yet) or Pending (the cluster has not caught up with its last change)."""
     api = _api()
     project = _project_id(api)
     items: list[dict[str, Any]] = []
@@ -222,9 +415,29 @@ def services_ls(
         _print_json(items)
         return
     _table(
-        ["NAME", "KIND", "ADDRESS", "CLUSTER IP"],
-        [(s["dns_label"], s["kind"], s["address"], s["cluster_ip"] or "pending") for s in items],
+        ["NAME", "KIND", "ADDRESS", "CLUSTERIP", "STATUS"],
+        [(s["dns_label"], s["kind"], s["address"], _cluster_ip(s), _status(s)) for s in items],
     )
+
+
+# A service's status as the dashboard's overview says it.
+STATUS = {"live": "Live", "applied": "Applied", "pending": "Pending"}
+STATUS_MEANING = {
+    "live": "the cluster has it, with its ClusterIP",
+    "applied": "the cluster has it; its ClusterIP is not read back yet",
+    "pending": "the cluster has not caught up with its last change yet",
+}
+
+
+def _status(service: dict[str, Any]) -> str:
+    return STATUS.get(service["status"], str(service["status"]))
+
+
+def _cluster_ip(service: dict[str, Any]) -> str:
+    """Its ClusterIP; without one, "pending" only while the service is pending."""
+    if service["cluster_ip"]:
+        return str(service["cluster_ip"])
+    return "pending" if service["status"] == "pending" else "not assigned yet"
 
 
 @services_app.command("create")
@@ -264,8 +477,10 @@ def services_rename(
         ),
     ] = "24h",
 ) -> None:
-    """Rename a service. Its old hostname keeps resolving for 24 hours unless you say
-    otherwise (--keep-old-name), and no other service can take it meanwhile."""
+    """Rename a service; its old hostname keeps resolving for a while.
+
+    Its old hostname keeps resolving for 24 hours unless you say otherwise (--keep-old-name),
+    and no other service can take it meanwhile."""
     if keep_old_name not in KEEP_OLD_NAME:
         _usage(f"--keep-old-name must be one of {', '.join(KEEP_OLD_NAME)}.")
     api = _api()
@@ -310,17 +525,17 @@ def services_ports(
 @services_app.command("rm")
 def services_rm(
     name: Annotated[str, typer.Argument(help="The service's name")],
-    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask")] = False,
+    yes: YesOption = False,
 ) -> None:
-    """Delete a service and release its hostname."""
+    """Delete a service and release its hostname. Asks first."""
     api = _api()
     project = _project_id(api)
     service = _service(api, project, name)
     if not yes:
-        if not sys.stdin.isatty():
-            _usage(f"Add --yes to delete {service['name']} without a prompt (no terminal to ask).")
-        if not typer.confirm(f"Delete {service['name']} ({service['hostname']})?"):
-            raise typer.Exit(EXIT_USAGE)
+        _confirm(
+            f"Delete {service['name']} ({service['hostname']})?",
+            unasked=f"delete {service['name']}",
+        )
     _call(lambda: api.send("DELETE", f"/projects/{project}/services/{service['id']}"))
     if options.as_json:
         _print_json({"deleted": service["dns_label"]})
@@ -330,7 +545,9 @@ def services_rm(
 
 @services_app.command("show")
 def services_show(name: Annotated[str, typer.Argument(help="The service's name")]) -> None:
-    """A service's hostname, ports, ClusterIP and connection strings (passwords masked)."""
+    """A service's hostname, ports, ClusterIP, status and connection strings.
+
+    Passwords are masked: `services env NAME --reveal` shows them (audited)."""
     api = _api()
     project = _project_id(api)
     service = _service(api, project, name)
@@ -344,7 +561,8 @@ def services_show(name: Annotated[str, typer.Argument(help="The service's name")
             ("Hostname", service["hostname"]),
             ("Kind", service["kind"]),
             ("Ports", ", ".join(map(str, service["ports"]))),
-            ("ClusterIP", service["cluster_ip"] or "pending"),
+            ("ClusterIP", _cluster_ip(service)),
+            ("Status", f"{_status(service)}: {STATUS_MEANING.get(service['status'], '')}"),
             *[(endpoint["label"], endpoint["value"]) for endpoint in service["endpoints"]],
         ],
     )
@@ -379,8 +597,10 @@ def services_test(
     timeout: Annotated[float, typer.Option(help="Seconds to wait at most")] = 120.0,
     interval: Annotated[float, typer.Option(help="Seconds between looks", hidden=True)] = 1.0,
 ) -> None:
-    """Test the connection: a probe in the project resolves NAME.internal and connects to
-    each port, then says what it found. Exits 0 when every check passes, 1 when one fails."""
+    """Test the connection to a service from inside the project.
+
+    A probe in the project resolves NAME.internal and connects to each port, then says what
+    it found. Exits 0 when every check passes, 1 when one fails."""
     api = _api()
     project = _project_id(api)
     service = _service(api, project, name)
@@ -411,6 +631,215 @@ def services_test(
         raise typer.Exit(EXIT_REFUSED)
 
 
+# -- Reference variables ("Use in another service") -------------------------------------------
+
+DATABASE_KINDS = frozenset({"postgresql", "mysql", "redis", "mongodb"})
+
+
+def _what_is_given(source: dict[str, Any]) -> str:
+    return "connection string" if source["kind"] in DATABASE_KINDS else "internal URL"
+
+
+@services_app.command("link")
+def services_link(
+    source: Annotated[str, typer.Argument(help="The service whose address is given")],
+    consumers: Annotated[
+        list[str],
+        typer.Argument(help="The services that receive it (their names, as `services ls` shows)"),
+    ],
+    variable: Annotated[
+        str,
+        typer.Option(
+            help="The variable's name (default: the usual one, such as DATABASE_URL, REDIS_URL "
+            "or API_URL, unless the consumer has it already)"
+        ),
+    ] = "",
+) -> None:
+    """Use in another service: give consumers this service's address.
+
+    Each CONSUMER gets the address of SOURCE (a database's connection string, a service's
+    internal URL) as an environment variable, which the platform keeps current (after a
+    rename or a new password too). Each consumer restarts once to pick it up."""
+    api = _api()
+    project = _project_id(api)
+    given = _service(api, project, source)
+    body: dict[str, Any] = {"consumers": consumers}
+    if variable:
+        body["variable"] = variable
+    made = _call(
+        lambda: api.send("POST", f"/projects/{project}/services/{given['id']}/references", body)
+    )
+    if options.as_json:
+        _print_json(made)
+        return
+    for reference in made:
+        out.print(
+            f"{reference['consumer']} receives {reference['variable']}, the "
+            f"{_what_is_given(given)} of {reference['source']}; it restarts once to pick it up."
+        )
+
+
+@services_app.command("unlink")
+def services_unlink(
+    source: Annotated[str, typer.Argument(help="The service whose address is given")],
+    consumer: Annotated[str, typer.Argument(help="The service that receives it")],
+    yes: YesOption = False,
+) -> None:
+    """Stop giving a consumer a service's address. Asks first.
+
+    The variable is removed and CONSUMER restarts once without it."""
+    api = _api()
+    project = _project_id(api)
+    given = _service(api, project, source)
+    base = f"/projects/{project}/services/{given['id']}/references"
+    wiring = _call(lambda: api.get(base))
+    wanted = consumer.strip().lower()
+    reference = next((r for r in wiring["gives"] if r["consumer"] == wanted), None)
+    if reference is None:
+        _refuse(
+            f"{given['dns_label']} gives its address to no service named “{consumer}”. "
+            f"`stackblaze services refs {given['dns_label']}` lists the ones it gives it to."
+        )
+    if not yes:
+        _confirm(
+            f"Take {reference['variable']} (the address of {reference['source']}) from "
+            f"{reference['consumer']}? It restarts without it.",
+            unasked=f"take {reference['variable']} from {reference['consumer']}",
+        )
+    _call(lambda: api.send("DELETE", f"{base}/{reference['id']}"))
+    if options.as_json:
+        _print_json({"removed": reference})
+        return
+    out.print(
+        f"{reference['consumer']} no longer receives {reference['variable']}; it restarts once "
+        "without it."
+    )
+
+
+@services_app.command("refs")
+def services_refs(name: Annotated[str, typer.Argument(help="The service's name")]) -> None:
+    """Both sides: what the service gives, and what it receives.
+
+    The services it gives its address to, and the addresses it receives, each with its
+    variable."""
+    api = _api()
+    project = _project_id(api)
+    service = _service(api, project, name)
+    wiring = _call(lambda: api.get(f"/projects/{project}/services/{service['id']}/references"))
+    if options.as_json:
+        _print_json(wiring)
+        return
+    label = service["dns_label"]
+    if not wiring["gives"] and not wiring["receives"]:
+        out.print(
+            f"{label} gives its address to no service and receives none. "
+            "`stackblaze services link` wires one service into another."
+        )
+        return
+    _table(
+        ["", "SERVICE", "VARIABLE"],
+        [
+            *[(f"{label} gives to", r["consumer"], r["variable"]) for r in wiring["gives"]],
+            *[(f"{label} receives from", r["source"], r["variable"]) for r in wiring["receives"]],
+        ],
+    )
+
+
+# -- Old hostnames -----------------------------------------------------------------------------
+
+
+def _alias(api: Api, project: str, service: dict[str, Any], hostname: str) -> dict[str, Any]:
+    aliases = _call(lambda: api.get(f"/projects/{project}/services/{service['id']}/aliases"))
+    wanted = hostname.strip().lower().removesuffix(".").removesuffix(".internal")
+    for alias in aliases:
+        if alias["dns_label"] == wanted:
+            return dict(alias)
+    _refuse(
+        f"{hostname} is not an old hostname of {service['hostname']}. "
+        f"`stackblaze services aliases {service['dns_label']}` lists them."
+    )
+
+
+@services_app.command("aliases")
+def services_aliases(name: Annotated[str, typer.Argument(help="The service's name")]) -> None:
+    """Old hostnames that still resolve to the service, and until when.
+
+    A rename keeps the old hostname resolving for a while; callers should move to the new
+    one meanwhile."""
+    api = _api()
+    project = _project_id(api)
+    service = _service(api, project, name)
+    found = _call(lambda: api.get(f"/projects/{project}/services/{service['id']}/aliases"))
+    if options.as_json:
+        _print_json(found)
+        return
+    if not found:
+        out.print(f"No old hostname resolves to {service['hostname']}.")
+        return
+    _table(
+        ["OLD HOSTNAME", "RESOLVES UNTIL", ""],
+        [(a["hostname"], _when(a["expires_at"]), _from_now(a["expires_at"])) for a in found],
+    )
+
+
+@services_app.command("keep-old-name")
+def services_keep_old_name(
+    name: Annotated[str, typer.Argument(help="The service's name")],
+    old_hostname: Annotated[str, typer.Argument(help="Its old hostname, e.g. api.internal")],
+) -> None:
+    """Keep an old hostname resolving to the service a day longer than it does now."""
+    api = _api()
+    project = _project_id(api)
+    service = _service(api, project, name)
+    alias = _alias(api, project, service, old_hostname)
+    # The end as read: a retry, or someone else's click meanwhile, extends it once only.
+    kept = _call(
+        lambda: api.send(
+            "POST",
+            f"/projects/{project}/services/{service['id']}/aliases/{alias['id']}/extend",
+            {"seen_expires_at": alias["expires_at"]},
+        )
+    )
+    if options.as_json:
+        _print_json(kept)
+        return
+    out.print(
+        f"{kept['hostname']} keeps resolving to {service['hostname']} until "
+        f"{_when(kept['expires_at'])} ({_from_now(kept['expires_at'])})."
+    )
+
+
+@services_app.command("end-old-name")
+def services_end_old_name(
+    name: Annotated[str, typer.Argument(help="The service's name")],
+    old_hostname: Annotated[str, typer.Argument(help="Its old hostname, e.g. api.internal")],
+    yes: YesOption = False,
+) -> None:
+    """Stop an old hostname resolving now (owners). Asks first.
+
+    Callers still using it stop reaching the service, and the name is free for another
+    service."""
+    api = _api()
+    project = _project_id(api)
+    service = _service(api, project, name)
+    alias = _alias(api, project, service, old_hostname)
+    if not yes:
+        _confirm(
+            f"Stop {alias['hostname']} resolving now? Callers still using it stop reaching "
+            f"{service['hostname']}.",
+            unasked=f"stop {alias['hostname']} resolving",
+        )
+    _call(
+        lambda: api.send(
+            "DELETE", f"/projects/{project}/services/{service['id']}/aliases/{alias['id']}"
+        )
+    )
+    if options.as_json:
+        _print_json({"ended": alias["hostname"]})
+        return
+    out.print(f"{alias['hostname']} no longer resolves; the name is free for another service.")
+
+
 # -- Shared secrets ----------------------------------------------------------------------------
 
 
@@ -424,12 +853,34 @@ def secrets_ls() -> None:
         _print_json(found)
         return
     _table(
-        ["NAME", "VERSION", "SERVICES", "ROTATION"],
+        ["NAME", "ROTATIONS", "RECEIVED BY", "ROTATION"],
         [
-            (s["name"], s["version"], ", ".join(s["services"]) or "none", s["rotation_phase"])
+            (s["name"], s["rotations"], ", ".join(s["services"]) or "no service yet", _rotation(s))
             for s in found
         ],
     )
+
+
+# A rotation's phase as the dashboard says it.
+PHASES = {
+    "accept_new": "Verifiers accept the new value",
+    "send_new": "Callers send the new value",
+    "grace": "Grace window: the old value is still accepted",
+    "retire_old": "The old value is retired",
+}
+
+
+def _rotation(secret: dict[str, Any]) -> str:
+    """The phase while it rotates, else when it was last rotated; and its schedule."""
+    if secret["rotating"]:
+        said = PHASES.get(secret["rotation_phase"], str(secret["rotation_phase"]))
+    elif secret["last_rotated_at"]:
+        said = f"rotated {_ago(secret['last_rotated_at'])}"
+    else:
+        said = "never rotated"
+    if secret["rotate_every_days"]:
+        said += f" · every {secret['rotate_every_days']} days"
+    return said
 
 
 @secrets_app.command("create")
@@ -463,7 +914,9 @@ def secrets_rotate(
     timeout: Annotated[float, typer.Option(help="Seconds to wait at most")] = 3600.0,
     interval: Annotated[float, typer.Option(help="Seconds between looks", hidden=True)] = 1.0,
 ) -> None:
-    """Rotate without downtime: accept new, send new, a grace window, retire old."""
+    """Rotate without downtime: accept new, send new, a grace window, retire old.
+
+    --wait follows it until it completes (or `secrets rotation NAME --wait` later)."""
     api = _api()
     project = _project_id(api)
     secret = _secret(api, project, name)
@@ -473,13 +926,84 @@ def secrets_rotate(
         if options.as_json:
             _print_json(progress)
         else:
-            out.print(f"Rotating {name}. Follow it with `stackblaze secrets rotate … --wait`.")
+            out.print(
+                f"Started rotation {progress['number']} of {name}. Follow it with "
+                f"`stackblaze secrets rotation {name} --wait`."
+            )
         return
     progress = _follow(api, f"{base}/rotation", progress, timeout=timeout, interval=interval)
     if options.as_json:
         _print_json(progress)
         return
-    out.print(f"Rotated {name}: every receiving service now runs version {progress['version']}.")
+    _completed(progress)
+
+
+def _completed(progress: dict[str, Any]) -> None:
+    out.print(
+        f"Rotation {progress['number']} of {progress['secret']} completed: every receiving "
+        "service has the new value."
+    )
+
+
+@secrets_app.command("rotation")
+def secrets_rotation(
+    name: Annotated[str, typer.Argument(help="The secret's name")],
+    wait: Annotated[bool, typer.Option(help="Follow the rotation until it completes")] = False,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait at most")] = 3600.0,
+    interval: Annotated[float, typer.Option(help="Seconds between looks", hidden=True)] = 1.0,
+) -> None:
+    """How the secret's rotation stands; --wait follows it to the end.
+
+    Each phase (done, current, pending), and whether each receiving service's pods have the
+    value."""
+    api = _api()
+    project = _project_id(api)
+    secret = _secret(api, project, name)
+    path = f"/projects/{project}/secrets/{secret['id']}/rotation"
+    progress = _call(lambda: api.get(path))
+    if wait and progress["rotating"]:
+        progress = _follow(api, path, progress, timeout=timeout, interval=interval)
+        if options.as_json:
+            _print_json(progress)
+        else:
+            _completed(progress)
+        return
+    if options.as_json:
+        _print_json(progress)
+        return
+    if progress["rotating"]:
+        out.print(f"Rotation {progress['number']} of {name} in progress:")
+        marks = {"done": "✓", "current": "→", "pending": " "}
+        for step in progress["steps"]:
+            out.print(f"  {marks.get(step['state'], ' ')} {step['title']}")
+        if progress["phase"] == "grace" and progress["grace_until"]:
+            out.print(
+                f"  The grace window ends {_when(progress['grace_until'])} "
+                f"({_from_now(progress['grace_until'])}); `stackblaze secrets end-grace {name}` "
+                "ends it now."
+            )
+    elif progress["number"]:
+        finished = (progress["latest"] or {}).get("finished_at")
+        last = f", the last {_ago(finished)}" if finished else ""
+        times = "time" if progress["number"] == 1 else "times"
+        out.print(f"{name} is not rotating: rotated {progress['number']} {times}{last}.")
+    else:
+        out.print(f"{name} is not rotating: never rotated.")
+    _table(
+        ["SERVICE", "ITS PODS"],
+        [(r["service"], _pods(r, progress)) for r in progress["receivers"]],
+    )
+
+
+def _pods(receiver: dict[str, Any], progress: dict[str, Any]) -> str:
+    """Whether a receiving workload's pods have the value, as the secret's page says it."""
+    if not receiver["has_workload"]:
+        return "no workload deployed yet"
+    if receiver["version"] == progress["version"] and receiver["rolled_out"]:
+        return "up to date"
+    if receiver["version"]:
+        return f"restarting onto the {'next phase' if progress['rotating'] else 'current value'}"
+    return "restarting to receive it"
 
 
 def _follow(
@@ -515,6 +1039,106 @@ def _follow(
                 raise typer.Exit(EXIT_FAILED)
             time.sleep(interval)
             progress = _call(lambda: api.get(path))
+
+
+def _receivers(api: Api, project: str, secret: dict[str, Any], services: list[str]) -> Any:
+    """Change who receives the secret: the API takes the whole list (its schedule as read)."""
+    return _call(
+        lambda: api.send(
+            "PATCH",
+            f"/projects/{project}/secrets/{secret['id']}",
+            {"services": services, "rotate_every_days": secret["rotate_every_days"]},
+        )
+    )
+
+
+@secrets_app.command("give")
+def secrets_give(
+    name: Annotated[str, typer.Argument(help="The secret's name")],
+    services: Annotated[list[str], typer.Argument(help="The services to give it to")],
+) -> None:
+    """Give the secret to more services (owners); each restarts once to receive it."""
+    api = _api()
+    project = _project_id(api)
+    secret = _secret(api, project, name)
+    had = list(secret["services"])
+    wanted = had + [service for service in dict.fromkeys(services) if service not in had]
+    changed = _receivers(api, project, secret, wanted)
+    if options.as_json:
+        _print_json(changed)
+        return
+    said = f"{name} is received by {', '.join(changed['services'])}."
+    added = [service for service in changed["services"] if service not in had]
+    if added:
+        one = len(added) == 1
+        said += f" {', '.join(added)} restart{'s' if one else ''} once to receive it."
+    out.print(said)
+
+
+@secrets_app.command("take")
+def secrets_take(
+    name: Annotated[str, typer.Argument(help="The secret's name")],
+    services: Annotated[list[str], typer.Argument(help="The services to take it from")],
+    yes: YesOption = False,
+) -> None:
+    """Take the secret from services (owners). Asks first.
+
+    They restart without it, so whatever they check or send with it stops working."""
+    api = _api()
+    project = _project_id(api)
+    secret = _secret(api, project, name)
+    had = list(secret["services"])
+    strangers = [service for service in services if service not in had]
+    if strangers:
+        _refuse(
+            f"{strangers[0]} does not receive {name}; it goes to {', '.join(had) or 'no service'}."
+        )
+    chosen = list(dict.fromkeys(services))
+    taken = ", ".join(chosen)
+    if not yes:
+        _confirm(
+            f"Take {name} from {taken}? They restart without it.",
+            unasked=f"take {name} from {taken}",
+        )
+    changed = _receivers(api, project, secret, [kept for kept in had if kept not in chosen])
+    if options.as_json:
+        _print_json(changed)
+        return
+    verbs = ("receives", "restarts") if len(chosen) == 1 else ("receive", "restart")
+    out.print(
+        f"{taken} no longer {verbs[0]} {name} and {verbs[1]} without it; it goes to "
+        f"{', '.join(changed['services']) or 'no service yet'}."
+    )
+
+
+@secrets_app.command("end-grace")
+def secrets_end_grace(
+    name: Annotated[str, typer.Argument(help="The secret's name")],
+    yes: YesOption = False,
+) -> None:
+    """End the rotation's grace window now (owners). Asks first.
+
+    The old value is retired, and anything still sending it (a job started before the
+    rotation, a script, a request under way) is refused from then on."""
+    api = _api()
+    project = _project_id(api)
+    secret = _secret(api, project, name)
+    if not yes:
+        _confirm(
+            f"End the grace window of {name} now? Anything still sending the old value is "
+            "refused from then on.",
+            unasked=f"end the grace window of {name}",
+        )
+    progress = _call(
+        lambda: api.send("POST", f"/projects/{project}/secrets/{secret['id']}/rotation/end-grace")
+    )
+    if options.as_json:
+        _print_json(progress)
+        return
+    out.print(
+        f"Ended the grace window of rotation {progress['number']} of {name}: the old value is "
+        "being retired, and callers still sending it are refused."
+    )
 
 
 # -- Peering -----------------------------------------------------------------------------------
@@ -586,20 +1210,440 @@ def peering_cancel(peering_id: Annotated[int, typer.Argument(help="The request's
 @peering_app.command("revoke")
 def peering_revoke(
     peering_id: Annotated[int, typer.Argument(help="The peering's ID")],
-    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask")] = False,
+    yes: YesOption = False,
 ) -> None:
-    """Disconnect an approved or active peering: both projects stop reaching each other at
-    once. Asks first (the dashboard's revoke page does too)."""
+    """Disconnect an approved or active peering. Asks first.
+
+    Both projects stop reaching each other at once (the dashboard's revoke page asks too)."""
     if not yes:
-        if not sys.stdin.isatty():
-            _usage(
-                f"Add --yes to revoke peering #{peering_id} without a prompt (no terminal to ask)."
-            )
-        if not typer.confirm(
-            f"Revoke peering #{peering_id}? Both projects stop reaching each other at once."
-        ):
-            raise typer.Exit(EXIT_USAGE)
+        _confirm(
+            f"Revoke peering #{peering_id}? Both projects stop reaching each other at once.",
+            unasked=f"revoke peering #{peering_id}",
+        )
     _transition(peering_id, "revoke", "Revoked")
+
+
+# -- Support -----------------------------------------------------------------------------------
+
+
+@support_app.command("queue")
+def support_queue() -> None:
+    """Peering requests waiting for support's decision, oldest first."""
+    api = _api()
+    waiting = _call(lambda: api.get("/support/peerings"))
+    if options.as_json:
+        _print_json(waiting)
+        return
+    if not waiting:
+        out.print("Nothing is waiting for support.")
+        return
+    _table(
+        ["ID", "PROJECTS", "FROM", "TO", "WAITING", "JUSTIFICATION"],
+        [
+            (
+                p["id"],
+                f"{p['requester']['name']} ↔ {p['target']['name']}",
+                f"{p['requester']['organization']} ({p['requester']['id']})",
+                f"{p['target']['organization']} ({p['target']['id']})",
+                _duration((datetime.now(UTC) - _moment(p["created_at"])).total_seconds()),
+                p["justification"],
+            )
+            for p in waiting
+        ],
+    )
+
+
+@support_app.command("approve")
+def support_approve(peering_id: Annotated[int, typer.Argument(help="The request's ID")]) -> None:
+    """Approve a peering request: the worker connects the two projects."""
+    api = _api()
+    moved = _call(lambda: api.send("POST", f"/support/peerings/{peering_id}/approve"))
+    _peering_done(moved, "Approved")
+
+
+@support_app.command("reject")
+def support_reject(
+    peering_id: Annotated[int, typer.Argument(help="The request's ID")],
+    reason: Annotated[str, typer.Option(help="Why (the customer sees it)")],
+) -> None:
+    """Reject a peering request with a reason, which the customer sees."""
+    api = _api()
+    moved = _call(
+        lambda: api.send("POST", f"/support/peerings/{peering_id}/reject", {"reason": reason})
+    )
+    _peering_done(moved, "Rejected")
+
+
+# -- The team ----------------------------------------------------------------------------------
+
+
+def _a(role: str) -> str:
+    return f"{'an' if role[:1] in 'aeiou' else 'a'} {role}"
+
+
+def _member(api: Api, organization: str, who: str) -> dict[str, Any]:
+    members = _call(lambda: api.get(f"/organizations/{organization}/members"))
+    wanted = who.strip().casefold()
+    for member in members:
+        if wanted in (member["username"].casefold(), (member["email"] or "").casefold()):
+            return dict(member)
+    _refuse(f"No member “{who}” in {organization}. `stackblaze members ls` lists them.")
+
+
+@members_app.command("ls")
+def members_ls(org: OrganizationOption = "") -> None:
+    """Who belongs to the organization, in which role."""
+    api = _api()
+    organization = _organization(api, org)
+    members = _call(lambda: api.get(f"/organizations/{organization}/members"))
+    if options.as_json:
+        _print_json(members)
+        return
+    _table(["PERSON", "EMAIL", "ROLE"], [(m["username"], m["email"], m["role"]) for m in members])
+
+
+@members_app.command("add")
+def members_add(
+    who: Annotated[str, typer.Argument(help="Their username or email (they need an account)")],
+    role: Annotated[Role, typer.Option(help="What they may do")] = "member",
+    org: OrganizationOption = "",
+) -> None:
+    """Add someone who has an account to the organization (owners).
+
+    Owners manage projects, secrets, peering and the team; members change services; viewers
+    see everything and change nothing."""
+    api = _api()
+    organization = _organization(api, org)
+    added = _call(
+        lambda: api.send(
+            "POST", f"/organizations/{organization}/members", {"who": who, "role": role}
+        )
+    )
+    if options.as_json:
+        _print_json(added)
+        return
+    out.print(f"Added {added['username']} to {organization} as {_a(added['role'])}.")
+
+
+@members_app.command("role")
+def members_role(
+    who: Annotated[str, typer.Argument(help="Their username or email")],
+    role: Annotated[Role, typer.Argument(help="Their new role")],
+    org: OrganizationOption = "",
+) -> None:
+    """Change someone's role (owners); the last owner stays an owner.
+
+    Their tokens act with no more than the new role from their next request."""
+    api = _api()
+    organization = _organization(api, org)
+    member = _member(api, organization, who)
+    changed = _call(
+        lambda: api.send(
+            "PATCH", f"/organizations/{organization}/members/{member['id']}", {"role": role}
+        )
+    )
+    if options.as_json:
+        _print_json(changed)
+        return
+    out.print(f"{changed['username']} is now {_a(changed['role'])} of {organization}.")
+
+
+@members_app.command("rm")
+def members_rm(
+    who: Annotated[str, typer.Argument(help="Their username or email")],
+    org: OrganizationOption = "",
+    yes: YesOption = False,
+) -> None:
+    """Take someone out of the organization (owners). Asks first.
+
+    Their tokens for it are revoked at once."""
+    api = _api()
+    organization = _organization(api, org)
+    member = _member(api, organization, who)
+    if not yes:
+        _confirm(
+            f"Remove {member['username']} from {organization}? Their tokens for it are revoked "
+            "at once.",
+            unasked=f"remove {member['username']} from {organization}",
+        )
+    _call(lambda: api.send("DELETE", f"/organizations/{organization}/members/{member['id']}"))
+    if options.as_json:
+        _print_json({"removed": member})
+        return
+    out.print(f"Removed {member['username']} from {organization}; their tokens for it are revoked.")
+
+
+# -- API tokens --------------------------------------------------------------------------------
+
+
+def _token_state(token: dict[str, Any]) -> str:
+    if token["revoked_at"]:
+        return "revoked"
+    if token["expires_at"] and _moment(token["expires_at"]) <= datetime.now(UTC):
+        return "expired"
+    return "active"
+
+
+@tokens_app.command("ls")
+def tokens_ls(org: OrganizationOption = "") -> None:
+    """Your tokens (an owner: everyone's in the organization), never the token itself."""
+    api = _api()
+    organization = _organization(api, org)
+    tokens = _call(lambda: api.get(f"/organizations/{organization}/tokens"))
+    if options.as_json:
+        _print_json(tokens)
+        return
+    _table(
+        ["ID", "NAME", "TOKEN", "HOLDER", "ROLE", "CREATED", "EXPIRES", "LAST USED", "STATE"],
+        [
+            (
+                t["id"],
+                t["name"],
+                f"{t['prefix']}…",
+                t["user"],
+                t["role"],
+                t["created_at"][:10],
+                t["expires_at"][:10] if t["expires_at"] else "never",
+                _ago(t["last_used_at"]) if t["last_used_at"] else "never",
+                _token_state(t),
+            )
+            for t in tokens
+        ],
+    )
+
+
+@tokens_app.command("create")
+def tokens_create(
+    name: Annotated[str, typer.Argument(help="Where it is used, e.g. ci-deploy")],
+    role: Annotated[Role, typer.Option(help="What it may do: at most what you may")] = "viewer",
+    expires_in_days: Annotated[
+        Literal[7, 30, 90, 365] | None, typer.Option(help="Days until it expires (default: never)")
+    ] = None,
+    org: OrganizationOption = "",
+) -> None:
+    """Create an API token for you, shown this once.
+
+    The token is printed alone on standard output (with --json, in the document) and stored
+    only as a hash: copy it now. The audit log reads “you via token NAME”."""
+    api = _api()
+    organization = _organization(api, org)
+    body: dict[str, Any] = {"name": name, "role": role}
+    if expires_in_days:
+        body["expires_in_days"] = expires_in_days
+    created = _call(lambda: api.send_once("POST", f"/organizations/{organization}/tokens", body))
+    if options.as_json:
+        _print_json(created)
+        return
+    expires = (
+        f"expires {_when(created['expires_at'])}" if created["expires_at"] else "never expires"
+    )
+    err.print(
+        f"Created token {created['name']} ({created['role']}, {expires}). Copy it now: it is "
+        "shown only this once, and stored only as a hash."
+    )
+    print(created["token"])
+
+
+@tokens_app.command("revoke")
+def tokens_revoke(
+    token: Annotated[str, typer.Argument(help="The token's name or ID, as `tokens ls` shows")],
+    org: OrganizationOption = "",
+    yes: YesOption = False,
+) -> None:
+    """Revoke a token: yours, or (owners) anyone's. Asks first.
+
+    Anything using it is refused from its next request."""
+    api = _api()
+    organization = _organization(api, org)
+    tokens = _call(lambda: api.get(f"/organizations/{organization}/tokens"))
+    live = [t for t in tokens if not t["revoked_at"]]
+    found = [t for t in live if str(t["id"]) == token.strip()] or [
+        t for t in live if t["name"] == token.strip()
+    ]
+    if not found:
+        _refuse(
+            f"No token “{token}” to revoke in {organization}. `stackblaze tokens ls` lists them."
+        )
+    if len(found) > 1:
+        ids = ", ".join(f"{t['id']} ({t['user']}'s)" for t in found)
+        _usage(f"More than one token is named {token}: give its ID, one of {ids}.")
+    chosen = found[0]
+    if not yes:
+        _confirm(
+            f"Revoke {chosen['name']} ({chosen['prefix']}…, {chosen['user']}'s)? Anything "
+            "using it is refused from its next request.",
+            unasked=f"revoke {chosen['name']}",
+        )
+    _call(lambda: api.send("DELETE", f"/organizations/{organization}/tokens/{chosen['id']}"))
+    if options.as_json:
+        _print_json({"revoked": chosen})
+        return
+    out.print(f"Revoked {chosen['name']}: it is refused from its next request.")
+
+
+# -- The project as a file --------------------------------------------------------------------
+
+FileOption = Annotated[
+    Path,
+    typer.Option("--file", "-f", help="The project file, e.g. stackblaze.yaml", dir_okay=False),
+]
+PruneOption = Annotated[
+    bool,
+    typer.Option(help="Also delete what the project holds and the file does not name"),
+]
+
+
+@app.command("export")
+def export_project(
+    project: Annotated[
+        str, typer.Argument(help="Project ID or name (default: --project, or the only one)")
+    ] = "",
+) -> None:
+    """Print the project as a file (stackblaze.yaml): its services, shared secrets (names
+    and receivers, never values), reference variables and peerings.
+
+    `stackblaze export > stackblaze.yaml`, keep it in your repository, and `plan` and `apply`
+    it: applied to an empty project, it makes the same project."""
+    api = _api()
+    if project:
+        options.project = project
+    current = _call(project_file.read_project, api, _project_id(api))
+    sys.stdout.write(project_file.export(current))
+
+
+@app.command("schema")
+def print_schema() -> None:
+    """Print the project file's JSON Schema, for editors: save it as stackblaze.schema.json
+    beside the file (the line `export` writes at its top points there)."""
+    _print_json(project_file.SCHEMA)
+
+
+def _plan_of(path: Path, *, prune: bool) -> tuple[Api, project_file.Plan]:
+    """The file read and checked whole, then compared with its project (--project wins over
+    the project the file names). Any error in it: every one printed, nothing sent."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        _refuse(f"Can't read {path}: {getattr(error, 'strerror', None) or error}.")
+    try:
+        spec = project_file.load(text, str(path))
+    except project_file.FileInvalid as invalid:
+        _file_invalid(invalid)
+    api = _api()
+    if not options.project and spec.project:
+        options.project = spec.project
+    project_id = _project_id(api)
+    try:
+        plan = _call(project_file.make_plan, api, spec, project_id, prune=prune)
+    except project_file.FileInvalid as invalid:
+        _file_invalid(invalid)
+    return api, plan
+
+
+def _file_invalid(invalid: project_file.FileInvalid) -> NoReturn:
+    err.print(f"Error: {invalid}; nothing was changed:")
+    for line in invalid.errors:
+        err.print(f"  {line}")
+    raise typer.Exit(EXIT_REFUSED)
+
+
+def _show_plan(plan: project_file.Plan) -> None:
+    if options.as_json:
+        _print_json(
+            {
+                "project": plan.project["id"],
+                "changes": [
+                    {"action": change.sign, "what": change.what, "detail": change.detail}
+                    for change in plan.changes
+                ],
+            }
+        )
+        return
+    out.print(f"{plan.project['name']} ({plan.project['id']}):")
+    for change in plan.changes:
+        out.print(change.describe())
+    out.print(plan.summary() if not plan.empty else "No changes.")
+
+
+@app.command("plan")
+def plan_command(file: FileOption, prune: PruneOption = False, project: ProjectOption = "") -> None:
+    """Show what applying the file would change, resource by resource; changes nothing.
+
+    Exits 0 when nothing would change, 2 when something would (as terraform plan
+    -detailed-exitcode), 1 when the file has errors (each printed with its line and key)."""
+    options.project = project or options.project
+    _, plan = _plan_of(file, prune=prune)
+    _show_plan(plan)
+    raise typer.Exit(0 if plan.empty else 2)
+
+
+@app.command("apply")
+def apply_command(
+    file: FileOption,
+    prune: PruneOption = False,
+    project: ProjectOption = "",
+    yes: YesOption = False,
+    wait: Annotated[bool, typer.Option(help="Follow the cluster until it is in sync")] = False,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait at most")] = 600.0,
+    interval: Annotated[float, typer.Option(help="Seconds between looks", hidden=True)] = 1.0,
+) -> None:
+    """Make the project what the file describes: exactly the changes `plan` shows.
+
+    Applied twice, the second finds nothing to do. What the file no longer names is kept
+    unless you add --prune (deletions are asked for, or need --yes with no terminal)."""
+    options.project = project or options.project
+    api, plan = _plan_of(file, prune=prune)
+    if plan.empty:
+        if not options.as_json:
+            out.print("No changes: the project already matches the file.")
+    else:
+        if not options.as_json:
+            _show_plan(plan)
+        deletions = [change for change in plan.actions if change.sign == "-"]
+        if deletions and not yes:
+            _confirm(
+                f"Delete {len(deletions)} thing(s) the file no longer names?",
+                unasked=f"delete the {len(deletions)} thing(s) the file no longer names",
+            )
+        done: list[project_file.Change] = []
+
+        def said(change: project_file.Change) -> None:
+            done.append(change)
+            if not options.as_json:
+                out.print(f"{change.sign} {change.what}: done")
+
+        try:
+            _call(project_file.apply, api, plan, said)
+        finally:
+            if len(done) < len(plan.actions):
+                err.print(f"Made {len(done)} of {len(plan.actions)} changes before that error.")
+        counts = {sign: sum(1 for c in done if c.sign == sign) for sign in "+~-"}
+        if options.as_json:
+            _show_plan(plan)
+        else:
+            out.print(
+                f"Applied: {counts['+']} added, {counts['~']} changed, {counts['-']} deleted."
+            )
+    if wait:
+        _wait_in_sync(api, str(plan.project["id"]), timeout=timeout, interval=interval)
+
+
+def _wait_in_sync(api: Api, project_id: str, *, timeout: float, interval: float) -> None:
+    """Poll the project's sync state until the cluster has caught up with every change."""
+    deadline = time.monotonic() + timeout
+    with err.status("Waiting for the cluster…", spinner="dots"):
+        while True:
+            sync = _call(lambda: api.get(f"/projects/{project_id}/sync"))
+            if sync["state"] == "in_sync" and sync["applied_generation"] >= sync["generation"]:
+                break
+            if sync["state"] == "failed":
+                _refuse(f"The cluster refused a change: {sync['error']}")
+            if time.monotonic() > deadline:
+                err.print(f"Error: not in sync after {timeout:.0f} s ({sync['label']}).")
+                raise typer.Exit(EXIT_FAILED)
+            time.sleep(interval)
+    if not options.as_json:
+        out.print(f"The cluster is in sync (generation {sync['generation']}).")
 
 
 # -- The audit log -----------------------------------------------------------------------------

@@ -73,6 +73,8 @@ MATRIX: dict[str, str] = {
     "delete_project": "401 404 404 403 403 204",
     # Reference variables and old hostnames: members link and extend; owners end a hostname.
     "list_references": "401 404 404 200 200 200",
+    "list_project_references": "401 404 404 200 200 200",
+    "check_service_names": "401 404 404 200 200 200",
     "add_references": "401 404 404 403 201 201",
     "remove_reference": "401 404 404 403 204 204",
     "list_aliases": "401 404 404 200 200 200",
@@ -168,6 +170,8 @@ def url_for(world: World, path: str, operation_id: str, *, foreign: bool) -> str
     query = ""
     if operation_id == "delete_project":
         query = f"?confirm_name={project.name}"
+    elif operation_id == "check_service_names":
+        query = "?name=Email%20Sender"
     return path.format(**values) + query
 
 

@@ -149,6 +149,30 @@ def snapshot(world: World) -> Callable[[], None]:
     return restore
 
 
+# The scenarios walk what ``snapshot`` puts back between them (services, secrets, peerings):
+# the operations on the organization (members, tokens: revoking the run's own token), on
+# projects as a whole, and on references and old hostnames have their own tests
+# (tests/api/test_api_operations.py) and stay out, or a scenario would change what the next
+# one starts from, and Hypothesis would see the same steps answered differently; so do their
+# reads, which would thin the walks out past the create → read → delete chains.
+STATEFUL = schema.exclude(tag="organizations").exclude(
+    operation_id=[
+        "create_project",
+        "rename_project",
+        "delete_project",
+        "list_project_references",
+        "check_service_names",
+        "list_references",
+        "add_references",
+        "remove_reference",
+        "list_aliases",
+        "extend_alias",
+        "end_alias",
+        "end_rotation_grace",
+    ]
+)
+
+
 def test_the_stateful_links_create_read_and_delete(
     live_api: str, api_tokens: dict[str, str | None], world: World
 ) -> None:
@@ -158,7 +182,7 @@ def test_the_stateful_links_create_read_and_delete(
     calls: list[tuple[str, int]] = []
     restore = snapshot(world)
 
-    class Machine(schema.as_state_machine()):  # type: ignore[misc]
+    class Machine(STATEFUL.as_state_machine()):  # type: ignore[misc]
         def before_call(self, case: Any) -> None:
             # Creates start from the world's project; the links carry the new object's ID on.
             if case.path_parameters and "project_id" in case.path_parameters:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import stat
 import subprocess
 import sys
@@ -32,9 +33,14 @@ Run = Callable[..., subprocess.CompletedProcess[str]]
 def stackblaze(
     world: World, api_tokens: dict[str, str | None], live_server: Any, tmp_path: Path
 ) -> Run:
-    """Run ``stackblaze ARGS`` as ``role`` (its token in the environment, as CI would)."""
+    """Run ``stackblaze ARGS`` as ``role`` (its token in the environment, as CI would).
 
-    def run(*args: str, role: str = "member", timeout: float = 60, **env: str) -> Any:
+    Standard input is no terminal, as in CI, unless ``typed`` is given: then it is a terminal
+    on which the person has typed that already (the answer to a prompt)."""
+
+    def run(
+        *args: str, role: str = "member", timeout: float = 60, typed: str | None = None, **env: str
+    ) -> Any:
         token = api_tokens[role] or ""
         environment = {
             **os.environ,
@@ -44,15 +50,32 @@ def stackblaze(
             "COLUMNS": "200",
             **env,
         }
-        return subprocess.run(
-            [str(STACKBLAZE), *args],
-            env=environment,
-            stdin=subprocess.DEVNULL,  # as in CI: no terminal to answer a prompt
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            check=False,
-        )
+        if typed is None:
+            return subprocess.run(
+                [str(STACKBLAZE), *args],
+                env=environment,
+                stdin=subprocess.DEVNULL,  # as in CI: no terminal to answer a prompt
+                capture_output=True,
+                text=True,
+                timeout=timeout,
+                check=False,
+            )
+        # A terminal: what is typed waits in its input queue until the prompt reads it.
+        keyboard, terminal = os.openpty()
+        try:
+            os.write(keyboard, typed.encode())
+            return subprocess.run(
+                [str(STACKBLAZE), *args],
+                env=environment,
+                stdin=terminal,
+                capture_output=True,
+                text=True,
+                timeout=timeout,
+                check=False,
+            )
+        finally:
+            os.close(terminal)
+            os.close(keyboard)
 
     return run
 
@@ -298,10 +321,16 @@ def test_an_owner_rotates_internal_api_secret_to_completion(
         "Retire the old value",
     ):
         assert f"✓ {title}" in done.stderr
-    assert "Rotated INTERNAL_API_SECRET" in done.stdout
+    # Rotations are counted, as on the secret's page; its internal version is never shown.
+    assert done.stdout.strip() == (
+        "Rotation 1 of INTERNAL_API_SECRET completed: every receiving service has the new value."
+    )
     rotation = SecretRotation.objects.get(secret=world.secret)
     assert rotation.result == SecretRotation.Result.COMPLETED
     assert rotation.started_by_label == "owner via token owner-token"
+    listed = stackblaze("secrets", "ls", role="viewer")
+    assert "VERSION" not in listed.stdout
+    assert re.search(r"INTERNAL_API_SECRET\s+1\s+api\s+rotated (just now|.* ago)", listed.stdout)
 
 
 def test_revoking_a_peering_asks_first(stackblaze: Run, world: World) -> None:
