@@ -433,6 +433,10 @@ def _record_services(
     if not changed_ips and not changed_workloads:
         return rows, version
     with transaction.atomic():
+        # The project's row first, as every change a person saves locks it first: the other
+        # order (services, then the project, in ``touch_services``) deadlocks with them, and
+        # PostgreSQL would refuse one side, as likely the person's save as this.
+        Project.objects.select_for_update().filter(pk=project_id).values_list("pk").first()
         if changed_ips:
             Service.objects.bulk_update(changed_ips, ["cluster_ip"])
             log = record.logged(record.version + 1, (), addresses=True)

@@ -1,0 +1,94 @@
+"""The worker takes the project's row before the services' rows, as a person's save does, so
+the two never deadlock (PostgreSQL would refuse one side, as likely the person's save)."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import pytest
+from django.db import OperationalError, connection, connections, transaction
+
+from networking.cluster import reconcile
+from networking.cluster.backends import ApplyResult
+from networking.cluster.lease import ServiceRow
+from networking.models import Project, Service
+from tests.conftest import World
+from tests.waiting import wait_until
+
+
+def _waiting_for_a_lock(pid: int) -> bool:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT wait_event_type FROM pg_stat_activity WHERE pid = %s", [pid])
+        row = cursor.fetchone()
+    return row is not None and row[0] == "Lock"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_recording_a_clusterip_waits_for_the_project_before_locking_the_service(
+    world: World,
+) -> None:
+    if connection.vendor != "postgresql":
+        pytest.skip("row locks are PostgreSQL's")
+    project, service = world.project, world.api
+    row = ServiceRow(service.pk, service.name, service.kind, tuple(service.ports), None)
+    result = ApplyResult(cluster_ips={service.name: "10.96.0.9"}, verified=False)
+    record = reconcile._new_record(project)
+    worker_pid: list[int] = []
+    done = threading.Event()
+    release = threading.Event()
+    errors: list[BaseException] = []
+
+    def holder() -> None:
+        """A person's save holding the project's row."""
+        try:
+            with transaction.atomic():
+                Project.objects.select_for_update().filter(pk=project.pk).first()
+                release.wait(30)
+        finally:
+            connections.close_all()
+
+    def worker() -> None:
+        try:
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT pg_backend_pid()")
+                worker_pid.append(cursor.fetchone()[0])
+            reconcile._record_services(project.pk, [row], result, record)
+        except BaseException as error:  # reported by the test
+            errors.append(error)
+        finally:
+            done.set()
+            connections.close_all()
+
+    threads = [threading.Thread(target=holder), threading.Thread(target=worker)]
+    threads[0].start()
+    wait_until(lambda: _held(project.pk), "the person's save holding the project's row")
+    threads[1].start()
+    wait_until(
+        lambda: bool(worker_pid) and _waiting_for_a_lock(worker_pid[0]),
+        "the worker waiting for a lock",
+    )
+    # The worker waits for the project; meanwhile the service's row is free for the person's
+    # save to lock next (before the fix the worker held it, and the two deadlocked).
+    try:
+        with transaction.atomic():
+            Service.objects.select_for_update(nowait=True).filter(pk=service.pk).first()
+        free = True
+    except OperationalError:
+        free = False
+    release.set()
+    for thread in threads:
+        thread.join(30)
+    assert not errors, errors
+    assert free, "the worker locked the service's row before the project's"
+    assert Service.objects.get(pk=service.pk).cluster_ip == "10.96.0.9"
+
+
+def _held(project_id: int) -> Any:
+    """The holder has the project's row (a NOWAIT lock of it fails)."""
+    try:
+        with transaction.atomic():
+            Project.objects.select_for_update(nowait=True).filter(pk=project_id).first()
+    except OperationalError:
+        return True
+    return False
