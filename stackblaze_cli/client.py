@@ -125,11 +125,6 @@ class Api:
             method, path, params=params, json=body, idempotency_key=str(uuid.uuid4())
         )
 
-    def send_once(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
-        """A change the API keeps no answer of for a retry (a new token: its answer holds
-        the token itself), so it is never sent twice: a retry would make a second one."""
-        return self.request(method, path, json=body)
-
     def request(
         self,
         method: str,

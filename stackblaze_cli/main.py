@@ -43,7 +43,10 @@ services_app = typer.Typer(help="Services and databases: hostnames, ports, conne
 secrets_app = typer.Typer(help="Shared secrets and their rotation without downtime.")
 peering_app = typer.Typer(help="VPC peering between projects (Enterprise).")
 members_app = typer.Typer(help="Who belongs to the organization, in which role.")
-tokens_app = typer.Typer(help="API tokens for scripts, CI and this command.")
+tokens_app = typer.Typer(
+    help="API tokens for scripts, CI and this command: list and revoke them (they are created "
+    "on your organization's API tokens page, signed in: a token can't create tokens)."
+)
 support_app = typer.Typer(help="Support staff: peering requests waiting for a decision.")
 app.add_typer(projects_app, name="projects")
 app.add_typer(services_app, name="services")
@@ -476,16 +479,24 @@ def services_rename(
             "using it reach it meanwhile: 0 (not at all), 1h, 24h or 7d",
         ),
     ] = "24h",
+    yes: YesOption = False,
 ) -> None:
     """Rename a service; its old hostname keeps resolving for a while.
 
     Its old hostname keeps resolving for 24 hours unless you say otherwise (--keep-old-name),
-    and no other service can take it meanwhile."""
+    and no other service can take it meanwhile. With --keep-old-name 0, callers still using it
+    stop reaching the service at once: that asks first."""
     if keep_old_name not in KEEP_OLD_NAME:
         _usage(f"--keep-old-name must be one of {', '.join(KEEP_OLD_NAME)}.")
     api = _api()
     project = _project_id(api)
     service = _service(api, project, name)
+    if not KEEP_OLD_NAME[keep_old_name] and not yes:
+        _confirm(
+            f"Rename {service['name']} without keeping {service['hostname']}? Callers still "
+            "using it stop reaching the service at once.",
+            unasked=f"rename {service['name']} and stop {service['hostname']} resolving at once",
+        )
     changed = _call(
         lambda: api.send(
             "PATCH",
@@ -1111,6 +1122,30 @@ def secrets_take(
     )
 
 
+@secrets_app.command("rm")
+def secrets_rm(
+    name: Annotated[str, typer.Argument(help="The secret's name")],
+    yes: YesOption = False,
+) -> None:
+    """Delete a shared secret (owners). Asks first.
+
+    Its services restart without it, so whatever they check or send with it stops working."""
+    api = _api()
+    project = _project_id(api)
+    secret = _secret(api, project, name)
+    if not yes:
+        receivers = ", ".join(secret["services"]) or "no service"
+        _confirm(
+            f"Delete {name}? {receivers} restart(s) without it.",
+            unasked=f"delete {name}",
+        )
+    _call(lambda: api.send("DELETE", f"/projects/{project}/secrets/{secret['id']}"))
+    if options.as_json:
+        _print_json({"deleted": name})
+        return
+    out.print(f"Deleted {name}; its services restart without it.")
+
+
 @secrets_app.command("end-grace")
 def secrets_end_grace(
     name: Annotated[str, typer.Argument(help="The secret's name")],
@@ -1412,38 +1447,6 @@ def tokens_ls(org: OrganizationOption = "") -> None:
     )
 
 
-@tokens_app.command("create")
-def tokens_create(
-    name: Annotated[str, typer.Argument(help="Where it is used, e.g. ci-deploy")],
-    role: Annotated[Role, typer.Option(help="What it may do: at most what you may")] = "viewer",
-    expires_in_days: Annotated[
-        Literal[7, 30, 90, 365] | None, typer.Option(help="Days until it expires (default: never)")
-    ] = None,
-    org: OrganizationOption = "",
-) -> None:
-    """Create an API token for you, shown this once.
-
-    The token is printed alone on standard output (with --json, in the document) and stored
-    only as a hash: copy it now. The audit log reads “you via token NAME”."""
-    api = _api()
-    organization = _organization(api, org)
-    body: dict[str, Any] = {"name": name, "role": role}
-    if expires_in_days:
-        body["expires_in_days"] = expires_in_days
-    created = _call(lambda: api.send_once("POST", f"/organizations/{organization}/tokens", body))
-    if options.as_json:
-        _print_json(created)
-        return
-    expires = (
-        f"expires {_when(created['expires_at'])}" if created["expires_at"] else "never expires"
-    )
-    err.print(
-        f"Created token {created['name']} ({created['role']}, {expires}). Copy it now: it is "
-        "shown only this once, and stored only as a hash."
-    )
-    print(created["token"])
-
-
 @tokens_app.command("revoke")
 def tokens_revoke(
     token: Annotated[str, typer.Argument(help="The token's name or ID, as `tokens ls` shows")],
@@ -1487,6 +1490,15 @@ FileOption = Annotated[
     Path,
     typer.Option("--file", "-f", help="The project file, e.g. stackblaze.yaml", dir_okay=False),
 ]
+# No environment variable here: the project a file names is overridden only by what is typed.
+FileProjectOption = Annotated[
+    str,
+    typer.Option(
+        "--project",
+        "-p",
+        help="Apply to this project (ID or name) instead of the one the file names",
+    ),
+]
 PruneOption = Annotated[
     bool,
     typer.Option(help="Also delete what the project holds and the file does not name"),
@@ -1518,9 +1530,10 @@ def print_schema() -> None:
     _print_json(project_file.SCHEMA)
 
 
-def _plan_of(path: Path, *, prune: bool) -> tuple[Api, project_file.Plan]:
-    """The file read and checked whole, then compared with its project (--project wins over
-    the project the file names). Any error in it: every one printed, nothing sent."""
+def _plan_of(path: Path, *, prune: bool, project: str) -> tuple[Api, project_file.Plan]:
+    """The file read and checked whole, then compared with its project: the one named by this
+    command's --project, else the file's, else the usual one (STACKBLAZE_PROJECT, the saved
+    one, the only one). Any error in it: every one printed, nothing sent."""
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as error:
@@ -1530,8 +1543,13 @@ def _plan_of(path: Path, *, prune: bool) -> tuple[Api, project_file.Plan]:
     except project_file.FileInvalid as invalid:
         _file_invalid(invalid)
     api = _api()
-    if not options.project and spec.project:
-        options.project = spec.project
+    if project or spec.project:
+        if spec.project and not project and options.project not in ("", spec.project):
+            err.print(
+                f"The file names project {spec.project}: it is planned against that one, not "
+                f"{options.project} (put --project after the command to choose another)."
+            )
+        options.project = project or spec.project or ""
     project_id = _project_id(api)
     try:
         plan = _call(project_file.make_plan, api, spec, project_id, prune=prune)
@@ -1566,13 +1584,21 @@ def _show_plan(plan: project_file.Plan) -> None:
 
 
 @app.command("plan")
-def plan_command(file: FileOption, prune: PruneOption = False, project: ProjectOption = "") -> None:
+def plan_command(
+    file: FileOption, prune: PruneOption = False, project: FileProjectOption = ""
+) -> None:
     """Show what applying the file would change, resource by resource; changes nothing.
 
     Exits 0 when nothing would change, 2 when something would (as terraform plan
-    -detailed-exitcode), 1 when the file has errors (each printed with its line and key)."""
-    options.project = project or options.project
-    _, plan = _plan_of(file, prune=prune)
+    -detailed-exitcode), 1 on an error (a file's errors are printed each with its line and
+    key)."""
+    try:
+        _, plan = _plan_of(file, prune=prune, project=project)
+    except typer.Exit as stopped:
+        # 2 means "something would change" here: any other stop is an error (1), as in
+        # terraform, so a CI job reading the code never takes an error for drift.
+        code = EXIT_REFUSED if stopped.exit_code == EXIT_USAGE else stopped.exit_code
+        raise typer.Exit(code) from None
     _show_plan(plan)
     raise typer.Exit(0 if plan.empty else 2)
 
@@ -1581,7 +1607,7 @@ def plan_command(file: FileOption, prune: PruneOption = False, project: ProjectO
 def apply_command(
     file: FileOption,
     prune: PruneOption = False,
-    project: ProjectOption = "",
+    project: FileProjectOption = "",
     yes: YesOption = False,
     wait: Annotated[bool, typer.Option(help="Follow the cluster until it is in sync")] = False,
     timeout: Annotated[float, typer.Option(help="Seconds to wait at most")] = 600.0,
@@ -1591,8 +1617,7 @@ def apply_command(
 
     Applied twice, the second finds nothing to do. What the file no longer names is kept
     unless you add --prune (deletions are asked for, or need --yes with no terminal)."""
-    options.project = project or options.project
-    api, plan = _plan_of(file, prune=prune)
+    api, plan = _plan_of(file, prune=prune, project=project)
     if plan.empty:
         if not options.as_json:
             out.print("No changes: the project already matches the file.")

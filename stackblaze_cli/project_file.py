@@ -192,6 +192,11 @@ class FileInvalid(Exception):
         self.errors = sorted(errors, key=_line_of)
 
 
+def plain(text: str) -> bool:
+    """No control character (C0, DEL or C1): what the API refuses in a name."""
+    return not any(ord(ch) < 32 or 127 <= ord(ch) < 160 for ch in text)
+
+
 def _line_of(error: str) -> int:
     """The line an error is about (``file:line: …``), to list them in the file's order."""
     parts = error.split(":", 2)
@@ -250,7 +255,13 @@ class _Reader:
         yield from enumerate(node.value)
 
     def text(
-        self, found: dict[str, tuple[Node, Any]], name: str, key: str, *, pattern: str = ""
+        self,
+        found: dict[str, tuple[Node, Any]],
+        name: str,
+        key: str,
+        *,
+        pattern: str = "",
+        limit: int = 100,
     ) -> str | None:
         if name not in found:
             return None
@@ -259,8 +270,11 @@ class _Reader:
         if not isinstance(value, str) or not value.strip():
             self.error(node, path, "expected text")
             return None
-        if "\x00" in value or any(ord(ch) < 32 for ch in value):
+        if not plain(value):
             self.error(node, path, "can’t contain control characters")
+            return None
+        if len(value) > limit:
+            self.error(node, path, f"keep it to {limit} characters (it has {len(value)})")
             return None
         if pattern and not re.match(pattern, value):
             self.error(node, path, f"“{value}”: {SAYS[pattern]}")
@@ -361,6 +375,8 @@ def _names(
         value = reader.value(item)
         if not isinstance(value, str) or not value.strip():
             reader.error(item, f"{key}.{name}[{index}]", "expected a service's name")
+        elif not plain(value) or len(value) > 100:
+            reader.error(item, f"{key}.{name}[{index}]", "no service has such a name")
         else:
             names.append(value.strip())
     return tuple(names)
@@ -427,7 +443,7 @@ def _peerings(reader: _Reader, node: Node) -> list[PeeringSpec]:
         if found is None:
             continue
         project = reader.text(found, "project", key, pattern=PROJECT_ID)
-        justification = reader.text(found, "justification", key)
+        justification = reader.text(found, "justification", key, limit=2000)
         if project is not None and justification is not None:
             specs.append(PeeringSpec(project, justification.strip(), _line(item)))
     return specs
@@ -628,6 +644,13 @@ def make_plan(api: Api, spec: ProjectFile, project_id: str, *, prune: bool) -> P
 
     changes: list[Change] = []
     wanted: dict[str, ServiceSpec] = {}
+    # The project's services the file keeps by name or takes by a rename (label: by whom).
+    claimed: dict[str, str] = {
+        kept: f"“{service.name}” (line {service.line})"
+        for service in spec.services
+        if (kept := labels.labels.get(service.name)) is not None
+        and current.service(kept) is not None
+    }
     kept_by_rename: set[str] = set()
     # The project's services the plan renames: what receives a secret or a reference now
     # goes on receiving it under the new name (the same service).
@@ -646,7 +669,14 @@ def make_plan(api: Api, spec: ProjectFile, project_id: str, *, prune: bool) -> P
         existing = current.service(own)
         old = label(service.was, service.line, "was") if service.was else None
         renamed_from = current.service(old) if old and existing is None else None
+        if renamed_from is not None and old is not None and old in claimed:
+            errors.append(
+                f"{spec.source}:{service.line}: was: {old}.internal is already {claimed[old]}: "
+                "one service can become only one"
+            )
+            continue
         if renamed_from is not None and old is not None:
+            claimed[old] = f"“{service.name}” (line {service.line})"
             kept_by_rename.add(old)
             moved[old] = own
             changes.append(_rename(base, renamed_from, service, own))
@@ -682,7 +712,7 @@ def make_plan(api: Api, spec: ProjectFile, project_id: str, *, prune: bool) -> P
     changes += _plan_peerings(spec, current, base, project_id)
     if errors:
         raise FileInvalid(errors)
-    order = {"rename": 0, "+service": 1, "~service": 2, "secret": 3, "reference": 4}
+    order = {"rename": 0, "+service": 1, "~service": 2, "secret": 4, "reference": 5}
     changes.sort(key=lambda change: _stage(change, order))
     return Plan(project=current.project, changes=changes)
 
@@ -692,7 +722,8 @@ def _stage(change: Change, order: dict[str, int]) -> int:
     deletions last, references before what they refer to."""
     kind = change.what.split(" ", 1)[0]
     if change.sign == "-":
-        return {"reference": 10, "secret": 11, "service": 12}.get(kind, 13)
+        # A reference goes before any is made: a replaced one frees its variable name.
+        return {"reference": 3, "secret": 11, "service": 12}.get(kind, 13)
     if change.sign == "!":
         return 20
     if kind == "service":
@@ -801,8 +832,11 @@ def _plan_secrets(
                 )
                 continue
             receivers.append(own)
-        receivers = sorted(set(receivers))
         found = existing.get(secret.name)
+        if found is not None and not prune:
+            # A service the file leaves alone keeps what it receives (--prune takes it).
+            receivers += [name for name in found["services"] if name not in wanted]
+        receivers = sorted(set(receivers))
         if found is None:
             if not secret.generate:
                 errors.append(

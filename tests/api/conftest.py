@@ -27,13 +27,16 @@ class Cli:
     def __init__(self, url: str, token: str, folder: Path) -> None:
         self.url, self.token, self.folder = url, token, folder
 
-    def __call__(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    def __call__(
+        self, *args: str, timeout: float = 120, **env: str
+    ) -> subprocess.CompletedProcess[str]:
         environment = {
             **os.environ,
             "XDG_CONFIG_HOME": str(self.folder / "config"),
             "STACKBLAZE_URL": self.url,
             "STACKBLAZE_TOKEN": self.token,
             "COLUMNS": "200",
+            **env,
         }
         return subprocess.run(
             [str(STACKBLAZE), *args],

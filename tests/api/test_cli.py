@@ -240,7 +240,11 @@ def test_rename_and_remove(stackblaze: Run) -> None:
         "Renamed: api.internal is now gateway.internal. api.internal keeps resolving to it for 24h."
     )
     assert ServiceAlias.objects.filter(name="api").exists()
-    again = stackblaze("services", "rename", "gateway", "Edge", "--keep-old-name", "0")
+    # Keeping nothing disconnects callers at once: asked for (a script: --yes).
+    unasked = stackblaze("services", "rename", "gateway", "Edge", "--keep-old-name", "0")
+    assert unasked.returncode == 2 and "Add --yes" in unasked.stderr
+    assert Service.objects.filter(name="gateway").exists()
+    again = stackblaze("services", "rename", "gateway", "Edge", "--keep-old-name", "0", "--yes")
     assert again.stdout.strip() == "Renamed: gateway.internal is now edge.internal."
     assert not ServiceAlias.objects.filter(name="gateway").exists()
     help_text = stackblaze("services", "rename", "--help").stdout
@@ -248,7 +252,7 @@ def test_rename_and_remove(stackblaze: Run) -> None:
     assert "stops resolving" not in help_text
     typo = stackblaze("services", "rename", "edge", "Gateway", "--keep-old-name", "2d")
     assert typo.returncode == 2 and "0, 1h, 24h, 7d" in typo.stderr
-    stackblaze("services", "rename", "edge", "Gateway", "--keep-old-name", "0")
+    stackblaze("services", "rename", "edge", "Gateway", "--keep-old-name", "0", "--yes")
     unasked = stackblaze("services", "rm", "gateway")  # a script: no terminal to ask
     assert unasked.returncode == 2 and "Add --yes" in unasked.stderr
     assert Service.objects.filter(name="gateway").exists()

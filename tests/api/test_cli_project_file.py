@@ -217,3 +217,64 @@ def test_the_schema_is_printed_for_editors_and_agrees_with_the_checks(cli: Cli) 
         assert not validator.is_valid(yaml.safe_load(text)), text
         with pytest.raises(FileInvalid):
             load(text)
+
+
+def _write(cli: Cli, document: dict[str, Any]) -> None:
+    (cli.folder / "stackblaze.yaml").write_text(yaml.safe_dump(document, sort_keys=False))
+
+
+def test_the_file_names_its_project_and_only_a_typed_project_overrides_it(cli: Cli) -> None:
+    storefront = Project.objects.get(name="Storefront")
+    data = Project.objects.get(name="Data Platform")
+    _write(cli, yaml.safe_load(cli("export", storefront.uid).stdout))
+    # The everyday default (STACKBLAZE_PROJECT) does not turn a Storefront file on another
+    # project: it is said, and the file's project is planned.
+    planned = cli("plan", "-f", "stackblaze.yaml", STACKBLAZE_PROJECT=data.uid)
+    assert planned.returncode == 0, planned.stdout + planned.stderr
+    assert f"The file names project {storefront.uid}" in planned.stderr
+    assert planned.stdout.startswith(f"Storefront ({storefront.uid}):")
+    # An error is 1, never 2 (which says "changes").
+    unknown = cli("plan", "-f", "stackblaze.yaml", "--project", "nosuchproject")
+    assert unknown.returncode == 1, unknown.stderr
+    assert "No project “nosuchproject”" in unknown.stderr
+
+
+def test_one_service_cannot_become_two(cli: Cli) -> None:
+    _write(
+        cli,
+        {
+            "services": [
+                {"name": "Gateway", "was": "api"},
+                {"name": "Edge", "was": "api"},
+                {"name": "Cache Two", "was": "cache"},
+                {"name": "cache", "kind": "redis"},
+            ]
+        },
+    )
+    refused = cli("plan", "-f", "stackblaze.yaml", "--project", "Storefront")
+    assert refused.returncode == 1, refused.stdout + refused.stderr
+    assert "stackblaze.yaml:4: was: api.internal is already “Gateway” (line 2)" in refused.stderr
+    assert "stackblaze.yaml:6: was: cache.internal is already “cache” (line 8)" in refused.stderr
+
+
+def test_a_reference_moved_to_another_source_and_receivers_left_alone(cli: Cli) -> None:
+    storefront = Project.objects.get(name="Storefront")
+    document = yaml.safe_load(cli("export", storefront.uid).stdout)
+    # api takes DATABASE_URL from cache now, not postgres; background-worker is left out of
+    # the file, so it keeps what it receives.
+    document["references"] = [{"from": "cache", "to": "api", "variable": "DATABASE_URL"}]
+    document["services"] = [s for s in document["services"] if s["name"] != "background-worker"]
+    document["secrets"][0]["services"] = ["api"]
+    _write(cli, document)
+    kept = cli("plan", "-f", "stackblaze.yaml")
+    assert "~ secret" not in kept.stdout  # background-worker keeps INTERNAL_API_SECRET
+    assert "! service “background-worker”" in kept.stdout
+    pruning = cli("plan", "-f", "stackblaze.yaml", "--prune")
+    assert "~ secret INTERNAL_API_SECRET: given to api, background-worker → api" in pruning.stdout
+    applied = cli("apply", "-f", "stackblaze.yaml", "--prune", "--yes")
+    assert applied.returncode == 0, applied.stdout + applied.stderr
+    [reference] = ReferenceVariable.objects.filter(project=storefront)
+    assert (reference.source.name, reference.consumer.name) == ("cache", "api")
+    # --prune deleted background-worker, and with it what it received.
+    assert not Service.objects.filter(project=storefront, name="background-worker").exists()
+    assert cli("plan", "-f", "stackblaze.yaml").returncode == 0

@@ -214,3 +214,15 @@ def test_an_owner_gives_and_takes_a_secret_and_ends_a_grace_window(
         "retired, and callers still sending it are refused."
     )
     assert SharedSecret.objects.get(pk=world.secret.pk).grace_until is None
+
+
+def test_an_owner_deletes_a_secret_after_saying_so(stackblaze: Run, world: World) -> None:
+    unasked = stackblaze("secrets", "rm", "INTERNAL_API_SECRET", role="owner")
+    assert unasked.returncode == 2 and "Add --yes to delete INTERNAL_API_SECRET" in unasked.stderr
+    assert SharedSecret.objects.filter(pk=world.secret.pk).exists()
+    member = stackblaze("secrets", "rm", "INTERNAL_API_SECRET", "--yes", role="member")
+    assert member.returncode == 1
+    deleted = stackblaze("secrets", "rm", "INTERNAL_API_SECRET", "--yes", role="owner")
+    assert deleted.returncode == 0, deleted.stderr
+    assert deleted.stdout.strip() == "Deleted INTERNAL_API_SECRET; its services restart without it."
+    assert not SharedSecret.objects.filter(pk=world.secret.pk).exists()
