@@ -11,6 +11,7 @@ from django.http.response import HttpResponseBase
 from django.urls import URLPattern
 from ninja import NinjaAPI
 from ninja.openapi.docs import Swagger
+from ninja.parser import Parser
 
 from api import problems
 from api.auth import SessionAuth, TokenAuth
@@ -26,10 +27,13 @@ nothing.
 
 Authenticate with a personal API token, `Authorization: Bearer sbk_…`, created on your
 organization's **API tokens** page. Errors are `application/problem+json` (RFC 9457): `detail`
-says what went wrong and `errors` gives each field's messages, as the dashboard's forms word
-them. Send an `Idempotency-Key` header with a change to make retrying it safe. Reveals (a
-database's password, a secret's value) are POSTs, audited and never cached; every other answer
-masks them.
+says what went wrong and `errors` gives each field's message, once, as the dashboard's forms
+word it. Input the schemas below refuse (a pattern, a length, a range) is refused with 422; a
+well-formed request that the state of things refuses (a name taken, a label no service of the
+project has, a port for a database, a name typed back that is not the project's) is a
+conflict, 409. Send an `Idempotency-Key` header with a change to make retrying it safe.
+Reveals (a database's password, a secret's value) are POSTs, audited and never cached; every
+other answer masks them.
 """
 
 # Each create's answer leads to reading, changing and deleting what it made.
@@ -55,6 +59,18 @@ _LINKS: dict[str, dict[str, tuple[str, str]]] = {
 }
 # Answers whose bodies hold a secret: never cached, never stored for a retry.
 REVEALS = frozenset({"reveal_service_credentials", "reveal_secret", "create_token"})
+
+
+class JsonObjects(Parser):
+    """Every request body the document describes is a JSON object (``null`` is no body at all).
+    Ninja's own parser passes any JSON on, and its schemas, which read attributes too, would
+    take a list or a number for an object with nothing set."""
+
+    def parse_body(self, request: HttpRequest) -> Any:
+        data = super().parse_body(request)
+        if data is not None and not isinstance(data, dict):
+            raise problems.NotAnObject(type(data).__name__)
+        return data
 
 
 class StackblazeAPI(NinjaAPI):
@@ -120,6 +136,7 @@ api = StackblazeAPI(
     openapi_url="/openapi.json",
     auth=[TokenAuth(), SessionAuth()],
     throttle=[PerCallerThrottle()],
+    parser=JsonObjects(),
 )
 api.add_router("/", router)
 api.add_router("/", organization_router)

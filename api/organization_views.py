@@ -11,6 +11,7 @@ from datetime import timedelta
 from typing import Annotated
 
 from django.core.exceptions import PermissionDenied, ValidationError
+from django.db.models import F
 from django.http import Http404, HttpRequest
 from django.utils import timezone
 from django.views.decorators.cache import never_cache
@@ -190,7 +191,9 @@ def list_tokens(request: HttpRequest, slug: OrgSlug) -> list[schemas.TokenOut]:
     tokens = ApiToken.objects.filter(organization=organization).select_related("user")
     if not membership.can_manage_project():
         tokens = tokens.filter(user_id=request.user.pk or 0)
-    return [schemas.from_token(token) for token in tokens.order_by("revoked_at", "-created_at")]
+    # Live ones first (a NULL revoked_at; PostgreSQL puts NULLs last unless told).
+    ordered = tokens.order_by(F("revoked_at").asc(nulls_first=True), "-created_at")
+    return [schemas.from_token(token) for token in ordered]
 
 
 @router.post(
@@ -203,9 +206,22 @@ def list_tokens(request: HttpRequest, slug: OrgSlug) -> list[schemas.TokenOut]:
 def create_token(
     request: HttpRequest, slug: OrgSlug, payload: schemas.TokenCreateIn
 ) -> Status[schemas.TokenCreatedOut]:
-    """A new token for you, with a role up to the one you act with now (a token's caps it);
-    the answer holds the token itself, this once."""
+    """A new token for you, with a role up to your own, from a signed-in browser session
+    (a token can't make tokens: they would outlive it); the answer holds the token itself,
+    this once."""
     organization, membership = _token_manager(request, slug)
+    if token_of(request) is not None:
+        # A token that could mint tokens would outlive its own expiry and revocation through
+        # them (a leaked CI token leaving one behind): tokens are made by a signed-in person.
+        raise PermissionDenied(
+            "A token can't create tokens: create them on your organization's API tokens page "
+            "(signed in), where you see them once."
+        )
+    if payload.role not in ApiToken.roles_for(membership.role):
+        raise PermissionDenied(
+            f"A token can do at most what you may: you act as {membership.role} here, so "
+            f"choose {' or '.join(ApiToken.roles_for(membership.role))}."
+        )
     form = ApiTokenForm(
         {
             "name": payload.name,

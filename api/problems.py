@@ -64,6 +64,10 @@ class Problem(Exception):
         self.errors = errors
 
 
+class NotAnObject(ValueError):
+    """A request body that is JSON, but not the object the operation reads."""
+
+
 def problem_response(
     status: int, detail: str, *, errors: dict[str, list[str]] | None = None
 ) -> HttpResponse:
@@ -130,7 +134,9 @@ def _ninja_validation_errors(raw: list[dict[str, Any]]) -> dict[str, list[str]]:
                 if field == "cursor"
                 else "This can’t contain control characters."
             )
-        errors.setdefault(field, []).append(message.removeprefix("Value error, "))
+        message = message.removeprefix("Value error, ")
+        if message not in errors.setdefault(field, []):  # three bad ports: said once
+            errors[field].append(message)
     return errors
 
 
@@ -158,6 +164,9 @@ def to_response(request: HttpRequest, exc: Exception) -> HttpResponse:
         return problem_response(413, "The request body is too large.")
     if isinstance(exc, HttpError):
         status = exc.status_code
+        if status == 400 and isinstance(exc.__cause__, NotAnObject):
+            message = "Send a JSON object as the body, as the documentation shows it."
+            return problem_response(422, message, errors={"non_field_errors": [message]})
         if status == 400:
             return problem_response(400, "The request body is not valid JSON.")
         return problem_response(status, str(exc))

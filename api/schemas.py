@@ -7,15 +7,34 @@ value except the two reveal answers.
 
 from __future__ import annotations
 
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated, Any, Literal, cast
 
+from django.core.exceptions import ValidationError
 from ninja import Schema
-from pydantic import Field, StrictInt
+from ninja.schema import DjangoGetter
+from pydantic import (
+    AwareDatetime,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    GetCoreSchemaHandler,
+    GetJsonSchemaHandler,
+    StrictInt,
+    model_validator,
+)
+from pydantic.json_schema import JsonSchemaValue
+from pydantic_core import CoreSchema, core_schema
 
 from api.models import ApiToken
-from networking import endpoints, rotation
+from networking import endpoints, naming, plain_text, rotation
 from networking.models import (
+    DATABASE_PORTS,
+    MAX_PORTS,
+    PROJECT_ID_PATTERN,
     AuditEvent,
     ConnectionTest,
     Membership,
@@ -35,9 +54,167 @@ def documented(**constraints: Any) -> Any:
     return Field(json_schema_extra=constraints)
 
 
-# Whole numbers only (pydantic's strict mode: no "3000", no true); the range is the form's.
-Port = Annotated[StrictInt, documented(minimum=1, maximum=65535)]
-ServiceName = Annotated[str, documented(minLength=1, maxLength=100)]
+@dataclass(frozen=True)
+class Matching:
+    """A string the API takes only if it matches ``pattern``, as the document says; anything
+    else is refused (422) with ``refusal(value)``: the rule's own words, as the pages say them.
+
+    The patterns are built from the rules (``networking.naming``, ``plain_text``, ``rotation``)
+    and read alike by JSON Schema's ECMA-262 and by Python, so what the document accepts is
+    what the server accepts."""
+
+    pattern: str
+    refusal: Callable[[str], str]
+
+    def __get_pydantic_core_schema__(
+        self, source: Any, handler: GetCoreSchemaHandler
+    ) -> CoreSchema:
+        compiled = re.compile(self.pattern)
+
+        def check(value: str) -> str:
+            if not compiled.fullmatch(value):
+                raise ValueError(self.refusal(value))
+            return value
+
+        return core_schema.no_info_after_validator_function(check, handler(source))
+
+    def __get_pydantic_json_schema__(
+        self, schema: CoreSchema, handler: GetJsonSchemaHandler
+    ) -> JsonSchemaValue:
+        json_schema = handler(schema)
+        json_schema["pattern"] = self.pattern
+        return json_schema
+
+
+@dataclass(frozen=True)
+class Shown:
+    """Constraints the OpenAPI document shows for a value that something else checks (a path
+    parameter's own check, say), where ``documented()``'s ``Field`` can't go."""
+
+    constraints: dict[str, Any]
+
+    def __get_pydantic_json_schema__(
+        self, schema: CoreSchema, handler: GetJsonSchemaHandler
+    ) -> JsonSchemaValue:
+        return {**handler(schema), **self.constraints}
+
+
+def _said(rule: Callable[[str], Any], value: str) -> str | None:
+    """What ``rule`` says of ``value``; None if it takes it."""
+    try:
+        rule(value)
+    except ValidationError as error:
+        return str(error.messages[0])
+    return None
+
+
+def _trimmed(value: str, otherwise: str) -> str:
+    return "Remove the spaces before and after it." if value != value.strip() else otherwise
+
+
+def _one_line(empty: str) -> Callable[[str], str]:
+    def refusal(value: str) -> str:
+        if not value.strip():
+            return empty
+        return _said(plain_text.single_line, value) or _trimmed(value, empty)
+
+    return refusal
+
+
+def _some_text(empty: str) -> Callable[[str], str]:
+    def refusal(value: str) -> str:
+        return _said(plain_text.multiline, value) or empty
+
+    return refusal
+
+
+def service_name_refusal(value: str) -> str:
+    said = _said(naming.normalize_service_name, value)
+    if said or value != value.strip():
+        return said or "Remove the spaces before and after the name."
+    # Taken by the naming rule but not by the API's pattern ("Straße", "ａｐｉ").
+    suggestion = naming.suggest_service_name(value)
+    return "Use letters (accents are fine), digits, spaces, hyphens or underscores" + (
+        f": try “{suggestion}”." if suggestion else "."
+    )
+
+
+def _label_refusal(value: str) -> str:
+    return (
+        f"“{value[:63]}” is not a service’s DNS label. Use the labels that `GET …/services` "
+        "lists (dns_label), like api or background-worker."
+    )
+
+
+def _whole(value: Any) -> Any:
+    """3000.0 is the integer 3000 in JSON (and in the document's JSON Schema); "3000" and true
+    are not."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+# Whole numbers only (pydantic's strict mode: no "3000", no true), as the document's integer;
+# the bounds go before the validator, or the document gets pydantic's "ge" and "le" instead.
+# A port's range is the form's.
+Port = Annotated[StrictInt, documented(minimum=1, maximum=65535), BeforeValidator(_whole)]
+Days = Annotated[StrictInt, Field(ge=1, le=365), BeforeValidator(_whole)]
+ServiceName = Annotated[
+    str,
+    Matching(naming.DISPLAY_NAME_PATTERN, service_name_refusal),
+    documented(maxLength=100),
+]
+DnsLabel = Annotated[str, Matching(naming.LABEL_PATTERN, _label_refusal)]
+SecretName = Annotated[
+    str,
+    Matching(
+        rotation.SECRET_NAME_PATTERN,
+        lambda value: (
+            _said(rotation.validate_secret_name, value)
+            or _trimmed(value, "Enter a name, like INTERNAL_API_SECRET.")
+        ),
+    ),
+]
+VariableName = Annotated[
+    str,
+    Matching(
+        rotation.VARIABLE_NAME_PATTERN,
+        lambda value: (
+            _said(
+                lambda typed: rotation.validate_variable_name(typed, example="DATABASE_URL"), value
+            )
+            or _trimmed(value, "Enter a name, like DATABASE_URL.")
+        ),
+    ),
+]
+PastedValue = Annotated[
+    str,
+    Matching(
+        rotation.PASTED_VALUE_PATTERN,
+        lambda value: _said(rotation.validate_pasted_value, value) or "",
+    ),
+]
+ProjectIdValue = Annotated[
+    str,
+    Matching(
+        f"^{PROJECT_ID_PATTERN}$",
+        lambda value: (
+            f"“{value[:40]}” is not a project ID: it is 12 letters and digits, as on "
+            "the project’s Settings page (e.g. k7x2m9q4p8ab)."
+        ),
+    ),
+]
+
+
+class Input(Schema):
+    """A request body: a JSON object. (Ninja's schemas also read an object's attributes, so
+    without this a ``null`` body would pass for an object with nothing set.)"""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _an_object(cls, data: Any) -> Any:
+        sent = data._obj if isinstance(data, DjangoGetter) else data  # ninja wraps what it reads
+        if not isinstance(sent, dict):
+            raise ValueError("Send a JSON object as the body, as the documentation shows it.")
+        return data
 
 
 class ProblemOut(Schema):
@@ -167,7 +344,38 @@ class ServicePage(Schema):
     next_offset: int | None
 
 
-class ServiceCreateIn(Schema):
+def _ports_by_kind(schema: dict[str, Any]) -> None:
+    """Which ports each kind takes, as the document says it (the form refuses the rest, saying
+    why): a web service's default to 8080; a worker needs one at least; a database listens on
+    its kind's port only."""
+    branches: list[dict[str, Any]] = []
+    for kind in Service.Kind:
+        if kind in DATABASE_PORTS:
+            ports: dict[str, Any] = {
+                "anyOf": [
+                    {"type": "null"},
+                    {"type": "array", "maxItems": 1, "items": {"const": DATABASE_PORTS[kind]}},
+                ]
+            }
+            branches.append(
+                {"required": ["kind"], "properties": {"kind": {"const": kind}, "ports": ports}}
+            )
+        elif Service.default_ports(kind):
+            branches.append({"properties": {"kind": {"const": kind}}})
+        else:
+            branches.append(
+                {
+                    "required": ["kind", "ports"],
+                    "properties": {
+                        "kind": {"const": kind},
+                        "ports": {"type": "array", "minItems": 1},
+                    },
+                }
+            )
+    schema["anyOf"] = branches
+
+
+class ServiceCreateIn(Input):
     name: ServiceName = Field(
         description="Becomes the hostname: “Background Worker” → background-worker.internal"
     )
@@ -175,17 +383,26 @@ class ServiceCreateIn(Schema):
     ports: list[Port] | None = Field(
         None,
         max_length=50,
-        description="Web services default to 8080; databases always use their standard port.",
+        description="Web services default to 8080; a database always uses its kind's port, so "
+        "leave them out (or give that one).",
+        json_schema_extra={"maxItems": MAX_PORTS, "uniqueItems": True},
     )
 
+    model_config = ConfigDict(json_schema_extra=_ports_by_kind)
 
-class ServiceChangeIn(Schema):
+
+class ServiceChangeIn(Input):
     name: ServiceName | None = None
-    ports: list[Port] | None = Field(None, json_schema_extra={"maxItems": 10})
-    keep_old_name_for_seconds: int | None = Field(
+    ports: list[Port] | None = Field(
         None,
-        ge=0,
-        le=30 * 24 * 3600,
+        max_length=50,
+        description="At least one; a database's can't change (another is a conflict, 409).",
+        json_schema_extra={"minItems": 1, "maxItems": MAX_PORTS, "uniqueItems": True},
+    )
+    keep_old_name_for_seconds: (
+        Annotated[StrictInt, Field(ge=0, le=30 * 24 * 3600), BeforeValidator(_whole)] | None
+    ) = Field(
+        None,
         description="On a rename, how long the old hostname keeps resolving (a day if not "
         "given; 0: not at all).",
     )
@@ -221,25 +438,25 @@ class SecretOut(Schema):
     created_at: datetime
 
 
-class SecretCreateIn(Schema):
-    name: str = Field(
-        description="An environment variable name, like INTERNAL_API_SECRET",
-        json_schema_extra={"maxLength": 100},
+class SecretCreateIn(Input):
+    name: SecretName = Field(
+        description="An environment variable name, like INTERNAL_API_SECRET: upper-case "
+        "letters, digits and underscores, not one the platform sets (PATH, KUBERNETES_…), not "
+        "ending in _NEXT or _PREVIOUS (rotations use those)",
     )
-    value: str | None = Field(
+    value: PastedValue | None = Field(
         None,
         description="Leave out to generate a random 256-bit value",
-        json_schema_extra={"minLength": 16, "maxLength": 4096},
     )
-    services: list[ServiceName] = Field(
+    services: list[DnsLabel] = Field(
         default_factory=list, max_length=200, description="DNS labels of the receiving services"
     )
-    rotate_every_days: int | None = Field(None, ge=1, le=365)
+    rotate_every_days: Days | None = None
 
 
-class SecretChangeIn(Schema):
-    services: list[ServiceName] = Field(max_length=200)
-    rotate_every_days: int | None = Field(None, ge=1, le=365)
+class SecretChangeIn(Input):
+    services: list[DnsLabel] = Field(max_length=200)
+    rotate_every_days: Days | None = None
 
 
 class SecretValueOut(Schema):
@@ -249,11 +466,9 @@ class SecretValueOut(Schema):
     values: dict[str, str]
 
 
-class RotateIn(Schema):
-    value: str | None = Field(
-        None,
-        description="Leave out to generate a random 256-bit value",
-        json_schema_extra={"minLength": 16, "maxLength": 4096},
+class RotateIn(Input):
+    value: PastedValue | None = Field(
+        None, description="Leave out to generate a random 256-bit value"
     )
 
 
@@ -310,13 +525,22 @@ class PeeringOut(Schema):
     expires_at: datetime
 
 
-class PeeringRequestIn(Schema):
-    target: str = Field(description="The other project's ID", json_schema_extra={"maxLength": 40})
-    justification: str = Field(json_schema_extra={"minLength": 1, "maxLength": 2000})
+class PeeringRequestIn(Input):
+    target: ProjectIdValue = Field(description="The other project's ID")
+    justification: Annotated[
+        str,
+        Matching(
+            plain_text.SOME_TEXT,
+            _some_text("Say why these projects need to talk privately: support reads it."),
+        ),
+    ] = Field(max_length=2000, description="Support reads it before approving")
 
 
-class RejectIn(Schema):
-    reason: str = Field(json_schema_extra={"minLength": 1, "maxLength": 2000})
+class RejectIn(Input):
+    reason: Annotated[
+        str,
+        Matching(plain_text.SOME_TEXT, _some_text("Give the customer a reason for the rejection.")),
+    ] = Field(max_length=2000, description="The customer reads it")
 
 
 class OrganizationOut(Schema):
@@ -327,11 +551,13 @@ class OrganizationOut(Schema):
 
 
 ProjectName = Annotated[
-    str, Field(json_schema_extra={"minLength": 1, "maxLength": 100, "pattern": r"\S"})
+    str,
+    Matching(plain_text.ONE_LINE, _one_line("Enter the project’s name.")),
+    documented(maxLength=100),
 ]
 
 
-class ProjectCreateIn(Schema):
+class ProjectCreateIn(Input):
     name: ProjectName
     organization: str | None = Field(
         None,
@@ -341,7 +567,7 @@ class ProjectCreateIn(Schema):
     )
 
 
-class ProjectChangeIn(Schema):
+class ProjectChangeIn(Input):
     name: ProjectName
 
 
@@ -358,15 +584,14 @@ class ReferencesOut(Schema):
     receives: list[ReferenceOut] = Field(description="Addresses this service receives")
 
 
-class ReferenceCreateIn(Schema):
-    consumers: list[ServiceName] = Field(
+class ReferenceCreateIn(Input):
+    consumers: list[DnsLabel] = Field(
         min_length=1, max_length=200, description="DNS labels of the services that receive it"
     )
-    variable: str | None = Field(
+    variable: VariableName | None = Field(
         None,
         description="Leave out for the usual name (DATABASE_URL, REDIS_URL, API_URL…), unique "
         "on each consumer",
-        json_schema_extra={"maxLength": 100},
     )
 
 
@@ -384,8 +609,8 @@ class AliasOut(Schema):
     expires_at: datetime = Field(description="When it stops resolving")
 
 
-class AliasExtendIn(Schema):
-    seen_expires_at: datetime | None = Field(
+class AliasExtendIn(Input):
+    seen_expires_at: AwareDatetime | None = Field(
         None,
         description="The end you read: the extension is a day past it, and a retry with the "
         "same value extends once. Left out: a day past the end it has now.",
@@ -399,15 +624,18 @@ class MemberOut(Schema):
     role: Membership.Role
 
 
-class MemberInviteIn(Schema):
-    who: str = Field(
-        description="An existing user's username or email",
-        json_schema_extra={"minLength": 1, "maxLength": 254},
-    )
+class MemberInviteIn(Input):
+    who: Annotated[
+        str,
+        Matching(
+            plain_text.ONE_LINE,
+            _one_line("Enter the username or email address of the person to add."),
+        ),
+    ] = Field(max_length=254, description="An existing user's username or email")
     role: Membership.Role = Membership.Role.MEMBER
 
 
-class MemberChangeIn(Schema):
+class MemberChangeIn(Input):
     role: Membership.Role
 
 
@@ -423,14 +651,18 @@ class TokenOut(Schema):
     revoked_at: datetime | None
 
 
-class TokenCreateIn(Schema):
-    name: str = Field(
+class TokenCreateIn(Input):
+    name: Annotated[
+        str,
+        Matching(plain_text.ONE_LINE, _one_line("Give the token a name, like ci-deploy.")),
+        documented(maxLength=50),
+    ] = Field(
         description="Where it is used, e.g. ci-deploy: the audit log reads “you via token "
         "ci-deploy”",
-        json_schema_extra={"minLength": 1, "maxLength": 50},
     )
     role: Membership.Role = Field(
-        Membership.Role.VIEWER, description="What it may do: at most what you may, today"
+        Membership.Role.VIEWER,
+        description="What it may do: at most what you may, today (a higher one is refused, 403)",
     )
     expires_in_days: Literal[7, 30, 90, 365] | None = Field(
         None, description="Left out: it never expires"

@@ -4,21 +4,20 @@ dashboard's own forms and calls the same domain function as the page does.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import re
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Annotated, Any
 
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import IntegrityError
 from django.db.models import Count, Q
 from django.http import Http404, HttpRequest
+from django.utils import timezone
 from django.views.decorators.cache import never_cache
 from ninja import Router, Schema, Status
 from ninja.decorators import decorate_view
 from ninja.params.functions import Path, Query
-from pydantic import Field
+from pydantic import AfterValidator, BeforeValidator, Field
 
 from api import schemas
 from api.auth import token_of
@@ -69,9 +68,15 @@ _PROJECT_ID = re.compile(PROJECT_ID_PATTERN)
 # Query text: no control characters (a NUL byte never reaches a query).
 _PLAIN = r"^[^\x00-\x1f\x7f]*$"
 _MAX_ID = 2**63 - 1
+_SERVICE_NAME = re.compile(naming.DISPLAY_NAME_PATTERN)
 _DNS_LABEL = re.compile(r"[a-z0-9-]{1,63}")
 
-ProjectId = Annotated[str, Path(description="The project ID, as on its Settings page")]
+# Anything else is no such project (404), as an ID of another organization's project is.
+ProjectId = Annotated[
+    str,
+    schemas.Shown({"pattern": f"^{PROJECT_ID_PATTERN}$"}),
+    Path(description="The project ID, as on its Settings page"),
+]
 ObjectId = Annotated[int, Path(ge=1, le=_MAX_ID)]
 mutating = decorate_view(idempotent)
 revealing = decorate_view(never_cache)
@@ -108,6 +113,14 @@ def _raise_invalid(error: ValidationError, fields: dict[str, str] | None = None)
     if codes & CLASH_CODES:
         problem.status = 409
     raise problem
+
+
+def _conflict(error: ValidationError) -> Problem:
+    """What a domain function refuses after the form took the input: the project as it is
+    (a name taken meanwhile, a receiver that already gets that variable), a conflict (409)."""
+    problem = invalid(error)
+    problem.status = 409
+    return problem
 
 
 def _form_problem(form: Any, fields: dict[str, str] | None = None) -> Problem:
@@ -181,11 +194,14 @@ def _organization_for_new_project(request: HttpRequest, slug: str | None) -> Mem
             if membership.organization.slug == slug:
                 return membership
         raise Problem(
-            422,
+            403,
             f"You belong to no organization “{slug[:50]}”.",
             errors={"organization": [f"You belong to no organization “{slug[:50]}”."]},
         )
+    if not memberships:
+        raise PermissionDenied("You belong to no organization, so there is none to create it in.")
     if len(memberships) != 1:
+        # A browser session of someone in several: the document can't say which to give.
         slugs = ", ".join(sorted(m.organization.slug for m in memberships)) or "none"
         raise Problem(
             422,
@@ -270,8 +286,10 @@ def delete_project(
     access = _project(request, project_id)
     access.require(Membership.can_manage_project)
     if confirm_name.strip() != access.project.name:
+        # Any text is well formed here; one that is not the name is refused as a conflict
+        # with the project as it is (it may have been renamed), not as invalid input.
         message = f"Type the project’s name, {access.project.name}, exactly, to delete it."
-        raise Problem(422, message, errors={"confirm_name": [message]})
+        raise Problem(409, message, errors={"confirm_name": [message]})
     access.project.remove(actor=request.user)
     return Status(204, None)
 
@@ -438,6 +456,9 @@ def update_service(
     _check_project_id(project_id)
     access, service = get_service_for_user(request, project_id, service_id)
     access.require(Membership.can_change_services)
+    if payload.ports == []:
+        message = "Enter the port your service listens on, for example 3000."
+        raise Problem(422, message, errors={"ports": [message]})
     form = ServiceForm(
         _service_form_data(
             payload.name if payload.name is not None else service.display_name,
@@ -448,7 +469,10 @@ def update_service(
         project=access.project,
     )
     if not form.is_valid():
-        raise _form_problem(form, SERVICE_FIELDS)
+        problem = _form_problem(form, SERVICE_FIELDS)
+        if form.has_error("ports", "fixed_port"):
+            problem.status = 409  # well-formed ports, but this service is a database
+        raise problem
     keep = payload.keep_old_name_for_seconds
     try:
         service.save_changes(
@@ -541,7 +565,10 @@ def reveal_service_credentials(
     access, service = get_service_for_user(request, project_id, service_id)
     access.require(Membership.can_reveal_credentials)
     if not service.is_database or service.database_password is None:
-        raise Problem(400, f"{service.display_name} has no credentials to reveal.")
+        raise Problem(
+            409,
+            f"{service.display_name} has no credentials to reveal: only databases have them.",
+        )
     access.project.audit(
         actor=request.user, action=AuditEvent.Action.CREDENTIALS_REVEALED, target=service.name
     )
@@ -602,6 +629,8 @@ def check_service_names(
     for name in query.name:
         try:
             label = naming.normalize_service_name(name)
+            if not _SERVICE_NAME.fullmatch(name):  # what a create takes (``ServiceName``)
+                raise ValidationError(schemas.service_name_refusal(name))
         except ValidationError as error:
             answers.append(
                 schemas.NameCheckOut(
@@ -667,12 +696,12 @@ def add_references(
     _check_project_id(project_id)
     access, service = get_service_for_user(request, project_id, service_id)
     access.require(Membership.can_change_services)
+    consumers = _service_pks(access, payload.consumers, field="consumers")
+    if service.pk in consumers:
+        message = f"{service.display_name} can’t be given its own address."
+        raise Problem(409, message, errors={"consumers": [message]})
     form = ReferenceForm(
-        {
-            "consumers": _service_pks(access, payload.consumers, field="consumers"),
-            "variable": payload.variable or "",
-        },
-        source=service,
+        {"consumers": consumers, "variable": payload.variable or ""}, source=service
     )
     if not form.is_valid():
         raise _form_problem(form)
@@ -684,7 +713,8 @@ def add_references(
             actor=request.user,
         )
     except ValidationError as error:
-        _raise_invalid(error)
+        # A consumer has that variable already, or the service has no port, or was deleted.
+        raise _conflict(error) from None
     return Status(201, [schemas.from_reference(reference) for reference in made])
 
 
@@ -741,6 +771,9 @@ def extend_alias(
     access, alias = get_alias_for_user(request, project_id, service_id, alias_id)
     access.require(Membership.can_change_services)
     seen = payload.seen_expires_at if payload and payload.seen_expires_at else alias.expires_at
+    if timezone.is_naive(seen):
+        message = "Give the time with its offset, as the answers do (…Z or +00:00)."
+        raise Problem(422, message, errors={"seen_expires_at": [message]})
     if abs(seen - alias.expires_at) < timedelta(milliseconds=1):
         seen = alias.expires_at  # the answers give milliseconds; the database keeps microseconds
     try:
@@ -774,15 +807,17 @@ def end_alias(
 
 
 def _service_pks(access: ProjectAccess, names: list[str], *, field: str = "services") -> list[int]:
-    """The receiving services, named by their DNS labels; unknown names refused per name."""
-    wanted = [name.strip() for name in names]
+    """The receiving services, named by their DNS labels (the document's pattern, checked
+    already). A label no service of the project has is a conflict with the project as it is
+    (409), per name: not 404, which would say the URL's own service is not there."""
+    wanted = list(names)
     # Only what could be a DNS label is looked up (a NUL byte never reaches the query).
     labels = [name for name in wanted if _DNS_LABEL.fullmatch(name)]
     found = dict(access.project.services.filter(name__in=labels).values_list("name", "pk"))
-    unknown = [name for name in wanted if name not in found]
+    unknown = list(dict.fromkeys(name for name in wanted if name not in found))
     if unknown:
         raise Problem(
-            422,
+            409,
             f"This project has no service named “{unknown[0][:63]}”.",
             errors={
                 field: [
@@ -839,7 +874,7 @@ def create_secret(
     try:
         secret.create(form.cleaned_data["services"], actor=request.user)
     except ValidationError as error:
-        _raise_invalid(error)
+        raise _conflict(error) from None
     return Status(201, schemas.from_secret(secret))
 
 
@@ -899,7 +934,7 @@ def update_secret(
     except SharedSecret.DoesNotExist:
         raise Http404("No such secret.") from None
     except ValidationError as error:
-        _raise_invalid(error)
+        raise _conflict(error) from None
     return schemas.from_secret(secret)
 
 
@@ -1006,7 +1041,8 @@ def end_rotation_grace(
 
 # -- Peering -----------------------------------------------------------------------------------
 
-_PEERING_STATUS = {"conflict": 409, "forbidden": 403}
+# An unknown project to peer with is a conflict too: 404 would say the requester is not there.
+_PEERING_STATUS = {"conflict": 409, "forbidden": 403, "unknown": 409}
 
 
 def _refused(refused: peering.PeeringRefused) -> Problem:
@@ -1163,33 +1199,62 @@ def reject_peering(
 # -- The audit log -----------------------------------------------------------------------------
 
 
+# A position in the log: the microsecond an event was recorded (since 1970) and its ID. Any
+# position is a place to continue from, so every cursor the pattern takes is one the server
+# takes: there is no "cursor not valid" refusal to leave out of the document.
+_CURSOR = re.compile(r"([0-9]{1,18})-([0-9]{1,19})")
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_LAST_MICROSECOND = (datetime.max.replace(tzinfo=UTC) - _EPOCH) // timedelta(microseconds=1)
+
+
+def _group(value: str) -> str:
+    if value not in audit_trail.GROUPS:
+        raise ValueError(f"Choose one of {', '.join(audit_trail.GROUPS)}.")
+    return value
+
+
+AuditGroup = Annotated[
+    str, AfterValidator(_group), schemas.Shown({"enum": list(audit_trail.GROUPS)})
+]
+
+
+_DAY = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
+
+
+def _day(value: Any) -> Any:
+    """A day as the document's ``format: date`` has it (pydantic would also take 0 for
+    1970-01-01, or a time)."""
+    if not (isinstance(value, str) and _DAY.fullmatch(value)):
+        raise ValueError("Give a day as YYYY-MM-DD, like 2025-01-31.")
+    return value
+
+
+Day = Annotated[date, BeforeValidator(_day)]
+
+
 class AuditFilters(Schema):
     limit: int = Field(50, ge=1, le=200)
-    cursor: str | None = Field(None, max_length=200, pattern=r"^[A-Za-z0-9_=-]*$")
+    cursor: str | None = Field(
+        None,
+        pattern=f"^{_CURSOR.pattern}$",
+        description="The next_cursor of the previous page, as it is",
+    )
     who: str | None = Field(None, max_length=150, pattern=_PLAIN)
-    what: str | None = Field(None, description=", ".join(audit_trail.GROUPS), pattern=_PLAIN)
-    since: str | None = Field(None, max_length=10, pattern=_PLAIN, description="YYYY-MM-DD")
-    until: str | None = Field(None, max_length=10, pattern=_PLAIN, description="YYYY-MM-DD")
+    what: AuditGroup | None = None
+    since: Day | None = Field(None, description="The first day shown (UTC)")
+    until: Day | None = Field(None, description="The last day shown (UTC)")
 
 
 def _encode_cursor(event: AuditEvent) -> str:
-    text = f"{event.created_at.isoformat()}|{event.pk}"
-    return base64.urlsafe_b64encode(text.encode()).decode()
+    return f"{(event.created_at - _EPOCH) // timedelta(microseconds=1)}-{event.pk}"
 
 
 def _decode_cursor(cursor: str) -> tuple[datetime, int]:
-    try:
-        at, _, pk = base64.urlsafe_b64decode(cursor.encode()).decode().partition("|")
-        when = datetime.fromisoformat(at)
-        if when.tzinfo is None or not pk.isdecimal() or int(pk) > _MAX_ID:
-            raise ValueError(cursor)
-        return when.astimezone(UTC), int(pk)  # a time at the calendar's ends overflows here
-    except (ValueError, OverflowError, binascii.Error, UnicodeDecodeError):
-        raise Problem(
-            400,
-            "This cursor is not one the API gave out. Start again without it.",
-            errors={"cursor": ["Use the next_cursor of the previous page, as it is."]},
-        ) from None
+    found = _CURSOR.fullmatch(cursor)
+    assert found is not None  # the query's pattern
+    micro, pk = (int(part) for part in found.groups())
+    # Past the calendar's end or the largest ID: the same as at them (before everything).
+    return _EPOCH + timedelta(microseconds=min(micro, _LAST_MICROSECOND)), min(pk, _MAX_ID)
 
 
 @router.get(
@@ -1206,7 +1271,11 @@ def list_audit_events(
     """The project's audit log, newest first, a page at a time (``next_cursor``)."""
     access = _project(request, project_id)
     chosen = audit_trail.Filters.from_query(
-        {key: value for key, value in filters.model_dump().items() if isinstance(value, str)}
+        {
+            key: value.isoformat() if isinstance(value, date) else value
+            for key, value in filters.model_dump().items()
+            if isinstance(value, (str, date))
+        }
     )
     events = chosen.apply(AuditEvent.objects.filter(project=access.project)).order_by(
         "-created_at", "-id"

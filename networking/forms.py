@@ -6,12 +6,13 @@ from __future__ import annotations
 import json
 import re
 from datetime import timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from django import forms
 from django.core.exceptions import ValidationError
+from django.db import models
 
-from networking import endpoints, references, rotation
+from networking import endpoints, naming, references, rotation
 from networking.crypto import SecretText
 from networking.models import (
     ALIAS_CHOICES,
@@ -67,7 +68,31 @@ class PortListField(forms.CharField):
         return ports
 
 
-class ServiceForm(forms.ModelForm[Service]):
+_Model = TypeVar("_Model", bound=models.Model)
+
+
+class OneMessagePerField(forms.ModelForm[_Model]):
+    """A model form whose fields each say what is wrong once.
+
+    Django checks the model as well as the form, and the model's ``clean()`` looks at every
+    field: a name the form found missing got "This field is required." and the model's "Enter
+    a name…", ports out of range got the form's reason and the model's "Enter the port…" (for
+    the empty list the refused ports left behind). A field the form refused keeps the form's
+    message only; the model's still stand for the fields the form took."""
+
+    def _update_errors(self, errors: ValidationError) -> None:
+        if hasattr(errors, "error_dict"):
+            errors = ValidationError(
+                {
+                    field: messages
+                    for field, messages in errors.error_dict.items()
+                    if field not in self.fields or field not in self.errors
+                }
+            )
+        super()._update_errors(errors)  # type: ignore[misc]  # Django's, not in its stubs
+
+
+class ServiceForm(OneMessagePerField[Service]):
     """Create a service, or (with an existing instance) rename it and change its ports."""
 
     ports = PortListField(
@@ -88,6 +113,7 @@ class ServiceForm(forms.ModelForm[Service]):
         model = Service
         fields = ["display_name", "kind"]
         labels = {"display_name": "Name"}
+        error_messages = {"display_name": {"required": naming.EMPTY_NAME}}
         help_texts = {
             "display_name": "Becomes the private hostname: “Background Worker” → "
             "background-worker.internal."
@@ -141,8 +167,11 @@ class ServiceForm(forms.ModelForm[Service]):
             # (a database's field is disabled once it exists: what was sent is still read).
             self.add_error(
                 "ports",
-                f"{Service.Kind(kind).label} always listens on port {standard[0]}: leave the "
-                "ports out, or give that one.",
+                ValidationError(
+                    f"{Service.Kind(kind).label} always listens on port {standard[0]}: leave "
+                    "the ports out, or give that one.",
+                    code="fixed_port",
+                ),
             )
             self.instance.ports = standard  # one message, this one (not the model's as well)
             return cleaned
@@ -165,7 +194,7 @@ class ServiceForm(forms.ModelForm[Service]):
             return None
 
 
-class ProjectForm(forms.ModelForm[Project]):
+class ProjectForm(OneMessagePerField[Project]):
     class Meta:
         model = Project
         fields = ["name"]
@@ -178,7 +207,7 @@ class _ProjectServicesField(forms.ModelMultipleChoiceField):  # type: ignore[typ
         return f"{obj.display_name} ({obj.internal_hostname})"
 
 
-class SharedSecretForm(forms.ModelForm[SharedSecret]):
+class SharedSecretForm(OneMessagePerField[SharedSecret]):
     """Create a shared secret, or (with an instance) change who receives it and its schedule."""
 
     value = forms.CharField(
@@ -245,7 +274,8 @@ class SharedSecretForm(forms.ModelForm[SharedSecret]):
                     f"{'connection string' if service.is_database else 'internal URL'}; "
                     "a shared secret of that name would overwrite it in the services that "
                     "receive both. Choose another name, such as "
-                    f"{name.removesuffix('_URL')}_SECRET."
+                    f"{name.removesuffix('_URL')}_SECRET.",
+                    code="reserved",
                 )
         return name
 

@@ -14,6 +14,8 @@ import unicodedata
 
 from django.core.exceptions import ValidationError
 
+from networking import plain_text
+
 MAX_LABEL_LENGTH = 63
 INTERNAL_ZONE = "internal"
 
@@ -50,6 +52,7 @@ def _transform(display_name: str) -> str:
     return _SEPARATOR_RUN_RE.sub("-", text)
 
 
+EMPTY_NAME = "Enter a name: it becomes the service’s hostname, like “api” for api.internal."
 # Put before a name that starts with a digit, so "2fa" keeps its meaning as "svc-2fa".
 DIGIT_PREFIX = "svc-"
 
@@ -89,10 +92,7 @@ def normalize_service_name(display_name: str) -> str:
     """
     name = _transform(display_name)
     if not name:
-        raise ValidationError(
-            "Enter a name: it becomes the service’s hostname, like “api” for api.internal.",
-            code="empty",
-        )
+        raise ValidationError(EMPTY_NAME, code="empty")
     bad = sorted(set(_NOT_LABEL_CHARACTER_RE.findall(name)), key=name.index)
     if bad:
         raise ValidationError(
@@ -136,3 +136,35 @@ def normalize_service_name(display_name: str) -> str:
 def internal_hostname(name: str) -> str:
     """The private hostname of a service whose DNS label is ``name``."""
     return f"{name}.{INTERNAL_ZONE}"
+
+
+# -- The rule as a pattern, for the API's OpenAPI document -----------------------------------
+
+
+def _latin_letters() -> str:
+    """ASCII letters and the Latin letters with accents that fold to one of them (é, ø, ł…)."""
+    folding = [
+        point
+        for block in (range(0xC0, 0x250), range(0x1E00, 0x1F00))
+        for point in block
+        if unicodedata.category(chr(point)) in ("Lu", "Ll")
+        and len(folded := _transform(chr(point))) == 1
+        and folded.isascii()
+        and folded.isalpha()
+    ]
+    return "A-Za-z" + plain_text.character_ranges(folding)
+
+
+_LETTERS = _latin_letters()
+_LETTER = f"[{_LETTERS}]"
+_LETTER_OR_DIGIT = f"[{_LETTERS}0-9]"
+# The names the API takes: those of the rule a pattern can state exactly. Letters (accents
+# fold away), digits and hyphens, with spaces or underscores between words, starting with a
+# letter and ending with a letter or digit; each run of spaces and underscores becomes one
+# hyphen, and the hostname is at most 63 characters. (The dashboard also takes what folds in
+# less obvious ways, such as “ß” to “ss”: the rule's message says what to type instead.)
+DISPLAY_NAME_PATTERN = (
+    f"^{_LETTER}(?:(?:{_LETTER_OR_DIGIT}|-|[ _]+){{0,{MAX_LABEL_LENGTH - 2}}}{_LETTER_OR_DIGIT})?$"
+)
+# A DNS label, as the API names an existing service.
+LABEL_PATTERN = f"^[a-z](?:[-a-z0-9]{{0,{MAX_LABEL_LENGTH - 2}}}[a-z0-9])?$"

@@ -44,8 +44,9 @@ class PeeringRefused(Exception):
     """A request or transition that is not allowed; ``str()`` says why, for the user.
 
     ``code`` says what kind of refusal it is, for the API's status: "conflict" (the peering's
-    state or another open request stands in the way), "forbidden" (not this person or plan)
-    or "invalid" (the input).
+    state or another open request stands in the way, or the project is the requester itself),
+    "forbidden" (not this person or plan), "unknown" (no Enterprise project has that ID) or
+    "invalid" (the input).
     """
 
     def __init__(self, message: str, *, code: str = "invalid") -> None:
@@ -159,7 +160,7 @@ def request_peering(
             code="forbidden",
         )
     if target_uid == requester_project.uid:
-        raise PeeringRefused("A project can’t be peered with itself.")
+        raise PeeringRefused("A project can’t be peered with itself.", code="conflict")
     target = (
         Project.objects.select_related("organization")
         .filter(uid=target_uid, organization__plan=Organization.Plan.ENTERPRISE)
@@ -168,7 +169,7 @@ def request_peering(
     if target is None:
         # One answer for an unknown ID and for another plan's project: which IDs exist, and on
         # what plan, is not for any Enterprise owner to find out by trying.
-        raise PeeringRefused(unknown_target(target_uid))
+        raise PeeringRefused(unknown_target(target_uid), code="unknown")
     if not justification.strip():
         raise PeeringRefused("Say why these projects need to talk privately: support reads it.")
     _refuse_control_characters(justification)

@@ -67,3 +67,46 @@ def header_safe(text: str) -> str:
     """``text`` on one line with no control characters: safe in an email header or a log."""
     printable = "".join(" " if _steering(ch, multiline=False) else ch for ch in text)
     return _WHITESPACE_RUN.sub(" ", printable).strip()
+
+
+# -- The same rules as patterns, for the API's OpenAPI document ------------------------------
+#
+# Each pattern matches exactly what the validators above accept (a name with no white space
+# around it: the API takes it as sent, where a form trims it first), and reads alike in
+# ECMA-262 (JSON Schema's) and Python: anchored, no ``.`` or ``\s``, only classes spelled out
+# code point by code point from the rule itself.
+
+
+def character_ranges(members: list[int]) -> str:
+    """The body of a regular-expression character class holding ``members`` (sorted code
+    points), in ranges spelled ``\\uXXXX-\\uXXXX``."""
+    parts: list[str] = []
+    start = previous = members[0]
+    for point in [*members[1:], -1]:
+        if point == previous + 1:
+            previous = point
+            continue
+        parts.append(
+            f"\\u{start:04x}" if start == previous else f"\\u{start:04x}-\\u{previous:04x}"
+        )
+        start = previous = point
+    return "".join(parts)
+
+
+# Every control character, white space and steering character is in the Basic Multilingual
+# Plane; beyond it, everything is printable.
+_BMP = [chr(point) for point in range(0x10000)]
+_NOT_PRINTABLE = character_ranges(
+    [ord(ch) for ch in _BMP if ch.isspace() or _steering(ch, multiline=False)]
+)
+# A character that shows, on one line: neither white space nor a control character.
+PRINTABLE = f"[^{_NOT_PRINTABLE}]"
+# White space that may stand between words of a name (the rest is a control character).
+_BETWEEN_WORDS = [ord(ch) for ch in _BMP if ch.isspace() and not _steering(ch, multiline=False)]
+SPACE = f"[{character_ranges(_BETWEEN_WORDS)}]"
+_TEXT = f"(?:{PRINTABLE}|{SPACE}|[\\t\\n\\r])"
+
+# A name on one line, without white space around it: what ``single_line`` accepts, trimmed.
+ONE_LINE = f"^{PRINTABLE}(?:(?:{PRINTABLE}|{SPACE})*{PRINTABLE})?$"
+# Free text with something in it: what ``multiline`` accepts, and not blank.
+SOME_TEXT = f"^{_TEXT}*{PRINTABLE}{_TEXT}*$"

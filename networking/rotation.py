@@ -83,6 +83,19 @@ def validate_secret_name(name: str) -> str:
     return name
 
 
+# The rules above as patterns, for the API's OpenAPI document (a name as typed, untrimmed).
+_NOT_RESERVED = "(?!(?:{}){})(?!{})".format(
+    "|".join(sorted(RESERVED_NAMES)), "$", "|".join(RESERVED_PREFIXES)
+)
+VARIABLE_NAME_PATTERN = f"^{_NOT_RESERVED}[A-Z_][A-Z0-9_]{{0,99}}$"
+SECRET_NAME_PATTERN = (
+    f"^{_NOT_RESERVED}(?![A-Z0-9_]*(?:{NEXT_SUFFIX}|{PREVIOUS_SUFFIX})$)[A-Z_][A-Z0-9_]{{0,99}}$"
+)
+# A pasted value as ``validate_pasted_value`` takes it: 16 to 4096 characters, no line break
+# and no NUL.
+PASTED_VALUE_PATTERN = f"^[^\\r\\n\\u0000]{{{MIN_PASTED_LENGTH},{MAX_VALUE_LENGTH}}}$"
+
+
 def validate_pasted_value(value: str) -> str:
     if len(value) < MIN_PASTED_LENGTH:
         raise ValidationError(

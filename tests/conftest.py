@@ -15,6 +15,7 @@ from django.contrib.auth.models import User
 from django.core.cache import cache
 from django.db import transaction
 from django.test import Client
+from django.test.testcases import QuietWSGIRequestHandler
 from django.utils import timezone
 
 from api.models import ApiToken
@@ -33,6 +34,11 @@ from networking.models import (
 # The real API server, Celery worker processes and the fixtures that start them; the browser.
 pytest_plugins = ["tests.cluster_fixtures", "tests.browser"]
 
+# The live server sends an answer's headers and body in two writes; with Nagle's algorithm on,
+# the second waits for the client's delayed acknowledgement of the first, 40 ms on Linux, on
+# every request of a kept-alive connection (most of a schemathesis run's time).
+QuietWSGIRequestHandler.disable_nagle_algorithm = True
+
 ROLES = ("anonymous", "outsider", "support", "viewer", "member", "owner")
 
 
@@ -45,6 +51,20 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         ):
             if f"tests/{folder}/" in str(item.path):
                 item.add_marker(marker)
+
+
+def pytest_itemcollected(item: pytest.Item) -> None:
+    """Give each operation's schemathesis test its own node ID.
+
+    Schemathesis 4.32 makes one item per API operation without a callspec, and pytest 9.2
+    builds a function's node ID from its original name and callspec only: every operation's
+    item got the same ID (``…::test_every_answer_matches_the_document``), and pytest-xdist,
+    which hands items out by ID, ran the first operation's test and no other."""
+    from schemathesis.pytest.plugin import SchemathesisFunction
+
+    if isinstance(item, SchemathesisFunction) and item.operation_label and not item.id.params:
+        assert item.parent is not None
+        item._id = item.parent.id.child(item.originalname).with_params(item.operation_label)
 
 
 def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:

@@ -67,8 +67,9 @@ MATRIX: dict[str, str] = {
     "approve_peering": "401 404 200 404 404 404",
     "reject_peering": "401 404 200 404 404 404",
     "list_audit_events": "401 404 404 200 200 200",
-    # Projects: owners create (in an organization named by its slug), rename and delete.
-    "create_project": "401 422 422 403 403 201",
+    # Projects: owners create (in an organization named by its slug: one they don't belong
+    # to is refused as for a role that may not), rename and delete.
+    "create_project": "401 403 403 403 403 201",
     "rename_project": "401 404 404 403 403 200",
     "delete_project": "401 404 404 403 403 204",
     # Reference variables and old hostnames: members link and extend; owners end a hostname.
@@ -90,7 +91,9 @@ MATRIX: dict[str, str] = {
     "change_member_role": "401 404 404 403 403 200",
     "remove_member": "401 404 404 403 403 204",
     "list_tokens": "401 404 404 200 200 200",
-    "create_token": "401 404 404 403 201 201",
+    # Tokens make no tokens (they would outlive the one that made them): a signed-in person
+    # does, on the API tokens page.
+    "create_token": "401 404 404 403 403 403",
     "revoke_token": "401 404 404 403 204 204",
 }
 # Only for operations on a project: another tenant's is not found, whatever the role.

@@ -11,6 +11,7 @@ from django.test import Client
 from django.urls import reverse
 from django.utils import timezone
 
+from networking import naming
 from networking.forms import ServiceForm
 from networking.models import (
     AuditEvent,
@@ -153,6 +154,20 @@ class TestTheFormsWords:
         problem = is_problem(response, 422)
         assert problem["errors"]["ports"] == form_errors(world, "worker", typed)["ports"]
 
+    def test_each_field_error_is_said_once(self, world: World, as_role: Any) -> None:
+        """The form's reason, and not also the model's "Enter the port…" for the empty list
+        the refused ports left behind (nor Django's "This field is required." beside the
+        naming rule's "Enter a name…")."""
+        out_of_range = "Port 70000 is out of range: ports go from 1 to 65535."
+        response = as_role("member").send(
+            "POST", f"/projects/{world.project.uid}/services", {"name": "worker", "ports": [70000]}
+        )
+        assert is_problem(response, 422)["errors"] == {"ports": [out_of_range]}
+        assert form_errors(world, "", "70000") == {
+            "display_name": [naming.EMPTY_NAME],
+            "ports": [out_of_range],
+        }
+
     def test_a_databases_port_other_than_its_own_is_refused_with_the_reason(
         self, world: World, as_role: Any
     ) -> None:
@@ -171,9 +186,10 @@ class TestTheFormsWords:
             created = member.send("POST", services, {"name": name, "kind": "postgresql", **body})
             assert created.status_code == 201, created.json()
             assert created.json()["ports"] == [5432]
-        # And a database that exists keeps it, saying so.
+        # And a database that exists keeps it, saying so: a conflict with what it is (the
+        # document can't know a service's kind from a PATCH).
         changed = member.send("PATCH", f"{services}/{world.postgres.pk}", {"ports": [6000]})
-        assert is_problem(changed, 422)["errors"]["ports"][0].startswith(
+        assert is_problem(changed, 409)["errors"]["ports"][0].startswith(
             "PostgreSQL always listens on port 5432"
         )
         assert Service.objects.get(pk=world.postgres.pk).ports == [5432]
@@ -205,7 +221,9 @@ class TestTheFormsWords:
             f"/projects/{world.project.uid}/secrets",
             {"name": "WEBHOOK_KEY", "services": ["api", "nope"]},
         )
-        problem = is_problem(response, 422)
+        # A well-formed label, but the project has no such service: a conflict (409), not
+        # invalid input, and not 404, which would say the project is not there.
+        problem = is_problem(response, 409)
         assert problem["errors"]["services"][0].startswith(
             "This project has no service named “nope”."
         )
@@ -247,7 +265,7 @@ class TestBadInput:
         base = f"/projects/{world.project.uid}/secrets"
         body = {"name": "FOO_SECRET", "services": ["a\u0000b"]}
         problem = is_problem(api.send("POST", base, body), 422)
-        assert "no service named" in problem["errors"]["services"][0]
+        assert "is not a service’s DNS label" in problem["errors"]["services"][0]
         assert not SharedSecret.objects.filter(name="FOO_SECRET").exists()
         created = api.send("POST", base, {"name": "FOO_SECRET", "services": []})
         assert created.status_code == 201, created.content
@@ -278,11 +296,10 @@ class TestBadInput:
             "/projects/{uid}/audit?who=a%00b",
             "/projects/{uid}/audit?cursor=bm90LWEtY3Vyc29y",
             "/projects/{uid}/audit?cursor=%00",
-            # The calendar's first and last moments, in zones that push them past its ends.
-            "/projects/{uid}/audit?cursor=MDAwMS0wMS0wMVQwMDowMDowMCsxNDowMHwx",
-            "/projects/{uid}/audit?cursor=OTk5OS0xMi0zMVQyMzo1OTo1OS0xNDowMHwx",
+            "/projects/{uid}/audit?cursor=1-2%0A",
             "/projects/{uid}/audit?since=yesterday",
-            "/projects/{uid}/audit?until=9999-12-31",
+            "/projects/{uid}/audit?since=0",
+            "/projects/{uid}/audit?what=everything",
             "/projects/{uid}/services?limit=100000",
             "/projects/{uid}/services?name=%00",
             "/no-such-endpoint",
@@ -290,11 +307,26 @@ class TestBadInput:
     )
     def test_a_bad_path_or_query_is_a_4xx(self, world: World, as_role: Any, path: str) -> None:
         response = as_role("member").get(path.format(uid=world.project.uid))
-        assert 400 <= response.status_code < 500 or response.status_code == 200
-        # An unreadable date, or one with no day after it, is ignored.
-        assert response.status_code != 200 or "since" in path or "until" in path
-        if response.status_code != 200:
-            is_problem(response, response.status_code)
+        assert 400 <= response.status_code < 500
+        is_problem(response, response.status_code)
+
+    @pytest.mark.parametrize(
+        "query",
+        [
+            # Any position is one to continue from: the calendar's last moment and the
+            # largest ID (past them: the same), and the first.
+            "cursor=999999999999999999-9999999999999999999",
+            "cursor=0-0",
+            # A day with no day after it.
+            "until=9999-12-31",
+            "since=0001-01-01",
+        ],
+    )
+    def test_what_the_document_takes_at_its_ends_is_answered(
+        self, world: World, as_role: Any, query: str
+    ) -> None:
+        response = as_role("member").get(f"/projects/{world.project.uid}/audit?{query}")
+        assert response.status_code == 200, response.content
 
     def test_a_method_the_endpoint_does_not_take_is_a_405_problem(
         self, world: World, as_role: Any
@@ -352,8 +384,9 @@ class TestReveal:
 
     def test_a_web_service_has_nothing_to_reveal(self, world: World, as_role: Any) -> None:
         path = f"/projects/{world.project.uid}/services/{world.api.pk}/reveal"
-        problem = is_problem(as_role("member").send("POST", path), 400)
-        assert problem["detail"] == "api has no credentials to reveal."
+        # Nothing wrong with the request: the service is not a database (409).
+        problem = is_problem(as_role("member").send("POST", path), 409)
+        assert problem["detail"] == "api has no credentials to reveal: only databases have them."
 
     def test_a_secret_value_is_revealed_to_owners_only_and_audited(
         self, world: World, as_role: Any
@@ -435,7 +468,8 @@ class TestPeering:
             f"/projects/{world.project.uid}/peerings",
             {"target": "zzzzzzzzzzzz", "justification": "Reads orders."},
         )
-        assert is_problem(response, 422)["detail"].startswith(
+        # A well-formed ID of no project it can peer with: a conflict, in the pages' words.
+        assert is_problem(response, 409)["detail"].startswith(
             "No Enterprise project has the ID “zzzzzzzzzzzz”."
         )
 

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import pytest
@@ -9,6 +10,7 @@ from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 
 from dashboard.service_list import PAGE_SIZE
+from networking import naming
 from networking.models import AuditEvent, Project, Service
 from tests.conftest import World, make_service
 
@@ -135,6 +137,18 @@ def test_a_bad_port_is_refused_with_a_reason(
     assert status == 200
     assert message in page
     assert Service.objects.count() == count
+
+
+def test_each_field_error_is_said_once(owner_client: Client, world: World) -> None:
+    """The form's reason for each field, shown once: not also Django's "This field is
+    required." beside "Enter a name…", nor the model's "Enter the port…" beside the reason the
+    ports were refused."""
+    status, page = post_service(owner_client, world, display_name="", kind="web", ports="70000")
+    assert status == 200
+    assert re.findall(r'<p class="error" role="alert">(.*?)</p>', page) == [
+        naming.EMPTY_NAME,
+        "Port 70000 is out of range: ports go from 1 to 65535.",
+    ]
 
 
 def test_a_name_that_collides_names_the_existing_service(
