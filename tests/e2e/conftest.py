@@ -10,7 +10,9 @@ from contextlib import contextmanager
 from typing import Any
 
 import pytest
+from django.utils import timezone
 
+from networking.models import Project
 from tests.browser import SignIn
 from tests.kubeapi import TestAPIServer
 from tests.worker import WorkerProcess, database_url
@@ -75,3 +77,17 @@ def app(transactional_db: Any, live_server: Any, e2e_worker: WorkerProcess, sett
 def sign_in(app: Any, browser_sign_in: SignIn) -> SignIn:
     """Sign in to the live dashboard, whose worker applies to the test API server."""
     return browser_sign_in
+
+
+@pytest.fixture(autouse=True)
+def _worker_done_before_the_flush(transactional_db: Any) -> Iterator[None]:
+    """After each test, before its database is emptied: wait (a while) for a pass the worker
+    is making to end. The worker is a process of its own, and a pass still writing while the
+    flush truncates every table can deadlock with it (set up after the database, this runs
+    before it is flushed). A pass holds its project's lease while it runs."""
+    yield
+    deadline = time.monotonic() + 10
+    while Project.objects.filter(reconcile_lease_until__gt=timezone.now()).exists():
+        if time.monotonic() > deadline:
+            return
+        time.sleep(0.05)
