@@ -12,17 +12,18 @@ PORT ?= 8000
 .PHONY: run test lint bench venv lock clean cluster
 
 # Installs come from the lock files, exact versions with their hashes (`make lock` writes them
-# from pyproject.toml's ranges). Running needs requirements.txt alone; the tests, lint and the
-# benchmarks add requirements-dev.txt and the project itself (the `stackblaze` command).
-$(VENV)/.runtime: requirements.txt
+# from pyproject.toml's ranges). Running needs requirements.txt and the project itself (the
+# `stackblaze` command, to script the dashboard it starts); the tests, lint and the benchmarks
+# add requirements-dev.txt.
+$(VENV)/.runtime: requirements.txt pyproject.toml
 	@if [ -z "$(PYTHON)" ]; then echo "Python 3.12 or newer is required (set PYTHON=/path/to/python3.12)." >&2; exit 1; fi
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --require-hashes -r requirements.txt
+	$(BIN)/python -m pip install --quiet --no-deps -e .
 	@touch $@
 
-$(VENV)/.dev: $(VENV)/.runtime requirements-dev.txt pyproject.toml
+$(VENV)/.dev: $(VENV)/.runtime requirements-dev.txt
 	$(BIN)/python -m pip install --quiet --require-hashes -r requirements-dev.txt
-	$(BIN)/python -m pip install --quiet --no-deps -e .
 	@touch $@
 
 venv: $(VENV)/.dev
@@ -39,6 +40,7 @@ run: $(VENV)/.runtime
 	$(BIN)/python manage.py seed_demo
 	@echo
 	@echo "Dashboard: http://$(HOST):$(PORT)/  (a worker applies changes to $${MANIFESTS_DIR:-var/manifests}; Ctrl-C stops both)"
+	@echo "Command line: $(BIN)/stackblaze login --url http://$(HOST):$(PORT) --token …  (a token from the API tokens page)"
 	@echo
 	HOST=$(HOST) PORT=$(PORT) scripts/run-dev.sh
 
