@@ -7,13 +7,11 @@ token reaches its own organization only, and acts with the lower of its role and
 
 from __future__ import annotations
 
-from datetime import timedelta
 from typing import Annotated
 
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.db.models import F
 from django.http import Http404, HttpRequest
-from django.utils import timezone
 from django.views.decorators.cache import never_cache
 from ninja import Router, Status
 from ninja.decorators import decorate_view
@@ -232,15 +230,8 @@ def create_token(
     )
     if not form.is_valid():
         raise form_invalid(form.errors)
-    days = form.cleaned_data["expires_in_days"]
     try:
-        token, raw = ApiToken.issue(
-            user=request.user,
-            organization=organization,
-            name=form.cleaned_data["name"],
-            role=form.cleaned_data["role"],
-            expires_at=timezone.now() + timedelta(days=days) if days else None,
-        )
+        token, raw = form.issue(request.user, organization)
     except ValidationError as error:
         problem = form_invalid(error.message_dict)
         if any(item.code == "duplicate" for item in error.error_dict.get("name", [])):

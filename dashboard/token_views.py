@@ -7,7 +7,6 @@ POST that made it (never cached), and stored only as a hash.
 
 from __future__ import annotations
 
-from datetime import timedelta
 from typing import Any
 
 from django.contrib import messages
@@ -71,15 +70,8 @@ def org_token_create(request: HttpRequest, org_slug: str) -> HttpResponse:
     organization, membership = get_organization_for_user(request, org_slug)
     form = ApiTokenForm(request.POST, member_role=membership.role)
     if form.is_valid():
-        days = form.cleaned_data["expires_in_days"]
         try:
-            token, raw = ApiToken.issue(
-                user=request.user,
-                organization=organization,
-                name=form.cleaned_data["name"],
-                role=form.cleaned_data["role"],
-                expires_at=timezone.now() + timedelta(days=days) if days else None,
-            )
+            token, raw = form.issue(request.user, organization)
         except ValidationError as error:
             form.add_error(None, error)
         else:
