@@ -79,14 +79,12 @@ func outcome(err error) string {
 
 // A refusal or a missing route right after the probe starts may be the network catching up
 // with the probe itself: a NetworkPolicy enforcer learns a new pod's address a moment after the
-// pod starts, and until then the project's own policy does not know it as one of the project's
-// pods. Such answers are tried again a few times; a connection that succeeds, or a first
-// attempt that times out (packets dropped), is final. A retry that times out after a refusal
-// meets the kernel's limit on refusals sent, and the refusal stands.
-const (
-	retries    = 6
-	retryEvery = 250 * time.Millisecond
-)
+// pod starts (seconds, on a busy node), and until then the project's own policy does not know
+// it as one of the project's pods. Such answers are tried again until the step's time is up; a
+// connection that succeeds, or a first attempt that times out (packets dropped), is final. A
+// retry that times out after a refusal is the kernel's limit on refusals sent (about one a
+// second), not an answer: the refusal stands unless a later try connects.
+const retryEvery = 250 * time.Millisecond
 
 func dial(result *Port, timeout time.Duration) {
 	deadline := time.Now().Add(timeout)
@@ -98,19 +96,19 @@ func dial(result *Port, timeout time.Duration) {
 		}
 		started := time.Now()
 		conn, err := net.DialTimeout("tcp", result.Address, wait)
-		result.Ms = milliseconds(started)
 		if err == nil {
 			conn.Close()
+			result.Ms = milliseconds(started)
 			result.Outcome, result.Error = "connected", ""
 			return
 		}
 		found := outcome(err)
-		if result.Attempts > 1 && found == "timeout" {
-			return // the refusal before it stands
+		if result.Attempts == 1 || found != "timeout" {
+			result.Ms = milliseconds(started)
+			result.Outcome, result.Error = found, err.Error()
 		}
-		result.Outcome, result.Error = found, err.Error()
-		retryable := found == "refused" || found == "unreachable"
-		if !retryable || result.Attempts > retries || time.Until(deadline) < retryEvery {
+		retryable := result.Outcome == "refused" || result.Outcome == "unreachable"
+		if !retryable || time.Until(deadline) < retryEvery {
 			return
 		}
 		time.Sleep(retryEvery)

@@ -17,7 +17,7 @@ from networking.cluster.desired import KubeObject, managed_labels
 COMPONENT_LABEL = "app.kubernetes.io/component"
 COMPONENT = "connection-test"
 # The probe gives up on each step after this; the pod is stopped after DEADLINE_SECONDS.
-STEP_TIMEOUT_SECONDS = 3
+STEP_TIMEOUT_SECONDS = 5
 DEADLINE_SECONDS = 60
 
 

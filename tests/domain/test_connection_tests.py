@@ -102,7 +102,7 @@ def test_the_probe_pod_is_unprivileged_and_mounts_nothing() -> None:
     spec = pod["spec"]
     (container,) = spec["containers"]
     assert container["args"] == [
-        "-host", "api.internal", "-timeout", "3s", "-port", "8080", "-port", "9090",
+        "-host", "api.internal", "-timeout", "5s", "-port", "8080", "-port", "9090",
     ]  # fmt: skip
     assert spec["automountServiceAccountToken"] is False
     assert "volumes" not in spec and "env" not in container
