@@ -16,7 +16,7 @@ from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from dashboard import service_picker
-from dashboard.partials import page_or_part, vary_on_htmx
+from dashboard.partials import page_or_part, vary_on_htmx, wants_part
 from dashboard.views import HtmxHttpRequest
 from networking import endpoints, rotation
 from networking.access import ProjectAccess, get_project_for_user, get_secret_for_user
@@ -101,8 +101,9 @@ def _detail_context(access: ProjectAccess, secret: SharedSecret, **extra: Any) -
 def secret_detail(request: HtmxHttpRequest, project_uid: str, secret_id: int) -> HttpResponse:
     access, secret = get_secret_for_user(request, project_uid, secret_id)
     access.require(Membership.can_see_secret_details)
-    context = _detail_context(access, secret)
-    # htmx refreshes the rotation's progress whenever the project changes (header's poll).
+    # htmx refreshes the rotation's progress whenever the project changes (header's poll); the
+    # page's head and its list of rotations come with it, out-of-band.
+    context = _detail_context(access, secret, oob=wants_part(request))
     return page_or_part(request, "secrets/detail.html", "rotation", context)
 
 
@@ -150,6 +151,9 @@ def secret_reveal(request: HtmxHttpRequest, project_uid: str, secret_id: int) ->
 @login_required
 @require_http_methods(["GET", "POST"])
 def secret_rotate(request: HtmxHttpRequest, project_uid: str, secret_id: int) -> HttpResponse:
+    """Start a rotation: one click (the secret page's Rotate button posts here with no value,
+    and a random one is generated). A rotation refuses no request, so it asks for nothing;
+    the GET page is only for rotating to a value of one's own."""
     access, secret = get_secret_for_user(request, project_uid, secret_id)
     access.require(Membership.can_manage_secrets)
     form = RotateForm(request.POST if request.method == "POST" else None)
@@ -159,12 +163,13 @@ def secret_rotate(request: HtmxHttpRequest, project_uid: str, secret_id: int) ->
                 secret, actor=request.user, new_value=form.cleaned_data["value"] or None
             )
         except rotation.RotationRefused as refused:
-            messages.error(request, str(refused))
+            messages.info(request, str(refused))
         else:
             messages.success(
                 request,
-                f"Rotating {secret.name}: services first learn to accept the new value, then "
-                "send it; the old value is retired after the grace window.",
+                f"Started rotation {rotation.rotation_count(secret)} of {secret.name}. No request "
+                "is refused: services first accept the new value, then send it, and the old "
+                "value is retired after the grace window. This page follows it.",
             )
         return redirect("secret-detail", project_uid=project_uid, secret_id=secret.pk)
     return render(request, "secrets/rotate.html", access.context(form=form, secret=secret))

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import io
 import logging
+import re
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -175,7 +176,7 @@ class TestRotate:
 
     def test_rotate_starts_phase_one(self, owner_client: Client, world: World) -> None:
         response = owner_client.post(self.url(world), follow=True)
-        assert "Rotating INTERNAL_API_SECRET" in response.content.decode()
+        assert "Started rotation 1 of INTERNAL_API_SECRET" in response.content.decode()
         world.secret.refresh_from_db()
         assert world.secret.rotation_phase == SharedSecret.Phase.ACCEPT_NEW
         assert world.secret.next_value is not None
@@ -195,6 +196,48 @@ class TestRotate:
         assert world.secret.next_value is not None and pending is not None
         assert world.secret.next_value.reveal() == pending.reveal()
         assert SecretRotation.objects.filter(secret=world.secret).count() == 1
+
+    def test_rotate_is_one_click_on_the_secret_page(
+        self, owner_client: Client, world: World
+    ) -> None:
+        """The page's Rotate button posts the rotation itself: no confirmation page between."""
+        detail = reverse("secret-detail", args=[world.project.uid, world.secret.pk])
+        html = owner_client.get(detail).content.decode()
+        form = re.search(
+            rf'<form method="post" action="{re.escape(self.url(world))}"[^>]*>(.*?)</form>',
+            html,
+            re.S,
+        )
+        assert form is not None, "no form posting to the rotation"
+        assert re.search(r'<button type="submit"[^>]*>Rotate</button>', form.group(1))
+        assert not re.search(r"<input(?![^>]*csrfmiddlewaretoken)", form.group(1))
+        # While it runs, the button gives way to what is running.
+        owner_client.post(self.url(world))
+        html = owner_client.get(detail).content.decode()
+        assert f'action="{self.url(world)}"' not in html
+        assert "Rotation 1 running" in html
+        # Members see the rotation, never the button.
+        member_page = world.client_for("member").get(detail).content.decode()
+        assert f'action="{self.url(world)}"' not in member_page
+
+    def test_the_live_part_carries_the_head_and_the_list_of_rotations(
+        self, owner_client: Client, world: World
+    ) -> None:
+        """What the open page swaps in when the project changes: the rotation's progress, and
+        out-of-band the Rotate button and the list, so "completed" shows without a reload."""
+        owner_client.post(self.url(world))
+        for _ in range(4):  # no receiver runs a workload: nothing to wait for
+            rotation.advance(world.secret.pk)
+        detail = reverse("secret-detail", args=[world.project.uid, world.secret.pk])
+        part = owner_client.get(detail, HTTP_HX_REQUEST="true").content.decode()
+        history = re.search(r'<section[^>]*id="rotation-history"[^>]*>(.*?)</section>', part, re.S)
+        assert history is not None and 'hx-swap-oob="outerHTML"' in history.group(0)
+        assert "Rotation 1:" in history.group(1) and "completed at" in history.group(1)
+        head = re.search(r'<div[^>]*id="secret-head"[^>]*>', part)
+        assert head is not None and 'hx-swap-oob="outerHTML"' in head.group(0)
+        assert f'action="{self.url(world)}"' in part  # the Rotate button is back
+        # The whole page carries no out-of-band marks: they are for the swap only.
+        assert "hx-swap-oob" not in owner_client.get(detail).content.decode()
 
     def test_the_page_shows_progress_phase_by_phase(
         self, owner_client: Client, world: World
