@@ -96,3 +96,29 @@ class ConcurrentChangeMiddleware:
             )
             return render(request, "404.html", {"reason": contention.GONE}, status=404)
         return None
+
+
+class MethodNotAllowedPageMiddleware:
+    """A page, not a browser error, for an address opened that only takes a form's POST.
+
+    Django answers a GET on a POST-only view with an empty 405, which a browser shows as its
+    own "HTTP ERROR 405"; a bookmark or a link copied from the address bar leads there. The
+    API answers its own 405s (problem+json), which are never empty.
+    """
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        response = self.get_response(request)
+        if (
+            response.status_code != 405
+            or response.streaming
+            or response.content
+            or request.path.startswith("/api/")
+        ):
+            return response
+        allowed = [method.strip() for method in response.get("Allow", "").split(",") if method]
+        page = render(request, "405.html", {"allowed": allowed}, status=405)
+        page["Allow"] = response.get("Allow", "")
+        return page

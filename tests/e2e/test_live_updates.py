@@ -10,7 +10,7 @@ from django.urls import reverse
 from playwright.sync_api import Page, Response, expect
 
 from networking.models import AuditEvent, PeeringRequest
-from tests.browser import CATCH_UP
+from tests.browser import CATCH_UP, HtmxErrors
 from tests.cluster.workloads import deploy
 from tests.cluster_fixtures import Cluster
 from tests.conftest import World
@@ -119,3 +119,62 @@ def test_back_to_a_page_that_refreshed_itself_shows_the_whole_page(
     page.go_back()
     expect(page.get_by_role("heading", name="VPC peering")).to_be_visible()
     expect(page.get_by_role("heading", name="Request peering")).to_be_visible()
+
+
+def test_a_rotation_started_with_one_click_reads_completed_without_a_reload(
+    world: World, sign_in: SignIn, e2e_worker: WorkerProcess, screenshot: Screenshot
+) -> None:
+    world.project.request_reconcile()
+    page = sign_in("owner")
+    page.goto(reverse("secret-detail", args=[world.project.uid, world.secret.pk]))
+    expect(page.locator("#sync-status")).to_contain_text("In sync", timeout=CATCH_UP)
+    history = page.locator("#rotation-history")
+    with worker_held_back(e2e_worker):
+        # One click, no confirmation page: the rotation refuses no request.
+        page.get_by_role("button", name="Rotate", exact=True).click()
+        expect(page.locator(".messages")).to_contain_text("Started rotation 1")
+        expect(history).to_contain_text("Rotation 1:")
+        expect(history).to_contain_text("in progress")
+        expect(page.locator("#secret-head")).to_contain_text("Rotation 1 running")
+        page.evaluate("() => { window.notReloaded = true; }")
+
+    # The worker runs the phases (no receiver runs a workload: none waits); the open page
+    # follows to the end, its list, its head and its progress alike.
+    expect(history).to_contain_text("completed at", timeout=CATCH_UP)
+    expect(history).not_to_contain_text("in progress")
+    expect(page.locator("#secret-head")).to_contain_text("rotated 1 time")
+    expect(page.get_by_role("button", name="Rotate", exact=True)).to_be_visible()
+    assert page.evaluate("() => window.notReloaded") is True
+    screenshot(page, "secret-rotation-completed")
+
+
+def test_an_htmx_error_fails_the_browser_test_that_meets_it(
+    world: World, sign_in: SignIn, htmx_errors: HtmxErrors
+) -> None:
+    """The guard every browser test runs under catches what htmx reports: the overview's old
+    filter trigger, whose selector htmx cannot parse, and a request the server refuses (each
+    then forgotten, so this test passes)."""
+    page = sign_in("owner")
+    page.goto(reverse("project-overview", args=[world.project.uid]))
+    expect(page.get_by_role("heading", name="Services")).to_be_visible()
+    assert htmx_errors.seen == []
+    with page.expect_console_message(lambda message: message.type == "error"):
+        page.evaluate(
+            """() => {
+              const form = document.createElement("form");
+              form.setAttribute("hx-get", location.pathname);
+              form.setAttribute("hx-trigger", "change from:.service-filters select");
+              document.body.append(form);
+              htmx.process(form);
+            }"""
+        )
+    assert [error.split(" (on ")[0] for error in htmx_errors.seen] == ["htmx:syntax:error"]
+    htmx_errors.seen.clear()
+
+    other = reverse("project-overview", args=[world.other_project.uid])  # another tenant's
+    with page.expect_console_message(lambda message: message.type == "error"):
+        page.evaluate("(url) => htmx.ajax('GET', url, {target: 'main', swap: 'none'})", other)
+    assert [error.split(", ")[0] for error in htmx_errors.seen] == [
+        f"Response Status Error Code 404 from {other}"
+    ]
+    htmx_errors.seen.clear()
