@@ -1218,14 +1218,11 @@ AuditGroup = Annotated[
 ]
 
 
-_DAY = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
-
-
 def _day(value: Any) -> Any:
     """A day as the document's ``format: date`` has it (pydantic would also take 0 for
-    1970-01-01, or a time)."""
-    if not (isinstance(value, str) and _DAY.fullmatch(value)):
-        raise ValueError("Give a day as YYYY-MM-DD, like 2025-01-31.")
+    1970-01-01, or a time); refused in the audit page's words."""
+    if not (isinstance(value, str) and audit_trail.DAY_PATTERN.fullmatch(value)):
+        raise ValueError(audit_trail.DAY_REFUSAL)
     return value
 
 

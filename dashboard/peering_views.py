@@ -52,6 +52,7 @@ def _page(
     template: str = "peering/project.html",
 ) -> HttpResponse:
     peerings = _peerings_of(access.project)
+    part = template.endswith("#peerings")
     return render(
         request,
         template,
@@ -61,6 +62,14 @@ def _page(
             form=form,
             enterprise=access.project.organization.plan == Organization.Plan.ENTERPRISE,
             settles_within=peering.SETTLES_WITHIN_SECONDS,
+            # What the last action said ("Requested. Waiting for support.") describes the
+            # peerings as they stood then, so it is shown inside the part that refreshes itself:
+            # the next refresh (the project changed: support decided, the worker connected)
+            # takes it away instead of leaving it to contradict the new state. ``messages``
+            # keeps it out of the page's usual place; a refresh consumes none (one may be
+            # another tab's, for its next page).
+            notices=[] if part else list(messages.get_messages(request)),
+            messages=(),
         ),
     )
 

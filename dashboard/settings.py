@@ -383,11 +383,16 @@ LOGGING = {
     "formatters": {
         "plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
     },
+    "filters": {
+        "refusals_without_traceback": {"()": "dashboard.logging_filters.RefusalsWithoutTraceback"},
+    },
     "handlers": {
         "console": {"class": "logging.StreamHandler", "formatter": "plain"},
     },
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
     "loggers": {
+        # A 403 is a refusal, not a fault: one line, no traceback (500s keep theirs).
+        "django.request": {"filters": ["refusals_without_traceback"]},
         # urllib3 logs request lines; keep it quiet so no header or body can leak from it.
         "urllib3": {"level": "WARNING"},
         "kubernetes": {"level": "WARNING"},

@@ -281,6 +281,10 @@ def audit_log(request: HtmxHttpRequest, project_uid: str) -> HttpResponse:
     access = get_project_for_user(request, project_uid)
     filters = audit_trail.Filters.from_query(request.GET)
     events = filters.apply(AuditEvent.objects.filter(project=access.project))
+    if filters.errors:
+        # The form says what is wrong beside the field; a list the dates did not filter would
+        # look like an answer.
+        events = events.none()
     page = Paginator(events, 50).get_page(request.GET.get("page"))
     who = (
         AuditEvent.objects.filter(project=access.project)
@@ -308,10 +312,15 @@ def audit_log(request: HtmxHttpRequest, project_uid: str) -> HttpResponse:
 
 @login_required
 @require_GET
-def audit_log_csv(request: HttpRequest, project_uid: str) -> StreamingHttpResponse:
+def audit_log_csv(request: HttpRequest, project_uid: str) -> HttpResponse | StreamingHttpResponse:
     """The filtered log as CSV, every row (streamed, so a long log costs no memory)."""
     access = get_project_for_user(request, project_uid)
     filters = audit_trail.Filters.from_query(request.GET)
+    if filters.errors:
+        # A file of every row would pass for the filtered one: refuse, saying what to fix.
+        words = {"since": "From (since)", "until": "To (until)"}
+        refusal = " ".join(f"{words[key]}: {error}" for key, error in filters.errors.items())
+        return HttpResponse(refusal, status=400, content_type="text/plain; charset=utf-8")
     events = filters.apply(AuditEvent.objects.filter(project=access.project)).iterator(
         chunk_size=500
     )

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import csv
+import re
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 from urllib.parse import urlencode
@@ -24,6 +25,11 @@ GROUPS: dict[str, tuple[str, str]] = {
     "member": ("Team", "member."),
 }
 _PEERING_TARGET_PREFIX = "peering with "
+
+# What a date filter takes, and what the page, the export and the API say otherwise.
+DAY_PATTERN = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
+DAY_REFUSAL = "Give a day as YYYY-MM-DD, like 2025-01-31."
+ORDER_REFUSAL = "“From” must be on or before “To”: swap the two days."
 
 
 def target_text(event: AuditEvent) -> str:
@@ -81,22 +87,37 @@ class Filters:
     group: str = ""
     since: date | None = None
     until: date | None = None
+    # What is wrong with the dates as given, by query key ("since", "until"). A date that
+    # can't be read filters nothing, so whoever shows events must say so instead.
+    errors: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def from_query(cls, query: Any) -> Filters:
-        def day(text: str) -> date | None:
-            try:
-                return date.fromisoformat(text[:10]) if text else None
-            except ValueError:
+        errors: dict[str, str] = {}
+
+        def day(key: str) -> date | None:
+            text = str(query.get(key, "")).strip()
+            if not text:
                 return None
+            try:
+                if DAY_PATTERN.fullmatch(text):
+                    return date.fromisoformat(text)
+            except ValueError:  # a day the calendar lacks: 2026-02-30
+                pass
+            errors[key] = DAY_REFUSAL
+            return None
 
         group = query.get("what", "")
+        since, until = day("since"), day("until")
+        if since and until and since > until:
+            errors["since"] = ORDER_REFUSAL
         return cls(
             # Who: as typed, minus what no name holds (a NUL byte never reaches a query).
             actor=plain_text.header_safe(query.get("who", ""))[:150],
             group=group if group in GROUPS else "",
-            since=day(query.get("since", "")),
-            until=day(query.get("until", "")),
+            since=since,
+            until=until,
+            errors=errors,
         )
 
     def apply(self, events: QuerySet[AuditEvent]) -> QuerySet[AuditEvent]:

@@ -90,7 +90,7 @@ def advance(test_id: int) -> Step:
     except ClusterError as error:
         if error.transient and not _overdue(test):
             return Step(test.status, POLL_SECONDS * 2)
-        logger.warning("Connection test %s could not run: %s", test.pk, error)
+        logger.warning("Connection test %s could not run: %s", test.pk, error.for_log)
         return _finish(test, Status.ERROR, error=_customer_message(error))
     _delete_quietly(backend, project.namespace, name)
     try:
@@ -136,7 +136,9 @@ def _delete_quietly(backend: Any, namespace: str, name: str) -> None:
     try:
         backend.delete_probe(namespace, name)
     except ClusterError as error:  # a finished probe pod left behind harms nothing
-        logger.warning("Could not delete the connection probe %s/%s: %s", namespace, name, error)
+        logger.warning(
+            "Could not delete the connection probe %s/%s: %s", namespace, name, error.for_log
+        )
 
 
 def _customer_message(error: ClusterError) -> str:

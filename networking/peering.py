@@ -141,10 +141,49 @@ def _already_open(existing: PeeringRequest, requester_project: Project) -> Peeri
 
 
 def unknown_target(target_uid: str) -> str:
+    """The one answer for an ID that is no Enterprise project the requester may learn about.
+
+    It states both causes (a typo, or a project whose organization is on another plan) and
+    what to do about each, without saying which applies: see ``_not_enterprise``.
+    """
     return (
         f"No Enterprise project has the ID “{target_uid[:20]}”. Check the ID with the other "
-        "team (it is on their project’s Settings page); peering needs the Enterprise plan on "
-        "both sides."
+        "team (it is on their project’s Settings page). If it is right, that project’s "
+        "organization is not on the Enterprise plan: peering needs Enterprise on both sides, "
+        "so ask its owner to upgrade."
+    )
+
+
+def _not_enterprise(target_uid: str, actor: Any) -> PeeringRefused:
+    """Why ``target_uid`` can't be peered with, in as much detail as ``actor`` may know.
+
+    Which IDs exist, and on what plan, is not for any Enterprise owner to find out by trying:
+    a stranger gets the same answer for a typo and for another plan's project. Someone who
+    belongs to the target's organization already sees its projects and plan, so they are told
+    what stands in the way (its plan) and what to do; nothing is revealed that they can't read
+    on their own project list. A request made with an API token reaches one organization
+    only: it is a stranger to every other, whatever its holder belongs to.
+    """
+    actor_id = getattr(actor, "pk", None)
+    standings = getattr(actor, "standings", None) or {}
+    if any(standing.token_role is not None for standing in standings.values()):
+        actor_id = None
+    target = (
+        Project.objects.select_related("organization")
+        .filter(uid=target_uid, organization__memberships__user_id=actor_id)
+        .first()
+        if actor_id is not None
+        else None
+    )
+    if target is None:
+        return PeeringRefused(unknown_target(target_uid), code="unknown")
+    organization = target.organization
+    return PeeringRefused(
+        f"{target.name} belongs to {organization.name}, which is on the "
+        f"{organization.get_plan_display()} plan: VPC peering needs both projects on the "
+        f"Enterprise plan. Once an owner of {organization.name} has upgraded it to "
+        "Enterprise, request again.",
+        code="forbidden",
     )
 
 
@@ -167,9 +206,9 @@ def request_peering(
         .first()
     )
     if target is None:
-        # One answer for an unknown ID and for another plan's project: which IDs exist, and on
-        # what plan, is not for any Enterprise owner to find out by trying.
-        raise PeeringRefused(unknown_target(target_uid), code="unknown")
+        # One answer for an unknown ID and for another plan's project, unless the requester
+        # belongs to that project's organization (``_not_enterprise``).
+        raise _not_enterprise(target_uid, actor)
     if not justification.strip():
         raise PeeringRefused("Say why these projects need to talk privately: support reads it.")
     _refuse_control_characters(justification)

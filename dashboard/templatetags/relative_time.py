@@ -26,6 +26,29 @@ def ago(value: datetime | None) -> str:
 
 
 @register.filter
+def duration_since(value: datetime | None, now: datetime | None = None) -> str:
+    """How long since ``value``, as Django's timesince says it ("3 days, 2 hours"), except that
+    under a minute is "less than a minute", never "0 minutes"."""
+    if value is None:
+        return ""
+    now = now or timezone.now()
+    if (now - value).total_seconds() < 60:
+        return "less than a minute"
+    return timesince(value, now)
+
+
+@register.filter
+def duration_until(value: datetime | None, now: datetime | None = None) -> str:
+    """How long until ``value``, as ``duration_since`` says it."""
+    if value is None:
+        return ""
+    now = now or timezone.now()
+    if (value - now).total_seconds() < 60:
+        return "less than a minute"
+    return timesince(now, value)
+
+
+@register.filter
 def as_datetime(value: str) -> datetime | None:
     """An ISO timestamp kept in JSON, as a datetime for the ``date`` filter."""
     return parse_datetime(value) if value else None

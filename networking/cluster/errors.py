@@ -10,25 +10,43 @@ from __future__ import annotations
 
 
 class ClusterError(Exception):
-    """A change could not be applied. ``str()`` is a plain-words reason for the UI."""
+    """A change could not be applied. ``str()`` is a plain-words reason for the UI.
+
+    The reason is what a customer reads on the project's Sync page, so it names what failed
+    and what happens next, never the server's insides (a file path, a kubeconfig, another
+    server's error text, a traceback). Those go in ``detail``, which only the log shows.
+    """
 
     transient = False
 
     def __init__(
-        self, message: str, *, status: int | None = None, retry_after: float | None = None
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        retry_after: float | None = None,
+        detail: str = "",
     ) -> None:
         super().__init__(message)
         self.status = status
         # Seconds the API server asked us to wait before trying again (a 429's Retry-After).
         self.retry_after = retry_after
+        # For the server log only: what the operator needs to find the cause.
+        self.detail = detail
+
+    @property
+    def for_log(self) -> str:
+        """The reason and, for the operator, its detail."""
+        return f"{self} [{self.detail}]" if self.detail else str(self)
 
     def redacted(self, sensitive: list[str]) -> ClusterError:
         """The same error with every occurrence of the given values masked."""
-        message = str(self)
+        message, detail = str(self), self.detail
         for value in sorted(sensitive, key=len, reverse=True):
             if value:
                 message = message.replace(value, "[redacted]")
-        return type(self)(message, status=self.status, retry_after=self.retry_after)
+                detail = detail.replace(value, "[redacted]")
+        return type(self)(message, status=self.status, retry_after=self.retry_after, detail=detail)
 
 
 class TransientClusterError(ClusterError):
@@ -61,7 +79,12 @@ def error_for_status(
     elif status == 429:
         message = f"The cluster is rate-limiting requests (429) during {action}."
     elif status >= 500:
-        message = f"The cluster's API server failed during {action} ({status}): {detail}."
+        # What a failing server says about itself (a webhook's traceback, a path on its disk)
+        # is for the operator: the log has it.
+        message = (
+            f"The cluster's API server failed during {action} ({status}). Nothing is wrong "
+            "with the project: the worker tries again by itself, and Retry tries now."
+        )
     else:
         message = f"The cluster answered {status} to {action}: {detail}."
     error_class = (
@@ -69,4 +92,4 @@ def error_for_status(
         if status in TRANSIENT_STATUSES or status >= 500
         else (PermanentClusterError)
     )
-    return error_class(message, status=status, retry_after=retry_after)
+    return error_class(message, status=status, retry_after=retry_after, detail=detail)

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import urllib3
+import yaml
 from django.conf import settings
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
@@ -119,9 +120,12 @@ def _api_client(kubeconfig: str, context: str) -> client.ApiClient:
                 config.load_incluster_config(client_configuration=configuration)
             except ConfigException:
                 config.load_kube_config(context=context or None, client_configuration=configuration)
-    except (ConfigException, OSError) as error:
+    except (ConfigException, OSError, yaml.YAMLError) as error:
+        # The error names the kubeconfig's path or its files: for the log, not the page.
         raise PermanentClusterError(
-            f"No usable cluster credentials: {error}. Set KUBECONFIG, or run inside the cluster."
+            "The worker has no usable cluster credentials. Set KUBECONFIG, or run it inside "
+            "the cluster; its log says what was wrong.",
+            detail=str(error),
         ) from None
     # Retrying is the task's job (with backoff); urllib3 must not retry silently underneath.
     configuration.retries = False
@@ -351,8 +355,9 @@ class KubernetesBackend:
                 ) from None
             except (urllib3.exceptions.HTTPError, OSError) as error:
                 raise TransientClusterError(
-                    f"Could not reach the cluster's API server during {action}: "
-                    f"{type(error).__name__}."
+                    f"Could not reach the cluster's API server during {action}. "
+                    "The worker tries again by itself, and Retry tries now.",
+                    detail=f"{type(error).__name__}: {error}",
                 ) from None
             try:
                 data = response.data
@@ -360,7 +365,9 @@ class KubernetesBackend:
             except (urllib3.exceptions.HTTPError, OSError, ValueError) as error:
                 # The answer was cut off on its way back (a reset, a truncated body).
                 raise TransientClusterError(
-                    f"The cluster's answer to {action} was cut off: {type(error).__name__}."
+                    f"The cluster's answer to {action} was cut off. "
+                    "The worker tries again by itself, and Retry tries now.",
+                    detail=f"{type(error).__name__}: {error}",
                 ) from None
         raise AssertionError("unreachable")  # pragma: no cover
 

@@ -40,6 +40,12 @@ TEMPORARY_SUFFIX = ".tmp"
 ABANDONED_AFTER_SECONDS = 5.0
 
 
+def _cause(error: OSError) -> str:
+    """The operating system's words for ``error`` ("Permission denied"), without the path
+    ``str(error)`` would name: the folder is the server's business, so the log has it."""
+    return (error.strerror or type(error).__name__).lower()
+
+
 def _filename(kind: str, name: str) -> str:
     return f"{KINDS.index(kind):02d}-{kind.lower()}-{name}{SUFFIX}"
 
@@ -76,7 +82,9 @@ class ManifestsBackend:
                 result.changes.append(f"deleted {KINDS[int(order)]} {name}")
         except OSError as error:
             raise PermanentClusterError(
-                f"Could not write manifests under {folder}: {error.strerror or error}."
+                f"Could not write manifests for this project ({_cause(error)}); the worker's log "
+                "says where.",
+                detail=f"under {folder}: {error}",
             ) from None
         return result
 
@@ -96,7 +104,8 @@ class ManifestsBackend:
             return set()
         except OSError as error:
             raise PermanentClusterError(
-                f"Could not list manifests under {self.directory}: {error.strerror or error}."
+                f"Could not list the manifests ({_cause(error)}); the worker's log says where.",
+                detail=f"under {self.directory}: {error}",
             ) from None
 
     def delete_namespace(self, namespace: str) -> bool:
@@ -110,7 +119,9 @@ class ManifestsBackend:
             return False
         except OSError as error:
             raise PermanentClusterError(
-                f"Could not remove the manifests under {folder}: {error.strerror or error}."
+                f"Could not remove this project's manifests ({_cause(error)}); the worker's log "
+                "says where.",
+                detail=f"under {folder}: {error}",
             ) from None
         return True
 

@@ -32,7 +32,7 @@ def delete_orphans(backend: Backend | None = None) -> list[str]:
                 deleted.append(namespace)
                 logger.info("Deleted namespace %s: its project no longer exists", namespace)
         except ClusterError as error:
-            logger.warning("Could not delete orphaned namespace %s: %s", namespace, error)
+            logger.warning("Could not delete orphaned namespace %s: %s", namespace, error.for_log)
     return deleted
 
 

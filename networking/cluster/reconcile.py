@@ -227,7 +227,16 @@ def reconcile(
             return Outcome("busy", generation=outcome.generation, lease_remaining=remaining)
         with live.deferred(), lease.renewed(project_id, claimed.token):
             try:
-                outcome = _one_pass(claimed, planner, backend or get_backend(), memory)
+                try:
+                    chosen = backend or get_backend()
+                except ClusterError as error:  # no backend to be had (its credentials, say)
+                    raise ReconcileFailed(
+                        error,
+                        generation=claimed.project.generation,
+                        changes=[],
+                        started_at=time.time(),
+                    ) from None
+                outcome = _one_pass(claimed, planner, chosen, memory)
             except ReconcileFailed:
                 raise
             except Exception:
@@ -616,5 +625,5 @@ def record_failure(project_id: int, failure: ReconcileFailed, *, retry_in: float
         "Reconcile of project %s failed (%s): %s",
         project_id,
         f"retrying in {retry_in:.1f}s" if retry_in is not None else "not retrying",
-        failure.error,
+        failure.error.for_log,
     )

@@ -69,11 +69,14 @@ def test_nul_bytes_anywhere_never_make_a_500(world: World, role: str) -> None:
 def test_audit_dates_at_the_ends_of_the_calendar_never_make_a_500(
     world: World, owner_client: Client, until: str
 ) -> None:
+    # A day the calendar lacks is refused: on the page beside its field, by the export as 400.
+    exists = until != "2026-02-30"
     for name in ("audit-log", "audit-log-csv"):
         url = reverse(name, args=[world.project.uid])
         response = owner_client.get(url, {"since": until, "until": until})
-        assert response.status_code == 200, (name, until)
-        if name == "audit-log-csv":
+        expected = 200 if exists or name == "audit-log" else 400
+        assert response.status_code == expected, (name, until)
+        if name == "audit-log-csv" and exists:
             b"".join(response.streaming_content)  # type: ignore[attr-defined]
 
 

@@ -184,3 +184,41 @@ def test_the_canaries_appear_in_api_responses_only_from_the_reveals(
         ("reveal_service_credentials", "owner", False),
     ]
     assert not secret_leaks(caplog.text)
+
+
+def test_a_refusal_is_one_line_in_the_log_and_a_crash_keeps_its_traceback(
+    world: World, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A 403 is the access rules working, not a fault: one line, no stack trace. A 500 is a
+    fault, and its traceback is how it is found."""
+    from django.test import Client
+
+    from networking import audit_trail
+
+    viewer = world.client_for("viewer")
+    with caplog.at_level(logging.INFO, logger="django.request"):
+        response = viewer.post(
+            reverse("peering-request", args=[world.project.uid]),
+            {"target": world.other_project.uid, "justification": "x"},
+        )
+    assert response.status_code == 403
+    [refusal] = [record for record in caplog.records if record.name == "django.request"]
+    assert refusal.levelno == logging.WARNING
+    assert refusal.exc_info is None and refusal.exc_text is None
+    url = reverse("peering-request", args=[world.project.uid])
+    assert refusal.getMessage() == f"Forbidden (Permission denied): {url}"
+    assert "Traceback" not in caplog.text
+
+    def crash(query: Any) -> Any:
+        raise RuntimeError("a real bug")
+
+    monkeypatch.setattr(audit_trail.Filters, "from_query", crash)
+    owner = Client(raise_request_exception=False)
+    owner.force_login(world.users["owner"])  # type: ignore[arg-type]
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="django.request"):
+        response = owner.get(reverse("audit-log", args=[world.project.uid]))
+    assert response.status_code == 500
+    [crashed] = [record for record in caplog.records if record.name == "django.request"]
+    assert crashed.levelno == logging.ERROR and crashed.exc_info is not None
+    assert "RuntimeError: a real bug" in caplog.text

@@ -15,6 +15,8 @@ from networking import naming
 from networking.forms import ServiceForm
 from networking.models import (
     AuditEvent,
+    Membership,
+    Organization,
     PeeringRequest,
     Project,
     SecretRotation,
@@ -472,6 +474,24 @@ class TestPeering:
         assert is_problem(response, 409)["detail"].startswith(
             "No Enterprise project has the ID “zzzzzzzzzzzz”."
         )
+
+    def test_a_token_learns_no_more_of_another_organization_than_a_stranger(
+        self, world: World, as_role: Any
+    ) -> None:
+        """The page names the plan of a project of the person's other organization (they see
+        it on their project list); a token reaches its own organization only, so it is told
+        what a stranger is, even when its holder also belongs to the other one."""
+        initech = Organization.objects.get(slug="initech")
+        side = Project.objects.create(organization=initech, name="Side project")
+        path = f"/projects/{world.project.uid}/peerings"
+        payload = {"target": side.uid, "justification": "Reads orders."}
+        stranger = is_problem(as_role("owner").send("POST", path, payload), 409)["detail"]
+        assert stranger.startswith(f"No Enterprise project has the ID “{side.uid}”.")
+        owner = world.users["owner"]
+        assert owner is not None
+        Membership.objects.create(user=owner, organization=initech, role="viewer")
+        member = is_problem(as_role("owner").send("POST", path, payload), 409)["detail"]
+        assert member == stranger
 
     def test_a_second_request_for_the_pair_is_a_conflict(self, world: World, as_role: Any) -> None:
         response = as_role("owner").send(

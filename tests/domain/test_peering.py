@@ -102,6 +102,32 @@ class TestRequest:
             answers.append(str(refused.value).replace(uid, "<id>"))
         assert answers[0] == answers[1]
 
+    def test_a_member_of_the_other_plans_organization_is_told_its_plan(
+        self, world: World, hobby_project: Project
+    ) -> None:
+        """Who belongs to Initech already sees its projects and plan: tell them what to do."""
+        Membership.objects.create(
+            user=user(world, "owner"), organization=hobby_project.organization, role="member"
+        )
+        with pytest.raises(peering.PeeringRefused) as refused:
+            self.request(world, hobby_project.uid)
+        assert str(refused.value) == (
+            "Side project belongs to Initech, which is on the Hobby plan: VPC peering needs "
+            "both projects on the Enterprise plan. Once an owner of Initech has upgraded it "
+            "to Enterprise, request again."
+        )
+        assert refused.value.code == "forbidden"
+
+    def test_a_stranger_is_told_both_causes_and_what_to_do_about_each(
+        self, world: World, hobby_project: Project
+    ) -> None:
+        with pytest.raises(peering.PeeringRefused) as refused:
+            self.request(world, hobby_project.uid)
+        message = str(refused.value)
+        assert "Check the ID with the other team" in message
+        assert "not on the Enterprise plan" in message and "ask its owner to upgrade" in message
+        assert "Initech" not in message and "Side project" not in message
+
     def test_an_active_pair_is_refused(self, world: World) -> None:
         PeeringRequest.objects.filter(pk=world.peering.pk).update(status=Status.ACTIVE)
         with pytest.raises(peering.PeeringRefused, match="already peered"):
@@ -354,6 +380,43 @@ class TestPages:
         assert response.status_code == 200
         assert "can’t be peered with itself" in response.content.decode()
 
+    def test_what_an_action_said_is_in_the_part_that_refreshes(
+        self, world: World, owner_client: Client
+    ) -> None:
+        """ "Requested. Waiting for support." describes the request as it stood: once support
+        decides, the page's refresh must take it away, not leave it beside "Rejected"."""
+        second = Project.objects.create(organization=world.acme, name="Search")
+        response = owner_client.post(
+            reverse("peering-request", args=[world.project.uid]),
+            {"target": second.uid, "justification": "Search indexes the storefront."},
+            follow=True,
+        )
+        html = response.content.decode()
+        said = "Requested. Waiting for support."
+        assert html.count(said) == 1
+        assert html.index('<div id="peerings"') < html.index(said)
+        assert html.index(said) < html.index('<h2 id="requests-title">')
+        request = PeeringRequest.objects.get(target_project=second)
+        peering.reject(request, staff=user(world, "support"), reason="Use the public URL.")
+        url = reverse("project-peering", args=[world.project.uid])
+        refreshed = owner_client.get(url, HTTP_HX_REQUEST="true").content.decode()
+        assert "Rejected" in refreshed and said not in refreshed
+        # A reload shows it no more either: it was said once.
+        assert said not in owner_client.get(url).content.decode()
+
+    def test_a_project_of_the_users_other_organization_is_refused_with_its_plan(
+        self, world: World, owner_client: Client, hobby_project: Project
+    ) -> None:
+        Membership.objects.create(
+            user=user(world, "owner"), organization=hobby_project.organization, role="owner"
+        )
+        response = owner_client.post(
+            reverse("peering-request", args=[world.project.uid]),
+            {"target": hobby_project.uid, "justification": "x"},
+        )
+        assert response.status_code == 200
+        assert "which is on the Hobby plan" in response.content.decode()
+
     def test_other_plans_see_what_it_does_and_that_it_needs_enterprise(
         self, world: World, client_for: Any
     ) -> None:
@@ -438,6 +501,12 @@ class TestPages:
         assert html.index(f'id="peering-{world.peering.pk}"') < html.index(
             f'id="peering-{newer.pk}"'
         )
+
+    def test_a_request_just_made_waits_less_than_a_minute_not_0_minutes(self, world: World) -> None:
+        walk_to(world, Status.PENDING_SUPPORT)
+        html = world.client_for("support").get(reverse("support-queue")).content.decode()
+        assert "Waiting less than a minute" in html
+        assert "0\xa0minutes" not in html and "0 minutes" not in html
 
     def test_support_approves_and_rejects_from_the_queue(self, world: World) -> None:
         request = walk_to(world, Status.PENDING_SUPPORT)

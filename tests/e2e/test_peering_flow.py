@@ -7,15 +7,16 @@ update by itself: the test waits for what the user waits for, never on the worke
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import pytest
 from django.urls import reverse
-from playwright.sync_api import Browser, Locator, Page, expect
+from playwright.sync_api import Browser, BrowserContext, Locator, Page, expect
 
-from networking.models import PeeringRequest
-from tests.browser import CATCH_UP, DESKTOP
+from networking.models import PeeringRequest, Project
+from tests.browser import CATCH_UP, closed, new_context
 from tests.cluster_fixtures import Cluster
 from tests.conftest import World
 from tests.e2e.conftest import worker_held_back
@@ -25,18 +26,28 @@ Screenshot = Callable[[Page, str], Path]
 # Both projects' reconciles, after a worker restart, on a machine that may be busy.
 
 
-def signed_in(browser: Browser, live_server: Any, username: str) -> Page:
-    context = browser.new_context(viewport=DESKTOP, base_url=live_server.url)  # type: ignore[arg-type]
-    context.set_default_timeout(15_000)
-    page = context.new_page()
-    page.goto("/accounts/login/")
-    page.get_by_label("Username").fill(username)
-    page.get_by_label("Password").fill("pw")
-    page.get_by_role("button", name="Sign in").click()
-    # Support staff land on their queue; everyone else on their projects.
-    landing = "Peering requests waiting for support" if username == "support" else "Projects"
-    expect(page.get_by_role("heading", name=landing)).to_be_visible()
-    return page
+@pytest.fixture
+def signed_in(browser: Browser, app: Any) -> Iterator[Callable[[str], Page]]:
+    """Sign a user in, in a browser of their own (two people, two sessions); each browser is
+    closed at the test's end, its htmx errors checked like every test's."""
+    contexts: list[BrowserContext] = []
+
+    def sign_in_as(username: str) -> Page:
+        context = new_context(browser, app.url)
+        contexts.append(context)
+        page = context.new_page()
+        page.goto("/accounts/login/")
+        page.get_by_label("Username").fill(username)
+        page.get_by_label("Password").fill("pw")
+        page.get_by_role("button", name="Sign in").click()
+        # Support staff land on their queue; everyone else on their projects.
+        landing = "Peering requests waiting for support" if username == "support" else "Projects"
+        expect(page.get_by_role("heading", name=landing)).to_be_visible()
+        return page
+
+    yield sign_in_as
+    for context in contexts:
+        closed(context)
 
 
 def peering_status(page: Page) -> Locator:
@@ -50,8 +61,7 @@ def peer_policies(cluster: Cluster, namespace: str) -> list[str]:
 def test_request_accept_approve_then_revoke(
     world: World,
     cluster: Cluster,
-    browser: Browser,
-    app: Any,
+    signed_in: Callable[[str], Page],
     e2e_worker: WorkerProcess,
     screenshot: Screenshot,
 ) -> None:
@@ -61,7 +71,7 @@ def test_request_accept_approve_then_revoke(
     acme, globex = world.project, world.other_project
 
     # Acme's owner asks to peer with Globex's project, by the ID from its Settings page.
-    owner = signed_in(browser, app, "owner")
+    owner = signed_in("owner")
     owner.goto(reverse("project-peering", args=[acme.uid]))
     owner.get_by_label("Project ID to peer with").fill(globex.uid)
     owner.get_by_label("Why do these projects need to talk privately?").fill(
@@ -69,19 +79,26 @@ def test_request_accept_approve_then_revoke(
     )
     owner.get_by_role("button", name="Request peering").click()
     expect(owner.locator(".peering").first).to_contain_text("Waiting for the other organization")
+    requested = owner.get_by_text("Requested. Waiting for the other organization.")
+    expect(requested).to_be_visible()
     screenshot(owner, "peering-requested")
     assert peer_policies(cluster, acme.namespace) == []
 
     # Globex's owner accepts it.
-    other = signed_in(browser, app, "globex-owner")
+    other = signed_in("globex-owner")
     other.goto(reverse("project-peering", args=[globex.uid]))
     other.get_by_role("button", name="Accept").click()
     expect(other.locator(".peering").first).to_contain_text("Waiting for support")
+    accepted = other.get_by_text("Done: the peering is now waiting for support.")
+    expect(accepted).to_be_visible()
+    # Acme's open page moves on by itself, and what it said about the old state goes with it.
+    expect(peering_status(owner)).to_have_text("Waiting for support")
+    expect(requested).to_have_count(0)
 
     # Support approves it from the queue, and Acme's owner opens the page before the worker has
     # connected anything.
     with worker_held_back(e2e_worker):
-        support = signed_in(browser, app, "support")
+        support = signed_in("support")
         support.get_by_role("link", name="Support queue").click()
         expect(
             support.get_by_role("heading", name=re.compile("Storefront ↔ Analytics"))
@@ -95,6 +112,9 @@ def test_request_accept_approve_then_revoke(
         owner.goto(reverse("project-peering", args=[acme.uid]))
         expect(peering_status(owner)).to_have_text("Approved, being connected")
         screenshot(owner, "peering-approved")
+        # Globex's page, open since its owner accepted, no longer says it waits for support.
+        expect(peering_status(other)).to_have_text("Approved, being connected")
+        expect(accepted).to_have_count(0)
 
     # The worker connects both namespaces; the open page turns active by itself and lists the
     # other side's services.
@@ -132,3 +152,32 @@ def test_request_accept_approve_then_revoke(
     screenshot(other, "peering-revoked")
     assert peer_policies(cluster, acme.namespace) == []
     assert peer_policies(cluster, globex.namespace) == []
+
+
+def test_a_rejection_replaces_what_the_open_page_said_about_the_request(
+    world: World, signed_in: Callable[[str], Page]
+) -> None:
+    """ "Requested. Waiting for support." is true until support decides: the open page then
+    shows the rejection and its reason, and no longer says it waits."""
+    PeeringRequest.objects.all().delete()
+    search = Project.objects.create(organization=world.acme, name="Search")
+    owner = signed_in("owner")
+    owner.goto(reverse("project-peering", args=[world.project.uid]))
+    owner.get_by_label("Project ID to peer with").fill(search.uid)
+    owner.get_by_label("Why do these projects need to talk privately?").fill(
+        "Search indexes the storefront's catalogue."
+    )
+    owner.get_by_role("button", name="Request peering").click()
+    waiting = owner.get_by_text("Requested. Waiting for support.")
+    expect(waiting).to_be_visible()
+
+    support = signed_in("support")
+    support.get_by_label("Reason for rejecting (the customer sees it)").fill(
+        "Both projects are Acme's: use one project."
+    )
+    support.get_by_role("button", name="Reject").click()
+    expect(support.get_by_text("Rejected; the customer sees your reason.")).to_be_visible()
+
+    expect(peering_status(owner)).to_have_text("Rejected by support")
+    expect(owner.locator("#peerings")).to_contain_text("Both projects are Acme's: use one project.")
+    expect(waiting).to_have_count(0)

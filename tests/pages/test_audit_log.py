@@ -90,3 +90,50 @@ def test_a_cell_that_looks_like_a_formula_is_defused(owner_client: Client, world
     response = owner_client.get(reverse("audit-log-csv", args=[world.project.uid]))
     body = response.getvalue().decode()
     assert "'=HYPERLINK(1)" in body and "'@sum" in body
+
+
+def test_a_date_that_cant_be_read_is_said_beside_its_field(
+    owner_client: Client, world: World
+) -> None:
+    response = owner_client.get(
+        reverse("audit-log", args=[world.project.uid]),
+        {"who": "owner", "what": "service", "since": "2026-02-30", "until": "yesterday"},
+    )
+    assert response.status_code == 200
+    html = response.content.decode()
+    since = html[html.index('id="filter-since"') : html.index('id="filter-until"')]
+    start = html.index('id="filter-until"')
+    until = html[start : html.index("</form>", start)]
+    assert "Give a day as YYYY-MM-DD, like 2025-01-31." in since
+    assert "Give a day as YYYY-MM-DD, like 2025-01-31." in until
+    assert 'aria-invalid="true"' in since and 'aria-invalid="true"' in until
+    # What was typed stays, and so do the other filters.
+    assert 'value="2026-02-30"' in html and 'value="yesterday"' in html
+    assert '<option value="service" selected>' in html
+    # No list passes for a filtered one.
+    assert rows(html) == 1 and "Fix the dates above to see the log." in html
+
+
+def test_from_after_to_is_said_not_answered_with_an_empty_list(
+    owner_client: Client, world: World
+) -> None:
+    html = page(owner_client, world, since="2026-12-08", until="2026-12-07")
+    assert "“From” must be on or before “To”" in html
+    assert "Nothing matches these filters." not in html
+    # The same day at both ends is a day, not an error.
+    today = timezone.now().date().isoformat()
+    same_day = page(owner_client, world, since=today, until=today)
+    assert "must be on or before" not in same_day and rows(same_day) >= 1
+
+
+def test_the_export_refuses_dates_it_cant_filter_by(owner_client: Client, world: World) -> None:
+    url = reverse("audit-log-csv", args=[world.project.uid])
+    for query, words in [
+        ({"since": "12/07/2026"}, "From (since): Give a day as YYYY-MM-DD, like 2025-01-31."),
+        ({"until": "2026-13-01"}, "To (until): Give a day as YYYY-MM-DD, like 2025-01-31."),
+        ({"since": "2026-12-08", "until": "2026-12-07"}, "must be on or before"),
+    ]:
+        response = owner_client.get(url, query)
+        assert response.status_code == 400, query
+        assert words in response.content.decode()
+    assert owner_client.get(url, {"since": "2026-12-07"}).status_code == 200

@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
+import re
+import socket
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +22,7 @@ from django.urls import reverse
 from django.utils import timezone
 
 from networking import passes as reconciler
-from networking.cluster import lease
+from networking.cluster import kube, lease
 from networking.cluster.backends import ApplyResult
 from networking.cluster.desired import DesiredState
 from networking.cluster.manifests import ManifestsBackend
@@ -267,16 +272,125 @@ def test_a_change_made_during_a_pass_gets_its_own_pass(world: World, manifests: 
 
 
 def test_a_permanent_error_fails_at_once_with_its_reason(
-    world: World, manifests: Path, settings: Any
+    world: World, manifests: Path, settings: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
     blocker = manifests / "not-a-folder"
     blocker.write_text("")
     settings.MANIFESTS_DIR = blocker  # the backend cannot create the namespace folder in it
-    assert reconcile_project.apply(args=(world.project.pk,)).get() == "failed"
+    with caplog.at_level(logging.WARNING, logger="networking.cluster.reconcile"):
+        assert reconcile_project.apply(args=(world.project.pk,)).get() == "failed"
     project = fresh(world.project)
     assert project.sync_state == Project.SyncState.FAILED
-    assert "Could not write manifests" in project.sync_error
+    assert project.sync_error == (
+        "Could not write manifests for this project (not a directory); the worker's log says where."
+    )
     assert ApplyAttempt.objects.get(project=project).result == ApplyAttempt.Result.FAILED
+    # The folder is the server's business: its log says it, the page does not.
+    assert str(blocker) not in project.sync_error
+    assert str(blocker) in caplog.text
+
+
+class _FailingAPIServer(BaseHTTPRequestHandler):
+    """A Kubernetes API server that fails every request, its Status message full of insides
+    (a webhook's traceback, as a Python admission webhook behind the API server answers)."""
+
+    MESSAGE = (
+        'Internal error occurred: failed calling webhook "policy.example": Traceback (most '
+        'recent call last):\n  File "/srv/webhook/app.py", line 12, in admit\nKeyError: '
+        "'spec' (config /etc/webhook/kubeconfig)"
+    )
+
+    def _fail(self) -> None:
+        body = json.dumps(
+            {"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 500,
+             "message": self.MESSAGE}
+        ).encode()  # fmt: skip
+        self.send_response(500)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _fail
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def kubeconfig_for(settings: Any, tmp_path: Path) -> Iterator[Callable[[str], Path]]:
+    """Point the Kubernetes backend at ``server`` through a kubeconfig in this test's folder."""
+
+    def point_at(server: str) -> Path:
+        path = tmp_path / "secret-place" / "kubeconfig"
+        path.parent.mkdir(exist_ok=True)
+        path.write_text(
+            json.dumps(
+                {
+                    "apiVersion": "v1",
+                    "kind": "Config",
+                    "clusters": [{"name": "c", "cluster": {"server": server}}],
+                    "users": [{"name": "u", "user": {"token": "t"}}],
+                    "contexts": [{"name": "x", "context": {"cluster": "c", "user": "u"}}],
+                    "current-context": "x",
+                }
+            )
+        )
+        settings.KUBECONFIG = str(path)
+        return path
+
+    settings.CLUSTER_BACKEND = "kubernetes"
+    settings.KUBE_CONTEXT = ""
+    settings.KUBE_REQUEST_TIMEOUT = 2
+    settings.RECONCILE_MAX_RETRIES = 0  # the reason a customer is left with, at once
+    kube._api_client.cache_clear()
+    yield point_at
+    kube._api_client.cache_clear()
+
+
+@pytest.mark.parametrize("cluster", ["answers 500", "unreachable", "no credentials"])
+def test_a_failed_sync_says_why_in_words_without_the_servers_insides(
+    world: World, kubeconfig_for: Callable[[str], Path], caplog: pytest.LogCaptureFixture,
+    settings: Any, cluster: str,
+) -> None:  # fmt: skip
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _FailingAPIServer)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))  # bound, never listening: connections are refused
+    try:
+        if cluster == "answers 500":
+            kubeconfig = kubeconfig_for(f"http://127.0.0.1:{server.server_address[1]}")
+        elif cluster == "unreachable":
+            kubeconfig = kubeconfig_for(f"http://127.0.0.1:{closed.getsockname()[1]}")
+        else:
+            kubeconfig = kubeconfig_for("http://127.0.0.1:1")
+            kubeconfig.unlink()
+        with caplog.at_level(logging.WARNING):
+            assert reconcile_project.apply(args=(world.project.pk,)).get() == "failed"
+    finally:
+        server.shutdown()
+        server.server_close()
+        closed.close()
+    project = fresh(world.project)
+    assert project.sync_state == Project.SyncState.FAILED
+    reason = project.sync_error
+    expected = {
+        "answers 500": "The cluster's API server failed during ",
+        "unreachable": "Could not reach the cluster's API server during ",
+        "no credentials": "The worker has no usable cluster credentials.",
+    }[cluster]
+    assert reason.startswith(expected), reason
+    for insides in ("/", "Traceback", ".py", "kubeconfig", "127.0.0.1"):
+        assert insides not in reason, (insides, reason)
+    assert not re.search(r"[a-z]Error\b", reason), reason  # no MaxRetryError, KeyError...
+    assert ApplyAttempt.objects.get(project=project).error == reason
+    # The operator still finds the cause in the log: the server's own words, or the address.
+    if cluster == "answers 500":
+        assert "/srv/webhook/app.py" in caplog.text
+    elif cluster == "unreachable":
+        assert "Connection refused" in caplog.text or "ConnectionRefused" in caplog.text
+    else:
+        assert "Invalid kube-config file" in caplog.text or str(kubeconfig) in caplog.text
 
 
 def test_backoff_grows_exponentially_with_jitter_and_a_ceiling(settings: Any) -> None:

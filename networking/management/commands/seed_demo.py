@@ -32,6 +32,7 @@ DEMO_USERS = [
     ("member", "acme", Membership.Role.MEMBER, False),
     ("viewer", "acme", Membership.Role.VIEWER, False),
     ("globex-owner", "globex", Membership.Role.OWNER, False),
+    ("initech-owner", "initech", Membership.Role.OWNER, False),
     ("support", None, None, True),
     ("outsider", None, None, False),
 ]
@@ -47,6 +48,12 @@ GLOBEX_SERVICES = [
     ("api", Service.Kind.WEB, [8080]),
     ("warehouse", Service.Kind.MYSQL, [3306]),
 ]
+# A second Enterprise customer, so the whole peering path can be walked across organizations:
+# Acme's owner requests, Initech's owner accepts, support approves, either side revokes.
+INITECH_SERVICES = [
+    ("gateway", Service.Kind.WEB, [8080]),
+    ("ledger", Service.Kind.POSTGRESQL, [5432]),
+]
 
 
 class Command(BaseCommand):
@@ -60,15 +67,20 @@ class Command(BaseCommand):
             globex, _ = Organization.objects.get_or_create(
                 slug="globex", defaults={"name": "Globex", "plan": Organization.Plan.PRO}
             )
+            initech, _ = Organization.objects.get_or_create(
+                slug="initech",
+                defaults={"name": "Initech", "plan": Organization.Plan.ENTERPRISE},
+            )
             storefront = self._project(acme, "Storefront", ACME_SERVICES)
             self._secret(storefront, "INTERNAL_API_SECRET", ["api", "background-worker"])
             self._project(globex, "Analytics", GLOBEX_SERVICES)
+            self._project(initech, "Payments", INITECH_SERVICES)
             # A second Acme project, peered with Storefront (the Network page draws both).
             data = self._project(acme, "Data Platform", [("etl", Service.Kind.PRIVATE, [9000])])
             self._peering(storefront, data)
             # The database's connection string wired into api as DATABASE_URL.
             self._reference(storefront, "postgres", "api")
-            organizations = {"acme": acme, "globex": globex}
+            organizations = {"acme": acme, "globex": globex, "initech": initech}
             User = get_user_model()
             for username, org_slug, role, is_staff in DEMO_USERS:
                 user, created = User.objects.get_or_create(
@@ -85,13 +97,16 @@ class Command(BaseCommand):
 
         self.stdout.write(f"Demo logins (password for all: {DEMO_PASSWORD}):")
         self.stdout.write(
-            "  owner         owner of Acme Corp (Enterprise): projects Storefront, Data Platform"
+            "  owner          owner of Acme Corp (Enterprise): projects Storefront, Data Platform"
         )
-        self.stdout.write("  member        member of Acme Corp")
-        self.stdout.write("  viewer        viewer of Acme Corp (read-only)")
-        self.stdout.write("  globex-owner  owner of Globex (Pro): project Analytics")
-        self.stdout.write("  support       support staff (not a member of any customer)")
-        self.stdout.write("  outsider      belongs to no organization")
+        self.stdout.write("  member         member of Acme Corp")
+        self.stdout.write("  viewer         viewer of Acme Corp (read-only)")
+        self.stdout.write("  globex-owner   owner of Globex (Pro): project Analytics")
+        self.stdout.write(
+            "  initech-owner  owner of Initech (Enterprise): project Payments, to peer with"
+        )
+        self.stdout.write("  support        support staff (not a member of any customer)")
+        self.stdout.write("  outsider       belongs to no organization")
 
     def _peering(self, requester: Project, target: Project) -> None:
         """An approved peering (support's decision, made here): the worker connects it."""
