@@ -16,6 +16,7 @@ from ninja.parser import Parser
 from api import problems
 from api.auth import SessionAuth, TokenAuth
 from api.idempotency import HEADER, KEY_PATTERN
+from api.notification_views import router as notification_router
 from api.organization_views import router as organization_router
 from api.throttling import PerCallerThrottle
 from api.views import router
@@ -140,6 +141,7 @@ api = StackblazeAPI(
 )
 api.add_router("/", router)
 api.add_router("/", organization_router)
+api.add_router("/", notification_router)
 
 
 def _problem_for_405(view: Callable[..., HttpResponseBase]) -> Callable[..., HttpResponseBase]:

@@ -38,6 +38,7 @@ from networking.models import (
     AuditEvent,
     ConnectionTest,
     Membership,
+    Notification,
     PeeringRequest,
     Project,
     ReferenceVariable,
@@ -690,6 +691,35 @@ class AuditPage(Schema):
     next_cursor: str | None
 
 
+# Named apart from ``Service.Kind``, which the document already calls "Kind".
+NotificationKind = Annotated[str, Shown({"enum": list(Notification.Kind.values)})]
+
+
+class NotificationOut(Schema):
+    id: int
+    kind: NotificationKind
+    kind_label: str
+    title: str
+    detail: str
+    organization: str | None = Field(
+        description="The organization's slug; null for support staff's (the support queue)"
+    )
+    project_id: str
+    project_name: str
+    url: str = Field(description="The dashboard page where to act on it (a path)")
+    created_at: datetime
+    resolved_at: datetime | None = Field(
+        description="When the condition it tells of ended (a sync recovered, a request decided)"
+    )
+    unread: bool
+
+
+class NotificationPage(Schema):
+    items: list[NotificationOut]
+    next_before: int | None = Field(description="Pass as before= for the older ones")
+    unread_count: int = Field(ge=0, le=100, description="Unread, counted up to 100")
+
+
 # -- From the domain objects ---------------------------------------------------------------
 
 
@@ -879,6 +909,24 @@ def from_token(token: ApiToken) -> TokenOut:
         expires_at=token.expires_at,
         last_used_at=token.last_used_at,
         revoked_at=token.revoked_at,
+    )
+
+
+def from_notification(notification: Notification, *, unread: bool) -> NotificationOut:
+    project = notification.project
+    return NotificationOut(
+        id=notification.pk,
+        kind=notification.kind,
+        kind_label=notification.get_kind_display(),
+        title=notification.title,
+        detail=notification.detail,
+        organization=project.organization.slug if notification.organization_id else None,
+        project_id=project.uid,
+        project_name=project.name,
+        url=notification.get_absolute_url(),
+        created_at=notification.created_at,
+        resolved_at=notification.resolved_at,
+        unread=unread,
     )
 
 

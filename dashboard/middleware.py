@@ -51,6 +51,34 @@ class LivePollMiddleware:
         return self.get_response(request)
 
 
+class InboxPollMiddleware:
+    """Answer the header's "any new notifications?" poll from the cache when there are none.
+
+    Like ``LivePollMiddleware``, before the session, the user and the database: a digest and a
+    few cache reads (``networking.live.inbox_unchanged``), and only "nothing new" (an empty
+    204), only to a session the full view (``dashboard.notification_views.notifications_live``)
+    let read within ``live.MIRROR_SECONDS``.
+    """
+
+    PATH = "/notifications/live/"
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        if request.method == "GET" and request.path_info == self.PATH:
+            since = request.GET.get("since", "")
+            session_key = request.COOKIES.get(settings.SESSION_COOKIE_NAME)
+            if (
+                session_key
+                and since
+                and len(since) < 64
+                and live.inbox_unchanged(session_key, since)
+            ):
+                return HttpResponse(status=204)
+        return self.get_response(request)
+
+
 class WorkerQueueMiddleware:
     """Say so when a saved change could not be handed to the workers (the broker is down).
 

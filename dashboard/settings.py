@@ -93,6 +93,7 @@ MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
     # An open page's poll answered from the cache when nothing changed: before the session.
     "dashboard.middleware.LivePollMiddleware",
+    "dashboard.middleware.InboxPollMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -201,6 +202,11 @@ RECONCILE_LEASE_SECONDS = env_int("RECONCILE_LEASE_SECONDS", 10, minimum=1)
 # often a worker looks at rollouts in progress.
 ROTATION_GRACE_SECONDS = env_int("ROTATION_GRACE_SECONDS", 900, minimum=0)
 ROTATION_POLL_SECONDS = env_int("ROTATION_POLL_SECONDS", 5, minimum=1)
+# A rotation whose phase has waited this long on a workload's rollout is told to the project's
+# members in the header's notifications, once per phase.
+ROTATION_STUCK_AFTER_SECONDS = env_int("ROTATION_STUCK_AFTER_SECONDS", 600, minimum=1)
+# The header's notifications are kept this long (those of a condition still going on, longer).
+NOTIFICATION_RETENTION_DAYS = env_int("NOTIFICATION_RETENTION_DAYS", 90, minimum=1)
 # After a change restarts workloads, watch their rollout this long before leaving it to resync.
 ROLLOUT_WATCH_SECONDS = env_int("ROLLOUT_WATCH_SECONDS", 600, minimum=0)
 
@@ -275,6 +281,10 @@ CELERY_BEAT_SCHEDULE = {
     "expire-old-hostnames": {
         "task": "networking.tasks.expire_service_aliases",
         "schedule": 60.0,
+    },
+    "forget-old-notifications": {
+        "task": "networking.tasks.forget_old_notifications",
+        "schedule": 3600.0,
     },
     "forget-idempotency-keys": {
         "task": "api.tasks.forget_idempotency_keys",

@@ -5,7 +5,14 @@ from django.urls import URLPattern, URLResolver, include, path, re_path, registe
 
 from api.api import not_found as api_not_found
 from api.api import urls as api_urls
-from dashboard import peering_views, secret_views, team_views, token_views, views
+from dashboard import (
+    notification_views,
+    peering_views,
+    secret_views,
+    team_views,
+    token_views,
+    views,
+)
 from dashboard.auth import SignInView
 from networking.models import PROJECT_ID_PATTERN
 
@@ -102,6 +109,13 @@ token_patterns = [
     path("new/", token_views.org_token_create, name="org-token-create"),
     path("<int:token_id>/revoke/", token_views.org_token_revoke, name="org-token-revoke"),
 ]
+# The header's notifications (each reader's own: networking.inbox decides what they see).
+notification_patterns = [
+    path("", notification_views.notification_list, name="notification-list"),
+    path("open/", notification_views.notification_open, name="notification-open"),
+    path("read/", notification_views.notifications_mark_read, name="notifications-mark-read"),
+    path("live/", notification_views.notifications_live, name="notifications-live"),
+]
 support_patterns = [
     path("", peering_views.support_queue, name="support-queue"),
     path("<int:peering_id>/approve/", peering_views.support_approve, name="support-approve"),
@@ -118,6 +132,7 @@ urlpatterns: list[URLPattern | URLResolver] = [
     path("orgs/<slug:org_slug>/tokens/", include(token_patterns)),
     path("projects/<project_id:project_uid>/", include(project_patterns)),
     path("support/peering/", include(support_patterns)),
+    path("notifications/", include(notification_patterns)),
     # The HTTP API for scripts and the CLI (api/): tokens, problem+json, its own access matrix.
     path("api/v1/", api_urls()),
     re_path(r"^api/(?P<rest>.*)$", api_not_found),

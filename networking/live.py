@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import secrets
 import threading
 import time
 from collections.abc import Iterable, Iterator
@@ -193,3 +194,129 @@ def unchanged(session_key: str, project_uid: str, since: int) -> bool:
         _failed()
         return False
     return isinstance(revision, int) and revision != MOVING and revision == since
+
+
+# -- The header's notifications count ---------------------------------------------------------
+#
+# Every page of a signed-in person asks every few seconds whether their unread count changed
+# (``dashboard.notification_views.notifications_live``). The cache holds one token per
+# audience: per organization ("org:ID"), for support staff ("support") and per person
+# ("user:ID", who read something). Whatever changes what an audience sees (a notification for
+# it, once its transaction commits; a person marking things read) replaces the audience's token
+# with a new random one. A poll's ``since`` is a digest of the tokens of the audiences the
+# person belonged to, with their roles: the same digest means nothing new. A token that is
+# missing (never made, evicted, lapsed) is made afresh by the next full poll, which reads the
+# tokens before the database: whatever commits after that read changes a token the poll's
+# digest did not include, so the next poll goes the whole way again.
+#
+# As with the projects' revisions, per session the cache holds for ``MIRROR_SECONDS`` which
+# audiences the database let it read (``inbox_seen``), and the dashboard's
+# ``InboxPollMiddleware`` answers "nothing new" from those keys alone (``inbox_unchanged``).
+
+# A token outlives any open page's interest in it; one that lapses costs one full poll.
+INBOX_TOKEN_SECONDS = 24 * 3600
+
+
+def _inbox_token_key(audience: str) -> str:
+    return f"live:inbox:{audience}"
+
+
+def _inbox_access_key(session_key: str) -> str:
+    digest = hashlib.sha256(session_key.encode()).hexdigest()[:32]
+    return f"live:inbox-access:{digest}"
+
+
+def _fresh_token() -> str:
+    return secrets.token_hex(8)
+
+
+def inbox_audiences(organization_ids: Iterable[int | None]) -> list[str]:
+    """The audiences of notifications for these organizations (None: support staff's)."""
+    return sorted({f"org:{pk}" if pk is not None else "support" for pk in organization_ids})
+
+
+def inbox_moved(audiences: Iterable[str]) -> None:
+    """What these audiences see changed: their open pages' next poll goes the whole way. Now
+    and, inside a transaction, again once it commits (a poll in between read the database
+    before the commit: the second new token sends the next poll the whole way again)."""
+    keys = [_inbox_token_key(audience) for audience in audiences]
+    if not enabled() or not keys:
+        return
+    _inbox_mark(keys)
+    if transaction.get_connection().in_atomic_block:
+        transaction.on_commit(lambda: _inbox_mark(keys))
+
+
+def _inbox_mark(keys: list[str]) -> None:
+    cache = _cache()
+    if cache is None or _backing_off():
+        return
+    try:
+        cache.set_many({key: _fresh_token() for key in keys}, timeout=INBOX_TOKEN_SECONDS)
+    except Exception:
+        _failed()
+        logger.warning("Could not mark %d notification audiences as changed", len(keys))
+
+
+def _digest(scope: list[str], tokens: list[str]) -> str:
+    text = "\n".join(f"{entry}={token}" for entry, token in zip(scope, tokens, strict=True))
+    return hashlib.sha256(text.encode()).hexdigest()[:24]
+
+
+def _audience(entry: str) -> str:
+    """A scope entry's audience: "org:5/owner" is audience "org:5", seen as an owner."""
+    return entry.split("/", 1)[0]
+
+
+def inbox_fingerprint(scope: list[str]) -> str | None:
+    """A digest of the tokens of ``scope``'s audiences now, making those that are missing;
+    None when the cache cannot say (then the caller's digest comes from the database)."""
+    cache = _cache()
+    if cache is None or _backing_off():
+        return None
+    keys = [_inbox_token_key(_audience(entry)) for entry in scope]
+    try:
+        found = cache.get_many(keys)
+        for key in keys:
+            if not isinstance(found.get(key), str):
+                cache.add(key, _fresh_token(), timeout=INBOX_TOKEN_SECONDS)
+                found[key] = cache.get(key)
+    except Exception:
+        _failed()
+        return None
+    tokens = [found.get(key) for key in keys]
+    if not all(isinstance(token, str) for token in tokens):
+        return None
+    return _digest(scope, [str(token) for token in tokens])
+
+
+def inbox_seen(session_key: str | None, scope: list[str]) -> None:
+    """The database let this session read ``scope`` (its audiences, with its roles)."""
+    cache = _cache()
+    if cache is None or not session_key or _backing_off():
+        return
+    try:
+        cache.set(_inbox_access_key(session_key), scope, timeout=MIRROR_SECONDS)
+    except Exception:
+        _failed()
+        logger.warning("Could not mirror a session's notification audiences in the cache")
+
+
+def inbox_unchanged(session_key: str, since: str) -> bool:
+    """Whether the cache alone can say: nothing this session sees changed since ``since``."""
+    cache = _cache()
+    if cache is None or _backing_off():
+        return False
+    try:
+        scope: Any = cache.get(_inbox_access_key(session_key))
+        if not isinstance(scope, list):
+            return False
+        keys = [_inbox_token_key(_audience(str(entry))) for entry in scope]
+        found = cache.get_many(keys)
+    except Exception:
+        _failed()
+        return False
+    tokens = [found.get(key) for key in keys]
+    if not all(isinstance(token, str) for token in tokens):
+        return False
+    return _digest([str(entry) for entry in scope], [str(token) for token in tokens]) == since

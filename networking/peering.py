@@ -29,6 +29,7 @@ from networking import enqueue, plain_text
 from networking.models import (
     AuditEvent,
     Membership,
+    Notification,
     Organization,
     PeeringNotification,
     PeeringRequest,
@@ -83,6 +84,8 @@ def _record(
             project.audit(actor=actor, action=action, target=target, details=details)
     notification = PeeringNotification.objects.create(peering=peering, event=event)
     enqueue.after_commit(enqueue.SEND_PEERING_NOTIFICATION, notification.pk)
+    # And in the header of whoever it concerns, in the same transaction.
+    Notification.announce_peering(peering, event, actor=actor)
 
 
 def _locked(peering: PeeringRequest) -> PeeringRequest:

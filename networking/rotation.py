@@ -33,7 +33,13 @@ from django.db import transaction
 from django.utils import timezone
 
 from networking.crypto import SecretText
-from networking.models import AuditEvent, SecretRotation, SharedSecret, actor_label
+from networking.models import (
+    AuditEvent,
+    Notification,
+    SecretRotation,
+    SharedSecret,
+    actor_label,
+)
 
 NEXT_SUFFIX = "_NEXT"
 PREVIOUS_SUFFIX = "_PREVIOUS"
@@ -221,6 +227,7 @@ def advance(secret_id: int, *, now: datetime | None = None) -> str | None:
             fields += ["last_rotated_at"]
         secret.phase_started_at = now
         secret.save(update_fields=fields)
+        Notification.end_rotation_wait(secret.pk)  # no longer waiting on that phase's rollout
         rotation = secret.rotations.filter(result=SecretRotation.Result.IN_PROGRESS).first()
         if rotation is not None:
             _phase_log(rotation, secret.rotation_phase or "completed", now)
@@ -288,8 +295,13 @@ def advance_ready(
     for secret in shared_secrets:
         if not secret.rotating:
             continue
-        if any(service.name in still_rolling_out for service in secret.services.all()):
+        waiting_on = [
+            service.name for service in secret.services.all() if service.name in still_rolling_out
+        ]
+        if waiting_on:
             delay = float(settings.ROTATION_POLL_SECONDS)
+            # Waited too long on a rollout: told in the header, once per phase.
+            Notification.announce_rotation_stuck(secret, waiting_on)
         elif advance(secret.pk) is None and secret.grace_until is not None:
             delay = max((secret.grace_until - timezone.now()).total_seconds(), 0.0) + 0.5
         else:

@@ -12,7 +12,7 @@ from networking import connection_tests, notifications, passes, peering, rotatio
 from networking.cluster import lease, orphans
 from networking.cluster import reconcile as reconciler
 from networking.cluster.errors import ClusterError
-from networking.models import Project, ServiceAlias
+from networking.models import Notification, Project, ServiceAlias
 
 
 def backoff_seconds(retries: int) -> float:
@@ -124,6 +124,12 @@ def send_peering_notification(notification_id: int) -> int:
 def send_pending_notifications() -> int:
     """Beat: send what a broker outage or a lost message held back."""
     return notifications.deliver_pending()
+
+
+@shared_task(acks_late=True)
+def forget_old_notifications() -> int:
+    """Beat, hourly: the header's notifications older than the retention period go."""
+    return Notification.forget_old()
 
 
 @shared_task(acks_late=True)

@@ -1710,6 +1710,53 @@ def audit(
     )
 
 
+# -- Notifications -----------------------------------------------------------------------------
+
+
+@app.command()
+def notifications(
+    limit: Annotated[int, typer.Option(help="How many, newest first")] = 25,
+    unread: Annotated[bool, typer.Option("--unread", help="Only the unread ones")] = False,
+) -> None:
+    """What needs you (your token's organization): a peering waiting for your acceptance,
+    support's decisions, a failed sync, a rotation waiting on a workload. Read them, and mark
+    them read, in the dashboard's header."""
+    api = _api()
+    found: list[dict[str, Any]] = []
+    before: int | None = None
+    while len(found) < limit:
+        page = _call(
+            api.get,
+            "/notifications",
+            limit=min(100, limit - len(found)),
+            before=before,
+            unread="true" if unread else None,
+        )
+        found.extend(page["items"])
+        before = page["next_before"]
+        if before is None:
+            break
+    if options.as_json:
+        _print_json(found)
+        return
+    if not found:
+        out.print("No unread notifications." if unread else "No notifications.")
+        return
+    _table(
+        ["WHEN", "", "PROJECT", "WHAT", "WHERE"],
+        [
+            (
+                _ago(n["created_at"]),
+                "unread" if n["unread"] else "",
+                n["project_name"],
+                n["title"] + (" (resolved)" if n["resolved_at"] else ""),
+                n["url"],
+            )
+            for n in found
+        ],
+    )
+
+
 def run() -> None:
     """The console script: anything unforeseen is a failure (exit 3), said in one line."""
     try:

@@ -58,7 +58,7 @@ from networking.cluster.desired import (
 )
 from networking.cluster.errors import ClusterError, PermanentClusterError
 from networking.cluster.lease import ServiceRow
-from networking.models import AppliedRecord, ApplyAttempt, Project, Service
+from networking.models import AppliedRecord, ApplyAttempt, Notification, Project, Service
 
 logger = logging.getLogger(__name__)
 
@@ -491,8 +491,21 @@ def _record_applied(
     """
     if result.verified and project.drift_seen_at is not None:
         Project.clear_drift(project.pk, seen_before=datetime.fromtimestamp(started_at, tz=UTC))
-    fields: dict[str, Any] = {}
     if project.sync_error or project.sync_error_generation or project.sync_retry_at:
+        # Rare: a failure ends. Its notification is resolved with the project's error cleared,
+        # in one transaction, so neither is seen without the other.
+        with transaction.atomic():
+            Notification.end_sync_failure(project.pk)  # a failure told in the header is over
+            _write_applied(project, generation, result, failure_ended=True)
+        return
+    _write_applied(project, generation, result, failure_ended=False)
+
+
+def _write_applied(
+    project: Project, generation: int, result: ApplyResult, *, failure_ended: bool
+) -> None:
+    fields: dict[str, Any] = {}
+    if failure_ended:
         fields.update(
             sync_error="",
             sync_error_generation=None,
@@ -604,14 +617,27 @@ def record_failure(project_id: int, failure: ReconcileFailed, *, retry_in: float
     with transaction.atomic():
         # Some objects may have been written, some not: the next pass reads everything.
         AppliedRecord.distrust([project_id])
-        updated = Project.objects.filter(pk=project_id).update(
-            sync_error=str(failure.error),
-            sync_error_generation=failure.generation,
-            sync_retry_at=now + timedelta(seconds=retry_in) if retry_in is not None else None,
-            revision=F("revision") + 1,
+        # The attempt is history either way; the project shows the failure unless a pass
+        # that started after this one has applied or verified it meanwhile (this pass's lease
+        # ended before this runs): that failure is over already, and nobody is told of it.
+        after = datetime.fromtimestamp(failure.started_at, tz=UTC)
+        exists = Project.objects.filter(pk=project_id).exists()
+        updated = (
+            Project.objects.filter(pk=project_id)
+            .exclude(applied_at__gt=after)
+            .exclude(verified_at__gt=after)
+            .update(
+                sync_error=str(failure.error),
+                sync_error_generation=failure.generation,
+                sync_retry_at=now + timedelta(seconds=retry_in) if retry_in is not None else None,
+                revision=F("revision") + 1,
+            )
         )
         if updated:
             live.moved([project_id])
+            if retry_in is None:  # given up: told in the header, once per failure episode
+                Notification.announce_sync_failure(project_id, str(failure.error))
+        if exists:
             ApplyAttempt.record(
                 project_id=project_id,
                 generation=failure.generation,

@@ -8,6 +8,7 @@ importing only those below it (``make lint`` holds the order):
 - ``tenancy``: organizations and their members' roles;
 - ``sync``: what the last pass applied, the watcher's heartbeat, each pass's outcome;
 - ``peering``: VPC peering between two Enterprise projects;
+- ``inbox``: the header's notifications, and who has read them;
 - ``projects``: a project, its services, their old hostnames, references, connection tests;
 - ``secrets``: shared secrets and their rotations.
 
@@ -15,6 +16,7 @@ Import the models from here (``from networking.models import Service``), not fro
 """
 
 from networking.models.audit import AuditEvent, actor_label, confirm_standing, via_token_of
+from networking.models.inbox import InboxState, Notification, NotificationRead
 from networking.models.peering import PeeringNotification, PeeringRequest
 from networking.models.projects import (
     ALIAS_CHOICES,
@@ -47,7 +49,10 @@ __all__ = [
     "ApplyAttempt",
     "AuditEvent",
     "ConnectionTest",
+    "InboxState",
     "Membership",
+    "Notification",
+    "NotificationRead",
     "Organization",
     "PeeringNotification",
     "PeeringRequest",

@@ -195,6 +195,9 @@ class Project(models.Model):
                 details={"project_id": locked.uid, "namespace": locked.namespace},
             )
             locked.delete()
+            # Its notifications went with it (its organization's, and support's about it): the
+            # open pages' unread counts must hear of it.
+            live.inbox_moved(live.inbox_audiences([locked.organization_id, None]))
             for peer in Project.objects.filter(pk__in=peer_ids).order_by("pk"):
                 peer.record_change(
                     actor=actor,

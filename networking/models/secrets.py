@@ -9,6 +9,7 @@ from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, models, transaction
 
+from networking import live
 from networking.crypto import EncryptedTextField
 from networking.models.audit import AuditEvent
 from networking.models.projects import Project, ReferenceVariable, Service, delete_once
@@ -112,8 +113,12 @@ class SharedSecret(models.Model):
         return True
 
     def remove(self, *, actor: Any) -> bool:
-        """Delete with its audit event; False if another request deleted it first."""
-        return delete_once(self, actor=actor, action=AuditEvent.Action.SECRET_DELETED)
+        """Delete with its audit event; False if another request deleted it first. Its
+        notifications (a rotation waiting) go with it: the open pages' counts hear of it."""
+        deleted = delete_once(self, actor=actor, action=AuditEvent.Action.SECRET_DELETED)
+        if deleted:
+            live.inbox_moved(live.inbox_audiences([self.project.organization_id]))
+        return deleted
 
     def _refuse_clashes(self, receivers: Iterable[Service]) -> None:
         """A receiver already given one of this secret's variables by a reference variable

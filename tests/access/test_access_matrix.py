@@ -97,6 +97,12 @@ MATRIX: dict[tuple[str, str], str] = {
     ("org-tokens", "GET"): "302 404 404 200 200 200",
     ("org-token-create", "POST"): "302 404 404 200 200 200",
     ("org-token-revoke", "POST"): "302 404 404 404 302 302",
+    # Notifications: each person's own list. Opening one needs one they may see (the form
+    # names none here); marking all read and the header's poll are everyone's own.
+    ("notification-list", "GET"): "302 200 200 200 200 200",
+    ("notification-open", "POST"): "302 404 404 404 404 404",
+    ("notifications-mark-read", "POST"): "302 302 302 302 302 302",
+    ("notifications-live", "GET"): "302 200 200 200 200 200",
     # Support staff only; everyone else is told there is nothing here.
     ("support-queue", "GET"): "302 404 200 404 404 404",
     ("support-approve", "POST"): "302 404 302 404 404 404",

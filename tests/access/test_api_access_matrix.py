@@ -83,6 +83,8 @@ MATRIX: dict[str, str] = {
     "end_alias": "401 404 404 403 403 204",
     # The matrix's secret is not rotating: no grace window to end, which is a conflict.
     "end_rotation_grace": "401 404 404 403 403 409",
+    # Each token's own notifications (its organization's; support's for a support token).
+    "list_notifications": "401 200 200 200 200 200",
     # The organization: everyone sees it; owners change who belongs; everyone has tokens, and a
     # viewer's token changes nothing, tokens included.
     "list_organizations": "401 200 200 200 200 200",

@@ -30,7 +30,10 @@ from networking.models import (
     ALIAS_EXTENSION,
     AuditEvent,
     ConnectionTest,
+    InboxState,
     Membership,
+    Notification,
+    NotificationRead,
     Organization,
     PeeringRequest,
     Project,
@@ -599,6 +602,47 @@ def race_support_reject(world: World) -> Race:
     return [Click("support", url, {"reason": "Not needed."})] * N, check
 
 
+def _notifications(world: World, count: int) -> list[Notification]:
+    return Notification.objects.bulk_create(
+        [
+            Notification(
+                organization=world.acme,
+                project=world.project,
+                kind=Notification.Kind.PEERING_APPROVED,
+                title=f"Peering approved: number {index}",
+            )
+            for index in range(count)
+        ]
+    )
+
+
+def race_notification_open(world: World) -> Race:
+    notification = _notifications(world, 1)[0]
+    url = reverse("notification-open")
+
+    def check(answers: list[Answer]) -> None:
+        link = reverse("project-peering", args=[world.project.uid])
+        assert {(answer.status, answer.location) for answer in answers} == {(302, link)}
+        assert NotificationRead.objects.filter(notification=notification).count() == 1
+
+    return [Click("owner", url, {"notification": notification.pk})] * N, check
+
+
+def race_notifications_mark_read(world: World) -> Race:
+    shown = _notifications(world, 3)
+    owner = world.users["owner"]
+    assert owner is not None
+    NotificationRead.objects.create(user=owner, notification=shown[1])
+    url = reverse("notifications-mark-read")
+
+    def check(answers: list[Answer]) -> None:
+        assert {answer.status for answer in answers} == {302}
+        assert InboxState.objects.get(user=owner).read_up_to == shown[-1].pk
+        assert not NotificationRead.objects.filter(user=owner).exists()
+
+    return [Click("owner", url, {"up_to": shown[-1].pk})] * N, check
+
+
 RACES: dict[str, Callable[[World], Race]] = {
     "login": race_login,
     "logout": race_logout,
@@ -632,6 +676,8 @@ RACES: dict[str, Callable[[World], Race]] = {
     "support-approve": race_support_approve,
     "service-connection-test": race_service_connection_test,
     "support-reject": race_support_reject,
+    "notification-open": race_notification_open,
+    "notifications-mark-read": race_notifications_mark_read,
 }
 
 

@@ -51,6 +51,7 @@ from networking.models import (
     AuditEvent,
     ConnectionTest,
     Membership,
+    Notification,
     PeeringNotification,
     PeeringRequest,
     Project,
@@ -308,6 +309,7 @@ CHANGEABLE: list[type[models.Model]] = [
     SecretRotation,
     PeeringRequest,
     PeeringNotification,
+    Notification,
     AuditEvent,
     IdempotencyRecord,
 ]

@@ -381,3 +381,21 @@ def test_where_a_token_may_be_sent(
 
     monkeypatch.delenv(ALLOW_HTTP_VARIABLE, raising=False)
     assert (check_url(url) is None) == allowed
+
+
+def test_notifications_lists_what_needs_the_tokens_holder(stackblaze: Run, world: World) -> None:
+    from django.contrib.auth.models import User
+
+    from networking import peering
+    from networking.models import Project
+
+    assert stackblaze("notifications", role="owner").stdout.strip() == "No notifications."
+    reports = Project.objects.create(organization=world.globex, name="Reports")
+    peering.request_peering(
+        reports, world.project.uid, "Reads orders.", actor=User.objects.get(username="globex-owner")
+    )
+    listed = stackblaze("notifications", "--unread", role="owner").stdout
+    assert "unread" in listed and "Globex asks to peer Reports with Storefront" in listed
+    assert f"/projects/{world.project.uid}/peering/" in listed
+    # Only owners can accept: a member's token is told nothing.
+    assert json.loads(stackblaze("--json", "notifications", role="member").stdout) == []
