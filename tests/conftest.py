@@ -270,6 +270,17 @@ def build_world() -> World:
     )
 
 
+def user(world: World, role: str) -> User:
+    """The world's user of ``role`` (one who exists)."""
+    found = world.users[role]
+    assert found is not None
+    return found
+
+
+def globex_owner() -> User:
+    return User.objects.get(username="globex-owner")
+
+
 def issue_token(user: User, organization: Organization | None, role: str, name: str) -> str:
     """A token already used once, so using it records nothing new (its first use is audited)."""
     token, raw = ApiToken.issue(user=user, organization=organization, name=name, role=role)

@@ -25,27 +25,24 @@ def ago(value: datetime | None) -> str:
     return f"{timesince(value)} ago"
 
 
+def _duration(start: datetime, end: datetime) -> str:
+    """How long from ``start`` to ``end``, as Django's timesince says it ("3 days, 2 hours"),
+    except that under a minute is "less than a minute", never "0 minutes"."""
+    if (end - start).total_seconds() < 60:
+        return "less than a minute"
+    return timesince(start, end)
+
+
 @register.filter
 def duration_since(value: datetime | None, now: datetime | None = None) -> str:
-    """How long since ``value``, as Django's timesince says it ("3 days, 2 hours"), except that
-    under a minute is "less than a minute", never "0 minutes"."""
-    if value is None:
-        return ""
-    now = now or timezone.now()
-    if (now - value).total_seconds() < 60:
-        return "less than a minute"
-    return timesince(value, now)
+    """How long since ``value`` (``_duration``)."""
+    return "" if value is None else _duration(value, now or timezone.now())
 
 
 @register.filter
 def duration_until(value: datetime | None, now: datetime | None = None) -> str:
-    """How long until ``value``, as ``duration_since`` says it."""
-    if value is None:
-        return ""
-    now = now or timezone.now()
-    if (value - now).total_seconds() < 60:
-        return "less than a minute"
-    return timesince(now, value)
+    """How long until ``value`` (``_duration``)."""
+    return "" if value is None else _duration(now or timezone.now(), value)
 
 
 @register.filter

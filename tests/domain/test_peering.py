@@ -6,7 +6,6 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
-from django.contrib.auth.models import User
 from django.core import mail
 from django.test import Client
 from django.urls import reverse
@@ -26,19 +25,9 @@ from networking.tasks import (
     send_peering_notification,
     send_pending_notifications,
 )
-from tests.conftest import World
+from tests.conftest import World, globex_owner, user
 
 Status = PeeringRequest.Status
-
-
-def user(world: World, role: str) -> User:
-    found = world.users[role]
-    assert found is not None
-    return found
-
-
-def globex_owner() -> User:
-    return User.objects.get(username="globex-owner")
 
 
 def fresh(request: PeeringRequest) -> PeeringRequest:

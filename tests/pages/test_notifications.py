@@ -28,23 +28,13 @@ from networking.models import (
     SharedSecret,
 )
 from networking.tasks import forget_old_notifications, reconcile_project
-from tests.conftest import World, bearer, issue_token
+from tests.conftest import World, bearer, globex_owner, issue_token, user
 
 Status = PeeringRequest.Status
 
 needs_redis = pytest.mark.skipif(
     not live.enabled(), reason="the poll's cache needs Redis (CI sets REDIS_URL)"
 )
-
-
-def user(world: World, role: str) -> User:
-    found = world.users[role]
-    assert found is not None
-    return found
-
-
-def globex_owner() -> User:
-    return User.objects.get(username="globex-owner")
 
 
 def client_of(person: User) -> Client:
