@@ -130,8 +130,9 @@ class MethodNotAllowedPageMiddleware:
     """A page, not a browser error, for an address opened that only takes a form's POST.
 
     Django answers a GET on a POST-only view with an empty 405, which a browser shows as its
-    own "HTTP ERROR 405"; a bookmark or a link copied from the address bar leads there. The
-    API answers its own 405s (problem+json), which are never empty.
+    own "HTTP ERROR 405"; a bookmark or a link copied from the address bar leads there. Only a
+    GET gets the page (nothing else is a person opening an address). The API answers its own
+    405s (problem+json). Last in the chain, so the page gets every security header.
     """
 
     def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
@@ -141,12 +142,17 @@ class MethodNotAllowedPageMiddleware:
         response = self.get_response(request)
         if (
             response.status_code != 405
+            or request.method != "GET"
             or response.streaming
             or response.content
-            or request.path.startswith("/api/")
+            or request.path_info.startswith("/api/")
         ):
             return response
-        allowed = [method.strip() for method in response.get("Allow", "").split(",") if method]
+        allowed = [
+            method.strip()
+            for method in response.get("Allow", "").split(",")
+            if method.strip() not in ("", "HEAD", "OPTIONS")
+        ]
         page = render(request, "405.html", {"allowed": allowed}, status=405)
         page["Allow"] = response.get("Allow", "")
         return page

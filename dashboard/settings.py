@@ -102,10 +102,11 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "dashboard.middleware.WorkerQueueMiddleware",
     "dashboard.middleware.ConcurrentChangeMiddleware",
-    "dashboard.middleware.MethodNotAllowedPageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django.middleware.csp.ContentSecurityPolicyMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
+    # Last: the page it draws in place of an empty 405 still gets the CSP and frame headers.
+    "dashboard.middleware.MethodNotAllowedPageMiddleware",
 ]
 
 ROOT_URLCONF = "dashboard.urls"

@@ -22,6 +22,15 @@ def test_opening_an_address_that_only_takes_a_button_shows_a_page(
     assert "Nothing was changed." in html
     assert f'href="{reverse("project-list")}"' in html
     assert "Sign out" in html  # the dashboard's own page, header and all
+    # Framed nowhere, and under the same content policy as every page.
+    assert response["X-Frame-Options"] == "DENY"
+    assert "script-src" in response["Content-Security-Policy"]
+    # A class-based view's answer names only what a button does (not HEAD or OPTIONS).
+    logout = owner_client.get(reverse("logout"))
+    assert logout.status_code == 405
+    assert "(a POST)" in logout.content.decode()
+    # Nothing but a GET is a person opening an address.
+    assert owner_client.put(url).content == b""
 
 
 def test_the_api_keeps_its_own_answer_for_a_wrong_method(
