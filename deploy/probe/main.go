@@ -80,19 +80,23 @@ func outcome(err error) string {
 // A refusal or a missing route right after the probe starts may be the network catching up
 // with the probe itself: a NetworkPolicy enforcer learns a new pod's address a moment after the
 // pod starts (seconds, on a busy node), and until then the project's own policy does not know
-// it as one of the project's pods. Such answers are tried again until the step's time is up; a
-// connection that succeeds, or a first attempt that times out (packets dropped), is final. A
-// retry that times out after a refusal is the kernel's limit on refusals sent (about one a
-// second), not an answer: the refusal stands unless a later try connects.
+// it as one of the project's pods. Such answers are tried again until retryUntil: one deadline
+// for the whole probe, one step after it started, since the catch-up is the pod's, not a
+// port's (ten closed ports cost one step of retries, not ten). A connection that succeeds, or a
+// first attempt that times out (packets dropped), is final. A retry that times out after a
+// refusal is the kernel's limit on refusals sent (about one a second), not an answer: the
+// refusal stands unless a later try connects.
 const retryEvery = 250 * time.Millisecond
 
-func dial(result *Port, timeout time.Duration) {
-	deadline := time.Now().Add(timeout)
+func dial(result *Port, timeout time.Duration, retryUntil time.Time) {
 	for {
 		result.Attempts++
-		wait := time.Until(deadline)
-		if result.Attempts > 1 && wait > time.Second {
-			wait = time.Second
+		wait := timeout
+		if result.Attempts > 1 {
+			wait = min(time.Until(retryUntil), time.Second)
+			if wait <= 0 {
+				return
+			}
 		}
 		started := time.Now()
 		conn, err := net.DialTimeout("tcp", result.Address, wait)
@@ -108,7 +112,7 @@ func dial(result *Port, timeout time.Duration) {
 			result.Outcome, result.Error = found, err.Error()
 		}
 		retryable := result.Outcome == "refused" || result.Outcome == "unreachable"
-		if !retryable || time.Until(deadline) < retryEvery {
+		if !retryable || time.Until(retryUntil) < retryEvery {
 			return
 		}
 		time.Sleep(retryEvery)
@@ -118,6 +122,7 @@ func dial(result *Port, timeout time.Duration) {
 func probe(host string, ports []int, timeout time.Duration) Report {
 	report := Report{Host: host, Ports: []Port{}}
 	started := time.Now()
+	retryUntil := started.Add(timeout)
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	addresses, err := net.DefaultResolver.LookupHost(ctx, host)
 	cancel()
@@ -138,7 +143,7 @@ func probe(host string, ports []int, timeout time.Duration) Report {
 			continue
 		}
 		result.Address = net.JoinHostPort(addresses[0], strconv.Itoa(port))
-		dial(&result, timeout)
+		dial(&result, timeout, retryUntil)
 		report.Ports = append(report.Ports, result)
 	}
 	return report

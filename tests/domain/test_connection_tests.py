@@ -4,7 +4,11 @@ for real: tests/dataplane/test_connection_test.py)."""
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -248,3 +252,21 @@ def test_a_test_whose_worker_died_is_given_up_and_a_new_one_starts(world: World)
     stuck.refresh_from_db()
     assert stuck.status == ConnectionTest.Status.ERROR
     assert "stopped without an answer" in stuck.error
+
+
+def test_the_probe_retries_a_refusal_once_per_probe_not_per_port() -> None:
+    """The probe's own tests (``deploy/probe/main_test.go``): a refusal that clears while it
+    retries is "connected"; closed ports share one retry deadline. Go builds the probe for the
+    test cluster already, so it is here wherever the suite runs."""
+    go = shutil.which("go")
+    assert go is not None, "no Go toolchain on PATH (the test cluster's build needs it too)"
+    probe_module = Path(__file__).resolve().parents[2] / "deploy" / "probe"
+    run = subprocess.run(
+        [go, "test", "-count=1", "./..."],
+        cwd=probe_module,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "CGO_ENABLED": "0"},
+    )
+    assert run.returncode == 0, run.stdout + run.stderr
