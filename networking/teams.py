@@ -19,6 +19,7 @@ from django.db import IntegrityError, transaction
 from django.db.models import Q
 from django.dispatch import Signal
 
+from networking import live
 from networking.models import AuditEvent, Membership, Organization, confirm_standing
 
 # Sent inside the transaction that takes someone out of an organization (``organization``,
@@ -61,6 +62,12 @@ def _record(
         details=details,
         confirm=False,  # confirmed before the change (``_owners_locked``)
     )
+
+
+def _notifications_moved(user_id: int) -> None:
+    """What the person may see changed: their open pages' unread count asks again at once
+    (``networking.inbox``), instead of trusting its cached scope for up to half a minute."""
+    live.inbox_moved([f"user:{user_id}"])
 
 
 def _locked_member(
@@ -117,6 +124,7 @@ def invite(organization: Organization, who: str, role: str, *, actor: Any) -> Me
                 user.get_username(),
                 {"role": role},
             )
+            _notifications_moved(user.pk)
     except IntegrityError:
         raise TeamChangeRefused(
             f"{user.get_username()} is already a member of {organization.name}."
@@ -145,6 +153,7 @@ def change_role(organization: Organization, membership_id: int, role: str, *, ac
             membership.user.get_username(),
             {"from": before, "to": role},
         )
+        _notifications_moved(membership.user_id)
     return True
 
 
@@ -174,4 +183,5 @@ def remove(organization: Organization, membership_id: int, *, actor: Any) -> boo
             membership.user.get_username(),
             details,
         )
+        _notifications_moved(membership.user_id)
     return True

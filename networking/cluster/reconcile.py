@@ -618,14 +618,17 @@ def record_failure(project_id: int, failure: ReconcileFailed, *, retry_in: float
         # Some objects may have been written, some not: the next pass reads everything.
         AppliedRecord.distrust([project_id])
         # The attempt is history either way; the project shows the failure unless a pass
-        # that started after this one has applied or verified it meanwhile (this pass's lease
-        # ended before this runs): that failure is over already, and nobody is told of it.
+        # that started after this one has applied or verified this generation or a later one
+        # meanwhile (this pass's lease ended before this runs): that failure is over already,
+        # and nobody is told of it. A later pass of an older generation proves nothing.
         after = datetime.fromtimestamp(failure.started_at, tz=UTC)
         exists = Project.objects.filter(pk=project_id).exists()
+        healed = Q(applied_generation__gte=failure.generation) & (
+            Q(applied_at__gt=after) | Q(verified_at__gt=after)
+        )
         updated = (
             Project.objects.filter(pk=project_id)
-            .exclude(applied_at__gt=after)
-            .exclude(verified_at__gt=after)
+            .exclude(healed)
             .update(
                 sync_error=str(failure.error),
                 sync_error_generation=failure.generation,

@@ -19,6 +19,7 @@ from django.utils import timezone
 
 from networking import live, peering, rotation, teams
 from networking.models import (
+    ApplyAttempt,
     Membership,
     Notification,
     NotificationRead,
@@ -230,6 +231,33 @@ class TestSyncFailure:
         record_failure(world.project.pk, failure, retry_in=None)
         assert Notification.objects.get().kind == Notification.Kind.SYNC_FAILED
 
+    def test_a_failure_healed_meanwhile_is_history_not_news(
+        self, world: World, manifests: Path
+    ) -> None:
+        """A pass that started after the failing one and applied its generation already
+        healed it (its lease ended before the failure was written): the failure goes to the
+        history only. A later pass of an older generation heals nothing."""
+        from networking.cluster.errors import ClusterError
+        from networking.cluster.reconcile import ReconcileFailed, record_failure
+
+        generation = world.project.generation
+        started = (timezone.now() - timedelta(seconds=5)).timestamp()
+        Project.objects.filter(pk=world.project.pk).update(
+            applied_generation=generation, applied_at=timezone.now()
+        )
+        busy = ClusterError("The cluster is busy.")
+        failure = ReconcileFailed(busy, generation=generation, changes=[], started_at=started)
+        record_failure(world.project.pk, failure, retry_in=None)
+        assert Project.objects.get(pk=world.project.pk).sync_error == ""
+        assert not Notification.objects.exists()
+        attempts = ApplyAttempt.objects.filter(project=world.project)
+        assert list(attempts.values_list("result", flat=True)) == [ApplyAttempt.Result.FAILED]
+
+        newer = ReconcileFailed(busy, generation=generation + 1, changes=[], started_at=started)
+        record_failure(world.project.pk, newer, retry_in=None)
+        assert Project.objects.get(pk=world.project.pk).sync_error == "The cluster is busy."
+        assert Notification.objects.get().kind == Notification.Kind.SYNC_FAILED
+
 
 class TestRotationStuck:
     def rotating(self, world: World, *, started_ago: timedelta) -> SharedSecret:
@@ -388,6 +416,9 @@ class TestReading:
         owner = client_for("owner")
         page = owner.get(reverse("notification-list")).text
         assert "Mark all as read" in page
+        # An older page offers no "all": it never showed the newest.
+        older = owner.get(reverse("notification-list"), {"before": shown[-1].pk}).text
+        assert "Peering approved: number 0" in older and "Mark all as read" not in older
         up_to = re.search(r'name="up_to" value="(\d+)"', page)
         assert up_to is not None and int(up_to.group(1)) == shown[-1].pk  # what the page showed
         arrived_later = self.make(world, 1)[0]
@@ -498,6 +529,24 @@ class TestTheLivePoll:
         # Reading it (in another tab) is news to this tab too.
         open_notification(owner, "asks to peer")
         assert poll(owner, newer).status_code == 200
+
+    @needs_redis
+    def test_a_removed_member_s_open_page_hears_of_it_at_once(
+        self, world: World, reports: Project, client_for: Any
+    ) -> None:
+        """Taken out of the organization, their open page's count stops showing its unread
+        notifications at the next poll, not once the cached scope lapses."""
+        request = request_from_globex(world, reports)
+        peering.accept(request, actor=user(world, "owner"), project=world.project)
+        peering.approve(request, staff=user(world, "support"))
+        member = client_for("member")
+        since = since_of(poll(member))
+        assert poll(member, since).status_code == 204
+        membership = Membership.objects.get(user=user(world, "member"), organization=world.acme)
+        teams.remove(world.acme, membership.pk, actor=user(world, "owner"))
+        response = poll(member, since)
+        assert response.status_code == 200
+        assert badge(member) == ""
 
     @needs_redis
     def test_news_for_someone_else_stays_no_news(
