@@ -84,10 +84,7 @@ class Standing:
         """
         role = _locked_role(self.organization_id, self.user_id)
         if role is None:
-            raise PermissionDenied(
-                f"You are no longer a member of {self.organization_name}: you were removed while "
-                "this request was on its way, so nothing was done. An owner can add you again."
-            )
+            raise removed_meanwhile(self.organization_name)
         if self.token_role is not None:
             role = Membership.lower_role(self.token_role, role)
         now = Membership(organization_id=self.organization_id, user_id=self.user_id, role=role)
@@ -205,9 +202,31 @@ def _let_in(request: HttpRequest, membership: Membership) -> Standing:
     return standing
 
 
+def removed_meanwhile(organization_name: str) -> PermissionDenied:
+    return PermissionDenied(
+        f"You are no longer a member of {organization_name}: you were removed while this "
+        "request was on its way, so nothing was done. An owner can add you again."
+    )
+
+
 def get_project_for_user(request: HttpRequest, project_uid: str) -> ProjectAccess:
     membership = _membership(request, organization__projects__uid=project_uid)
     if membership is None:
+        token = token_of(request)
+        if token is not None and token.organization_id is not None:
+            # The token was good a moment ago, and removing a member revokes their tokens in
+            # the same transaction: its holder was removed while the request was on its way.
+            # Say so, as a write caught by ``Standing.confirm`` does, not "no such project".
+            organization = Organization.objects.filter(
+                pk=token.organization_id, projects__uid=project_uid
+            ).first()
+            if (
+                organization is not None
+                and not Membership.objects.filter(
+                    user_id=request.user.pk or 0, organization=organization
+                ).exists()
+            ):
+                raise removed_meanwhile(organization.name)
         raise Http404("No such project.")
     project = Project.objects.filter(uid=project_uid).first()
     if project is None:  # deleted between the two queries

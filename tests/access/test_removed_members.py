@@ -24,9 +24,11 @@ import pytest
 from django.contrib.auth.models import User
 from django.core.exceptions import PermissionDenied
 from django.db import connection
+from django.http import Http404
 from django.test import RequestFactory
 from django.urls import reverse
 
+from api.models import ApiToken
 from networking import teams
 from networking.access import get_organization_for_user, get_project_for_user
 from networking.models import AuditEvent, Membership, Project, Service
@@ -170,6 +172,22 @@ def new_service(project: Project) -> Service:
     service = Service(project=project, display_name="Worker", kind="private", ports=[3000])
     service.full_clean(exclude=["name"])
     return service
+
+
+def test_a_token_let_in_just_before_its_holder_is_removed_is_told_so(world: World) -> None:
+    """The token passed authentication; the removal (which revokes it) commits before the
+    project is looked up: the answer is the removal's reason, not "No such project"."""
+    member, membership = member_of(world)
+    token, _ = ApiToken.issue(user=member, organization=world.acme, name="ci", role="member")
+    request = RequestFactory().get("/")
+    request.user = member
+    request.api_token = token  # type: ignore[attr-defined]  # as api.auth leaves it
+    teams.remove(world.acme, membership.pk, actor=owner_of(world))
+    with pytest.raises(PermissionDenied, match="no longer a member of Acme"):
+        get_project_for_user(request, world.project.uid)
+    # Another organization's project stays unknown to it.
+    with pytest.raises(Http404):
+        get_project_for_user(request, world.other_project.uid)
 
 
 def test_a_member_removed_after_the_access_check_writes_nothing(world: World) -> None:
