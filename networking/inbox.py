@@ -75,7 +75,7 @@ class Reader:
         entries = sorted(f"org:{m.organization_id}/{m.role}" for m in self.memberships)
         if self.support:
             entries.append("support")
-        return [*entries, f"user:{self.user_id}"]
+        return [*entries, live.inbox_person(self.user_id)]
 
     def visible(self) -> QuerySet[Notification]:
         """Every notification this reader may see, newest first."""
@@ -159,7 +159,7 @@ class Reader:
                 [NotificationRead(user_id=self.user_id, notification=notification)],
                 ignore_conflicts=True,
             )
-            live.inbox_moved([f"user:{self.user_id}"])
+            live.inbox_moved([live.inbox_person(self.user_id)])
 
     def mark_all_read(self, up_to: int | None = None) -> None:
         """Everything up to ``up_to`` (the newest the page showed: not one that arrived
@@ -178,4 +178,4 @@ class Reader:
         NotificationRead.objects.filter(
             user_id=self.user_id, notification_id__lte=self.read_up_to()
         ).delete()
-        live.inbox_moved([f"user:{self.user_id}"])
+        live.inbox_moved([live.inbox_person(self.user_id)])

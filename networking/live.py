@@ -235,6 +235,11 @@ def inbox_audiences(organization_ids: Iterable[int | None]) -> list[str]:
     return sorted({f"org:{pk}" if pk is not None else "support" for pk in organization_ids})
 
 
+def inbox_person(user_id: int) -> str:
+    """The audience of one person's own changes to what they see (read marks, memberships)."""
+    return f"user:{user_id}"
+
+
 def inbox_moved(audiences: Iterable[str]) -> None:
     """What these audiences see changed: their open pages' next poll goes the whole way. Now
     and, inside a transaction, again once it commits (a poll in between read the database

@@ -67,7 +67,7 @@ def _record(
 def _notifications_moved(user_id: int) -> None:
     """What the person may see changed: their open pages' unread count asks again at once
     (``networking.inbox``), instead of trusting its cached scope for up to half a minute."""
-    live.inbox_moved([f"user:{user_id}"])
+    live.inbox_moved([live.inbox_person(user_id)])
 
 
 def _locked_member(

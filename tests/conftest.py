@@ -24,6 +24,7 @@ from networking import rotation
 from networking.crypto import SecretText
 from networking.models import (
     Membership,
+    Notification,
     Organization,
     PeeringRequest,
     Project,
@@ -279,6 +280,21 @@ def user(world: World, role: str) -> User:
 
 def globex_owner() -> User:
     return User.objects.get(username="globex-owner")
+
+
+def make_notifications(world: World, count: int) -> list[Notification]:
+    """``count`` approvals told to Acme, numbered in the order they were written."""
+    return Notification.objects.bulk_create(
+        [
+            Notification(
+                organization=world.acme,
+                project=world.project,
+                kind=Notification.Kind.PEERING_APPROVED,
+                title=f"Peering approved: number {index}",
+            )
+            for index in range(count)
+        ]
+    )
 
 
 def issue_token(user: User, organization: Organization | None, role: str, name: str) -> str:

@@ -32,7 +32,6 @@ from networking.models import (
     ConnectionTest,
     InboxState,
     Membership,
-    Notification,
     NotificationRead,
     Organization,
     PeeringRequest,
@@ -44,7 +43,7 @@ from networking.models import (
     SharedSecret,
 )
 from tests.access.test_access_matrix import MATRIX
-from tests.conftest import World, make_service
+from tests.conftest import World, make_notifications, make_service
 
 N = 20
 Action = AuditEvent.Action
@@ -602,22 +601,8 @@ def race_support_reject(world: World) -> Race:
     return [Click("support", url, {"reason": "Not needed."})] * N, check
 
 
-def _notifications(world: World, count: int) -> list[Notification]:
-    return Notification.objects.bulk_create(
-        [
-            Notification(
-                organization=world.acme,
-                project=world.project,
-                kind=Notification.Kind.PEERING_APPROVED,
-                title=f"Peering approved: number {index}",
-            )
-            for index in range(count)
-        ]
-    )
-
-
 def race_notification_open(world: World) -> Race:
-    notification = _notifications(world, 1)[0]
+    notification = make_notifications(world, 1)[0]
     url = reverse("notification-open")
 
     def check(answers: list[Answer]) -> None:
@@ -629,7 +614,7 @@ def race_notification_open(world: World) -> Race:
 
 
 def race_notifications_mark_read(world: World) -> Race:
-    shown = _notifications(world, 3)
+    shown = make_notifications(world, 3)
     owner = world.users["owner"]
     assert owner is not None
     NotificationRead.objects.create(user=owner, notification=shown[1])

@@ -29,7 +29,7 @@ from networking.models import (
     SharedSecret,
 )
 from networking.tasks import forget_old_notifications, reconcile_project
-from tests.conftest import World, bearer, globex_owner, issue_token, user
+from tests.conftest import World, bearer, globex_owner, issue_token, make_notifications, user
 
 Status = PeeringRequest.Status
 
@@ -361,24 +361,11 @@ class TestWhoSeesWhat:
 
 
 class TestReading:
-    def make(self, world: World, count: int) -> list[Notification]:
-        return Notification.objects.bulk_create(
-            [
-                Notification(
-                    organization=world.acme,
-                    project=world.project,
-                    kind=Notification.Kind.PEERING_APPROVED,
-                    title=f"Peering approved: number {index}",
-                )
-                for index in range(count)
-            ]
-        )
-
     def test_the_api_lists_only_the_unread_ones_when_asked_however_old(self, world: World) -> None:
         """``unread=true`` filters on the server: one unread under pages of read ones is
         found in one request (the CLI's ``--unread``)."""
-        waiting = self.make(world, 1)[0]
-        read = self.make(world, 60)
+        waiting = make_notifications(world, 1)[0]
+        read = make_notifications(world, 60)
         owner = user(world, "owner")
         NotificationRead.objects.bulk_create(
             NotificationRead(user=owner, notification=notification) for notification in read
@@ -399,7 +386,7 @@ class TestReading:
     def test_the_header_counts_whats_unread_and_opening_one_reads_it(
         self, world: World, client_for: Any
     ) -> None:
-        self.make(world, 3)
+        make_notifications(world, 3)
         owner, member = client_for("owner"), client_for("member")
         assert badge(owner) == "3"
         response = open_notification(owner, "number 1")
@@ -412,7 +399,7 @@ class TestReading:
     def test_mark_all_as_read_reads_what_the_page_showed_not_what_came_after(
         self, world: World, client_for: Any
     ) -> None:
-        shown = self.make(world, 2)
+        shown = make_notifications(world, 2)
         owner = client_for("owner")
         page = owner.get(reverse("notification-list")).text
         assert "Mark all as read" in page
@@ -421,7 +408,7 @@ class TestReading:
         assert "Peering approved: number 0" in older and "Mark all as read" not in older
         up_to = re.search(r'name="up_to" value="(\d+)"', page)
         assert up_to is not None and int(up_to.group(1)) == shown[-1].pk  # what the page showed
-        arrived_later = self.make(world, 1)[0]
+        arrived_later = make_notifications(world, 1)[0]
         response = owner.post(reverse("notifications-mark-read"), {"up_to": up_to.group(1)})
         assert response.status_code == 302
         assert titles(owner) == [
@@ -455,7 +442,7 @@ class TestReading:
     def test_many_notifications_cost_a_bounded_number_of_queries(
         self, world: World, client_for: Any, django_assert_max_num_queries: Any
     ) -> None:
-        self.make(world, 600)
+        make_notifications(world, 600)
         owner = client_for("owner")
         with django_assert_max_num_queries(9):
             response = owner.get(reverse("notification-list"))
