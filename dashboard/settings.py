@@ -206,6 +206,14 @@ ROTATION_POLL_SECONDS = env_int("ROTATION_POLL_SECONDS", 5, minimum=1)
 # A rotation whose phase has waited this long on a workload's rollout is told to the project's
 # members in the header's notifications, once per phase.
 ROTATION_STUCK_AFTER_SECONDS = env_int("ROTATION_STUCK_AFTER_SECONDS", 600, minimum=1)
+# Mutual TLS (networking/mtls.py): how long a service certificate lives (renewed two thirds in),
+# how long the kubelet may take to refresh a mounted Secret in every pod (its sync period plus
+# its Secret cache's TTL; a CA rotation waits this long after each phase is applied), and the
+# most services a project with mutual TLS may have (their files share one Secret of at most
+# 1 MiB).
+MTLS_CERTIFICATE_HOURS = env_int("MTLS_CERTIFICATE_HOURS", 168, minimum=1)
+MTLS_PROPAGATION_SECONDS = env_int("MTLS_PROPAGATION_SECONDS", 150, minimum=0)
+MTLS_MAX_SERVICES = env_int("MTLS_MAX_SERVICES", 400, minimum=1)
 # The header's notifications are kept this long (those of a condition still going on, longer).
 NOTIFICATION_RETENTION_DAYS = env_int("NOTIFICATION_RETENTION_DAYS", 90, minimum=1)
 # After a change restarts workloads, watch their rollout this long before leaving it to resync.
@@ -282,6 +290,10 @@ CELERY_BEAT_SCHEDULE = {
     "expire-old-hostnames": {
         "task": "networking.tasks.expire_service_aliases",
         "schedule": 60.0,
+    },
+    "renew-service-certificates": {
+        "task": "networking.tasks.renew_certificates",
+        "schedule": 600.0,
     },
     "forget-old-notifications": {
         "task": "networking.tasks.forget_old_notifications",

@@ -20,7 +20,7 @@ from typing import Any, Protocol
 
 from django.db.models import Prefetch
 
-from networking import peering, references, rotation
+from networking import mtls, peering, references, rotation
 from networking.cluster import lease
 from networking.cluster import reconcile as loop
 from networking.cluster.backends import ApplyResult, Backend
@@ -29,6 +29,7 @@ from networking.cluster.desired import (
     ReferenceSpec,
     SecretSpec,
     ServiceSpec,
+    TLSSpec,
     build_desired_state,
     patch_desired_state,
 )
@@ -77,6 +78,14 @@ def plan(claimed: lease.Claim, previous: _Built | None = None) -> Plan:
     peerings = [p for p in in_flight if p.status in PeeringRequest.CONNECTED]
     settings = cluster_settings()
     peer_namespaces = sorted({p.peer_of(project).namespace for p in peerings})
+    # Mutual TLS: certificates missing or due are issued first; the files go in every pass's
+    # desired state (and, like secrets, only as a keyed digest into what the worker keeps).
+    tls = (
+        mtls.material(project, {row.pk: row.name for row in claimed.services}, aliases)
+        if claimed.has_mtls
+        else None
+    )
+    ca_rotation = mtls.planned(project) if tls is not None else None
     inputs = (
         project.namespace,
         project.uid,
@@ -84,6 +93,7 @@ def plan(claimed: lease.Claim, previous: _Built | None = None) -> Plan:
         peer_namespaces,
         aliases,
         _fingerprint(specs, given),
+        tls.fingerprint(digest_key()) if tls is not None else None,
     )
     touched = None
     if previous is not None and claimed.changed is not None and previous.inputs == inputs:
@@ -109,6 +119,7 @@ def plan(claimed: lease.Claim, previous: _Built | None = None) -> Plan:
                 settings=settings,
                 secrets=specs,
                 references=given,
+                tls=tls,
             )
         else:
             desired, touched = previous.desired, set()
@@ -122,10 +133,12 @@ def plan(claimed: lease.Claim, previous: _Built | None = None) -> Plan:
             secrets=specs,
             peer_namespaces=peer_namespaces,
             references=given,
+            tls=tls,
         )
     # A cluster's error message could quote what was sent: never let a secret value through.
     values = [value for spec in specs for value in spec.environment.values()]
     values += [reference.value for reference in given]
+    values += [files.key for files in tls.services.values()] if tls is not None else []
     sensitive = [
         text for value in values for text in (value, base64.b64encode(value.encode()).decode())
     ]
@@ -135,6 +148,10 @@ def plan(claimed: lease.Claim, previous: _Built | None = None) -> Plan:
         connected_ids = {p.pk for p in peerings}
         if peering.needs_recording(project, in_flight, connected_ids):
             peering.record_applied(project, connected_ids)
+        if ca_rotation is not None:
+            wait = mtls.after_apply(project, ca_rotation)
+            if wait is not None:
+                recheck_in = wait if recheck_in is None else min(recheck_in, wait)
         return recheck_in
 
     return Plan(
@@ -213,9 +230,11 @@ def desired_state_for(
     services: Sequence[_ServiceLike] | None = None,
     aliases: dict[str, tuple[str, ...]] | None = None,
     references: list[ReferenceSpec] | None = None,
+    tls: TLSSpec | None = None,
 ) -> DesiredState:
     """``aliases``: each service's old names still resolving, by its name; ``references``: the
-    reference variables with their values. Each is read when None."""
+    reference variables with their values. Each is read when None; ``tls``: mutual TLS's files
+    (None: left out, as nothing that reads this needs them)."""
     if services is None:
         services = list(project.services.only("name", "kind", "ports"))
     if aliases is None:
@@ -234,6 +253,7 @@ def desired_state_for(
         secrets=secrets,
         peer_namespaces=[p.peer_of(project).namespace for p in peerings],
         references=references,
+        tls=tls,
     )
 
 
@@ -304,5 +324,6 @@ def watch_view(project: Project, scope: set[str] | None) -> WatchView:
         peerings=None if scope is None else [],
         services=services,
         aliases=aliases,
+        tls=mtls.shape(project, [service.name for service in services]),
     )
     return WatchView(desired=desired, services=services, scope=scope)

@@ -8,7 +8,7 @@ from typing import Any
 from celery import Task, shared_task
 from django.conf import settings
 
-from networking import connection_tests, notifications, passes, peering, rotation
+from networking import connection_tests, mtls, notifications, passes, peering, rotation
 from networking.cluster import lease, orphans
 from networking.cluster import reconcile as reconciler
 from networking.cluster.errors import ClusterError
@@ -124,6 +124,13 @@ def send_peering_notification(notification_id: int) -> int:
 def send_pending_notifications() -> int:
     """Beat: send what a broker outage or a lost message held back."""
     return notifications.deliver_pending()
+
+
+@shared_task(acks_late=True)
+def renew_certificates() -> int:
+    """Beat, every 10 minutes: projects whose service certificates are due get a pass that
+    renews them; how many."""
+    return mtls.renew_due()
 
 
 @shared_task(acks_late=True)

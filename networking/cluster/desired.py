@@ -38,6 +38,14 @@ SHARED_SECRETS = "stackblaze-shared-secrets"
 SECRETS_ANNOTATION = "networking.stackblaze.cloud/shared-secrets"
 # The same for the reference variables it receives (another service's address).
 REFERENCES_ANNOTATION = "networking.stackblaze.cloud/references"
+# Mutual TLS: every service's certificate, key and "accept calls from" list, and the project's
+# trust bundle, in one Secret of a fixed name (so RBAC can name it, as it names the shared
+# secrets'), each workload mounting its own four files at ``TLS_MOUNT_PATH``. The kubelet
+# refreshes a mounted Secret in place: a renewal or a CA rotation restarts nothing.
+TLS_SECRET = "stackblaze-tls"
+TLS_VOLUME = "stackblaze-tls"
+TLS_MOUNT_PATH = "/var/run/stackblaze/tls"
+TLS_BUNDLE_KEY = "ca.pem"
 
 # Apply order: a namespace before what lives in it, the Secret before workloads refer to it.
 KINDS = ("Namespace", "Secret", "Service", "NetworkPolicy")
@@ -91,21 +99,81 @@ class ReferenceSpec:
 
 
 @dataclass(frozen=True)
+class ServiceCertificateSpec:
+    """A service's mutual TLS files: its certificate, its key, who it accepts calls from (one
+    SPIFFE ID a line, ``…/service/*`` for every service of the project)."""
+
+    certificate: str
+    key: str
+    accept: str
+
+
+@dataclass(frozen=True)
+class TLSSpec:
+    """A project's mutual TLS: the CAs its services trust, and each service's files."""
+
+    bundle: str
+    services: dict[str, ServiceCertificateSpec]
+
+    def fingerprint(self, key: bytes) -> str:
+        """A keyed digest of all of it (the keys included): what a worker keeps between
+        passes instead of the keys themselves."""
+        text = _ENCODE(
+            [
+                self.bundle,
+                sorted(
+                    (name, list(spec.__dict__.values())) for name, spec in self.services.items()
+                ),
+            ]
+        )
+        return hashlib.blake2b(text.encode(), digest_size=16, key=key).hexdigest()
+
+
+def tls_items(service: str) -> tuple[tuple[str, str], ...]:
+    """(key in the project's TLS Secret, file name in the pod) of a service's files."""
+    return (
+        (f"{service}.cert.pem", "cert.pem"),
+        (f"{service}.key.pem", "key.pem"),
+        (TLS_BUNDLE_KEY, "ca.pem"),
+        (f"{service}.accept.txt", "accept.txt"),
+    )
+
+
+@dataclass(frozen=True)
 class WorkloadSpec:
-    """What we own on a service's workload: two pod-template annotations and env references.
+    """What we own on a service's workload: two pod-template annotations, env references and
+    the mutual TLS volume.
 
     ``annotation``: the shared secrets' versions (None: the service receives none);
-    ``references``: the versions of the reference variables it receives (None: none). With
-    both None we own nothing there.
+    ``references``: the versions of the reference variables it receives (None: none);
+    ``tls``: the service whose certificate files the workload mounts (None: no mutual TLS).
+    With all None we own nothing there.
     """
 
     annotation: str | None = None
     env: tuple[KubeObject, ...] = ()
     references: str | None = None
+    tls: str | None = None
 
     @property
     def owned(self) -> bool:
-        return self.annotation is not None or self.references is not None
+        return self.annotation is not None or self.references is not None or self.tls is not None
+
+    def tls_volume(self) -> KubeObject | None:
+        if self.tls is None:
+            return None
+        return {
+            "name": TLS_VOLUME,
+            "secret": {
+                "secretName": TLS_SECRET,
+                "items": [{"key": key, "path": path} for key, path in tls_items(self.tls)],
+            },
+        }
+
+    def tls_mount(self) -> KubeObject | None:
+        if self.tls is None:
+            return None
+        return {"name": TLS_VOLUME, "mountPath": TLS_MOUNT_PATH, "readOnly": True}
 
 
 class ClusterSettings(NamedTuple):
@@ -175,6 +243,8 @@ def _workload_digest(spec: WorkloadSpec, key: bytes) -> str:
     owned: list[Any] = [spec.annotation, spec.env]
     if spec.references is not None:  # records made before references stay valid
         owned.append(spec.references)
+    if spec.tls is not None:  # and those made before mutual TLS
+        owned.append(["tls", spec.tls])
     return _digest(_ENCODE(owned), key)
 
 
@@ -389,16 +459,40 @@ def secret_object(
     }
 
 
+def tls_secret_object(namespace: str, project_uid: str, tls: TLSSpec) -> KubeObject:
+    data = {TLS_BUNDLE_KEY: base64.b64encode(tls.bundle.encode()).decode()}
+    for service, spec in sorted(tls.services.items()):
+        cert_key, key_key, _, accept_key = (key for key, _ in tls_items(service))
+        data[cert_key] = base64.b64encode(spec.certificate.encode()).decode()
+        data[key_key] = base64.b64encode(spec.key.encode()).decode()
+        data[accept_key] = base64.b64encode(spec.accept.encode()).decode()
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {
+            "name": TLS_SECRET,
+            "namespace": namespace,
+            "labels": managed_labels(project_uid),
+        },
+        "type": "Opaque",
+        "data": data,
+    }
+
+
 NO_WORKLOAD = WorkloadSpec()
 
 
 def workload_spec(
-    service: str, secrets: Sequence[SecretSpec], references: Sequence[ReferenceSpec] = ()
+    service: str,
+    secrets: Sequence[SecretSpec],
+    references: Sequence[ReferenceSpec] = (),
+    tls: TLSSpec | None = None,
 ) -> WorkloadSpec:
     received = [secret for secret in secrets if service in secret.receivers]
     given = sorted((r for r in references if r.consumer == service), key=lambda r: r.variable)
+    mounted = service if tls is not None and service in tls.services else None
     if not received and not given:
-        return NO_WORKLOAD
+        return NO_WORKLOAD if mounted is None else WorkloadSpec(tls=mounted)
     env: list[KubeObject] = []
     for secret in received:
         for variable, optional in secret.references:
@@ -419,6 +513,7 @@ def workload_spec(
         ),
         env=tuple(env),
         references=",".join(f"{r.variable}={r.version}" for r in given) if given else None,
+        tls=mounted,
     )
 
 
@@ -431,16 +526,19 @@ def build_desired_state(
     secrets: Sequence[SecretSpec] = (),
     peer_namespaces: Iterable[str] = (),
     references: Sequence[ReferenceSpec] = (),
+    tls: TLSSpec | None = None,
 ) -> DesiredState:
     desired = DesiredState(namespace=namespace)
     desired.add(namespace_object(namespace, project_uid))
     secrets = sorted(secrets, key=lambda s: s.name)
     if secrets or references:
         desired.add(secret_object(namespace, project_uid, secrets, references))
+    if tls is not None:
+        desired.add(tls_secret_object(namespace, project_uid, tls))
     public = []
     # The loop a thousand-service pass runs a thousand times: kept to lookups.
     for service in sorted(services, key=_by_name):
-        _add_service(desired, project_uid, service, settings, secrets, references)
+        _add_service(desired, project_uid, service, settings, secrets, references, tls)
         if service.public:
             public.append(service.name)
     desired.add(isolation_policy(namespace, project_uid))
@@ -458,6 +556,7 @@ def _add_service(
     settings: ClusterSettings,
     secrets: Sequence[SecretSpec],
     references: Sequence[ReferenceSpec],
+    tls: TLSSpec | None = None,
 ) -> None:
     """A service's objects (its Service, one per old name) and what we own on its workload."""
     namespace, objects = desired.namespace, desired.objects
@@ -466,7 +565,9 @@ def _add_service(
     for alias in service.aliases:
         objects[("Service", alias)] = alias_object(namespace, project_uid, alias, service, settings)
     desired.workloads[service.name] = (
-        workload_spec(service.name, secrets, references) if secrets or references else NO_WORKLOAD
+        workload_spec(service.name, secrets, references, tls)
+        if secrets or references or tls is not None
+        else NO_WORKLOAD
     )
 
 
@@ -480,6 +581,7 @@ def patch_desired_state(
     settings: ClusterSettings,
     secrets: Sequence[SecretSpec] = (),
     references: Sequence[ReferenceSpec] = (),
+    tls: TLSSpec | None = None,
 ) -> tuple[DesiredState, set[str]]:
     """``previous`` with the services ``removed`` taken out and ``added`` put in, all else
     (the secrets, references, peers) unchanged: what ``build_desired_state`` would return for
@@ -504,7 +606,7 @@ def patch_desired_state(
         desired.workloads.pop(service.name, None)
         touched.add(f"{WORKLOAD_RECORD}/{service.name}")
     for service in added:
-        _add_service(desired, project_uid, service, settings, secrets, references)
+        _add_service(desired, project_uid, service, settings, secrets, references, tls)
         touched.update(f"Service/{name}" for name in (service.name, *service.aliases))
         touched.add(f"{WORKLOAD_RECORD}/{service.name}")
     key = ("NetworkPolicy", INGRESS_POLICY)

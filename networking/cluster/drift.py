@@ -14,7 +14,13 @@ from collections.abc import Collection, Mapping
 from typing import Any
 
 from networking.cluster.backends import WorkloadStatus, matches
-from networking.cluster.desired import WORKLOAD_KINDS, DesiredState, KubeObject, WorkloadSpec
+from networking.cluster.desired import (
+    SHARED_SECRETS,
+    WORKLOAD_KINDS,
+    DesiredState,
+    KubeObject,
+    WorkloadSpec,
+)
 from networking.cluster.informer import WRITTEN_BY
 from networking.cluster.kube import cluster_ip, keep_laggard, workload_matches, workload_status
 
@@ -118,7 +124,12 @@ def differences(
         return {key: obj for key, obj in objects.items() if key in services}
 
     if services is None and "Secret" in live:
-        found.extend(_secret_differences(desired.of_kind("Secret"), live["Secret"]))
+        # Only the shared secrets' Secret is watched (a watch names one Secret, and RBAC lets
+        # the worker see no other): mutual TLS's is re-read by the periodic verify.
+        watched = {
+            name: obj for name, obj in desired.of_kind("Secret").items() if name == SHARED_SECRETS
+        }
+        found.extend(_secret_differences(watched, live["Secret"]))
     for kind in kinds:
         wanted = in_scope(desired.of_kind(kind))
         cached = in_scope(live.get(kind, {}))

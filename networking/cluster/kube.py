@@ -47,6 +47,8 @@ from networking.cluster.desired import (
     REFERENCES_ANNOTATION,
     SECRETS_ANNOTATION,
     SHARED_SECRETS,
+    TLS_SECRET,
+    TLS_VOLUME,
     WORKLOAD_KINDS,
     Changes,
     DesiredState,
@@ -159,8 +161,8 @@ class _Kind:
     apply: Callable[..., Any]
     delete: Callable[..., Any] | None = None
     namespaced: bool = True
-    # Listed by label, or (Secret: we may not list Secrets) read by its one known name.
-    by_name: str | None = None
+    # Listed by label, or (Secret: we may not list Secrets) read by their known names.
+    by_name: tuple[str, ...] = ()
 
 
 def rolled_out(kind: str, workload: KubeObject) -> bool:
@@ -198,16 +200,21 @@ def _workload_patch(workload: KubeObject, kind: str, spec: WorkloadSpec) -> Kube
             annotations[SECRETS_ANNOTATION] = spec.annotation
         if spec.references is not None:
             annotations[REFERENCES_ANNOTATION] = spec.references
+        mount = spec.tls_mount()
+        template_spec: KubeObject = {
+            "containers": [
+                {
+                    "name": container["name"],
+                    "env": list(spec.env),
+                    **({"volumeMounts": [mount]} if mount is not None else {}),
+                }
+                for container in containers
+            ]
+        }
+        if (volume := spec.tls_volume()) is not None:
+            template_spec["volumes"] = [volume]
         patch["spec"] = {
-            "template": {
-                "metadata": {"annotations": annotations},
-                "spec": {
-                    "containers": [
-                        {"name": container["name"], "env": list(spec.env)}
-                        for container in containers
-                    ]
-                },
-            }
+            "template": {"metadata": {"annotations": annotations}, "spec": template_spec}
         }
     return patch
 
@@ -241,6 +248,7 @@ def workload_matches(workload: KubeObject, spec: WorkloadSpec) -> bool:
     if live.get(REFERENCES_ANNOTATION) != spec.references:
         return False
     wanted = {entry["name"]: entry for entry in spec.env}
+    mount = spec.tls_mount()
     for container in template["spec"]["containers"]:
         live_env = {entry["name"]: entry for entry in container.get("env") or []}
         if any(
@@ -248,7 +256,16 @@ def workload_matches(workload: KubeObject, spec: WorkloadSpec) -> bool:
             for name, entry in wanted.items()
         ):
             return False
-    return True
+        mounts = [m for m in container.get("volumeMounts") or [] if m.get("name") == TLS_VOLUME]
+        if mounts != ([mount] if mount is not None else []) and not (
+            mount is not None and len(mounts) == 1 and is_subset(mount, mounts[0])
+        ):
+            return False
+    volume = spec.tls_volume()
+    volumes = [v for v in template["spec"].get("volumes") or [] if v.get("name") == TLS_VOLUME]
+    if volume is None:
+        return not volumes
+    return len(volumes) == 1 and is_subset(volume, volumes[0])
 
 
 def cluster_ip(service: KubeObject) -> str | None:
@@ -302,7 +319,7 @@ class KubernetesBackend:
                 read=core.read_namespaced_secret,
                 apply=core.patch_namespaced_secret,
                 delete=core.delete_namespaced_secret,
-                by_name=SHARED_SECRETS,
+                by_name=(SHARED_SECRETS, TLS_SECRET),
             ),
             "Service": _Kind(
                 read=core.list_namespaced_service,
@@ -420,9 +437,11 @@ class KubernetesBackend:
 
     def _list(self, kind: str, namespace: str, selector: str) -> dict[str, KubeObject]:
         by_name = self.kinds[kind].by_name
-        if by_name is not None:
-            found = self._read(kind, by_name, namespace)
-            return {by_name: found} if found is not None else {}
+        if by_name:
+            read = self._read_all(
+                {name: functools.partial(self._read, kind, name, namespace) for name in by_name}
+            )
+            return {name: found for name, found in read.items() if found is not None}
         body = self._call(
             f"listing {kind}s in {namespace}",
             self.kinds[kind].read,

@@ -53,6 +53,7 @@ from networking import live
 from networking.cluster import liveness
 from networking.models import (
     AppliedRecord,
+    MutualTLS,
     PeeringRequest,
     Project,
     ReferenceVariable,
@@ -199,6 +200,8 @@ class Claim:
     has_aliases: bool
     has_references: bool
     has_peerings: bool
+    # Mutual TLS is on (``networking.mtls``): the pass issues what is due and mounts it.
+    has_mtls: bool
     # A watcher is watching (``liveness``): it would distrust the record if the cluster changed.
     watched: bool
     # The project's services.
@@ -260,6 +263,7 @@ def _claim_sql(vendor: str, take_queued: bool) -> str:
         f"EXISTS (SELECT 1 FROM {_table(PeeringRequest)} WHERE "
         f"({q('requester_project_id')} = %(project)s OR {q('target_project_id')} = %(project)s) "
         f"AND {q('status')} IN ({statuses})) AS has_peerings, "
+        f"EXISTS (SELECT 1 FROM {_table(MutualTLS)} WHERE {of_project}) AS has_mtls, "
         f"{liveness.watched_sql(vendor)} AS watched, "
         f"(SELECT count(*) FROM {_table(Service)} WHERE {of_project}) AS service_count, "
         f"(SELECT max({q('id')}) FROM {_table(Service)} WHERE {of_project}) AS service_last, "
@@ -389,6 +393,7 @@ def claim(
         has_aliases=bool(getattr(project, "has_aliases", True)),
         has_references=bool(getattr(project, "has_references", True)),
         has_peerings=bool(getattr(project, "has_peerings", True)),
+        has_mtls=bool(getattr(project, "has_mtls", True)),
         watched=bool(getattr(project, "watched", False)),
         services=services,
         changed=changed,

@@ -10,12 +10,14 @@ importing only those below it (``make lint`` holds the order):
 - ``peering``: VPC peering between two Enterprise projects;
 - ``inbox``: the header's notifications, and who has read them;
 - ``projects``: a project, its services, their old hostnames, references, connection tests;
-- ``secrets``: shared secrets and their rotations.
+- ``secrets``: shared secrets and their rotations;
+- ``identity``: mutual TLS: a project's certificate authorities, each service's certificate.
 
 Import the models from here (``from networking.models import Service``), not from the modules.
 """
 
 from networking.models.audit import AuditEvent, actor_label, confirm_standing, via_token_of
+from networking.models.identity import CertificateAuthority, MutualTLS, ServiceCertificate
 from networking.models.inbox import InboxState, Notification, NotificationRead
 from networking.models.peering import PeeringNotification, PeeringRequest
 from networking.models.projects import (
@@ -48,9 +50,11 @@ __all__ = [
     "AppliedRecord",
     "ApplyAttempt",
     "AuditEvent",
+    "CertificateAuthority",
     "ConnectionTest",
     "InboxState",
     "Membership",
+    "MutualTLS",
     "Notification",
     "NotificationRead",
     "Organization",
@@ -61,6 +65,7 @@ __all__ = [
     "SecretRotation",
     "Service",
     "ServiceAlias",
+    "ServiceCertificate",
     "SharedSecret",
     "WatcherHeartbeat",
     "actor_label",

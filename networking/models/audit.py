@@ -90,6 +90,12 @@ class AuditEvent(models.Model):
         TOKEN_FIRST_USED = "token.first_used", "used an API token for the first time"
         TOKEN_REVOKED = "token.revoked", "revoked an API token"
         CONNECTION_TESTED = "service.connection_tested", "tested the connection to"
+        MTLS_ENABLED = "mtls.enabled", "turned on mutual TLS"
+        MTLS_CALLERS_CHANGED = "mtls.callers_changed", "changed who may call"
+        MTLS_RENEWED = "mtls.renewed", "renewed service certificates"
+        CA_ROTATION_STARTED = "mtls.ca_rotation_started", "started rotating the project’s CA"
+        CA_ROTATION_PHASE = "mtls.ca_rotation_phase", "moved a CA rotation to its next phase"
+        CA_ROTATION_COMPLETED = "mtls.ca_rotation_completed", "completed a CA rotation"
 
     organization = models.ForeignKey(
         "networking.Organization", on_delete=models.CASCADE, related_name="audit_events"

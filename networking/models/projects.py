@@ -483,6 +483,13 @@ class Service(models.Model):
     database_password = EncryptedTextField(blank=True, null=True)
     database_name = models.CharField(max_length=63, blank=True)
 
+    # Mutual TLS (``networking.mtls``): whose certificate this service accepts calls from.
+    # Every service of the project while ``accepts_any_caller``; else those listed.
+    accepts_any_caller = models.BooleanField(default=True)
+    accepts_calls_from = models.ManyToManyField(
+        "self", symmetrical=False, related_name="may_call", blank=True
+    )
+
     # The project generation that last changed what the cluster should hold for this service
     # (created, renamed, new ports): it is applied once the project's applied generation
     # reaches it. And the project revision at which its row last changed, for live pages.
@@ -631,6 +638,7 @@ class Service(models.Model):
             self.generate_credentials()
         with transaction.atomic():
             Project.objects.select_for_update().filter(pk=self.project_id).first()
+            self._refuse_if_mtls_full()
             try:
                 self.name = Service.name_for(self.project_id, self.display_name)
             except ValidationError as error:
@@ -653,6 +661,25 @@ class Service(models.Model):
                 target=self.name,
                 details={"kind": self.kind, "ports": self.ports},
                 service=self,
+            )
+
+    def _refuse_if_mtls_full(self) -> None:
+        """A project with mutual TLS keeps every service's files in one Secret (at most
+        1 MiB): past ``MTLS_MAX_SERVICES`` it takes no more services."""
+        limit = settings.MTLS_MAX_SERVICES
+        if (
+            Project.objects.filter(pk=self.project_id, mtls__isnull=False).exists()
+            and Service.objects.filter(project_id=self.project_id).count() >= limit
+        ):
+            raise ValidationError(
+                {
+                    "display_name": ValidationError(
+                        f"This project has mutual TLS on and {limit} services, the most it can "
+                        "have (their certificates share one Kubernetes Secret). Create this "
+                        "service in another project.",
+                        code="mtls_full",
+                    )
+                }
             )
 
     def save_changes(self, *, actor: Any, keep_old_name_for: timedelta = timedelta(0)) -> list[str]:

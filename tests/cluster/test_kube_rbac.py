@@ -44,7 +44,7 @@ def test_no_wildcards_and_no_privilege_verbs() -> None:
 def test_no_cluster_wide_read_of_secrets() -> None:
     for rule in cluster_role()["rules"]:
         if "secrets" in rule["resources"] and {"get", "list", "watch"} & set(rule["verbs"]):
-            assert rule.get("resourceNames") == ["stackblaze-shared-secrets"], (
+            assert rule.get("resourceNames") == ["stackblaze-shared-secrets", "stackblaze-tls"], (
                 "reading Secrets must name ours"
             )
 
