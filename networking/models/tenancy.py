@@ -104,6 +104,11 @@ class Membership(models.Model):
         """Create, reveal, rotate, re-attach and delete shared secrets."""
         return self.role == self.Role.OWNER
 
+    def can_manage_mtls(self) -> bool:
+        """Turn mutual TLS on, rotate the project's CA, choose who may call a service: the
+        project's security, as its secrets are. Every role sees certificates (public)."""
+        return self.role == self.Role.OWNER
+
     def can_see_secret_details(self) -> bool:
         """Which services receive a secret, and how its rotation goes (never the value).
 
