@@ -48,7 +48,6 @@ from networking.cluster.desired import (
     SECRETS_ANNOTATION,
     SHARED_SECRETS,
     TLS_SECRET,
-    TLS_VOLUME,
     WORKLOAD_KINDS,
     Changes,
     DesiredState,
@@ -248,7 +247,7 @@ def workload_matches(workload: KubeObject, spec: WorkloadSpec) -> bool:
     if live.get(REFERENCES_ANNOTATION) != spec.references:
         return False
     wanted = {entry["name"]: entry for entry in spec.env}
-    mount = spec.tls_mount()
+    mount, volume = spec.tls_mount(), spec.tls_volume()
     for container in template["spec"]["containers"]:
         live_env = {entry["name"]: entry for entry in container.get("env") or []}
         if any(
@@ -256,16 +255,14 @@ def workload_matches(workload: KubeObject, spec: WorkloadSpec) -> bool:
             for name, entry in wanted.items()
         ):
             return False
-        mounts = [m for m in container.get("volumeMounts") or [] if m.get("name") == TLS_VOLUME]
-        if mounts != ([mount] if mount is not None else []) and not (
-            mount is not None and len(mounts) == 1 and is_subset(mount, mounts[0])
+        if mount is not None and not any(
+            is_subset(mount, live) for live in container.get("volumeMounts") or []
         ):
             return False
-    volume = spec.tls_volume()
-    volumes = [v for v in template["spec"].get("volumes") or [] if v.get("name") == TLS_VOLUME]
-    if volume is None:
-        return not volumes
-    return len(volumes) == 1 and is_subset(volume, volumes[0])
+    # Without mutual TLS we own no volume (nothing to check: one of that name is another's).
+    return volume is None or any(
+        is_subset(volume, live) for live in template["spec"].get("volumes") or []
+    )
 
 
 def cluster_ip(service: KubeObject) -> str | None:

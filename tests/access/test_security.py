@@ -15,8 +15,9 @@ from celery.signals import before_task_publish
 from cryptography.fernet import Fernet
 from django.urls import reverse
 
+from networking import mtls
 from networking.crypto import SecretText
-from networking.models import Service
+from networking.models import CertificateAuthority, Project, Service
 from networking.tasks import reconcile_project
 from tests.access.test_access_matrix import crawl
 from tests.conftest import World
@@ -25,17 +26,44 @@ REPO = Path(__file__).resolve().parents[2]
 CANARY = "canary-Zq7#pw/with?reserved&chars"
 
 
+# The private keys of the planted world's mutual TLS (its CAs' and its services'): never shown
+# anywhere, not even by a reveal.
+PLANTED_KEYS: list[str] = []
+
+
 @pytest.fixture
 def planted(world: World) -> World:
     Service.objects.filter(pk=world.postgres.pk).update(database_password=SecretText.seal(CANARY))
     Service.objects.filter(pk=world.other_service.pk).update(
         database_password=SecretText.seal(CANARY)
     )
+    PLANTED_KEYS.clear()
+    for project in (world.project, world.other_project):
+        mtls.enable(project, actor=None)
+        tls = mtls.material(project, dict(project.services.values_list("pk", "name")), {})
+        assert tls is not None
+        PLANTED_KEYS.extend(files.key for files in tls.services.values())
+    for authority in CertificateAuthority.objects.all():
+        assert authority.key is not None
+        PLANTED_KEYS.append(authority.key.reveal())
+    # Turning it on queued a pass (no message was sent: not in a request): none is waiting.
+    Project.objects.update(reconcile_queued_at=None)
     return world
 
 
+def _key_lines(key: str) -> list[str]:
+    """The lines of a PEM key's body that hold its private part: any one shown is a leak.
+    (An EC key's last line is mostly its public key, which its certificate shows.)"""
+    return [line for line in key.splitlines() if line and not line.startswith("-----")][:2]
+
+
 def leaks(text: str) -> bool:
-    return CANARY in text or quote(CANARY, safe="") in text
+    return (
+        CANARY in text
+        or quote(CANARY, safe="") in text
+        or "PRIVATE KEY" in text
+        or any(line in text for key in PLANTED_KEYS for line in _key_lines(key))
+    )
 
 
 def test_the_canary_appears_only_in_the_reveal_response(

@@ -16,6 +16,7 @@ import contextlib
 import json
 import os
 import signal
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -75,6 +76,11 @@ class DataPlane:
     def __post_init__(self) -> None:
         admin = config.new_client_from_config(config_file=str(self.api.kubeconfig_path))
         self.core = client.CoreV1Api(admin)
+        # Its own client for exec: ``stream`` swaps the client's transport for a websocket
+        # while it runs, which a thread listing pods meanwhile (``Calls``) must not meet.
+        self._exec_core = client.CoreV1Api(
+            config.new_client_from_config(config_file=str(self.api.kubeconfig_path))
+        )
         self.apps = client.AppsV1Api(admin)
         self.networking = client.NetworkingV1Api(admin)
 
@@ -83,7 +89,7 @@ class DataPlane:
     def exec(self, namespace: str, pod: str, *command: str, timeout: float = 30) -> Answer:
         """Run ``command`` in the pod's first container, as ``kubectl exec`` does."""
         response = stream(
-            self.core.connect_get_namespaced_pod_exec,
+            self._exec_core.connect_get_namespaced_pod_exec,
             pod,
             namespace,
             command=list(command),
@@ -334,6 +340,9 @@ def dataplane_worker(
         "CONNECTION_TEST_PULL_POLICY": "Never",
         # A rotation's grace window, long in production, is a few seconds here.
         "ROTATION_GRACE_SECONDS": "3",
+        # The kubelet here refreshes mounted Secrets within its 10 s sync period (production:
+        # a minute, and its cache's TTL): a CA rotation's phases wait three times that.
+        "MTLS_PROPAGATION_SECONDS": "30",
     }
     logs = tmp_path_factory.mktemp("dataplane")
     worker = WorkerProcess(env, logs / "worker.log")
@@ -448,6 +457,43 @@ def storefront(
         60,
     )
     return {"project": project, "api": api}
+
+
+class Calls:
+    """Follows the log of every pod of the calling service, old and new: one line per call."""
+
+    def __init__(self, dataplane: DataPlane, namespace: str, service: str, since: str) -> None:
+        self.dataplane, self.namespace, self.service = dataplane, namespace, service
+        self.since = since
+        self.lines: list[dict[str, Any]] = []
+        self.followed: set[str] = set()
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self._watch, daemon=True)
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def _watch(self) -> None:
+        while not self.stopped.wait(0.2):
+            for pod in self.dataplane.pods(self.namespace, self.service):
+                name = pod.metadata.name
+                if name not in self.followed and pod.status.phase == "Running":
+                    self.followed.add(name)
+                    threading.Thread(target=self._follow, args=(name,), daemon=True).start()
+
+    def _follow(self, pod: str) -> None:
+        stream = self.dataplane.core.read_namespaced_pod_log(
+            pod, self.namespace, follow=True, _preload_content=False
+        )
+        for raw in stream:
+            for line in raw.decode().splitlines():
+                if line.startswith("{") and (call := json.loads(line))["at"] >= self.since:
+                    self.lines.append({**call, "pod": pod})
+            if self.stopped.is_set():
+                break
+
+    def stop(self) -> None:
+        self.stopped.set()
 
 
 # How long what the pages promise took here, printed at the end of the run.

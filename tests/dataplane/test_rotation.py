@@ -3,8 +3,6 @@ verifier snippet the dashboard hands out, in a loop, while both roll three times
 
 from __future__ import annotations
 
-import json
-import threading
 from datetime import UTC, datetime
 from functools import partial
 from typing import Any
@@ -14,7 +12,15 @@ import pytest
 from networking import rotation
 from networking.cluster.desired import SECRETS_ANNOTATION
 from tests.conftest import World
-from tests.dataplane.conftest import TIMINGS, Call, DataPlane, applied, create_service, in_sync
+from tests.dataplane.conftest import (
+    TIMINGS,
+    Call,
+    Calls,
+    DataPlane,
+    applied,
+    create_service,
+    in_sync,
+)
 from tests.waiting import wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -54,43 +60,6 @@ def verifier_server() -> str:
     check = snippet.split("\n\nfrom django")[0]  # the part that is not Django's middleware
     assert "def internal_secret_ok" in check
     return SERVER.format(check=check)
-
-
-class Calls:
-    """Follows the log of every pod of the calling service, old and new: one line per call."""
-
-    def __init__(self, dataplane: DataPlane, namespace: str, service: str, since: str) -> None:
-        self.dataplane, self.namespace, self.service = dataplane, namespace, service
-        self.since = since
-        self.lines: list[dict[str, Any]] = []
-        self.followed: set[str] = set()
-        self.stopped = threading.Event()
-        self.thread = threading.Thread(target=self._watch, daemon=True)
-
-    def start(self) -> None:
-        self.thread.start()
-
-    def _watch(self) -> None:
-        while not self.stopped.wait(0.2):
-            for pod in self.dataplane.pods(self.namespace, self.service):
-                name = pod.metadata.name
-                if name not in self.followed and pod.status.phase == "Running":
-                    self.followed.add(name)
-                    threading.Thread(target=self._follow, args=(name,), daemon=True).start()
-
-    def _follow(self, pod: str) -> None:
-        stream = self.dataplane.core.read_namespaced_pod_log(
-            pod, self.namespace, follow=True, _preload_content=False
-        )
-        for raw in stream:
-            for line in raw.decode().splitlines():
-                if line.startswith("{") and (call := json.loads(line))["at"] >= self.since:
-                    self.lines.append({**call, "pod": pod})
-            if self.stopped.is_set():
-                break
-
-    def stop(self) -> None:
-        self.stopped.set()
 
 
 # How long after a pod's first call its packets may still meet a policy that does not know it.
