@@ -102,7 +102,7 @@ def _describe(method: str, operation: dict[str, Any]) -> None:
                     "schema": {"type": "integer"},
                 }
             }
-    if method in ("post", "patch", "delete") and operation_id not in REVEALS:
+    if method in ("post", "put", "patch", "delete") and operation_id not in REVEALS:
         operation.setdefault("parameters", []).append(
             {
                 "name": HEADER,

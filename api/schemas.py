@@ -23,6 +23,7 @@ from pydantic import (
     Field,
     GetCoreSchemaHandler,
     GetJsonSchemaHandler,
+    StrictBool,
     StrictInt,
     model_validator,
 )
@@ -30,7 +31,7 @@ from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import CoreSchema, core_schema
 
 from api.models import ApiToken
-from networking import endpoints, naming, plain_text, rotation
+from networking import endpoints, mtls, naming, plain_text, rotation
 from networking.models import (
     DATABASE_PORTS,
     MAX_PORTS,
@@ -38,6 +39,7 @@ from networking.models import (
     AuditEvent,
     ConnectionTest,
     Membership,
+    MutualTLS,
     Notification,
     PeeringRequest,
     Project,
@@ -500,6 +502,84 @@ class RotationOut(Schema):
     latest: RotationLogOut | None
 
 
+class CertificateAuthorityOut(Schema):
+    """One of the project's CAs: its certificate is public (what each service's ca.pem holds);
+    its key never leaves the database."""
+
+    generation: int = Field(description="1 for the first CA; each rotation makes the next")
+    certificate: str = Field(description="The CA's certificate, PEM")
+    created_at: datetime
+    retired_at: datetime | None = Field(description="When services stopped trusting it")
+    trusted: bool = Field(description="Whether services trust it (it is in their ca.pem)")
+
+
+class ServiceCertificateOut(Schema):
+    service: str = Field(description="The service's DNS label")
+    identity: str = Field(
+        description="Its SPIFFE ID, which the services it calls check against their accept list"
+    )
+    hostnames: list[str] = Field(description="The names it serves: its hostname, old ones kept")
+    authority: int = Field(description="The generation of the CA that signed it")
+    serial: str = Field(description="Its serial number, hexadecimal")
+    not_after: datetime = Field(description="When it expires")
+    renew_after: datetime = Field(description="When the worker renews it, well before then")
+    issued_at: datetime
+
+
+class CARotationOut(Schema):
+    rotating: bool
+    phase: str = Field(description="trust_new, issue_new or retire_old; empty when none runs")
+    phase_label: str
+    phase_started_at: datetime | None
+    steps: list[PhaseStepOut]
+    last_rotated_at: datetime | None = Field(description="When the last rotation completed")
+
+
+class MutualTLSOut(Schema):
+    """Mutual TLS of a project: public facts only (certificates, never a private key)."""
+
+    enabled: bool
+    enabled_at: datetime | None
+    enabled_by: str | None
+    certificate_hours: int = Field(description="How long each service's certificate is valid")
+    rotation: CARotationOut
+    authorities: list[CertificateAuthorityOut] = Field(description="Oldest first")
+    certificates: list[ServiceCertificateOut] = Field(description="By service name")
+    pending: int = Field(
+        description="Services with no certificate yet: the worker's next pass issues them"
+    )
+
+
+class CallersOut(Schema):
+    any: bool = Field(description="Every service of the project may call this one")
+    callers: list[str] = Field(
+        description="With any false: the DNS labels of the services that may call it"
+    )
+
+
+def _callers_by_choice(schema: dict[str, Any]) -> None:
+    """Callers are listed only to restrict them: with ``any`` true the list is empty or left
+    out (the operation refuses the rest, saying why)."""
+    schema["anyOf"] = [
+        {"properties": {"any": {"const": True}, "callers": {"maxItems": 0}}},
+        {"properties": {"any": {"const": False}}},
+    ]
+
+
+class CallersIn(Input):
+    any: StrictBool = Field(
+        description="true: every service of the project may call it; false: only `callers`"
+    )
+    callers: list[DnsLabel] = Field(
+        default_factory=list,
+        max_length=200,
+        description="With any false, the DNS labels of the services that may call it (empty: "
+        "none may)",
+    )
+
+    model_config = ConfigDict(json_schema_extra=_callers_by_choice)
+
+
 class PeerProjectOut(Schema):
     id: str
     name: str
@@ -841,6 +921,69 @@ def from_rotation(secret: SharedSecret) -> RotationOut:
             else None
         ),
     )
+
+
+def _ca_rotation(state: MutualTLS | None) -> CARotationOut:
+    phases: list[str] = [phase for phase, _, _ in mtls.PHASE_STEPS]
+    rotating = state is not None and state.rotating
+    current = phases.index(state.rotation_phase) if state is not None and rotating else None
+    completed = state is not None and state.last_rotated_at is not None
+    steps = []
+    for index, (phase, title, detail) in enumerate(mtls.PHASE_STEPS):
+        if current is None:
+            step = "done" if completed and not rotating else "pending"
+        else:
+            step = "done" if index < current else "current" if index == current else "pending"
+        steps.append(PhaseStepOut(phase=phase, title=title, detail=detail, state=step))
+    return CARotationOut(
+        rotating=rotating,
+        phase=state.rotation_phase if state is not None else "",
+        phase_label=state.get_rotation_phase_display() if state is not None and rotating else "",
+        phase_started_at=state.phase_started_at if state is not None else None,
+        steps=steps,
+        last_rotated_at=state.last_rotated_at if state is not None else None,
+    )
+
+
+def from_mtls(project: Project) -> MutualTLSOut:
+    state = mtls.state_of(project)
+    return MutualTLSOut(
+        enabled=state is not None,
+        enabled_at=state.enabled_at if state is not None else None,
+        enabled_by=state.enabled_by_label if state is not None else None,
+        certificate_hours=int(mtls.lifetime().total_seconds() // 3600),
+        rotation=_ca_rotation(state),
+        authorities=[
+            CertificateAuthorityOut(
+                generation=authority.generation,
+                certificate=authority.certificate,
+                created_at=authority.created_at,
+                retired_at=authority.retired_at,
+                trusted=authority.retired_at is None,
+            )
+            for authority in (mtls.authorities(project) if state is not None else [])
+        ],
+        certificates=[
+            ServiceCertificateOut(
+                service=view.service,
+                identity=view.identity,
+                hostnames=view.hostnames,
+                authority=view.authority,
+                serial=view.serial,
+                not_after=view.not_after,
+                renew_after=view.renew_after,
+                issued_at=view.issued_at,
+            )
+            for view in (mtls.certificates(project) if state is not None else [])
+        ],
+        pending=mtls.services_without_certificate(project) if state is not None else 0,
+    )
+
+
+def from_callers(service: Service) -> CallersOut:
+    if service.accepts_any_caller:
+        return CallersOut(any=True, callers=[])
+    return CallersOut(any=False, callers=mtls.callers_of([service])[service.pk])
 
 
 def _peer(project: Project) -> PeerProjectOut:

@@ -23,7 +23,7 @@ from api import schemas
 from api.auth import token_of
 from api.idempotency import idempotent
 from api.problems import Problem, form_invalid, invalid
-from networking import audit_trail, endpoints, naming, peering, references, rotation
+from networking import audit_trail, endpoints, mtls, naming, peering, references, rotation
 from networking.access import (
     ProjectAccess,
     capped_memberships,
@@ -1037,6 +1037,113 @@ def end_rotation_grace(
         if secret.rotation_phase != SharedSecret.Phase.GRACE:
             raise Problem(409, f"{secret.name} has no grace window running.")
     return schemas.from_rotation(secret)
+
+
+# -- Mutual TLS --------------------------------------------------------------------------------
+
+
+@router.get(
+    "/projects/{project_id}/mtls",
+    response={200: schemas.MutualTLSOut, **ERRORS},
+    tags=["mtls"],
+    operation_id="get_mtls",
+)
+def get_mtls(request: HttpRequest, project_id: ProjectId) -> schemas.MutualTLSOut:
+    """Whether mutual TLS is on, the CA rotation's phases, the CAs and each service's
+    certificate (public facts: never a private key)."""
+    access = _project(request, project_id)
+    return schemas.from_mtls(access.project)
+
+
+@router.post(
+    "/projects/{project_id}/mtls",
+    response={200: schemas.MutualTLSOut, 201: schemas.MutualTLSOut, **ERRORS},
+    tags=["mtls"],
+    operation_id="enable_mtls",
+)
+@mutating
+def enable_mtls(request: HttpRequest, project_id: ProjectId) -> Status[schemas.MutualTLSOut]:
+    """Turn mutual TLS on (owners): the project gets its CA, and the worker gives each service
+    a certificate, which its workload mounts (restarting once). 201 if this turned it on, 200
+    if it was on already. It can't be turned off."""
+    access = _project(request, project_id)
+    access.require(Membership.can_manage_mtls)
+    try:
+        enabled = mtls.enable(access.project, actor=request.user)
+    except mtls.MTLSRefused as refused:
+        raise Problem(409, str(refused)) from None
+    return Status(201 if enabled else 200, schemas.from_mtls(access.project))
+
+
+@router.post(
+    "/projects/{project_id}/mtls/rotate-ca",
+    response={202: schemas.MutualTLSOut, **ERRORS},
+    tags=["mtls"],
+    operation_id="rotate_ca",
+)
+@mutating
+def rotate_ca(request: HttpRequest, project_id: ProjectId) -> Status[schemas.MutualTLSOut]:
+    """Rotate the project's CA without refusing a request (owners): every service trusts the
+    new CA beside the old, then gets a certificate from it, then stops trusting the old.
+    Nothing restarts. Follow it at …/mtls."""
+    access = _project(request, project_id)
+    access.require(Membership.can_manage_mtls)
+    try:
+        mtls.start_ca_rotation(access.project, actor=request.user)
+    except mtls.MTLSRefused as refused:
+        raise Problem(409, str(refused)) from None
+    return Status(202, schemas.from_mtls(access.project))
+
+
+@router.get(
+    "/projects/{project_id}/services/{service_id}/callers",
+    response={200: schemas.CallersOut, **ERRORS},
+    tags=["mtls"],
+    operation_id="get_callers",
+)
+def get_callers(
+    request: HttpRequest, project_id: ProjectId, service_id: ObjectId
+) -> schemas.CallersOut:
+    """Which services' certificates the service accepts calls from, with mutual TLS on."""
+    _check_project_id(project_id)
+    _, service = get_service_for_user(request, project_id, service_id)
+    return schemas.from_callers(service)
+
+
+@router.put(
+    "/projects/{project_id}/services/{service_id}/callers",
+    response={200: schemas.CallersOut, **ERRORS},
+    tags=["mtls"],
+    operation_id="set_callers",
+)
+@mutating
+def set_callers(
+    request: HttpRequest,
+    payload: schemas.CallersIn,
+    project_id: ProjectId,
+    service_id: ObjectId,
+) -> schemas.CallersOut:
+    """Choose who may call the service (owners): every service of the project, or only those
+    listed (by DNS label). Its accept list changes in place: nothing restarts."""
+    _check_project_id(project_id)
+    access, service = get_service_for_user(request, project_id, service_id)
+    access.require(Membership.can_manage_mtls)
+    if payload.any and payload.callers:
+        message = (
+            "Leave callers out with any: true (every service may call it), or send any: false."
+        )
+        raise Problem(422, message, errors={"callers": [message]})
+    chosen = _service_pks(access, list(dict.fromkeys(payload.callers)), field="callers")
+    try:
+        mtls.set_callers(
+            service,
+            any_caller=payload.any,
+            callers=Service.objects.filter(pk__in=chosen),
+            actor=request.user,
+        )
+    except Service.DoesNotExist:
+        raise Http404("No such service.") from None
+    return schemas.from_callers(service)
 
 
 # -- Peering -----------------------------------------------------------------------------------

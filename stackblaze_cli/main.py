@@ -29,8 +29,8 @@ EXIT_USAGE = 2
 EXIT_FAILED = 3
 
 app = typer.Typer(
-    help="Stackblaze private networking: projects, services, shared secrets, peering, the "
-    "team, API tokens and the audit log.",
+    help="Stackblaze private networking: projects, services, shared secrets, mutual TLS, "
+    "peering, the team, API tokens and the audit log.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
@@ -48,6 +48,10 @@ tokens_app = typer.Typer(
     "on your organization's API tokens page, signed in: a token can't create tokens)."
 )
 support_app = typer.Typer(help="Support staff: peering requests waiting for a decision.")
+mtls_app = typer.Typer(
+    help="Mutual TLS between the project's services: certificates, who may call whom, and "
+    "the project's CA."
+)
 app.add_typer(projects_app, name="projects")
 app.add_typer(services_app, name="services")
 app.add_typer(secrets_app, name="secrets")
@@ -55,6 +59,7 @@ app.add_typer(peering_app, name="peering")
 app.add_typer(members_app, name="members")
 app.add_typer(tokens_app, name="tokens")
 app.add_typer(support_app, name="support")
+app.add_typer(mtls_app, name="mtls")
 
 # No markup and no emoji codes: names are printed as typed ("Checkout [eu]" stays whole).
 out = Console(highlight=False, soft_wrap=True, markup=False, emoji=False)
@@ -1174,6 +1179,232 @@ def secrets_end_grace(
         f"Ended the grace window of rotation {progress['number']} of {name}: the old value is "
         "being retired, and callers still sending it are refused."
     )
+
+
+# -- Mutual TLS --------------------------------------------------------------------------------
+
+TLS_DIR = "/var/run/stackblaze/tls"
+
+
+def _mtls(api: Api, project: str) -> dict[str, Any]:
+    return dict(_call(lambda: api.get(f"/projects/{project}/mtls")))
+
+
+@mtls_app.command("status")
+def mtls_status() -> None:
+    """Whether mutual TLS is on, the project's CAs, and how a CA rotation stands."""
+    api = _api()
+    project = _project(api)
+    state = _mtls(api, project["id"])
+    if options.as_json:
+        _print_json(state)
+        return
+    if not state["enabled"]:
+        out.print(
+            f"Mutual TLS is off for {project['name']}. `stackblaze mtls enable` turns it on "
+            "(owners)."
+        )
+        return
+    out.print(
+        f"Mutual TLS is on for {project['name']} since {_when(state['enabled_at'])} (turned on "
+        f"by {state['enabled_by']})."
+    )
+    issued = len(state["certificates"])
+    waiting = f"; {state['pending']} waiting for a first one" if state["pending"] else ""
+    out.print(
+        f"{issued} service{'' if issued == 1 else 's'} with a certificate{waiting}. Each is "
+        f"valid for {_duration(state['certificate_hours'] * 3600)} and renewed well before it "
+        "expires (`stackblaze mtls certs`)."
+    )
+    rotation = state["rotation"]
+    if rotation["rotating"]:
+        out.print(
+            f"CA rotation in progress; this phase started {_ago(rotation['phase_started_at'])}:"
+        )
+        marks = {"done": "✓", "current": "→", "pending": " "}
+        for step in rotation["steps"]:
+            out.print(f"  {marks.get(step['state'], ' ')} {step['title']}")
+    elif rotation["last_rotated_at"]:
+        out.print(
+            f"CA rotation: none running; the last completed {_ago(rotation['last_rotated_at'])}."
+        )
+    else:
+        out.print("CA rotation: never rotated.")
+    _table(
+        ["CA", "CREATED", "STATE"],
+        [
+            (
+                authority["generation"],
+                _when(authority["created_at"]),
+                "trusted" if authority["trusted"] else f"retired {_when(authority['retired_at'])}",
+            )
+            for authority in state["authorities"]
+        ],
+    )
+
+
+@mtls_app.command("enable")
+def mtls_enable(yes: YesOption = False) -> None:
+    """Turn on mutual TLS for the project (owners). Asks first.
+
+    The project gets its own CA, and each service a certificate naming it, mounted at
+    /var/run/stackblaze/tls: each workload restarts once to mount it. Certificates are then
+    renewed, and the CA rotated, without restarts. It can't be turned off."""
+    api = _api()
+    project = _project(api)
+    state = _mtls(api, project["id"])
+    if not state["enabled"]:
+        if not yes:
+            _confirm(
+                f"Turn on mutual TLS for {project['name']}? Each workload restarts once to "
+                f"mount its certificate at {TLS_DIR}, and it can't be turned off.",
+                unasked=f"turn on mutual TLS for {project['name']}",
+            )
+        state = _call(lambda: api.send("POST", f"/projects/{project['id']}/mtls"))
+    elif not options.as_json:
+        out.print(
+            f"Mutual TLS is already on for {project['name']}, since {_when(state['enabled_at'])}."
+        )
+        return
+    if options.as_json:
+        _print_json(state)
+        return
+    out.print(
+        f"Mutual TLS is on for {project['name']}: each service gets a certificate from the "
+        f"project's CA at {TLS_DIR}, and each workload restarts once to mount it. "
+        "`stackblaze mtls status` follows it."
+    )
+
+
+@mtls_app.command("rotate-ca")
+def mtls_rotate_ca(yes: YesOption = False) -> None:
+    """Rotate the project's CA without refusing a request (owners). Asks first.
+
+    Every service trusts the new CA beside the old, then gets a certificate from the new one,
+    then stops trusting the old, whose key is destroyed. Nothing restarts; a client outside
+    the project that trusts the old CA stops trusting the services' new certificates."""
+    api = _api()
+    project = _project(api)
+    if not yes:
+        _confirm(
+            f"Rotate the CA of {project['name']}? Every service gets a certificate from a new "
+            "CA and the old one is retired; nothing restarts.",
+            unasked=f"rotate the CA of {project['name']}",
+        )
+    state = _call(lambda: api.send("POST", f"/projects/{project['id']}/mtls/rotate-ca"))
+    if options.as_json:
+        _print_json(state)
+        return
+    newest = max(authority["generation"] for authority in state["authorities"])
+    out.print(
+        f"Started rotating the CA of {project['name']} to CA {newest}: every service trusts "
+        "it beside the old one first. Follow it with `stackblaze mtls status`."
+    )
+
+
+@mtls_app.command("certs")
+def mtls_certs() -> None:
+    """Each service's certificate: identity, CA, expiry and renewal (never a private key)."""
+    api = _api()
+    project = _project(api)
+    state = _mtls(api, project["id"])
+    if options.as_json:
+        _print_json(state["certificates"])
+        return
+    if not state["enabled"]:
+        out.print(
+            f"Mutual TLS is off for {project['name']}: no certificates. `stackblaze mtls "
+            "enable` turns it on (owners)."
+        )
+        return
+    if state["certificates"]:
+        _table(
+            ["SERVICE", "IDENTITY", "CA", "EXPIRES", "RENEWS"],
+            [
+                (
+                    c["service"],
+                    c["identity"],
+                    c["authority"],
+                    _when(c["not_after"]),
+                    _when(c["renew_after"]),
+                )
+                for c in state["certificates"]
+            ],
+        )
+    elif not state["pending"]:
+        out.print(f"{project['name']} has no service yet, so no certificate.")
+    if state["pending"]:
+        count = state["pending"]
+        out.print(
+            f"{count} service{' has' if count == 1 else 's have'} no certificate yet: the "
+            f"worker issues {'it' if count == 1 else 'them'} on its next pass."
+        )
+
+
+def _callers_said(service: dict[str, Any], callers: dict[str, Any]) -> str:
+    if callers["any"]:
+        return f"{service['dns_label']} accepts calls from every service of the project."
+    if not callers["callers"]:
+        return f"{service['dns_label']} accepts calls from no service."
+    return f"{service['dns_label']} accepts calls from {', '.join(callers['callers'])} only."
+
+
+def _service_names(api: Api, project: str) -> list[str]:
+    names: list[str] = []
+    offset: int | None = 0
+    while offset is not None:
+        page = _call(api.get, f"/projects/{project}/services", limit=200, offset=offset)
+        names.extend(item["dns_label"] for item in page["items"])
+        offset = page["next_offset"]
+    return names
+
+
+@mtls_app.command("callers")
+def mtls_callers(
+    name: Annotated[str, typer.Argument(help="The service's name")],
+    any_caller: Annotated[
+        bool, typer.Option("--any", help="Let every service of the project call it")
+    ] = False,
+    only: Annotated[
+        str | None,
+        typer.Option(
+            "--only",
+            help='Only these services may call it: their names, comma-separated ("" for none)',
+        ),
+    ] = None,
+    yes: YesOption = False,
+) -> None:
+    """Who may call a service over mutual TLS; --any or --only sets it (owners).
+
+    With --only, the services left out are refused from then on (that asks first). The
+    service's accept list changes in place: nothing restarts."""
+    if any_caller and only is not None:
+        _usage("Give --any or --only, not both.")
+    api = _api()
+    project = _project_id(api)
+    service = _service(api, project, name)
+    path = f"/projects/{project}/services/{service['id']}/callers"
+    callers = _call(lambda: api.get(path))
+    if any_caller or only is not None:
+        wanted = [each.strip().lower() for each in (only or "").split(",") if each.strip()]
+        if not any_caller and not yes:
+            before = callers["callers"] if not callers["any"] else _service_names(api, project)
+            dropped = [
+                each for each in before if each not in wanted and each != service["dns_label"]
+            ]
+            if dropped:
+                _confirm(
+                    f"Refuse calls to {service['dns_label']} from {', '.join(dropped)}?",
+                    unasked=f"refuse calls to {service['dns_label']} from {', '.join(dropped)}",
+                )
+        body: dict[str, Any] = {"any": True} if any_caller else {"any": False, "callers": wanted}
+        callers = _call(lambda: api.send("PUT", path, body))
+    if options.as_json:
+        _print_json(callers)
+        return
+    out.print(_callers_said(service, callers))
+    if not _mtls(api, project)["enabled"]:
+        out.print("Mutual TLS is off for this project: this applies once it is on.")
 
 
 # -- Peering -----------------------------------------------------------------------------------

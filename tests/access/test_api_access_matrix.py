@@ -83,6 +83,14 @@ MATRIX: dict[str, str] = {
     "end_alias": "401 404 404 403 403 204",
     # The matrix's secret is not rotating: no grace window to end, which is a conflict.
     "end_rotation_grace": "401 404 404 403 403 409",
+    # Mutual TLS: everyone sees it (certificates are public); owners turn it on, rotate the
+    # CA and choose who may call a service. The matrix's project has it off: no CA to rotate,
+    # which is a conflict.
+    "get_mtls": "401 404 404 200 200 200",
+    "enable_mtls": "401 404 404 403 403 201",
+    "rotate_ca": "401 404 404 403 403 409",
+    "get_callers": "401 404 404 200 200 200",
+    "set_callers": "401 404 404 403 403 200",
     # Each token's own notifications (its organization's; support's for a support token).
     "list_notifications": "401 200 200 200 200 200",
     # The organization: everyone sees it; owners change who belongs; everyone has tokens, and a
@@ -141,6 +149,7 @@ def body_for(world: World, operation_id: str) -> dict[str, Any] | None:
         "add_member": lambda: {"who": "globex-owner", "role": "viewer"},
         "change_member_role": lambda: {"role": "viewer"},
         "create_token": lambda: {"name": "matrix-token"},
+        "set_callers": lambda: {"any": False, "callers": ["api"]},
     }
     return bodies[operation_id]() if operation_id in bodies else None
 
