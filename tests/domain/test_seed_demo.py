@@ -9,8 +9,10 @@ from django.core.management import call_command
 from django.test import Client
 from django.urls import reverse
 
-from networking import passes
+from networking import mtls, passes
 from networking.models import (
+    AuditEvent,
+    CertificateAuthority,
     Membership,
     Organization,
     PeeringRequest,
@@ -57,6 +59,8 @@ def test_it_is_idempotent() -> None:
             Service.objects.count(),
             PeeringRequest.objects.count(),
             ReferenceVariable.objects.count(),
+            CertificateAuthority.objects.count(),
+            AuditEvent.objects.count(),
         )
 
     before = counts()
@@ -79,6 +83,16 @@ def test_the_demo_has_a_peering_to_draw_and_a_database_wired_in() -> None:
         "api",
         "DATABASE_URL",
     )
+
+
+@pytest.mark.django_db
+def test_storefront_has_mutual_tls_with_postgres_taking_calls_from_api_alone() -> None:
+    seed()
+    storefront = Project.objects.get(name="Storefront")
+    assert mtls.state_of(storefront) is not None
+    postgres = storefront.services.get(name="postgres")
+    assert mtls.callers_of([postgres]) == {postgres.pk: ["api"]}
+    assert mtls.state_of(Project.objects.get(name="Payments")) is None
 
 
 @pytest.mark.django_db

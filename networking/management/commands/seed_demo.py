@@ -11,7 +11,7 @@ from django.core.management.base import BaseCommand
 from django.db import transaction
 from django.utils import timezone
 
-from networking import references, rotation
+from networking import mtls, references, rotation
 from networking.crypto import SecretText
 from networking.models import (
     AuditEvent,
@@ -80,6 +80,12 @@ class Command(BaseCommand):
             self._peering(storefront, data)
             # The database's connection string wired into api as DATABASE_URL.
             self._reference(storefront, "postgres", "api")
+            # Mutual TLS on in Storefront, and postgres taking calls from api alone.
+            mtls.enable(storefront, actor=None)
+            services = {service.name: service for service in storefront.services.all()}
+            mtls.set_callers(
+                services["postgres"], any_caller=False, callers=[services["api"]], actor=None
+            )
             organizations = {"acme": acme, "globex": globex, "initech": initech}
             User = get_user_model()
             for username, org_slug, role, is_staff in DEMO_USERS:
