@@ -104,8 +104,8 @@ class ServiceCertificateSpec:
     SPIFFE ID a line, ``…/service/*`` for every service of the project)."""
 
     certificate: str
-    key: str
-    accept: str
+    key: str = field(repr=False)  # private: never in a log line or an error's text
+    accept: str = ""
 
 
 @dataclass(frozen=True)

@@ -297,9 +297,7 @@ def test_no_key_reaches_the_audit_log_or_the_certificate_views(world: World) -> 
     assert "PRIVATE" not in repr(ca.key) and "PRIVATE" not in str(ca.key)
 
 
-def test_a_full_project_with_mutual_tls_takes_no_more_services(
-    world: World, settings: Any
-) -> None:
+def test_a_full_project_with_mutual_tls_takes_no_more_services(world: World, settings: Any) -> None:
     mtls.enable(world.project, actor=user(world, "owner"))
     settings.MTLS_MAX_SERVICES = 2
     service = Service(project=world.project, display_name="billing", kind="private", ports=[9000])
@@ -311,3 +309,12 @@ def test_a_full_project_with_mutual_tls_takes_no_more_services(
         project=world.other_project, display_name="billing", kind="private", ports=[9000]
     )
     service.create(actor=None)
+
+
+def test_a_service_s_files_never_show_their_key_when_printed(world: World) -> None:
+    mtls.enable(world.project, actor=user(world, "owner"))
+    tls = mtls.material(world.project, {world.api.pk: "api"}, {})
+    assert tls is not None
+    key = tls.services["api"].key
+    assert "PRIVATE KEY" in key
+    assert key not in repr(tls) and "PRIVATE KEY" not in repr(tls)
