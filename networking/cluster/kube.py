@@ -19,7 +19,7 @@ from __future__ import annotations
 import functools
 import json
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -432,9 +432,17 @@ class KubernetesBackend:
             raise
         return result
 
-    def _list(self, kind: str, namespace: str, selector: str) -> dict[str, KubeObject]:
+    def _list(
+        self, kind: str, namespace: str, selector: str, wanted: Collection[str] = ()
+    ) -> dict[str, KubeObject]:
+        """Every object of ``kind`` we manage in ``namespace``. Secrets, read by name: the
+        first of their names always (a leftover is found and deleted), the others when
+        ``wanted`` (mutual TLS's, in a project that has it: no read of a 404 otherwise)."""
         by_name = self.kinds[kind].by_name
         if by_name:
+            by_name = tuple(
+                name for index, name in enumerate(by_name) if index == 0 or name in wanted
+            )
             read = self._read_all(
                 {name: functools.partial(self._read, kind, name, namespace) for name in by_name}
             )
@@ -530,7 +538,9 @@ class KubernetesBackend:
         live: dict[str, dict[str, KubeObject]] = (
             self._read_all(
                 {
-                    kind: functools.partial(self._list, kind, namespace, selector)
+                    kind: functools.partial(
+                        self._list, kind, namespace, selector, wanted=desired.of_kind(kind)
+                    )
                     for kind in KINDS[1:]
                 }
             )
