@@ -6,6 +6,7 @@ from django.urls import URLPattern, URLResolver, include, path, re_path, registe
 from api.api import not_found as api_not_found
 from api.api import urls as api_urls
 from dashboard import (
+    mtls_views,
     notification_views,
     peering_views,
     secret_views,
@@ -65,6 +66,11 @@ service_patterns = [
         views.service_alias_end,
         name="service-alias-end",
     ),
+    path(
+        "<int:service_id>/mtls-callers/",
+        mtls_views.service_mtls_callers,
+        name="service-mtls-callers",
+    ),
 ]
 secret_patterns = [
     path("", secret_views.secret_list, name="secret-list"),
@@ -75,6 +81,11 @@ secret_patterns = [
     path("<int:secret_id>/rotate/", secret_views.secret_rotate, name="secret-rotate"),
     path("<int:secret_id>/end-grace/", secret_views.secret_end_grace, name="secret-end-grace"),
     path("<int:secret_id>/delete/", secret_views.secret_delete, name="secret-delete"),
+]
+mtls_patterns = [
+    path("", mtls_views.mtls_page, name="project-mtls"),
+    path("enable/", mtls_views.mtls_enable, name="mtls-enable"),
+    path("rotate-ca/", mtls_views.mtls_rotate_ca, name="mtls-rotate-ca"),
 ]
 peering_patterns = [
     path("", peering_views.project_peering, name="project-peering"),
@@ -97,6 +108,7 @@ project_patterns: list[URLPattern | URLResolver] = [
     path("services/", include(service_patterns)),
     path("secrets/", include(secret_patterns)),
     path("peering/", include(peering_patterns)),
+    path("mtls/", include(mtls_patterns)),
 ]
 team_patterns = [
     path("", team_views.org_team, name="org-team"),

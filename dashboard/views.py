@@ -21,7 +21,7 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 from django_htmx.http import trigger_client_event
 from django_htmx.middleware import HtmxDetails
 
-from dashboard import network_drawing, service_list, service_picker
+from dashboard import mtls_views, network_drawing, service_list, service_picker
 from dashboard.partials import page_or_part, vary_on_htmx, wants_part
 from networking import audit_trail, connection_tests, endpoints, live, naming, peering, references
 from networking.access import (
@@ -148,7 +148,12 @@ def project_network(request: HtmxHttpRequest, project_uid: str) -> HttpResponse:
         request,
         "projects/network.html",
         "network",
-        access.context(network=network, rows=network.rows(), drawing=network_drawing.draw(network)),
+        access.context(
+            network=network,
+            rows=network.rows(),
+            drawing=network_drawing.draw(network),
+            **mtls_views.network_edges(access.project),
+        ),
     )
 
 
@@ -455,6 +460,9 @@ def service_detail(request: HtmxHttpRequest, project_uid: str, service_id: int) 
     if wants_part(request) and request.GET.get("part") == "reach":
         context = access.context(service=service, **_reach_context(access.project, service))
         return render(request, "services/detail.html#reach", context)
+    if wants_part(request) and request.GET.get("part") == "mtls":
+        context = access.context(service=service, **mtls_views.service_facts(access, service))
+        return render(request, "mtls/service_section.html#facts", context)
     # htmx refreshes just the endpoints panel when the cluster assigns the ClusterIP.
     if wants_part(request):
         return render(request, "services/detail.html#endpoints", _service_context(access, service))
@@ -465,7 +473,13 @@ def _service_page(
     request: HttpRequest, access: ProjectAccess, service: Service, **extra: Any
 ) -> HttpResponse:
     """The whole service page, "who can reach me" included, whichever view answers with it."""
-    context = _service_context(access, service, **extra, **_reach_context(access.project, service))
+    context = _service_context(
+        access,
+        service,
+        **extra,
+        **_reach_context(access.project, service),
+        **mtls_views.service_section(access, service),
+    )
     return render(request, "services/detail.html", context)
 
 
