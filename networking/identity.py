@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -42,7 +42,7 @@ class Issued:
     never log it, never show it."""
 
     certificate_pem: str
-    key_pem: str
+    key_pem: str = field(repr=False)
 
 
 def spiffe_id(project_uid: str, service_name: str) -> str:
@@ -151,7 +151,9 @@ def issue(
     public = key.public_key()
     certificate = (
         x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hostnames[0])]))
+        # The service's name (a DNS label: at most 63 characters, as a common name must be):
+        # what TLS checks is the SANs below.
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, service_name)]))
         .issuer_name(ca_certificate.subject)
         .public_key(public)
         .serial_number(x509.random_serial_number())

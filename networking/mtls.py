@@ -27,7 +27,8 @@ from typing import Any
 from cryptography import x509
 from django.conf import settings
 from django.db import IntegrityError, transaction
-from django.db.models import Count
+from django.db.models import Count, OuterRef, Subquery
+from django.db.models.functions import Length
 from django.utils import timezone
 
 from networking import identity, naming
@@ -39,6 +40,7 @@ from networking.models import (
     MutualTLS,
     Project,
     Service,
+    ServiceAlias,
     ServiceCertificate,
     actor_label,
 )
@@ -76,14 +78,7 @@ def enable(project: Project, *, actor: Any) -> bool:
                 f"Mutual TLS is available for projects of up to {settings.MTLS_MAX_SERVICES} "
                 f"services; this one has {count}. Split it into projects, or contact support."
             )
-        now = timezone.now()
-        ca = identity.new_ca(project.uid, now=now, generation=1)
-        CertificateAuthority.objects.create(
-            project=project,
-            generation=1,
-            certificate=ca.certificate_pem,
-            key=SecretText.seal(ca.key_pem),
-        )
+        _new_authority(project, 1, timezone.now())
         try:
             with transaction.atomic():
                 MutualTLS.objects.create(
@@ -113,28 +108,50 @@ def set_callers(
     service: Service, *, any_caller: bool, callers: Iterable[Service], actor: Any
 ) -> bool:
     """Which services' certificates ``service`` accepts calls from: every service of the
-    project (``any_caller``) or those listed. False if nothing changed."""
-    chosen = [caller for caller in callers if caller.project_id == service.project_id]
+    project (``any_caller``) or those listed (services of other projects, or gone, are not).
+    False if nothing changed. ``MTLSRefused`` if the project's files would outgrow their
+    Secret."""
+    wanted = {caller.pk for caller in callers}
     with transaction.atomic():
+        # The project first, as every change does (a rename locks it, then the service).
+        project = Project.objects.select_for_update().get(pk=service.project_id)
         locked = Service.objects.select_for_update().get(pk=service.pk)
+        chosen = (
+            []
+            if any_caller
+            else list(
+                Service.objects.select_for_update()
+                .filter(project_id=project.pk, pk__in=sorted(wanted))
+                .order_by("name")
+            )
+        )
         before = (
             locked.accepts_any_caller,
             set(locked.accepts_calls_from.values_list("pk", flat=True)),
         )
-        after = (any_caller, set() if any_caller else {caller.pk for caller in chosen})
+        after = (any_caller, {caller.pk for caller in chosen})
         if before == after:
             return False
+        if not any_caller and MutualTLS.objects.filter(project=project).exists():
+            size = projected_size(project, {locked.pk: [caller.name for caller in chosen]})
+            if size > SECRET_BUDGET:
+                raise MTLSRefused(
+                    f"{locked.name} cannot accept {len(chosen)} named callers: the project's "
+                    f"mutual TLS files would take {size // 1024} KiB, more than the "
+                    f"{SECRET_BUDGET // 1024} KiB one Kubernetes Secret holds. Accept every "
+                    "service of the project, or name fewer."
+                )
         locked.accepts_any_caller = any_caller
         locked.save(update_fields=["accepts_any_caller", "updated_at"])
-        locked.accepts_calls_from.set([] if any_caller else chosen)
-        locked.project.record_change(
+        locked.accepts_calls_from.set(chosen)
+        project.record_change(
             actor=actor,
             action=AuditEvent.Action.MTLS_CALLERS_CHANGED,
             target=locked.name,
             details={
                 "callers": "every service"
                 if any_caller
-                else sorted(caller.name for caller in chosen) or "nobody"
+                else [caller.name for caller in chosen] or "nobody"
             },
         )
     service.refresh_from_db()
@@ -157,23 +174,77 @@ def callers_of(services: Sequence[Service]) -> dict[int, list[str]]:
 
 def _accept_files(
     project: Project, names: dict[int, str], aliases: dict[str, tuple[str, ...]]
-) -> dict[str, str]:
-    """``accept.txt`` of each service, by name: one SPIFFE ID a line."""
+) -> dict[int, str]:
+    """``accept.txt`` of each service, by id: one SPIFFE ID a line (read under the project's
+    lock, so a service's restriction is never lost to a rename meanwhile)."""
     restricted = list(
         Service.objects.filter(project=project, accepts_any_caller=False).only(
             "name", "accepts_any_caller"
         )
     )
     every = f"# Every service of this project.\n{project_identity(project.uid)}\n"
-    files = dict.fromkeys(names.values(), every)
+    files = dict.fromkeys(names, every)
     listed = callers_of(restricted)
     for service in restricted:
-        lines = ["# The services allowed to call this one (and old names they may still have)."]
-        for caller in listed[service.pk]:
-            for each in (caller, *aliases.get(caller, ())):
-                lines.append(identity.spiffe_id(project.uid, each))
-        files[service.name] = "\n".join(lines) + "\n"
+        files[service.pk] = accept_file(project.uid, listed[service.pk], aliases)
     return files
+
+
+def accept_file(
+    project_uid: str, callers: Iterable[str], aliases: dict[str, tuple[str, ...]]
+) -> str:
+    """A restricted service's ``accept.txt``: its callers, and the old names they may still
+    present while their certificates are renewed under the new one."""
+    lines = ["# The services allowed to call this one (and old names they may still have)."]
+    for caller in callers:
+        lines.extend(
+            identity.spiffe_id(project_uid, each) for each in (caller, *aliases.get(caller, ()))
+        )
+    return "\n".join(lines) + "\n"
+
+
+# The most the files may take in their Secret (a Kubernetes object is at most 1 MiB; the rest
+# is its metadata and the keys' names).
+SECRET_BUDGET = 1_000_000
+# A service's certificate and key as issued (EC P-256: the key's PEM is 241 bytes; a
+# certificate about 700 bytes plus its names), for one not issued yet.
+_NEW_CERTIFICATE_BYTES = 1100
+_KEY_BYTES = 241
+
+
+def _encoded(size: int) -> int:
+    """Bytes of ``size`` bytes once base64-encoded, as a Secret's data holds them."""
+    return 4 * -(-size // 3)
+
+
+def projected_size(project: Project, overrides: dict[int, list[str]] | None = None) -> int:
+    """About how many bytes the project's mutual TLS Secret takes, with the named services'
+    callers replaced by ``overrides`` (id -> caller names). No key is decrypted."""
+    services = dict(project.services.values_list("pk", "name"))
+    lengths = dict(
+        ServiceCertificate.objects.filter(service__project=project)
+        .annotate(length=Length("certificate"))
+        .values_list("service_id", "length")
+    )
+    bundle = sum(
+        len(certificate)
+        for certificate in CertificateAuthority.objects.filter(
+            project=project, retired_at__isnull=True
+        ).values_list("certificate", flat=True)
+    )
+    aliases: dict[str, tuple[str, ...]] = {}
+    for owner, alias in ServiceAlias.objects.filter(project=project).values_list(
+        "service__name", "name"
+    ):
+        aliases[owner] = (*aliases.get(owner, ()), alias)
+    accept = _accept_files(project, services, aliases)
+    for pk, callers in (overrides or {}).items():
+        accept[pk] = accept_file(project.uid, callers, aliases)
+    total = _encoded(bundle)
+    for pk, name in services.items():
+        total += _encoded(lengths.get(pk, _NEW_CERTIFICATE_BYTES)) + _encoded(_KEY_BYTES)
+        total += _encoded(len(accept[pk].encode())) + 3 * len(name) + 30
+    return total
 
 
 # -- issuing ---------------------------------------------------------------------------------
@@ -190,6 +261,14 @@ def _hostnames(name: str, aliases: dict[str, tuple[str, ...]]) -> list[str]:
     return [naming.internal_hostname(each) for each in (name, *aliases.get(name, ()))]
 
 
+@dataclass(frozen=True)
+class Planned:
+    """The CA rotation phase a pass applied, to move it on once applied (``after_apply``)."""
+
+    phase: str
+    started_at: dt.datetime | None
+
+
 def material(
     project: Project,
     names: dict[int, str],
@@ -198,14 +277,38 @@ def material(
     now: dt.datetime | None = None,
 ) -> TLSSpec | None:
     """The project's TLS files for its services (``names``: each service's name by id), after
-    issuing every certificate that is missing, names other hostnames than the service has
-    (``aliases``: its old names still resolving), is signed by a CA that no longer signs, or
-    is due for renewal. None if the project has no mutual TLS."""
+    issuing what is due (``for_pass``). None if the project has no mutual TLS."""
+    return for_pass(project, names, aliases, now=now)[0]
+
+
+def for_pass(
+    project: Project,
+    names: dict[int, str],
+    aliases: dict[str, tuple[str, ...]],
+    *,
+    now: dt.datetime | None = None,
+) -> tuple[TLSSpec | None, Planned | None]:
+    """A pass's TLS files, and the CA rotation phase they are the files of (to move it on once
+    applied: ``after_apply``), read together under the project's lock.
+
+    First every certificate is issued that is missing, names other hostnames than the service
+    has (``aliases``: its old names still resolving), is signed by a CA that no longer signs,
+    or is due for renewal. ``names`` are the services as the pass read them: one deleted since
+    is left out (its pass follows), one renamed since keeps the name the pass builds with."""
     now = now or timezone.now()
     with transaction.atomic():
+        # The project first, as every change does; then its services, so that none is deleted
+        # under a certificate being written for it.
+        Project.objects.select_for_update().only("pk").get(pk=project.pk)
         state = MutualTLS.objects.select_for_update().filter(project=project).first()
         if state is None:
-            return None
+            return None, None
+        present = set(
+            Service.objects.select_for_update()
+            .filter(project=project, pk__in=list(names))
+            .values_list("pk", flat=True)
+        )
+        names = {pk: name for pk, name in names.items() if pk in present}
         authorities = list(
             CertificateAuthority.objects.filter(project=project, retired_at__isnull=True).order_by(
                 "generation"
@@ -240,14 +343,15 @@ def material(
                 lifetime=lifetime(),
             )
             current[pk] = _store(pk, signing, hostnames, issued, now)
+        accept = _accept_files(project, names, aliases)
+        rotation = Planned(state.rotation_phase, state.phase_started_at) if state.rotating else None
     bundle = identity.trust_bundle(authority.certificate for authority in authorities)
-    accept = _accept_files(project, names, aliases)
     files = {}
     for pk, name in names.items():
         key = current[pk].key
         assert key is not None  # the column is never empty
-        files[name] = ServiceCertificateSpec(current[pk].certificate, key.reveal(), accept[name])
-    return TLSSpec(bundle=bundle, services=files)
+        files[name] = ServiceCertificateSpec(current[pk].certificate, key.reveal(), accept[pk])
+    return TLSSpec(bundle=bundle, services=files), rotation
 
 
 def _store(
@@ -282,14 +386,6 @@ def shape(project: Project, names: Iterable[str]) -> TLSSpec | None:
         return None
     empty = ServiceCertificateSpec("", "", "")
     return TLSSpec(bundle="", services=dict.fromkeys(names, empty))
-
-
-@dataclass(frozen=True)
-class Planned:
-    """The CA rotation phase a pass applied, to move it on once applied (``after_apply``)."""
-
-    phase: str
-    started_at: dt.datetime | None
 
 
 def planned(project: Project) -> Planned | None:
@@ -335,12 +431,51 @@ def renew_due(now: dt.datetime | None = None) -> int:
 
 # -- rotating the CA -------------------------------------------------------------------------
 
+# A CA lives a year (``identity.CA_LIFETIME``); beat rotates it this long before it expires.
+ROTATE_CA_BEFORE = dt.timedelta(days=30)
+
+
+def _new_authority(project: Project, generation: int, now: dt.datetime) -> CertificateAuthority:
+    ca = identity.new_ca(project.uid, now=now, generation=generation)
+    certificate = x509.load_pem_x509_certificate(ca.certificate_pem.encode())
+    return CertificateAuthority.objects.create(
+        project=project,
+        generation=generation,
+        certificate=ca.certificate_pem,
+        key=SecretText.seal(ca.key_pem),
+        not_after=certificate.not_valid_after_utc,
+    )
+
+
+def rotate_expiring(now: dt.datetime | None = None) -> int:
+    """Start a CA rotation in every project whose newest CA expires within
+    ``ROTATE_CA_BEFORE``; how many. Nobody has to remember a yearly chore."""
+    now = now or timezone.now()
+    newest = CertificateAuthority.objects.filter(project=OuterRef("project")).order_by(
+        "-generation"
+    )
+    due = (
+        MutualTLS.objects.filter(rotation_phase="")
+        .annotate(expires=Subquery(newest.values("not_after")[:1]))
+        .filter(expires__lte=now + ROTATE_CA_BEFORE)
+        .select_related("project")
+    )
+    started = 0
+    for state in due:
+        try:
+            start_ca_rotation(state.project, actor=None)
+        except MTLSRefused:
+            continue  # started meanwhile
+        started += 1
+    return started
+
 
 def start_ca_rotation(project: Project, *, actor: Any) -> int:
     """A new CA, trusted beside the old one first (the pass that follows writes the bundle of
     both); the new CA's generation. Refused while another rotation runs."""
     now = timezone.now()
     with transaction.atomic():
+        Project.objects.select_for_update().only("pk").get(pk=project.pk)
         state = MutualTLS.objects.select_for_update().filter(project=project).first()
         if state is None:
             raise MTLSRefused("Mutual TLS is off for this project: turn it on first.")
@@ -353,13 +488,7 @@ def start_ca_rotation(project: Project, *, actor: Any) -> int:
             CertificateAuthority.objects.filter(project=project).order_by("-generation").first()
         )
         generation = (latest.generation if latest is not None else 0) + 1
-        ca = identity.new_ca(project.uid, now=now, generation=generation)
-        CertificateAuthority.objects.create(
-            project=project,
-            generation=generation,
-            certificate=ca.certificate_pem,
-            key=SecretText.seal(ca.key_pem),
-        )
+        _new_authority(project, generation, now)
         state.rotation_phase = MutualTLS.Phase.TRUST_NEW
         state.phase_started_at = now
         state.phase_applied_at = None
@@ -380,6 +509,7 @@ def after_apply(
     to put them in every pod, move on to the next phase. When to look again, or None."""
     now = now or timezone.now()
     with transaction.atomic():
+        Project.objects.select_for_update().only("pk").get(pk=project.pk)
         state = MutualTLS.objects.select_for_update().filter(project=project).first()
         if (
             state is None

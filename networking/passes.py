@@ -80,12 +80,11 @@ def plan(claimed: lease.Claim, previous: _Built | None = None) -> Plan:
     peer_namespaces = sorted({p.peer_of(project).namespace for p in peerings})
     # Mutual TLS: certificates missing or due are issued first; the files go in every pass's
     # desired state (and, like secrets, only as a keyed digest into what the worker keeps).
-    tls = (
-        mtls.material(project, {row.pk: row.name for row in claimed.services}, aliases)
+    tls, ca_rotation = (
+        mtls.for_pass(project, {row.pk: row.name for row in claimed.services}, aliases)
         if claimed.has_mtls
-        else None
+        else (None, None)
     )
-    ca_rotation = mtls.planned(project) if tls is not None else None
     inputs = (
         project.namespace,
         project.uid,

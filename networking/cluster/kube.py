@@ -48,6 +48,7 @@ from networking.cluster.desired import (
     SECRETS_ANNOTATION,
     SHARED_SECRETS,
     TLS_SECRET,
+    TLS_VOLUME,
     WORKLOAD_KINDS,
     Changes,
     DesiredState,
@@ -259,9 +260,18 @@ def workload_matches(workload: KubeObject, spec: WorkloadSpec) -> bool:
             is_subset(mount, live) for live in container.get("volumeMounts") or []
         ):
             return False
-    # Without mutual TLS we own no volume (nothing to check: one of that name is another's).
-    return volume is None or any(
-        is_subset(volume, live) for live in template["spec"].get("volumes") or []
+    volumes = template["spec"].get("volumes") or []
+    if volume is None:
+        # No mutual TLS here (its service deleted, or the workload relabelled): ours, the
+        # Secret's volume, must go, or its pods would wait for files that are gone.
+        return not any(_our_tls_volume(live) for live in volumes)
+    return any(is_subset(volume, live) for live in volumes)
+
+
+def _our_tls_volume(volume: KubeObject) -> bool:
+    return bool(
+        volume.get("name") == TLS_VOLUME
+        and (volume.get("secret") or {}).get("secretName") == TLS_SECRET
     )
 
 
@@ -554,12 +564,16 @@ class KubernetesBackend:
             and not (live[kind].get(name) is not None and matches(obj, live[kind][name]))
         ]
         differing.sort(key=lambda job: (KINDS.index(job[0]), job[1]))
+        # Workloads are not pointed at a Secret whose write failed (a key they would mount or
+        # reference may be missing): the retry does both.
+        secret_failed = False
         applied = self._side_by_side(
             [functools.partial(self._apply, kind, obj) for kind, _, obj, _ in differing]
         )
         for (kind, name, _, current), outcome in zip(differing, applied, strict=True):
             if isinstance(outcome, ClusterError):
                 result.errors.append(outcome)
+                secret_failed = secret_failed or kind == "Secret"
                 continue
             live[kind][name] = outcome
             result.changes.append(f"{'updated' if current else 'created'} {kind} {name}")
@@ -579,7 +593,7 @@ class KubernetesBackend:
             result.changes.append(f"deleted {kind} {name}")
         assigned = {name: cluster_ip(obj) for name, obj in live["Service"].items()}
         result.cluster_ips = {name: ip for name, ip in assigned.items() if ip}
-        if exists:
+        if exists and not secret_failed:
             self._apply_workloads(desired, result)
         return result
 
@@ -608,9 +622,11 @@ class KubernetesBackend:
                 for kind, name in written
             ]
         )
+        secret_failed = False
         for (kind, name), outcome in zip(written, applied, strict=True):
             if isinstance(outcome, ClusterError):
                 result.errors.append(outcome)
+                secret_failed = secret_failed or kind == "Secret"
                 continue
             verb = "created" if (kind, name) in changes.created else "updated"
             result.changes.append(f"{verb} {kind} {name}")
@@ -632,7 +648,7 @@ class KubernetesBackend:
                 result.errors.append(failed)
                 continue
             result.changes.append(f"deleted {kind} {name}")
-        if changes.workloads:
+        if changes.workloads and not secret_failed:
             self._apply_workloads(desired, result)
         return result
 

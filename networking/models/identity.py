@@ -61,6 +61,8 @@ class CertificateAuthority(models.Model):
     certificate = models.TextField()
     key = EncryptedTextField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
+    # When its certificate expires: beat rotates a CA well before (``mtls.rotate_expiring``).
+    not_after = models.DateTimeField()
     retired_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:

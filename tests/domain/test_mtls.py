@@ -318,3 +318,115 @@ def test_a_service_s_files_never_show_their_key_when_printed(world: World) -> No
     key = tls.services["api"].key
     assert "PRIVATE KEY" in key
     assert key not in repr(tls) and "PRIVATE KEY" not in repr(tls)
+
+
+def test_a_service_named_with_all_63_characters_gets_its_certificate(world: World) -> None:
+    mtls.enable(world.project, actor=user(world, "owner"))
+    name = "a" * 63
+    tls = mtls.material(world.project, {world.api.pk: name}, {})
+    assert tls is not None
+    assert identity.identity_of(tls.services[name].certificate) == (world.project.uid, name)
+
+
+def test_beat_rotates_a_ca_a_month_before_it_expires(world: World) -> None:
+    owner = user(world, "owner")
+    mtls.enable(world.project, actor=owner)
+    ca = CertificateAuthority.objects.get(project=world.project)
+    assert ca.not_after - timezone.now() > dt.timedelta(days=364)
+    assert mtls.rotate_expiring() == 0
+    assert mtls.rotate_expiring(ca.not_after - dt.timedelta(days=31)) == 0
+    assert mtls.rotate_expiring(ca.not_after - dt.timedelta(days=29)) == 1
+    state = MutualTLS.objects.get(project=world.project)
+    assert state.rotation_phase == MutualTLS.Phase.TRUST_NEW
+    assert mtls.rotate_expiring(ca.not_after - dt.timedelta(days=29)) == 0  # one at a time
+    event = AuditEvent.objects.get(action=AuditEvent.Action.CA_ROTATION_STARTED)
+    assert event.actor_label == "system"
+
+
+def test_callers_that_would_outgrow_the_secret_are_refused(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    owner = user(world, "owner")
+    mtls.enable(world.project, actor=owner)
+    mtls.material(world.project, dict(world.project.services.values_list("pk", "name")), {})
+    size = mtls.projected_size(world.project)
+    assert 2_000 < size < 6_000  # two services' files: a few KiB
+    with_callers = mtls.projected_size(world.project, {world.postgres.pk: ["api"] * 10})
+    assert with_callers > size + 10 * 70  # a line (base64) a caller
+    monkeypatch.setattr(mtls, "SECRET_BUDGET", size + 200)
+    assert mtls.set_callers(world.postgres, any_caller=False, callers=[world.api], actor=owner)
+    many = [
+        make_service(world.project, f"caller-{n}", Service.Kind.PRIVATE, [9000]) for n in range(5)
+    ]
+    with pytest.raises(mtls.MTLSRefused, match="cannot accept 5 named callers"):
+        mtls.set_callers(world.postgres, any_caller=False, callers=many, actor=owner)
+    assert mtls.callers_of([Service.objects.get(pk=world.postgres.pk)]) == {
+        world.postgres.pk: ["api"]
+    }
+
+
+def test_a_pass_that_read_a_service_since_deleted_or_renamed_issues_safely(world: World) -> None:
+    owner = user(world, "owner")
+    mtls.enable(world.project, actor=owner)
+    mtls.set_callers(world.postgres, any_caller=False, callers=[world.api], actor=owner)
+    gone = make_service(world.project, "gone", Service.Kind.PRIVATE, [9000])
+    names = dict(world.project.services.values_list("pk", "name"))
+    Service.objects.filter(pk=gone.pk).delete()
+    # postgres renamed after the pass read it: its restriction holds under the old name.
+    names[world.postgres.pk] = "old-postgres"
+    tls = mtls.material(world.project, names, {})
+    assert tls is not None
+    assert set(tls.services) == {"api", "old-postgres"}
+    accepted = [line for line in tls.services["old-postgres"].accept.splitlines() if line[0] != "#"]
+    assert accepted == [f"spiffe://stackblaze.cloud/project/{world.project.uid}/service/api"]
+    assert not ServiceCertificate.objects.filter(service_id=gone.pk).exists()
+
+
+def test_for_pass_gives_the_files_with_the_phase_they_belong_to(world: World) -> None:
+    owner = user(world, "owner")
+    mtls.enable(world.project, actor=owner)
+    names = {world.api.pk: "api"}
+    files, phase = mtls.for_pass(world.project, names, {})
+    assert files is not None and phase is None
+    mtls.start_ca_rotation(world.project, actor=owner)
+    files, phase = mtls.for_pass(world.project, names, {})
+    assert files is not None and files.bundle.count("BEGIN CERTIFICATE") == 2
+    assert phase is not None and phase.phase == MutualTLS.Phase.TRUST_NEW
+
+
+def _workload(volumes: list[dict[str, Any]], mounts: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "metadata": {"name": "api", "namespace": "prj-x"},
+        "spec": {
+            "template": {
+                "metadata": {},
+                "spec": {
+                    "containers": [{"name": "app", "volumeMounts": mounts}],
+                    "volumes": volumes,
+                },
+            }
+        },
+    }
+
+
+def test_a_workload_mounts_its_own_files_and_loses_them_with_its_service() -> None:
+    from networking.cluster.desired import WorkloadSpec
+    from networking.cluster.kube import _workload_patch, workload_matches
+
+    spec = WorkloadSpec(tls="api")
+    bare = _workload([], [])
+    assert not workload_matches(bare, spec)
+    patch = _workload_patch(bare, "Deployment", spec)
+    template = patch["spec"]["template"]["spec"]
+    [volume] = template["volumes"]
+    [mount] = template["containers"][0]["volumeMounts"]
+    assert mount == {"name": "stackblaze-tls", "mountPath": TLS_MOUNT_PATH, "readOnly": True}
+    mounted = _workload([{**volume, "secret": {**volume["secret"], "defaultMode": 420}}], [mount])
+    assert workload_matches(mounted, spec)
+    # Its service gone (or mutual TLS not its any more): our volume is taken off, by an
+    # apply that owns nothing.
+    assert not workload_matches(mounted, WorkloadSpec())
+    assert "spec" not in _workload_patch(mounted, "Deployment", WorkloadSpec())
+    # A volume of that name that is not ours is none of our business.
+    theirs = _workload([{"name": "stackblaze-tls", "emptyDir": {}}], [])
+    assert workload_matches(theirs, WorkloadSpec())
