@@ -136,9 +136,11 @@ def issue(
     hostnames: Sequence[str],
     now: dt.datetime,
     lifetime: dt.timedelta = LEAF_LIFETIME,
+    old_names: Sequence[str] = (),
 ) -> Issued:
     """A certificate for one service, signed by the project's CA: its hostnames (each under
-    ``.internal``) and its SPIFFE identity, for serving and for calling."""
+    ``.internal``) and its SPIFFE identity, for serving and for calling; after it, the
+    identities of ``old_names`` (a renamed service's, while they still resolve)."""
     if not hostnames:
         raise ValueError("a service certificate names at least one hostname")
     for hostname in hostnames:
@@ -163,7 +165,13 @@ def issue(
             x509.SubjectAlternativeName(
                 [
                     *(x509.DNSName(hostname) for hostname in dict.fromkeys(hostnames)),
-                    x509.UniformResourceIdentifier(spiffe_id(project_uid, service_name)),
+                    # Its identity first; then, while a renamed service's old names still
+                    # resolve, the identities of those names: an accept list that still
+                    # names it the old way (its file not refreshed yet) lets it in.
+                    *(
+                        x509.UniformResourceIdentifier(spiffe_id(project_uid, name))
+                        for name in dict.fromkeys([service_name, *old_names])
+                    ),
                 ]
             ),
             critical=False,

@@ -341,6 +341,7 @@ def for_pass(
                 hostnames=hostnames,
                 now=now,
                 lifetime=lifetime(),
+                old_names=aliases.get(name, ()),
             )
             current[pk] = _store(pk, signing, hostnames, issued, now)
         accept = _accept_files(project, names, aliases)

@@ -94,8 +94,10 @@ class Handler(http.server.BaseHTTPRequestHandler):
 
     def do_GET(self):
         names = self.connection.getpeercert().get("subjectAltName", ())
-        caller = next((value for kind, value in names if kind == "URI"), "")
-        if caller and accepts(caller):
+        # Its identity first; a renamed service's old one after it while the old name lives.
+        identities = [value for kind, value in names if kind == "URI"]
+        caller = identities[0] if identities else ""
+        if any(accepts(each) for each in identities):
             self.answer(200, "Hello, %s\n" % caller)
         else:
             who = caller or "A caller without identity"
@@ -226,8 +228,10 @@ const server = https.createServer(
   { ...tlsOptions(), requestCert: true, rejectUnauthorized: true }, // no certificate, no connection
   (req, res) => {
     const names = (req.socket.getPeerCertificate().subjectaltname || '').split(', ')
-    const caller = (names.find((name) => name.startsWith('URI:')) || '').slice(4)
-    const ok = caller !== '' && accepts(caller)
+    // Its identity first; a renamed service's old one after it while the old name lives.
+    const identities = names.filter((name) => name.startsWith('URI:')).map((name) => name.slice(4))
+    const caller = identities[0] || ''
+    const ok = identities.some(accepts)
     res.writeHead(ok ? 200 : 403, { 'Content-Type': 'text/plain; charset=utf-8' })
     const who = caller || 'A caller without identity'
     res.end(ok ? `Hello, ${caller}\n` : `${who} may not call @SERVICE@\n`)
@@ -447,11 +451,15 @@ func accepts(caller string) bool {
 }
 
 func handle(w http.ResponseWriter, r *http.Request) {
-	caller := ""
-	for _, uri := range r.TLS.PeerCertificates[0].URIs {
-		caller = uri.String()
+	// Its identity first; a renamed service's old one after it while the old name lives.
+	caller, ok := "", false
+	for i, uri := range r.TLS.PeerCertificates[0].URIs {
+		if i == 0 {
+			caller = uri.String()
+		}
+		ok = ok || accepts(uri.String())
 	}
-	if !accepts(caller) {
+	if !ok {
 		who := cmp.Or(caller, "A caller without identity")
 		http.Error(w, who+" may not call @SERVICE@", http.StatusForbidden)
 		return

@@ -168,6 +168,15 @@ def test_a_renamed_service_is_reissued_naming_its_new_and_old_hostnames(
     row = ServiceCertificate.objects.get(service=world.api)
     assert row.hostnames == ["storefront-api.internal", "api.internal"]
     assert identity.identity_of(row.certificate) == (world.project.uid, "storefront-api")
+    # Its identity first, the old one after while the old name lives (an accept list not
+    # refreshed yet still names it so).
+    certificate = x509.load_pem_x509_certificate(row.certificate.encode())
+    names = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    uid = world.project.uid
+    assert names.get_values_for_type(x509.UniformResourceIdentifier) == [
+        f"spiffe://stackblaze.cloud/project/{uid}/service/storefront-api",
+        f"spiffe://stackblaze.cloud/project/{uid}/service/api",
+    ]
 
 
 def test_accept_calls_from_lists_the_chosen_services_and_their_old_names(world: World) -> None:

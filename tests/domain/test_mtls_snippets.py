@@ -423,6 +423,34 @@ def test_a_caller_the_accept_list_does_not_name_gets_403(
 
 
 @each_language
+def test_a_renamed_caller_is_let_in_by_a_list_that_still_names_it_the_old_way(
+    language: Language, run: Run, pki: Pki
+) -> None:
+    """A rename reaches the caller's certificate and the server's accept.txt in the same
+    pass, but each pod's files are refreshed in their own time: while its old name lives, the
+    renamed caller's certificate names both identities, the new one first."""
+    server_files, renamed = run.tls_dir("billing"), run.tls_dir("renamed")
+    server_files.write(pki.leaf(pki.ca, SERVICE), [pki.ca], accepting(CALLER_ID))
+    leaf = identity.issue(
+        pki.ca,
+        project_uid=PROJECT,
+        service_name="checkout",
+        hostnames=["checkout.internal", "caller.internal"],
+        now=dt.datetime.now(dt.UTC),
+        old_names=["caller"],
+    )
+    renamed.write(leaf, [pki.ca])
+    run.server(language, server_files)
+
+    assert (
+        run.call_once(language, renamed) == f"200 Hello, {identity.spiffe_id(PROJECT, 'checkout')}"
+    )
+    # Once the old name is gone, so is its identity: the old list lets it in no more.
+    renamed.write(pki.leaf(pki.ca, "checkout"), [pki.ca])
+    assert run.call_once(language, renamed).startswith("403 ")
+
+
+@each_language
 def test_another_projects_caller_is_refused_at_the_handshake(
     language: Language, run: Run, pki: Pki
 ) -> None:
