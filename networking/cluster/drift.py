@@ -21,7 +21,7 @@ from networking.cluster.desired import (
     KubeObject,
     WorkloadSpec,
 )
-from networking.cluster.informer import WRITTEN_BY
+from networking.cluster.informer import SECRET_INFORMERS, WRITTEN_BY
 from networking.cluster.kube import cluster_ip, keep_laggard, workload_matches, workload_status
 
 COMPARED_KINDS = ("Service", "NetworkPolicy")
@@ -123,13 +123,21 @@ def differences(
             return objects
         return {key: obj for key, obj in objects.items() if key in services}
 
-    if services is None and "Secret" in live:
-        # Only the shared secrets' Secret is watched (a watch names one Secret, and RBAC lets
-        # the worker see no other): mutual TLS's is re-read by the periodic verify.
-        watched = {
-            name: obj for name, obj in desired.of_kind("Secret").items() if name == SHARED_SECRETS
+    # Each of our Secrets is watched by an informer of its own (a watch names one Secret, and
+    # RBAC lets the worker see no other): compared once that one has listed.
+    # (Mutual TLS's is judged only where the project has it: a full pass reads it only there.)
+    watched = {name for name, key in SECRET_INFORMERS.items() if key in live}
+    if services is None and watched:
+        wanted_secrets = {
+            name: obj for name, obj in desired.of_kind("Secret").items() if name in watched
         }
-        found.extend(_secret_differences(watched, live["Secret"]))
+        judged = [
+            key
+            for secret, key in SECRET_INFORMERS.items()
+            if secret in watched and (secret == SHARED_SECRETS or secret in wanted_secrets)
+        ]
+        cached_secrets = {name: obj for key in judged for name, obj in live[key].items()}
+        found.extend(_secret_differences(wanted_secrets, cached_secrets))
     for kind in kinds:
         wanted = in_scope(desired.of_kind(kind))
         cached = in_scope(live.get(kind, {}))

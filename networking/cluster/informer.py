@@ -25,10 +25,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from networking.cluster.backends import FIELD_MANAGER
-from networking.cluster.desired import SHARED_SECRETS, KubeObject, managed_selector
+from networking.cluster.desired import SHARED_SECRETS, TLS_SECRET, KubeObject, managed_selector
 from networking.cluster.kube import WATCH_ERRORS, ApiClient, list_method, response_lines
 
 logger = logging.getLogger(__name__)
+
+# The informer of mutual TLS's Secret (``TLS_SECRET``), beside "Secret", the shared secrets'.
+TLS_SECRETS = "TLSSecret"
+# Each Secret we own, by name: the informer that watches it.
+SECRET_INFORMERS = {SHARED_SECRETS: "Secret", TLS_SECRET: TLS_SECRETS}
 
 # (namespace or "" for cluster-scoped objects, name)
 Key = tuple[str, str]
@@ -53,6 +58,13 @@ class WatchedKind:
     field_selector: str | None = None
     # Ask for metadata only (PartialObjectMetadata): what a Secret's watch needs, no values.
     metadata_only: bool = False
+    # Its name among the cache's informers, when two watch one kind (our two Secrets: a watch
+    # can name one Secret only): the kind otherwise.
+    key: str = ""
+
+    @property
+    def name(self) -> str:
+        return self.key or self.kind
 
 
 def watched_kinds(workload_label: str) -> list[WatchedKind]:
@@ -73,6 +85,15 @@ def watched_kinds(workload_label: str) -> list[WatchedKind]:
             managed,
             field_selector=f"metadata.name={SHARED_SECRETS}",
             metadata_only=True,
+        ),
+        WatchedKind(
+            "Secret",
+            "core",
+            "list_secret_for_all_namespaces",
+            managed,
+            field_selector=f"metadata.name={TLS_SECRET}",
+            metadata_only=True,
+            key=TLS_SECRETS,
         ),
     ]
 
@@ -114,6 +135,8 @@ class Informer:
         request_timeout: float = 10.0,
     ) -> None:
         self.kind = watched.kind
+        # What it reports its changes as, and its name among the cache's informers.
+        self.key = watched.name
         self.selector = watched.selector
         self.filters: dict[str, Any] = {}
         if watched.field_selector is not None:
@@ -137,7 +160,7 @@ class Informer:
         self.stopping = threading.Event()
         self.resource_version: str | None = None
         self.lists = 0  # how many LISTs this informer made (start-up, and after 410 Gone)
-        self.thread = threading.Thread(target=self._run, name=f"informer-{self.kind}", daemon=True)
+        self.thread = threading.Thread(target=self._run, name=f"informer-{self.key}", daemon=True)
 
     # -- reading ----------------------------------------------------------------------------
 
@@ -245,7 +268,7 @@ class Informer:
         self.synced.set()
         listed = {(namespace, name) for namespace, names in fresh.items() for name in names}
         for namespace, name in sorted(gone | listed):
-            self.on_change(kind, namespace, name)
+            self.on_change(self.key, namespace, name)
 
     def _watch(self) -> None:
         response = self.list_call(
@@ -289,7 +312,7 @@ class Informer:
             else:
                 self._put(namespace, name, _slim(obj))
         self.resource_version = version or self.resource_version
-        self.on_change(self.kind, namespace, name)
+        self.on_change(self.key, namespace, name)
 
 
 def _key(obj: KubeObject) -> Key:
@@ -324,7 +347,7 @@ class ClusterCache:
     ) -> None:
         self.listeners: list[OnChange] = [on_change] if on_change else []
         self.informers = {
-            watched.kind: Informer(api_client, watched, self._changed, watch_seconds=watch_seconds)
+            watched.name: Informer(api_client, watched, self._changed, watch_seconds=watch_seconds)
             for watched in watched_kinds(workload_label)
         }
 

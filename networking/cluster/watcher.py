@@ -27,9 +27,9 @@ from django.utils import timezone
 
 from networking import enqueue
 from networking.cluster import liveness, reconcile
-from networking.cluster.desired import SHARED_SECRETS, WORKLOAD_KINDS, DesiredState
+from networking.cluster.desired import WORKLOAD_KINDS, DesiredState
 from networking.cluster.drift import Difference, differences
-from networking.cluster.informer import WRITTEN_BY, ClusterCache
+from networking.cluster.informer import SECRET_INFORMERS, TLS_SECRETS, WRITTEN_BY, ClusterCache
 from networking.cluster.kube import api_client
 from networking.models import Project, Service
 
@@ -45,7 +45,7 @@ LOOK_AGAIN_SECONDS = 1.0
 Changed = set[tuple[str, str]] | None
 # Kinds only we write: an event about one that nobody else wrote is our own pass's write (of a
 # Secret: nobody else wrote its data).
-OURS_ALONE = ("Service", "NetworkPolicy", "Secret")
+OURS_ALONE = ("Service", "NetworkPolicy", "Secret", TLS_SECRETS)
 
 
 def _union(first: Changed, second: Changed) -> Changed:
@@ -93,8 +93,8 @@ class Watcher:
         self.checks = 0
         self.skipped = 0  # events of our own writes, not looked at
         self.rounds = 0  # rounds of the loop finished
-        # By namespace: the version of the Secret last reported as edited by someone else.
-        self.secret_edits: dict[str, str] = {}
+        # By (namespace, Secret): the version last reported as edited by someone else.
+        self.secret_edits: dict[tuple[str, str], str] = {}
         # The latest looks, as (namespace, the services looked at or None for everything).
         self.looks: deque[tuple[str, frozenset[str] | None]] = deque(maxlen=100)
         self.looked_at_all = False
@@ -143,7 +143,7 @@ class Watcher:
         # The Secret's watch is not waited for: with an older deploy/rbac.yaml it is refused,
         # and the rest must still be watched. Until it lists, Secrets are not compared and the
         # passes read the cluster (not every watch is open).
-        while not self.cache.wait_synced(timeout=10, skip=("Secret",)):
+        while not self.cache.wait_synced(timeout=10, skip=("Secret", TLS_SECRETS)):
             if self.stopping.is_set():
                 return
             logger.warning("Waiting for the first list of every kind from the API server")
@@ -234,7 +234,9 @@ class Watcher:
         if found:
             for difference in found:
                 if difference.kind == "Secret" and difference.edited:
-                    self.secret_edits[namespace] = self._secret_version(namespace)
+                    self.secret_edits[(namespace, difference.name)] = self._secret_version(
+                        namespace, difference.name
+                    )
             queued = project.report_drift(difference.record() for difference in found)
             logger.info(
                 "Drift in %s (%s)%s",
@@ -244,8 +246,9 @@ class Watcher:
             )
         return found
 
-    def _secret_version(self, namespace: str) -> str:
-        obj = self.cache.informers["Secret"].get(namespace, SHARED_SECRETS) or {}
+    def _secret_version(self, namespace: str, name: str) -> str:
+        informer = self.cache.informers.get(SECRET_INFORMERS.get(name, "Secret"))
+        obj = (informer.get(namespace, name) if informer is not None else None) or {}
         return str(obj.get("metadata", {}).get("resourceVersion", ""))
 
     def _secret_edit_judged(self, namespace: str, difference: Difference) -> bool:
@@ -256,7 +259,8 @@ class Watcher:
         return (
             difference.kind == "Secret"
             and difference.edited
-            and self.secret_edits.get(namespace) == self._secret_version(namespace)
+            and self.secret_edits.get((namespace, difference.name))
+            == self._secret_version(namespace, difference.name)
         )
 
     def _written_by_us_alone(self, kind: str, namespace: str, name: str) -> bool:

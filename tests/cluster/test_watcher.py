@@ -17,10 +17,12 @@ from django.db.models import F
 from django.utils import timezone
 from kubernetes.client.exceptions import ApiException
 
+from networking import mtls
 from networking import passes as reconciler
 from networking.cluster import kube, lease, liveness
-from networking.cluster.desired import SHARED_SECRETS, namespace_object
+from networking.cluster.desired import SHARED_SECRETS, TLS_SECRET, namespace_object
 from networking.cluster.informer import (
+    TLS_SECRETS,
     WRITTEN_BY,
     ClusterCache,
     Informer,
@@ -187,10 +189,11 @@ def test_a_hand_edit_of_one_service_is_judged_by_looking_at_that_service_alone(
 def cache_matches_server(watcher: Watcher, cluster: Cluster) -> bool:
     """Every watched object the API server lists now, at the same version in the cache."""
     for watched in watched_kinds(django_settings.WORKLOAD_LABEL):
+        only = {"field_selector": watched.field_selector} if watched.field_selector else {}
         listed = kube.list_method(cluster.core.api_client, watched.api, watched.method)(
-            label_selector=watched.selector, _preload_content=False
+            label_selector=watched.selector, _preload_content=False, **only
         )
-        informer = watcher.cache.informers[watched.kind]
+        informer = watcher.cache.informers[watched.name]
         for item in json.loads(listed.data)["items"]:
             metadata = item["metadata"]
             held = informer.get(metadata.get("namespace", ""), metadata["name"])
@@ -327,6 +330,37 @@ def test_a_secret_edited_or_deleted_by_hand_is_put_back_from_the_watch(
     wait_until(restored, "the Secret restored")
 
 
+def test_mutual_tls_files_deleted_by_hand_are_put_back_from_their_own_watch(
+    cluster: Cluster, world: World, watcher: Watcher
+) -> None:
+    """Mutual TLS's Secret has a watch of its own (a watch names one Secret): deleted by hand,
+    it is put back within seconds, not at the next verify hours later, before a restarted pod
+    waits for files that are gone."""
+    mtls.enable(world.project, actor=None)
+    reconciler.reconcile(world.project.pk)
+    namespace = world.project.namespace
+    files = watcher.cache.informers[TLS_SECRETS]
+    wait_until(lambda: files.get(namespace, TLS_SECRET) is not None, "the TLS Secret's event")
+    cached = files.get(namespace, TLS_SECRET)
+    assert cached is not None and "data" not in cached  # no key ever reaches the watcher
+
+    def keys() -> set[str]:
+        try:
+            secret = cluster.core.read_namespaced_secret(TLS_SECRET, namespace)
+        except ApiException as error:
+            if error.status != 404:
+                raise
+            return set()
+        return set(secret.data or {})
+
+    applied = keys()
+    assert {"ca.pem", "api.cert.pem", "api.key.pem", "api.accept.txt"} <= applied
+    settled(watcher, cluster)
+    assert watcher.check(namespace) == []
+    cluster.core.delete_namespaced_secret(TLS_SECRET, namespace, _preload_content=False)
+    wait_until(lambda: keys() == applied, "the TLS Secret restored")
+
+
 def test_our_own_values_written_by_someone_else_start_one_pass_not_a_loop(
     cluster: Cluster, world: World, watcher: Watcher
 ) -> None:
@@ -360,7 +394,9 @@ def test_our_own_values_written_by_someone_else_start_one_pass_not_a_loop(
         ),
         "the shared ownership to be seen",
     )
-    wait_until(lambda: watcher.secret_edits.get(namespace), "the edit to be reported")
+    wait_until(
+        lambda: watcher.secret_edits.get((namespace, SHARED_SECRETS)), "the edit to be reported"
+    )
     settled(watcher, cluster)
     verified = Project.objects.get(pk=world.project.pk).verified_at
 
