@@ -25,10 +25,11 @@ from django.urls import reverse
 from django.utils import timezone
 
 from api.models import ApiToken
-from networking import rotation
+from networking import mtls, rotation
 from networking.models import (
     ALIAS_EXTENSION,
     AuditEvent,
+    CertificateAuthority,
     ConnectionTest,
     InboxState,
     Membership,
@@ -507,6 +508,46 @@ def race_secret_rotate(world: World) -> Race:
     return [Click("owner", url)] * N, check
 
 
+def race_mtls_enable(world: World) -> Race:
+    url = reverse("mtls-enable", args=[world.project.uid])
+
+    def check(answers: list[Answer]) -> None:
+        # One CA, one audit event: the others are told it is on already.
+        assert audit_count(Action.MTLS_ENABLED) == 1
+        assert CertificateAuthority.objects.filter(project=world.project).count() == 1
+        assert {answer.status for answer in answers} == {302}
+
+    return [Click("owner", url)] * N, check
+
+
+def race_mtls_rotate_ca(world: World) -> Race:
+    mtls.enable(world.project, actor=None)
+    url = reverse("mtls-rotate-ca", args=[world.project.uid])
+
+    def check(answers: list[Answer]) -> None:
+        # One new CA: the others are told a rotation runs.
+        assert audit_count(Action.CA_ROTATION_STARTED) == 1
+        assert CertificateAuthority.objects.filter(project=world.project).count() == 2
+        assert {answer.status for answer in answers} == {302}
+
+    return [Click("owner", url)] * N, check
+
+
+def race_service_mtls_callers(world: World) -> Race:
+    mtls.enable(world.project, actor=None)
+    url = reverse("service-mtls-callers", args=[world.project.uid, world.postgres.pk])
+    data = {"accept": "listed", "services": [str(world.api.pk)]}
+
+    def check(answers: list[Answer]) -> None:
+        assert audit_count(Action.MTLS_CALLERS_CHANGED) == 1
+        assert mtls.callers_of([Service.objects.get(pk=world.postgres.pk)]) == {
+            world.postgres.pk: ["api"]
+        }
+        assert {answer.status for answer in answers} == {302}
+
+    return [Click("owner", url, data)] * N, check
+
+
 def race_secret_end_grace(world: World) -> Race:
     Service.objects.filter(pk=world.api.pk).update(
         workload={"kind": "Deployment", "name": "api", "secrets": "", "rolled_out": True}
@@ -662,6 +703,9 @@ RACES: dict[str, Callable[[World], Race]] = {
     "service-connection-test": race_service_connection_test,
     "support-reject": race_support_reject,
     "notification-open": race_notification_open,
+    "mtls-enable": race_mtls_enable,
+    "mtls-rotate-ca": race_mtls_rotate_ca,
+    "service-mtls-callers": race_service_mtls_callers,
     "notifications-mark-read": race_notifications_mark_read,
 }
 
