@@ -14,7 +14,6 @@ from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
-from django import forms
 from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
@@ -28,6 +27,7 @@ from dashboard import service_picker
 from dashboard.partials import page_or_part, vary_on_htmx, wants_part
 from networking import identity, mtls, mtls_snippets
 from networking.access import ProjectAccess, get_project_for_user, get_service_for_user
+from networking.forms import CallersForm
 from networking.models import (
     Membership,
     MutualTLS,
@@ -208,62 +208,6 @@ def mtls_rotate_ca(request: HttpRequest, project_uid: str) -> HttpResponse:
 
 
 # -- who may call a service ------------------------------------------------------------------
-
-
-class _ServicesField(forms.ModelMultipleChoiceField):  # type: ignore[type-arg]
-    def label_from_instance(self, obj: Service) -> str:
-        return f"{obj.display_name} ({obj.internal_hostname})"
-
-
-class CallersForm(forms.Form):
-    """Which services ``service`` accepts calls from: every service of the project, or those
-    chosen. Named ``services`` so the service picker's search (``service-choices``) serves it."""
-
-    EVERY = "every"
-    LISTED = "listed"
-
-    accept = forms.ChoiceField(
-        label="Accept calls from",
-        choices=[
-            (EVERY, "Every service of this project"),
-            (LISTED, "Only the services chosen below"),
-        ],
-        widget=forms.RadioSelect,
-        error_messages={"required": "Choose who may call it."},
-    )
-    services = _ServicesField(
-        queryset=Service.objects.none(),
-        required=False,
-        widget=forms.CheckboxSelectMultiple,
-        error_messages={
-            "invalid_choice": "A chosen service is not in this project any more: it may have "
-            "been deleted meanwhile. Choose again from the services listed."
-        },
-        label="Services that may call it",
-    )
-
-    def __init__(self, data: Any = None, *, service: Service) -> None:
-        initial = None
-        if data is None:  # what it accepts now
-            initial = {
-                "accept": self.EVERY if service.accepts_any_caller else self.LISTED,
-                "services": list(service.accepts_calls_from.values_list("pk", flat=True)),
-            }
-        # Its own IDs: unique beside the service page's other forms.
-        super().__init__(data, initial=initial, auto_id="mtls_%s")
-        field = self.fields["services"]
-        assert isinstance(field, forms.ModelMultipleChoiceField)
-        field.queryset = Service.objects.filter(project_id=service.project_id).order_by("name")
-
-    def clean(self) -> dict[str, Any]:
-        cleaned = super().clean() or {}
-        if cleaned.get("accept") == self.LISTED and not cleaned.get("services"):
-            self.add_error(
-                "services",
-                "Choose the services that may call it, or choose “Every service of this "
-                "project”. (With none chosen, every call to it would be refused.)",
-            )
-        return cleaned
 
 
 def _callers_picker(form: CallersForm, project: Project) -> service_picker.Picker:

@@ -363,3 +363,54 @@ class RejectForm(forms.Form):
         widget=forms.Textarea(attrs={"rows": 2}),
         error_messages={"required": "Give the customer a reason for the rejection."},
     )
+
+
+class CallersForm(forms.Form):
+    """Which services ``service`` accepts calls from: every service of the project, or those
+    chosen. Named ``services`` so the service picker's search (``service-choices``) serves it."""
+
+    EVERY = "every"
+    LISTED = "listed"
+
+    accept = forms.ChoiceField(
+        label="Accept calls from",
+        choices=[
+            (EVERY, "Every service of this project"),
+            (LISTED, "Only the services chosen below"),
+        ],
+        widget=forms.RadioSelect,
+        error_messages={"required": "Choose who may call it."},
+    )
+    services = _ProjectServicesField(
+        queryset=Service.objects.none(),
+        required=False,
+        widget=forms.CheckboxSelectMultiple,
+        error_messages={
+            "invalid_choice": "A chosen service is not in this project any more: it may have "
+            "been deleted meanwhile. Choose again from the services listed."
+        },
+        label="Services that may call it",
+    )
+
+    def __init__(self, data: Any = None, *, service: Service) -> None:
+        initial = None
+        if data is None:  # what it accepts now
+            initial = {
+                "accept": self.EVERY if service.accepts_any_caller else self.LISTED,
+                "services": list(service.accepts_calls_from.values_list("pk", flat=True)),
+            }
+        # Its own IDs: unique beside the service page's other forms.
+        super().__init__(data, initial=initial, auto_id="mtls_%s")
+        field = self.fields["services"]
+        assert isinstance(field, forms.ModelMultipleChoiceField)
+        field.queryset = Service.objects.filter(project_id=service.project_id).order_by("name")
+
+    def clean(self) -> dict[str, Any]:
+        cleaned = super().clean() or {}
+        if cleaned.get("accept") == self.LISTED and not cleaned.get("services"):
+            self.add_error(
+                "services",
+                "Choose the services that may call it, or choose “Every service of this "
+                "project”. (With none chosen, every call to it would be refused.)",
+            )
+        return cleaned
