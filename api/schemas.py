@@ -509,7 +509,9 @@ class CertificateAuthorityOut(Schema):
     generation: int = Field(description="1 for the first CA; each rotation makes the next")
     certificate: str = Field(description="The CA's certificate, PEM")
     created_at: datetime
-    retired_at: datetime | None = Field(description="When services stopped trusting it")
+    retired_at: datetime | None = Field(
+        description="When every service had stopped trusting it (a rotation completed)"
+    )
     trusted: bool = Field(description="Whether services trust it (it is in their ca.pem)")
 
 
@@ -947,6 +949,7 @@ def _ca_rotation(state: MutualTLS | None) -> CARotationOut:
 
 def from_mtls(project: Project) -> MutualTLSOut:
     state = mtls.state_of(project)
+    roles = mtls.authority_roles(project, state) if state is not None else {}
     return MutualTLSOut(
         enabled=state is not None,
         enabled_at=state.enabled_at if state is not None else None,
@@ -959,7 +962,7 @@ def from_mtls(project: Project) -> MutualTLSOut:
                 certificate=authority.certificate,
                 created_at=authority.created_at,
                 retired_at=authority.retired_at,
-                trusted=authority.retired_at is None,
+                trusted=roles.get(authority.generation) in ("signing", "next", "trusted"),
             )
             for authority in (mtls.authorities(project) if state is not None else [])
         ],

@@ -1143,6 +1143,8 @@ def set_callers(
         )
     except Service.DoesNotExist:
         raise Http404("No such service.") from None
+    except mtls.MTLSRefused as refused:  # none named, or more than the Secret can hold
+        raise Problem(409, str(refused), errors={"callers": [str(refused)]}) from None
     return schemas.from_callers(service)
 
 

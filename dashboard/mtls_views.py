@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives import hashes
 from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.http import HttpRequest, HttpResponse
+from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.utils import timezone
@@ -80,24 +80,11 @@ def _fingerprint(certificate_pem: str) -> str:
 def _authorities(project: Project, state: MutualTLS) -> list[dict[str, Any]]:
     """The project's CAs, oldest first, each with what it does now (public facts only)."""
     authorities = mtls.authorities(project)
-    trusted = [ca.generation for ca in authorities if ca.retired_at is None]
-    # The CA that signs: the newest, except while services only learn to trust it.
-    signing = (
-        trusted[-2]
-        if state.rotation_phase == MutualTLS.Phase.TRUST_NEW and len(trusted) > 1
-        else (trusted[-1] if trusted else None)
-    )
+    roles = mtls.authority_roles(project, state)
     rows = []
     for authority in authorities:
         certificate = x509.load_pem_x509_certificate(authority.certificate.encode())
-        if authority.retired_at is not None:
-            role = "retired"
-        elif authority.generation == signing:
-            role = "signing"
-        elif signing is not None and authority.generation > signing:
-            role = "next"
-        else:
-            role = "leaving"
+        role = roles[authority.generation]
         rows.append(
             {
                 "generation": authority.generation,
@@ -231,12 +218,26 @@ def service_mtls_callers(request: HttpRequest, project_uid: str, service_id: int
     form = CallersForm(request.POST if request.method == "POST" else None, service=service)
     if request.method == "POST" and form.is_valid():
         every = form.cleaned_data["accept"] == CallersForm.EVERY
-        changed = mtls.set_callers(
-            service,
-            any_caller=every,
-            callers=[] if every else form.cleaned_data["services"],
-            actor=request.user,
-        )
+        try:
+            changed = mtls.set_callers(
+                service,
+                any_caller=every,
+                callers=[] if every else form.cleaned_data["services"],
+                actor=request.user,
+                expected=form.cleaned_data["version"] or None,
+            )
+        except Service.DoesNotExist:
+            raise Http404("No such service.") from None
+        except mtls.MTLSRefused as refused:
+            service.refresh_from_db()
+            form = CallersForm(service=service)  # what it is now, with why it was not saved
+            context = access.context(
+                service=service,
+                callers_form=form,
+                callers_picker=_callers_picker(form, access.project),
+                callers_refused=str(refused),
+            )
+            return render(request, "mtls/callers.html", context)
         if not changed:
             messages.info(request, "Nothing changed.")
         elif every:

@@ -12,7 +12,7 @@ from django import forms
 from django.core.exceptions import ValidationError
 from django.db import models
 
-from networking import endpoints, naming, references, rotation
+from networking import endpoints, mtls, naming, references, rotation
 from networking.crypto import SecretText
 from networking.models import (
     ALIAS_CHOICES,
@@ -392,10 +392,15 @@ class CallersForm(forms.Form):
         label="Services that may call it",
     )
 
+    # Who may call it as the form was drawn (``mtls.callers_version``): a save after someone
+    # else's change is refused rather than undoing it unseen.
+    version = forms.CharField(widget=forms.HiddenInput, required=False, max_length=32)
+
     def __init__(self, data: Any = None, *, service: Service) -> None:
         initial = None
         if data is None:  # what it accepts now
             initial = {
+                "version": mtls.callers_version(service),
                 "accept": self.EVERY if service.accepts_any_caller else self.LISTED,
                 "services": list(service.accepts_calls_from.values_list("pk", flat=True)),
             }

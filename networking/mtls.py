@@ -20,6 +20,7 @@ Nothing restarts, so nothing is refused.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -78,6 +79,13 @@ def enable(project: Project, *, actor: Any) -> bool:
                 f"Mutual TLS is available for projects of up to {settings.MTLS_MAX_SERVICES} "
                 f"services; this one has {count}. Split it into projects, or contact support."
             )
+        size = projected_size(project)
+        if size > SECRET_BUDGET:
+            raise MTLSRefused(
+                f"This project's mutual TLS files would take {size // 1024} KiB, more than the "
+                f"{SECRET_BUDGET // 1024} KiB one Kubernetes Secret holds: its services name "
+                "too many callers. Let more of them accept every service, then turn it on."
+            )
         _new_authority(project, 1, timezone.now())
         try:
             with transaction.atomic():
@@ -105,17 +113,31 @@ def state_of(project: Project) -> MutualTLS | None:
 
 
 def set_callers(
-    service: Service, *, any_caller: bool, callers: Iterable[Service], actor: Any
+    service: Service,
+    *,
+    any_caller: bool,
+    callers: Iterable[Service],
+    actor: Any,
+    expected: str | None = None,
 ) -> bool:
     """Which services' certificates ``service`` accepts calls from: every service of the
     project (``any_caller``) or those listed (services of other projects, or gone, are not).
-    False if nothing changed. ``MTLSRefused`` if the project's files would outgrow their
-    Secret."""
+    False if nothing changed.
+
+    ``MTLSRefused`` for a list that names no service (every call would be refused), for one
+    that would take the project's files past their Secret's size, and, with ``expected`` (the
+    ``callers_version`` a form was drawn from), when someone changed it meanwhile: saving
+    would undo their change unseen."""
     wanted = {caller.pk for caller in callers}
     with transaction.atomic():
         # The project first, as every change does (a rename locks it, then the service).
         project = Project.objects.select_for_update().get(pk=service.project_id)
         locked = Service.objects.select_for_update().get(pk=service.pk)
+        if expected is not None and expected != callers_version(locked):
+            raise MTLSRefused(
+                f"Someone changed who may call {locked.name} meanwhile. Here is what it is "
+                "now: choose again."
+            )
         chosen = (
             []
             if any_caller
@@ -125,6 +147,11 @@ def set_callers(
                 .order_by("name")
             )
         )
+        if not any_caller and not chosen:
+            raise MTLSRefused(
+                f"Choose the services that may call {locked.name}, or every service of the "
+                "project: with none, every call to it would be refused."
+            )
         before = (
             locked.accepts_any_caller,
             set(locked.accepts_calls_from.values_list("pk", flat=True)),
@@ -132,7 +159,8 @@ def set_callers(
         after = (any_caller, {caller.pk for caller in chosen})
         if before == after:
             return False
-        if not any_caller and MutualTLS.objects.filter(project=project).exists():
+        if not any_caller:
+            # Checked with mutual TLS off too: turning it on must not meet a list too long.
             size = projected_size(project, {locked.pk: [caller.name for caller in chosen]})
             if size > SECRET_BUDGET:
                 raise MTLSRefused(
@@ -149,13 +177,19 @@ def set_callers(
             action=AuditEvent.Action.MTLS_CALLERS_CHANGED,
             target=locked.name,
             details={
-                "callers": "every service"
-                if any_caller
-                else [caller.name for caller in chosen] or "nobody"
+                "callers": "every service" if any_caller else [caller.name for caller in chosen]
             },
         )
     service.refresh_from_db()
     return True
+
+
+def callers_version(service: Service) -> str:
+    """A short digest of who may call ``service`` now: a form carries the one it was drawn
+    from, so a save never undoes another owner's change unseen (``set_callers``)."""
+    callers = sorted(service.accepts_calls_from.values_list("pk", flat=True))
+    text = f"{service.accepts_any_caller}:{callers}"
+    return hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
 
 
 def callers_of(services: Sequence[Service]) -> dict[int, list[str]]:
@@ -257,6 +291,16 @@ def _signing(authorities: list[CertificateAuthority], state: MutualTLS) -> Certi
     return authorities[-1]
 
 
+def _bundle(
+    authorities: list[CertificateAuthority], rotation: Planned | None
+) -> list[CertificateAuthority]:
+    """The CAs every pod trusts: those not retired, but the newest alone once the old are
+    being retired (they stay "trusted" on the record until that has reached every pod)."""
+    if rotation is not None and rotation.phase == MutualTLS.Phase.RETIRE_OLD:
+        return authorities[-1:]
+    return authorities
+
+
 def _hostnames(name: str, aliases: dict[str, tuple[str, ...]]) -> list[str]:
     return [naming.internal_hostname(each) for each in (name, *aliases.get(name, ()))]
 
@@ -346,7 +390,9 @@ def for_pass(
             current[pk] = _store(pk, signing, hostnames, issued, now)
         accept = _accept_files(project, names, aliases)
         rotation = Planned(state.rotation_phase, state.phase_started_at) if state.rotating else None
-    bundle = identity.trust_bundle(authority.certificate for authority in authorities)
+    bundle = identity.trust_bundle(
+        authority.certificate for authority in _bundle(authorities, rotation)
+    )
     files = {}
     for pk, name in names.items():
         key = current[pk].key
@@ -531,22 +577,27 @@ def after_apply(
     return None
 
 
+def _older(project: Project) -> Any:
+    """The project's CAs still trusted somewhere, but the newest."""
+    newest = CertificateAuthority.objects.filter(project=project).order_by("-generation").first()
+    assert newest is not None
+    return CertificateAuthority.objects.filter(
+        project=project, retired_at__isnull=True, generation__lt=newest.generation
+    )
+
+
 def _advance(project: Project, state: MutualTLS, now: dt.datetime) -> None:
     phase = state.rotation_phase
     if phase == MutualTLS.Phase.TRUST_NEW:
         state.rotation_phase = MutualTLS.Phase.ISSUE_NEW
     elif phase == MutualTLS.Phase.ISSUE_NEW:
-        # Every pod presents a certificate of the new CA now: the old one is trusted no more,
-        # and its key, which nothing may sign with again, is destroyed.
-        newest = (
-            CertificateAuthority.objects.filter(project=project).order_by("-generation").first()
-        )
-        assert newest is not None
-        CertificateAuthority.objects.filter(
-            project=project, retired_at__isnull=True, generation__lt=newest.generation
-        ).update(retired_at=now, key=None)
+        # Every pod presents a certificate of the new CA now: the old one leaves the bundle
+        # (``_bundle``), and its key, which nothing may sign with again, is destroyed.
+        _older(project).update(key=None)
         state.rotation_phase = MutualTLS.Phase.RETIRE_OLD
     else:
+        # The bundle without it has reached every pod: nobody trusts it any more.
+        _older(project).update(retired_at=now)
         state.rotation_phase = ""
         state.last_rotated_at = now
     state.phase_started_at = now if state.rotation_phase else None
@@ -607,7 +658,7 @@ def certificates(project: Project) -> list[CertificateView]:
     rows = (
         ServiceCertificate.objects.filter(service__project=project)
         .select_related("service", "authority")
-        .defer("key", "certificate")
+        .defer("key", "certificate", "authority__key", "authority__certificate")
         .order_by("service__name")
     )
     return [
@@ -629,6 +680,35 @@ def authorities(project: Project) -> list[CertificateAuthority]:
     return list(
         CertificateAuthority.objects.filter(project=project).defer("key").order_by("generation")
     )
+
+
+def authority_roles(project: Project, state: MutualTLS) -> dict[int, str]:
+    """What each of the project's CAs (by generation) is now: ``signing``; ``next`` (trusted,
+    signs from the next phase); ``trusted`` (no longer signs, still in every ca.pem);
+    ``leaving`` (being taken out of every ca.pem); ``retired``."""
+    current = list(
+        CertificateAuthority.objects.filter(project=project, retired_at__isnull=True)
+        .only("generation")
+        .order_by("generation")
+    )
+    rotation = Planned(state.rotation_phase, state.phase_started_at) if state.rotating else None
+    signing = _signing(current, state).generation if current else None
+    bundle = {authority.generation for authority in _bundle(current, rotation)}
+    roles = {}
+    for generation, retired_at in CertificateAuthority.objects.filter(project=project).values_list(
+        "generation", "retired_at"
+    ):
+        if retired_at is not None:
+            roles[generation] = "retired"
+        elif generation == signing:
+            roles[generation] = "signing"
+        elif generation not in bundle:
+            roles[generation] = "leaving"
+        elif signing is not None and generation > signing:
+            roles[generation] = "next"
+        else:
+            roles[generation] = "trusted"
+    return roles
 
 
 def services_without_certificate(project: Project) -> int:

@@ -300,11 +300,11 @@ class TestRotatingTheCA:
         assert _steps(state) == ["done", "current", "pending"]
         assert {certificate["authority"] for certificate in state["certificates"]} == {2}
 
-        _finish_phase(world.project)  # nobody presents the old one: it is retired
+        _finish_phase(world.project)  # nobody presents the old one: it leaves every ca.pem
         state = as_role("viewer").get(_path(world)).json()
         assert _steps(state) == ["done", "done", "current"]
         first, second = state["authorities"]
-        assert first["trusted"] is False and first["retired_at"] is not None
+        assert first["trusted"] is False and first["retired_at"] is None  # on its way out
         assert second["trusted"] is True
 
         _pass(world.project)
@@ -313,6 +313,8 @@ class TestRotatingTheCA:
         assert state["rotation"]["rotating"] is False and state["rotation"]["phase"] == ""
         assert state["rotation"]["last_rotated_at"] is not None
         assert _steps(state) == ["done", "done", "done"]
+        first, second = state["authorities"]
+        assert first["trusted"] is False and first["retired_at"] is not None  # gone everywhere
         # Done: another may start.
         assert as_role("owner").send("POST", _path(world, "/rotate-ca")).status_code == 202
 
@@ -338,8 +340,10 @@ class TestCallers:
         event = AuditEvent.objects.get(action=AuditEvent.Action.MTLS_CALLERS_CHANGED)
         assert event.target == "postgres" and event.details["callers"] == ["api", "worker"]
 
-        nobody = as_role("owner").send("PUT", path, {"any": False, "callers": []})
-        assert nobody.json() == {"any": False, "callers": []}
+        # Nobody at all is refused, as on the page: every call to it would be.
+        nobody = is_problem(as_role("owner").send("PUT", path, {"any": False, "callers": []}), 409)
+        assert nobody["detail"].startswith("Choose the services that may call postgres")
+        assert as_role("viewer").get(path).json() == {"any": False, "callers": ["api", "worker"]}
         opened = as_role("owner").send("PUT", path, {"any": True})
         assert opened.json() == {"any": True, "callers": []}
         world.postgres.refresh_from_db()
@@ -358,7 +362,20 @@ class TestCallers:
     @pytest.mark.parametrize("role", ["viewer", "member"])
     def test_only_owners_choose(self, world: World, as_role: Any, role: str) -> None:
         path = _callers_path(world, world.postgres)
-        is_problem(as_role(role).send("PUT", path, {"any": False, "callers": []}), 403)
+        is_problem(as_role(role).send("PUT", path, {"any": False, "callers": ["api"]}), 403)
+        world.postgres.refresh_from_db()
+        assert world.postgres.accepts_any_caller is True
+
+    def test_callers_that_would_outgrow_the_secret_are_a_conflict(
+        self, world: World, as_role: Any, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        monkeypatch.setattr(mtls, "SECRET_BUDGET", mtls.projected_size(world.project) + 10)
+        path = _callers_path(world, world.postgres)
+        problem = is_problem(
+            as_role("owner").send("PUT", path, {"any": False, "callers": ["api"]}), 409
+        )
+        assert problem["detail"].startswith("postgres cannot accept 1 named callers")
+        assert problem["errors"]["callers"] == [problem["detail"]]
         world.postgres.refresh_from_db()
         assert world.postgres.accepts_any_caller is True
 

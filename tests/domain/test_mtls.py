@@ -208,13 +208,25 @@ def test_accept_calls_from_lists_the_chosen_services_and_their_old_names(world: 
         .first()
     )
     assert event is not None and event.details == {"callers": ["api"]}
-    # Nobody at all: an empty list, not "everyone".
-    mtls.set_callers(world.postgres, any_caller=False, callers=[], actor=owner)
-    tls = mtls.material(world.project, names, {})
-    assert tls is not None
-    assert not [
-        line for line in tls.services["postgres"].accept.splitlines() if not line.startswith("#")
-    ]
+    # Nobody at all is refused (every call to it would be), and so is a list of services
+    # that are all gone, or of another project.
+    for callers in ([], [world.other_service]):
+        with pytest.raises(mtls.MTLSRefused, match="Choose the services that may call"):
+            mtls.set_callers(world.postgres, any_caller=False, callers=callers, actor=owner)
+    # A form drawn before someone else's change does not undo it.
+    drawn = mtls.callers_version(world.postgres)
+    mtls.set_callers(world.postgres, any_caller=True, callers=[], actor=owner)
+    with pytest.raises(mtls.MTLSRefused, match="changed who may call postgres meanwhile"):
+        mtls.set_callers(
+            world.postgres, any_caller=False, callers=[worker], actor=owner, expected=drawn
+        )
+    assert mtls.set_callers(
+        world.postgres,
+        any_caller=False,
+        callers=[worker],
+        actor=owner,
+        expected=mtls.callers_version(world.postgres),
+    )
 
 
 def test_a_ca_rotation_trusts_both_then_issues_from_the_new_then_retires_the_old(
@@ -266,9 +278,10 @@ def test_a_ca_rotation_trusts_both_then_issues_from_the_new_then_retires_the_old
     now += dt.timedelta(seconds=61)
     mtls.after_apply(world.project, applied, now=now)
     assert phase() == MutualTLS.Phase.RETIRE_OLD
-    # 3. Only the new CA trusted; the old one's key destroyed.
+    # 3. Only the new CA trusted; the old one's key destroyed. It is "retired" on the record
+    # once that bundle has reached every pod.
     old = CertificateAuthority.objects.get(project=world.project, generation=1)
-    assert old.retired_at is not None and old.key is None
+    assert old.retired_at is None and old.key is None
     tls = mtls.material(world.project, names, {}, now=now)
     assert tls is not None and tls.bundle.count("BEGIN CERTIFICATE") == 1
     new = CertificateAuthority.objects.get(project=world.project, generation=2)
@@ -279,6 +292,8 @@ def test_a_ca_rotation_trusts_both_then_issues_from_the_new_then_retires_the_old
     mtls.after_apply(world.project, applied, now=now + dt.timedelta(seconds=61))
     state = MutualTLS.objects.get(project=world.project)
     assert not state.rotating and state.last_rotated_at is not None
+    old.refresh_from_db()
+    assert old.retired_at is not None
     assert list(
         AuditEvent.objects.filter(action__startswith="mtls.ca_rotation")
         .order_by("pk")
@@ -439,3 +454,20 @@ def test_a_workload_mounts_its_own_files_and_loses_them_with_its_service() -> No
     # A volume of that name that is not ours is none of our business.
     theirs = _workload([{"name": "stackblaze-tls", "emptyDir": {}}], [])
     assert workload_matches(theirs, WorkloadSpec())
+
+
+def test_the_size_is_checked_with_mutual_tls_off_and_when_turning_it_on(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    owner = user(world, "owner")
+    size = mtls.projected_size(world.project)
+    monkeypatch.setattr(mtls, "SECRET_BUDGET", size + 100)
+    many = [
+        make_service(world.project, f"caller-{n}", Service.Kind.PRIVATE, [9000]) for n in range(5)
+    ]
+    with pytest.raises(mtls.MTLSRefused, match="cannot accept 5 named callers"):
+        mtls.set_callers(world.postgres, any_caller=False, callers=many, actor=owner)
+    monkeypatch.setattr(mtls, "SECRET_BUDGET", mtls.projected_size(world.project) - 1)
+    with pytest.raises(mtls.MTLSRefused, match="more than the"):
+        mtls.enable(world.project, actor=owner)
+    assert mtls.state_of(world.project) is None

@@ -85,8 +85,10 @@ def test_an_owner_turns_it_on_and_chooses_who_may_call_a_service(
     certificates = page.locator("#mtls-certificates")
     for name in ("api", "postgres"):
         row = certificates.get_by_role("row", name=re.compile(rf"^{name} "))
-        expect(row).to_contain_text(identity(world, name), timeout=CATCH_UP)
-        expect(row).to_contain_text(f"{name}.internal")
+        # Issued: its hostnames and its CA (before, the row names the identity it will have,
+        # and "issuing…").
+        expect(row).to_contain_text(f"{name}.internal", timeout=CATCH_UP)
+        expect(row).to_contain_text(identity(world, name))
         expect(row).to_contain_text("CA 1")
     expect(certificates).not_to_contain_text("issuing…")
     assert page.evaluate("() => window.notReloaded") is True

@@ -448,6 +448,37 @@ class TestAServicePage:
         assert "api accepts calls from every service again." in back.content.decode()
         assert Service.objects.get(pk=enabled.api.pk).accepts_any_caller
 
+    def test_a_form_drawn_before_another_owner_s_change_does_not_undo_it(
+        self, owner_client: Client, enabled: World
+    ) -> None:
+        drawn = mtls.callers_version(enabled.api)
+        assert f'name="version" value="{drawn}"' in html_of(owner_client, callers_url(enabled.api))
+        # Another owner restricts api meanwhile.
+        mtls.set_callers(enabled.api, any_caller=False, callers=[enabled.postgres], actor=None)
+        response = owner_client.post(
+            callers_url(enabled.api), {"accept": "every", "version": drawn}
+        )
+        assert response.status_code == 200
+        text = text_of(response.content.decode())
+        assert "Someone changed who may call api meanwhile. Here is what it is now" in text
+        assert re.search(
+            r'<input type="radio" name="accept" value="listed"[^>]* checked>',
+            response.content.decode(),
+        )
+        api = Service.objects.get(pk=enabled.api.pk)
+        assert not api.accepts_any_caller  # their change stands
+
+    def test_callers_the_secret_cannot_hold_are_refused_with_the_reason(
+        self, owner_client: Client, enabled: World, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        monkeypatch.setattr(mtls, "SECRET_BUDGET", mtls.projected_size(enabled.project) + 10)
+        response = owner_client.post(
+            callers_url(enabled.api), {"accept": "listed", "services": [enabled.postgres.pk]}
+        )
+        assert response.status_code == 200
+        assert "api cannot accept 1 named callers" in text_of(response.content.decode())
+        assert Service.objects.get(pk=enabled.api.pk).accepts_any_caller
+
     def test_its_own_page_opens_on_what_it_accepts_now(
         self, owner_client: Client, enabled: World
     ) -> None:
