@@ -340,9 +340,9 @@ def dataplane_worker(
         "CONNECTION_TEST_PULL_POLICY": "Never",
         # A rotation's grace window, long in production, is a few seconds here.
         "ROTATION_GRACE_SECONDS": "3",
-        # The kubelet here refreshes mounted Secrets within its 10 s sync period (production:
+        # The kubelet here refreshes mounted Secrets within its 5 s sync period (production:
         # a minute, and its cache's TTL): a CA rotation's phases wait three times that.
-        "MTLS_PROPAGATION_SECONDS": "30",
+        "MTLS_PROPAGATION_SECONDS": "15",
     }
     logs = tmp_path_factory.mktemp("dataplane")
     worker = WorkerProcess(env, logs / "worker.log")
