@@ -83,17 +83,15 @@ def _authorities(project: Project, state: MutualTLS) -> list[dict[str, Any]]:
     roles = mtls.authority_roles(project, state)
     rows = []
     for authority in authorities:
-        certificate = x509.load_pem_x509_certificate(authority.certificate.encode())
-        role = roles[authority.generation]
         rows.append(
             {
                 "generation": authority.generation,
                 "created_at": authority.created_at,
                 "retired_at": authority.retired_at,
-                "not_after": certificate.not_valid_after_utc,
+                "not_after": authority.not_after,
                 "fingerprint": _fingerprint(authority.certificate),
                 "pem": authority.certificate,
-                "role": role,
+                "role": roles[authority.generation],
             }
         )
     return rows

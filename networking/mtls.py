@@ -27,7 +27,7 @@ from typing import Any
 
 from cryptography import x509
 from django.conf import settings
-from django.db import IntegrityError, transaction
+from django.db import transaction
 from django.db.models import Count, OuterRef, Subquery
 from django.db.models.functions import Length
 from django.utils import timezone
@@ -87,15 +87,12 @@ def enable(project: Project, *, actor: Any) -> bool:
                 "too many callers. Let more of them accept every service, then turn it on."
             )
         _new_authority(project, 1, timezone.now())
-        try:
-            with transaction.atomic():
-                MutualTLS.objects.create(
-                    project=project,
-                    enabled_by=actor if actor is not None and actor.is_authenticated else None,
-                    enabled_by_label=actor_label(actor),
-                )
-        except IntegrityError:  # pragma: no cover - the row lock above serializes enables
-            return False
+        # The project's row lock above serializes enables: the one-to-one row cannot clash.
+        MutualTLS.objects.create(
+            project=project,
+            enabled_by=actor if actor is not None and actor.is_authenticated else None,
+            enabled_by_label=actor_label(actor),
+        )
         project.record_change(
             actor=actor,
             action=AuditEvent.Action.MTLS_ENABLED,
@@ -312,6 +309,11 @@ class Planned:
     phase: str
     started_at: dt.datetime | None
 
+    @classmethod
+    def of(cls, state: MutualTLS) -> Planned | None:
+        """The phase ``state`` is in; None while no rotation runs."""
+        return cls(state.rotation_phase, state.phase_started_at) if state.rotating else None
+
 
 def material(
     project: Project,
@@ -389,7 +391,7 @@ def for_pass(
             )
             current[pk] = _store(pk, signing, hostnames, issued, now)
         accept = _accept_files(project, names, aliases)
-        rotation = Planned(state.rotation_phase, state.phase_started_at) if state.rotating else None
+        rotation = Planned.of(state)
     bundle = identity.trust_bundle(
         authority.certificate for authority in _bundle(authorities, rotation)
     )
@@ -439,9 +441,7 @@ def planned(project: Project) -> Planned | None:
     state = (
         MutualTLS.objects.filter(project=project).only("rotation_phase", "phase_started_at").first()
     )
-    if state is None or not state.rotating:
-        return None
-    return Planned(state.rotation_phase, state.phase_started_at)
+    return Planned.of(state) if state is not None else None
 
 
 # -- renewing --------------------------------------------------------------------------------
@@ -691,7 +691,7 @@ def authority_roles(project: Project, state: MutualTLS) -> dict[int, str]:
         .only("generation")
         .order_by("generation")
     )
-    rotation = Planned(state.rotation_phase, state.phase_started_at) if state.rotating else None
+    rotation = Planned.of(state)
     signing = _signing(current, state).generation if current else None
     bundle = {authority.generation for authority in _bundle(current, rotation)}
     roles = {}
