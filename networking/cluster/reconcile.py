@@ -29,7 +29,6 @@ that changed, and digests and compares only those (and what other workers wrote 
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import threading
 import time
@@ -41,12 +40,11 @@ from typing import Any
 from django.conf import settings
 from django.db import connection, transaction
 from django.db.models import F, Q
-from django.db.models.expressions import RawSQL
 from django.utils import timezone
 from django.utils.crypto import salted_hmac
 
 from networking import live
-from networking.cluster import lease
+from networking.cluster import lease, statements
 from networking.cluster.backend_choice import get_backend
 from networking.cluster.backends import ApplyResult, Backend
 from networking.cluster.desired import (
@@ -225,7 +223,7 @@ def reconcile(
                 return Outcome("missing")
             # The holder checks the generation after releasing, so it will see our change.
             return Outcome("busy", generation=outcome.generation, lease_remaining=remaining)
-        with live.deferred(), lease.renewed(project_id, claimed.token):
+        with live.deferred(), lease.renewed(project_id, claimed.token) as held:
             try:
                 try:
                     chosen = backend or get_backend()
@@ -250,9 +248,14 @@ def reconcile(
                     changes=[],
                     started_at=time.time(),
                 ) from None
-        # Checked after releasing: a change committed from here on enqueues a task that can
+        # Read by the release itself: a change committed from then on enqueues a task that can
         # claim the lease, and one committed before is seen here.
-        if not Project.objects.filter(pk=project_id, generation__gt=outcome.generation).exists():
+        generation = held.released_at_generation
+        if generation is None:  # the lease was taken from us: read it
+            newer = Project.objects.filter(pk=project_id, generation__gt=outcome.generation)
+            if not newer.exists():
+                return outcome
+        elif generation <= outcome.generation:
             return outcome
     return outcome
 
@@ -515,25 +518,43 @@ def _write_applied(
     if result.verified:
         fields["verified_at"] = timezone.now()
     if project.applied_generation < generation:
-        fields["revision"] = F("revision") + 1
-        updated = Project.objects.filter(pk=project.pk, applied_generation__lt=generation).update(
-            applied_generation=generation, applied_at=timezone.now(), **fields
-        )
-        if updated:
-            live.moved([project.pk])
-            # The rows of the services this generation changed now read "applied".
-            Project.touch_services(
+        if connection.vendor == "postgresql" and not failure_ended:
+            moved = statements.mark_applied(
                 project.pk,
-                Service.objects.filter(
-                    changed_generation__gt=project.applied_generation,
-                    changed_generation__lte=generation,
-                ),
+                generation,
+                project.applied_generation,
+                timezone.now(),
+                verified=result.verified,
             )
+        else:
+            moved = _mark_applied(project, generation, fields)
+        if moved:
+            live.moved([project.pk])
             return
+        fields["revision"] = F("revision") + 1
     if fields:
         Project.objects.filter(pk=project.pk).update(**fields)
         if "revision" in fields:
             live.moved([project.pk])
+
+
+def _mark_applied(project: Project, generation: int, fields: dict[str, Any]) -> bool:
+    """``statements.mark_applied`` with the ORM (SQLite; and with a failure's fields)."""
+    updated = Project.objects.filter(pk=project.pk, applied_generation__lt=generation).update(
+        applied_generation=generation,
+        applied_at=timezone.now(),
+        **{**fields, "revision": F("revision") + 1},
+    )
+    if updated:
+        # The rows of the services this generation changed now read "applied".
+        Project.touch_services(
+            project.pk,
+            Service.objects.filter(
+                changed_generation__gt=project.applied_generation,
+                changed_generation__lte=generation,
+            ),
+        )
+    return bool(updated)
 
 
 def _store_record(
@@ -551,46 +572,65 @@ def _store_record(
 
     ``version``: the record's, as the pass left it (None: it moved on under the pass). A pass
     that compared only some keys (``compared.keys``) sends only their digests on PostgreSQL,
-    merged into the stored ones, and logs which they were (``AppliedRecord.written``).
+    merged into the stored ones, and logs which they were (``AppliedRecord.written``). There
+    the record, the attempt and the history's trim are one statement (``statements``).
 
     The record's version now, if it holds what this pass applied (None: it was distrusted or
     written meanwhile, and the next pass reads everything).
     """
     differs = compared.changes is None or bool(compared.changes)
+    # (None: the record moved on under the pass, and ``_record_services`` distrusted it; the
+    # history is still written.)
+    store = version is not None and (differs or rolling_out != record.rolling_out)
+    attempt = (
+        {
+            "generation": generation,
+            "started_at": datetime.fromtimestamp(at, tz=UTC),
+            "duration_ms": int((time.time() - at) * 1000),
+            "result": ApplyAttempt.Result.APPLIED,
+            "changes": result.changes,
+        }
+        if result.changes
+        else None
+    )
+    if connection.vendor == "postgresql":
+        written: dict[str, Any] | None = None
+        if store and version is not None:
+            written = {
+                "version": version,
+                "rolling_out": rolling_out,
+                "written": record.logged(version + 1, compared.written(), addresses=False),
+            }
+            if compared.keys is not None and record.trusted:
+                written.update(merge=compared.now, drop=compared.keys - compared.now.keys())
+            else:
+                written["digests"] = compared.every
+        stored = statements.store_record(project.pk, record=written, attempt=attempt)
+        if stored is None or version is None:  # the record left as it was
+            return version
+        if stored:
+            return version + 1
+        # Distrusted or written meanwhile (its version moved on: a pass that outlived its
+        # lease, say): then the next pass reads everything.
+        AppliedRecord.distrust([project.pk])
+        return None
     with transaction.atomic():
-        # (None: the record moved on under the pass, and ``_record_services`` distrusted it;
-        # the history is still written.)
-        if version is not None and (differs or rolling_out != record.rolling_out):
-            written: Any = compared.every
-            if compared.keys is not None and record.trusted and connection.vendor == "postgresql":
-                column = connection.ops.quote_name("digests")
-                # A quoted column name; the values are parameters.
-                written = RawSQL(  # noqa: S611
-                    f"({column} || %s::jsonb) - %s::text[]",
-                    (json.dumps(compared.now), sorted(compared.keys - compared.now.keys())),
-                )
-            # Unless the record was distrusted or written meanwhile (its version moved on: a
-            # pass that outlived its lease, say): then the next pass reads everything.
-            stored = AppliedRecord.objects.filter(project_id=project.pk, version=version).update(
-                digests=written,
+        if store and version is not None:
+            stored_rows = AppliedRecord.objects.filter(
+                project_id=project.pk, version=version
+            ).update(
+                digests=compared.every,
                 rolling_out=rolling_out,
                 version=version + 1,
                 written=record.logged(version + 1, compared.written(), addresses=False),
             )
-            if stored:
+            if stored_rows:
                 version += 1
             else:
                 AppliedRecord.distrust([project.pk])
                 version = None
-        if result.changes:
-            ApplyAttempt.record(
-                project=project,
-                generation=generation,
-                started_at=datetime.fromtimestamp(at, tz=UTC),
-                duration_ms=int((time.time() - at) * 1000),
-                result=ApplyAttempt.Result.APPLIED,
-                changes=result.changes,
-            )
+        if attempt is not None:
+            ApplyAttempt.record(project=project, **attempt)
     return version
 
 
