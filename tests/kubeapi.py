@@ -774,6 +774,13 @@ class TestAPIServer:
             proc.stop()
 
     # ---- client helpers ---------------------------------------------------
+    def cpu_seconds(self, name: str = "kube-apiserver") -> float:
+        """The CPU time (user and system) one of the cluster's processes has used so far."""
+        fields = Path(f"/proc/{self._procs[name].popen.pid}/stat").read_text()
+        # After the command's name in parentheses: utime and stime are the 12th and 13th.
+        utime, stime = fields.rsplit(")", 1)[1].split()[11:13]
+        return (int(utime) + int(stime)) / os.sysconf("SC_CLK_TCK")
+
     def kubeconfig_for(self, user: str) -> Path:
         """A kubeconfig authenticating as one of the ``users`` given at construction."""
         path = self._path(f"kubeconfig-{user}")
