@@ -167,8 +167,13 @@ def add(
 def remove(reference: ReferenceVariable, *, actor: Any) -> bool:
     """Take the variable back from the consumer (it restarts once); False if already gone."""
     with transaction.atomic():
+        # The project's row first, as every change takes it; then the variable's row alone
+        # (``of``: not the services it joins).
+        Project.objects.select_for_update().filter(pk=reference.project_id).values_list(
+            "pk"
+        ).first()
         stored = (
-            ReferenceVariable.objects.select_for_update()
+            ReferenceVariable.objects.select_for_update(of=("self",))
             .select_related("source", "consumer")
             .filter(pk=reference.pk)
             .first()

@@ -750,6 +750,8 @@ class Service(models.Model):
         was shown, so nothing is attached to a service that no longer exists.
         """
         wanted = {service.pk: service for service in chosen}
+        # The project's row first, as every change takes it (see ``delete_once``).
+        Project.objects.select_for_update().filter(pk=project.pk).values_list("pk").first()
         locked = list(
             Service.objects.select_for_update().filter(project=project, pk__in=list(wanted))
         )
@@ -1045,6 +1047,9 @@ def delete_once(
 ) -> bool:
     """Delete ``obj`` and record it, once: False if another request deleted it first."""
     with transaction.atomic():
+        # The project's row first, as every change takes it (a pass's "in sync" too, which
+        # then restamps services: the other order could deadlock with it).
+        Project.objects.select_for_update().filter(pk=obj.project_id).values_list("pk").first()
         stored = type(obj).objects.select_for_update().filter(pk=obj.pk).first()
         if stored is None:
             return False

@@ -4,11 +4,13 @@ the two never deadlock (PostgreSQL would refuse one side, as likely the person's
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 from django.db import OperationalError, connection, connections, transaction
 
+from networking import references
 from networking.cluster import reconcile
 from networking.cluster.backends import ApplyResult
 from networking.cluster.lease import ServiceRow
@@ -92,3 +94,80 @@ def _held(project_id: int) -> Any:
     except OperationalError:
         return True
     return False
+
+
+def _remove_a_service(world: World) -> Callable[[], object]:
+    return lambda: world.api.remove(actor=None)
+
+
+def _choose_receivers(world: World) -> Callable[[], object]:
+    now = set(world.secret.services.all())
+    chosen = [world.api] if now != {world.api} else [world.api, world.postgres]
+    return lambda: world.secret.change_receivers(chosen, None, actor=None)
+
+
+def _take_a_reference_back(world: World) -> Callable[[], object]:
+    (made,) = references.add(world.postgres, [world.api], "", actor=None)
+    return lambda: references.remove(made, actor=None)
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize(
+    "change",
+    [_remove_a_service, _choose_receivers, _take_a_reference_back],
+    ids=lambda f: f.__name__,
+)
+def test_a_persons_change_takes_the_project_before_the_services(
+    world: World, change: Callable[[World], Callable[[], object]]
+) -> None:
+    """A pass's "in sync" updates the project's row, then restamps the services it applied
+    (``statements.mark_applied``): a change that locked a service first and then waited for the
+    project would deadlock with it."""
+    if connection.vendor != "postgresql":
+        pytest.skip("row locks are PostgreSQL's")
+    project, service = world.project, world.api
+    act = change(world)
+    person_pid: list[int] = []
+    release = threading.Event()
+    errors: list[BaseException] = []
+
+    def pass_in_sync() -> None:
+        """A pass between its "in sync" update of the project and its restamping."""
+        try:
+            with transaction.atomic():
+                Project.objects.select_for_update().filter(pk=project.pk).first()
+                release.wait(30)
+        finally:
+            connections.close_all()
+
+    def person() -> None:
+        try:
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT pg_backend_pid()")
+                person_pid.append(cursor.fetchone()[0])
+            act()
+        except BaseException as error:  # reported by the test
+            errors.append(error)
+        finally:
+            connections.close_all()
+
+    threads = [threading.Thread(target=pass_in_sync), threading.Thread(target=person)]
+    threads[0].start()
+    wait_until(lambda: _held(project.pk), "the pass holding the project's row")
+    threads[1].start()
+    wait_until(
+        lambda: bool(person_pid) and _waiting_for_a_lock(person_pid[0]),
+        "the person's change waiting for a lock",
+    )
+    try:
+        with transaction.atomic():
+            Service.objects.select_for_update(nowait=True).filter(pk=service.pk).first()
+        free = True
+    except OperationalError:
+        free = False
+    release.set()
+    for thread in threads:
+        thread.join(30)
+    assert not errors, errors
+    assert free, "the change locked the service's row before the project's"
+    assert Project.objects.get(pk=project.pk).generation > world.project.generation

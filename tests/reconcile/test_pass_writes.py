@@ -90,13 +90,20 @@ def test_a_pass_of_an_older_generation_never_moves_in_sync_back(
     change_ports(world.api, 8082)
     reconciler.reconcile(world.project.pk)
     newest = Project.objects.get(pk=world.project.pk)
-    # A slow pass that claimed the project two generations ago says "in sync" only now.
-    slow = Project.objects.get(pk=world.project.pk)
-    slow.applied_generation = newest.generation - 2
-    loop._write_applied(slow, newest.generation - 1, ApplyResult(), failure_ended=False)
+    stamps = dict(world.project.services.values_list("pk", "revision"))
+    # Slow passes that claimed the project before the newest one say "in sync" only now: one
+    # of an older generation, one of the same (which would restamp the changed api's row).
+    for generation in (newest.generation - 1, newest.generation):
+        slow = Project.objects.get(pk=world.project.pk)
+        slow.applied_generation = generation - 1
+        loop._write_applied(slow, generation, ApplyResult(), failure_ended=False)
     after = Project.objects.get(pk=world.project.pk)
     assert after.applied_generation == newest.generation
     assert after.applied_at == newest.applied_at
+    # No service's row is restamped as if that older generation had just been applied.
+    assert dict(world.project.services.values_list("pk", "revision")) == stamps
+    assert after.verified_at > newest.verified_at  # it did look: the pages are told
+    assert after.revision > newest.revision
 
 
 def test_releasing_the_lease_says_whether_a_change_came_meanwhile(
