@@ -102,6 +102,7 @@ def test_a_pass_of_an_older_generation_never_moves_in_sync_back(
     assert after.applied_at == newest.applied_at
     # No service's row is restamped as if that older generation had just been applied.
     assert dict(world.project.services.values_list("pk", "revision")) == stamps
+    assert after.verified_at is not None and newest.verified_at is not None
     assert after.verified_at > newest.verified_at  # it did look: the pages are told
     assert after.revision > newest.revision
 
