@@ -1,5 +1,6 @@
-"""The worker takes the project's row before the services' rows, as a person's save does, so
-the two never deadlock (PostgreSQL would refuse one side, as likely the person's save)."""
+"""Every writer takes the project's row before the services' rows, the worker's passes and a
+person's changes alike, so two never deadlock (PostgreSQL would refuse one side, as likely the
+person's save)."""
 
 from __future__ import annotations
 
@@ -26,23 +27,20 @@ def _waiting_for_a_lock(pid: int) -> bool:
     return row is not None and row[0] == "Lock"
 
 
-@pytest.mark.django_db(transaction=True)
-def test_recording_a_clusterip_waits_for_the_project_before_locking_the_service(
-    world: World,
-) -> None:
+def _waits_for_the_project_first(
+    project: Project, service: Service, act: Callable[[], object]
+) -> bool:
+    """Run ``act`` while another transaction holds the project's row: once ``act`` waits for a
+    lock, whether the service's row is still free (True: ``act`` took the project first). Any
+    error ``act`` raised is raised here, after it finished."""
     if connection.vendor != "postgresql":
         pytest.skip("row locks are PostgreSQL's")
-    project, service = world.project, world.api
-    row = ServiceRow(service.pk, service.name, service.kind, tuple(service.ports), None)
-    result = ApplyResult(cluster_ips={service.name: "10.96.0.9"}, verified=False)
-    record = reconcile._new_record(project)
-    worker_pid: list[int] = []
-    done = threading.Event()
+    pid: list[int] = []
     release = threading.Event()
     errors: list[BaseException] = []
 
     def holder() -> None:
-        """A person's save holding the project's row."""
+        """A transaction holding the project's row (a person's save, a pass's "in sync")."""
         try:
             with transaction.atomic():
                 Project.objects.select_for_update().filter(pk=project.pk).first()
@@ -50,28 +48,22 @@ def test_recording_a_clusterip_waits_for_the_project_before_locking_the_service(
         finally:
             connections.close_all()
 
-    def worker() -> None:
+    def actor() -> None:
         try:
             with connection.cursor() as cursor:
                 cursor.execute("SELECT pg_backend_pid()")
-                worker_pid.append(cursor.fetchone()[0])
-            reconcile._record_services(project.pk, [row], result, record)
+                pid.append(cursor.fetchone()[0])
+            act()
         except BaseException as error:  # reported by the test
             errors.append(error)
         finally:
-            done.set()
             connections.close_all()
 
-    threads = [threading.Thread(target=holder), threading.Thread(target=worker)]
+    threads = [threading.Thread(target=holder), threading.Thread(target=actor)]
     threads[0].start()
-    wait_until(lambda: _held(project.pk), "the person's save holding the project's row")
+    wait_until(lambda: _held(project.pk), "a transaction holding the project's row")
     threads[1].start()
-    wait_until(
-        lambda: bool(worker_pid) and _waiting_for_a_lock(worker_pid[0]),
-        "the worker waiting for a lock",
-    )
-    # The worker waits for the project; meanwhile the service's row is free for the person's
-    # save to lock next (before the fix the worker held it, and the two deadlocked).
+    wait_until(lambda: bool(pid) and _waiting_for_a_lock(pid[0]), "the change waiting for a lock")
     try:
         with transaction.atomic():
             Service.objects.select_for_update(nowait=True).filter(pk=service.pk).first()
@@ -82,8 +74,7 @@ def test_recording_a_clusterip_waits_for_the_project_before_locking_the_service(
     for thread in threads:
         thread.join(30)
     assert not errors, errors
-    assert free, "the worker locked the service's row before the project's"
-    assert Service.objects.get(pk=service.pk).cluster_ip == "10.96.0.9"
+    return free
 
 
 def _held(project_id: int) -> Any:
@@ -94,6 +85,23 @@ def _held(project_id: int) -> Any:
     except OperationalError:
         return True
     return False
+
+
+@pytest.mark.django_db(transaction=True)
+def test_recording_a_clusterip_waits_for_the_project_before_locking_the_service(
+    world: World,
+) -> None:
+    project, service = world.project, world.api
+    row = ServiceRow(service.pk, service.name, service.kind, tuple(service.ports), None)
+    result = ApplyResult(cluster_ips={service.name: "10.96.0.9"}, verified=False)
+    record = reconcile._new_record(project)
+    # The worker waits for the project; meanwhile the service's row is free for the person's
+    # save to lock next (before the fix the worker held it, and the two deadlocked).
+    free = _waits_for_the_project_first(
+        project, service, lambda: reconcile._record_services(project.pk, [row], result, record)
+    )
+    assert free, "the worker locked the service's row before the project's"
+    assert Service.objects.get(pk=service.pk).cluster_ip == "10.96.0.9"
 
 
 def _remove_a_service(world: World) -> Callable[[], object]:
@@ -123,51 +131,6 @@ def test_a_persons_change_takes_the_project_before_the_services(
     """A pass's "in sync" updates the project's row, then restamps the services it applied
     (``statements.mark_applied``): a change that locked a service first and then waited for the
     project would deadlock with it."""
-    if connection.vendor != "postgresql":
-        pytest.skip("row locks are PostgreSQL's")
-    project, service = world.project, world.api
-    act = change(world)
-    person_pid: list[int] = []
-    release = threading.Event()
-    errors: list[BaseException] = []
-
-    def pass_in_sync() -> None:
-        """A pass between its "in sync" update of the project and its restamping."""
-        try:
-            with transaction.atomic():
-                Project.objects.select_for_update().filter(pk=project.pk).first()
-                release.wait(30)
-        finally:
-            connections.close_all()
-
-    def person() -> None:
-        try:
-            with connection.cursor() as cursor:
-                cursor.execute("SELECT pg_backend_pid()")
-                person_pid.append(cursor.fetchone()[0])
-            act()
-        except BaseException as error:  # reported by the test
-            errors.append(error)
-        finally:
-            connections.close_all()
-
-    threads = [threading.Thread(target=pass_in_sync), threading.Thread(target=person)]
-    threads[0].start()
-    wait_until(lambda: _held(project.pk), "the pass holding the project's row")
-    threads[1].start()
-    wait_until(
-        lambda: bool(person_pid) and _waiting_for_a_lock(person_pid[0]),
-        "the person's change waiting for a lock",
-    )
-    try:
-        with transaction.atomic():
-            Service.objects.select_for_update(nowait=True).filter(pk=service.pk).first()
-        free = True
-    except OperationalError:
-        free = False
-    release.set()
-    for thread in threads:
-        thread.join(30)
-    assert not errors, errors
+    free = _waits_for_the_project_first(world.project, world.api, change(world))
     assert free, "the change locked the service's row before the project's"
-    assert Project.objects.get(pk=project.pk).generation > world.project.generation
+    assert Project.objects.get(pk=world.project.pk).generation > world.project.generation
