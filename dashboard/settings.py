@@ -137,6 +137,9 @@ if DATABASE_URL:
         )
     }
     DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+    if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
+        # Django's, with a health check that makes no round trip while the socket is quiet.
+        DATABASES["default"]["ENGINE"] = "dashboard.postgresql"
 else:
     STATE_DIR.mkdir(parents=True, exist_ok=True)
     DATABASES = {

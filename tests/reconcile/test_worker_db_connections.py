@@ -1,5 +1,6 @@
 """A worker keeps its database connection from task to task, as a web process does from
-request to request, and still drops one that is too old or broken."""
+request to request, and still drops one that is too old or broken; asking whether it is
+broken costs no round trip while nothing waits on its socket."""
 
 from __future__ import annotations
 
@@ -9,10 +10,12 @@ from collections.abc import Iterator
 import pytest
 from celery import signals
 from celery.fixups.django import DjangoWorkerFixup  # type: ignore[attr-defined]  # not in the stubs
-from django.db import connection
+from django.db import connection, connections
+from django.db.backends.postgresql.base import DatabaseWrapper as DjangoPostgreSQL
 
 from dashboard.celery import app
 from networking.tasks import reconcile_project
+from tests.waiting import wait_until
 
 
 @pytest.fixture
@@ -68,4 +71,63 @@ def test_a_connection_past_its_age_is_replaced(worker_fixup: None, kept_connecti
     connection.close_at = time.monotonic() - 1  # as if DATABASE_CONN_MAX_AGE had passed
     around_a_task()
     connection.ensure_connection()
+    assert connection.connection is not before
+
+
+on_postgresql = pytest.mark.skipif(
+    connection.vendor != "postgresql", reason="SQLite has no connection to check"
+)
+
+
+@on_postgresql
+@pytest.mark.django_db(transaction=True)
+def test_a_quiet_connection_is_checked_without_a_round_trip(
+    worker_fixup: None, kept_connections: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pings: list[object] = []
+    ping = DjangoPostgreSQL.is_usable
+
+    def counted(self: DjangoPostgreSQL) -> bool:
+        pings.append(self)
+        return ping(self)
+
+    monkeypatch.setattr(DjangoPostgreSQL, "is_usable", counted)
+    connection.ensure_connection()
+    before = connection.connection
+    for _ in range(3):
+        around_a_task()
+        with connection.cursor() as cursor:  # the task's first query: checked first
+            cursor.execute("SELECT 1")
+    assert connection.connection is before
+    assert pings == []
+
+
+@on_postgresql
+@pytest.mark.django_db(transaction=True)
+def test_a_connection_the_server_ended_between_tasks_is_replaced(
+    worker_fixup: None, kept_connections: None
+) -> None:
+    """A PostgreSQL restart, or an administrator ending the session, between two tasks: the
+    next task's first query runs on a new connection instead of failing."""
+    connection.ensure_connection()
+    before = connection.connection
+    pid = before.info.backend_pid
+    other = connections["default"].copy()
+    try:
+        with other.cursor() as cursor:
+            cursor.execute("SELECT pg_terminate_backend(%s)", [pid])
+
+        def gone() -> bool:
+            with other.cursor() as cursor:
+                cursor.execute("SELECT count(*) FROM pg_stat_activity WHERE pid = %s", [pid])
+                (sessions,) = cursor.fetchone()
+                return bool(sessions == 0)
+
+        wait_until(gone, "the session to end")
+    finally:
+        other.close()
+    around_a_task()
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT 42")
+        assert cursor.fetchone() == (42,)
     assert connection.connection is not before
