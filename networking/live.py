@@ -29,10 +29,12 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import secrets
 import threading
 import time
 from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import Any
 
@@ -117,6 +119,41 @@ def moved(project_ids: Iterable[int]) -> None:
         transaction.on_commit(lambda: _mark(keys))
 
 
+def moved_beside(project_ids: Iterable[int]) -> None:
+    """As ``moved``, with the cache's round trip made beside the caller, outside a transaction:
+    a pass's claim marks its project so open pages show "Applying", and that mark need not be
+    waited for on the path to "In sync". It lands within a moment; ``deferred`` waits for it
+    before its own mark, so a pass's marks land in order."""
+    if not enabled():
+        return
+    keys = [_revision_key(project_id) for project_id in project_ids]
+    if not keys or transaction.get_connection().in_atomic_block:
+        moved(project_ids)
+        return
+    _beside.marking = _marker().submit(_mark, keys)
+
+
+_beside = threading.local()
+_markers: dict[int, ThreadPoolExecutor] = {}
+
+
+def _marker() -> ThreadPoolExecutor:
+    """This process's marking thread (per process: a forked child has none of its parent's)."""
+    pid = os.getpid()
+    if pid not in _markers:
+        _markers.clear()
+        _markers[pid] = ThreadPoolExecutor(max_workers=1, thread_name_prefix="live-mark")
+    return _markers[pid]
+
+
+def _marked_beside() -> None:
+    """Wait for this thread's mark made beside it, if any (``_mark`` reports its own errors)."""
+    marking: Future[None] | None = getattr(_beside, "marking", None)
+    if marking is not None:
+        _beside.marking = None
+        marking.result()
+
+
 @contextmanager
 def deferred() -> Iterator[None]:
     """Mark what moves in the block once, when it ends: a reconcile pass moves its project's
@@ -131,6 +168,7 @@ def deferred() -> Iterator[None]:
         yield
     finally:
         keys, _deferred.keys = _deferred.keys, None
+        _marked_beside()
         if keys:
             _mark(sorted(keys))
 

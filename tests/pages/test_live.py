@@ -21,6 +21,7 @@ from networking import passes as reconciler
 from networking.cluster import lease
 from networking.models import AuditEvent, PeeringRequest, Project, Service
 from tests.conftest import World, closed_port, make_service
+from tests.waiting import wait_until
 
 
 def revision(project: Project) -> int:
@@ -232,6 +233,22 @@ class TestWhatMovesThePagesOn:
         reconciler.reconcile(world.project.pk)
         assert revision(world.project) > before
         assert self.heard()
+
+    @needs_redis
+    @pytest.mark.django_db(transaction=True)
+    def test_a_claim_marks_its_project_beside_the_pass(self, world: World) -> None:
+        """Outside a transaction (as a worker claims), the claim's mark is not waited for on
+        the pass's path: the open page hears of it a moment later, before the pass ends."""
+        claimed = lease.claim(world.project.pk)
+        assert claimed is not None
+        try:
+            wait_until(
+                lambda: poll(self.client, self.project, self.opened_at).status_code == 200,
+                "the open page to hear of the claim",
+                timeout=live.MIRROR_SECONDS / 3,
+            )
+        finally:
+            lease.release(world.project.pk, claimed.token)
 
     def test_what_a_pass_moves_is_marked_once_it_ends(self, world: World) -> None:
         # A long pass outlives the mark its claim made; what it moves after is marked at its
