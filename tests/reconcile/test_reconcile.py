@@ -168,6 +168,39 @@ class TestLease:
         assert project.reconcile_lease_token == "the-other-worker"
         assert project.reconcile_lease_until == theirs
 
+    def test_a_pass_starts_no_thread(
+        self, world: World, manifests: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """One thread per process renews every lease it holds: a pass (on the path to "In
+        sync") neither starts nor joins one."""
+        reconciler.reconcile(world.project.pk)  # the process's renewer starts, once
+        started: list[str] = []
+        start = threading.Thread.start
+
+        def counted(thread: threading.Thread) -> None:
+            started.append(thread.name)
+            start(thread)
+
+        monkeypatch.setattr(threading.Thread, "start", counted)
+        world.api.ports = [9090]
+        world.api.save_changes(actor=None)
+        assert reconciler.reconcile(world.project.pk).status == "applied"
+        assert started == []
+
+    @pytest.mark.django_db(transaction=True)  # the renewer has its own connection
+    def test_two_leases_held_at_once_are_both_renewed(self, world: World, settings: Any) -> None:
+        settings.RECONCILE_LEASE_SECONDS = 1.5
+        other = Project.objects.create(organization=world.project.organization, name="Other")
+        first, second = lease.claim(world.project.pk), lease.claim(other.pk)
+        assert first is not None and second is not None
+        with lease.renewed(world.project.pk, first.token), lease.renewed(other.pk, second.token):
+            # Twice the lease time: each lapses unless renewed.
+            time.sleep(3)
+            assert lease.claim(world.project.pk) is None
+            assert lease.claim(other.pk) is None
+        assert fresh(world.project).reconcile_lease_until is None
+        assert fresh(other).reconcile_lease_until is None
+
 
 class TestAbandonedLeases:
     """Beat hands the project of a worker that died mid-pass to a live worker."""
