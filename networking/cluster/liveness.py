@@ -46,12 +46,16 @@ from networking.models import WatcherHeartbeat
 logger = logging.getLogger(__name__)
 
 # The advisory lock's two int4 keys (PostgreSQL's two-key form: pg_locks shows them as classid
-# and objid, with objsubid 2). 0x5B1A: "StackBlAze".
-LOCK_KEYS = (0x5B1A, 1)
+# and objid, with objsubid 2). 0x5B1A: "StackBlAze". The second key was 1 while watchers held the
+# lock shared and passes read pg_locks: a worker of that version, during a rolling deploy, would
+# take a new claim's instant shared lock for a watcher, so this protocol has a key of its own.
+LOCK_KEYS = (0x5B1A, 2)
 # A watcher's tries for the lock in one round (a pass's claim may hold it shared for an
 # instant), this far apart.
 HOLD_TRIES = 3
 HOLD_RETRY_SECONDS = 0.01
+# Refused those tries (another watcher holds it), a watcher tries again after this long.
+HOLD_AGAIN_SECONDS = 1.0
 # How often a holder checks that its connection (and so its lock) is still there.
 CHECK_SECONDS = 5.0
 # The lock's connection says, server side: end me (and so the lock) when I go quiet this long
@@ -113,6 +117,7 @@ class Signal:
         self.held = False
         self._connection: BaseDatabaseWrapper | None = None
         self._checked = 0.0
+        self._refused_at = -HOLD_AGAIN_SECONDS
         self._beaten = 0.0
 
     def update(self, watching: bool) -> None:
@@ -144,6 +149,8 @@ class Signal:
                 self._execute("SELECT 1")
                 self._checked = time.monotonic()
             return
+        if time.monotonic() - self._refused_at < HOLD_AGAIN_SECONDS:
+            return  # another watcher held it a moment ago: not again each namespace of a batch
         for attempt in range(HOLD_TRIES):
             if attempt:
                 # A pass's claim may be asking at this instant: it lets go within microseconds.
@@ -151,7 +158,8 @@ class Signal:
             if self._execute("SELECT pg_try_advisory_lock(%s, %s)", LOCK_KEYS):
                 break
         else:
-            # Another watcher holds it, and says it for us: try again next round.
+            # Another watcher holds it, and says it for us: try again in a while.
+            self._refused_at = time.monotonic()
             return
         self.held = True
         self._checked = time.monotonic()

@@ -31,7 +31,7 @@ def watcher(signals: list[liveness.Signal]) -> liveness.Signal:
 
 @pytest.mark.django_db
 def test_of_two_watchers_one_says_it_and_the_other_takes_over(
-    signals: list[liveness.Signal],
+    signals: list[liveness.Signal], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     first, second = watcher(signals), watcher(signals)
     first.update(True)
@@ -40,7 +40,10 @@ def test_of_two_watchers_one_says_it_and_the_other_takes_over(
     assert liveness.watching()
     first.update(False)  # a watch of the first one failed
     assert not liveness.watching()
-    second.update(True)  # the second's next round
+    second.update(True)  # refused a moment ago: it does not ask again at once
+    assert not second.held
+    monkeypatch.setattr(liveness, "HOLD_AGAIN_SECONDS", 0.0)  # its round a while later
+    second.update(True)
     assert second.held
     assert liveness.watching()
 
