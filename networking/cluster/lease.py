@@ -34,6 +34,7 @@ building them).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
@@ -593,7 +594,11 @@ class _Renewer:
         self._due: dict[tuple[int, str], float] = {}  # a held lease: its next renewal
         self._renewing: tuple[int, str] | None = None
         self._changed = threading.Condition()
-        threading.Thread(target=self._run, name="reconcile-leases", daemon=True).start()
+        self._thread = threading.Thread(target=self._run, name="reconcile-leases", daemon=True)
+        self._thread.start()
+
+    def alive(self) -> bool:
+        return self._thread.is_alive()
 
     def hold(self, project_id: int, token: str) -> None:
         with self._changed:
@@ -612,29 +617,40 @@ class _Renewer:
             with self._changed:
                 lease = self._next()
                 self._renewing = lease
-            project_id, token = lease
+            kept = True
             try:
-                kept = renew(project_id, token)
-            except Exception:
-                # The database may be back by the next renewal: the lease outlasts two misses.
-                logger.exception("Could not renew the reconcile lease of project %s", project_id)
-                kept = True
+                kept = self._renew(*lease)
             finally:
-                # Renewals are seconds apart, and most passes end before their first: no
-                # connection is kept open for them.
+                # Whatever happened, the lease is no longer being renewed: never leave a
+                # ``let_go`` waiting.
+                with self._changed:
+                    self._renewing = None
+                    if lease in self._due:
+                        if kept:
+                            self._due[lease] = time.monotonic() + _renew_every()
+                        else:
+                            del self._due[lease]
+                    self._changed.notify_all()
+
+    @staticmethod
+    def _renew(project_id: int, token: str) -> bool:
+        """Renew one lease; False if it is no longer ours (a failure keeps it: retried)."""
+        try:
+            if renew(project_id, token):
+                return True
+            # Taken over (our renewals stalled past the lease) or released: the other
+            # holder's pass is just as correct as ours, so stop claiming the project.
+            logger.warning("Lost the reconcile lease of project %s", project_id)
+            return False
+        except Exception:
+            # The database may be back by the next renewal: the lease outlasts two misses.
+            logger.exception("Could not renew the reconcile lease of project %s", project_id)
+            return True
+        finally:
+            # Renewals are seconds apart, and most passes end before their first: no
+            # connection is kept open for them.
+            with contextlib.suppress(Exception):
                 connection.close()
-            if not kept:
-                # Taken over (our renewals stalled past the lease) or released: the other
-                # holder's pass is just as correct as ours, so stop claiming the project.
-                logger.warning("Lost the reconcile lease of project %s", project_id)
-            with self._changed:
-                self._renewing = None
-                if lease in self._due:
-                    if kept:
-                        self._due[lease] = time.monotonic() + _renew_every()
-                    else:
-                        del self._due[lease]
-                self._changed.notify_all()
 
     def _next(self) -> tuple[int, str]:
         """Wait until a held lease is due; it (called holding the condition)."""
@@ -661,7 +677,7 @@ def _renewer() -> _Renewer:
     """This process's renewer (per process: a forked worker has none of its parent's threads)."""
     pid = os.getpid()
     with _renewers_lock:
-        if pid not in _renewers:
+        if pid not in _renewers or not _renewers[pid].alive():
             _renewers.clear()
             _renewers[pid] = _Renewer()
         return _renewers[pid]

@@ -189,17 +189,64 @@ class TestLease:
 
     @pytest.mark.django_db(transaction=True)  # the renewer has its own connection
     def test_two_leases_held_at_once_are_both_renewed(self, world: World, settings: Any) -> None:
-        settings.RECONCILE_LEASE_SECONDS = 1.5
+        settings.RECONCILE_LEASE_SECONDS = 3
         other = Project.objects.create(organization=world.project.organization, name="Other")
         first, second = lease.claim(world.project.pk), lease.claim(other.pk)
         assert first is not None and second is not None
+        taken = {}
+        for project in (world.project, other):
+            until = fresh(project).reconcile_lease_until
+            assert until is not None
+            taken[project.pk] = until
         with lease.renewed(world.project.pk, first.token), lease.renewed(other.pk, second.token):
-            # Twice the lease time: each lapses unless renewed.
-            time.sleep(3)
+            wait_until(
+                lambda: all(
+                    (until := fresh(p).reconcile_lease_until) is not None and until > taken[p.pk]
+                    for p in (world.project, other)
+                ),
+                "both leases to be renewed",
+            )
             assert lease.claim(world.project.pk) is None
             assert lease.claim(other.pk) is None
         assert fresh(world.project).reconcile_lease_until is None
         assert fresh(other).reconcile_lease_until is None
+
+    @pytest.mark.django_db(transaction=True)
+    def test_the_release_waits_for_a_renewal_under_way(
+        self, world: World, settings: Any, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """A renewal landing after the release would hold the project for a lease time with
+        nobody applying it."""
+        settings.RECONCILE_LEASE_SECONDS = 0.3
+        renewing, finish = threading.Event(), threading.Event()
+        renew = lease.renew
+
+        def slow(project_id: int, token: str) -> bool:
+            renewing.set()
+            finish.wait(10)
+            return renew(project_id, token)
+
+        monkeypatch.setattr(lease, "renew", slow)
+        claimed = lease.claim(world.project.pk)
+        assert claimed is not None
+        released = threading.Event()
+
+        def hold_then_release() -> None:
+            with lease.renewed(world.project.pk, claimed.token):
+                assert renewing.wait(10)
+            released.set()
+
+        holder = threading.Thread(target=hold_then_release)
+        holder.start()
+        try:
+            assert renewing.wait(10)
+            assert not released.wait(0.5)  # the release waits for the renewal under way
+        finally:
+            finish.set()
+            holder.join(10)
+        assert released.is_set()
+        project = fresh(world.project)
+        assert (project.reconcile_lease_until, project.reconcile_lease_token) == (None, "")
 
 
 class TestAbandonedLeases:
