@@ -25,10 +25,15 @@ class DatabaseWrapper(base.DatabaseWrapper):
         connection = self.connection
         if connection is None or connection.closed or connection.broken:
             return False
-        try:
-            waiting, _, _ = select.select([connection.fileno()], [], [], 0)
-        except (OSError, ValueError, psycopg.Error):
-            return False
-        if not waiting:
-            return True
+        # Idle between statements, with nothing waiting: the server has said nothing since.
+        # Anything else (a statement's reply unread, a transaction in error, data waiting)
+        # is asked as Django asks it.
+        if connection.info.transaction_status == psycopg.pq.TransactionStatus.IDLE:
+            try:
+                poller = select.poll()  # not select(): a descriptor may be past 1024
+                poller.register(connection.fileno(), select.POLLIN)
+                if not poller.poll(0):
+                    return True
+            except (OSError, ValueError, psycopg.Error):
+                pass
         return bool(super().is_usable())

@@ -84,14 +84,23 @@ on_postgresql = pytest.mark.skipif(
 def test_a_quiet_connection_is_checked_without_a_round_trip(
     worker_fixup: None, kept_connections: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    asked: list[object] = []
+    ours = type(connections["default"])
+    ask = ours.is_usable
     pings: list[object] = []
     ping = DjangoPostgreSQL.is_usable
 
-    def counted(self: DjangoPostgreSQL) -> bool:
-        pings.append(self)
-        return ping(self)
+    def checked(self: DjangoPostgreSQL) -> bool:
+        asked.append(self)
+        return bool(ask(self))
 
-    monkeypatch.setattr(DjangoPostgreSQL, "is_usable", counted)
+    def pinged(self: DjangoPostgreSQL) -> bool:
+        pings.append(self)
+        return bool(ping(self))
+
+    monkeypatch.setattr(ours, "is_usable", checked)
+    monkeypatch.setattr(DjangoPostgreSQL, "is_usable", pinged)
+    assert connection.settings_dict["CONN_HEALTH_CHECKS"]
     connection.ensure_connection()
     before = connection.connection
     for _ in range(3):
@@ -99,7 +108,8 @@ def test_a_quiet_connection_is_checked_without_a_round_trip(
         with connection.cursor() as cursor:  # the task's first query: checked first
             cursor.execute("SELECT 1")
     assert connection.connection is before
-    assert pings == []
+    assert len(asked) == 3  # checked before each task's first query
+    assert pings == []  # with no round trip
 
 
 @on_postgresql
