@@ -130,20 +130,25 @@ def moved_beside(project_ids: Iterable[int]) -> None:
     if not keys or transaction.get_connection().in_atomic_block:
         moved(project_ids)
         return
-    _beside.marking = _marker().submit(_mark, keys)
+    try:
+        _beside.marking = _marker().submit(_mark, keys)
+    except RuntimeError:  # the interpreter is shutting down: no new threads
+        _mark(keys)
 
 
 _beside = threading.local()
 _markers: dict[int, ThreadPoolExecutor] = {}
+_markers_lock = threading.Lock()
 
 
 def _marker() -> ThreadPoolExecutor:
     """This process's marking thread (per process: a forked child has none of its parent's)."""
     pid = os.getpid()
-    if pid not in _markers:
-        _markers.clear()
-        _markers[pid] = ThreadPoolExecutor(max_workers=1, thread_name_prefix="live-mark")
-    return _markers[pid]
+    with _markers_lock:
+        if pid not in _markers:
+            _markers.clear()
+            _markers[pid] = ThreadPoolExecutor(max_workers=1, thread_name_prefix="live-mark")
+        return _markers[pid]
 
 
 def _marked_beside() -> None:

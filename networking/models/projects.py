@@ -367,14 +367,16 @@ class Project(models.Model):
         Project.objects.filter(pk=self.pk).update(
             generation=F("generation") + 1, revision=F("revision") + 1
         )
-        live.moved([self.pk])
         if service is not None:
             now = Project.objects.filter(pk=self.pk)
             Service.objects.filter(pk=service.pk).update(
                 changed_generation=Subquery(now.values("generation")[:1]),
                 revision=Subquery(now.values("revision")[:1]),
             )
+        # The worker's message first, then the open pages' mark: each is sent at the commit,
+        # in this order, and the message is on the path to "In sync".
         self.request_reconcile()
+        live.moved([self.pk])
         return self._event(actor, action, target, details)
 
     def _event(
