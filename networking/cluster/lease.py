@@ -234,7 +234,6 @@ def _claim_sql(vendor: str, take_queued: bool) -> str:
     q = connection.ops.quote_name
     columns = ", ".join(q(str(field.column)) for field in Project._meta.concrete_fields)
     queued = f", {q('reconcile_queued_at')} = NULL" if take_queued else ""
-    statuses = ", ".join(f"%(status_{index})s" for index in range(len(PeeringRequest.IN_FLIGHT)))
     record = _table(AppliedRecord)
     of_project = f"{q('project_id')} = %(project)s"
     # Only quoted identifiers from the models' metadata go into the text; values are parameters.
@@ -262,18 +261,29 @@ def _claim_sql(vendor: str, take_queued: bool) -> str:
         f"THEN NULL ELSE {q('digests')} END FROM {record} WHERE {of_project}) "
         "AS record_digests, "
         f"(SELECT {q('rolling_out')} FROM {record} WHERE {of_project}) AS record_rolling_out, "
-        f"EXISTS (SELECT 1 FROM {_table(SharedSecret)} WHERE {of_project}) AS has_secrets, "
+        f"{_what_it_has_sql()}, "
+        f"{liveness.watched_sql(vendor)} AS watched, "
+        f"(SELECT count(*) FROM {_table(Service)} WHERE {of_project}) AS service_count, "
+        f"(SELECT max({q('id')}) FROM {_table(Service)} WHERE {of_project}) AS service_last, "
+        f"{_services_sql(vendor, changed_only=True)} AS service_rows"
+    )
+
+
+def _what_it_has_sql() -> str:
+    """The claim's has_* columns: whether the project has any of what a pass reads only when
+    there is some (shared secrets, aliases, references, peerings in flight, mutual TLS)."""
+    q = connection.ops.quote_name
+    of_project = f"{q('project_id')} = %(project)s"
+    statuses = ", ".join(f"%(status_{index})s" for index in range(len(PeeringRequest.IN_FLIGHT)))
+    return (
+        f"EXISTS (SELECT 1 FROM {_table(SharedSecret)} WHERE {of_project}) AS has_secrets, "  # noqa: S608
         f"EXISTS (SELECT 1 FROM {_table(ServiceAlias)} WHERE {of_project}) AS has_aliases, "
         f"EXISTS (SELECT 1 FROM {_table(ReferenceVariable)} WHERE {of_project}) "
         "AS has_references, "
         f"EXISTS (SELECT 1 FROM {_table(PeeringRequest)} WHERE "
         f"({q('requester_project_id')} = %(project)s OR {q('target_project_id')} = %(project)s) "
         f"AND {q('status')} IN ({statuses})) AS has_peerings, "
-        f"EXISTS (SELECT 1 FROM {_table(MutualTLS)} WHERE {of_project}) AS has_mtls, "
-        f"{liveness.watched_sql(vendor)} AS watched, "
-        f"(SELECT count(*) FROM {_table(Service)} WHERE {of_project}) AS service_count, "
-        f"(SELECT max({q('id')}) FROM {_table(Service)} WHERE {of_project}) AS service_last, "
-        f"{_services_sql(vendor, changed_only=True)} AS service_rows"
+        f"EXISTS (SELECT 1 FROM {_table(MutualTLS)} WHERE {of_project}) AS has_mtls"
     )
 
 
@@ -292,7 +302,6 @@ def _joined_claim_sql(take_queued: bool) -> str:
     project = _table(Project)
     columns = ", ".join(f"p.{q(str(field.column))}" for field in Project._meta.concrete_fields)
     queued = f", {q('reconcile_queued_at')} = NULL" if take_queued else ""
-    statuses = ", ".join(f"%(status_{index})s" for index in range(len(PeeringRequest.IN_FLIGHT)))
     of_project = f"{q('project_id')} = %(project)s"
     row = " || chr(31) || ".join(
         [
@@ -310,12 +319,15 @@ def _joined_claim_sql(take_queued: bool) -> str:
         f"{q('revision')} = p.{q('revision')} + 1{queued} "
         f"FROM (SELECT 1) AS one "
         f"LEFT JOIN {_table(AppliedRecord)} AS r ON r.{of_project} "
-        # The services: how many, the newest, and (while the record is trusted) only those
-        # changed since the generation the worker knows, as one text (``_services_sql``).
-        f"CROSS JOIN LATERAL (SELECT count(*) AS total, max({q('id')}) AS last, "
-        f"string_agg({row}, chr(30)) FILTER (WHERE {q('changed_generation')} > "
-        f"%(known_generation)s OR r.{q('digests')} IS NULL) AS rows "
+        # The services: how many and the newest; and, as one text (``_services_sql``), only
+        # those changed since the generation the worker knows while the record is trusted (all
+        # of them otherwise: every generation is above -1), as a range of the index on
+        # (project, changed_generation), not a filter over every row of a large project.
+        f"CROSS JOIN LATERAL (SELECT count(*) AS total, max({q('id')}) AS last "
         f"FROM {_table(Service)} WHERE {of_project}) AS s "
+        f"CROSS JOIN LATERAL (SELECT string_agg({row}, chr(30)) AS rows "
+        f"FROM {_table(Service)} WHERE {of_project} AND {q('changed_generation')} > "
+        f"CASE WHEN r.{q('digests')} IS NULL THEN -1 ELSE %(known_generation)s END) AS c "
         f"WHERE p.{q('id')} = %(project)s AND (p.{q('reconcile_lease_until')} IS NULL "
         f"OR p.{q('reconcile_lease_until')} <= %(now)s) "
         f"RETURNING {columns}, "
@@ -326,16 +338,9 @@ def _joined_claim_sql(take_queued: bool) -> str:
         f"CASE WHEN r.{q('version')} = %(known_version)s OR (%(known_version)s >= 0 "
         f"AND s.total > %(inline)s) THEN NULL ELSE r.{q('digests')} END AS record_digests, "
         f"r.{q('rolling_out')} AS record_rolling_out, "
-        f"EXISTS (SELECT 1 FROM {_table(SharedSecret)} WHERE {of_project}) AS has_secrets, "
-        f"EXISTS (SELECT 1 FROM {_table(ServiceAlias)} WHERE {of_project}) AS has_aliases, "
-        f"EXISTS (SELECT 1 FROM {_table(ReferenceVariable)} WHERE {of_project}) "
-        "AS has_references, "
-        f"EXISTS (SELECT 1 FROM {_table(PeeringRequest)} WHERE "
-        f"({q('requester_project_id')} = %(project)s OR {q('target_project_id')} = %(project)s) "
-        f"AND {q('status')} IN ({statuses})) AS has_peerings, "
-        f"EXISTS (SELECT 1 FROM {_table(MutualTLS)} WHERE {of_project}) AS has_mtls, "
+        f"{_what_it_has_sql()}, "
         f"{liveness.watched_sql('postgresql')} AS watched, "
-        "s.total AS service_count, s.last AS service_last, s.rows AS service_rows"
+        "s.total AS service_count, s.last AS service_last, c.rows AS service_rows"
     )
 
 
