@@ -605,6 +605,14 @@ class _Renewer:
     def alive(self) -> bool:
         return self._thread.is_alive()
 
+    def adopt(self, dead: _Renewer) -> None:
+        """Renew the leases a renewer whose thread died was holding."""
+        with dead._changed:
+            leases = dict(dead._due)
+        with self._changed:
+            self._due.update(leases)
+            self._changed.notify()
+
     def hold(self, project_id: int, token: str) -> None:
         with self._changed:
             self._due[project_id, token] = time.monotonic() + _renew_every()
@@ -630,12 +638,14 @@ class _Renewer:
                 # ``let_go`` waiting.
                 with self._changed:
                     self._renewing = None
-                    if lease in self._due:
-                        if kept:
-                            self._due[lease] = time.monotonic() + _renew_every()
-                        else:
-                            del self._due[lease]
-                    self._changed.notify_all()
+                    try:
+                        if lease in self._due:
+                            if kept:
+                                self._due[lease] = time.monotonic() + _renew_every()
+                            else:
+                                del self._due[lease]
+                    finally:
+                        self._changed.notify_all()
 
     @staticmethod
     def _renew(project_id: int, token: str) -> bool:
@@ -682,9 +692,12 @@ def _renewer() -> _Renewer:
     """This process's renewer (per process: a forked worker has none of its parent's threads)."""
     pid = os.getpid()
     with _renewers_lock:
-        if pid not in _renewers or not _renewers[pid].alive():
+        dead = _renewers.get(pid)
+        if dead is None or not dead.alive():
             _renewers.clear()
             _renewers[pid] = _Renewer()
+            if dead is not None:
+                _renewers[pid].adopt(dead)
         return _renewers[pid]
 
 
@@ -705,6 +718,8 @@ def renewed(project_id: int, token: str) -> Iterator[Held]:
         yield held
     finally:
         renewer.let_go(project_id, token)
+        if (current := _renewer()) is not renewer:  # it died meanwhile: its leases moved
+            current.let_go(project_id, token)
         held.released_at_generation = release(project_id, token)
 
 

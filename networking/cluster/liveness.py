@@ -117,7 +117,7 @@ class Signal:
         self.held = False
         self._connection: BaseDatabaseWrapper | None = None
         self._checked = 0.0
-        self._refused_at = -HOLD_AGAIN_SECONDS
+        self._refused_at = float("-inf")
         self._beaten = 0.0
 
     def update(self, watching: bool) -> None:

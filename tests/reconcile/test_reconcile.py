@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from django.db import transaction
+from django.db import connection, transaction
 from django.test import Client
 from django.urls import reverse
 from django.utils import timezone
@@ -232,9 +232,12 @@ class TestLease:
         released = threading.Event()
 
         def hold_then_release() -> None:
-            with lease.renewed(world.project.pk, claimed.token):
-                assert renewing.wait(10)
-            released.set()
+            try:
+                with lease.renewed(world.project.pk, claimed.token):
+                    assert renewing.wait(10)
+                released.set()
+            finally:
+                connection.close()  # this thread's own
 
         holder = threading.Thread(target=hold_then_release)
         holder.start()
