@@ -126,9 +126,10 @@ def moved_beside(project_ids: Iterable[int]) -> None:
     before its own mark, so a pass's marks land in order."""
     if not enabled():
         return
-    keys = [_revision_key(project_id) for project_id in project_ids]
+    ids = list(project_ids)
+    keys = [_revision_key(project_id) for project_id in ids]
     if not keys or transaction.get_connection().in_atomic_block:
-        moved(project_ids)
+        moved(ids)
         return
     try:
         _beside.marking = _marker().submit(_mark, keys)
