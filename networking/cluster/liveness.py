@@ -16,7 +16,7 @@ starved past any busy machine: it is pinged every few seconds while the loop run
 peer is gone (TCP keepalives), so a lost node does not vouch for hours.
 
 The watcher holds the lock exclusively (with several watchers, one holds it and the others try
-again each round), and a pass asks in its claim statement (``lease.py``) by trying to take it
+again a second later), and a pass asks in its claim statement (``lease.py``) by trying to take it
 shared for an instant: refused means held. That is one lookup in the lock table, where reading
 ``pg_locks`` copies every lock of the server under all of the lock manager's partition locks,
 on every change's path to "In sync" (about a third of the claim's time, growing with the
