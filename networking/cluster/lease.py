@@ -303,15 +303,6 @@ def _joined_claim_sql(take_queued: bool) -> str:
     columns = ", ".join(f"p.{q(str(field.column))}" for field in Project._meta.concrete_fields)
     queued = f", {q('reconcile_queued_at')} = NULL" if take_queued else ""
     of_project = f"{q('project_id')} = %(project)s"
-    row = " || chr(31) || ".join(
-        [
-            f"{q('id')}::text",
-            q("name"),
-            q("kind"),
-            f"{q('ports')}::text",
-            f"coalesce(host({q('cluster_ip')}), '')",
-        ]
-    )
     # Only quoted identifiers from the models' metadata go into the text; values are parameters.
     return (
         f"UPDATE {project} AS p SET {q('reconcile_lease_until')} = %(until)s, "  # noqa: S608
@@ -325,7 +316,7 @@ def _joined_claim_sql(take_queued: bool) -> str:
         # (project, changed_generation), not a filter over every row of a large project.
         f"CROSS JOIN LATERAL (SELECT count(*) AS total, max({q('id')}) AS last "
         f"FROM {_table(Service)} WHERE {of_project}) AS s "
-        f"CROSS JOIN LATERAL (SELECT string_agg({row}, chr(30)) AS rows "
+        f"CROSS JOIN LATERAL (SELECT {_services_aggregate('postgresql')} AS rows "
         f"FROM {_table(Service)} WHERE {of_project} AND {q('changed_generation')} > "
         f"CASE WHEN r.{q('digests')} IS NULL THEN -1 ELSE %(known_generation)s END) AS c "
         f"WHERE p.{q('id')} = %(project)s AND (p.{q('reconcile_lease_until')} IS NULL "
@@ -349,6 +340,19 @@ def _joined_claim_sql(take_queued: bool) -> str:
 _ROW, _FIELD = "\x1e", "\x1f"
 
 
+def _services_aggregate(vendor: str) -> str:
+    """The aggregate of the services' rows into one text (``_services_sql``)."""
+    q = connection.ops.quote_name
+    columns = [q("id"), q("name"), q("kind"), f"{q('ports')}", q("cluster_ip")]
+    if vendor == "postgresql":
+        columns[0] = f"{columns[0]}::text"
+        columns[3] = f"{columns[3]}::text"
+        columns[4] = f"coalesce(host({columns[4]}), '')"
+        return f"string_agg({' || chr(31) || '.join(columns)}, chr(30))"
+    columns[4] = f"coalesce({columns[4]}, '')"
+    return f"group_concat({' || char(31) || '.join(columns)}, char(30))"
+
+
 def _services_sql(vendor: str, *, changed_only: bool = False) -> str:
     """The project's services, id, name, kind, ports and ClusterIP each: the pass's second read
     folded into its first (one round trip, whatever the project's size).
@@ -359,17 +363,7 @@ def _services_sql(vendor: str, *, changed_only: bool = False) -> str:
     One text, not JSON: building a JSON array per row costs PostgreSQL twice as much as the rows
     themselves, and splitting a string is the cheapest parse Python has."""
     q = connection.ops.quote_name
-    columns = [q("id"), q("name"), q("kind"), f"{q('ports')}", q("cluster_ip")]
-    if vendor == "postgresql":
-        columns[0] = f"{columns[0]}::text"
-        columns[3] = f"{columns[3]}::text"
-        columns[4] = f"coalesce(host({columns[4]}), '')"
-        row = " || chr(31) || ".join(columns)
-        aggregate = f"string_agg({row}, chr(30))"
-    else:
-        columns[4] = f"coalesce({columns[4]}, '')"
-        row = " || char(31) || ".join(columns)
-        aggregate = f"group_concat({row}, char(30))"
+    aggregate = _services_aggregate(vendor)
     where = f"{q('project_id')} = %(project)s"
     if changed_only:
         # Or all of them while the record is not trusted: a pass that reads the cluster
