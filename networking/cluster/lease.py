@@ -257,15 +257,23 @@ def _claim_sql(vendor: str, take_queued: bool) -> str:
         # older version (it reads those written since: ``Recorded.of``). A small project's
         # come along: cheaper than another round trip.
         f"(SELECT CASE WHEN {q('version')} = %(known_version)s OR (%(known_version)s >= 0 "
-        f"AND (SELECT count(*) FROM {_table(Service)} WHERE {of_project}) > %(inline)s) "
-        f"THEN NULL ELSE {q('digests')} END FROM {record} WHERE {of_project}) "
-        "AS record_digests, "
+        f"AND %(known_large)s) THEN NULL ELSE {q('digests')} END FROM {record} "
+        f"WHERE {of_project}) AS record_digests, "
         f"(SELECT {q('rolling_out')} FROM {record} WHERE {of_project}) AS record_rolling_out, "
         f"{_what_it_has_sql()}, "
         f"{liveness.watched_sql(vendor)} AS watched, "
-        f"(SELECT count(*) FROM {_table(Service)} WHERE {of_project}) AS service_count, "
-        f"(SELECT max({q('id')}) FROM {_table(Service)} WHERE {of_project}) AS service_last, "
+        f"{_removed_sql()} AS services_removed, "
         f"{_services_sql(vendor, changed_only=True)} AS service_rows"
+    )
+
+
+def _removed_sql() -> str:
+    """The generation of the latest change that deleted a service, as of the statement's
+    snapshot (a subquery, like ``seen_generation``: the row an UPDATE returns may be newer)."""
+    q = connection.ops.quote_name
+    return (
+        f"(SELECT {q('services_removed_generation')} FROM {_table(Project)} "  # noqa: S608
+        f"WHERE {q('id')} = %(project)s)"
     )
 
 
@@ -303,6 +311,7 @@ def _joined_claim_sql(take_queued: bool) -> str:
     columns = ", ".join(f"p.{q(str(field.column))}" for field in Project._meta.concrete_fields)
     queued = f", {q('reconcile_queued_at')} = NULL" if take_queued else ""
     of_project = f"{q('project_id')} = %(project)s"
+    services = ", ".join(q(name) for name in ("id", "name", "kind", "ports", "cluster_ip"))
     # Only quoted identifiers from the models' metadata go into the text; values are parameters.
     return (
         f"UPDATE {project} AS p SET {q('reconcile_lease_until')} = %(until)s, "  # noqa: S608
@@ -310,15 +319,19 @@ def _joined_claim_sql(take_queued: bool) -> str:
         f"{q('revision')} = p.{q('revision')} + 1{queued} "
         f"FROM (SELECT 1) AS one "
         f"LEFT JOIN {_table(AppliedRecord)} AS r ON r.{of_project} "
-        # The services: how many and the newest; and, as one text (``_services_sql``), only
-        # those changed since the generation the worker knows while the record is trusted (all
-        # of them otherwise: every generation is above -1), as a range of the index on
-        # (project, changed_generation), not a filter over every row of a large project.
-        f"CROSS JOIN LATERAL (SELECT count(*) AS total, max({q('id')}) AS last "
-        f"FROM {_table(Service)} WHERE {of_project}) AS s "
-        f"CROSS JOIN LATERAL (SELECT {_services_aggregate('postgresql')} AS rows "
-        f"FROM {_table(Service)} WHERE {of_project} AND {q('changed_generation')} > "
-        f"CASE WHEN r.{q('digests')} IS NULL THEN -1 ELSE %(known_generation)s END) AS c "
+        # The generation that last deleted a service; and the services, as one text
+        # (``_services_sql``): those changed since the generation the worker knows, and the
+        # others only while the record is not trusted or once one was deleted since. Each a
+        # range of the index on (project, changed_generation) with its bound in the text, so
+        # the planner sees how few rows a change reads, and the second skipped whole (a
+        # condition on the statement's other reads only) unless everything is to be read.
+        f"CROSS JOIN LATERAL (SELECT {_removed_sql()} AS removed) AS d "
+        f"CROSS JOIN LATERAL (SELECT {_services_aggregate('postgresql')} AS rows FROM ("
+        f"SELECT {services} FROM {_table(Service)} WHERE {of_project} "
+        f"AND {q('changed_generation')} > %(known_generation)s UNION ALL "
+        f"SELECT {services} FROM {_table(Service)} WHERE {of_project} "
+        f"AND {q('changed_generation')} <= %(known_generation)s "
+        f"AND (r.{q('digests')} IS NULL OR d.removed > %(known_generation)s)) AS s) AS c "
         f"WHERE p.{q('id')} = %(project)s AND (p.{q('reconcile_lease_until')} IS NULL "
         f"OR p.{q('reconcile_lease_until')} <= %(now)s) "
         f"RETURNING {columns}, "
@@ -327,11 +340,11 @@ def _joined_claim_sql(take_queued: bool) -> str:
         f"r.{q('version')} AS record_version, r.{q('written')} AS record_written, "
         f"r.{q('digests')} IS NOT NULL AS record_trusted, "
         f"CASE WHEN r.{q('version')} = %(known_version)s OR (%(known_version)s >= 0 "
-        f"AND s.total > %(inline)s) THEN NULL ELSE r.{q('digests')} END AS record_digests, "
+        f"AND %(known_large)s) THEN NULL ELSE r.{q('digests')} END AS record_digests, "
         f"r.{q('rolling_out')} AS record_rolling_out, "
         f"{_what_it_has_sql()}, "
         f"{liveness.watched_sql('postgresql')} AS watched, "
-        "s.total AS service_count, s.last AS service_last, c.rows AS service_rows"
+        "d.removed AS services_removed, c.rows AS service_rows"
     )
 
 
@@ -368,10 +381,13 @@ def _services_sql(vendor: str, *, changed_only: bool = False) -> str:
     if changed_only:
         # Or all of them while the record is not trusted: a pass that reads the cluster
         # reads the rows afresh too (whatever may have written them).
+        # And all of them once a service was deleted since: the worker's own list of them
+        # is out of date, and only the rows can say which is gone.
         where += (
             f" AND ({q('changed_generation')} > %(known_generation)s OR "  # noqa: S608
             f"COALESCE((SELECT {q('digests')} IS NULL FROM {_table(AppliedRecord)} "
-            f"WHERE {q('project_id')} = %(project)s), TRUE))"
+            f"WHERE {q('project_id')} = %(project)s), TRUE) "
+            f"OR {_removed_sql()} > %(known_generation)s)"
         )
     return f"(SELECT {aggregate} FROM {_table(Service)} WHERE {where})"  # noqa: S608
 
@@ -401,14 +417,18 @@ def claim(
     ``known``: what this worker's last pass of the project stored. Every change to what a
     service should be (created, renamed, new ports) moves the service's ``changed_generation``
     on in the transaction that moves the project's generation, so the services are those
-    known with the rows changed since read again (``Claim.changed``); a service deleted since
-    shows as a count that does not add up, and then they are all read. The rest of a row (its
-    ClusterIP) only passes write, and they log it in the record (``AppliedRecord.written``),
-    as they log the record keys they wrote: so the worker's digests hold for every key but
-    those (``Claim.written_since``), whichever worker passed meanwhile. A change to one
-    service of a thousand reads one row, and the digests of what changed. A record that is not
+    known with the rows changed since read again (``Claim.changed``); once a service was
+    deleted since (``Project.services_removed_generation``), they are all read. The rest of a
+    row (its ClusterIP) only passes write, and they log it in the record
+    (``AppliedRecord.written``), as they log the record keys they wrote: so the worker's
+    digests hold for every key but those (``Claim.written_since``), whichever worker passed
+    meanwhile. A change to one service of a thousand reads one row, and the digests of what
+    changed: nothing in the statement or after it scans every service. A record that is not
     trusted (distrusted: the cluster may differ) has its pass read everything afresh, the
     rows included.
+
+    A service made without its generation (a row written around ``Service.create``) is not
+    among them until a pass reads everything (the watcher's, or the periodic re-read).
     """
     token = secrets.token_hex(16)
     now = timezone.now()
@@ -420,7 +440,8 @@ def claim(
         "now": adapt(now),
         "known_version": known.version if known is not None else -1,
         "known_generation": known.generation if known is not None else -1,
-        "inline": INLINE_SERVICES,
+        # Not sent, in a large project, to a worker that knows an older version of them.
+        "known_large": known is not None and len(known.services) > INLINE_SERVICES,
         **liveness.watched_params(),
         **{f"status_{index}": status for index, status in enumerate(PeeringRequest.IN_FLIGHT)},
     }
@@ -524,13 +545,12 @@ def _from_known(
     since, addresses = record.written_since(known.version)
     if since == set():
         record.assume(known.digests)
-    merged = {**known.services, **{row.pk: row for row in read}}
-    if (
-        len(merged) != read_with["service_count"]
-        or max(merged, default=None) != read_with["service_last"]
-    ):
-        # One was deleted since (or made without its generation): the rows alone can say.
-        return _service_rows(_all_service_rows(project.pk)), None, since
+    if read_with["services_removed"] > known.generation:
+        # One was deleted since: the statement read them all, and they are what the rows say.
+        return read, None, since
+    # The worker's own (``reconcile._recall`` took it): the rows changed since put in place.
+    merged = known.services
+    merged.update((row.pk, row) for row in read)
     if addresses:
         # Another pass recorded ClusterIPs: theirs as they are now. Only those: the
         # services are the statement's, whatever was saved since (the next pass's).

@@ -134,7 +134,7 @@ def test_each_change_reads_what_changed_and_records_what_a_whole_build_would(
     assert {"mailer", "w05"} <= set(ports(cluster, project))
     recorded_as_built_whole(project)
 
-    # A deletion: the rows that are left do not add up to those known, so all are read.
+    # A deletion: the project notes it (``services_removed_generation``), so all are read.
     workers[6].remove(actor=None)
     reconciler.reconcile(project.pk)
     assert read_again(claims[-1]) is None
@@ -402,4 +402,52 @@ def test_a_service_deleted_while_a_pass_reads_the_addresses_is_still_removed(
     assert "victim" not in ports(cluster, project)
     stored = Project.objects.get(pk=project.pk)
     assert stored.applied_generation == stored.generation
+    recorded_as_built_whole(project)
+
+
+def service_rows_read() -> int:
+    """Rows of the services' table, and entries of its indexes, read so far in this
+    transaction (PostgreSQL's own count, per transaction)."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT pg_stat_get_xact_tuples_returned(%(table)s::regclass) + "
+            "coalesce(sum(pg_stat_get_xact_tuples_returned(indexrelid)), 0) "
+            "FROM pg_index WHERE indrelid = %(table)s::regclass",
+            {"table": Service._meta.db_table},
+        )
+        (read,) = cursor.fetchone()
+    return int(read)
+
+
+@pytest.mark.skipif("connection.vendor != 'postgresql'")
+def test_a_change_to_one_service_of_many_reads_that_row_not_every_row(
+    cluster: Cluster, world: World, watched: liveness.Signal, claims: list[lease.Claim]
+) -> None:
+    """The pass reads the changed row and a few index entries, not the other services, not
+    even to count them: a deletion is told by the project's ``services_removed_generation``,
+    however the row was deleted."""
+    project = Project.objects.create(organization=world.acme, name="Large")
+    Service.objects.bulk_create(
+        Service(project=project, name=f"s{index}", display_name=f"s{index}", ports=[3000])
+        for index in range(300)
+    )
+    reconciler.reconcile(project.pk)  # the first pass reads them all, and remembers
+    api = Service.objects.get(project=project, name="s0")
+    api.ports = [8081]
+    api.save_changes(actor=None)
+    before = service_rows_read()
+    assert reconciler.reconcile(project.pk).changes == ["updated Service s0"]
+    read = service_rows_read() - before
+    assert read < 20, f"{read} rows and index entries read for one service's change"
+    assert read_again(claims[-1]) == ["s0"]
+
+    # Deleted by a query of its own, not by the dashboard: still seen, every row read, and
+    # the Service pruned.
+    Service.objects.filter(project=project, name="s7").delete()
+    api.ports = [8082]
+    api.save_changes(actor=None)
+    outcome = reconciler.reconcile(project.pk)
+    assert read_again(claims[-1]) is None
+    assert sorted(outcome.changes) == ["deleted Service s7", "updated Service s0"]
+    assert "s7" not in ports(cluster, project)
     recorded_as_built_whole(project)

@@ -130,7 +130,12 @@ def test_a_phase_waits_until_every_workload_has_rolled_out(
     cluster: Cluster, rotation_world: World
 ) -> None:
     namespace = rotation_world.project.namespace
-    stuck = make_service(rotation_world.project, "stuck", Service.Kind.PRIVATE, [4000])
+    # Added as the dashboard adds it (after the fixture's first pass: the worker sees it by
+    # the generation it was made in).
+    stuck = Service(
+        project=rotation_world.project, display_name="stuck", kind="private", ports=[4000]
+    )
+    stuck.create(actor=None)
     rotation_world.secret.services.add(stuck)
     deploy(cluster, namespace, "stuck", replicas=1)  # its pod never starts here
     rotation.start_rotation(rotation_world.secret, actor=None)

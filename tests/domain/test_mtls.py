@@ -123,9 +123,8 @@ def test_a_new_service_gets_its_certificate_at_its_first_pass(
 ) -> None:
     mtls.enable(world.project, actor=user(world, "owner"))
     _pass(world.project)
-    make_service(world.project, "billing", Service.Kind.PRIVATE, [9000])
-    world.project.record_change(
-        actor=None, action=AuditEvent.Action.SERVICE_CREATED, target="billing"
+    Service(project=world.project, display_name="billing", kind="private", ports=[9000]).create(
+        actor=None
     )
     _pass(world.project)
     assert "billing.cert.pem" in _tls_files(manifests, world.project)

@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 from django.db import connection, transaction
 from django.test import Client
+from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 from django.utils import timezone
 
@@ -73,6 +74,23 @@ def test_deleting_a_service_prunes_its_manifest(world: World, manifests: Path) -
     outcome = reconciler.reconcile(world.project.pk)
     assert "deleted Service api" in outcome.changes
     assert not (manifests / world.project.namespace / "02-service-api.yaml").exists()
+
+
+def test_a_deleted_service_is_noted_on_its_project_but_not_when_the_project_goes(
+    world: World, manifests: Path
+) -> None:
+    """The next change's pass reads every row again (``lease.claim``); a project deleted
+    with its services is not written to once per service on its way out."""
+    generation = fresh(world.project).generation
+    world.postgres.delete()
+    assert fresh(world.project).services_removed_generation == generation + 1
+    project = Project.objects.get(pk=world.project.pk)
+    with CaptureQueriesContext(connection) as captured:
+        project.delete()
+    statements = [query["sql"] for query in captured.captured_queries]
+    assert any(sql.startswith('DELETE FROM "networking_service"') for sql in statements)
+    assert not [sql for sql in statements if sql.startswith('UPDATE "networking_project"')]
+    assert not Service.objects.filter(pk=world.api.pk).exists()
 
 
 def test_the_task_takes_only_an_id(world: World, manifests: Path) -> None:
@@ -342,9 +360,12 @@ class ChangesDuringApply(ManifestsBackend):
 def test_a_change_made_during_a_pass_gets_its_own_pass(world: World, manifests: Path) -> None:
     def add_worker() -> None:
         with transaction.atomic():
-            make_service(world.project, "worker", Service.Kind.PRIVATE, [3000])
+            worker = make_service(world.project, "worker", Service.Kind.PRIVATE, [3000])
             world.project.record_change(
-                actor=None, action=AuditEvent.Action.SERVICE_CREATED, target="worker"
+                actor=None,
+                action=AuditEvent.Action.SERVICE_CREATED,
+                target="worker",
+                service=worker,
             )
 
     backend = ChangesDuringApply(manifests, add_worker)
