@@ -60,6 +60,9 @@ class _Built:
     inputs: tuple[Any, ...]
     specs: dict[int, ServiceSpec]
     desired: DesiredState
+    # The public services' names (the ingress policy's), kept so a pass that changes none
+    # leaves the policy as it was instead of listing them again.
+    public: set[str]
 
 
 def plan(claimed: lease.Claim, previous: _Built | None = None) -> Plan:
@@ -67,7 +70,9 @@ def plan(claimed: lease.Claim, previous: _Built | None = None) -> Plan:
 
     ``previous``: what this worker's last pass of the project built. When only services
     changed since (``claimed.changed``), its desired state is patched with them instead of
-    built again from every service.
+    built again from every service: in place, at the cost of what changed, not of what the
+    project holds. The pass owns it (``reconcile._recall`` takes the worker's memory, and a
+    pass that fails leaves none behind), so nothing else sees it half patched.
     """
     project = claimed.project
     aliases = aliases_of(project.pk) if claimed.has_aliases else {}
@@ -96,7 +101,7 @@ def plan(claimed: lease.Claim, previous: _Built | None = None) -> Plan:
     )
     touched = None
     if previous is not None and claimed.changed is not None and previous.inputs == inputs:
-        service_specs = dict(previous.specs)
+        service_specs, public = previous.specs, previous.public
         removed, added = [], []
         for row in claimed.changed:
             spec = _service_spec(row, aliases)
@@ -108,13 +113,17 @@ def plan(claimed: lease.Claim, previous: _Built | None = None) -> Plan:
             added.append(spec)
             service_specs[row.pk] = spec
         if removed or added:
-            public = [spec.name for spec in service_specs.values() if spec.public]
+            # The same names out as in: the public services are as they were (most changes).
+            gone = {spec.name for spec in removed if spec.public}
+            came = {spec.name for spec in added if spec.public}
+            public.difference_update(gone)
+            public.update(came)
             desired, touched = patch_desired_state(
                 previous.desired,
                 project_uid=project.uid,
                 removed=removed,
                 added=added,
-                public=public,
+                public=public if gone != came else None,
                 settings=settings,
                 secrets=specs,
                 references=given,
@@ -124,6 +133,7 @@ def plan(claimed: lease.Claim, previous: _Built | None = None) -> Plan:
             desired, touched = previous.desired, set()
     else:
         service_specs = {row.pk: _service_spec(row, aliases) for row in claimed.services}
+        public = {spec.name for spec in service_specs.values() if spec.public}
         desired = build_desired_state(
             namespace=project.namespace,
             project_uid=project.uid,
@@ -159,7 +169,7 @@ def plan(claimed: lease.Claim, previous: _Built | None = None) -> Plan:
         read_cluster=any(secret.rotating for secret in secrets),
         after_apply=after_apply,
         touched=touched,
-        built=_Built(inputs, service_specs, desired),
+        built=_Built(inputs, service_specs, desired, public),
     )
 
 

@@ -218,6 +218,8 @@ def reconcile(
         )
         take_queued = False
         if claimed is None:
+            if memory is not None:  # still what our last pass stored: the next claim's
+                _remember(project_id, memory)
             exists, remaining = lease.holder_lease_until(project_id)
             if not exists:
                 return Outcome("missing")
@@ -399,20 +401,34 @@ def _compare(
     not used). Then only those are digested; and when the record differs from ``previous``
     only in ``written_since`` (another worker's passes), only those and the touched ones are
     read from the record and compared.
+
+    ``previous`` is the pass's own (``_recall`` took it): it is patched in place into every
+    digest now, at the cost of what was touched, once the record, which may hold the very same
+    digests (``Recorded.assume``), has been read.
     """
     key = digest_key()
     if touched is None or previous is None:
         every = desired.digests(key)
-    else:
-        every = {name: digest for name, digest in previous.items() if name not in touched}
-        every.update(desired.digests(key, only=touched))
-    if touched is None or previous is None or written_since is None:
         before = record.all()
         changes = changes_since(before, every) if before is not None else None
         return _Compared(every, None, every, changes)
-    keys = touched | written_since
+    fresh = desired.digests(key, only=touched)
+    if written_since is None:
+        before = record.all()
+        keys = None
+    else:
+        keys = touched | written_since
+        before = record.of(keys) if record.trusted else None
+    before = dict(before) if before is previous else before
+    for name in touched:
+        previous.pop(name, None)
+    previous.update(fresh)
+    every = previous
+    if keys is None:
+        changes = changes_since(before, every) if before is not None else None
+        return _Compared(every, None, every, changes)
     now = {name: every[name] for name in keys if name in every}
-    changes = changes_since(record.of(keys), now) if record.trusted else None
+    changes = changes_since(before, now) if before is not None else None
     return _Compared(every, keys, now, changes)
 
 
@@ -425,14 +441,18 @@ def _record_services(
     logged in it, for other workers: ``lease.claim``; None if it moved on meanwhile).
     """
     changed_ips = []
-    rows = []
-    for service in services:
-        cluster_ip = result.cluster_ips.get(service.name, None)
+    rows = services
+    addresses = result.cluster_ips
+    # A pass that read the namespace knows every address; one that wrote without reading,
+    # those of the Services it wrote (one of a thousand, say), and what was recorded of the
+    # others still holds. The rows are copied only if one differs.
+    for index, service in enumerate(services):
+        cluster_ip = addresses.get(service.name, None)
         if (result.verified or cluster_ip is not None) and service.cluster_ip != cluster_ip:
-            # (Not read, no address: what was recorded still holds.)
             changed_ips.append(Service(pk=service.pk, cluster_ip=cluster_ip))
-            service = service._replace(cluster_ip=cluster_ip)
-        rows.append(service)
+            if rows is services:
+                rows = list(services)
+            rows[index] = service._replace(cluster_ip=cluster_ip)
     changed_workloads = []
     if result.all_workloads:
         stored = Service.objects.filter(pk__in=[service.pk for service in services])

@@ -24,6 +24,7 @@ from django.utils import timezone
 
 from networking import passes as reconciler
 from networking.cluster import kube, lease
+from networking.cluster import reconcile as loop
 from networking.cluster.backends import ApplyResult
 from networking.cluster.desired import DesiredState
 from networking.cluster.manifests import ManifestsBackend
@@ -91,6 +92,18 @@ def test_a_deleted_service_is_noted_on_its_project_but_not_when_the_project_goes
     assert any(sql.startswith('DELETE FROM "networking_service"') for sql in statements)
     assert not [sql for sql in statements if sql.startswith('UPDATE "networking_project"')]
     assert not Service.objects.filter(pk=world.api.pk).exists()
+
+
+def test_a_worker_refused_the_lease_keeps_what_it_knows(world: World, manifests: Path) -> None:
+    """A pass turned away because another worker holds the project keeps its memory of the
+    project: its next change's pass still starts from it."""
+    reconciler.reconcile(world.project.pk)
+    assert world.project.pk in loop._memory
+    claimed = lease.claim(world.project.pk)
+    assert claimed is not None
+    assert reconciler.reconcile(world.project.pk).status == "busy"
+    assert world.project.pk in loop._memory
+    lease.release(world.project.pk, claimed.token)
 
 
 def test_the_task_takes_only_an_id(world: World, manifests: Path) -> None:
