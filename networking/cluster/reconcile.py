@@ -30,9 +30,10 @@ from __future__ import annotations
 
 import functools
 import logging
+import operator
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -432,6 +433,9 @@ def _compare(
     return _Compared(every, keys, now, changes)
 
 
+_NAME = operator.attrgetter("name")
+
+
 def _record_services(
     project_id: int, services: list[ServiceRow], result: ApplyResult, record: lease.Recorded
 ) -> tuple[list[ServiceRow], int | None]:
@@ -445,10 +449,20 @@ def _record_services(
     addresses = result.cluster_ips
     # A pass that read the namespace knows every address; one that wrote without reading,
     # those of the Services it wrote (one of a thousand, say), and what was recorded of the
-    # others still holds. The rows are copied only if one differs.
-    for index, service in enumerate(services):
+    # others still holds: only those are looked at. The rows are copied only if one differs.
+    if result.verified:
+        candidates: Iterable[int] = range(len(services))
+    else:
+        written = {name for name, address in addresses.items() if address is not None}
+        candidates = (
+            [index for index, name in enumerate(map(_NAME, services)) if name in written]
+            if written
+            else ()
+        )
+    for index in candidates:
+        service = services[index]
         cluster_ip = addresses.get(service.name, None)
-        if (result.verified or cluster_ip is not None) and service.cluster_ip != cluster_ip:
+        if service.cluster_ip != cluster_ip:
             changed_ips.append(Service(pk=service.pk, cluster_ip=cluster_ip))
             if rows is services:
                 rows = list(services)

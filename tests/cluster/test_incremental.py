@@ -124,6 +124,9 @@ def test_each_change_reads_what_changed_and_records_what_a_whole_build_would(
     add(project, "Site", Service.Kind.WEB, [8080])
     reconciler.reconcile(project.pk)
     assert read_again(claims[-1]) == ["site"]
+    # Its address, from the write (nothing read), is on its row.
+    assigned = cluster.services(project.namespace)["site"].spec.cluster_ip
+    assert Service.objects.get(project=project, name="site").cluster_ip == assigned
     ingress = cluster.policies(project.namespace)[INGRESS_POLICY]
     assert "site" in ingress.spec.pod_selector.match_expressions[0].values
     recorded_as_built_whole(project)
