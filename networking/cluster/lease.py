@@ -539,8 +539,13 @@ def _from_known(
 ) -> tuple[list[ServiceRow], list[ServiceRow] | None, set[str] | None]:
     """The services, those read because they changed, and the record keys written since: from
     what the worker knows and the rows the claim read (those changed since)."""
-    if known.uid != project.uid:
-        # Another project under a reused id: nothing known holds.
+    if (
+        known.uid != project.uid
+        or known.version > record.version
+        or known.generation > project.generation
+    ):
+        # Another project under a reused id, or a database put back to before what the
+        # worker knows: nothing known holds.
         return _service_rows(_all_service_rows(project.pk)), None, None
     since, addresses = record.written_since(known.version)
     if since == set():

@@ -56,11 +56,12 @@ class Project(models.Model):
         "project ID", max_length=12, unique=True, default=generate_project_uid, editable=False
     )
     generation = models.PositiveBigIntegerField(default=1)
-    # The generation of the latest change that deleted a service (0: none), set as the row
-    # goes (``signals.note_service_removed``). A worker that knows the services as of an older
-    # generation reads them all again: a row that is gone leaves nothing else to see it by
-    # (``lease.claim``), and counting the rows would cost a scan of them on every change.
-    services_removed_generation = models.PositiveBigIntegerField(default=0)
+    # The generation of the change that last deleted a service (0: none), set by a trigger as
+    # the row goes, whatever deletes it (migration 0025). A worker that knows the services as
+    # of an older generation reads them all again: a row that is gone leaves nothing else to
+    # see it by (``lease.claim``), and counting the rows would scan them on every change. A
+    # default in the database too, so the previous release's inserts work during a deploy.
+    services_removed_generation = models.PositiveBigIntegerField(default=0, db_default=0)
     # Moves on whenever anything a project page shows changes (a change, an audit event, the
     # sync state, what the cluster assigned): open pages ask "anything new since N?" and get
     # "no" from this one column (``dashboard/live.py``).
