@@ -6,7 +6,7 @@ from django.db import migrations, models
 # (``lease.claim``). One UPDATE per DELETE statement on PostgreSQL.
 POSTGRESQL = [
     """
-    CREATE FUNCTION networking_note_service_removed() RETURNS trigger
+    CREATE OR REPLACE FUNCTION networking_note_service_removed() RETURNS trigger
     LANGUAGE plpgsql AS $$
     BEGIN
         UPDATE networking_project AS p
@@ -38,12 +38,16 @@ SQLITE = [
 SQLITE_REVERSE = ["DROP TRIGGER IF EXISTS networking_service_removed"]
 
 
-def _run(statements_by_vendor):
-    def run(apps, schema_editor):
-        for statement in statements_by_vendor.get(schema_editor.connection.vendor, []):
-            schema_editor.execute(statement)
+def create_trigger(apps, schema_editor):
+    statements = {"postgresql": POSTGRESQL, "sqlite": SQLITE}
+    for statement in statements.get(schema_editor.connection.vendor, []):
+        schema_editor.execute(statement)
 
-    return run
+
+def drop_trigger(apps, schema_editor):
+    statements = {"postgresql": POSTGRESQL_REVERSE, "sqlite": SQLITE_REVERSE}
+    for statement in statements.get(schema_editor.connection.vendor, []):
+        schema_editor.execute(statement)
 
 
 class Migration(migrations.Migration):
@@ -58,8 +62,5 @@ class Migration(migrations.Migration):
             name='services_removed_generation',
             field=models.PositiveBigIntegerField(db_default=0, default=0),
         ),
-        migrations.RunPython(
-            _run({"postgresql": POSTGRESQL, "sqlite": SQLITE}),
-            _run({"postgresql": POSTGRESQL_REVERSE, "sqlite": SQLITE_REVERSE}),
-        ),
+        migrations.RunPython(create_trigger, drop_trigger),
     ]
