@@ -311,7 +311,7 @@ def _joined_claim_sql(take_queued: bool) -> str:
     columns = ", ".join(f"p.{q(str(field.column))}" for field in Project._meta.concrete_fields)
     queued = f", {q('reconcile_queued_at')} = NULL" if take_queued else ""
     of_project = f"{q('project_id')} = %(project)s"
-    services = ", ".join(q(name) for name in ("id", "name", "kind", "ports", "cluster_ip"))
+    services = ", ".join(q(name) for name in _SERVICE_COLUMNS)
     # Only quoted identifiers from the models' metadata go into the text; values are parameters.
     return (
         f"UPDATE {project} AS p SET {q('reconcile_lease_until')} = %(until)s, "  # noqa: S608
@@ -353,10 +353,14 @@ def _joined_claim_sql(take_queued: bool) -> str:
 _ROW, _FIELD = "\x1e", "\x1f"
 
 
+# What a pass reads of each service, in ``ServiceRow``'s order.
+_SERVICE_COLUMNS = ("id", "name", "kind", "ports", "cluster_ip")
+
+
 def _services_aggregate(vendor: str) -> str:
     """The aggregate of the services' rows into one text (``_services_sql``)."""
     q = connection.ops.quote_name
-    columns = [q("id"), q("name"), q("kind"), f"{q('ports')}", q("cluster_ip")]
+    columns = [q(name) for name in _SERVICE_COLUMNS]
     if vendor == "postgresql":
         columns[0] = f"{columns[0]}::text"
         columns[3] = f"{columns[3]}::text"

@@ -425,10 +425,7 @@ def _compare(
         previous.pop(name, None)
     previous.update(fresh)
     every = previous
-    if keys is None:
-        changes = changes_since(before, every) if before is not None else None
-        return _Compared(every, None, every, changes)
-    now = {name: every[name] for name in keys if name in every}
+    now = every if keys is None else {name: every[name] for name in keys if name in every}
     changes = changes_since(before, now) if before is not None else None
     return _Compared(every, keys, now, changes)
 

@@ -38,16 +38,17 @@ SQLITE = [
 SQLITE_REVERSE = ["DROP TRIGGER IF EXISTS networking_service_removed"]
 
 
-def create_trigger(apps, schema_editor):
-    statements = {"postgresql": POSTGRESQL, "sqlite": SQLITE}
-    for statement in statements.get(schema_editor.connection.vendor, []):
+def _execute(schema_editor, by_vendor):
+    for statement in by_vendor.get(schema_editor.connection.vendor, []):
         schema_editor.execute(statement)
+
+
+def create_trigger(apps, schema_editor):
+    _execute(schema_editor, {"postgresql": POSTGRESQL, "sqlite": SQLITE})
 
 
 def drop_trigger(apps, schema_editor):
-    statements = {"postgresql": POSTGRESQL_REVERSE, "sqlite": SQLITE_REVERSE}
-    for statement in statements.get(schema_editor.connection.vendor, []):
-        schema_editor.execute(statement)
+    _execute(schema_editor, {"postgresql": POSTGRESQL_REVERSE, "sqlite": SQLITE_REVERSE})
 
 
 class Migration(migrations.Migration):
